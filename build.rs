@@ -1,0 +1,272 @@
+//! Compiles every `kernels/*.cu` through NVRTC into a CUBIN for sm_80 and sm_90 plus a
+//! compute_80 PTX fallback, keeps each kernel's resource report, and embeds it all in
+//! `$OUT_DIR/kernels_gen.rs`. With no NVRTC the sources are embedded alone and compiled at
+//! run time (see `src/device/runtime_compile.rs`), unless `MEDKERN_REQUIRE_NVRTC=1`.
+
+#[path = "src/device/nvrtc_compile.rs"]
+#[allow(dead_code)]
+mod nvrtc_compile;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// CUBIN targets built ahead of time, and the PTX target every newer GPU JITs from.
+const CUBIN_ARCHS: [u32; 2] = [80, 90];
+const PTX_ARCH: u32 = 80;
+
+fn fnv1a(h: &mut u64, bytes: &[u8]) {
+    for b in bytes {
+        *h ^= u64::from(*b);
+        *h = h.wrapping_mul(0x100_0000_01b3);
+    }
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    println!("cargo:rerun-if-env-changed={name}");
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn sorted_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("medkern build: cannot read {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().and_then(|x| x.to_str()) == Some(ext))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Finds NVRTC: the project variable, then CUDA_HOME / CUDA_PATH, then the system loader.
+fn locate_nvrtc() -> Option<Option<PathBuf>> {
+    let mut dirs = Vec::new();
+    if let Some(d) = env_path("MEDKERN_NVRTC_LIB") {
+        dirs.push(d);
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(root) = env_path(var) {
+            dirs.push(root.join("lib64"));
+            dirs.push(root.join("lib"));
+        }
+    }
+    for d in dirs {
+        if nvrtc_compile::preload_nvrtc(&d) {
+            return Some(Some(d));
+        }
+    }
+    nvrtc_compile::nvrtc_present().then_some(None)
+}
+
+fn include_dirs(lib_dir: Option<&Path>) -> Vec<PathBuf> {
+    let mut roots = Vec::new();
+    if let Some(d) = env_path("MEDKERN_CUDA_INCLUDE") {
+        roots.push(d);
+    }
+    if let Some(l) = lib_dir {
+        roots.push(l.join("..").join("include"));
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(root) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            roots.push(PathBuf::from(root).join("include"));
+        }
+    }
+    roots.push(PathBuf::from("/usr/local/cuda/include"));
+    let mut out: Vec<PathBuf> = Vec::new();
+    for r in roots {
+        let r = r.canonicalize().unwrap_or(r);
+        if r.join("cuda_fp16.h").exists() && !out.contains(&r) {
+            let cccl = r.join("cccl");
+            out.push(r);
+            if cccl.exists() {
+                out.push(cccl);
+            }
+        }
+    }
+    out
+}
+
+fn fail_with_log(msg: &str) -> ! {
+    for line in msg.lines() {
+        println!("cargo:warning={line}");
+        eprintln!("{line}");
+    }
+    std::process::exit(1);
+}
+
+fn main() {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let kdir = root.join("kernels");
+    println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=src/device/nvrtc_compile.rs");
+    println!("cargo:rerun-if-env-changed=MEDKERN_REQUIRE_NVRTC");
+    let require = std::env::var("MEDKERN_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
+
+    let modules = sorted_files(&kdir, "cu");
+    let header_paths = sorted_files(&kdir.join("common"), "cuh");
+    let headers: Vec<(String, String)> = header_paths
+        .iter()
+        .map(|p| {
+            let name = format!(
+                "common/{}",
+                p.file_name().and_then(|n| n.to_str()).unwrap_or("")
+            );
+            let text =
+                std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+            (name, text)
+        })
+        .collect();
+    let header_refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+
+    let nvrtc = locate_nvrtc();
+    let incs = include_dirs(nvrtc.as_ref().and_then(|d| d.as_deref()));
+    let version = nvrtc.as_ref().and_then(|_| nvrtc_compile::nvrtc_version());
+    match (&nvrtc, require) {
+        (None, true) => fail_with_log(
+            "medkern build: MEDKERN_REQUIRE_NVRTC=1 but no NVRTC was found (MEDKERN_NVRTC_LIB, \
+             CUDA_HOME, CUDA_PATH, system). Run scripts/setup-nvrtc.",
+        ),
+        (None, false) => println!(
+            "cargo:warning=medkern: no NVRTC found at build time; kernels will be compiled at run \
+             time (run scripts/setup-nvrtc to precompile)"
+        ),
+        (Some(_), _) if incs.is_empty() => fail_with_log(
+            "medkern build: NVRTC found but no CUDA headers (cuda_fp16.h); set MEDKERN_CUDA_INCLUDE",
+        ),
+        (Some(_), _) => {}
+    }
+
+    let mut code = String::new();
+    let mut spills = Vec::new();
+    code.push_str("// @generated by build.rs\n");
+    let _ = writeln!(
+        code,
+        "pub const BUILD_NVRTC: Option<(i32, i32)> = {version:?};"
+    );
+    code.push_str("pub static HEADERS: &[(&str, &str)] = &[\n");
+    for p in &header_paths {
+        let name = format!(
+            "common/{}",
+            p.file_name().and_then(|n| n.to_str()).unwrap_or("")
+        );
+        let _ = writeln!(
+            code,
+            "    ({name:?}, include_str!({:?})),",
+            p.display().to_string()
+        );
+    }
+    code.push_str("];\npub static MODULES: &[EmbeddedModule] = &[\n");
+
+    for m in &modules {
+        let stem = m
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_string();
+        let source =
+            std::fs::read_to_string(m).unwrap_or_else(|e| panic!("read {}: {e}", m.display()));
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        fnv1a(&mut hash, source.as_bytes());
+        for (n, t) in &headers {
+            fnv1a(&mut hash, n.as_bytes());
+            fnv1a(&mut hash, t.as_bytes());
+        }
+        let mut cubins = String::new();
+        let mut ptx = "None".to_string();
+        let mut resources = String::new();
+        if nvrtc.is_some() {
+            let targets: Vec<String> = CUBIN_ARCHS
+                .iter()
+                .map(|a| format!("sm_{a}"))
+                .chain(std::iter::once(format!("compute_{PTX_ARCH}")))
+                .collect();
+            // NVRTC programs are independent: compile the targets of a module in parallel.
+            let results: Vec<Result<nvrtc_compile::Compiled, String>> = std::thread::scope(|s| {
+                let hs = &header_refs;
+                let handles: Vec<_> = targets
+                    .iter()
+                    .map(|t| {
+                        let (stem, source, incs) = (&stem, &source, &incs);
+                        s.spawn(move || {
+                            nvrtc_compile::compile(&format!("{stem}.cu"), source, hs, t, incs)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err("NVRTC thread panicked".into()))
+                    })
+                    .collect()
+            });
+            for (target, res) in targets.iter().zip(results) {
+                let compiled =
+                    res.unwrap_or_else(|log| fail_with_log(&format!("medkern build: {log}")));
+                let is_cubin = target.starts_with("sm_");
+                let file = out.join(format!(
+                    "{stem}.{target}.{}",
+                    if is_cubin { "cubin" } else { "ptx" }
+                ));
+                std::fs::write(&file, &compiled.image)
+                    .unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
+                if is_cubin {
+                    let arch: u32 = target.trim_start_matches("sm_").parse().unwrap_or(0);
+                    let _ = write!(
+                        cubins,
+                        "({arch}, include_bytes!({:?}).as_slice()), ",
+                        file.display().to_string()
+                    );
+                    for r in nvrtc_compile::parse_resources(&compiled.log) {
+                        if r.spill_stores > 0 || r.spill_loads > 0 {
+                            spills.push(format!(
+                                "{} on sm_{arch}: {} bytes spill stores, {} bytes spill loads",
+                                r.kernel, r.spill_stores, r.spill_loads
+                            ));
+                        }
+                        let _ = write!(
+                            resources,
+                            "KernelResources {{ kernel: {:?}, arch: {arch}, registers: {}, shared_bytes: {}, \
+                             stack_bytes: {}, spill_stores: {}, spill_loads: {} }},\n            ",
+                            r.kernel,
+                            r.registers,
+                            r.shared_bytes,
+                            r.stack_bytes,
+                            r.spill_stores,
+                            r.spill_loads
+                        );
+                    }
+                } else {
+                    ptx = format!("Some(include_str!({:?}))", file.display().to_string());
+                }
+            }
+        }
+        let _ = writeln!(
+            code,
+            "    EmbeddedModule {{\n        name: {stem:?},\n        source: include_str!({:?}),\n        \
+             source_hash: 0x{hash:016x},\n        cubins: &[{cubins}],\n        ptx: {ptx},\n        \
+             resources: &[\n            {resources}],\n    }},",
+            m.display().to_string()
+        );
+    }
+    code.push_str("];\n");
+
+    if !spills.is_empty() {
+        let msg = format!(
+            "medkern build: kernels spill registers:\n{}",
+            spills.join("\n")
+        );
+        if require {
+            fail_with_log(&msg);
+        }
+        for l in msg.lines() {
+            println!("cargo:warning={l}");
+        }
+    }
+    let dst = out.join("kernels_gen.rs");
+    std::fs::write(&dst, code).unwrap_or_else(|e| panic!("write {}: {e}", dst.display()));
+}

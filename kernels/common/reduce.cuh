@@ -1,0 +1,67 @@
+// medkern common: deterministic all-reduce over a group of threads that shares one row.
+#pragma once
+#include "types.cuh"
+
+namespace mk {
+
+constexpr unsigned FULL_MASK = 0xffffffffu;
+
+// Running max and the sum of exp(v - max): the online-softmax state.
+struct MaxSum { float m, s; };
+__device__ __forceinline__ MaxSum shfl_xor(MaxSum a, int o) {
+    return {__shfl_xor_sync(FULL_MASK, a.m, o), __shfl_xor_sync(FULL_MASK, a.s, o)};
+}
+__device__ __forceinline__ MaxSum merge_maxsum(MaxSum a, MaxSum b) {
+    const float m = fmaxf(a.m, b.m);
+    if (m == neg_inf()) return {m, 0.f};  // both empty: avoid exp(-inf - -inf) = NaN
+    const float sa = a.m == neg_inf() ? 0.f : a.s * expf(a.m - m);
+    const float sb = b.m == neg_inf() ? 0.f : b.s * expf(b.m - m);
+    return {m, sa + sb};
+}
+__device__ __forceinline__ void maxsum_push(MaxSum& a, float v) {
+    if (v == neg_inf()) return;
+    if (v > a.m) { a.s = a.s * expf(a.m - v) + 1.f; a.m = v; }
+    else { a.s += expf(v - a.m); }
+}
+
+// Welford count / mean / sum of squared deviations: stable with large outliers.
+struct Welford { float n, mean, m2; };
+__device__ __forceinline__ Welford shfl_xor(Welford a, int o) {
+    return {__shfl_xor_sync(FULL_MASK, a.n, o), __shfl_xor_sync(FULL_MASK, a.mean, o),
+            __shfl_xor_sync(FULL_MASK, a.m2, o)};
+}
+__device__ __forceinline__ Welford merge_welford(Welford a, Welford b) {
+    const float n = a.n + b.n;
+    if (n == 0.f) return a;
+    const float d = b.mean - a.mean;
+    const float fb = b.n / n;
+    return {n, a.mean + d * fb, a.m2 + b.m2 + d * d * a.n * fb};
+}
+__device__ __forceinline__ void welford_push(Welford& a, float v) {
+    a.n += 1.f;
+    const float d = v - a.mean;
+    a.mean += d / a.n;
+    a.m2 += d * (v - a.mean);
+}
+
+// All-reduce over TPR consecutive threads (TPR = 32: one warp; TPR = blockDim.x: the block).
+// Every thread merges in the same order, so all get bit-identical results.
+template <int TPR, typename S, typename F>
+__device__ __forceinline__ S group_allreduce(S v, F merge) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = merge(v, shfl_xor(v, o));
+    if constexpr (TPR > 32) {
+        constexpr int W = TPR / 32;
+        __shared__ S sh[W];
+        const int w = threadIdx.x / 32;
+        if (threadIdx.x % 32 == 0) sh[w] = v;
+        __syncthreads();
+        v = sh[0];
+#pragma unroll
+        for (int i = 1; i < W; ++i) v = merge(v, sh[i]);
+        __syncthreads();  // sh may be reused by the next call
+    }
+    return v;
+}
+
+}  // namespace mk

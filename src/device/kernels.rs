@@ -1,0 +1,116 @@
+//! The kernel table: every kernel medkern launches, the `.cu` module it lives in, and the
+//! oldest compute capability it runs on. Launchers look kernels up here before loading, so a
+//! GPU that is too old gets an [`Error::ArchTooLow`] naming the kernel and both archs.
+
+use super::Arch;
+use crate::error::{Error, Result};
+
+/// One row of the kernel table.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelInfo {
+    pub name: &'static str,
+    /// File stem under `kernels/` (`softmax` for `kernels/softmax.cu`).
+    pub module: &'static str,
+    pub min_arch: Arch,
+}
+
+/// Ahead-of-time images and sources of one `kernels/*.cu` file, embedded by build.rs.
+#[derive(Debug)]
+pub struct EmbeddedModule {
+    pub name: &'static str,
+    pub source: &'static str,
+    /// FNV-1a of the source and every common header: the runtime-compile cache key.
+    pub source_hash: u64,
+    /// (sm arch as 80/90, CUBIN bytes); empty when build.rs had no NVRTC.
+    pub cubins: &'static [(u32, &'static [u8])],
+    /// compute_80 PTX that newer GPUs JIT; None when build.rs had no NVRTC.
+    pub ptx: Option<&'static str>,
+    pub resources: &'static [KernelResources],
+}
+
+/// ptxas resource usage of one kernel on one arch, from the build's `-v` report.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelResources {
+    pub kernel: &'static str,
+    pub arch: u32,
+    pub registers: u32,
+    pub shared_bytes: u32,
+    pub stack_bytes: u32,
+    pub spill_stores: u32,
+    pub spill_loads: u32,
+}
+
+mod generated {
+    use super::{EmbeddedModule, KernelResources};
+    include!(concat!(env!("OUT_DIR"), "/kernels_gen.rs"));
+}
+pub use generated::{BUILD_NVRTC, HEADERS, MODULES};
+
+const SM80: Arch = Arch { major: 8, minor: 0 };
+
+macro_rules! table {
+    ($($module:literal @ $arch:expr => [$($name:literal),* $(,)?]),* $(,)?) => {
+        &[$($(KernelInfo { name: $name, module: $module, min_arch: $arch },)*)*]
+    };
+}
+
+/// Every kernel, by module. bf16 arithmetic and the PTX fallback need sm_80.
+pub static KERNELS: &[KernelInfo] = table![
+    "elementwise" @ SM80 => [
+        "eltwise_identity_f32", "eltwise_identity_f16", "eltwise_identity_bf16",
+        "eltwise_relu_f32", "eltwise_relu_f16", "eltwise_relu_bf16",
+        "eltwise_relu6_f32", "eltwise_relu6_f16", "eltwise_relu6_bf16",
+        "eltwise_gelu_erf_f32", "eltwise_gelu_erf_f16", "eltwise_gelu_erf_bf16",
+        "eltwise_gelu_tanh_f32", "eltwise_gelu_tanh_f16", "eltwise_gelu_tanh_bf16",
+        "eltwise_silu_f32", "eltwise_silu_f16", "eltwise_silu_bf16",
+        "eltwise_sigmoid_f32", "eltwise_sigmoid_f16", "eltwise_sigmoid_bf16",
+        "cast_f32_f16", "cast_f32_bf16", "cast_f16_f32", "cast_bf16_f32", "cast_f16_bf16",
+        "cast_bf16_f16",
+    ],
+    "layernorm" @ SM80 => [
+        "layernorm_warp_f32", "layernorm_warp_f16", "layernorm_warp_bf16",
+        "layernorm_block_f32", "layernorm_block_f16", "layernorm_block_bf16",
+    ],
+    "softmax" @ SM80 => [
+        "softmax_warp_f32", "softmax_warp_f16", "softmax_warp_bf16",
+        "softmax_block_f32", "softmax_block_f16", "softmax_block_bf16",
+    ],
+];
+
+/// Looks a kernel up in the table.
+pub fn kernel_info(name: &str) -> Result<&'static KernelInfo> {
+    KERNELS
+        .iter()
+        .find(|k| k.name == name)
+        .ok_or_else(|| Error::UnknownKernel {
+            kernel: name.to_string(),
+        })
+}
+
+/// Checks that a GPU of compute capability `actual` can run `kernel`.
+pub fn check_arch(kernel: &str, actual: Arch) -> Result<&'static KernelInfo> {
+    let info = kernel_info(kernel)?;
+    if actual < info.min_arch {
+        return Err(Error::ArchTooLow {
+            kernel: info.name,
+            needed: info.min_arch,
+            actual,
+        });
+    }
+    Ok(info)
+}
+
+/// The embedded module a kernel lives in.
+pub fn module(name: &str) -> Result<&'static EmbeddedModule> {
+    MODULES
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| Error::UnknownKernel {
+            kernel: format!("module {name}"),
+        })
+}
+
+/// The archs with an ahead-of-time CUBIN for `module`, or empty (runtime compile).
+pub fn precompiled_archs(module: &EmbeddedModule) -> Vec<u32> {
+    module.cubins.iter().map(|(a, _)| *a).collect()
+}

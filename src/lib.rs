@@ -1,0 +1,27 @@
+//! medkern: hand-written CUDA kernels for compressed transformers and clinical CNNs, compiled
+//! through NVRTC at build time, launched through checked safe Rust, and mirrored by an f64
+//! CPU reference that is both the test oracle and the no-GPU backend.
+//!
+//! Layers, bottom up: [`device`] (GPUs, the kernel table, embedded CUBIN/PTX), [`tensor`]
+//! (host and device tensors, [`Device`]), [`ops`] (one checked launcher per op),
+//! [`reference`] (the CPU oracle).
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::todo,
+    clippy::unimplemented
+)]
+
+pub mod device;
+pub mod dtype;
+pub mod error;
+pub mod ops;
+pub mod reference;
+pub mod tensor;
+
+pub use device::{Arch, Gpu};
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use ops::Activation;
+pub use tensor::{Device, DeviceTensor, HostData, HostTensor, Tensor};

@@ -1,0 +1,8 @@
+//! The CPU reference: every op in plain Rust, accumulating in f64. It is the oracle the GPU
+//! tests compare against and the backend ops use on [`crate::Device::Cpu`]. Inputs and outputs
+//! are f64 slices holding values already representable in the op's dtype; callers round the
+//! outputs to the dtype (`DType::round`). Public so users can cross-check their own results.
+
+pub mod elementwise;
+pub mod layernorm;
+pub mod softmax;

@@ -1,0 +1,379 @@
+//! Tensors: contiguous row-major host and device buffers with a shape and a dtype, and the
+//! [`Device`] choice that lets every op run on the CPU reference backend or on a GPU.
+
+use crate::device::Gpu;
+use crate::dtype::{DType, Element};
+use crate::error::{Error, Result, driver};
+use cudarc::driver::CudaSlice;
+use half::{bf16, f16};
+use std::sync::Arc;
+
+/// Where an op runs.
+#[derive(Clone, Debug)]
+pub enum Device {
+    /// The f64-accumulating reference implementation.
+    Cpu,
+    Gpu(Arc<Gpu>),
+}
+
+impl Device {
+    /// GPU `ordinal`, as an `Err` (not a panic) when there is no driver or no such GPU.
+    pub fn gpu(ordinal: usize) -> Result<Device> {
+        Ok(Device::Gpu(Gpu::new(ordinal)?))
+    }
+    /// The first GPU when one works, else the CPU.
+    pub fn best() -> Device {
+        Gpu::new(0).map(Device::Gpu).unwrap_or(Device::Cpu)
+    }
+    pub fn describe(&self) -> String {
+        match self {
+            Device::Cpu => "cpu".into(),
+            Device::Gpu(g) => format!("gpu:{} ({} {})", g.ordinal(), g.name(), g.arch()),
+        }
+    }
+}
+
+/// Host element storage, one variant per dtype.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostData {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    I8(Vec<i8>),
+    I32(Vec<i32>),
+    U8(Vec<u8>),
+}
+
+macro_rules! each_data {
+    ($d:expr, |$v:ident| $body:expr) => {
+        match $d {
+            HostData::F32($v) => $body,
+            HostData::F16($v) => $body,
+            HostData::BF16($v) => $body,
+            HostData::I8($v) => $body,
+            HostData::I32($v) => $body,
+            HostData::U8($v) => $body,
+        }
+    };
+}
+
+/// Converts a typed Vec into the matching [`HostData`] variant.
+pub trait IntoHostData: Element {
+    fn into_data(v: Vec<Self>) -> HostData;
+    fn slice(d: &HostData) -> Option<&[Self]>;
+}
+macro_rules! into_data {
+    ($t:ty, $var:ident) => {
+        impl IntoHostData for $t {
+            fn into_data(v: Vec<Self>) -> HostData {
+                HostData::$var(v)
+            }
+            fn slice(d: &HostData) -> Option<&[Self]> {
+                match d {
+                    HostData::$var(v) => Some(v),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+into_data!(f32, F32);
+into_data!(f16, F16);
+into_data!(bf16, BF16);
+into_data!(i8, I8);
+into_data!(i32, I32);
+into_data!(u8, U8);
+
+fn numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+}
+
+/// A host tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    shape: Vec<usize>,
+    data: HostData,
+}
+
+impl HostTensor {
+    /// Wraps `data` with `shape`; the element count must match.
+    pub fn new<T: IntoHostData>(shape: &[usize], data: Vec<T>) -> Result<Self> {
+        check_len("HostTensor::new", shape, data.len())?;
+        Ok(HostTensor {
+            shape: shape.to_vec(),
+            data: T::into_data(data),
+        })
+    }
+
+    /// Rounds f64 values into a tensor of `dtype` (round to nearest, saturating integers).
+    pub fn from_f64(shape: &[usize], values: &[f64], dtype: DType) -> Result<Self> {
+        check_len("HostTensor::from_f64", shape, values.len())?;
+        fn conv<T: Element>(v: &[f64]) -> Vec<T> {
+            v.iter().map(|&x| T::from_f64(x)).collect()
+        }
+        let data = match dtype {
+            DType::F32 => HostData::F32(conv(values)),
+            DType::F16 => HostData::F16(conv(values)),
+            DType::BF16 => HostData::BF16(conv(values)),
+            DType::I8 => HostData::I8(conv(values)),
+            DType::I32 => HostData::I32(conv(values)),
+            DType::U8 => HostData::U8(conv(values)),
+        };
+        Ok(HostTensor {
+            shape: shape.to_vec(),
+            data,
+        })
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn len(&self) -> usize {
+        each_data!(&self.data, |v| v.len())
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn data(&self) -> &HostData {
+        &self.data
+    }
+    pub fn dtype(&self) -> DType {
+        match self.data {
+            HostData::F32(_) => DType::F32,
+            HostData::F16(_) => DType::F16,
+            HostData::BF16(_) => DType::BF16,
+            HostData::I8(_) => DType::I8,
+            HostData::I32(_) => DType::I32,
+            HostData::U8(_) => DType::U8,
+        }
+    }
+    /// The elements as `T`, or a dtype error.
+    pub fn as_slice<T: IntoHostData>(&self) -> Result<&[T]> {
+        T::slice(&self.data).ok_or_else(|| Error::DType {
+            op: "HostTensor::as_slice",
+            arg: "tensor",
+            got: self.dtype(),
+            expected: T::DTYPE.to_string(),
+        })
+    }
+    /// Every element widened to f64 (exact for all dtypes).
+    pub fn to_f64(&self) -> Vec<f64> {
+        each_data!(&self.data, |v| v.iter().map(|x| x.to_f64()).collect())
+    }
+    /// The raw little-endian bytes.
+    pub fn bytes(&self) -> &[u8] {
+        each_data!(&self.data, |v| bytemuck::cast_slice(v))
+    }
+    fn from_bytes(shape: &[usize], dtype: DType, b: &[u8]) -> Self {
+        let data = match dtype {
+            DType::F32 => HostData::F32(bytemuck::pod_collect_to_vec(b)),
+            DType::F16 => HostData::F16(bytemuck::pod_collect_to_vec(b)),
+            DType::BF16 => HostData::BF16(bytemuck::pod_collect_to_vec(b)),
+            DType::I8 => HostData::I8(bytemuck::pod_collect_to_vec(b)),
+            DType::I32 => HostData::I32(bytemuck::pod_collect_to_vec(b)),
+            DType::U8 => HostData::U8(b.to_vec()),
+        };
+        HostTensor {
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+}
+
+fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<()> {
+    match numel(shape) {
+        Some(n) if n == len => Ok(()),
+        _ => Err(Error::Shape {
+            op,
+            arg: "data",
+            got: shape.to_vec(),
+            expected: format!("a shape with {len} elements (the data length)"),
+        }),
+    }
+}
+
+/// A contiguous device buffer. Allocations come from the driver and are 256-byte aligned,
+/// which the vectorised kernels rely on.
+pub struct DeviceTensor {
+    shape: Vec<usize>,
+    dtype: DType,
+    buf: CudaSlice<u8>,
+    gpu: Arc<Gpu>,
+}
+
+impl std::fmt::Debug for DeviceTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DeviceTensor({:?}, {}, {:?})",
+            self.shape, self.dtype, self.gpu
+        )
+    }
+}
+
+impl DeviceTensor {
+    /// Allocates without initialising (every kernel writes all of its output).
+    pub fn alloc(gpu: &Arc<Gpu>, shape: &[usize], dtype: DType) -> Result<Self> {
+        let n = numel(shape)
+            .and_then(|n| n.checked_mul(dtype.size()))
+            .ok_or_else(|| Error::Shape {
+                op: "DeviceTensor::alloc",
+                arg: "shape",
+                got: shape.to_vec(),
+                expected: "an element count that fits in memory".into(),
+            })?;
+        // SAFETY: u8 has no invalid bit patterns; the contents are unspecified until written.
+        let buf =
+            unsafe { gpu.stream().alloc::<u8>(n.max(1)) }.map_err(driver("DeviceTensor::alloc"))?;
+        Ok(DeviceTensor {
+            shape: shape.to_vec(),
+            dtype,
+            buf,
+            gpu: gpu.clone(),
+        })
+    }
+
+    /// Copies a host tensor to the GPU.
+    pub fn upload(gpu: &Arc<Gpu>, host: &HostTensor) -> Result<Self> {
+        let mut t = Self::alloc(gpu, host.shape(), host.dtype())?;
+        let bytes = host.bytes();
+        if !bytes.is_empty() {
+            let mut view = t.buf.slice_mut(0..bytes.len());
+            gpu.stream()
+                .memcpy_htod(bytes, &mut view)
+                .map_err(driver("DeviceTensor::upload"))?;
+        }
+        Ok(t)
+    }
+
+    /// Copies back to the host (synchronises the stream).
+    pub fn download(&self) -> Result<HostTensor> {
+        let nbytes = self.len() * self.dtype.size();
+        let mut bytes = vec![0u8; nbytes];
+        if nbytes > 0 {
+            let view = self.buf.slice(0..nbytes);
+            self.gpu
+                .stream()
+                .memcpy_dtoh(&view, &mut bytes)
+                .map_err(driver("DeviceTensor::download"))?;
+            self.gpu.synchronize()?;
+        }
+        Ok(HostTensor::from_bytes(&self.shape, self.dtype, &bytes))
+    }
+
+    /// Sets every byte to `byte`: tests poison outputs (0xFF is NaN for every float dtype)
+    /// so an element a kernel forgot to write cannot pass.
+    pub fn fill_bytes(&mut self, byte: u8) -> Result<()> {
+        let host = vec![byte; self.buf.len()];
+        self.gpu
+            .stream()
+            .memcpy_htod(&host, &mut self.buf)
+            .map_err(driver("DeviceTensor::fill_bytes"))
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn len(&self) -> usize {
+        numel(&self.shape).unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+    /// The raw buffer, for kernel launches.
+    pub fn buffer(&self) -> &CudaSlice<u8> {
+        &self.buf
+    }
+    pub fn buffer_mut(&mut self) -> &mut CudaSlice<u8> {
+        &mut self.buf
+    }
+}
+
+/// A tensor on the CPU or on a GPU: what ops take and return.
+#[derive(Debug)]
+pub enum Tensor {
+    Host(HostTensor),
+    Device(DeviceTensor),
+}
+
+impl From<HostTensor> for Tensor {
+    fn from(h: HostTensor) -> Self {
+        Tensor::Host(h)
+    }
+}
+impl From<DeviceTensor> for Tensor {
+    fn from(d: DeviceTensor) -> Self {
+        Tensor::Device(d)
+    }
+}
+
+impl Tensor {
+    /// Builds a tensor on `device` from typed data.
+    pub fn new<T: IntoHostData>(device: &Device, shape: &[usize], data: Vec<T>) -> Result<Self> {
+        HostTensor::new(shape, data)?.to_device(device)
+    }
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Tensor::Host(h) => h.shape(),
+            Tensor::Device(d) => d.shape(),
+        }
+    }
+    pub fn dtype(&self) -> DType {
+        match self {
+            Tensor::Host(h) => h.dtype(),
+            Tensor::Device(d) => d.dtype(),
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            Tensor::Host(h) => h.len(),
+            Tensor::Device(d) => d.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn device(&self) -> Device {
+        match self {
+            Tensor::Host(_) => Device::Cpu,
+            Tensor::Device(d) => Device::Gpu(d.gpu().clone()),
+        }
+    }
+    /// A host copy (downloads a device tensor).
+    pub fn to_host(&self) -> Result<HostTensor> {
+        match self {
+            Tensor::Host(h) => Ok(h.clone()),
+            Tensor::Device(d) => d.download(),
+        }
+    }
+    /// An uninitialised tensor on `device` (zeros on the CPU).
+    pub fn empty(device: &Device, shape: &[usize], dtype: DType) -> Result<Self> {
+        match device {
+            Device::Cpu => {
+                let n = numel(shape).unwrap_or(0);
+                Ok(Tensor::Host(HostTensor::from_f64(
+                    shape,
+                    &vec![0.0; n],
+                    dtype,
+                )?))
+            }
+            Device::Gpu(g) => Ok(Tensor::Device(DeviceTensor::alloc(g, shape, dtype)?)),
+        }
+    }
+}
+
+impl HostTensor {
+    /// Copies onto `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        match device {
+            Device::Cpu => Ok(Tensor::Host(self.clone())),
+            Device::Gpu(g) => Ok(Tensor::Device(DeviceTensor::upload(g, self)?)),
+        }
+    }
+}
