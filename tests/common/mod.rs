@@ -1,0 +1,157 @@
+//! Shared test harness: GPU acquisition with counted SKIPs, seeded random inputs with planted
+//! outliers, output poisoning, and `tol + |ref|·eps(dtype)` comparison.
+#![allow(dead_code)]
+
+use medkern::{DType, Device, Gpu, HostTensor, Tensor};
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+static SKIPS: AtomicUsize = AtomicUsize::new(0);
+
+/// The first GPU, or None after printing a visible, counted `SKIP` line. With
+/// `MEDKERN_REQUIRE_GPU=1` a missing GPU fails the test instead.
+pub fn gpu_or_skip(test: &str) -> Option<Arc<Gpu>> {
+    static GPU: OnceLock<Result<Arc<Gpu>, String>> = OnceLock::new();
+    match GPU.get_or_init(|| Gpu::new(0).map_err(|e| e.to_string())) {
+        Ok(g) => Some(g.clone()),
+        Err(e) => {
+            if std::env::var("MEDKERN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: MEDKERN_REQUIRE_GPU=1 but no usable GPU: {e}");
+            }
+            let k = SKIPS.fetch_add(1, Ordering::SeqCst) + 1;
+            // Written to the raw stderr handle so libtest's capture does not hide it.
+            // One write_all on the raw stderr handle: not hidden by libtest's capture and not
+            // interleaved with its own output.
+            let line = format!("\nSKIP [{k}] {test}: no GPU ({e})\n");
+            let _ = std::io::stderr().write_all(line.as_bytes());
+            None
+        }
+    }
+}
+
+/// SplitMix64: a tiny seeded generator so every proptest case is reproducible from its seed.
+pub struct SeedRng(u64);
+impl SeedRng {
+    pub fn new(seed: u64) -> Self {
+        SeedRng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(1e-300);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+/// `len` values ~ N(0, sigma²) with about 1 in 50 replaced by a planted outlier of ±(8..40)·sigma,
+/// already rounded to `dtype` (so CPU and GPU see identical inputs). Never all zeros.
+pub fn random_values(rng: &mut SeedRng, len: usize, sigma: f64, dtype: DType) -> Vec<f64> {
+    (0..len)
+        .map(|_| {
+            let mut v = rng.normal() * sigma;
+            if rng.below(50) == 0 {
+                let sign = if rng.below(2) == 0 { -1.0 } else { 1.0 };
+                v = sign * (8.0 + 32.0 * rng.uniform()) * sigma;
+            }
+            dtype.round(v)
+        })
+        .collect()
+}
+
+pub fn host(shape: &[usize], values: &[f64], dtype: DType) -> HostTensor {
+    HostTensor::from_f64(shape, values, dtype).expect("host tensor")
+}
+
+/// Uploads values to the GPU as `dtype`.
+pub fn upload(gpu: &Arc<Gpu>, shape: &[usize], values: &[f64], dtype: DType) -> Tensor {
+    host(shape, values, dtype)
+        .to_device(&Device::Gpu(gpu.clone()))
+        .expect("upload")
+}
+
+/// A device output filled with 0xFF bytes (NaN in f32/f16/bf16): any element the kernel does
+/// not write fails the comparison.
+pub fn poisoned(gpu: &Arc<Gpu>, shape: &[usize], dtype: DType) -> Tensor {
+    let mut t = medkern::DeviceTensor::alloc(gpu, shape, dtype).expect("alloc");
+    t.fill_bytes(0xFF).expect("poison");
+    Tensor::Device(t)
+}
+
+/// Smallest positive step of the format (its subnormal spacing): the floor of any tolerance.
+pub fn min_step(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => 2f64.powi(-24),
+        DType::BF16 => 2f64.powi(-133),
+        DType::F32 => 2f64.powi(-149),
+        _ => 0.0,
+    }
+}
+
+/// Checks `|got − want| ≤ atol[i] + rtol·|want|` elementwise (NaN in got always fails);
+/// reports the first failures and the worst error.
+pub fn check_close(
+    what: &str,
+    got: &[f64],
+    want: &[f64],
+    atol: &dyn Fn(usize) -> f64,
+    rtol: f64,
+) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!(
+            "{what}: got {} elements, want {}",
+            got.len(),
+            want.len()
+        ));
+    }
+    let mut bad = Vec::new();
+    let mut worst = (0.0f64, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        let tol = atol(i) + rtol * w.abs();
+        if !(err <= tol) {
+            if bad.len() < 5 {
+                bad.push(format!(
+                    "[{i}] got {g:e} want {w:e} err {err:e} tol {tol:e}"
+                ));
+            }
+            if err.is_nan() || err > worst.0 {
+                worst = (if err.is_nan() { f64::INFINITY } else { err }, i);
+            }
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: mismatches (worst at {}: {:e}):\n  {}",
+            worst.1,
+            worst.0,
+            bad.join("\n  ")
+        ))
+    }
+}
+
+/// Row lengths and counts tests draw from: the tail sizes the brief names plus random ones.
+pub fn interesting_len(rng: &mut SeedRng, max: usize) -> usize {
+    const TAILS: [usize; 9] = [1, 7, 8, 33, 64, 257, 768, 1025, 2048];
+    if rng.below(2) == 0 {
+        TAILS[rng.below(TAILS.len() as u64) as usize].min(max)
+    } else {
+        1 + rng.below(max as u64) as usize
+    }
+}

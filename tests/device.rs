@@ -1,0 +1,123 @@
+//! Device layer: a missing GPU, a GPU too old for a kernel and an unknown kernel are errors
+//! that name what was asked and what exists; the kernel table matches the compiled modules.
+
+mod common;
+use medkern::device::kernels::{self, KERNELS, MODULES};
+use medkern::{Arch, Error, Gpu, HostTensor};
+
+#[test]
+fn missing_gpu_is_an_error_not_a_panic() {
+    // No machine has 4096 GPUs: without a driver this is NoDriver, with one NoDevice.
+    let e = Gpu::new(4096).unwrap_err();
+    match &e {
+        Error::NoDriver { op, .. } => assert_eq!(*op, "gpu_count"),
+        Error::NoDevice { op, ordinal, .. } => assert_eq!((*op, *ordinal), ("Gpu::new", 4096)),
+        other => panic!("unexpected error {other}"),
+    }
+    assert!(matches!(
+        medkern::Device::best(),
+        medkern::Device::Cpu | medkern::Device::Gpu(_)
+    ));
+}
+
+#[test]
+fn arch_below_minimum_names_kernel_and_both_archs() {
+    let e = kernels::check_arch("softmax_warp_bf16", Arch::new(7, 5)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::ArchTooLow {
+                kernel: "softmax_warp_bf16",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("softmax_warp_bf16") && msg.contains("sm_80") && msg.contains("sm_75"),
+        "{msg}"
+    );
+    assert!(kernels::check_arch("softmax_warp_bf16", Arch::new(9, 0)).is_ok());
+    assert!(kernels::check_arch("softmax_warp_bf16", Arch::new(8, 0)).is_ok());
+    let e = kernels::check_arch("no_such_kernel", Arch::new(9, 0)).unwrap_err();
+    assert!(
+        matches!(e, Error::UnknownKernel { .. }) && e.to_string().contains("no_such_kernel"),
+        "{e}"
+    );
+}
+
+#[test]
+fn kernel_table_matches_compiled_modules() {
+    for k in KERNELS {
+        let m = kernels::module(k.module).unwrap();
+        assert!(m.source.contains("__global__"), "{} has no kernels", m.name);
+    }
+    for m in MODULES {
+        assert!(
+            KERNELS.iter().any(|k| k.module == m.name),
+            "module {} has no table entries",
+            m.name
+        );
+    }
+    if kernels::BUILD_NVRTC.is_none() {
+        let line =
+            "\nSKIP kernel_table_matches_compiled_modules: built without NVRTC (runtime compile)\n";
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        return;
+    }
+    // Every table entry was compiled for sm_80 and sm_90 (the ptxas report names it), every
+    // compiled kernel is in the table, and none spills.
+    for m in MODULES {
+        assert_eq!(
+            kernels::precompiled_archs(m),
+            vec![80, 90],
+            "module {}",
+            m.name
+        );
+        assert!(
+            m.ptx.is_some_and(|p| p.contains(".target sm_80")),
+            "module {} lacks its compute_80 PTX",
+            m.name
+        );
+        for r in m.resources {
+            let info = kernels::kernel_info(r.kernel)
+                .unwrap_or_else(|e| panic!("compiled kernel missing from the table: {e}"));
+            assert_eq!(info.module, m.name);
+            assert_eq!(
+                (r.spill_stores, r.spill_loads),
+                (0, 0),
+                "{} spills on sm_{}",
+                r.kernel,
+                r.arch
+            );
+        }
+    }
+    for k in KERNELS {
+        let m = kernels::module(k.module).unwrap();
+        for arch in [80, 90] {
+            assert!(
+                m.resources
+                    .iter()
+                    .any(|r| r.kernel == k.name && r.arch == arch),
+                "{} not compiled for sm_{arch}",
+                k.name
+            );
+        }
+    }
+}
+
+#[test]
+fn host_tensor_checks_length() {
+    let e = HostTensor::new(&[2, 3], vec![1.0f32; 5]).unwrap_err();
+    assert!(
+        matches!(e, Error::Shape { .. }) && e.to_string().contains("[2, 3]"),
+        "{e}"
+    );
+    let t = HostTensor::new(&[2, 3], vec![1.5f32; 6]).unwrap();
+    assert_eq!(t.as_slice::<f32>().unwrap(), &[1.5; 6]);
+    assert!(matches!(
+        t.as_slice::<half::f16>(),
+        Err(Error::DType { .. })
+    ));
+}

@@ -1,0 +1,175 @@
+//! LayerNorm (`kernels/layernorm.cu`, `src/ops/layernorm.rs`): GPU against the f64 reference,
+//! with and without the fused residual, short (warp) and long (block) rows, outliers.
+
+mod common;
+use common::*;
+use medkern::ops;
+use medkern::reference::layernorm as reference;
+use medkern::{DType, Device, Error, Tensor};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+const U_F32: f64 = f32::EPSILON as f64 / 2.0;
+
+#[test]
+fn reference_normalises() {
+    // Row [1, 2, 3, 4]: mean 2.5, biased variance 1.25.
+    let x = [1.0, 2.0, 3.0, 4.0];
+    let (y, h) = reference::layernorm(&x, None, &[1.0; 4], &[0.0; 4], 0.0, 4, DType::F32);
+    assert_eq!(h, x);
+    let s = 1.25f64.sqrt();
+    for (yi, xi) in y.iter().zip(x) {
+        assert!((yi - (xi - 2.5) / s).abs() < 1e-15);
+    }
+    // gamma/beta apply per column; the residual is added (and rounded to the dtype) first.
+    let (y2, h2) = reference::layernorm(
+        &x,
+        Some(&[1.0, 1.0, 1.0, 1.0]),
+        &[2.0; 4],
+        &[0.5; 4],
+        0.0,
+        4,
+        DType::F16,
+    );
+    assert_eq!(h2, vec![2.0, 3.0, 4.0, 5.0]);
+    assert!((y2[0] - (0.5 + 2.0 * (-1.5 / s))).abs() < 1e-15);
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let cpu = Device::Cpu;
+    let x = Tensor::new(&cpu, &[2, 4], vec![half::f16::ONE; 8]).unwrap();
+    let g32 = Tensor::new(&cpu, &[4], vec![1.0f32; 4]).unwrap();
+    let g = Tensor::new(&cpu, &[4], vec![half::f16::ONE; 4]).unwrap();
+    let g3 = Tensor::new(&cpu, &[3], vec![half::f16::ONE; 3]).unwrap();
+    let e = ops::layernorm(&x, None, &g32, &g, 1e-5).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::DType {
+                op: "layernorm",
+                arg: "gamma",
+                got: DType::F32,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("f16"), "{e}");
+    let e = ops::layernorm(&x, None, &g, &g3, 1e-5).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Shape {
+                op: "layernorm",
+                arg: "beta",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let r = Tensor::new(&cpu, &[4, 2], vec![half::f16::ONE; 8]).unwrap();
+    let e = ops::layernorm(&x, Some(&r), &g, &g, 1e-5).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Shape {
+                arg: "residual",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = ops::layernorm(&x, None, &g, &g, 0.0).unwrap_err();
+    assert!(matches!(e, Error::Invalid { arg: "eps", .. }), "{e}");
+}
+
+#[test]
+fn layernorm_gpu_matches_reference() {
+    let Some(gpu) = gpu_or_skip("layernorm_gpu_matches_reference") else {
+        return;
+    };
+    let mut runner = TestRunner::new(Config {
+        cases: 96,
+        ..Config::default()
+    });
+    runner
+        .run(
+            &(any::<u64>(), 0..3usize, any::<bool>(), any::<bool>()),
+            |(seed, di, with_res, want_h)| {
+                let mut rng = SeedRng::new(seed);
+                let dt = DType::FLOATS[di];
+                let rows = interesting_len(&mut rng, 200);
+                let n = interesting_len(&mut rng, 5000);
+                let shape = [rows, n];
+                // A per-row offset far from zero tests the stability of the variance.
+                let offset = dt.round(rng.normal() * 50.0);
+                let x: Vec<f64> = random_values(&mut rng, rows * n, 2.0, dt)
+                    .into_iter()
+                    .map(|v| dt.round(v + offset))
+                    .collect();
+                let r = random_values(&mut rng, rows * n, 1.0, dt);
+                let g = random_values(&mut rng, n, 1.0, dt);
+                let b = random_values(&mut rng, n, 0.5, dt);
+                let eps = 1e-5f32;
+                let (xt, rt) = (upload(&gpu, &shape, &x, dt), upload(&gpu, &shape, &r, dt));
+                let (gt, bt) = (upload(&gpu, &[n], &g, dt), upload(&gpu, &[n], &b, dt));
+                let mut y = poisoned(&gpu, &shape, dt);
+                let mut h = poisoned(&gpu, &shape, dt);
+                let want_h = with_res && want_h;
+                ops::layernorm_into(
+                    &xt,
+                    with_res.then_some(&rt),
+                    &gt,
+                    &bt,
+                    eps,
+                    &mut y,
+                    want_h.then_some(&mut h),
+                )
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let (wy, wh) = reference::layernorm(
+                    &x,
+                    with_res.then_some(&r[..]),
+                    &g,
+                    &b,
+                    f64::from(eps),
+                    n,
+                    dt,
+                );
+                // Normalised values z carry f32 statistics error scaled by |z|+1 and the row offset.
+                let atol = |i: usize| {
+                    let c = i % n;
+                    let z = if g[c] != 0.0 {
+                        ((wy[i] - b[c]) / g[c]).abs()
+                    } else {
+                        0.0
+                    };
+                    min_step(dt)
+                        + 256.0
+                            * U_F32
+                            * (g[c].abs() * (z + 1.0) * (1.0 + offset.abs() / 8.0) + b[c].abs())
+                };
+                let rtol = 2.0 * dt.unit_roundoff();
+                check_close(
+                    &format!("layernorm {dt} {shape:?} res={with_res}"),
+                    &y.to_host().unwrap().to_f64(),
+                    &wy,
+                    &atol,
+                    rtol,
+                )
+                .map_err(TestCaseError::fail)?;
+                if want_h {
+                    check_close(
+                        "layernorm h_out",
+                        &h.to_host().unwrap().to_f64(),
+                        &wh,
+                        &|_| 0.0,
+                        0.0,
+                    )
+                    .map_err(TestCaseError::fail)?;
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+}

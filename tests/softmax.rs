@@ -1,0 +1,144 @@
+//! Row softmax (`kernels/softmax.cu`, `src/ops/softmax.rs`): GPU against the f64 reference
+//! with random shapes, scales, broadcast padding masks and fully masked rows.
+
+mod common;
+use common::*;
+use medkern::ops;
+use medkern::reference::softmax as reference;
+use medkern::{DType, Device, Error, Tensor};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+#[test]
+fn reference_properties() {
+    // Rows sum to one, shifting a row changes nothing, a -inf entry gets exactly zero,
+    // and a fully masked row is zeros (not NaN).
+    let x = [1.0, 2.0, 3.0, 1001.0, 1002.0, 1003.0];
+    let y = reference::softmax(&x, 3, None, 1.0);
+    for c in 0..3 {
+        assert!((y[c] - y[3 + c]).abs() < 1e-15);
+    }
+    assert!((y[0] + y[1] + y[2] - 1.0).abs() < 1e-15);
+    // e^-2 / (1 + e^-1 + e^-2), closed form.
+    assert!((y[0] - 0.090_030_573_170_380_46).abs() < 1e-15);
+    let mask = [
+        0.0,
+        f64::NEG_INFINITY,
+        0.0,
+        f64::NEG_INFINITY,
+        f64::NEG_INFINITY,
+        f64::NEG_INFINITY,
+    ];
+    let y = reference::softmax(&x, 3, Some(&mask), 1.0);
+    assert_eq!(y[1], 0.0);
+    assert_eq!(&y[3..], &[0.0, 0.0, 0.0]);
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let cpu = Device::Cpu;
+    let x = Tensor::new(&cpu, &[6, 4], vec![1.0f32; 24]).unwrap();
+    let m16 = Tensor::new(&cpu, &[1, 4], vec![half::f16::ZERO; 4]).unwrap();
+    let e = ops::softmax(&x, Some(&m16), 1.0).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::DType {
+                op: "softmax",
+                arg: "mask",
+                got: DType::F16,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let m4 = Tensor::new(&cpu, &[4, 4], vec![0.0f32; 16]).unwrap();
+    let e = ops::softmax(&x, Some(&m4), 1.0).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Shape {
+                op: "softmax",
+                arg: "mask",
+                ..
+            }
+        ) && e.to_string().contains("dividing the 6 rows"),
+        "{e}"
+    );
+    let e = ops::softmax(&x, None, f32::INFINITY).unwrap_err();
+    assert!(matches!(e, Error::Invalid { arg: "scale", .. }), "{e}");
+    let empty = Tensor::new(&cpu, &[3, 0], Vec::<f32>::new()).unwrap();
+    assert!(matches!(
+        ops::softmax(&empty, None, 1.0),
+        Err(Error::Shape { .. })
+    ));
+}
+
+#[test]
+fn softmax_gpu_matches_reference() {
+    let Some(gpu) = gpu_or_skip("softmax_gpu_matches_reference") else {
+        return;
+    };
+    let mut runner = TestRunner::new(Config {
+        cases: 96,
+        ..Config::default()
+    });
+    runner
+        .run(
+            &(any::<u64>(), 0..3usize, 0..3usize),
+            |(seed, di, mask_kind)| {
+                let mut rng = SeedRng::new(seed);
+                let dt = DType::FLOATS[di];
+                let groups = 1 + rng.below(4) as usize;
+                let per = interesting_len(&mut rng, 64);
+                let rows = groups * per;
+                let n = interesting_len(&mut rng, 4096);
+                let scale = 0.05 + rng.uniform();
+                let x = random_values(&mut rng, rows * n, 3.0, dt);
+                // mask_kind 0: none; 1: one padding mask per group of rows, some rows fully masked;
+                // 2: a finite additive bias per group (ALiBi-like).
+                let mask: Option<Vec<f64>> = match mask_kind {
+                    0 => None,
+                    1 => Some(
+                        (0..groups)
+                            .flat_map(|g| {
+                                let valid = if g == 0 && rng.below(2) == 0 {
+                                    0
+                                } else {
+                                    1 + rng.below(n as u64) as usize
+                                };
+                                (0..n).map(move |c| if c < valid { 0.0 } else { f64::NEG_INFINITY })
+                            })
+                            .collect(),
+                    ),
+                    _ => Some(random_values(&mut rng, groups * n, 2.0, DType::F32)),
+                };
+                let xt = upload(&gpu, &[rows, n], &x, dt);
+                let mt = mask
+                    .as_ref()
+                    .map(|m| upload(&gpu, &[groups, n], m, DType::F32));
+                let mut out = poisoned(&gpu, &[rows, n], dt);
+                ops::softmax_into(&xt, mt.as_ref(), scale as f32, &mut out)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let got = out.to_host().unwrap().to_f64();
+                let want = reference::softmax(&x, n, mask.as_deref(), f64::from(scale as f32));
+                // Inputs reach |x·scale| ≈ 120: exp's argument carries that many f32 ulps.
+                let rtol = 2.0 * dt.unit_roundoff() + 2e-5;
+                check_close(
+                    &format!("softmax {dt} [{rows},{n}] mask {mask_kind}"),
+                    &got,
+                    &want,
+                    &|_| min_step(dt) + 1e-7,
+                    rtol,
+                )
+                .map_err(TestCaseError::fail)?;
+                // Deterministic: a second launch is bit-identical.
+                let mut again = poisoned(&gpu, &[rows, n], dt);
+                ops::softmax_into(&xt, mt.as_ref(), scale as f32, &mut again)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(again.to_host().unwrap(), out.to_host().unwrap());
+                Ok(())
+            },
+        )
+        .unwrap();
+}
