@@ -121,3 +121,34 @@ fn host_tensor_checks_length() {
         Err(Error::DType { .. })
     ));
 }
+
+#[test]
+fn runtime_compile_produces_and_caches_a_cubin() {
+    use medkern::device::runtime_compile;
+    if runtime_compile::load_nvrtc().is_err() {
+        let line = "\nSKIP runtime_compile_produces_and_caches_a_cubin: no NVRTC at run time\n";
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("medkern-rtc-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let m = kernels::module("softmax").unwrap();
+    let cubin = runtime_compile::cubin_cached_in(m, Arch::new(8, 6), Some(dir.clone())).unwrap();
+    assert_eq!(&cubin[..4], b"\x7fELF", "a CUBIN is an ELF image");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        files[0].starts_with(&format!("softmax-{:016x}-sm_86-nvrtc", m.source_hash)),
+        "{files:?}"
+    );
+    // Second call is served from the cache, byte for byte.
+    assert_eq!(
+        runtime_compile::cubin_cached_in(m, Arch::new(8, 6), Some(dir.clone())).unwrap(),
+        cubin
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

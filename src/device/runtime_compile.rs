@@ -94,13 +94,22 @@ fn cache_dir() -> Option<PathBuf> {
 
 /// Returns a CUBIN of `module` for `arch`, from the disk cache or freshly compiled.
 pub fn cubin_for(module: &EmbeddedModule, arch: Arch) -> Result<Vec<u8>> {
+    cubin_cached_in(module, arch, cache_dir())
+}
+
+/// [`cubin_for`] with an explicit cache directory (None: no caching).
+pub fn cubin_cached_in(
+    module: &EmbeddedModule,
+    arch: Arch,
+    cache: Option<PathBuf>,
+) -> Result<Vec<u8>> {
     let lib = load_nvrtc()?;
     let (maj, min) = nvrtc_compile::nvrtc_version().unwrap_or((0, 0));
     let file = format!(
         "{}-{:016x}-sm_{}{}-nvrtc{maj}.{min}.cubin",
         module.name, module.source_hash, arch.major, arch.minor
     );
-    let cached = cache_dir().map(|d| d.join(&file));
+    let cached = cache.map(|d| d.join(&file));
     if let Some(bytes) = cached.as_ref().and_then(|p| std::fs::read(p).ok()) {
         return Ok(bytes);
     }

@@ -50,7 +50,7 @@ pub fn layernorm_into(
     beta: &Tensor,
     eps: f32,
     y: &mut Tensor,
-    mut h_out: Option<&mut Tensor>,
+    h_out: Option<&mut Tensor>,
 ) -> Result<()> {
     let dt = x.dtype();
     float_dtype(OP, "x", dt)?;
@@ -145,7 +145,7 @@ pub fn layernorm_into(
             let rd = residual.map(|r| dev(OP, "residual", r)).transpose()?;
             let (gd, bd) = (dev(OP, "gamma", gamma)?, dev(OP, "beta", beta)?);
             let yd = dev_mut(OP, "y", y)?;
-            let hd = match h_out.as_deref_mut() {
+            let hd = match h_out {
                 Some(h) => Some(dev_mut(OP, "h_out", h)?),
                 None => None,
             };

@@ -123,7 +123,7 @@ pub fn check_close(
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs();
         let tol = atol(i) + rtol * w.abs();
-        if !(err <= tol) {
+        if err.is_nan() || err > tol {
             if bad.len() < 5 {
                 bad.push(format!(
                     "[{i}] got {g:e} want {w:e} err {err:e} tol {tol:e}"

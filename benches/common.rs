@@ -1,0 +1,22 @@
+//! Shared bench setup: the GPU (or a counted SKIP), seeded inputs, short criterion settings
+//! so the whole suite fits a GPU session. Each timed iteration ends with a stream sync.
+#![allow(dead_code)]
+
+#[path = "../tests/common/mod.rs"]
+mod harness;
+pub use harness::*;
+
+use criterion::Criterion;
+use std::time::Duration;
+
+pub fn criterion() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .configure_from_args()
+}
+
+/// BERT-shaped activations: (batch·seq, hidden) for BERT-base and its FFN.
+pub const BERT_ROWS_COLS: [(usize, usize); 4] =
+    [(128, 768), (4096, 768), (16384, 768), (4096, 3072)];

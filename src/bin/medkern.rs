@@ -1,0 +1,204 @@
+//! `medkern` command line: `info` (GPU, NVRTC, kernel table) and `demo` (the first op
+//! families on the best device, checked against the CPU reference).
+
+use clap::{Parser, Subcommand};
+use medkern::device::{self, kernels, runtime_compile};
+use medkern::ops::{self, Activation, Eltwise};
+use medkern::{DType, Device, HostTensor, Tensor};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "medkern",
+    version,
+    about = "CUDA kernels for compressed transformers and clinical CNNs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print the GPU (or "no GPU"), the NVRTC version and the kernel table.
+    Info,
+    /// Run elementwise, LayerNorm and softmax on the best device and compare with the CPU reference.
+    Demo {
+        /// Force the CPU backend even when a GPU is present.
+        #[arg(long)]
+        cpu: bool,
+        /// Rows of the demo tensors (the columns are BERT-base's 768).
+        #[arg(long, default_value_t = 4096)]
+        rows: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Info => info(),
+        Cmd::Demo { cpu, rows } => demo(cpu, rows),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("medkern: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn info() -> medkern::Result<()> {
+    match device::gpu_count().and_then(|n| {
+        (0..n)
+            .map(medkern::Gpu::new)
+            .collect::<medkern::Result<Vec<_>>>()
+    }) {
+        Ok(gpus) if !gpus.is_empty() => {
+            for g in gpus {
+                let (dmaj, dmin) = g.driver_version();
+                println!(
+                    "GPU {}: {} ({}, {} SMs, {:.1} GiB), CUDA driver {dmaj}.{dmin}",
+                    g.ordinal(),
+                    g.name(),
+                    g.arch(),
+                    g.sm_count(),
+                    g.total_memory() as f64 / (1u64 << 30) as f64
+                );
+            }
+        }
+        Ok(_) => println!("no GPU: the driver reports 0 devices"),
+        Err(e) => println!("no GPU: {e}"),
+    }
+    match kernels::BUILD_NVRTC {
+        Some((a, b)) => {
+            println!("kernels precompiled by NVRTC {a}.{b} (CUBIN sm_80, sm_90; PTX compute_80)")
+        }
+        None => println!("kernels not precompiled: compiled at run time and cached"),
+    }
+    match runtime_compile::nvrtc_version() {
+        Some((a, b)) => println!("runtime NVRTC {a}.{b}"),
+        None => println!("runtime NVRTC: not found"),
+    }
+    println!(
+        "\n{:<24} {:<12} {:<10} {:<16} {:>5} {:>6} {:>6}",
+        "kernel", "module", "min arch", "precompiled", "regs", "smem", "spill"
+    );
+    for k in kernels::KERNELS {
+        let m = kernels::module(k.module)?;
+        let archs = kernels::precompiled_archs(m);
+        let pre = if archs.is_empty() {
+            "runtime compile".to_string()
+        } else {
+            archs
+                .iter()
+                .map(|a| format!("sm_{a}"))
+                .collect::<Vec<_>>()
+                .join(",")
+                + "+ptx"
+        };
+        let r = m
+            .resources
+            .iter()
+            .find(|r| r.kernel == k.name && r.arch == 90);
+        let (regs, smem, spill) = r.map_or(("-".into(), "-".into(), "-".into()), |r| {
+            (
+                r.registers.to_string(),
+                r.shared_bytes.to_string(),
+                (r.spill_stores + r.spill_loads).to_string(),
+            )
+        });
+        println!(
+            "{:<24} {:<12} {:<10} {:<16} {regs:>5} {smem:>6} {spill:>6}",
+            k.name,
+            k.module,
+            k.min_arch.to_string(),
+            pre
+        );
+    }
+    println!("(regs/smem/spill: ptxas report for sm_90)");
+    Ok(())
+}
+
+/// Deterministic normal-ish values with a few large outliers (SplitMix64 + Box–Muller).
+fn sample(len: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed;
+    let mut next = move || {
+        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..len)
+        .map(|i| {
+            let v = (-2.0 * next().max(1e-300).ln()).sqrt()
+                * (2.0 * std::f64::consts::PI * next()).cos();
+            if i % 97 == 13 { v * 20.0 } else { v }
+        })
+        .collect()
+}
+
+fn max_err(a: &HostTensor, b: &HostTensor) -> f64 {
+    a.to_f64()
+        .iter()
+        .zip(b.to_f64())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+fn demo(force_cpu: bool, rows: usize) -> medkern::Result<()> {
+    let dev = if force_cpu {
+        Device::Cpu
+    } else {
+        Device::best()
+    };
+    println!("device: {}", dev.describe());
+    let n = 768;
+    let dt = DType::F16;
+    let h = |shape: &[usize], seed| {
+        HostTensor::from_f64(shape, &sample(shape.iter().product(), seed), dt)
+    };
+    let (x, r, b, g) = (
+        h(&[rows, n], 1)?,
+        h(&[rows, n], 2)?,
+        h(&[n], 3)?,
+        h(&[n], 4)?,
+    );
+    let on = |t: &HostTensor| t.to_device(&dev);
+    let cpu = |t: &HostTensor| t.to_device(&Device::Cpu);
+    let (xd, rd, bd, gd) = (on(&x)?, on(&r)?, on(&b)?, on(&g)?);
+    let (xc, rc, bc, gc) = (cpu(&x)?, cpu(&r)?, cpu(&b)?, cpu(&g)?);
+
+    let run = |name: &str,
+               f: &dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> medkern::Result<Tensor>|
+     -> medkern::Result<()> {
+        let t0 = Instant::now();
+        let got = f(&xd, &rd, &bd, &gd)?.to_host()?;
+        let dt_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let want = f(&xc, &rc, &bc, &gc)?.to_host()?;
+        println!(
+            "{name:<34} [{rows}, {n}] f16  {dt_ms:>8.2} ms (incl. first-use load)  max |err| vs reference {:.3e}",
+            max_err(&got, &want)
+        );
+        Ok(())
+    };
+    run("bias + GELU(erf) + residual", &|x, r, b, _| {
+        ops::eltwise(
+            x,
+            &Eltwise {
+                bias: Some(b),
+                act: Activation::GeluErf,
+                residual: Some(r),
+                ..Default::default()
+            },
+        )
+    })?;
+    run("LayerNorm(x + residual)", &|x, r, b, g| {
+        ops::layernorm(x, Some(r), g, b, 1e-12)
+    })?;
+    run("softmax(x / 8)", &|x, _, _, _| ops::softmax(x, None, 0.125))?;
+    run("cast f16 -> f32", &|x, _, _, _| ops::cast(x, DType::F32))?;
+    Ok(())
+}
