@@ -25,3 +25,8 @@ pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use ops::Activation;
 pub use tensor::{Device, DeviceTensor, HostData, HostTensor, Tensor};
+
+/// The README's example runs as a doctest, so the front page cannot drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

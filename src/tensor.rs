@@ -4,7 +4,7 @@
 use crate::device::Gpu;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result, driver};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DevicePtr};
 use half::{bf16, f16};
 use std::sync::Arc;
 
@@ -286,6 +286,12 @@ impl DeviceTensor {
     pub fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu
     }
+    /// True when the device address is a multiple of `bytes` (the vectorised kernels need 16).
+    pub fn is_aligned(&self, bytes: u64) -> bool {
+        let (ptr, _sync) = self.buf.device_ptr(self.gpu.stream());
+        bytes != 0 && ptr % bytes == 0
+    }
+
     /// The raw buffer, for kernel launches.
     pub fn buffer(&self) -> &CudaSlice<u8> {
         &self.buf

@@ -2,6 +2,7 @@
 //! with and without the fused residual, short (warp) and long (block) rows, outliers.
 
 mod common;
+use approx::assert_abs_diff_eq;
 use common::*;
 use medkern::ops;
 use medkern::reference::layernorm as reference;
@@ -19,7 +20,7 @@ fn reference_normalises() {
     assert_eq!(h, x);
     let s = 1.25f64.sqrt();
     for (yi, xi) in y.iter().zip(x) {
-        assert!((yi - (xi - 2.5) / s).abs() < 1e-15);
+        assert_abs_diff_eq!(*yi, (xi - 2.5) / s, epsilon = 1e-15);
     }
     // gamma/beta apply per column; the residual is added (and rounded to the dtype) first.
     let (y2, h2) = reference::layernorm(
@@ -32,7 +33,7 @@ fn reference_normalises() {
         DType::F16,
     );
     assert_eq!(h2, vec![2.0, 3.0, 4.0, 5.0]);
-    assert!((y2[0] - (0.5 + 2.0 * (-1.5 / s))).abs() < 1e-15);
+    assert_abs_diff_eq!(y2[0], 0.5 + 2.0 * (-1.5 / s), epsilon = 1e-15);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! with random shapes, scales, broadcast padding masks and fully masked rows.
 
 mod common;
+use approx::{assert_abs_diff_eq, assert_relative_eq};
 use common::*;
 use medkern::ops;
 use medkern::reference::softmax as reference;
@@ -16,11 +17,11 @@ fn reference_properties() {
     let x = [1.0, 2.0, 3.0, 1001.0, 1002.0, 1003.0];
     let y = reference::softmax(&x, 3, None, 1.0);
     for c in 0..3 {
-        assert!((y[c] - y[3 + c]).abs() < 1e-15);
+        assert_abs_diff_eq!(y[c], y[3 + c], epsilon = 1e-15);
     }
-    assert!((y[0] + y[1] + y[2] - 1.0).abs() < 1e-15);
+    assert_abs_diff_eq!(y[0] + y[1] + y[2], 1.0, epsilon = 1e-15);
     // e^-2 / (1 + e^-1 + e^-2), closed form.
-    assert!((y[0] - 0.090_030_573_170_380_46).abs() < 1e-15);
+    assert_relative_eq!(y[0], 0.090_030_573_170_380_46, max_relative = 1e-14);
     let mask = [
         0.0,
         f64::NEG_INFINITY,

@@ -137,6 +137,10 @@ impl Gpu {
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
+    /// A new stream on this GPU, for callers that overlap work (ops queue on [`Gpu::stream`]).
+    pub fn new_stream(&self) -> Result<Arc<CudaStream>> {
+        self.ctx.new_stream().map_err(driver("Gpu::new_stream"))
+    }
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<()> {
         self.stream

@@ -1,6 +1,7 @@
 //! Elementwise family: kernel `kernels/elementwise.cu`, reference `src/reference/elementwise.rs`,
 //! tests `tests/elementwise.rs`, bench `benches/elementwise.rs`.
 
+use super::aligned16;
 use super::{
     Activation, Backend, backend, dev, dev_mut, float_dtype, host, kernel_name, row_len,
     same_dtype, same_shape, stride_grid,
@@ -150,8 +151,10 @@ pub fn eltwise_into(x: &Tensor, e: &Eltwise, out: &mut Tensor) -> Result<()> {
             let bd = e.bias.map(|b| dev(OP, "bias", b)).transpose()?;
             let rd = e.residual.map(|r| dev(OP, "residual", r)).transpose()?;
             let yd = dev_mut(OP, "out", out)?;
-            // Device buffers are 256-byte aligned; a bias row must not straddle a vector.
-            let vec_ok = i32::from(e.bias.is_none() || n % 8 == 0);
+            // A bias row must not straddle a vector, and every buffer must be 16-byte aligned.
+            let vec_ok = i32::from(
+                (e.bias.is_none() || n % 8 == 0) && aligned16(&[Some(xd), bd, rd, Some(&*yd)]),
+            );
             let (total_i, n_i, null) = (total as i64, n as i64, 0u64);
             let cfg = LaunchConfig {
                 grid_dim: (stride_grid(&gpu, total, 256), 1, 1),
@@ -216,7 +219,7 @@ pub fn cast_into(x: &Tensor, out: &mut Tensor) -> Result<()> {
             let f = gpu.function(kernel)?;
             let xd = dev(OP, "x", x)?;
             let yd = dev_mut(OP, "out", out)?;
-            let (total_i, vec_ok) = (total as i64, 1i32);
+            let (total_i, vec_ok) = (total as i64, i32::from(aligned16(&[Some(xd), Some(&*yd)])));
             let cfg = LaunchConfig {
                 grid_dim: (stride_grid(&gpu, total, 256), 1, 1),
                 block_dim: (256, 1, 1),

@@ -1,6 +1,7 @@
 //! LayerNorm with fused residual: kernel `kernels/layernorm.cu`, reference
 //! `src/reference/layernorm.rs`, tests `tests/layernorm.rs`, bench `benches/layernorm.rs`.
 
+use super::aligned16;
 use super::{
     Backend, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name, row_len, same_dtype,
     same_shape,
@@ -149,7 +150,8 @@ pub fn layernorm_into(
                 Some(h) => Some(dev_mut(OP, "h_out", h)?),
                 None => None,
             };
-            let (null, vec_ok) = (0u64, i32::from(n % 8 == 0));
+            let all = [Some(xd), rd, Some(gd), Some(bd), Some(&*yd), hd.as_deref()];
+            let (null, vec_ok) = (0u64, i32::from(n % 8 == 0 && aligned16(&all)));
             let stream = gpu.stream();
             let mut b = stream.launch_builder(&f);
             b.arg(yd.buffer_mut());

@@ -222,6 +222,11 @@ pub(crate) fn kernel_name(op: &'static str, name: String) -> Result<&'static str
         })
 }
 
+/// True when every given buffer allows the kernels' 16-byte vector accesses.
+pub(crate) fn aligned16(bufs: &[Option<&DeviceTensor>]) -> bool {
+    bufs.iter().flatten().all(|d| d.is_aligned(16))
+}
+
 /// Grid for a grid-stride memory-bound kernel: enough blocks to fill the GPU, at most one
 /// thread per 8-element vector.
 pub(crate) fn stride_grid(gpu: &Gpu, total: usize, threads: u32) -> u32 {

@@ -1,6 +1,7 @@
 //! Row softmax: kernel `kernels/softmax.cu`, reference `src/reference/softmax.rs`,
 //! tests `tests/softmax.rs`, bench `benches/softmax.rs`.
 
+use super::aligned16;
 use super::{
     Backend, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name, row_len, same_dtype,
     same_shape,
@@ -18,7 +19,10 @@ const WARP_MAX_N: usize = 1024;
 /// `softmax(x·scale + mask)` over the last dimension. `mask` is f32 `[mask_rows, n]` (any
 /// leading shape), additive (`-inf` drops a key), and row `r` of x uses mask row
 /// `r / (rows / mask_rows)`: a `[batch, seq_k]` padding mask covers `[batch, heads, seq_q,
-/// seq_k]` scores. Fully masked rows come out as zeros.
+/// seq_k]` scores. Fully masked rows come out as zeros. The mask broadcasts over *outer*
+/// rows only: a `[seq_q, seq_k]` causal mask over `[batch, heads, seq_q, seq_k]` scores needs
+/// to be expanded to one mask row per score row. Arithmetic is f32 like the kernel: inputs
+/// whose `x·scale` overflows f32, and +inf entries, give NaN rows (the f64 reference may not).
 pub fn softmax(x: &Tensor, mask: Option<&Tensor>, scale: f32) -> Result<Tensor> {
     let mut out = Tensor::empty(&x.device(), x.shape(), x.dtype())?;
     softmax_into(x, mask, scale, &mut out)?;
@@ -115,7 +119,10 @@ pub fn softmax_into(x: &Tensor, mask: Option<&Tensor>, scale: f32, out: &mut Ten
             let xd = dev(OP, "x", x)?;
             let md = mask.map(|m| dev(OP, "mask", m)).transpose()?;
             let yd = dev_mut(OP, "out", out)?;
-            let (null, vec_ok) = (0u64, i32::from(n % 8 == 0));
+            let (null, vec_ok) = (
+                0u64,
+                i32::from(n % 8 == 0 && aligned16(&[Some(xd), md, Some(&*yd)])),
+            );
             let stream = gpu.stream();
             let mut b = stream.launch_builder(&f);
             b.arg(yd.buffer_mut()).arg(xd.buffer());
