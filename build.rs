@@ -101,6 +101,7 @@ fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=src/device/nvrtc_compile.rs");
     println!("cargo:rerun-if-env-changed=MEDKERN_REQUIRE_NVRTC");
+    println!("cargo:rerun-if-env-changed=MEDKERN_LINEINFO");
     let require = std::env::var("MEDKERN_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
 
     let modules = sorted_files(&kdir, "cu");

@@ -112,9 +112,12 @@ pub fn compile(
     let mut opts = vec![
         format!("--gpu-architecture={target}"),
         "--std=c++17".to_string(),
-        "--generate-line-info".to_string(),
         "-DMEDKERN_NVRTC=1".to_string(),
     ];
+    // Source line info (for ncu / compute-sanitizer reports) triples the image size: opt-in.
+    if std::env::var("MEDKERN_LINEINFO").is_ok_and(|v| v == "1") {
+        opts.push("--generate-line-info".to_string());
+    }
     if cubin {
         opts.push("--ptxas-options=-v".to_string());
     }
