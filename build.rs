@@ -185,15 +185,29 @@ fn main() {
                 .map(|a| format!("sm_{a}"))
                 .chain(std::iter::once(format!("compute_{PTX_ARCH}")))
                 .collect();
-            // NVRTC programs are independent: compile the targets of a module in parallel.
+            // Reuse the images of an unchanged module (same sources, NVRTC, options) from an
+            // earlier build of this OUT_DIR; compile the others' targets in parallel.
+            let lineinfo = std::env::var("MEDKERN_LINEINFO").is_ok_and(|v| v == "1");
+            let key =
+                format!("{hash:016x}-{version:?}-{lineinfo}").replace([' ', '(', ')', ','], "");
+            let cached = |t: &String| -> Option<nvrtc_compile::Compiled> {
+                let image = std::fs::read(out.join(format!("{stem}.{t}.{key}.img"))).ok()?;
+                let log =
+                    std::fs::read_to_string(out.join(format!("{stem}.{t}.{key}.log"))).ok()?;
+                Some(nvrtc_compile::Compiled { image, log })
+            };
             let results: Vec<Result<nvrtc_compile::Compiled, String>> = std::thread::scope(|s| {
                 let hs = &header_refs;
                 let handles: Vec<_> = targets
                     .iter()
                     .map(|t| {
                         let (stem, source, incs) = (&stem, &source, &incs);
-                        s.spawn(move || {
-                            nvrtc_compile::compile(&format!("{stem}.cu"), source, hs, t, incs)
+                        let hit = cached(t);
+                        s.spawn(move || match hit {
+                            Some(c) => Ok(c),
+                            None => {
+                                nvrtc_compile::compile(&format!("{stem}.cu"), source, hs, t, incs)
+                            }
                         })
                     })
                     .collect();
@@ -205,6 +219,12 @@ fn main() {
                     })
                     .collect()
             });
+            for (t, r) in targets.iter().zip(&results) {
+                if let Ok(c) = r {
+                    let _ = std::fs::write(out.join(format!("{stem}.{t}.{key}.img")), &c.image);
+                    let _ = std::fs::write(out.join(format!("{stem}.{t}.{key}.log")), &c.log);
+                }
+            }
             for (target, res) in targets.iter().zip(results) {
                 let compiled =
                     res.unwrap_or_else(|log| fail_with_log(&format!("medkern build: {log}")));
@@ -223,6 +243,12 @@ fn main() {
                         file.display().to_string()
                     );
                     for r in nvrtc_compile::parse_resources(&compiled.log) {
+                        if r.stack_bytes > 0 {
+                            println!(
+                                "cargo:warning=medkern: {} on sm_{arch} uses a {}-byte stack frame (local memory)",
+                                r.kernel, r.stack_bytes
+                            );
+                        }
                         if r.spill_stores > 0 || r.spill_loads > 0 {
                             spills.push(format!(
                                 "{} on sm_{arch}: {} bytes spill stores, {} bytes spill loads",

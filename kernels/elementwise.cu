@@ -5,24 +5,9 @@
 // the output is rounded to nearest even. Kernels: eltwise_{act}_{f32,f16,bf16},
 // cast_{src}_{dst}. Launcher: src/ops/elementwise.rs; reference: src/reference/elementwise.rs.
 #include "common/types.cuh"
+#include "common/act.cuh"
 
 namespace mk {
-
-enum Act { IDENTITY, RELU, RELU6, GELU_ERF, GELU_TANH, SILU, SIGMOID };
-
-template <int A> __device__ __forceinline__ float act(float x) {
-    if constexpr (A == IDENTITY) return x;
-    if constexpr (A == RELU) return fmaxf(x, 0.f);
-    if constexpr (A == RELU6) return fminf(fmaxf(x, 0.f), 6.f);
-    if constexpr (A == GELU_ERF) return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
-    if constexpr (A == GELU_TANH) {
-        const float u = 0.79788456080286536f * (x + 0.044715f * x * x * x);
-        return 0.5f * x * (1.f + tanhf(u));
-    }
-    if constexpr (A == SILU) return x / (1.f + expf(-x));
-    if constexpr (A == SIGMOID) return 1.f / (1.f + expf(-x));
-    return x;
-}
 
 // total elements; bias (length n) is broadcast along rows; vec_ok: host checked that
 // pointers are VEC-aligned and n % VEC == 0, so a VEC chunk never straddles a row.

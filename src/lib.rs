@@ -17,6 +17,7 @@ pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod ops;
+pub mod quant;
 pub mod reference;
 pub mod tensor;
 

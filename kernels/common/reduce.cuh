@@ -1,6 +1,6 @@
 // medkern common: deterministic all-reduce over a group of threads that shares one row.
 #pragma once
-#include "types.cuh"
+#include "common/types.cuh"
 
 namespace mk {
 
@@ -27,6 +27,12 @@ __device__ __forceinline__ void maxsum_push(MaxSum& a, float v) {
     if (v > a.m) { a.s = a.s * expf(a.m - v) + 1.f; a.m = v; }
     else { a.s += expf(v - a.m); }
 }
+
+// Running absolute maximum (int8 quantisation scales).
+struct AbsMax { float v; };
+__device__ __forceinline__ AbsMax shfl_xor(AbsMax a, int o) { return {__shfl_xor_sync(FULL_MASK, a.v, o)}; }
+__device__ __forceinline__ AbsMax shfl_from(AbsMax a, int lane) { return {__shfl_sync(FULL_MASK, a.v, lane)}; }
+__device__ __forceinline__ AbsMax merge_absmax(AbsMax a, AbsMax b) { return {fmaxf(a.v, b.v)}; }
 
 // Welford count / mean / sum of squared deviations: stable with large outliers.
 struct Welford { float n, mean, m2; };

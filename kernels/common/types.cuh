@@ -15,6 +15,8 @@ template <typename T> __device__ __forceinline__ float to_f32(T x);
 template <> __device__ __forceinline__ float to_f32<float>(float x) { return x; }
 template <> __device__ __forceinline__ float to_f32<f16>(f16 x) { return __half2float(x); }
 template <> __device__ __forceinline__ float to_f32<bf16>(bf16 x) { return __bfloat162float(x); }
+template <> __device__ __forceinline__ float to_f32<signed char>(signed char x) { return (float)x; }
+template <> __device__ __forceinline__ float to_f32<int>(int x) { return (float)x; }
 
 // Round-to-nearest-even conversion from f32, as the CPU reference does.
 template <typename T> __device__ __forceinline__ T from_f32(float x);

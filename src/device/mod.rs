@@ -164,6 +164,24 @@ impl Gpu {
         Ok(f)
     }
 
+    /// [`Gpu::function`] for a kernel that takes `dynamic_smem` bytes of dynamic shared memory:
+    /// the first load opts it in above the default 48 KiB limit.
+    pub fn function_with_smem(
+        &self,
+        kernel: &'static str,
+        dynamic_smem: u32,
+    ) -> Result<CudaFunction> {
+        let f = self.function(kernel)?;
+        if dynamic_smem > 48 * 1024 {
+            f.set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                dynamic_smem as i32,
+            )
+            .map_err(driver(kernel))?;
+        }
+        Ok(f)
+    }
+
     fn module(&self, name: &'static str) -> Result<Arc<CudaModule>> {
         let mut mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = mods.get(name) {

@@ -4,13 +4,19 @@
 //! allocate it.
 
 pub mod elementwise;
+pub mod gemm;
+pub mod gemm_int8;
 pub mod layernorm;
+pub mod quantize;
 pub mod softmax;
 
 pub use elementwise::{
     Eltwise, activation, bias_add, cast, cast_into, eltwise, eltwise_into, residual_add, scale,
 };
+pub use gemm::{Gemm, Tile, gemm, gemm_into};
+pub use gemm_int8::{GemmI8, gemm_i8, gemm_i8_into, gemm_i8_raw, gemm_i8_raw_into};
 pub use layernorm::{layernorm, layernorm_into, layernorm_residual};
+pub use quantize::{LnParams, dequantize_rows, layernorm_quantize, quantize_rows};
 pub use softmax::{softmax, softmax_into};
 
 use crate::device::Gpu;
@@ -21,8 +27,9 @@ use std::sync::Arc;
 
 /// Activation functions fused into elementwise kernels and epilogues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(i32)]
 pub enum Activation {
-    Identity,
+    Identity = 0,
     Relu,
     Relu6,
     /// Exact GELU, `0.5·x·(1 + erf(x/√2))` (BERT).
@@ -43,6 +50,10 @@ impl Activation {
         Activation::Silu,
         Activation::Sigmoid,
     ];
+    /// The code GEMM epilogues switch on (kernels/common/act.cuh).
+    pub fn code(self) -> i32 {
+        self as i32
+    }
     /// The name used in kernel names (`eltwise_gelu_erf_f16`).
     pub fn name(self) -> &'static str {
         match self {

@@ -4,5 +4,8 @@
 //! outputs to the dtype (`DType::round`). Public so users can cross-check their own results.
 
 pub mod elementwise;
+pub mod gemm;
+pub mod gemm_int8;
 pub mod layernorm;
+pub mod quantize;
 pub mod softmax;

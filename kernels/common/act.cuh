@@ -1,0 +1,36 @@
+// medkern common: activation functions in f32, shared by elementwise kernels and epilogues.
+// Codes match `medkern::ops::Activation` (src/ops/mod.rs, `Activation::code`).
+#pragma once
+
+namespace mk {
+
+enum Act { IDENTITY = 0, RELU = 1, RELU6 = 2, GELU_ERF = 3, GELU_TANH = 4, SILU = 5, SIGMOID = 6 };
+
+template <int A> __device__ __forceinline__ float act(float x) {
+    if constexpr (A == IDENTITY) return x;
+    if constexpr (A == RELU) return fmaxf(x, 0.f);
+    if constexpr (A == RELU6) return fminf(fmaxf(x, 0.f), 6.f);
+    if constexpr (A == GELU_ERF) return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
+    if constexpr (A == GELU_TANH) {
+        const float u = 0.79788456080286536f * (x + 0.044715f * x * x * x);
+        return 0.5f * x * (1.f + tanhf(u));
+    }
+    if constexpr (A == SILU) return x / (1.f + expf(-x));
+    if constexpr (A == SIGMOID) return 1.f / (1.f + expf(-x));
+    return x;
+}
+
+// Run-time selected activation for GEMM epilogues (the branch is uniform across the grid).
+__device__ __forceinline__ float act_rt(int a, float x) {
+    switch (a) {
+        case RELU: return act<RELU>(x);
+        case RELU6: return act<RELU6>(x);
+        case GELU_ERF: return act<GELU_ERF>(x);
+        case GELU_TANH: return act<GELU_TANH>(x);
+        case SILU: return act<SILU>(x);
+        case SIGMOID: return act<SIGMOID>(x);
+        default: return x;
+    }
+}
+
+}  // namespace mk
