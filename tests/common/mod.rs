@@ -155,3 +155,42 @@ pub fn interesting_len(rng: &mut SeedRng, max: usize) -> usize {
         1 + rng.below(max as u64) as usize
     }
 }
+
+/// Int8 values: mostly small (|v| ≤ 16, as quantised activations are), 1 in 50 a planted
+/// extreme (±100..127 or -128).
+pub fn random_i8(rng: &mut SeedRng, len: usize) -> Vec<i8> {
+    (0..len)
+        .map(|_| {
+            if rng.below(50) == 0 {
+                if rng.below(8) == 0 {
+                    -128
+                } else {
+                    (100 + rng.below(28) as i32) as i8 * if rng.below(2) == 0 { -1 } else { 1 }
+                }
+            } else {
+                rng.below(33) as i8 - 16
+            }
+        })
+        .collect()
+}
+
+/// GEMM sizes in CUTLASS's testbed manner: multiples of the alignment, just off them, tails.
+pub fn gemm_len(rng: &mut SeedRng, align: usize, max: usize) -> usize {
+    let choices = [
+        align,
+        2 * align,
+        64 - align,
+        128 + align,
+        512 - 3 * align,
+        1,
+        7,
+        33,
+        257,
+    ];
+    let v = if rng.below(3) == 0 {
+        1 + rng.below(max as u64) as usize
+    } else {
+        choices[rng.below(choices.len() as u64) as usize]
+    };
+    v.clamp(1, max)
+}

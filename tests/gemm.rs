@@ -1,0 +1,245 @@
+//! Dense GEMM (`kernels/gemm.cu`, `src/ops/gemm.rs`): GPU against the f64 reference over
+//! CUTLASS-style shapes (tile multiples, just off them, M = 1), every tile config, epilogue,
+//! input and output dtype; batched and Linear layouts; bad input.
+
+mod common;
+use common::*;
+use medkern::ops::{self, Activation, Gemm, Tile};
+use medkern::reference::gemm::{self as reference, GemmDims};
+use medkern::{DType, Device, Error, Tensor};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+const U_F32: f64 = f32::EPSILON as f64 / 2.0;
+
+#[test]
+fn reference_small_product() {
+    // [[1,2],[3,4]] · [[5,6],[7,8]]ᵀ = [[17,23],[39,53]], then +bias, ReLU, +residual.
+    let d = GemmDims {
+        batch: 1,
+        m: 2,
+        n: 2,
+        k: 2,
+        shared_w: true,
+    };
+    let y = reference::gemm(
+        &[1., 2., 3., 4.],
+        &[5., 6., 7., 8.],
+        d,
+        1.0,
+        None,
+        Activation::Identity,
+        None,
+    );
+    assert_eq!(y, vec![17., 23., 39., 53.]);
+    let y = reference::gemm(
+        &[1., 2., 3., 4.],
+        &[5., 6., 7., 8.],
+        d,
+        -1.0,
+        Some(&[20., 0.]),
+        Activation::Relu,
+        Some(&[1., 1., 1., 1.]),
+    );
+    assert_eq!(y, vec![4., 1., 1., 1.]);
+}
+
+#[test]
+fn tile_choice_follows_shape() {
+    assert_eq!(Tile::choose(1, 768, 1, 132), Tile::S);
+    assert_eq!(Tile::choose(32, 3072, 1, 132), Tile::S);
+    assert_eq!(Tile::choose(16384, 768, 1, 132), Tile::L);
+    assert_eq!(Tile::choose(2048, 768, 1, 132), Tile::M);
+    assert_eq!(Tile::choose(512, 768, 1, 132), Tile::S);
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let cpu = Device::Cpu;
+    let h = |shape: &[usize]| {
+        Tensor::new(&cpu, shape, vec![half::f16::ONE; shape.iter().product()]).unwrap()
+    };
+    let (x, w) = (h(&[4, 16]), h(&[8, 24]));
+    let e = ops::gemm(&x, &w, &Gemm::default()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Shape {
+                op: "gemm",
+                arg: "x",
+                ..
+            }
+        ) && e.to_string().contains("[..., 24]"),
+        "{e}"
+    );
+    let e = ops::gemm(&h(&[4, 12]), &h(&[8, 12]), &Gemm::default()).unwrap_err();
+    assert!(e.to_string().contains("multiple of 8"), "{e}");
+    let w32 = Tensor::new(&cpu, &[8, 16], vec![1f32; 128]).unwrap();
+    let e = ops::gemm(&x, &w32, &Gemm::default()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::DType {
+                op: "gemm",
+                arg: "w",
+                got: DType::F32,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let b = h(&[7]);
+    let e = ops::gemm(
+        &x,
+        &h(&[8, 16]),
+        &Gemm {
+            bias: Some(&b),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::Shape { arg: "bias", .. }) && e.to_string().contains("[8]"),
+        "{e}"
+    );
+    let e = ops::gemm(
+        &x,
+        &h(&[8, 16]),
+        &Gemm {
+            out_dtype: Some(DType::BF16),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::DType {
+                arg: "out_dtype",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = ops::gemm(&h(&[2, 4, 16]), &h(&[3, 8, 16]), &Gemm::default()).unwrap_err();
+    assert!(
+        matches!(e, Error::Shape { arg: "x", .. }) && e.to_string().contains("[3, M, 16]"),
+        "{e}"
+    );
+    // The CPU backend computes the same thing as the reference (f16 rounding of 16·1·1 = 16).
+    let y = ops::gemm(&x, &h(&[8, 16]), &Gemm::default())
+        .unwrap()
+        .to_host()
+        .unwrap();
+    assert_eq!(y.shape(), &[4, 8]);
+    assert!(y.to_f64().iter().all(|&v| v == 16.0));
+}
+
+#[test]
+fn gemm_gpu_matches_reference() {
+    let Some(gpu) = gpu_or_skip("gemm_gpu_matches_reference") else {
+        return;
+    };
+    let strategy = (
+        any::<u64>(),
+        0..3usize,
+        any::<bool>(),
+        0..7usize,
+        any::<(bool, bool, bool)>(),
+        0..4usize,
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 128,
+        ..Config::default()
+    });
+    runner
+        .run(&strategy, |(seed, di, out32, ai, (with_bias, with_res, batched), ti)| {
+            let mut rng = SeedRng::new(seed);
+            let dt = DType::FLOATS[di];
+            let odt = if out32 { DType::F32 } else { dt };
+            let act = Activation::ALL[ai];
+            let tile = [Some(Tile::S), Some(Tile::M), Some(Tile::L), None][ti];
+            let (m, n) = (gemm_len(&mut rng, 8, 300), gemm_len(&mut rng, 8, 300));
+            let k = if dt == DType::F32 { gemm_len(&mut rng, 1, 300) } else { 8 * gemm_len(&mut rng, 1, 64) };
+            let batch = if batched { 1 + rng.below(3) as usize } else { 1 };
+            let (xs, ws, ys) = if batched { (vec![batch, m, k], vec![batch, n, k], vec![batch, m, n]) } else { (vec![m, k], vec![n, k], vec![m, n]) };
+            let d = GemmDims { batch, m, n, k, shared_w: !batched };
+            let x = random_values(&mut rng, batch * m * k, 1.0, dt);
+            let w = random_values(&mut rng, ws.iter().product(), 0.5, dt);
+            let b = random_values(&mut rng, n, 1.0, dt);
+            let r = random_values(&mut rng, batch * m * n, 1.0, odt);
+            let alpha = 0.25 + rng.uniform();
+            let alpha = f64::from(alpha as f32);
+            let (xt, wt, bt, rt) = (upload(&gpu, &xs, &x, dt), upload(&gpu, &ws, &w, dt), upload(&gpu, &[n], &b, dt), upload(&gpu, &ys, &r, odt));
+            let spec = Gemm { alpha: alpha as f32, bias: with_bias.then_some(&bt), act, residual: with_res.then_some(&rt), out_dtype: Some(odt), tile };
+            let mut out = poisoned(&gpu, &ys, odt);
+            ops::gemm_into(&xt, &wt, &spec, &mut out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let got = out.to_host().unwrap().to_f64();
+            let want = reference::gemm(&x, &w, d, alpha, with_bias.then_some(&b[..]), act, with_res.then_some(&r[..]));
+            // f32 accumulation of K products: error grows like sqrt(K) ulps of Σ|x·w|.
+            let ax: Vec<f64> = x.iter().map(|v| v.abs()).collect();
+            let aw: Vec<f64> = w.iter().map(|v| v.abs()).collect();
+            let mag = reference::gemm(&ax, &aw, d, alpha, None, Activation::Identity, None);
+            let atol = |i: usize| {
+                let extra = if with_bias { b[i % n].abs() } else { 0.0 } + if with_res { r[i].abs() } else { 0.0 };
+                min_step(odt) + 8.0 * (k as f64).sqrt() * U_F32 * (mag[i] + extra + want[i].abs())
+            };
+            check_close(&format!("gemm {dt}->{odt} {act:?} tile {tile:?} b{batch} m{m} n{n} k{k} bias={with_bias} res={with_res}"), &got, &want, &atol, 2.0 * odt.unit_roundoff())
+                .map_err(TestCaseError::fail)
+        })
+        .unwrap();
+}
+
+#[test]
+fn gemm_gpu_bert_shapes() {
+    // The shapes the encoders run: M = batch·seq, hidden 384/768, FFN 1536/3072.
+    let Some(gpu) = gpu_or_skip("gemm_gpu_bert_shapes") else {
+        return;
+    };
+    let mut rng = SeedRng::new(5);
+    for (m, n, k) in [
+        (1, 768, 768),
+        (128, 3072, 768),
+        (384, 768, 3072),
+        (1000, 384, 1536),
+    ] {
+        let dt = DType::F16;
+        let x = random_values(&mut rng, m * k, 1.0, dt);
+        let w = random_values(&mut rng, n * k, 0.05, dt);
+        let b = random_values(&mut rng, n, 0.1, dt);
+        let (xt, wt, bt) = (
+            upload(&gpu, &[m, k], &x, dt),
+            upload(&gpu, &[n, k], &w, dt),
+            upload(&gpu, &[n], &b, dt),
+        );
+        let mut out = poisoned(&gpu, &[m, n], dt);
+        ops::gemm_into(
+            &xt,
+            &wt,
+            &Gemm {
+                bias: Some(&bt),
+                act: Activation::GeluErf,
+                ..Default::default()
+            },
+            &mut out,
+        )
+        .unwrap();
+        let d = GemmDims {
+            batch: 1,
+            m,
+            n,
+            k,
+            shared_w: true,
+        };
+        let want = reference::gemm(&x, &w, d, 1.0, Some(&b), Activation::GeluErf, None);
+        let got = out.to_host().unwrap().to_f64();
+        check_close(
+            &format!("bert gemm {m}x{n}x{k}"),
+            &got,
+            &want,
+            &|_| 1e-3,
+            2.0 * dt.unit_roundoff(),
+        )
+        .unwrap();
+    }
+}
