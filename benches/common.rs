@@ -14,6 +14,7 @@ pub fn criterion() -> Criterion {
         .sample_size(20)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1))
+        .without_plots()
         .configure_from_args()
 }
 

@@ -21,15 +21,16 @@ fn bench(c: &mut criterion::Criterion) {
         });
         return;
     };
+    let dev = Device::Gpu(gpu.clone());
     let mut g = c.benchmark_group("eltwise");
     let mut rng = SeedRng::new(7);
     for (rows, n) in BERT_ROWS_COLS {
         for dt in DType::FLOATS {
             let len = rows * n;
-            let x = upload(&gpu, &[rows, n], &random_values(&mut rng, len, 1.0, dt), dt);
-            let r = upload(&gpu, &[rows, n], &random_values(&mut rng, len, 1.0, dt), dt);
-            let bias = upload(&gpu, &[n], &random_values(&mut rng, n, 1.0, dt), dt);
-            let mut out = poisoned(&gpu, &[rows, n], dt);
+            let x = upload(&dev, &[rows, n], &random_values(&mut rng, len, 1.0, dt), dt);
+            let r = upload(&dev, &[rows, n], &random_values(&mut rng, len, 1.0, dt), dt);
+            let bias = upload(&dev, &[n], &random_values(&mut rng, n, 1.0, dt), dt);
+            let mut out = poisoned(&dev, &[rows, n], dt);
             let spec = Eltwise {
                 bias: Some(&bias),
                 act: Activation::GeluErf,
@@ -44,7 +45,7 @@ fn bench(c: &mut criterion::Criterion) {
                 })
             });
             if dt != DType::F32 {
-                let mut out32 = poisoned(&gpu, &[rows, n], DType::F32);
+                let mut out32 = poisoned(&dev, &[rows, n], DType::F32);
                 g.throughput(Throughput::Bytes((len * (dt.size() + 4)) as u64));
                 g.bench_function(format!("cast/{dt}->f32/{rows}x{n}"), |b| {
                     b.iter(|| {

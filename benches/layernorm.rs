@@ -21,16 +21,17 @@ fn bench(c: &mut criterion::Criterion) {
         });
         return;
     };
+    let dev = Device::Gpu(gpu.clone());
     let mut g = c.benchmark_group("layernorm");
     let mut rng = SeedRng::new(13);
     for (rows, n) in BERT_ROWS_COLS.into_iter().chain([(4096, 4096)]) {
         for dt in DType::FLOATS {
             let len = rows * n;
-            let x = upload(&gpu, &[rows, n], &random_values(&mut rng, len, 1.0, dt), dt);
-            let r = upload(&gpu, &[rows, n], &random_values(&mut rng, len, 1.0, dt), dt);
-            let gamma = upload(&gpu, &[n], &random_values(&mut rng, n, 1.0, dt), dt);
-            let beta = upload(&gpu, &[n], &random_values(&mut rng, n, 1.0, dt), dt);
-            let mut y = poisoned(&gpu, &[rows, n], dt);
+            let x = upload(&dev, &[rows, n], &random_values(&mut rng, len, 1.0, dt), dt);
+            let r = upload(&dev, &[rows, n], &random_values(&mut rng, len, 1.0, dt), dt);
+            let gamma = upload(&dev, &[n], &random_values(&mut rng, n, 1.0, dt), dt);
+            let beta = upload(&dev, &[n], &random_values(&mut rng, n, 1.0, dt), dt);
+            let mut y = poisoned(&dev, &[rows, n], dt);
             g.throughput(Throughput::Bytes((3 * len * dt.size()) as u64));
             g.bench_function(format!("residual/{dt}/{rows}x{n}"), |b| {
                 b.iter(|| {

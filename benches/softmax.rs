@@ -20,6 +20,7 @@ fn bench(c: &mut criterion::Criterion) {
         });
         return;
     };
+    let dev = Device::Gpu(gpu.clone());
     let mut g = c.benchmark_group("softmax");
     let mut rng = SeedRng::new(11);
     // (batch, heads, seq): scores are [batch·heads·seq, seq], the mask is [batch, seq].
@@ -27,7 +28,7 @@ fn bench(c: &mut criterion::Criterion) {
         for dt in [DType::F16, DType::BF16, DType::F32] {
             let rows = batch * heads * seq;
             let x = upload(
-                &gpu,
+                &dev,
                 &[rows, seq],
                 &random_values(&mut rng, rows * seq, 2.0, dt),
                 dt,
@@ -43,8 +44,8 @@ fn bench(c: &mut criterion::Criterion) {
                     })
                 })
                 .collect();
-            let m = upload(&gpu, &[batch, seq], &mask, DType::F32);
-            let mut out = poisoned(&gpu, &[rows, seq], dt);
+            let m = upload(&dev, &[batch, seq], &mask, DType::F32);
+            let mut out = poisoned(&dev, &[rows, seq], dt);
             g.throughput(Throughput::Bytes((2 * rows * seq * dt.size()) as u64));
             g.bench_function(format!("masked/{dt}/b{batch}h{heads}s{seq}"), |b| {
                 b.iter(|| {

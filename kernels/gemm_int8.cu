@@ -65,7 +65,7 @@ __device__ __forceinline__ void gemm_i8(const GemmParams& p) {
         constexpr bool REQUANT = sizeof(O) == 1;
         for_each_pair<Cfg>(m0, n0, [&](int mt, int nt, int h, int row, int col) {
             if (row >= p.M) return;
-            const float sx = p.sx[p.sx_per_row ? row : 0];
+            const float sx = p.sx[p.sx_per_row ? b * p.M + row : 0];  // per token over all batches
             const float v0 = groups ? facc[mt][nt][2 * h] : (float)acc[mt][nt][2 * h];
             const float v1 = groups ? facc[mt][nt][2 * h + 1] : (float)acc[mt][nt][2 * h + 1];
             store_pair<O>(Y, R, row, col, p.N, v0, v1, [&](int c, float x) {

@@ -7,7 +7,7 @@ use medkern::ops::{self, Activation, Eltwise};
 use medkern::reference::elementwise as reference;
 use medkern::{DType, Device, Error, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::TestRunner;
 
 const U_F32: f64 = f32::EPSILON as f64 / 2.0;
 
@@ -114,7 +114,7 @@ fn eltwise_tol(dt: DType, mag: &[f64]) -> (impl Fn(usize) -> f64 + '_, f64) {
 
 #[test]
 fn eltwise_gpu_matches_reference() {
-    let Some(gpu) = gpu_or_skip("eltwise_gpu_matches_reference") else {
+    let Some(dev) = test_device("eltwise_gpu_matches_reference") else {
         return;
     };
     let strategy = (
@@ -125,10 +125,7 @@ fn eltwise_gpu_matches_reference() {
         any::<bool>(),
         -2.0f32..2.0,
     );
-    let mut runner = TestRunner::new(Config {
-        cases: 96,
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(cases(96));
     runner
         .run(&strategy, |(seed, di, ai, with_bias, with_res, alpha)| {
             let mut rng = SeedRng::new(seed);
@@ -141,16 +138,16 @@ fn eltwise_gpu_matches_reference() {
             let b = random_values(&mut rng, n, 1.0, dt);
             let r = random_values(&mut rng, len, 1.0, dt);
             let alpha = if alpha == 0.0 { 1.0 } else { alpha };
-            let xt = upload(&gpu, &shape, &x, dt);
-            let bt = upload(&gpu, &[n], &b, dt);
-            let rt = upload(&gpu, &shape, &r, dt);
+            let xt = upload(&dev, &shape, &x, dt);
+            let bt = upload(&dev, &[n], &b, dt);
+            let rt = upload(&dev, &shape, &r, dt);
             let spec = Eltwise {
                 alpha,
                 bias: with_bias.then_some(&bt),
                 act,
                 residual: with_res.then_some(&rt),
             };
-            let mut out = poisoned(&gpu, &shape, dt);
+            let mut out = poisoned(&dev, &shape, dt);
             ops::eltwise_into(&xt, &spec, &mut out)
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let got = out.to_host().unwrap().to_f64();
@@ -184,13 +181,10 @@ fn eltwise_gpu_matches_reference() {
 
 #[test]
 fn cast_gpu_matches_reference() {
-    let Some(gpu) = gpu_or_skip("cast_gpu_matches_reference") else {
+    let Some(dev) = test_device("cast_gpu_matches_reference") else {
         return;
     };
-    let mut runner = TestRunner::new(Config {
-        cases: 48,
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(cases(48));
     runner
         .run(&(any::<u64>(), 0..3usize, 0..3usize), |(seed, si, di)| {
             let (from, to) = (DType::FLOATS[si], DType::FLOATS[di]);
@@ -203,8 +197,8 @@ fn cast_gpu_matches_reference() {
             let x: Vec<f64> = (0..len)
                 .map(|_| from.round(rng.normal() * 10f64.powi(rng.below(9) as i32 - 4)))
                 .collect();
-            let xt = upload(&gpu, &[len], &x, from);
-            let mut out = poisoned(&gpu, &[len], to);
+            let xt = upload(&dev, &[len], &x, from);
+            let mut out = poisoned(&dev, &[len], to);
             ops::cast_into(&xt, &mut out).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let got = out.to_host().unwrap().to_f64();
             // Round-to-nearest-even is exact: compare bit for bit with the reference rounding.

@@ -8,7 +8,7 @@ use medkern::ops::{self, Activation, Gemm, Tile};
 use medkern::reference::gemm::{self as reference, GemmDims};
 use medkern::{DType, Device, Error, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::TestRunner;
 
 const U_F32: f64 = f32::EPSILON as f64 / 2.0;
 
@@ -137,7 +137,7 @@ fn bad_inputs_are_errors() {
 
 #[test]
 fn gemm_gpu_matches_reference() {
-    let Some(gpu) = gpu_or_skip("gemm_gpu_matches_reference") else {
+    let Some(dev) = test_device("gemm_gpu_matches_reference") else {
         return;
     };
     let strategy = (
@@ -148,10 +148,7 @@ fn gemm_gpu_matches_reference() {
         any::<(bool, bool, bool)>(),
         0..4usize,
     );
-    let mut runner = TestRunner::new(Config {
-        cases: 128,
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(cases(128));
     runner
         .run(&strategy, |(seed, di, out32, ai, (with_bias, with_res, batched), ti)| {
             let mut rng = SeedRng::new(seed);
@@ -170,9 +167,9 @@ fn gemm_gpu_matches_reference() {
             let r = random_values(&mut rng, batch * m * n, 1.0, odt);
             let alpha = 0.25 + rng.uniform();
             let alpha = f64::from(alpha as f32);
-            let (xt, wt, bt, rt) = (upload(&gpu, &xs, &x, dt), upload(&gpu, &ws, &w, dt), upload(&gpu, &[n], &b, dt), upload(&gpu, &ys, &r, odt));
+            let (xt, wt, bt, rt) = (upload(&dev, &xs, &x, dt), upload(&dev, &ws, &w, dt), upload(&dev, &[n], &b, dt), upload(&dev, &ys, &r, odt));
             let spec = Gemm { alpha: alpha as f32, bias: with_bias.then_some(&bt), act, residual: with_res.then_some(&rt), out_dtype: Some(odt), tile };
-            let mut out = poisoned(&gpu, &ys, odt);
+            let mut out = poisoned(&dev, &ys, odt);
             ops::gemm_into(&xt, &wt, &spec, &mut out).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let got = out.to_host().unwrap().to_f64();
             let want = reference::gemm(&x, &w, d, alpha, with_bias.then_some(&b[..]), act, with_res.then_some(&r[..]));
@@ -193,7 +190,7 @@ fn gemm_gpu_matches_reference() {
 #[test]
 fn gemm_gpu_bert_shapes() {
     // The shapes the encoders run: M = batch·seq, hidden 384/768, FFN 1536/3072.
-    let Some(gpu) = gpu_or_skip("gemm_gpu_bert_shapes") else {
+    let Some(dev) = test_device("gemm_gpu_bert_shapes") else {
         return;
     };
     let mut rng = SeedRng::new(5);
@@ -208,11 +205,11 @@ fn gemm_gpu_bert_shapes() {
         let w = random_values(&mut rng, n * k, 0.05, dt);
         let b = random_values(&mut rng, n, 0.1, dt);
         let (xt, wt, bt) = (
-            upload(&gpu, &[m, k], &x, dt),
-            upload(&gpu, &[n, k], &w, dt),
-            upload(&gpu, &[n], &b, dt),
+            upload(&dev, &[m, k], &x, dt),
+            upload(&dev, &[n, k], &w, dt),
+            upload(&dev, &[n], &b, dt),
         );
-        let mut out = poisoned(&gpu, &[m, n], dt);
+        let mut out = poisoned(&dev, &[m, n], dt);
         ops::gemm_into(
             &xt,
             &wt,

@@ -9,7 +9,7 @@ use medkern::reference::gemm::GemmDims;
 use medkern::reference::gemm_int8::{self as reference, I8Epilogue};
 use medkern::{DType, Device, Error, HostTensor, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::TestRunner;
 
 const U_F32: f64 = f32::EPSILON as f64 / 2.0;
 
@@ -138,14 +138,10 @@ fn bad_inputs_are_errors() {
 
 #[test]
 fn gemm_i8_raw_gpu_is_exact() {
-    let Some(gpu) = gpu_or_skip("gemm_i8_raw_gpu_is_exact") else {
+    let Some(dev) = test_device("gemm_i8_raw_gpu_is_exact") else {
         return;
     };
-    let dev = Device::Gpu(gpu.clone());
-    let mut runner = TestRunner::new(Config {
-        cases: 96,
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(cases(96));
     runner
         .run(
             &(any::<u64>(), 0..3usize, any::<bool>()),
@@ -165,7 +161,7 @@ fn gemm_i8_raw_gpu_is_exact() {
                 };
                 let x = random_i8(&mut rng, batch * m * k);
                 let w = random_i8(&mut rng, ws.iter().product());
-                let mut out = poisoned(&gpu, &ys, DType::I32);
+                let mut out = poisoned(&dev, &ys, DType::I32);
                 ops::gemm_i8_raw_into(
                     &i8t(&dev, &xs, x.clone()),
                     &i8t(&dev, &ws, w.clone()),
@@ -210,23 +206,19 @@ fn gemm_i8_raw_gpu_is_exact() {
 
 #[test]
 fn gemm_i8_dequant_gpu_matches_reference() {
-    let Some(gpu) = gpu_or_skip("gemm_i8_dequant_gpu_matches_reference") else {
+    let Some(dev) = test_device("gemm_i8_dequant_gpu_matches_reference") else {
         return;
     };
-    let dev = Device::Gpu(gpu.clone());
     let strategy = (
         any::<u64>(),
         0..4usize,
         0..7usize,
-        any::<(bool, bool, bool, bool)>(),
+        any::<(bool, bool, bool, bool, bool)>(),
         0..3usize,
     );
-    let mut runner = TestRunner::new(Config {
-        cases: 128,
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(cases(128));
     runner
-        .run(&strategy, |(seed, oi, ai, (per_token, grouped, with_bias, with_res), ti)| {
+        .run(&strategy, |(seed, oi, ai, (per_token, grouped, with_bias, with_res, batched), ti)| {
             let mut rng = SeedRng::new(seed);
             let odt = [DType::F16, DType::BF16, DType::F32, DType::I8][oi];
             let act = Activation::ALL[ai];
@@ -235,16 +227,18 @@ fn gemm_i8_dequant_gpu_matches_reference() {
             let group = if grouped { 64 * (1 + rng.below(3) as usize) } else { 0 };
             let groups = if grouped { k.div_ceil(group) } else { 1 };
             let with_res = with_res && odt != DType::I8;
-            let x = random_i8(&mut rng, m * k);
-            let w = random_i8(&mut rng, n * k);
-            let sx: Vec<f64> = (0..if per_token { m } else { 1 }).map(|_| f64::from((0.01 + rng.uniform() * 0.05) as f32)).collect();
+            let batch = if batched { 1 + rng.below(3) as usize } else { 1 };
+            let (xs, ws, ys) = if batched { (vec![batch, m, k], vec![batch, n, k], vec![batch, m, n]) } else { (vec![m, k], vec![n, k], vec![m, n]) };
+            let x = random_i8(&mut rng, batch * m * k);
+            let w = random_i8(&mut rng, ws.iter().product());
+            let sx: Vec<f64> = (0..if per_token { batch * m } else { 1 }).map(|_| f64::from((0.01 + rng.uniform() * 0.05) as f32)).collect();
             let sw: Vec<f64> = (0..n * groups).map(|_| f64::from((0.001 + rng.uniform() * 0.01) as f32)).collect();
             let b = random_values(&mut rng, n, 1.0, DType::F32);
-            let r = random_values(&mut rng, m * n, 1.0, if odt == DType::I8 { DType::F32 } else { odt });
+            let r = random_values(&mut rng, batch * m * n, 1.0, if odt == DType::I8 { DType::F32 } else { odt });
             let out_scale = f64::from((0.02 + rng.uniform() * 0.1) as f32);
             let sw_shape = if grouped { vec![n, groups] } else { vec![n] };
             let (sxt, swt) = (f32t(&dev, &[sx.len()], &sx), f32t(&dev, &sw_shape, &sw));
-            let (bt, rt) = (f32t(&dev, &[n], &b), upload(&gpu, &[m, n], &r, if odt == DType::I8 { DType::F32 } else { odt }));
+            let (bt, rt) = (f32t(&dev, &[n], &b), upload(&dev, &ys, &r, if odt == DType::I8 { DType::F32 } else { odt }));
             let spec = GemmI8 {
                 group_size: group,
                 alpha: 1.0,
@@ -255,14 +249,14 @@ fn gemm_i8_dequant_gpu_matches_reference() {
                 tile: Some(Tile::ALL[ti]),
                 ..GemmI8::new(&sxt, &swt, odt)
             };
-            let mut out = poisoned(&gpu, &[m, n], odt);
-            ops::gemm_i8_into(&i8t(&dev, &[m, k], x.clone()), &i8t(&dev, &[n, k], w.clone()), &spec, &mut out)
+            let mut out = poisoned(&dev, &ys, odt);
+            ops::gemm_i8_into(&i8t(&dev, &xs, x.clone()), &i8t(&dev, &ws, w.clone()), &spec, &mut out)
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let got = out.to_host().unwrap().to_f64();
-            let d = GemmDims { batch: 1, m, n, k, shared_w: true };
+            let d = GemmDims { batch, m, n, k, shared_w: !batched };
             let epi = I8Epilogue { sx: &sx, sw: &sw, group_size: group, alpha: 1.0, bias: with_bias.then_some(&b[..]), act, residual: with_res.then_some(&r[..]), out_scale: (odt == DType::I8).then_some(out_scale) };
             let want = reference::gemm_i8(&x, &w, d, &epi);
-            let what = format!("gemm_i8 ->{odt} {act:?} m{m} n{n} k{k} group {group} per_token={per_token} bias={with_bias} res={with_res}");
+            let what = format!("gemm_i8 ->{odt} {act:?} b{batch} m{m} n{n} k{k} group {group} per_token={per_token} bias={with_bias} res={with_res}");
             if odt == DType::I8 {
                 // Requantisation rounds once more: allow one step at a rounding boundary.
                 check_close(&what, &got, &want, &|_| 1.0, 0.0).map_err(TestCaseError::fail)

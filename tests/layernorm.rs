@@ -8,7 +8,7 @@ use medkern::ops;
 use medkern::reference::layernorm as reference;
 use medkern::{DType, Device, Error, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::TestRunner;
 
 const U_F32: f64 = f32::EPSILON as f64 / 2.0;
 
@@ -87,13 +87,10 @@ fn bad_inputs_are_errors() {
 
 #[test]
 fn layernorm_gpu_matches_reference() {
-    let Some(gpu) = gpu_or_skip("layernorm_gpu_matches_reference") else {
+    let Some(dev) = test_device("layernorm_gpu_matches_reference") else {
         return;
     };
-    let mut runner = TestRunner::new(Config {
-        cases: 96,
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(cases(96));
     runner
         .run(
             &(any::<u64>(), 0..3usize, any::<bool>(), any::<bool>()),
@@ -113,10 +110,10 @@ fn layernorm_gpu_matches_reference() {
                 let g = random_values(&mut rng, n, 1.0, dt);
                 let b = random_values(&mut rng, n, 0.5, dt);
                 let eps = 1e-5f32;
-                let (xt, rt) = (upload(&gpu, &shape, &x, dt), upload(&gpu, &shape, &r, dt));
-                let (gt, bt) = (upload(&gpu, &[n], &g, dt), upload(&gpu, &[n], &b, dt));
-                let mut y = poisoned(&gpu, &shape, dt);
-                let mut h = poisoned(&gpu, &shape, dt);
+                let (xt, rt) = (upload(&dev, &shape, &x, dt), upload(&dev, &shape, &r, dt));
+                let (gt, bt) = (upload(&dev, &[n], &g, dt), upload(&dev, &[n], &b, dt));
+                let mut y = poisoned(&dev, &shape, dt);
+                let mut h = poisoned(&dev, &shape, dt);
                 let want_h = with_res && want_h;
                 ops::layernorm_into(
                     &xt,

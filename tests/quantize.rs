@@ -9,7 +9,7 @@ use medkern::quant::{Clip, quantize_weight};
 use medkern::reference::{layernorm, quantize as reference};
 use medkern::{DType, Device, Error, HostTensor, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::TestRunner;
 
 #[test]
 fn reference_rounds_half_to_even_and_saturates() {
@@ -107,13 +107,10 @@ fn bad_inputs_are_errors() {
 
 #[test]
 fn quantize_gpu_matches_reference() {
-    let Some(gpu) = gpu_or_skip("quantize_gpu_matches_reference") else {
+    let Some(dev) = test_device("quantize_gpu_matches_reference") else {
         return;
     };
-    let mut runner = TestRunner::new(Config {
-        cases: 64,
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(cases(64));
     runner
         .run(&(any::<u64>(), 0..3usize), |(seed, di)| {
             let mut rng = SeedRng::new(seed);
@@ -126,7 +123,7 @@ fn quantize_gpu_matches_reference() {
             if rng.below(4) == 0 {
                 x[..n].fill(0.0); // an all-zero row gets scale 1
             }
-            let xt = upload(&gpu, &[rows, n], &x, dt);
+            let xt = upload(&dev, &[rows, n], &x, dt);
             let (q, s) = ops::quantize_rows(&xt).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let (wq, ws) = reference::quantize_rows(&x, n);
             let (sh, qh) = (s.to_host().unwrap(), q.to_host().unwrap());
@@ -160,13 +157,10 @@ fn quantize_gpu_matches_reference() {
 
 #[test]
 fn layernorm_quantize_gpu_matches_reference() {
-    let Some(gpu) = gpu_or_skip("layernorm_quantize_gpu_matches_reference") else {
+    let Some(dev) = test_device("layernorm_quantize_gpu_matches_reference") else {
         return;
     };
-    let mut runner = TestRunner::new(Config {
-        cases: 48,
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(cases(48));
     runner
         .run(
             &(any::<u64>(), 0..3usize, any::<bool>()),
@@ -182,10 +176,10 @@ fn layernorm_quantize_gpu_matches_reference() {
                 let g = random_values(&mut rng, n, 1.0, dt);
                 let b = random_values(&mut rng, n, 0.2, dt);
                 let (xt, rt, gt, bt) = (
-                    upload(&gpu, &[rows, n], &x, dt),
-                    upload(&gpu, &[rows, n], &r, dt),
-                    upload(&gpu, &[n], &g, dt),
-                    upload(&gpu, &[n], &b, dt),
+                    upload(&dev, &[rows, n], &x, dt),
+                    upload(&dev, &[rows, n], &r, dt),
+                    upload(&dev, &[n], &g, dt),
+                    upload(&dev, &[n], &b, dt),
                 );
                 let ln = LnParams {
                     residual: with_res.then_some(&rt),

@@ -8,7 +8,7 @@ use medkern::ops;
 use medkern::reference::softmax as reference;
 use medkern::{DType, Device, Error, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::TestRunner;
 
 #[test]
 fn reference_properties() {
@@ -77,13 +77,10 @@ fn bad_inputs_are_errors() {
 
 #[test]
 fn softmax_gpu_matches_reference() {
-    let Some(gpu) = gpu_or_skip("softmax_gpu_matches_reference") else {
+    let Some(dev) = test_device("softmax_gpu_matches_reference") else {
         return;
     };
-    let mut runner = TestRunner::new(Config {
-        cases: 96,
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(cases(96));
     runner
         .run(
             &(any::<u64>(), 0..3usize, 0..3usize),
@@ -114,11 +111,11 @@ fn softmax_gpu_matches_reference() {
                     ),
                     _ => Some(random_values(&mut rng, groups * n, 2.0, DType::F32)),
                 };
-                let xt = upload(&gpu, &[rows, n], &x, dt);
+                let xt = upload(&dev, &[rows, n], &x, dt);
                 let mt = mask
                     .as_ref()
-                    .map(|m| upload(&gpu, &[groups, n], m, DType::F32));
-                let mut out = poisoned(&gpu, &[rows, n], dt);
+                    .map(|m| upload(&dev, &[groups, n], m, DType::F32));
+                let mut out = poisoned(&dev, &[rows, n], dt);
                 ops::softmax_into(&xt, mt.as_ref(), scale as f32, &mut out)
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let got = out.to_host().unwrap().to_f64();
@@ -134,7 +131,7 @@ fn softmax_gpu_matches_reference() {
                 )
                 .map_err(TestCaseError::fail)?;
                 // Deterministic: a second launch is bit-identical.
-                let mut again = poisoned(&gpu, &[rows, n], dt);
+                let mut again = poisoned(&dev, &[rows, n], dt);
                 ops::softmax_into(&xt, mt.as_ref(), scale as f32, &mut again)
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(again.to_host().unwrap(), out.to_host().unwrap());

@@ -73,23 +73,40 @@ pub fn random_values(rng: &mut SeedRng, len: usize, sigma: f64, dtype: DType) ->
         .collect()
 }
 
+/// The device the GPU property tests run on: the first GPU, or None after a counted SKIP.
+/// `MEDKERN_TEST_BACKEND=cpu` runs them on the CPU backend instead: a self-check of the test
+/// plumbing (shapes, tolerances) that needs no GPU and proves nothing about the kernels.
+pub fn test_device(test: &str) -> Option<Device> {
+    if std::env::var("MEDKERN_TEST_BACKEND").is_ok_and(|v| v == "cpu") {
+        return Some(Device::Cpu);
+    }
+    gpu_or_skip(test).map(Device::Gpu)
+}
+
 pub fn host(shape: &[usize], values: &[f64], dtype: DType) -> HostTensor {
     HostTensor::from_f64(shape, values, dtype).expect("host tensor")
 }
 
-/// Uploads values to the GPU as `dtype`.
-pub fn upload(gpu: &Arc<Gpu>, shape: &[usize], values: &[f64], dtype: DType) -> Tensor {
-    host(shape, values, dtype)
-        .to_device(&Device::Gpu(gpu.clone()))
-        .expect("upload")
+/// Puts values on `dev` as `dtype`.
+pub fn upload(dev: &Device, shape: &[usize], values: &[f64], dtype: DType) -> Tensor {
+    host(shape, values, dtype).to_device(dev).expect("upload")
 }
 
-/// A device output filled with 0xFF bytes (NaN in f32/f16/bf16): any element the kernel does
-/// not write fails the comparison.
-pub fn poisoned(gpu: &Arc<Gpu>, shape: &[usize], dtype: DType) -> Tensor {
-    let mut t = medkern::DeviceTensor::alloc(gpu, shape, dtype).expect("alloc");
-    t.fill_bytes(0xFF).expect("poison");
-    Tensor::Device(t)
+/// An output filled with 0xFF bytes (NaN in f32/f16/bf16, -1 in integers): any element the
+/// kernel does not write fails the comparison.
+pub fn poisoned(dev: &Device, shape: &[usize], dtype: DType) -> Tensor {
+    match dev {
+        Device::Gpu(gpu) => {
+            let mut t = medkern::DeviceTensor::alloc(gpu, shape, dtype).expect("alloc");
+            t.fill_bytes(0xFF).expect("poison");
+            Tensor::Device(t)
+        }
+        Device::Cpu => {
+            let n: usize = shape.iter().product();
+            let v = if dtype.is_float() { f64::NAN } else { -1.0 };
+            Tensor::Host(HostTensor::from_f64(shape, &vec![v; n], dtype).expect("poison"))
+        }
+    }
 }
 
 /// Smallest positive step of the format (its subnormal spacing): the floor of any tolerance.
@@ -193,4 +210,18 @@ pub fn gemm_len(rng: &mut SeedRng, align: usize, max: usize) -> usize {
         choices[rng.below(choices.len() as u64) as usize]
     };
     v.clamp(1, max)
+}
+
+/// Proptest config with `default` cases, overridable by `MEDKERN_CASES` (the CPU self-check in
+/// scripts/test runs a few; a GPU session can run many).
+pub fn cases(default: u32) -> proptest::test_runner::Config {
+    let n = std::env::var("MEDKERN_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    proptest::test_runner::Config {
+        cases: n,
+        failure_persistence: None,
+        ..Default::default()
+    }
 }

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""PyTorch peer timings for the medkern benches, measured on the same GPU in the same run.
+
+Prints one JSON object: {"device": ..., "ceilings": {...}, "results": {bench_id: {"ms": median,
+"work": flops_or_bytes, "unit": "flop" | "byte"}}}. Bench ids match the criterion ids of
+benches/*.rs, so scripts/bench_report.py can put each medkern figure next to its peer.
+PyTorch pays separate passes for what medkern fuses (bias+GELU after a GEMM, the dequantise
+after torch._int_mm): that is the comparison a user faces.
+"""
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+
+
+def timed(fn, iters=20, warmup=3):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main():
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    res = {}
+
+    def put(bid, ms, work, unit):
+        res[bid] = {"ms": ms, "work": work, "unit": unit}
+
+    # Device ceilings measured now: a large device-to-device copy and a bf16 8192^3 matmul.
+    big = torch.empty(1 << 30, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(big)
+    copy_ms = timed(lambda: dst.copy_(big), iters=10)
+    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    mm_ms = timed(lambda: a @ a, iters=10)
+    ceilings = {"copy_GBps": 2 * big.numel() / copy_ms / 1e6, "bf16_matmul_TFLOPs": 2 * 8192**3 / mm_ms / 1e9}
+    del big, dst, a
+
+    dt_of = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}
+    gemm_shapes = [(128, 768, 768), (128, 3072, 768), (2048, 768, 768), (2048, 3072, 768), (2048, 768, 3072),
+                   (16384, 768, 768), (16384, 3072, 768), (16384, 768, 3072), (1, 768, 768),
+                   (4096, 4096, 4096), (8192, 8192, 8192)]
+    for (m, n, k) in gemm_shapes:
+        for dn in (["f16", "bf16", "f32"] if m == 4096 else ["f16"]):
+            dt = dt_of[dn]
+            x = torch.randn(m, k, device=dev, dtype=dt)
+            w = torch.randn(n, k, device=dev, dtype=dt) * 0.05
+            b = torch.randn(n, device=dev, dtype=dt) * 0.1
+            put(f"gemm/plain/{dn}/{m}x{n}x{k}", timed(lambda: torch.matmul(x, w.t())), 2 * m * n * k, "flop")
+            if not (m >= 4096 and n == 4096) and dn != "f32":
+                put(f"gemm/bias_gelu/{dn}/{m}x{n}x{k}", timed(lambda: F.gelu(F.linear(x, w, b))), 2 * m * n * k, "flop")
+
+    for (m, n, k) in [(128, 3072, 768), (2048, 768, 768), (2048, 3072, 768), (16384, 768, 768),
+                      (16384, 3072, 768), (16384, 768, 3072), (4096, 4096, 4096), (8192, 8192, 8192)]:
+        x = torch.randint(-16, 17, (m, k), device=dev, dtype=torch.int8)
+        w = torch.randint(-16, 17, (n, k), device=dev, dtype=torch.int8)
+        sx = torch.full((m, 1), 0.02, device=dev)
+        sw = torch.full((1, n), 0.003, device=dev)
+        wt = w.t()
+        try:
+            put(f"gemm_i8/raw/{m}x{n}x{k}", timed(lambda: torch._int_mm(x, wt)), 2 * m * n * k, "flop")
+            put(f"gemm_i8/dequant_f16/{m}x{n}x{k}",
+                timed(lambda: (torch._int_mm(x, wt).float() * sx * sw).half()), 2 * m * n * k, "flop")
+        except RuntimeError as e:  # _int_mm shape limits differ between versions
+            print(f"peer_bench: _int_mm {m}x{n}x{k}: {e}", file=sys.stderr)
+
+    for (rows, n) in [(128, 768), (4096, 768), (16384, 768), (4096, 3072)]:
+        for dn, dt in dt_of.items():
+            x = torch.randn(rows, n, device=dev, dtype=dt)
+            r = torch.randn_like(x)
+            b = torch.randn(n, device=dev, dtype=dt)
+            g = torch.randn(n, device=dev, dtype=dt)
+            sz = x.element_size()
+            put(f"eltwise/bias_gelu_erf_residual/{dn}/{rows}x{n}", timed(lambda: F.gelu(x + b) + r), (3 * rows * n + n) * sz, "byte")
+            put(f"layernorm/residual/{dn}/{rows}x{n}", timed(lambda: F.layer_norm(x + r, (n,), g, b, 1e-12)), 3 * rows * n * sz, "byte")
+            if dn != "f32":
+                put(f"eltwise/cast/{dn}->f32/{rows}x{n}", timed(lambda: x.float()), rows * n * (sz + 4), "byte")
+        x16 = torch.randn(rows, n, device=dev, dtype=torch.float16)
+        put(f"quantize/rows/f16/{rows}x{n}",
+            timed(lambda: torch.round(x16 / (x16.abs().amax(-1, keepdim=True) / 127)).clamp(-128, 127).to(torch.int8)),
+            rows * n * 3, "byte")
+
+    for (bsz, heads, seq) in [(32, 12, 128), (8, 12, 512), (1, 12, 2048), (2, 16, 4096)]:
+        for dn in ["f16", "bf16", "f32"]:
+            dt = dt_of[dn]
+            x = torch.randn(bsz, heads, seq, seq, device=dev, dtype=dt)
+            mask = torch.zeros(bsz, 1, 1, seq, device=dev, dtype=torch.float32)
+            for i in range(bsz):
+                mask[i, ..., seq - (i * 7) % seq:] = float("-inf")
+            put(f"softmax/masked/{dn}/b{bsz}h{heads}s{seq}",
+                timed(lambda: torch.softmax(x.float() * 0.125 + mask, -1).to(dt)), 2 * x.numel() * x.element_size(), "byte")
+
+    print(json.dumps({"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                      "ceilings": ceilings, "results": res}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
