@@ -30,6 +30,7 @@ __device__ __forceinline__ void gemm_i8(const GemmParams& p) {
                 acc[i][j][k] = 0;
                 facc[i][j][k] = 0.f;
             }
+    // The launcher guarantees 0 < K < 2^17 and group_size < 2^17, so this cannot overflow.
     const int groups = p.group_size > 0 ? (p.K + p.group_size - 1) / p.group_size : 0;
     const int tiles_per_group = p.group_size / Cfg::KB;
     // Group-wise scales: at the end of each K group, fold the exact s32 partial sums into f32
@@ -60,7 +61,7 @@ __device__ __forceinline__ void gemm_i8(const GemmParams& p) {
     } else {
         const O* R = p.residual ? static_cast<const O*>(p.residual) + b * p.stride_r : nullptr;
         const float* B = static_cast<const float*>(p.bias);
-        const float alpha = p.alpha, inv_out = 1.f / p.out_scale;
+        const float alpha = p.alpha, out_scale = p.out_scale;
         const int a = p.act;
         constexpr bool REQUANT = sizeof(O) == 1;
         for_each_pair<Cfg>(m0, n0, [&](int mt, int nt, int h, int row, int col) {
@@ -74,7 +75,7 @@ __device__ __forceinline__ void gemm_i8(const GemmParams& p) {
                 x *= alpha;
                 if (B) x += B[c];
                 x = act_rt(a, x);
-                return REQUANT ? x * inv_out : x;
+                return REQUANT ? x / out_scale : x;  // IEEE division, as the reference
             });
         });
     }

@@ -267,3 +267,29 @@ fn gemm_i8_dequant_gpu_matches_reference() {
         })
         .unwrap();
 }
+
+#[test]
+fn degenerate_k_and_groups_are_errors() {
+    let cpu = Device::Cpu;
+    let x0 = i8t(&cpu, &[4, 0], vec![]);
+    let w0 = i8t(&cpu, &[8, 0], vec![]);
+    let e = ops::gemm_i8_raw(&x0, &w0).unwrap_err();
+    assert!(e.to_string().contains("positive multiple of 16"), "{e}");
+    let (x, w) = (
+        i8t(&cpu, &[1, 128], vec![1; 128]),
+        i8t(&cpu, &[2, 128], vec![1; 256]),
+    );
+    let sx = f32t(&cpu, &[1], &[1.0]);
+    let sw = f32t(&cpu, &[2, 1], &[1.0, 1.0]);
+    let huge = GemmI8 {
+        group_size: 1 << 20,
+        ..GemmI8::new(&sx, &sw, DType::F32)
+    };
+    assert!(matches!(
+        ops::gemm_i8(&x, &w, &huge),
+        Err(Error::Invalid {
+            arg: "group_size",
+            ..
+        })
+    ));
+}

@@ -23,6 +23,12 @@ struct Cli {
 enum Cmd {
     /// Print the GPU (or "no GPU"), the NVRTC version and the kernel table.
     Info,
+    /// Time the kernels on the GPU at BERT shapes and print a report (ms, TFLOP/s or GB/s).
+    Bench {
+        /// Timed iterations per shape (after 3 warm-up runs).
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+    },
     /// Run elementwise, LayerNorm and softmax on the best device and compare with the CPU reference.
     Demo {
         /// Force the CPU backend even when a GPU is present.
@@ -39,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Info => info(),
         Cmd::Demo { cpu, rows } => demo(cpu, rows),
+        Cmd::Bench { iters } => bench(iters),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -200,5 +207,136 @@ fn demo(force_cpu: bool, rows: usize) -> medkern::Result<()> {
     })?;
     run("softmax(x / 8)", &|x, _, _, _| ops::softmax(x, None, 0.125))?;
     run("cast f16 -> f32", &|x, _, _, _| ops::cast(x, DType::F32))?;
+    Ok(())
+}
+
+/// Median wall time of `f` (each call synchronised), in ms.
+fn time_ms(
+    gpu: &medkern::Gpu,
+    iters: usize,
+    f: &mut dyn FnMut() -> medkern::Result<()>,
+) -> medkern::Result<f64> {
+    for _ in 0..3 {
+        f()?;
+    }
+    gpu.synchronize()?;
+    let mut t = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let t0 = Instant::now();
+        f()?;
+        gpu.synchronize()?;
+        t.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+fn bench(iters: usize) -> medkern::Result<()> {
+    let gpu = medkern::Gpu::new(0)?;
+    let dev = Device::Gpu(gpu.clone());
+    println!(
+        "medkern bench on {} ({}), median of {iters}",
+        gpu.name(),
+        gpu.arch()
+    );
+    println!("{:<44} {:>10} {:>14}", "op", "ms", "rate");
+    let h = |shape: &[usize], seed: u64, dt: DType| -> medkern::Result<Tensor> {
+        HostTensor::from_f64(shape, &sample(shape.iter().product(), seed), dt)?.to_device(&dev)
+    };
+    for (m, n, k) in [
+        (128, 768, 768),
+        (2048, 3072, 768),
+        (16384, 768, 3072),
+        (4096, 4096, 4096),
+    ] {
+        let (x, w, b) = (
+            h(&[m, k], 1, DType::F16)?,
+            h(&[n, k], 2, DType::F16)?,
+            h(&[n], 3, DType::F16)?,
+        );
+        let mut y = Tensor::empty(&dev, &[m, n], DType::F16)?;
+        let spec = Eltwise {
+            bias: Some(&b),
+            act: Activation::GeluErf,
+            ..Default::default()
+        };
+        let g = ops::Gemm {
+            bias: spec.bias,
+            act: spec.act,
+            ..Default::default()
+        };
+        let ms = time_ms(&gpu, iters, &mut || ops::gemm_into(&x, &w, &g, &mut y))?;
+        let tf = 2.0 * (m * n * k) as f64 / ms / 1e9;
+        println!(
+            "{:<44} {ms:>10.4} {tf:>8.1} TFLOP/s",
+            format!("gemm f16 bias+gelu {m}x{n}x{k}")
+        );
+        let xi = HostTensor::from_f64(
+            &[m, k],
+            &sample(m * k, 4)
+                .iter()
+                .map(|v| (v * 8.0).round())
+                .collect::<Vec<_>>(),
+            DType::I8,
+        )?
+        .to_device(&dev)?;
+        let wi = HostTensor::from_f64(
+            &[n, k],
+            &sample(n * k, 5)
+                .iter()
+                .map(|v| (v * 8.0).round())
+                .collect::<Vec<_>>(),
+            DType::I8,
+        )?
+        .to_device(&dev)?;
+        let mut acc = Tensor::empty(&dev, &[m, n], DType::I32)?;
+        let ms = time_ms(&gpu, iters, &mut || {
+            ops::gemm_i8_raw_into(&xi, &wi, &mut acc, None)
+        })?;
+        let tops = 2.0 * (m * n * k) as f64 / ms / 1e9;
+        println!(
+            "{:<44} {ms:>10.4} {tops:>8.1} TOPS",
+            format!("gemm_i8 raw {m}x{n}x{k}")
+        );
+    }
+    for (rows, n) in [(16384, 768), (4096, 3072)] {
+        let (x, r, g) = (
+            h(&[rows, n], 6, DType::F16)?,
+            h(&[rows, n], 7, DType::F16)?,
+            h(&[n], 8, DType::F16)?,
+        );
+        let bytes = |k: usize| (k * rows * n * 2) as f64;
+        let ms = time_ms(&gpu, iters, &mut || {
+            ops::layernorm(&x, Some(&r), &g, &g, 1e-12).map(|_| ())
+        })?;
+        println!(
+            "{:<44} {ms:>10.4} {:>8.0} GB/s",
+            format!("layernorm+residual f16 {rows}x{n}"),
+            bytes(3) / ms / 1e6
+        );
+        let ms = time_ms(&gpu, iters, &mut || {
+            ops::softmax(&x, None, 0.125).map(|_| ())
+        })?;
+        println!(
+            "{:<44} {ms:>10.4} {:>8.0} GB/s",
+            format!("softmax f16 {rows}x{n}"),
+            bytes(2) / ms / 1e6
+        );
+        let e = Eltwise {
+            bias: Some(&g),
+            act: Activation::GeluErf,
+            residual: Some(&r),
+            ..Default::default()
+        };
+        let ms = time_ms(&gpu, iters, &mut || ops::eltwise(&x, &e).map(|_| ()))?;
+        println!(
+            "{:<44} {ms:>10.4} {:>8.0} GB/s",
+            format!("bias+gelu+residual f16 {rows}x{n}"),
+            bytes(3) / ms / 1e6
+        );
+    }
+    println!(
+        "(wall time per call incl. launch and sync; criterion benches and gpu-bundle/run give the peer ratios)"
+    );
     Ok(())
 }

@@ -123,8 +123,9 @@ pub(crate) struct GemmParams {
     pub out_scale: f32,
 }
 // SAFETY: plain-old-data with the exact C layout of mk::GemmParams (8-byte fields first, then
-// 4-byte ones; 120 bytes, checked by a test against the C struct's field order).
+// 4-byte ones, no padding: 120 bytes, asserted below).
 unsafe impl DeviceRepr for GemmParams {}
+const _: () = assert!(std::mem::size_of::<GemmParams>() == 120);
 
 /// Shapes of `gemm(x, w)`: the problem dims and Y's shape.
 pub(crate) fn gemm_dims(

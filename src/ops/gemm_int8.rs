@@ -69,12 +69,19 @@ fn check_i8(x: &Tensor, w: &Tensor) -> Result<(GemmDims, Vec<usize>)> {
         }
     }
     let (d, ys) = gemm_dims(OP, x, w)?;
-    if d.k % 16 != 0 {
+    if d.k == 0 || d.k % 16 != 0 {
         return Err(Error::Shape {
             op: OP,
             arg: "x",
             got: x.shape().to_vec(),
-            expected: format!("K a multiple of 16 for int8 (K = {})", d.k),
+            expected: format!("K a positive multiple of 16 for int8 (K = {})", d.k),
+        });
+    }
+    if d.k >= 1 << 17 {
+        return Err(Error::Invalid {
+            op: OP,
+            arg: "K",
+            detail: format!("{} could overflow the int32 accumulators (max 131071)", d.k),
         });
     }
     Ok((d, ys))
@@ -102,13 +109,6 @@ pub fn gemm_i8_raw_into(
             arg: "out",
             got: out.shape().to_vec(),
             expected: format!("{ys:?} i32 (got {})", out.dtype()),
-        });
-    }
-    if d.k >= 1 << 17 {
-        return Err(Error::Invalid {
-            op: OP,
-            arg: "K",
-            detail: format!("{} could overflow the int32 accumulators (max 131071)", d.k),
         });
     }
     match backend(OP, x, &[("w", Some(w)), ("out", Some(out))])? {
@@ -232,7 +232,7 @@ pub fn gemm_i8_into(x: &Tensor, w: &Tensor, e: &GemmI8, out: &mut Tensor) -> Res
         }
     };
     let groups = if e.group_size > 0 {
-        if e.group_size % 64 != 0 {
+        if e.group_size % 64 != 0 || e.group_size >= 1 << 17 {
             return Err(Error::Invalid {
                 op: OP,
                 arg: "group_size",
