@@ -75,6 +75,19 @@ def main():
         except RuntimeError as e:  # _int_mm shape limits differ between versions
             print(f"peer_bench: _int_mm {m}x{n}x{k}: {e}", file=sys.stderr)
 
+    # PyTorch's 2:4 semi-structured path (cuSPARSELt or CUTLASS), where this GPU and build have it.
+    try:
+        from torch.sparse import to_sparse_semi_structured
+        for (m, n, k) in [(128, 3072, 768), (2048, 3072, 768), (16384, 768, 768), (16384, 3072, 768),
+                          (16384, 768, 3072), (8192, 8192, 8192)]:
+            w = torch.randn(n, k, device=dev, dtype=torch.float16) * 0.05
+            mask = torch.tensor([1, 1, 0, 0], device=dev, dtype=torch.bool).tile(n, k // 4)
+            ws = to_sparse_semi_structured(w * mask)
+            x = torch.randn(m, k, device=dev, dtype=torch.float16)
+            put(f"gemm_sp/sparse/f16/{m}x{n}x{k}", timed(lambda: F.linear(x, ws)), 2 * m * n * k, "flop")
+    except Exception as e:  # noqa: BLE001 - report and go on: the peer is optional per GPU/build
+        print(f"peer_bench: semi-structured sparse unavailable: {e}", file=sys.stderr)
+
     for (rows, n) in [(128, 768), (4096, 768), (16384, 768), (4096, 3072)]:
         for dn, dt in dt_of.items():
             x = torch.randn(rows, n, device=dev, dtype=dt)

@@ -19,6 +19,7 @@ pub mod error;
 pub mod ops;
 pub mod quant;
 pub mod reference;
+pub mod sparse;
 pub mod tensor;
 
 pub use device::{Arch, Gpu};

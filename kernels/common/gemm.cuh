@@ -16,6 +16,7 @@ struct GemmParams {
     const void* residual;  // Y's shape and dtype; may be null
     const float* sx;       // int8: activation scale, 1 value or M (per token)
     const float* sw;       // int8: weight scales, [N] or [N, groups]
+    const unsigned* meta;  // 2:4 sparse: mma.sp metadata words (src/sparse.rs)
     long long stride_x, stride_w, stride_y, stride_r;
     int M, N, K;
     float alpha;

@@ -99,6 +99,16 @@ pub static KERNELS: &[KernelInfo] = table![
         "gemm_i8_f32_m",
         "gemm_i8_f32_l",
     ],
+    "gemm_sparse" @ SM80 => [
+        "gemm_sp_f16_f16_s",
+        "gemm_sp_f16_f16_l",
+        "gemm_sp_f16_f32_s",
+        "gemm_sp_f16_f32_l",
+        "gemm_sp_bf16_bf16_s",
+        "gemm_sp_bf16_bf16_l",
+        "gemm_sp_bf16_f32_s",
+        "gemm_sp_bf16_f32_l",
+    ],
     "layernorm" @ SM80 => [
         "layernorm_warp_f32", "layernorm_warp_f16", "layernorm_warp_bf16",
         "layernorm_block_f32", "layernorm_block_f16", "layernorm_block_bf16",

@@ -51,6 +51,15 @@ impl Tile {
         let (bm, bn, _) = self.dims();
         (4 * (bm + bn) * 80) as u32
     }
+    pub(crate) fn geometry(self) -> Geometry {
+        let (bm, bn, threads) = self.dims();
+        Geometry {
+            bm,
+            bn,
+            threads,
+            smem: self.smem(),
+        }
+    }
     /// Picks the largest tile that still gives every SM a block.
     pub fn choose(m: usize, n: usize, batch: usize, sm_count: u32) -> Tile {
         let blocks = |t: Tile| {
@@ -109,6 +118,7 @@ pub(crate) struct GemmParams {
     pub residual: u64,
     pub sx: u64,
     pub sw: u64,
+    pub meta: u64,
     pub stride_x: i64,
     pub stride_w: i64,
     pub stride_y: i64,
@@ -123,9 +133,9 @@ pub(crate) struct GemmParams {
     pub out_scale: f32,
 }
 // SAFETY: plain-old-data with the exact C layout of mk::GemmParams (8-byte fields first, then
-// 4-byte ones, no padding: 120 bytes, asserted below).
+// 4-byte ones, no padding: 128 bytes, asserted below).
 unsafe impl DeviceRepr for GemmParams {}
-const _: () = assert!(std::mem::size_of::<GemmParams>() == 120);
+const _: () = assert!(std::mem::size_of::<GemmParams>() == 128);
 
 /// Shapes of `gemm(x, w)`: the problem dims and Y's shape.
 pub(crate) fn gemm_dims(
@@ -343,10 +353,30 @@ pub fn gemm_into(x: &Tensor, w: &Tensor, g: &Gemm, out: &mut Tensor) -> Result<(
                 residual: g.residual.map(|r| dev(OP, "residual", r)).transpose()?,
                 sx: None,
                 sw: None,
+                meta: None,
             };
-            launch_gemm(&gpu, OP, kernel, tile, d, p, ops, dev_mut(OP, "out", out)?)
+            launch_gemm(
+                &gpu,
+                OP,
+                kernel,
+                tile.map(Tile::geometry),
+                d,
+                p,
+                ops,
+                dev_mut(OP, "out", out)?,
+            )
         }
     }
+}
+
+/// Launch shape of a tensor-core GEMM kernel: block tile (M rows, N columns), threads,
+/// dynamic shared memory.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geometry {
+    pub bm: usize,
+    pub bn: usize,
+    pub threads: u32,
+    pub smem: u32,
 }
 
 /// The device operands of one GEMM launch.
@@ -357,28 +387,33 @@ pub(crate) struct Operands<'a> {
     pub residual: Option<&'a DeviceTensor>,
     pub sx: Option<&'a DeviceTensor>,
     pub sw: Option<&'a DeviceTensor>,
+    pub meta: Option<&'a DeviceTensor>,
 }
 
-/// Fills the pointers and sizes of `p` and makes the one launch. `tile` None = the SIMT kernel.
+/// Fills the pointers and sizes of `p` and makes the one launch. `geo` None = the SIMT kernel.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch_gemm(
     gpu: &Arc<Gpu>,
     op: &'static str,
     kernel: &'static str,
-    tile: Option<Tile>,
+    geo: Option<Geometry>,
     d: GemmDims,
     mut p: GemmParams,
     o: Operands,
     y: &mut DeviceTensor,
 ) -> Result<()> {
     let stream = gpu.stream();
-    let (bm, bn, threads, smem) = match tile {
-        Some(t) => {
-            let (bm, bn, th) = t.dims();
-            (bm, bn, th, t.smem())
-        }
-        None => (64, 64, 256, 0),
-    };
+    let Geometry {
+        bm,
+        bn,
+        threads,
+        smem,
+    } = geo.unwrap_or(Geometry {
+        bm: 64,
+        bn: 64,
+        threads: 256,
+        smem: 0,
+    });
     let f = gpu.function_with_smem(kernel, smem)?;
     let grid_y = u32::try_from(d.m.div_ceil(bm))
         .ok()
@@ -423,7 +458,9 @@ pub(crate) fn launch_gemm(
     p.residual = gr.as_ref().map_or(0, |g| g.0);
     p.sx = gsx.as_ref().map_or(0, |g| g.0);
     p.sw = gsw.as_ref().map_or(0, |g| g.0);
-    if tile.is_some() && [p.x, p.w].iter().any(|a| a % 16 != 0) {
+    let gm = opt(o.meta, stream);
+    p.meta = gm.as_ref().map_or(0, |g| g.0);
+    if geo.is_some() && [p.x, p.w, p.meta].iter().any(|a| a % 16 != 0) {
         return Err(Error::Invalid {
             op,
             arg: "x/w",

@@ -139,12 +139,13 @@ pub fn gemm_i8_raw_into(
                 residual: None,
                 sx: None,
                 sw: None,
+                meta: None,
             };
             launch_gemm(
                 &gpu,
                 OP,
                 kernel,
-                Some(t),
+                Some(t.geometry()),
                 d,
                 p,
                 ops,
@@ -353,12 +354,13 @@ pub fn gemm_i8_into(x: &Tensor, w: &Tensor, e: &GemmI8, out: &mut Tensor) -> Res
                 residual: e.residual.map(|r| dev(OP, "residual", r)).transpose()?,
                 sx: Some(dev(OP, "x_scale", e.x_scale)?),
                 sw: Some(dev(OP, "w_scale", e.w_scale)?),
+                meta: None,
             };
             launch_gemm(
                 &gpu,
                 OP,
                 kernel,
-                Some(t),
+                Some(t.geometry()),
                 d,
                 p,
                 ops,

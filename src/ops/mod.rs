@@ -6,6 +6,7 @@
 pub mod elementwise;
 pub mod gemm;
 pub mod gemm_int8;
+pub mod gemm_sparse;
 pub mod layernorm;
 pub mod quantize;
 pub mod softmax;
@@ -15,6 +16,7 @@ pub use elementwise::{
 };
 pub use gemm::{Gemm, Tile, gemm, gemm_into};
 pub use gemm_int8::{GemmI8, gemm_i8, gemm_i8_into, gemm_i8_raw, gemm_i8_raw_into};
+pub use gemm_sparse::{SparseWeight, gemm_sparse, gemm_sparse_into};
 pub use layernorm::{layernorm, layernorm_into, layernorm_residual};
 pub use quantize::{LnParams, dequantize_rows, layernorm_quantize, quantize_rows};
 pub use softmax::{softmax, softmax_into};

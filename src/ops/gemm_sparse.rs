@@ -1,0 +1,256 @@
+//! 2:4-sparse GEMM `Y = act(alpha·X·Wᵀ + bias) + residual`: kernel `kernels/gemm_sparse.cu`,
+//! format `src/sparse.rs`, reference = decompress then `src/reference/gemm.rs`, tests
+//! `tests/gemm_sparse.rs`, bench `benches/gemm_sparse.rs`.
+
+use super::gemm::{Gemm, GemmParams, Geometry, Operands, launch_gemm};
+use super::{Backend, backend, dev, dev_mut, float_dtype, host, kernel_name, same_dtype};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::reference;
+use crate::reference::gemm::GemmDims;
+use crate::sparse::{PruneReport, Sparse24, compress, prune_2_4};
+use crate::tensor::{Device, HostTensor, Tensor};
+
+const OP: &str = "gemm_sparse";
+
+/// A compressed 2:4 weight on a device: kept values and mma.sp metadata (see `src/sparse.rs`).
+#[derive(Debug)]
+pub struct SparseWeight {
+    n: usize,
+    k: usize,
+    values: Tensor,
+    /// u32 metadata words stored as i32.
+    meta: Tensor,
+}
+
+impl SparseWeight {
+    /// Uploads a compressed weight to `device`.
+    pub fn new(s: &Sparse24, device: &Device) -> Result<Self> {
+        let meta: Vec<i32> = s.meta.iter().map(|&w| w as i32).collect();
+        let len = meta.len();
+        Ok(SparseWeight {
+            n: s.n,
+            k: s.k,
+            values: s.values.to_device(device)?,
+            meta: HostTensor::new(&[len], meta)?.to_device(device)?,
+        })
+    }
+    /// Magnitude-prunes a dense `[N, K]` weight to 2:4, compresses it and uploads it.
+    pub fn prune(w: &HostTensor, device: &Device) -> Result<(Self, PruneReport)> {
+        let (pruned, report) = prune_2_4(w)?;
+        Ok((Self::new(&compress(&pruned)?, device)?, report))
+    }
+    pub fn shape(&self) -> [usize; 2] {
+        [self.n, self.k]
+    }
+    pub fn dtype(&self) -> DType {
+        self.values.dtype()
+    }
+    /// The compressed weight back on the host.
+    pub fn to_host(&self) -> Result<Sparse24> {
+        let meta = self.meta.to_host()?;
+        Ok(Sparse24 {
+            n: self.n,
+            k: self.k,
+            values: self.values.to_host()?,
+            meta: meta.as_slice::<i32>()?.iter().map(|&w| w as u32).collect(),
+        })
+    }
+}
+
+/// Sparse tile shapes (block: rows of W × rows of X, threads, smem) — SpS / SpL in the kernel.
+fn geometry(large: bool) -> (Geometry, &'static str) {
+    let smem = |bn: usize, bm: usize| (3 * (bn * 80 + bm * 144 + (bn / 16) * 128)) as u32;
+    if large {
+        (
+            Geometry {
+                bm: 128,
+                bn: 128,
+                threads: 256,
+                smem: smem(128, 128),
+            },
+            "l",
+        )
+    } else {
+        (
+            Geometry {
+                bm: 32,
+                bn: 64,
+                threads: 128,
+                smem: smem(64, 32),
+            },
+            "s",
+        )
+    }
+}
+
+/// `act(alpha·x·Wᵀ + bias) + residual` with a 2:4-sparse W; `g.tile` is ignored (the sparse
+/// kernel has its own two tiles, chosen by size).
+pub fn gemm_sparse(x: &Tensor, w: &SparseWeight, g: &Gemm) -> Result<Tensor> {
+    let ys = out_shape(x, w)?;
+    let mut out = Tensor::empty(&x.device(), &ys, g.out_dtype.unwrap_or(x.dtype()))?;
+    gemm_sparse_into(x, w, g, &mut out)?;
+    Ok(out)
+}
+
+fn out_shape(x: &Tensor, w: &SparseWeight) -> Result<Vec<usize>> {
+    match x.shape().split_last() {
+        Some((&k, lead)) if k == w.k && !lead.is_empty() => {
+            let mut ys = lead.to_vec();
+            ys.push(w.n);
+            Ok(ys)
+        }
+        _ => Err(Error::Shape {
+            op: OP,
+            arg: "x",
+            got: x.shape().to_vec(),
+            expected: format!("[..., {}] (K of the sparse weight [{}, {}])", w.k, w.n, w.k),
+        }),
+    }
+}
+
+/// [`gemm_sparse`] into `out`.
+pub fn gemm_sparse_into(x: &Tensor, w: &SparseWeight, g: &Gemm, out: &mut Tensor) -> Result<()> {
+    let dt = x.dtype();
+    float_dtype(OP, "x", dt)?;
+    if dt == DType::F32 {
+        return Err(Error::DType {
+            op: OP,
+            arg: "x",
+            got: dt,
+            expected: "f16 or bf16 (sparse tensor cores)".into(),
+        });
+    }
+    same_dtype(OP, "w", &w.values, dt)?;
+    let ys = out_shape(x, w)?;
+    let (n, k) = (w.n, w.k);
+    let m = x.len() / k.max(1);
+    if k % 8 != 0 {
+        return Err(Error::Shape {
+            op: OP,
+            arg: "x",
+            got: x.shape().to_vec(),
+            expected: format!("K a multiple of 8 (K = {k})"),
+        });
+    }
+    let odt = g.out_dtype.unwrap_or(dt);
+    if odt != dt && odt != DType::F32 {
+        return Err(Error::DType {
+            op: OP,
+            arg: "out_dtype",
+            got: odt,
+            expected: format!("{dt} or f32"),
+        });
+    }
+    if out.dtype() != odt || out.shape() != ys {
+        return Err(Error::Shape {
+            op: OP,
+            arg: "out",
+            got: out.shape().to_vec(),
+            expected: format!("{ys:?} {odt} (got {})", out.dtype()),
+        });
+    }
+    if let Some(b) = g.bias {
+        same_dtype(OP, "bias", b, dt)?;
+        if b.shape() != [n] {
+            return Err(Error::Shape {
+                op: OP,
+                arg: "bias",
+                got: b.shape().to_vec(),
+                expected: format!("[{n}] (N)"),
+            });
+        }
+    }
+    if let Some(r) = g.residual {
+        if r.dtype() != odt || r.shape() != ys {
+            return Err(Error::Shape {
+                op: OP,
+                arg: "residual",
+                got: r.shape().to_vec(),
+                expected: format!("{ys:?} {odt} (got {})", r.dtype()),
+            });
+        }
+    }
+    if !g.alpha.is_finite() {
+        return Err(Error::Invalid {
+            op: OP,
+            arg: "alpha",
+            detail: format!("{} is not finite", g.alpha),
+        });
+    }
+    let be = backend(
+        OP,
+        x,
+        &[
+            ("w", Some(&w.values)),
+            ("meta", Some(&w.meta)),
+            ("bias", g.bias),
+            ("residual", g.residual),
+            ("out", Some(out)),
+        ],
+    )?;
+    let d = GemmDims {
+        batch: 1,
+        m,
+        n,
+        k,
+        shared_w: true,
+    };
+    match be {
+        Backend::Cpu => {
+            let dense = w.to_host()?.decompress()?;
+            let f = |t: Option<&Tensor>| -> Result<Option<Vec<f64>>> {
+                t.map(|t| host(OP, "operand", t).map(|h| h.to_f64()))
+                    .transpose()
+            };
+            let (b, r) = (f(g.bias)?, f(g.residual)?);
+            let y = reference::gemm::gemm(
+                &host(OP, "x", x)?.to_f64(),
+                &dense.to_f64(),
+                d,
+                f64::from(g.alpha),
+                b.as_deref(),
+                g.act,
+                r.as_deref(),
+            );
+            *out = Tensor::Host(HostTensor::from_f64(&ys, &y, odt)?);
+            Ok(())
+        }
+        Backend::Gpu(gpu) => {
+            if m == 0 || n == 0 {
+                return Ok(());
+            }
+            let gpu = gpu.clone();
+            let large = m.div_ceil(128) * n.div_ceil(128) >= gpu.sm_count() as usize;
+            let (geo, suffix) = geometry(large);
+            let kernel = kernel_name(OP, format!("gemm_sp_{dt}_{odt}_{suffix}"))?;
+            let p = GemmParams {
+                stride_y: (m * n) as i64,
+                stride_r: (m * n) as i64,
+                alpha: g.alpha,
+                act: g.act.code(),
+                out_scale: 1.0,
+                ..Default::default()
+            };
+            let ops = Operands {
+                x: dev(OP, "x", x)?,
+                w: dev(OP, "w", &w.values)?,
+                bias: g.bias.map(|b| dev(OP, "bias", b)).transpose()?,
+                residual: g.residual.map(|r| dev(OP, "residual", r)).transpose()?,
+                sx: None,
+                sw: None,
+                meta: Some(dev(OP, "meta", &w.meta)?),
+            };
+            launch_gemm(
+                &gpu,
+                OP,
+                kernel,
+                Some(geo),
+                d,
+                p,
+                ops,
+                dev_mut(OP, "out", out)?,
+            )
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! 2:4 structured sparsity: magnitude pruning, validation, and the compressed format the
+//! sparse tensor cores read (kernel `kernels/gemm_sparse.cu`, launcher `src/ops/gemm_sparse.rs`).
+//!
+//! A weight W `[N, K]` keeps two values in every group of four along K. Compressed, it is
+//! `values [N16, K64/2]` (the kept values, in K order; N16 and K64 are N and K rounded up to 16
+//! and 64 — one pipeline stage — padding is zero) and `meta`: for `mma.sp::ordered_metadata.m16n8k32` with .f16/.bf16
+//! (PTX ISA 9.7.14.6, "Sparse matrix storage" and the m16n8k32 .f16 metadata figure), one u32 per
+//! (16-row tile, 32-wide K tile, lane l = 2·g + h): nibble j of bits 0..15 gives the two kept
+//! positions (2 bits each, ascending, first in the low bits) of group j in row `16t + g`, K
+//! `32s + 16h + 4j ..`; bits 16..31 the same for row `16t + g + 8`. Lanes with `l % 4 < 2`
+//! (sparsity selector 0) supply them. `meta` is stored in exactly that order:
+//! `[N16/16][K64/32][16]`.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::HostTensor;
+
+/// A 2:4-compressed weight, on the host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sparse24 {
+    pub n: usize,
+    pub k: usize,
+    /// `[N16, K64/2]` kept values in W's dtype.
+    pub values: HostTensor,
+    /// `[N16/16 · K64/32 · 16]` metadata words in mma.sp register order.
+    pub meta: Vec<u32>,
+}
+
+/// What magnitude pruning kept.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PruneReport {
+    /// Σ kept w² / Σ w² (1.0 when W already was 2:4).
+    pub energy_kept: f64,
+}
+
+fn dims(op: &'static str, w: &HostTensor) -> Result<(usize, usize)> {
+    if !w.dtype().is_float() {
+        return Err(Error::DType {
+            op,
+            arg: "w",
+            got: w.dtype(),
+            expected: "f32, f16 or bf16".into(),
+        });
+    }
+    match *w.shape() {
+        [n, k] if k % 4 == 0 => Ok((n, k)),
+        _ => Err(Error::Shape {
+            op,
+            arg: "w",
+            got: w.shape().to_vec(),
+            expected: "[N, K] with K a multiple of the 2:4 group size 4".into(),
+        }),
+    }
+}
+
+/// Keeps the two largest |w| of every group of four along K (ties keep the lower index) and
+/// zeroes the others. Returns the pruned weight and the fraction of energy kept.
+pub fn prune_2_4(w: &HostTensor) -> Result<(HostTensor, PruneReport)> {
+    let (n, k) = dims("prune_2_4", w)?;
+    let mut v = w.to_f64();
+    let (mut total, mut kept) = (0.0, 0.0);
+    for g in v.chunks_mut(4) {
+        let mut idx = [0usize, 1, 2, 3];
+        // Stable sort by descending magnitude: equal magnitudes keep the lower index.
+        idx.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+        for (r, &i) in idx.iter().enumerate() {
+            total += g[i] * g[i];
+            if r < 2 {
+                kept += g[i] * g[i];
+            } else {
+                g[i] = 0.0;
+            }
+        }
+    }
+    let energy_kept = if total > 0.0 { kept / total } else { 1.0 };
+    Ok((
+        HostTensor::from_f64(&[n, k], &v, w.dtype())?,
+        PruneReport { energy_kept },
+    ))
+}
+
+/// Checks that every group of four along K has at most two non-zeros; the error names the
+/// first offending group.
+pub fn validate_2_4(w: &HostTensor) -> Result<()> {
+    let (_, k) = dims("validate_2_4", w)?;
+    let v = w.to_f64();
+    for (gi, g) in v.chunks(4).enumerate() {
+        let nz = g.iter().filter(|x| **x != 0.0).count();
+        if nz > 2 {
+            let (row, col) = (gi * 4 / k, gi * 4 % k);
+            return Err(Error::Invalid {
+                op: "validate_2_4",
+                arg: "w",
+                detail: format!(
+                    "row {row}, columns {col}..{} hold {nz} non-zeros {g:?}; 2:4 allows 2",
+                    col + 3
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Compresses a 2:4-sparse weight (validated first).
+pub fn compress(w: &HostTensor) -> Result<Sparse24> {
+    validate_2_4(w)?;
+    let (n, k) = dims("compress", w)?;
+    let (n16, k32) = (n.div_ceil(16) * 16, k.div_ceil(64) * 64);
+    let v = w.to_f64();
+    let at = |r: usize, c: usize| if r < n && c < k { v[r * k + c] } else { 0.0 };
+    let mut vals = vec![0.0; n16 * k32 / 2];
+    // nib[r][g]: the 4-bit metadata of group g in row r.
+    let mut nib = vec![0u8; n16 * k32 / 4];
+    for r in 0..n16 {
+        for g in 0..k32 / 4 {
+            let mut pos: Vec<usize> = (0..4).filter(|&i| at(r, 4 * g + i) != 0.0).collect();
+            // Fewer than two non-zeros: pad with the lowest unused positions (kept as zeros).
+            for i in 0..4 {
+                if pos.len() < 2 && !pos.contains(&i) {
+                    pos.push(i);
+                }
+            }
+            pos.sort_unstable();
+            vals[r * k32 / 2 + 2 * g] = at(r, 4 * g + pos[0]);
+            vals[r * k32 / 2 + 2 * g + 1] = at(r, 4 * g + pos[1]);
+            nib[r * k32 / 4 + g] = (pos[0] | (pos[1] << 2)) as u8;
+        }
+    }
+    let mut meta = Vec::with_capacity(n16 * k32 / 32);
+    for t in 0..n16 / 16 {
+        for s in 0..k32 / 32 {
+            for lane in 0..16 {
+                let (g, h) = (lane / 2, lane % 2);
+                let half = |row: usize| -> u32 {
+                    (0..4)
+                        .map(|j| u32::from(nib[row * k32 / 4 + s * 8 + h * 4 + j]) << (4 * j))
+                        .sum()
+                };
+                meta.push(half(16 * t + g) | (half(16 * t + g + 8) << 16));
+            }
+        }
+    }
+    Ok(Sparse24 {
+        n,
+        k,
+        values: HostTensor::from_f64(&[n16, k32 / 2], &vals, w.dtype())?,
+        meta,
+    })
+}
+
+impl Sparse24 {
+    pub fn dtype(&self) -> DType {
+        self.values.dtype()
+    }
+    /// Rows and K padded to the kernel tiles (16 rows, 64 K).
+    pub fn padded(&self) -> (usize, usize) {
+        (self.n.div_ceil(16) * 16, self.k.div_ceil(64) * 64)
+    }
+
+    /// The dense `[N, K]` weight back, exactly (the inverse of [`compress`]).
+    pub fn decompress(&self) -> Result<HostTensor> {
+        let (n16, k32) = self.padded();
+        if self.meta.len() != n16 * k32 / 32 || self.values.shape() != [n16, k32 / 2] {
+            return Err(Error::Shape {
+                op: "decompress",
+                arg: "sparse weight",
+                got: self.values.shape().to_vec(),
+                expected: format!(
+                    "values [{n16}, {}] and {} metadata words",
+                    k32 / 2,
+                    n16 * k32 / 32
+                ),
+            });
+        }
+        let v = self.values.to_f64();
+        let mut d = vec![0.0; self.n * self.k];
+        for t in 0..n16 / 16 {
+            for s in 0..k32 / 32 {
+                for lane in 0..16 {
+                    let word = self.meta[(t * (k32 / 32) + s) * 16 + lane];
+                    let (g, h) = (lane / 2, lane % 2);
+                    for (row, bits) in [(16 * t + g, word & 0xffff), (16 * t + g + 8, word >> 16)] {
+                        for j in 0..4 {
+                            let grp = s * 8 + h * 4 + j;
+                            let nb = (bits >> (4 * j)) & 0xf;
+                            let (p0, p1) = ((nb & 3) as usize, (nb >> 2) as usize);
+                            if p0 >= p1 {
+                                return Err(Error::Invalid {
+                                    op: "decompress",
+                                    arg: "meta",
+                                    detail: format!(
+                                        "row {row} group {grp}: positions {p0}, {p1} not ascending"
+                                    ),
+                                });
+                            }
+                            for (slot, p) in [(0, p0), (1, p1)] {
+                                let c = 4 * grp + p;
+                                if row < self.n && c < self.k {
+                                    d[row * self.k + c] = v[row * (k32 / 2) + 2 * grp + slot];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        HostTensor::from_f64(&[self.n, self.k], &d, self.dtype())
+    }
+}

@@ -1,0 +1,249 @@
+//! 2:4 sparsity (`src/sparse.rs`, `kernels/gemm_sparse.cu`, `src/ops/gemm_sparse.rs`): pruning,
+//! validation, the compressed format's exact round trip and metadata bits, and the sparse GEMM on
+//! the GPU against the dense reference of the decompressed weight.
+
+mod common;
+use common::*;
+use medkern::ops::{self, Activation, Gemm, SparseWeight};
+use medkern::reference::gemm::{self as reference, GemmDims};
+use medkern::sparse::{compress, prune_2_4, validate_2_4};
+use medkern::{DType, Device, Error, HostTensor};
+use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
+
+const U_F32: f64 = f32::EPSILON as f64 / 2.0;
+
+#[test]
+fn prune_keeps_two_largest_and_reports_energy() {
+    let w = HostTensor::from_f64(
+        &[1, 8],
+        &[1.0, -3.0, 2.0, 0.5, 0.0, 0.0, 0.0, 4.0],
+        DType::F32,
+    )
+    .unwrap();
+    let (p, rep) = prune_2_4(&w).unwrap();
+    assert_eq!(p.to_f64(), vec![0.0, -3.0, 2.0, 0.0, 0.0, 0.0, 0.0, 4.0]);
+    let total = 1.0 + 9.0 + 4.0 + 0.25 + 16.0;
+    assert!((rep.energy_kept - (9.0 + 4.0 + 16.0) / total).abs() < 1e-15);
+    validate_2_4(&p).unwrap();
+}
+
+#[test]
+fn validate_names_first_offending_group() {
+    let w = HostTensor::from_f64(
+        &[2, 8],
+        &[
+            1., 1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 1., 1., 1., 0.,
+        ],
+        DType::F16,
+    )
+    .unwrap();
+    let e = validate_2_4(&w).unwrap_err();
+    assert!(
+        e.to_string().contains("row 1, columns 4..7") && e.to_string().contains("3 non-zeros"),
+        "{e}"
+    );
+    assert!(matches!(
+        compress(&w),
+        Err(Error::Invalid {
+            op: "validate_2_4",
+            ..
+        })
+    ));
+    let odd = HostTensor::from_f64(&[1, 6], &[1.0; 6], DType::F16).unwrap();
+    assert!(
+        matches!(prune_2_4(&odd), Err(Error::Shape { .. })),
+        "K not a multiple of 4"
+    );
+}
+
+#[test]
+fn metadata_bits_follow_the_mma_sp_layout() {
+    // Row 0 keeps positions (1, 2) in its first group; row 8 keeps (0, 3) in its first group;
+    // row 0 group 4 (K 16..19, the second 16-wide half) keeps (2, 3). Everything else defaults
+    // to (0, 1) = nibble 0b0100.
+    let (n, k) = (16, 64);
+    let mut v = vec![0.0; n * k];
+    v[1] = 1.0;
+    v[2] = 2.0;
+    v[8 * k] = 3.0;
+    v[8 * k + 3] = 4.0;
+    v[18] = 5.0;
+    v[19] = 6.0;
+    let s = compress(&HostTensor::from_f64(&[n, k], &v, DType::F16).unwrap()).unwrap();
+    assert_eq!(s.meta.len(), 2 * 16, "two k32 steps of 16 lanes");
+    let default = 0b0100u32;
+    let nib = |a: u32, b: u32| a | (b << 2);
+    let half = |first: u32| first | (default << 4) | (default << 8) | (default << 12);
+    // Lane 0 (g 0, first K half): low half row 0, high half row 8.
+    assert_eq!(s.meta[0], half(nib(1, 2)) | (half(nib(0, 3)) << 16));
+    // Lane 1 (g 0, second K half): row 0 group 4 is its nibble 0.
+    assert_eq!(s.meta[1], half(nib(2, 3)) | (half(default) << 16));
+    // Values are the kept ones in K order.
+    assert_eq!(&s.values.to_f64()[..2], &[1.0, 2.0]);
+    assert_eq!(&s.values.to_f64()[32 * 8..32 * 8 + 2], &[3.0, 4.0]);
+    assert_eq!(s.decompress().unwrap().to_f64(), v);
+}
+
+#[test]
+fn compress_round_trip_is_exact() {
+    let mut runner = TestRunner::new(cases(64));
+    runner
+        .run(&(any::<u64>(), 0..3usize), |(seed, di)| {
+            let mut rng = SeedRng::new(seed);
+            let dt = DType::FLOATS[di];
+            let n = gemm_len(&mut rng, 16, 100);
+            let k = 4 * gemm_len(&mut rng, 1, 80);
+            let w = HostTensor::from_f64(&[n, k], &random_values(&mut rng, n * k, 1.0, dt), dt)
+                .unwrap();
+            let (p, rep) = prune_2_4(&w).unwrap();
+            prop_assert!(rep.energy_kept > 0.5 && rep.energy_kept <= 1.0);
+            let s = compress(&p).unwrap();
+            prop_assert_eq!(s.decompress().unwrap(), p.clone());
+            // Pruning a pruned weight changes nothing.
+            let (p2, rep2) = prune_2_4(&p).unwrap();
+            prop_assert_eq!(p2, p);
+            prop_assert_eq!(rep2.energy_kept, 1.0);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let cpu = Device::Cpu;
+    let w = HostTensor::from_f64(&[8, 32], &vec![1.0; 256], DType::F16).unwrap();
+    let (sw, _) = SparseWeight::prune(&w, &cpu).unwrap();
+    let x = HostTensor::from_f64(&[4, 24], &vec![1.0; 96], DType::F16)
+        .unwrap()
+        .to_device(&cpu)
+        .unwrap();
+    let e = ops::gemm_sparse(&x, &sw, &Gemm::default()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Shape {
+                op: "gemm_sparse",
+                arg: "x",
+                ..
+            }
+        ) && e.to_string().contains("[..., 32]"),
+        "{e}"
+    );
+    let x32 = HostTensor::from_f64(&[4, 32], &vec![1.0; 128], DType::F32)
+        .unwrap()
+        .to_device(&cpu)
+        .unwrap();
+    let e = ops::gemm_sparse(&x32, &sw, &Gemm::default()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::DType {
+                arg: "x",
+                got: DType::F32,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // The CPU backend: each row of W kept 2 of every 4 ones → 16 per output.
+    let x = HostTensor::from_f64(&[4, 32], &vec![1.0; 128], DType::F16)
+        .unwrap()
+        .to_device(&cpu)
+        .unwrap();
+    let y = ops::gemm_sparse(&x, &sw, &Gemm::default())
+        .unwrap()
+        .to_host()
+        .unwrap();
+    assert!(y.to_f64().iter().all(|&v| v == 16.0));
+}
+
+#[test]
+fn gemm_sparse_gpu_matches_reference() {
+    let Some(dev) = test_device("gemm_sparse_gpu_matches_reference") else {
+        return;
+    };
+    let strategy = (
+        any::<u64>(),
+        0..2usize,
+        any::<bool>(),
+        0..7usize,
+        any::<(bool, bool, bool)>(),
+    );
+    let mut runner = TestRunner::new(cases(96));
+    runner
+        .run(
+            &strategy,
+            |(seed, di, out32, ai, (with_bias, with_res, big))| {
+                let mut rng = SeedRng::new(seed);
+                let dt = [DType::F16, DType::BF16][di];
+                let odt = if out32 { DType::F32 } else { dt };
+                let act = Activation::ALL[ai];
+                let (m, n) = if big {
+                    (gemm_len(&mut rng, 8, 1200), gemm_len(&mut rng, 8, 1200))
+                } else {
+                    (gemm_len(&mut rng, 8, 200), gemm_len(&mut rng, 8, 200))
+                };
+                let k = 8 * gemm_len(&mut rng, 1, 48);
+                let x = random_values(&mut rng, m * k, 1.0, dt);
+                let wd =
+                    HostTensor::from_f64(&[n, k], &random_values(&mut rng, n * k, 0.5, dt), dt)
+                        .unwrap();
+                let (sw, _) = SparseWeight::prune(&wd, &dev)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let w = prune_2_4(&wd).unwrap().0.to_f64();
+                let b = random_values(&mut rng, n, 1.0, dt);
+                let r = random_values(&mut rng, m * n, 1.0, odt);
+                let (xt, bt, rt) = (
+                    upload(&dev, &[m, k], &x, dt),
+                    upload(&dev, &[n], &b, dt),
+                    upload(&dev, &[m, n], &r, odt),
+                );
+                let spec = Gemm {
+                    bias: with_bias.then_some(&bt),
+                    act,
+                    residual: with_res.then_some(&rt),
+                    out_dtype: Some(odt),
+                    ..Default::default()
+                };
+                let mut out = poisoned(&dev, &[m, n], odt);
+                ops::gemm_sparse_into(&xt, &sw, &spec, &mut out)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let got = out.to_host().unwrap().to_f64();
+                let d = GemmDims {
+                    batch: 1,
+                    m,
+                    n,
+                    k,
+                    shared_w: true,
+                };
+                let want = reference::gemm(
+                    &x,
+                    &w,
+                    d,
+                    1.0,
+                    with_bias.then_some(&b[..]),
+                    act,
+                    with_res.then_some(&r[..]),
+                );
+                let ax: Vec<f64> = x.iter().map(|v| v.abs()).collect();
+                let aw: Vec<f64> = w.iter().map(|v| v.abs()).collect();
+                let mag = reference::gemm(&ax, &aw, d, 1.0, None, Activation::Identity, None);
+                let atol = |i: usize| {
+                    let extra = if with_bias { b[i % n].abs() } else { 0.0 }
+                        + if with_res { r[i].abs() } else { 0.0 };
+                    min_step(odt)
+                        + 8.0 * (k as f64).sqrt() * U_F32 * (mag[i] + extra + want[i].abs())
+                };
+                check_close(
+                    &format!("gemm_sparse {dt}->{odt} {act:?} m{m} n{n} k{k}"),
+                    &got,
+                    &want,
+                    &atol,
+                    2.0 * odt.unit_roundoff(),
+                )
+                .map_err(TestCaseError::fail)
+            },
+        )
+        .unwrap();
+}
