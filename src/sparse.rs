@@ -2,14 +2,16 @@
 //! sparse tensor cores read (kernel `kernels/gemm_sparse.cu`, launcher `src/ops/gemm_sparse.rs`).
 //!
 //! A weight W `[N, K]` keeps two values in every group of four along K. Compressed, it is
-//! `values [N16, K64/2]` (the kept values, in K order; N16 and K64 are N and K rounded up to 16
-//! and 64 — one pipeline stage — padding is zero) and `meta`: for `mma.sp::ordered_metadata.m16n8k32` with .f16/.bf16
-//! (PTX ISA 9.7.14.6, "Sparse matrix storage" and the m16n8k32 .f16 metadata figure), one u32 per
-//! (16-row tile, 32-wide K tile, lane l = 2·g + h): nibble j of bits 0..15 gives the two kept
-//! positions (2 bits each, ascending, first in the low bits) of group j in row `16t + g`, K
-//! `32s + 16h + 4j ..`; bits 16..31 the same for row `16t + g + 8`. Lanes with `l % 4 < 2`
-//! (sparsity selector 0) supply them. `meta` is stored in exactly that order:
-//! `[N16/16][K64/32][16]`.
+//! `values [N16, KP/2]` (the kept values, in K order; N16 is N rounded up to 16 and KP is K
+//! rounded up to one pipeline stage, 64 for f16/bf16 and 128 for int8; padding is zero) and
+//! `meta`, the metadata registers of `mma.sp::ordered_metadata` (PTX ISA 9.7.14.6, "Sparse
+//! matrix storage" and the metadata figures of m16n8k32 .f16/.bf16 and m16n8k64 .s8), in
+//! register order. One mma step covers S = 32 (f16/bf16) or 64 (int8) values of K; for each
+//! (16-row tile t, step s) there are Q·8 words, Q = 2 (f16/bf16, sparsity selector 0: lanes with
+//! `lane % 4 < 2`) or 4 (int8: every lane); word `l = Q·g + h` describes K `S·s + 16h .. + 16`:
+//! nibble j of bits 0..15 holds the two kept positions (2 bits each, ascending, first in the
+//! low bits) of 4-group j of row `16t + g`, bits 16..31 the same for row `16t + g + 8`.
+//! `meta` is `[N16/16][KP/S][Q·8]`.
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -20,9 +22,9 @@ use crate::tensor::HostTensor;
 pub struct Sparse24 {
     pub n: usize,
     pub k: usize,
-    /// `[N16, K64/2]` kept values in W's dtype.
+    /// `[N16, KP/2]` kept values in W's dtype.
     pub values: HostTensor,
-    /// `[N16/16 · K64/32 · 16]` metadata words in mma.sp register order.
+    /// `[N16/16 · KP/S · Q·8]` metadata words in mma.sp register order (module docs).
     pub meta: Vec<u32>,
 }
 
@@ -34,12 +36,12 @@ pub struct PruneReport {
 }
 
 fn dims(op: &'static str, w: &HostTensor) -> Result<(usize, usize)> {
-    if !w.dtype().is_float() {
+    if !w.dtype().is_float() && w.dtype() != DType::I8 {
         return Err(Error::DType {
             op,
             arg: "w",
             got: w.dtype(),
-            expected: "f32, f16 or bf16".into(),
+            expected: "f32, f16, bf16 or i8".into(),
         });
     }
     match *w.shape() {
@@ -101,11 +103,21 @@ pub fn validate_2_4(w: &HostTensor) -> Result<()> {
     Ok(())
 }
 
-/// Compresses a 2:4-sparse weight (validated first).
+/// The format constants of a dtype: (K padding, K per mma step, metadata lanes per quad).
+fn layout(op: &'static str, dt: DType) -> Result<(usize, usize, usize)> {
+    match dt {
+        DType::F16 | DType::BF16 => Ok((64, 32, 2)),
+        DType::I8 => Ok((128, 64, 4)),
+        _ => Err(Error::DType { op, arg: "w", got: dt, expected: "f16, bf16 or i8 (the sparse tensor-core types)".into() }),
+    }
+}
+
+/// Compresses a 2:4-sparse f16, bf16 or int8 weight (validated first).
 pub fn compress(w: &HostTensor) -> Result<Sparse24> {
     validate_2_4(w)?;
     let (n, k) = dims("compress", w)?;
-    let (n16, k32) = (n.div_ceil(16) * 16, k.div_ceil(64) * 64);
+    let (kp, step, q) = layout("compress", w.dtype())?;
+    let (n16, k32) = (n.div_ceil(16) * 16, k.div_ceil(kp) * kp);
     let v = w.to_f64();
     let at = |r: usize, c: usize| if r < n && c < k { v[r * k + c] } else { 0.0 };
     let mut vals = vec![0.0; n16 * k32 / 2];
@@ -128,12 +140,12 @@ pub fn compress(w: &HostTensor) -> Result<Sparse24> {
     }
     let mut meta = Vec::with_capacity(n16 * k32 / 32);
     for t in 0..n16 / 16 {
-        for s in 0..k32 / 32 {
-            for lane in 0..16 {
-                let (g, h) = (lane / 2, lane % 2);
+        for s in 0..k32 / step {
+            for lane in 0..8 * q {
+                let (g, h) = (lane / q, lane % q);
                 let half = |row: usize| -> u32 {
                     (0..4)
-                        .map(|j| u32::from(nib[row * k32 / 4 + s * 8 + h * 4 + j]) << (4 * j))
+                        .map(|j| u32::from(nib[row * k32 / 4 + s * step / 4 + h * 4 + j]) << (4 * j))
                         .sum()
                 };
                 meta.push(half(16 * t + g) | (half(16 * t + g + 8) << 16));
@@ -152,9 +164,10 @@ impl Sparse24 {
     pub fn dtype(&self) -> DType {
         self.values.dtype()
     }
-    /// Rows and K padded to the kernel tiles (16 rows, 64 K).
+    /// Rows and K padded to the kernel tiles (16 rows; 64 K for f16/bf16, 128 for int8).
     pub fn padded(&self) -> (usize, usize) {
-        (self.n.div_ceil(16) * 16, self.k.div_ceil(64) * 64)
+        let kp = if self.dtype() == DType::I8 { 128 } else { 64 };
+        (self.n.div_ceil(16) * 16, self.k.div_ceil(kp) * kp)
     }
 
     /// The dense `[N, K]` weight back, exactly (the inverse of [`compress`]).
@@ -172,16 +185,17 @@ impl Sparse24 {
                 ),
             });
         }
+        let (_, step, q) = layout("decompress", self.dtype())?;
         let v = self.values.to_f64();
         let mut d = vec![0.0; self.n * self.k];
         for t in 0..n16 / 16 {
-            for s in 0..k32 / 32 {
-                for lane in 0..16 {
-                    let word = self.meta[(t * (k32 / 32) + s) * 16 + lane];
-                    let (g, h) = (lane / 2, lane % 2);
+            for s in 0..k32 / step {
+                for lane in 0..8 * q {
+                    let word = self.meta[(t * (k32 / step) + s) * 8 * q + lane];
+                    let (g, h) = (lane / q, lane % q);
                     for (row, bits) in [(16 * t + g, word & 0xffff), (16 * t + g + 8, word >> 16)] {
                         for j in 0..4 {
-                            let grp = s * 8 + h * 4 + j;
+                            let grp = s * step / 4 + h * 4 + j;
                             let nb = (bits >> (4 * j)) & 0xf;
                             let (p0, p1) = ((nb & 3) as usize, (nb >> 2) as usize);
                             if p0 >= p1 {

@@ -50,6 +50,8 @@ fn validate_names_first_offending_group() {
             ..
         })
     ));
+    let f32w = HostTensor::from_f64(&[1, 8], &[1., 0., 0., 1., 0., 0., 0., 0.], DType::F32).unwrap();
+    assert!(matches!(compress(&f32w), Err(Error::DType { op: "compress", got: DType::F32, .. })));
     let odd = HostTensor::from_f64(&[1, 6], &[1.0; 6], DType::F16).unwrap();
     assert!(
         matches!(prune_2_4(&odd), Err(Error::Shape { .. })),
@@ -83,6 +85,15 @@ fn metadata_bits_follow_the_mma_sp_layout() {
     assert_eq!(&s.values.to_f64()[..2], &[1.0, 2.0]);
     assert_eq!(&s.values.to_f64()[32 * 8..32 * 8 + 2], &[3.0, 4.0]);
     assert_eq!(s.decompress().unwrap().to_f64(), v);
+
+    // int8: one mma step covers 64 K and every lane of a quad holds a word; lane 1 (g 0, h 1)
+    // describes K 16..31 of rows 0 and 8.
+    let s8 = compress(&HostTensor::from_f64(&[n, k], &v, DType::I8).unwrap()).unwrap();
+    assert_eq!(s8.meta.len(), 2 * 32, "K padded to 128: two k64 steps of 32 lanes");
+    assert_eq!(s8.meta[0], half(nib(1, 2)) | (half(nib(0, 3)) << 16));
+    assert_eq!(s8.meta[1], half(nib(2, 3)) | (half(default) << 16));
+    assert_eq!(s8.meta[2], half(default) | (half(default) << 16));
+    assert_eq!(s8.decompress().unwrap().to_f64(), v);
 }
 
 #[test]
@@ -91,11 +102,11 @@ fn compress_round_trip_is_exact() {
     runner
         .run(&(any::<u64>(), 0..3usize), |(seed, di)| {
             let mut rng = SeedRng::new(seed);
-            let dt = DType::FLOATS[di];
+            let dt = [DType::F16, DType::BF16, DType::I8][di];
+            let sigma = if dt == DType::I8 { 30.0 } else { 1.0 };
             let n = gemm_len(&mut rng, 16, 100);
             let k = 4 * gemm_len(&mut rng, 1, 80);
-            let w = HostTensor::from_f64(&[n, k], &random_values(&mut rng, n * k, 1.0, dt), dt)
-                .unwrap();
+            let w = HostTensor::from_f64(&[n, k], &random_values(&mut rng, n * k, sigma, dt), dt).unwrap();
             let (p, rep) = prune_2_4(&w).unwrap();
             prop_assert!(rep.energy_kept > 0.5 && rep.energy_kept <= 1.0);
             let s = compress(&p).unwrap();
