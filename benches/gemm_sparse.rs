@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use criterion::{Throughput, criterion_group, criterion_main};
 use medkern::ops::{self, Gemm, SparseWeight};
-use medkern::sparse::prune_2_4;
+use medkern::sparse::{compress, prune_2_4};
 use medkern::{DType, Device, HostTensor, Tensor};
 
 const SHAPES: [(usize, usize, usize); 6] = [
@@ -49,6 +49,33 @@ fn bench(c: &mut criterion::Criterion) {
         g.bench_function(format!("dense_same_weight/{dt}/{m}x{n}x{k}"), |b| {
             b.iter(|| {
                 ops::gemm_into(&x, &wp, &Gemm::default(), &mut y).unwrap();
+                gpu.synchronize().unwrap();
+            })
+        });
+        // int8: 2:4 sparse vs dense on the same pruned int8 weight (raw s32 output).
+        let xi = HostTensor::new(&[m, k], random_i8(&mut rng, m * k))
+            .unwrap()
+            .to_device(&dev)
+            .unwrap();
+        let wi: Vec<f64> = random_i8(&mut rng, n * k)
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let wi = prune_2_4(&HostTensor::from_f64(&[n, k], &wi, DType::I8).unwrap())
+            .unwrap()
+            .0;
+        let swi = SparseWeight::new(&compress(&wi).unwrap(), &dev).unwrap();
+        let wid = wi.to_device(&dev).unwrap();
+        let mut acc = poisoned(&dev, &[m, n], DType::I32);
+        g.bench_function(format!("sparse_i8_raw/{m}x{n}x{k}"), |b| {
+            b.iter(|| {
+                ops::gemm_sparse_i8_into(&xi, &swi, None, &mut acc).unwrap();
+                gpu.synchronize().unwrap();
+            })
+        });
+        g.bench_function(format!("dense_i8_raw_same_weight/{m}x{n}x{k}"), |b| {
+            b.iter(|| {
+                ops::gemm_i8_raw_into(&xi, &wid, &mut acc, None).unwrap();
                 gpu.synchronize().unwrap();
             })
         });

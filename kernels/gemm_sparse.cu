@@ -5,8 +5,11 @@
 // rows (ldmatrix x4 gives b0..b3 = K 0-7, 8-15, 16-23, 24-31 of 8 rows), metadata words in
 // register order (src/sparse.rs) staged through shared memory with the values; each
 // mma.sp::ordered_metadata m16n8k32 does the work of a dense k32 with half the A traffic.
-// f16/bf16 in, f32 accumulation, same epilogue as kernels/gemm.cu. K % 8 == 0.
-// Kernels: gemm_sp_{f16,bf16}_{same,f32}_{s,l}. Launcher: src/ops/gemm_sparse.rs;
+// f16/bf16 (m16n8k32, f32 accumulation, the epilogue of kernels/gemm.cu; K % 8 == 0) and int8
+// (m16n8k64, s32 accumulation, the per-token / per-channel scale epilogue of
+// kernels/gemm_int8.cu or raw s32; K % 16 == 0). Both move the same bytes per stage: 64 of
+// compressed W and 128 of X per row. Kernels: gemm_sp_{f16,bf16}_{same,f32}_{s,l},
+// gemm_sp_i8_{i32,i8,f16,bf16,f32}_{s,l}. Launcher: src/ops/gemm_sparse.rs;
 // reference: decompress (src/sparse.rs) then src/reference/gemm.rs.
 #include "common/mma.cuh"
 #include "common/gemm.cuh"
@@ -31,36 +34,48 @@ template <> struct MmaSp<bf16> {
     }
 };
 
-// BN rows of W x BM rows of X per block, warp tile WN x WM, 64 logical K per stage.
-template <int BN_, int BM_, int WN_, int WM_, int STAGES_> struct SpCfg {
-    static constexpr int BN = BN_, BM = BM_, WN = WN_, WM = WM_, STAGES = STAGES_;
-    static constexpr int W_ROW = 64 + 16;   // 32 compressed 16-bit values + pad, bytes
-    static constexpr int X_ROW = 128 + 16;  // 64 dense 16-bit values + pad, bytes
-    static constexpr int META = (BN / 16) * 32;  // words: 2 k32-steps x 16 lanes per 16-row tile
+template <> struct MmaSp<signed char> {
+    static __device__ __forceinline__ void run(int (&d)[4], const unsigned (&a)[4], const unsigned (&b)[4], unsigned e) {
+        asm volatile("mma.sp::ordered_metadata.sync.aligned.m16n8k64.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, "
+                     "{%4,%5,%6,%7}, {%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, 0x0;\n"
+                     : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e));
+    }
+};
+
+// BN rows of W x BM rows of X per block, warp tile WN x WM; per stage 64 bytes of compressed W
+// and 128 bytes of X per row (64 logical K of f16/bf16, 128 of int8) in two mma steps. MW is
+// the metadata words per 16-row tile per step: 16 (f16/bf16, selector 0) or 32 (int8).
+template <int BN_, int BM_, int WN_, int WM_, int STAGES_, int MW_> struct SpCfg {
+    static constexpr int BN = BN_, BM = BM_, WN = WN_, WM = WM_, STAGES = STAGES_, MW = MW_;
+    static constexpr int W_ROW = 64 + 16;   // compressed bytes + pad
+    static constexpr int X_ROW = 128 + 16;  // dense bytes + pad
+    static constexpr int META = (BN / 16) * 2 * MW;  // words per stage
     static constexpr int WARPS_M = BM / WM;
     static constexpr int THREADS = (BN / WN) * (BM / WM) * 32;
     static constexpr int NT = WN / 16, MT = WM / 8;
     static constexpr int STAGE_BYTES = BN * W_ROW + BM * X_ROW + META * 4;
     static constexpr int SMEM = STAGES * STAGE_BYTES;
 };
-typedef SpCfg<64, 32, 32, 16, 3> SpS;     // 4 warps
-typedef SpCfg<128, 128, 64, 32, 3> SpL;   // 8 warps
+template <int MW> using SpS = SpCfg<64, 32, 32, 16, 3, MW>;    // 4 warps
+template <int MW> using SpL = SpCfg<128, 128, 64, 32, 3, MW>;  // 8 warps
 
-template <typename T, typename O, typename Cfg>
-__device__ __forceinline__ void gemm_sp(const GemmParams& p) {
-    extern __shared__ __align__(16) char smem[];
+// acc[i][j] += W[n0 + wn·WN + 16i ..] · X[m0 + wm·WM + 8j ..]ᵀ over all of K.
+template <typename E, typename Cfg, typename Acc>
+__device__ __forceinline__ void sp_mainloop(const GemmParams& p, char* smem, Acc (&acc)[Cfg::NT][Cfg::MT][4]) {
     const int n0 = blockIdx.x * Cfg::BN, m0 = blockIdx.y * Cfg::BM;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wn = warp / Cfg::WARPS_M, wm = warp % Cfg::WARPS_M;
-    const int k64 = (p.K + 63) / 64 * 64;
+    constexpr int KSTAGE = 128 / (int)sizeof(E);  // logical K per stage
+    const int kpad = (p.K + KSTAGE - 1) / KSTAGE * KSTAGE;
+    const int ktiles = kpad / KSTAGE;
     const int n16 = (p.N + 15) / 16 * 16;
-    const long long vbytes = (long long)k64;   // compressed row: k64/2 values of 2 bytes
-    const long long xbytes = (long long)p.K * 2;
+    const long long vbytes = (long long)ktiles * 64;   // compressed row bytes
+    const long long xbytes = (long long)p.K * sizeof(E);
     const char* V = static_cast<const char*>(p.w);
     const char* X = static_cast<const char*>(p.x);
     const char* Mt = reinterpret_cast<const char*>(p.meta);
-    const int ktiles = k64 / 64;
-    const int meta_row_words = (k64 / 32) * 16;  // words per 16-row tile
+    const int meta_row_words = ktiles * 2 * Cfg::MW;  // words per 16-row tile
 
     auto sw = [&](int s) { return smem + s * Cfg::STAGE_BYTES; };
     auto sx = [&](int s) { return smem + s * Cfg::STAGE_BYTES + Cfg::BN * Cfg::W_ROW; };
@@ -81,22 +96,15 @@ __device__ __forceinline__ void gemm_sp(const GemmParams& p) {
             const char* src = ok ? X + (long long)(m0 + r) * xbytes + kb : X;
             cp_async16(sx(s) + r * Cfg::X_ROW + q * 16, src, ok);
         }
-        for (int c = threadIdx.x; c < (Cfg::BN / 16) * 8; c += Cfg::THREADS) {  // meta: 128 bytes/tile
-            const int t = c >> 3, q = c & 7;
+        constexpr int CH = 2 * Cfg::MW / 4;  // 16-byte chunks of metadata per tile per stage
+        for (int c = threadIdx.x; c < (Cfg::BN / 16) * CH; c += Cfg::THREADS) {
+            const int t = c / CH, q = c % CH;
             const int tile = n0 / 16 + t;
             const bool ok = tile < n16 / 16;
-            const char* src = ok ? Mt + ((long long)tile * meta_row_words + kt * 32) * 4 + q * 16 : Mt;
-            cp_async16((char*)sm(s) + t * 128 + q * 16, src, ok);
+            const char* src = ok ? Mt + ((long long)tile * meta_row_words + kt * 2 * Cfg::MW) * 4 + q * 16 : Mt;
+            cp_async16((char*)sm(s) + t * CH * 16 + q * 16, src, ok);
         }
     };
-
-    float acc[Cfg::NT][Cfg::MT][4];
-#pragma unroll
-    for (int i = 0; i < Cfg::NT; ++i)
-#pragma unroll
-        for (int j = 0; j < Cfg::MT; ++j)
-#pragma unroll
-            for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.f;
 
 #pragma unroll
     for (int s = 0; s < Cfg::STAGES - 1; ++s) {
@@ -115,44 +123,107 @@ __device__ __forceinline__ void gemm_sp(const GemmParams& p) {
         const int st = kt % Cfg::STAGES;
         const char* W_s = sw(st) + (wn * Cfg::WN) * Cfg::W_ROW;
         const char* X_s = sx(st) + (wm * Cfg::WM) * Cfg::X_ROW;
-        const unsigned* M_s = sm(st) + (wn * Cfg::WN / 16) * 32;
+        const unsigned* M_s = sm(st) + (wn * Cfg::WN / 16) * 2 * Cfg::MW;
 #pragma unroll
         for (int step = 0; step < 2; ++step) {
             unsigned a[Cfg::NT][4], b[Cfg::MT][4], e[Cfg::NT];
 #pragma unroll
             for (int i = 0; i < Cfg::NT; ++i) {
                 ldmatrix_x4(a[i], W_s + (i * 16 + a_row) * Cfg::W_ROW + step * 32 + a_byte);
-                e[i] = tig < 2 ? M_s[i * 32 + step * 16 + g * 2 + tig] : 0u;
+                // f16/bf16: lanes 4g, 4g+1 hold rows g, g+8 for K halves 0, 1 (selector 0);
+                // int8: lane 4g+h holds K quarter h.
+                const unsigned* mw = M_s + i * 2 * Cfg::MW + step * Cfg::MW;
+                e[i] = Cfg::MW == 32 ? mw[lane] : (tig < 2 ? mw[g * 2 + tig] : 0u);
+                // Tiles past the padded N hold zero-filled metadata, and an all-zero nibble is
+                // an invalid index pair: use positions (0, 1) there (the values are zeros).
+                if (n0 + wn * Cfg::WN + i * 16 >= n16) e[i] = 0x44444444u;
             }
 #pragma unroll
             for (int j = 0; j < Cfg::MT; ++j) ldmatrix_x4(b[j], X_s + (j * 8 + b_row) * Cfg::X_ROW + step * 64 + b_byte);
 #pragma unroll
             for (int i = 0; i < Cfg::NT; ++i)
 #pragma unroll
-                for (int j = 0; j < Cfg::MT; ++j) MmaSp<T>::run(acc[i][j], a[i], b[j], e[i]);
+                for (int j = 0; j < Cfg::MT; ++j) MmaSp<E>::run(acc[i][j], a[i], b[j], e[i]);
         }
     }
     cp_async_wait<0>();
+}
 
-    O* Y = static_cast<O*>(p.y);
-    const O* R = static_cast<const O*>(p.residual);
-    const T* B = static_cast<const T*>(p.bias);
+// Visits accumulator element q of (i, j) as (n = W row, m = X row).
+template <typename Cfg, typename F>
+__device__ __forceinline__ void sp_for_each(F f) {
+    const int n0 = blockIdx.x * Cfg::BN, m0 = blockIdx.y * Cfg::BM;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int wn = warp / Cfg::WARPS_M, wm = warp % Cfg::WARPS_M;
+    const int g = lane >> 2, tig = lane & 3;
 #pragma unroll
     for (int i = 0; i < Cfg::NT; ++i)
 #pragma unroll
         for (int j = 0; j < Cfg::MT; ++j)
 #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                const int n = n0 + wn * Cfg::WN + i * 16 + g + (q >> 1) * 8;
-                const int m = m0 + wm * Cfg::WM + j * 8 + tig * 2 + (q & 1);
-                if (n >= p.N || m >= p.M) continue;
-                float v = acc[i][j][q] * p.alpha;
-                if (B) v += to_f32<T>(B[n]);
-                v = act_rt(p.act, v);
-                const long long o = (long long)m * p.N + n;
-                if (R) v += to_f32<O>(R[o]);
-                Y[o] = out_cast<O>(v);
+            for (int q = 0; q < 4; ++q)
+                f(i, j, q, n0 + wn * Cfg::WN + i * 16 + g + (q >> 1) * 8, m0 + wm * Cfg::WM + j * 8 + tig * 2 + (q & 1));
+}
+
+template <typename T, typename O, typename Cfg>
+__device__ __forceinline__ void gemm_sp(const GemmParams& p) {
+    extern __shared__ __align__(16) char smem[];
+    float acc[Cfg::NT][Cfg::MT][4];
+#pragma unroll
+    for (int i = 0; i < Cfg::NT; ++i)
+#pragma unroll
+        for (int j = 0; j < Cfg::MT; ++j)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.f;
+    sp_mainloop<T, Cfg>(p, smem, acc);
+
+    O* Y = static_cast<O*>(p.y);
+    const O* R = static_cast<const O*>(p.residual);
+    const T* B = static_cast<const T*>(p.bias);
+    sp_for_each<Cfg>([&](int i, int j, int q, int n, int m) {
+        if (n >= p.N || m >= p.M) return;
+        float v = acc[i][j][q] * p.alpha;
+        if (B) v += to_f32<T>(B[n]);
+        v = act_rt(p.act, v);
+        const long long o = (long long)m * p.N + n;
+        if (R) v += to_f32<O>(R[o]);
+        Y[o] = out_cast<O>(v);
+    });
+}
+
+template <typename O, typename Cfg>
+__device__ __forceinline__ void gemm_sp_i8(const GemmParams& p) {
+    extern __shared__ __align__(16) char smem[];
+    int acc[Cfg::NT][Cfg::MT][4];
+#pragma unroll
+    for (int i = 0; i < Cfg::NT; ++i)
+#pragma unroll
+        for (int j = 0; j < Cfg::MT; ++j)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) acc[i][j][k] = 0;
+    sp_mainloop<signed char, Cfg>(p, smem, acc);
+    O* Y = static_cast<O*>(p.y);
+    constexpr bool RAW = sizeof(O) == 4 && O(0.5f) == O(0);
+    constexpr bool REQUANT = sizeof(O) == 1;
+    const O* R = static_cast<const O*>(p.residual);
+    const float* B = static_cast<const float*>(p.bias);
+    sp_for_each<Cfg>([&](int i, int j, int q, int n, int m) {
+        if (n >= p.N || m >= p.M) return;
+        const long long o = (long long)m * p.N + n;
+        if constexpr (RAW) {
+            Y[o] = acc[i][j][q];
+        } else {
+            float v = (float)acc[i][j][q] * p.sx[p.sx_per_row ? m : 0] * p.sw[n] * p.alpha;
+            if (B) v += B[n];
+            v = act_rt(p.act, v);
+            if (REQUANT) {
+                v = v / p.out_scale;
+            } else if (R) {
+                v += to_f32<O>(R[o]);
             }
+            Y[o] = out_cast<O>(v);
+        }
+    });
 }
 
 }  // namespace mk
@@ -162,8 +233,19 @@ __device__ __forceinline__ void gemm_sp(const GemmParams& p) {
         gemm_sp_##TN##_##ON##_##CN(const mk::GemmParams p) {                                 \
         mk::gemm_sp<T, O, mk::CFG>(p);                                                       \
     }
-#define MK_GEMM_SP_CFGS(T, TN, O, ON) MK_GEMM_SP(T, TN, O, ON, SpS, s) MK_GEMM_SP(T, TN, O, ON, SpL, l)
+#define MK_GEMM_SP_I8(O, ON, CFG, CN)                                                        \
+    extern "C" __global__ void __launch_bounds__(mk::CFG::THREADS)                           \
+        gemm_sp_i8_##ON##_##CN(const mk::GemmParams p) {                                     \
+        mk::gemm_sp_i8<O, mk::CFG>(p);                                                       \
+    }
+#define MK_GEMM_SP_I8_CFGS(O, ON) MK_GEMM_SP_I8(O, ON, SpS<32>, s) MK_GEMM_SP_I8(O, ON, SpL<32>, l)
+#define MK_GEMM_SP_CFGS(T, TN, O, ON) MK_GEMM_SP(T, TN, O, ON, SpS<16>, s) MK_GEMM_SP(T, TN, O, ON, SpL<16>, l)
 MK_GEMM_SP_CFGS(mk::f16, f16, mk::f16, f16)
 MK_GEMM_SP_CFGS(mk::f16, f16, float, f32)
 MK_GEMM_SP_CFGS(mk::bf16, bf16, mk::bf16, bf16)
 MK_GEMM_SP_CFGS(mk::bf16, bf16, float, f32)
+MK_GEMM_SP_I8_CFGS(int, i32)
+MK_GEMM_SP_I8_CFGS(signed char, i8)
+MK_GEMM_SP_I8_CFGS(mk::f16, f16)
+MK_GEMM_SP_I8_CFGS(mk::bf16, bf16)
+MK_GEMM_SP_I8_CFGS(float, f32)

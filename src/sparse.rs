@@ -108,7 +108,12 @@ fn layout(op: &'static str, dt: DType) -> Result<(usize, usize, usize)> {
     match dt {
         DType::F16 | DType::BF16 => Ok((64, 32, 2)),
         DType::I8 => Ok((128, 64, 4)),
-        _ => Err(Error::DType { op, arg: "w", got: dt, expected: "f16, bf16 or i8 (the sparse tensor-core types)".into() }),
+        _ => Err(Error::DType {
+            op,
+            arg: "w",
+            got: dt,
+            expected: "f16, bf16 or i8 (the sparse tensor-core types)".into(),
+        }),
     }
 }
 
@@ -145,7 +150,9 @@ pub fn compress(w: &HostTensor) -> Result<Sparse24> {
                 let (g, h) = (lane / q, lane % q);
                 let half = |row: usize| -> u32 {
                     (0..4)
-                        .map(|j| u32::from(nib[row * k32 / 4 + s * step / 4 + h * 4 + j]) << (4 * j))
+                        .map(|j| {
+                            u32::from(nib[row * k32 / 4 + s * step / 4 + h * 4 + j]) << (4 * j)
+                        })
                         .sum()
                 };
                 meta.push(half(16 * t + g) | (half(16 * t + g + 8) << 16));

@@ -50,8 +50,16 @@ fn validate_names_first_offending_group() {
             ..
         })
     ));
-    let f32w = HostTensor::from_f64(&[1, 8], &[1., 0., 0., 1., 0., 0., 0., 0.], DType::F32).unwrap();
-    assert!(matches!(compress(&f32w), Err(Error::DType { op: "compress", got: DType::F32, .. })));
+    let f32w =
+        HostTensor::from_f64(&[1, 8], &[1., 0., 0., 1., 0., 0., 0., 0.], DType::F32).unwrap();
+    assert!(matches!(
+        compress(&f32w),
+        Err(Error::DType {
+            op: "compress",
+            got: DType::F32,
+            ..
+        })
+    ));
     let odd = HostTensor::from_f64(&[1, 6], &[1.0; 6], DType::F16).unwrap();
     assert!(
         matches!(prune_2_4(&odd), Err(Error::Shape { .. })),
@@ -89,7 +97,11 @@ fn metadata_bits_follow_the_mma_sp_layout() {
     // int8: one mma step covers 64 K and every lane of a quad holds a word; lane 1 (g 0, h 1)
     // describes K 16..31 of rows 0 and 8.
     let s8 = compress(&HostTensor::from_f64(&[n, k], &v, DType::I8).unwrap()).unwrap();
-    assert_eq!(s8.meta.len(), 2 * 32, "K padded to 128: two k64 steps of 32 lanes");
+    assert_eq!(
+        s8.meta.len(),
+        2 * 32,
+        "K padded to 128: two k64 steps of 32 lanes"
+    );
     assert_eq!(s8.meta[0], half(nib(1, 2)) | (half(nib(0, 3)) << 16));
     assert_eq!(s8.meta[1], half(nib(2, 3)) | (half(default) << 16));
     assert_eq!(s8.meta[2], half(default) | (half(default) << 16));
@@ -106,7 +118,8 @@ fn compress_round_trip_is_exact() {
             let sigma = if dt == DType::I8 { 30.0 } else { 1.0 };
             let n = gemm_len(&mut rng, 16, 100);
             let k = 4 * gemm_len(&mut rng, 1, 80);
-            let w = HostTensor::from_f64(&[n, k], &random_values(&mut rng, n * k, sigma, dt), dt).unwrap();
+            let w = HostTensor::from_f64(&[n, k], &random_values(&mut rng, n * k, sigma, dt), dt)
+                .unwrap();
             let (p, rep) = prune_2_4(&w).unwrap();
             prop_assert!(rep.energy_kept > 0.5 && rep.energy_kept <= 1.0);
             let s = compress(&p).unwrap();
@@ -254,6 +267,188 @@ fn gemm_sparse_gpu_matches_reference() {
                     2.0 * odt.unit_roundoff(),
                 )
                 .map_err(TestCaseError::fail)
+            },
+        )
+        .unwrap();
+}
+
+/// A random 2:4-sparse int8 weight `[n, k]` (pruned from random int8 values).
+fn sparse_i8(rng: &mut SeedRng, n: usize, k: usize) -> HostTensor {
+    let v: Vec<f64> = random_i8(rng, n * k).into_iter().map(f64::from).collect();
+    prune_2_4(&HostTensor::from_f64(&[n, k], &v, DType::I8).unwrap())
+        .unwrap()
+        .0
+}
+
+#[test]
+fn sparse_i8_bad_inputs_are_errors() {
+    use medkern::ops::GemmI8;
+    let cpu = Device::Cpu;
+    let mut rng = SeedRng::new(1);
+    let sw = SparseWeight::new(&compress(&sparse_i8(&mut rng, 8, 32)).unwrap(), &cpu).unwrap();
+    let x = HostTensor::new(&[4, 32], vec![1i8; 128])
+        .unwrap()
+        .to_device(&cpu)
+        .unwrap();
+    let sx = HostTensor::new(&[1], vec![1f32])
+        .unwrap()
+        .to_device(&cpu)
+        .unwrap();
+    let swg = HostTensor::new(&[8, 1], vec![1f32; 8])
+        .unwrap()
+        .to_device(&cpu)
+        .unwrap();
+    let e = ops::gemm_sparse_i8(
+        &x,
+        &sw,
+        &GemmI8 {
+            group_size: 64,
+            ..GemmI8::new(&sx, &swg, DType::F32)
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Invalid {
+                op: "gemm_sparse_i8",
+                arg: "group_size",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let xf = HostTensor::from_f64(&[4, 32], &[1.0; 128], DType::F16)
+        .unwrap()
+        .to_device(&cpu)
+        .unwrap();
+    assert!(matches!(
+        ops::gemm_sparse_i8_raw(&xf, &sw),
+        Err(Error::DType { arg: "x", .. })
+    ));
+    // CPU backend: the raw product equals the integer reference of the decompressed weight.
+    let y = ops::gemm_sparse_i8_raw(&x, &sw).unwrap().to_host().unwrap();
+    let dense = sw.to_host().unwrap().decompress().unwrap();
+    let want: Vec<i32> = (0..4 * 8)
+        .map(|i| {
+            dense.as_slice::<i8>().unwrap()[(i % 8) * 32..(i % 8 + 1) * 32]
+                .iter()
+                .map(|&v| i32::from(v))
+                .sum()
+        })
+        .collect();
+    assert_eq!(y.as_slice::<i32>().unwrap(), &want[..]);
+}
+
+#[test]
+fn gemm_sparse_i8_gpu_is_exact_and_dequantises() {
+    use medkern::ops::GemmI8;
+    use medkern::reference::gemm_int8::{self as ref8, I8Epilogue};
+    let Some(dev) = test_device("gemm_sparse_i8_gpu_is_exact_and_dequantises") else {
+        return;
+    };
+    let mut runner = TestRunner::new(cases(96));
+    runner
+        .run(
+            &(any::<u64>(), 0..5usize, any::<(bool, bool, bool)>()),
+            |(seed, oi, (big, per_token, with_bias))| {
+                let mut rng = SeedRng::new(seed);
+                let (m, n) = if big {
+                    (gemm_len(&mut rng, 16, 1100), gemm_len(&mut rng, 16, 1100))
+                } else {
+                    (gemm_len(&mut rng, 16, 200), gemm_len(&mut rng, 16, 200))
+                };
+                let k = 16 * gemm_len(&mut rng, 1, 40);
+                let x: Vec<i8> = random_i8(&mut rng, m * k);
+                let wd = sparse_i8(&mut rng, n, k);
+                let sw = SparseWeight::new(&compress(&wd).unwrap(), &dev)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let xt = HostTensor::new(&[m, k], x.clone())
+                    .unwrap()
+                    .to_device(&dev)
+                    .unwrap();
+                let d = GemmDims {
+                    batch: 1,
+                    m,
+                    n,
+                    k,
+                    shared_w: true,
+                };
+                let wv: Vec<i8> = wd.as_slice::<i8>().unwrap().to_vec();
+                if oi == 0 {
+                    let mut out = poisoned(&dev, &[m, n], DType::I32);
+                    ops::gemm_sparse_i8_into(&xt, &sw, None, &mut out)
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let got: Vec<i64> = out
+                        .to_host()
+                        .unwrap()
+                        .as_slice::<i32>()
+                        .unwrap()
+                        .iter()
+                        .map(|&v| i64::from(v))
+                        .collect();
+                    let want = ref8::gemm_i8_acc(&x, &wv, d);
+                    prop_assert!(
+                        got == want,
+                        "sparse int32 accumulators differ: m{} n{} k{}; first at {:?}",
+                        m,
+                        n,
+                        k,
+                        got.iter().zip(&want).position(|(a, b)| a != b)
+                    );
+                    return Ok(());
+                }
+                let odt = [DType::I32, DType::F16, DType::BF16, DType::F32, DType::I8][oi];
+                let sx: Vec<f64> = (0..if per_token { m } else { 1 })
+                    .map(|_| f64::from((0.01 + rng.uniform() * 0.05) as f32))
+                    .collect();
+                let swv: Vec<f64> = (0..n)
+                    .map(|_| f64::from((0.001 + rng.uniform() * 0.01) as f32))
+                    .collect();
+                let b = random_values(&mut rng, n, 1.0, DType::F32);
+                let (sxt, swt, bt) = (
+                    upload(&dev, &[sx.len()], &sx, DType::F32),
+                    upload(&dev, &[n], &swv, DType::F32),
+                    upload(&dev, &[n], &b, DType::F32),
+                );
+                let out_scale = 0.05f32;
+                let spec = GemmI8 {
+                    bias: with_bias.then_some(&bt),
+                    out_scale,
+                    act: Activation::GeluErf,
+                    ..GemmI8::new(&sxt, &swt, odt)
+                };
+                let mut out = poisoned(&dev, &[m, n], odt);
+                ops::gemm_sparse_i8_into(&xt, &sw, Some(&spec), &mut out)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let epi = I8Epilogue {
+                    sx: &sx,
+                    sw: &swv,
+                    group_size: 0,
+                    alpha: 1.0,
+                    bias: with_bias.then_some(&b[..]),
+                    act: Activation::GeluErf,
+                    residual: None,
+                    out_scale: (odt == DType::I8).then_some(f64::from(out_scale)),
+                };
+                let want = ref8::gemm_i8(&x, &wv, d, &epi);
+                let got = out.to_host().unwrap().to_f64();
+                let what = format!("gemm_sparse_i8 ->{odt} m{m} n{n} k{k}");
+                if odt == DType::I8 {
+                    check_close(&what, &got, &want, &|_| 1.0, 0.0).map_err(TestCaseError::fail)
+                } else {
+                    let atol = |i: usize| {
+                        min_step(odt) + 16.0 * U_F32 * (want[i].abs() + b[i % n].abs() + 1e-3)
+                    };
+                    check_close(
+                        &what,
+                        &got,
+                        &want,
+                        &atol,
+                        2.0 * odt.unit_roundoff() + 16.0 * U_F32,
+                    )
+                    .map_err(TestCaseError::fail)
+                }
             },
         )
         .unwrap();

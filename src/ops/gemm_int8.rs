@@ -189,14 +189,7 @@ pub fn gemm_i8(x: &Tensor, w: &Tensor, e: &GemmI8) -> Result<Tensor> {
 pub fn gemm_i8_into(x: &Tensor, w: &Tensor, e: &GemmI8, out: &mut Tensor) -> Result<()> {
     let (d, ys) = check_i8(x, w)?;
     let odt = e.out_dtype;
-    if !matches!(odt, DType::F16 | DType::BF16 | DType::F32 | DType::I8) {
-        return Err(Error::DType {
-            op: OP,
-            arg: "out_dtype",
-            got: odt,
-            expected: "f16, bf16, f32 or i8 (gemm_i8_raw for i32)".into(),
-        });
-    }
+    check_epilogue(OP, d, &ys, e)?;
     if out.dtype() != odt || out.shape() != ys {
         return Err(Error::Shape {
             op: OP,
@@ -205,96 +198,7 @@ pub fn gemm_i8_into(x: &Tensor, w: &Tensor, e: &GemmI8, out: &mut Tensor) -> Res
             expected: format!("{ys:?} {odt} (got {})", out.dtype()),
         });
     }
-    let rows = d.batch * d.m;
-    let f32_arg = |arg: &'static str, t: &Tensor| {
-        if t.dtype() == DType::F32 {
-            Ok(())
-        } else {
-            Err(Error::DType {
-                op: OP,
-                arg,
-                got: t.dtype(),
-                expected: "f32".into(),
-            })
-        }
-    };
-    f32_arg("x_scale", e.x_scale)?;
-    f32_arg("w_scale", e.w_scale)?;
-    let per_row = match e.x_scale.len() {
-        1 => false,
-        l if l == rows => true,
-        _ => {
-            return Err(Error::Shape {
-                op: OP,
-                arg: "x_scale",
-                got: e.x_scale.shape().to_vec(),
-                expected: format!("[1] (per tensor) or [{rows}] (per token)"),
-            });
-        }
-    };
-    let groups = if e.group_size > 0 {
-        if e.group_size % 64 != 0 || e.group_size >= 1 << 17 {
-            return Err(Error::Invalid {
-                op: OP,
-                arg: "group_size",
-                detail: format!("{} is not a multiple of 64", e.group_size),
-            });
-        }
-        d.k.div_ceil(e.group_size)
-    } else {
-        1
-    };
-    let want_sw: Vec<usize> = if e.group_size > 0 {
-        vec![d.n, groups]
-    } else {
-        vec![d.n]
-    };
-    if e.w_scale.shape() != want_sw {
-        return Err(Error::Shape {
-            op: OP,
-            arg: "w_scale",
-            got: e.w_scale.shape().to_vec(),
-            expected: format!("{want_sw:?}"),
-        });
-    }
-    if let Some(b) = e.bias {
-        f32_arg("bias", b)?;
-        if b.shape() != [d.n] {
-            return Err(Error::Shape {
-                op: OP,
-                arg: "bias",
-                got: b.shape().to_vec(),
-                expected: format!("[{}] (N)", d.n),
-            });
-        }
-    }
-    if let Some(r) = e.residual {
-        if odt == DType::I8 {
-            return Err(Error::Invalid {
-                op: OP,
-                arg: "residual",
-                detail: "not supported with int8 (requantised) output".into(),
-            });
-        }
-        if r.dtype() != odt || r.shape() != ys {
-            return Err(Error::Shape {
-                op: OP,
-                arg: "residual",
-                got: r.shape().to_vec(),
-                expected: format!("{ys:?} {odt} (got {})", r.dtype()),
-            });
-        }
-    }
-    if !(e.alpha.is_finite() && e.out_scale.is_finite() && e.out_scale > 0.0) {
-        return Err(Error::Invalid {
-            op: OP,
-            arg: "alpha/out_scale",
-            detail: format!(
-                "alpha {} and out_scale {} must be finite, out_scale > 0",
-                e.alpha, e.out_scale
-            ),
-        });
-    }
+    let per_row = e.x_scale.len() != 1;
     let be = backend(
         OP,
         x,
@@ -368,4 +272,113 @@ pub fn gemm_i8_into(x: &Tensor, w: &Tensor, e: &GemmI8, out: &mut Tensor) -> Res
             )
         }
     }
+}
+
+/// Validates the scales, bias, residual and scalars of an int8 epilogue for Y of shape `ys`.
+pub(crate) fn check_epilogue(
+    op: &'static str,
+    d: GemmDims,
+    ys: &[usize],
+    e: &GemmI8,
+) -> Result<()> {
+    let odt = e.out_dtype;
+    if !matches!(odt, DType::F16 | DType::BF16 | DType::F32 | DType::I8) {
+        return Err(Error::DType {
+            op,
+            arg: "out_dtype",
+            got: odt,
+            expected: "f16, bf16, f32 or i8 (the raw variant for i32)".into(),
+        });
+    }
+    let rows = d.batch * d.m;
+    let f32_arg = |arg: &'static str, t: &Tensor| {
+        if t.dtype() == DType::F32 {
+            Ok(())
+        } else {
+            Err(Error::DType {
+                op,
+                arg,
+                got: t.dtype(),
+                expected: "f32".into(),
+            })
+        }
+    };
+    f32_arg("x_scale", e.x_scale)?;
+    f32_arg("w_scale", e.w_scale)?;
+    match e.x_scale.len() {
+        1 => {}
+        l if l == rows => {}
+        _ => {
+            return Err(Error::Shape {
+                op,
+                arg: "x_scale",
+                got: e.x_scale.shape().to_vec(),
+                expected: format!("[1] (per tensor) or [{rows}] (per token)"),
+            });
+        }
+    };
+    let groups = if e.group_size > 0 {
+        if e.group_size % 64 != 0 || e.group_size >= 1 << 17 {
+            return Err(Error::Invalid {
+                op,
+                arg: "group_size",
+                detail: format!("{} is not a multiple of 64", e.group_size),
+            });
+        }
+        d.k.div_ceil(e.group_size)
+    } else {
+        1
+    };
+    let want_sw: Vec<usize> = if e.group_size > 0 {
+        vec![d.n, groups]
+    } else {
+        vec![d.n]
+    };
+    if e.w_scale.shape() != want_sw {
+        return Err(Error::Shape {
+            op,
+            arg: "w_scale",
+            got: e.w_scale.shape().to_vec(),
+            expected: format!("{want_sw:?}"),
+        });
+    }
+    if let Some(b) = e.bias {
+        f32_arg("bias", b)?;
+        if b.shape() != [d.n] {
+            return Err(Error::Shape {
+                op,
+                arg: "bias",
+                got: b.shape().to_vec(),
+                expected: format!("[{}] (N)", d.n),
+            });
+        }
+    }
+    if let Some(r) = e.residual {
+        if odt == DType::I8 {
+            return Err(Error::Invalid {
+                op,
+                arg: "residual",
+                detail: "not supported with int8 (requantised) output".into(),
+            });
+        }
+        if r.dtype() != odt || r.shape() != ys {
+            return Err(Error::Shape {
+                op,
+                arg: "residual",
+                got: r.shape().to_vec(),
+                expected: format!("{ys:?} {odt} (got {})", r.dtype()),
+            });
+        }
+    }
+    if !(e.alpha.is_finite() && e.out_scale.is_finite() && e.out_scale > 0.0) {
+        return Err(Error::Invalid {
+            op,
+            arg: "alpha/out_scale",
+            detail: format!(
+                "alpha {} and out_scale {} must be finite, out_scale > 0",
+                e.alpha, e.out_scale
+            ),
+        });
+    }
+    Ok(())
 }

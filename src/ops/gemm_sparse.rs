@@ -3,6 +3,7 @@
 //! `tests/gemm_sparse.rs`, bench `benches/gemm_sparse.rs`.
 
 use super::gemm::{Gemm, GemmParams, Geometry, Operands, launch_gemm};
+use super::gemm_int8::GemmI8;
 use super::{Backend, backend, dev, dev_mut, float_dtype, host, kernel_name, same_dtype};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -58,9 +59,11 @@ impl SparseWeight {
     }
 }
 
-/// Sparse tile shapes (block: rows of W × rows of X, threads, smem) — SpS / SpL in the kernel.
-fn geometry(large: bool) -> (Geometry, &'static str) {
-    let smem = |bn: usize, bm: usize| (3 * (bn * 80 + bm * 144 + (bn / 16) * 128)) as u32;
+/// Sparse tile shapes (block: rows of W × rows of X, threads, smem) — SpS / SpL in the kernel;
+/// the metadata per 16-row tile per stage is 128 bytes for f16/bf16 and 256 for int8.
+fn geometry(large: bool, int8: bool) -> (Geometry, &'static str) {
+    let meta = if int8 { 256 } else { 128 };
+    let smem = |bn: usize, bm: usize| (3 * (bn * 80 + bm * 144 + (bn / 16) * meta)) as u32;
     if large {
         (
             Geometry {
@@ -222,7 +225,7 @@ pub fn gemm_sparse_into(x: &Tensor, w: &SparseWeight, g: &Gemm, out: &mut Tensor
             }
             let gpu = gpu.clone();
             let large = m.div_ceil(128) * n.div_ceil(128) >= gpu.sm_count() as usize;
-            let (geo, suffix) = geometry(large);
+            let (geo, suffix) = geometry(large, false);
             let kernel = kernel_name(OP, format!("gemm_sp_{dt}_{odt}_{suffix}"))?;
             let p = GemmParams {
                 stride_y: (m * n) as i64,
@@ -250,6 +253,199 @@ pub fn gemm_sparse_into(x: &Tensor, w: &SparseWeight, g: &Gemm, out: &mut Tensor
                 p,
                 ops,
                 dev_mut(OP, "out", out)?,
+            )
+        }
+    }
+}
+
+const OP8: &str = "gemm_sparse_i8";
+
+/// Checks an int8 sparse product and returns (dims, Y's shape).
+fn check_i8(x: &Tensor, w: &SparseWeight) -> Result<(GemmDims, Vec<usize>)> {
+    for (arg, dt) in [("x", x.dtype()), ("w", w.dtype())] {
+        if dt != DType::I8 {
+            return Err(Error::DType {
+                op: OP8,
+                arg,
+                got: dt,
+                expected: "i8".into(),
+            });
+        }
+    }
+    let ys = out_shape(x, w).map_err(|_| Error::Shape {
+        op: OP8,
+        arg: "x",
+        got: x.shape().to_vec(),
+        expected: format!("[..., {}] (K of the sparse weight [{}, {}])", w.k, w.n, w.k),
+    })?;
+    let k = w.k;
+    if k == 0 || k % 16 != 0 || k >= 1 << 17 {
+        return Err(Error::Shape {
+            op: OP8,
+            arg: "x",
+            got: x.shape().to_vec(),
+            expected: format!("K a positive multiple of 16 below 131072 (K = {k})"),
+        });
+    }
+    Ok((
+        GemmDims {
+            batch: 1,
+            m: x.len() / k,
+            n: w.n,
+            k,
+            shared_w: true,
+        },
+        ys,
+    ))
+}
+
+/// Exact int32 accumulators of `x·Wᵀ` with a 2:4-sparse int8 W.
+pub fn gemm_sparse_i8_raw(x: &Tensor, w: &SparseWeight) -> Result<Tensor> {
+    let (_, ys) = check_i8(x, w)?;
+    let mut out = Tensor::empty(&x.device(), &ys, DType::I32)?;
+    sparse_i8_into(x, w, None, &mut out)?;
+    Ok(out)
+}
+
+/// Int8 2:4-sparse GEMM with the dequantising / requantising epilogue of [`super::gemm_i8`]
+/// (per-channel weight scales only: `e.group_size` must be 0).
+pub fn gemm_sparse_i8(x: &Tensor, w: &SparseWeight, e: &GemmI8) -> Result<Tensor> {
+    let (_, ys) = check_i8(x, w)?;
+    let mut out = Tensor::empty(&x.device(), &ys, e.out_dtype)?;
+    sparse_i8_into(x, w, Some(e), &mut out)?;
+    Ok(out)
+}
+
+/// The `_into` form of both int8 sparse products: `e` None gives the raw i32 accumulators.
+pub fn gemm_sparse_i8_into(
+    x: &Tensor,
+    w: &SparseWeight,
+    e: Option<&GemmI8>,
+    out: &mut Tensor,
+) -> Result<()> {
+    sparse_i8_into(x, w, e, out)
+}
+
+fn sparse_i8_into(
+    x: &Tensor,
+    w: &SparseWeight,
+    e: Option<&GemmI8>,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (d, ys) = check_i8(x, w)?;
+    let odt = e.map_or(DType::I32, |e| e.out_dtype);
+    if out.dtype() != odt || out.shape() != ys {
+        return Err(Error::Shape {
+            op: OP8,
+            arg: "out",
+            got: out.shape().to_vec(),
+            expected: format!("{ys:?} {odt} (got {})", out.dtype()),
+        });
+    }
+    let mut per_row = false;
+    if let Some(e) = e {
+        if e.group_size != 0 {
+            return Err(Error::Invalid {
+                op: OP8,
+                arg: "group_size",
+                detail: format!(
+                    "{}: the sparse int8 GEMM takes per-channel weight scales (0)",
+                    e.group_size
+                ),
+            });
+        }
+        super::gemm_int8::check_epilogue(OP8, d, &ys, e)?;
+        per_row = e.x_scale.len() != 1;
+    }
+    let mut others = vec![
+        ("w", Some(&w.values)),
+        ("meta", Some(&w.meta)),
+        ("out", Some(&*out)),
+    ];
+    if let Some(e) = e {
+        others.extend([
+            ("x_scale", Some(e.x_scale)),
+            ("w_scale", Some(e.w_scale)),
+            ("bias", e.bias),
+            ("residual", e.residual),
+        ]);
+    }
+    match backend(OP8, x, &others)? {
+        Backend::Cpu => {
+            let dense = w.to_host()?.decompress()?;
+            let (xv, wv): (&[i8], &[i8]) = (host(OP8, "x", x)?.as_slice()?, dense.as_slice()?);
+            let y = match e {
+                None => {
+                    let acc = reference::gemm_int8::gemm_i8_acc(xv, wv, d);
+                    HostTensor::new(&ys, acc.into_iter().map(|v| v as i32).collect::<Vec<i32>>())?
+                }
+                Some(e) => {
+                    let f = |t: Option<&Tensor>| -> Result<Option<Vec<f64>>> {
+                        t.map(|t| host(OP8, "operand", t).map(|h| h.to_f64()))
+                            .transpose()
+                    };
+                    let (sx, sw) = (
+                        host(OP8, "x_scale", e.x_scale)?.to_f64(),
+                        host(OP8, "w_scale", e.w_scale)?.to_f64(),
+                    );
+                    let (b, r) = (f(e.bias)?, f(e.residual)?);
+                    let epi = reference::gemm_int8::I8Epilogue {
+                        sx: &sx,
+                        sw: &sw,
+                        group_size: 0,
+                        alpha: f64::from(e.alpha),
+                        bias: b.as_deref(),
+                        act: e.act,
+                        residual: r.as_deref(),
+                        out_scale: (odt == DType::I8).then_some(f64::from(e.out_scale)),
+                    };
+                    HostTensor::from_f64(&ys, &reference::gemm_int8::gemm_i8(xv, wv, d, &epi), odt)?
+                }
+            };
+            *out = Tensor::Host(y);
+            Ok(())
+        }
+        Backend::Gpu(gpu) => {
+            if d.m == 0 || d.n == 0 {
+                return Ok(());
+            }
+            let gpu = gpu.clone();
+            let large = d.m.div_ceil(128) * d.n.div_ceil(128) >= gpu.sm_count() as usize;
+            let (geo, suffix) = geometry(large, true);
+            let kernel = kernel_name(OP8, format!("gemm_sp_i8_{odt}_{suffix}"))?;
+            let p = GemmParams {
+                stride_y: (d.m * d.n) as i64,
+                stride_r: (d.m * d.n) as i64,
+                alpha: e.map_or(1.0, |e| e.alpha),
+                act: e.map_or(0, |e| e.act.code()),
+                sx_per_row: i32::from(per_row),
+                out_scale: e.map_or(1.0, |e| e.out_scale),
+                ..Default::default()
+            };
+            let ops = Operands {
+                x: dev(OP8, "x", x)?,
+                w: dev(OP8, "w", &w.values)?,
+                bias: e
+                    .and_then(|e| e.bias)
+                    .map(|b| dev(OP8, "bias", b))
+                    .transpose()?,
+                residual: e
+                    .and_then(|e| e.residual)
+                    .map(|r| dev(OP8, "residual", r))
+                    .transpose()?,
+                sx: e.map(|e| dev(OP8, "x_scale", e.x_scale)).transpose()?,
+                sw: e.map(|e| dev(OP8, "w_scale", e.w_scale)).transpose()?,
+                meta: Some(dev(OP8, "meta", &w.meta)?),
+            };
+            launch_gemm(
+                &gpu,
+                OP8,
+                kernel,
+                Some(geo),
+                d,
+                p,
+                ops,
+                dev_mut(OP8, "out", out)?,
             )
         }
     }

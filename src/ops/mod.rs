@@ -16,7 +16,10 @@ pub use elementwise::{
 };
 pub use gemm::{Gemm, Tile, gemm, gemm_into};
 pub use gemm_int8::{GemmI8, gemm_i8, gemm_i8_into, gemm_i8_raw, gemm_i8_raw_into};
-pub use gemm_sparse::{SparseWeight, gemm_sparse, gemm_sparse_into};
+pub use gemm_sparse::{
+    SparseWeight, gemm_sparse, gemm_sparse_i8, gemm_sparse_i8_into, gemm_sparse_i8_raw,
+    gemm_sparse_into,
+};
 pub use layernorm::{layernorm, layernorm_into, layernorm_residual};
 pub use quantize::{LnParams, dequantize_rows, layernorm_quantize, quantize_rows};
 pub use softmax::{softmax, softmax_into};
