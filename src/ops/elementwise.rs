@@ -2,6 +2,7 @@
 //! tests `tests/elementwise.rs`, bench `benches/elementwise.rs`.
 
 use super::aligned16;
+use super::host_f64;
 use super::{
     Activation, Backend, backend, dev, dev_mut, float_dtype, host, kernel_name, row_len,
     same_dtype, same_shape, stride_grid,
@@ -124,11 +125,10 @@ pub fn eltwise_into(x: &Tensor, e: &Eltwise, out: &mut Tensor) -> Result<()> {
     let total = x.len();
     match be {
         Backend::Cpu => {
-            let f = |t: Option<&Tensor>| -> Result<Option<Vec<f64>>> {
-                t.map(|t| host(OP, "operand", t).map(|h| h.to_f64()))
-                    .transpose()
-            };
-            let (b, r) = (f(e.bias)?, f(e.residual)?);
+            let (b, r) = (
+                host_f64(OP, "bias", e.bias)?,
+                host_f64(OP, "residual", e.residual)?,
+            );
             let y = reference::elementwise::eltwise(
                 &host(OP, "x", x)?.to_f64(),
                 n,

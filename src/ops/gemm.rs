@@ -5,6 +5,7 @@
 //! `[B, M, K]` with W `[B, N, K]` (strided-batched, e.g. per-head Q·Kᵀ). f16/bf16 run on tensor
 //! cores and need K % 8 == 0; f32 runs on a SIMT kernel with any K.
 
+use super::host_f64;
 use super::{
     Activation, Backend, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name, same_dtype,
 };
@@ -225,73 +226,13 @@ pub fn gemm_into(x: &Tensor, w: &Tensor, g: &Gemm, out: &mut Tensor) -> Result<(
     float_dtype(OP, "x", dt)?;
     same_dtype(OP, "w", w, dt)?;
     let (d, ys) = gemm_dims(OP, x, w)?;
-    let odt = g.out_dtype.unwrap_or(dt);
-    if odt != dt && odt != DType::F32 {
-        return Err(Error::DType {
-            op: OP,
-            arg: "out_dtype",
-            got: odt,
-            expected: format!("{dt} or f32"),
-        });
-    }
-    if out.dtype() != odt {
-        return Err(Error::DType {
-            op: OP,
-            arg: "out",
-            got: out.dtype(),
-            expected: odt.to_string(),
-        });
-    }
-    if out.shape() != ys {
-        return Err(Error::Shape {
-            op: OP,
-            arg: "out",
-            got: out.shape().to_vec(),
-            expected: format!("{ys:?}"),
-        });
-    }
-    if let Some(b) = g.bias {
-        same_dtype(OP, "bias", b, dt)?;
-        if b.shape() != [d.n] {
-            return Err(Error::Shape {
-                op: OP,
-                arg: "bias",
-                got: b.shape().to_vec(),
-                expected: format!("[{}] (N)", d.n),
-            });
-        }
-    }
-    if let Some(r) = g.residual {
-        if r.dtype() != odt {
-            return Err(Error::DType {
-                op: OP,
-                arg: "residual",
-                got: r.dtype(),
-                expected: format!("{odt} (the output dtype)"),
-            });
-        }
-        if r.shape() != ys {
-            return Err(Error::Shape {
-                op: OP,
-                arg: "residual",
-                got: r.shape().to_vec(),
-                expected: format!("{ys:?} (the output shape)"),
-            });
-        }
-    }
+    let odt = check_epilogue(OP, dt, d.n, &ys, g, out)?;
     if dt != DType::F32 && d.k % 8 != 0 {
         return Err(Error::Shape {
             op: OP,
             arg: "x",
             got: x.shape().to_vec(),
             expected: format!("K a multiple of 8 for {dt} tensor cores (K = {})", d.k),
-        });
-    }
-    if !g.alpha.is_finite() {
-        return Err(Error::Invalid {
-            op: OP,
-            arg: "alpha",
-            detail: format!("{} is not finite", g.alpha),
         });
     }
     match backend(
@@ -305,11 +246,10 @@ pub fn gemm_into(x: &Tensor, w: &Tensor, g: &Gemm, out: &mut Tensor) -> Result<(
         ],
     )? {
         Backend::Cpu => {
-            let f = |t: Option<&Tensor>| -> Result<Option<Vec<f64>>> {
-                t.map(|t| host(OP, "operand", t).map(|h| h.to_f64()))
-                    .transpose()
-            };
-            let (b, r) = (f(g.bias)?, f(g.residual)?);
+            let (b, r) = (
+                host_f64(OP, "bias", g.bias)?,
+                host_f64(OP, "residual", g.residual)?,
+            );
             let y = reference::gemm::gemm(
                 &host(OP, "x", x)?.to_f64(),
                 &host(OP, "w", w)?.to_f64(),
@@ -377,6 +317,80 @@ pub(crate) struct Geometry {
     pub bn: usize,
     pub threads: u32,
     pub smem: u32,
+}
+
+/// Validates a dense-style GEMM epilogue (`Gemm`) for inputs of dtype `dt`, N columns and output
+/// shape `ys`, and returns the output dtype.
+pub(crate) fn check_epilogue(
+    op: &'static str,
+    dt: DType,
+    n: usize,
+    ys: &[usize],
+    g: &Gemm,
+    out: &Tensor,
+) -> Result<DType> {
+    let odt = g.out_dtype.unwrap_or(dt);
+    if odt != dt && odt != DType::F32 {
+        return Err(Error::DType {
+            op,
+            arg: "out_dtype",
+            got: odt,
+            expected: format!("{dt} or f32"),
+        });
+    }
+    if out.dtype() != odt {
+        return Err(Error::DType {
+            op,
+            arg: "out",
+            got: out.dtype(),
+            expected: odt.to_string(),
+        });
+    }
+    if out.shape() != ys {
+        return Err(Error::Shape {
+            op,
+            arg: "out",
+            got: out.shape().to_vec(),
+            expected: format!("{ys:?}"),
+        });
+    }
+    if let Some(b) = g.bias {
+        same_dtype(op, "bias", b, dt)?;
+        if b.shape() != [n] {
+            return Err(Error::Shape {
+                op,
+                arg: "bias",
+                got: b.shape().to_vec(),
+                expected: format!("[{n}] (N)"),
+            });
+        }
+    }
+    if let Some(r) = g.residual {
+        if r.dtype() != odt {
+            return Err(Error::DType {
+                op,
+                arg: "residual",
+                got: r.dtype(),
+                expected: format!("{odt} (the output dtype)"),
+            });
+        }
+        if r.shape() != ys {
+            return Err(Error::Shape {
+                op,
+                arg: "residual",
+                got: r.shape().to_vec(),
+                expected: format!("{ys:?} (the output shape)"),
+            });
+        }
+    }
+    if !g.alpha.is_finite() {
+        return Err(Error::Invalid {
+            op,
+            arg: "alpha",
+            detail: format!("{} is not finite", g.alpha),
+        });
+    }
+    Ok(odt)
 }
 
 /// The device operands of one GEMM launch.

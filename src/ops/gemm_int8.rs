@@ -8,7 +8,7 @@
 //! and writes f16/bf16/f32, or requantises to int8 for the next int8 layer.
 
 use super::gemm::{GemmParams, Operands, Tile, gemm_dims, launch_gemm};
-use super::{Activation, Backend, backend, dev, dev_mut, host, kernel_name};
+use super::{Activation, Backend, backend, dev, dev_mut, host, host_f64, kernel_name};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::reference;
@@ -213,32 +213,8 @@ pub fn gemm_i8_into(x: &Tensor, w: &Tensor, e: &GemmI8, out: &mut Tensor) -> Res
     )?;
     match be {
         Backend::Cpu => {
-            let f = |t: Option<&Tensor>| -> Result<Option<Vec<f64>>> {
-                t.map(|t| host(OP, "operand", t).map(|h| h.to_f64()))
-                    .transpose()
-            };
-            let (sx, sw) = (
-                host(OP, "x_scale", e.x_scale)?.to_f64(),
-                host(OP, "w_scale", e.w_scale)?.to_f64(),
-            );
-            let (b, r) = (f(e.bias)?, f(e.residual)?);
-            let epi = I8Epilogue {
-                sx: &sx,
-                sw: &sw,
-                group_size: e.group_size,
-                alpha: f64::from(e.alpha),
-                bias: b.as_deref(),
-                act: e.act,
-                residual: r.as_deref(),
-                out_scale: (odt == DType::I8).then_some(f64::from(e.out_scale)),
-            };
-            let y = reference::gemm_int8::gemm_i8(
-                host(OP, "x", x)?.as_slice()?,
-                host(OP, "w", w)?.as_slice()?,
-                d,
-                &epi,
-            );
-            *out = Tensor::Host(HostTensor::from_f64(&ys, &y, odt)?);
+            let (xv, wv) = (host(OP, "x", x)?.as_slice()?, host(OP, "w", w)?.as_slice()?);
+            *out = Tensor::Host(cpu_gemm_i8(OP, xv, wv, d, e, &ys)?);
             Ok(())
         }
         Backend::Gpu(gpu) => {
@@ -381,4 +357,39 @@ pub(crate) fn check_epilogue(
         });
     }
     Ok(())
+}
+
+/// The CPU backend of a dequantising / requantising int8 GEMM: the f64 reference from the
+/// exact integer sums, rounded to `e.out_dtype`.
+pub(crate) fn cpu_gemm_i8(
+    op: &'static str,
+    x: &[i8],
+    w: &[i8],
+    d: GemmDims,
+    e: &GemmI8,
+    ys: &[usize],
+) -> Result<HostTensor> {
+    let (sx, sw) = (
+        host(op, "x_scale", e.x_scale)?.to_f64(),
+        host(op, "w_scale", e.w_scale)?.to_f64(),
+    );
+    let (b, r) = (
+        host_f64(op, "bias", e.bias)?,
+        host_f64(op, "residual", e.residual)?,
+    );
+    let epi = I8Epilogue {
+        sx: &sx,
+        sw: &sw,
+        group_size: e.group_size,
+        alpha: f64::from(e.alpha),
+        bias: b.as_deref(),
+        act: e.act,
+        residual: r.as_deref(),
+        out_scale: (e.out_dtype == DType::I8).then_some(f64::from(e.out_scale)),
+    };
+    HostTensor::from_f64(
+        ys,
+        &reference::gemm_int8::gemm_i8(x, w, d, &epi),
+        e.out_dtype,
+    )
 }

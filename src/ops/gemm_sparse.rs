@@ -2,8 +2,9 @@
 //! format `src/sparse.rs`, reference = decompress then `src/reference/gemm.rs`, tests
 //! `tests/gemm_sparse.rs`, bench `benches/gemm_sparse.rs`.
 
-use super::gemm::{Gemm, GemmParams, Geometry, Operands, launch_gemm};
+use super::gemm::{Gemm, GemmParams, Geometry, Operands, check_epilogue, launch_gemm};
 use super::gemm_int8::GemmI8;
+use super::host_f64;
 use super::{Backend, backend, dev, dev_mut, float_dtype, host, kernel_name, same_dtype};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -136,51 +137,7 @@ pub fn gemm_sparse_into(x: &Tensor, w: &SparseWeight, g: &Gemm, out: &mut Tensor
             expected: format!("K a multiple of 8 (K = {k})"),
         });
     }
-    let odt = g.out_dtype.unwrap_or(dt);
-    if odt != dt && odt != DType::F32 {
-        return Err(Error::DType {
-            op: OP,
-            arg: "out_dtype",
-            got: odt,
-            expected: format!("{dt} or f32"),
-        });
-    }
-    if out.dtype() != odt || out.shape() != ys {
-        return Err(Error::Shape {
-            op: OP,
-            arg: "out",
-            got: out.shape().to_vec(),
-            expected: format!("{ys:?} {odt} (got {})", out.dtype()),
-        });
-    }
-    if let Some(b) = g.bias {
-        same_dtype(OP, "bias", b, dt)?;
-        if b.shape() != [n] {
-            return Err(Error::Shape {
-                op: OP,
-                arg: "bias",
-                got: b.shape().to_vec(),
-                expected: format!("[{n}] (N)"),
-            });
-        }
-    }
-    if let Some(r) = g.residual {
-        if r.dtype() != odt || r.shape() != ys {
-            return Err(Error::Shape {
-                op: OP,
-                arg: "residual",
-                got: r.shape().to_vec(),
-                expected: format!("{ys:?} {odt} (got {})", r.dtype()),
-            });
-        }
-    }
-    if !g.alpha.is_finite() {
-        return Err(Error::Invalid {
-            op: OP,
-            arg: "alpha",
-            detail: format!("{} is not finite", g.alpha),
-        });
-    }
+    let odt = check_epilogue(OP, dt, n, &ys, g, out)?;
     let be = backend(
         OP,
         x,
@@ -202,11 +159,10 @@ pub fn gemm_sparse_into(x: &Tensor, w: &SparseWeight, g: &Gemm, out: &mut Tensor
     match be {
         Backend::Cpu => {
             let dense = w.to_host()?.decompress()?;
-            let f = |t: Option<&Tensor>| -> Result<Option<Vec<f64>>> {
-                t.map(|t| host(OP, "operand", t).map(|h| h.to_f64()))
-                    .transpose()
-            };
-            let (b, r) = (f(g.bias)?, f(g.residual)?);
+            let (b, r) = (
+                host_f64(OP, "bias", g.bias)?,
+                host_f64(OP, "residual", g.residual)?,
+            );
             let y = reference::gemm::gemm(
                 &host(OP, "x", x)?.to_f64(),
                 &dense.to_f64(),
@@ -379,28 +335,7 @@ fn sparse_i8_into(
                     let acc = reference::gemm_int8::gemm_i8_acc(xv, wv, d);
                     HostTensor::new(&ys, acc.into_iter().map(|v| v as i32).collect::<Vec<i32>>())?
                 }
-                Some(e) => {
-                    let f = |t: Option<&Tensor>| -> Result<Option<Vec<f64>>> {
-                        t.map(|t| host(OP8, "operand", t).map(|h| h.to_f64()))
-                            .transpose()
-                    };
-                    let (sx, sw) = (
-                        host(OP8, "x_scale", e.x_scale)?.to_f64(),
-                        host(OP8, "w_scale", e.w_scale)?.to_f64(),
-                    );
-                    let (b, r) = (f(e.bias)?, f(e.residual)?);
-                    let epi = reference::gemm_int8::I8Epilogue {
-                        sx: &sx,
-                        sw: &sw,
-                        group_size: 0,
-                        alpha: f64::from(e.alpha),
-                        bias: b.as_deref(),
-                        act: e.act,
-                        residual: r.as_deref(),
-                        out_scale: (odt == DType::I8).then_some(f64::from(e.out_scale)),
-                    };
-                    HostTensor::from_f64(&ys, &reference::gemm_int8::gemm_i8(xv, wv, d, &epi), odt)?
-                }
+                Some(e) => super::gemm_int8::cpu_gemm_i8(OP8, xv, wv, d, e, &ys)?,
             };
             *out = Tensor::Host(y);
             Ok(())

@@ -210,6 +210,16 @@ pub(crate) fn dev_mut<'a>(
     }
 }
 
+/// An optional host operand widened to f64 (the CPU backend's inputs).
+pub(crate) fn host_f64(
+    op: &'static str,
+    arg: &'static str,
+    t: Option<&Tensor>,
+) -> Result<Option<Vec<f64>>> {
+    t.map(|t| host(op, arg, t).map(HostTensor::to_f64))
+        .transpose()
+}
+
 pub(crate) fn host<'a>(
     op: &'static str,
     arg: &'static str,
