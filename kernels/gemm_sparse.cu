@@ -130,8 +130,8 @@ __device__ __forceinline__ void sp_mainloop(const GemmParams& p, char* smem, Acc
 #pragma unroll
             for (int i = 0; i < Cfg::NT; ++i) {
                 ldmatrix_x4(a[i], W_s + (i * 16 + a_row) * Cfg::W_ROW + step * 32 + a_byte);
-                // f16/bf16: lanes 4g, 4g+1 hold rows g, g+8 for K halves 0, 1 (selector 0);
-                // int8: lane 4g+h holds K quarter h.
+                // f16/bf16: lanes 4g, 4g+1 hold rows g and g+8 for K halves 0, 1 (selector 0);
+                // int8: lane 4g+h holds row g + 8(h&1), K half h>>1 (src/sparse.rs).
                 const unsigned* mw = M_s + i * 2 * Cfg::MW + step * Cfg::MW;
                 e[i] = Cfg::MW == 32 ? mw[lane] : (tig < 2 ? mw[g * 2 + tig] : 0u);
                 // Tiles past the padded N hold zero-filled metadata, and an all-zero nibble is

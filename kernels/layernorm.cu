@@ -6,25 +6,9 @@
 // Launcher: src/ops/layernorm.rs; reference: src/reference/layernorm.rs.
 #include "common/types.cuh"
 #include "common/reduce.cuh"
+#include "common/rows.cuh"
 
 namespace mk {
-
-template <typename T>
-__device__ __forceinline__ void load_h(const T* x, const T* res, long long i, float (&h)[VEC]) {
-    load_vec<T>(x + i, h);
-    if (res) {
-        float r[VEC];
-        load_vec<T>(res + i, r);
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) h[k] = to_f32<T>(from_f32<T>(h[k] + r[k]));
-    }
-}
-
-template <typename T>
-__device__ __forceinline__ float load_h1(const T* x, const T* res, long long i) {
-    const float v = to_f32<T>(x[i]);
-    return res ? to_f32<T>(from_f32<T>(v + to_f32<T>(res[i]))) : v;
-}
 
 template <typename T, int TPR>
 __device__ __forceinline__ void layernorm_rows(T* __restrict__ y, T* __restrict__ h_out,

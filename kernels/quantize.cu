@@ -9,6 +9,7 @@
 // Launcher: src/ops/quantize.rs; reference: src/reference/quantize.rs.
 #include "common/types.cuh"
 #include "common/reduce.cuh"
+#include "common/rows.cuh"
 
 namespace mk {
 
@@ -32,19 +33,8 @@ __device__ __forceinline__ void quantize_rows(signed char* __restrict__ q, float
     const T* xr = x + base;
     const T* rr = res ? res + base : nullptr;
     const int nvec = vec_ok ? n / VEC : 0;
-    auto h1 = [&](int i) {
-        const float v = to_f32<T>(xr[i]);
-        return rr ? to_f32<T>(from_f32<T>(v + to_f32<T>(rr[i]))) : v;
-    };
-    auto hv = [&](int c, float (&h)[VEC]) {
-        load_vec<T>(xr + c * VEC, h);
-        if (rr) {
-            float r[VEC];
-            load_vec<T>(rr + c * VEC, r);
-#pragma unroll
-            for (int k = 0; k < VEC; ++k) h[k] = to_f32<T>(from_f32<T>(h[k] + r[k]));
-        }
-    };
+    auto h1 = [&](int i) { return load_h1<T>(xr, rr, i); };
+    auto hv = [&](int c, float (&h)[VEC]) { load_h<T>(xr, rr, (long long)c * VEC, h); };
     float mean = 0.f, rstd = 1.f;
     if constexpr (NORM) {
         Welford w = {0.f, 0.f, 0.f};

@@ -7,10 +7,12 @@
 //! `meta`, the metadata registers of `mma.sp::ordered_metadata` (PTX ISA 9.7.14.6, "Sparse
 //! matrix storage" and the metadata figures of m16n8k32 .f16/.bf16 and m16n8k64 .s8), in
 //! register order. One mma step covers S = 32 (f16/bf16) or 64 (int8) values of K; for each
-//! (16-row tile t, step s) there are Q·8 words, Q = 2 (f16/bf16, sparsity selector 0: lanes with
-//! `lane % 4 < 2`) or 4 (int8: every lane); word `l = Q·g + h` describes K `S·s + 16h .. + 16`:
-//! nibble j of bits 0..15 holds the two kept positions (2 bits each, ascending, first in the
-//! low bits) of 4-group j of row `16t + g`, bits 16..31 the same for row `16t + g + 8`.
+//! (16-row tile t, step s) there are Q·8 words, each holding 8 nibbles; a nibble holds the two
+//! kept positions (2 bits each, ascending, first in the low bits) of one 4-group.
+//! - f16/bf16 (m16n8k32, Q = 2, sparsity selector 0: lanes with `lane % 4 < 2`): word `2g + h`,
+//!   nibbles 0..3 = row `16t + g`, nibbles 4..7 = row `16t + g + 8`, both K `32s + 16h .. + 16`.
+//! - int8 (m16n8k64, Q = 4, every lane; CuTe's SM120_SPARSE_16x8x64 / SM90 GMMA ELayout): word
+//!   `4g + h` holds one row, `16t + g + 8·(h & 1)`, K `64s + 32·(h >> 1) .. + 32`.
 //! `meta` is `[N16/16][KP/S][Q·8]`.
 
 use crate::dtype::DType;
@@ -117,6 +119,19 @@ fn layout(op: &'static str, dt: DType) -> Result<(usize, usize, usize)> {
     }
 }
 
+/// The (row, 4-group) that nibble `j` (bits 4j..4j+4) of metadata word `lane` of (16-row tile
+/// `t`, mma step `s`) describes. f16/bf16 (m16n8k32, Q = 2): lane 2g+h, nibbles 0..3 = row g,
+/// 4..7 = row g+8, both K 32s+16h..+16. int8 (m16n8k64, Q = 4; CuTe SM120_SPARSE_16x8x64 ELayout,
+/// SM90 GMMA ELayout_64x64): lane 4g+h holds one row, g + 8·(h&1), K 64s + 32·(h>>1) .. +32.
+fn cell(q: usize, step: usize, t: usize, s: usize, lane: usize, j: usize) -> (usize, usize) {
+    let (g, h) = (lane / q, lane % q);
+    if q == 4 {
+        (16 * t + g + 8 * (h & 1), s * step / 4 + 8 * (h >> 1) + j)
+    } else {
+        (16 * t + g + 8 * (j / 4), s * step / 4 + 4 * h + j % 4)
+    }
+}
+
 /// Compresses a 2:4-sparse f16, bf16 or int8 weight (validated first).
 pub fn compress(w: &HostTensor) -> Result<Sparse24> {
     validate_2_4(w)?;
@@ -147,15 +162,14 @@ pub fn compress(w: &HostTensor) -> Result<Sparse24> {
     for t in 0..n16 / 16 {
         for s in 0..k32 / step {
             for lane in 0..8 * q {
-                let (g, h) = (lane / q, lane % q);
-                let half = |row: usize| -> u32 {
-                    (0..4)
+                meta.push(
+                    (0..8)
                         .map(|j| {
-                            u32::from(nib[row * k32 / 4 + s * step / 4 + h * 4 + j]) << (4 * j)
+                            let (row, grp) = cell(q, step, t, s, lane, j);
+                            u32::from(nib[row * k32 / 4 + grp]) << (4 * j)
                         })
-                        .sum()
-                };
-                meta.push(half(16 * t + g) | (half(16 * t + g + 8) << 16));
+                        .sum(),
+                );
             }
         }
     }
@@ -199,11 +213,10 @@ impl Sparse24 {
             for s in 0..k32 / step {
                 for lane in 0..8 * q {
                     let word = self.meta[(t * (k32 / step) + s) * 8 * q + lane];
-                    let (g, h) = (lane / q, lane % q);
-                    for (row, bits) in [(16 * t + g, word & 0xffff), (16 * t + g + 8, word >> 16)] {
-                        for j in 0..4 {
-                            let grp = s * step / 4 + h * 4 + j;
-                            let nb = (bits >> (4 * j)) & 0xf;
+                    {
+                        for j in 0..8 {
+                            let (row, grp) = cell(q, step, t, s, lane, j);
+                            let nb = (word >> (4 * j)) & 0xf;
                             let (p0, p1) = ((nb & 3) as usize, (nb >> 2) as usize);
                             if p0 >= p1 {
                                 return Err(Error::Invalid {

@@ -94,16 +94,17 @@ fn metadata_bits_follow_the_mma_sp_layout() {
     assert_eq!(&s.values.to_f64()[32 * 8..32 * 8 + 2], &[3.0, 4.0]);
     assert_eq!(s.decompress().unwrap().to_f64(), v);
 
-    // int8: one mma step covers 64 K and every lane of a quad holds a word; lane 1 (g 0, h 1)
-    // describes K 16..31 of rows 0 and 8.
+    // int8: one mma step covers 64 K and every lane of a quad holds one row's 32 K: lane 4g+h
+    // describes row g + 8(h&1), K 32(h>>1)..+32 (PTX m16n8k64 metadata figures).
     let s8 = compress(&HostTensor::from_f64(&[n, k], &v, DType::I8).unwrap()).unwrap();
     assert_eq!(
         s8.meta.len(),
         2 * 32,
         "K padded to 128: two k64 steps of 32 lanes"
     );
-    assert_eq!(s8.meta[0], half(nib(1, 2)) | (half(nib(0, 3)) << 16));
-    assert_eq!(s8.meta[1], half(nib(2, 3)) | (half(default) << 16));
+    // Lane 0: row 0, K 0..31 (group 4 is nibble 4); lane 1: row 8, K 0..31; lane 2: row 0, K 32..63.
+    assert_eq!(s8.meta[0], half(nib(1, 2)) | (half(nib(2, 3)) << 16));
+    assert_eq!(s8.meta[1], half(nib(0, 3)) | (half(default) << 16));
     assert_eq!(s8.meta[2], half(default) | (half(default) << 16));
     assert_eq!(s8.decompress().unwrap().to_f64(), v);
 }
