@@ -13,6 +13,7 @@
 //!   nibbles 0..3 = row `16t + g`, nibbles 4..7 = row `16t + g + 8`, both K `32s + 16h .. + 16`.
 //! - int8 (m16n8k64, Q = 4, every lane; CuTe's SM120_SPARSE_16x8x64 / SM90 GMMA ELayout): word
 //!   `4g + h` holds one row, `16t + g + 8·(h & 1)`, K `64s + 32·(h >> 1) .. + 32`.
+//!
 //! `meta` is `[N16/16][KP/S][Q·8]`.
 
 use crate::dtype::DType;
