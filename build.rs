@@ -10,9 +10,10 @@ mod nvrtc_compile;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-/// CUBIN targets built ahead of time, and the PTX target every newer GPU JITs from.
-const CUBIN_ARCHS: [u32; 2] = [80, 90];
-const PTX_ARCH: u32 = 80;
+/// Targets built ahead of time: CUBINs for sm_80 and sm_90 and the compute_80 PTX every newer
+/// GPU JITs from. `MEDKERN_TARGETS` (comma-separated) narrows it, e.g. to `sm_90` for a bundle
+/// that only has to run on H100/H200.
+const DEFAULT_TARGETS: &str = "sm_80,sm_90,compute_80";
 
 fn fnv1a(h: &mut u64, bytes: &[u8]) {
     for b in bytes {
@@ -102,6 +103,22 @@ fn main() {
     println!("cargo:rerun-if-changed=src/device/nvrtc_compile.rs");
     println!("cargo:rerun-if-env-changed=MEDKERN_REQUIRE_NVRTC");
     println!("cargo:rerun-if-env-changed=MEDKERN_LINEINFO");
+    println!("cargo:rerun-if-env-changed=MEDKERN_TARGETS");
+    let target_list =
+        std::env::var("MEDKERN_TARGETS").unwrap_or_else(|_| DEFAULT_TARGETS.to_string());
+    let targets: Vec<String> = target_list
+        .split(',')
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if targets
+        .iter()
+        .any(|t| !(t.starts_with("sm_") || t.starts_with("compute_")))
+    {
+        fail_with_log(&format!(
+            "medkern build: MEDKERN_TARGETS={target_list:?}: expected sm_XX or compute_XX names"
+        ));
+    }
     let require = std::env::var("MEDKERN_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
 
     let modules = sorted_files(&kdir, "cu");
@@ -148,6 +165,8 @@ fn main() {
         code,
         "pub const BUILD_NVRTC: Option<(i32, i32)> = {version:?};"
     );
+    let built: &[String] = if nvrtc.is_some() { &targets } else { &[] };
+    let _ = writeln!(code, "pub const BUILD_TARGETS: &[&str] = &{built:?};");
     code.push_str("pub static HEADERS: &[(&str, &str)] = &[\n");
     for p in &header_paths {
         let name = format!(
@@ -180,11 +199,6 @@ fn main() {
         let mut ptx = "None".to_string();
         let mut resources = String::new();
         if nvrtc.is_some() {
-            let targets: Vec<String> = CUBIN_ARCHS
-                .iter()
-                .map(|a| format!("sm_{a}"))
-                .chain(std::iter::once(format!("compute_{PTX_ARCH}")))
-                .collect();
             // Reuse the images of an unchanged module (same sources, NVRTC, options) from an
             // earlier build of this OUT_DIR; compile the others' targets in parallel.
             let lineinfo = std::env::var("MEDKERN_LINEINFO").is_ok_and(|v| v == "1");

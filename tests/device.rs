@@ -66,20 +66,32 @@ fn kernel_table_matches_compiled_modules() {
         let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         return;
     }
-    // Every table entry was compiled for sm_80 and sm_90 (the ptxas report names it), every
-    // compiled kernel is in the table, and none spills.
+    // Every table entry was compiled for each CUBIN target of the build (sm_80 and sm_90 unless
+    // MEDKERN_TARGETS narrowed them), the PTX target is embedded, every compiled kernel is in the
+    // table, and none spills.
+    let cubin_archs: Vec<u32> = kernels::BUILD_TARGETS
+        .iter()
+        .filter_map(|t| t.strip_prefix("sm_"))
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let ptx = kernels::BUILD_TARGETS
+        .iter()
+        .find_map(|t| t.strip_prefix("compute_"));
     for m in MODULES {
         assert_eq!(
             kernels::precompiled_archs(m),
-            vec![80, 90],
+            cubin_archs,
             "module {}",
             m.name
         );
-        assert!(
-            m.ptx.is_some_and(|p| p.contains(".target sm_80")),
-            "module {} lacks its compute_80 PTX",
-            m.name
-        );
+        if let Some(a) = ptx {
+            let target = format!(".target sm_{a}");
+            assert!(
+                m.ptx.is_some_and(|p| p.contains(&target)),
+                "module {} lacks its compute_{a} PTX",
+                m.name
+            );
+        }
         for r in m.resources {
             let info = kernels::kernel_info(r.kernel)
                 .unwrap_or_else(|e| panic!("compiled kernel missing from the table: {e}"));
@@ -95,7 +107,7 @@ fn kernel_table_matches_compiled_modules() {
     }
     for k in KERNELS {
         let m = kernels::module(k.module).unwrap();
-        for arch in [80, 90] {
+        for &arch in &cubin_archs {
             assert!(
                 m.resources
                     .iter()

@@ -44,7 +44,7 @@ mod generated {
     use super::{EmbeddedModule, KernelResources};
     include!(concat!(env!("OUT_DIR"), "/kernels_gen.rs"));
 }
-pub use generated::{BUILD_NVRTC, HEADERS, MODULES};
+pub use generated::{BUILD_NVRTC, BUILD_TARGETS, HEADERS, MODULES};
 
 const SM80: Arch = Arch { major: 8, minor: 0 };
 
