@@ -80,7 +80,10 @@ fn info() -> medkern::Result<()> {
     }
     match kernels::BUILD_NVRTC {
         Some((a, b)) => {
-            println!("kernels precompiled by NVRTC {a}.{b} (CUBIN sm_80, sm_90; PTX compute_80)")
+            println!(
+                "kernels precompiled by NVRTC {a}.{b} for {}",
+                kernels::BUILD_TARGETS.join(", ")
+            )
         }
         None => println!("kernels not precompiled: compiled at run time and cached"),
     }
