@@ -210,6 +210,57 @@ fn demo(force_cpu: bool, rows: usize) -> medkern::Result<()> {
     })?;
     run("softmax(x / 8)", &|x, _, _, _| ops::softmax(x, None, 0.125))?;
     run("cast f16 -> f32", &|x, _, _, _| ops::cast(x, DType::F32))?;
+
+    // Linear layers on a slice of the rows (the CPU reference is O(M·N·K) in f64).
+    let m = rows.clamp(1, 256);
+    let xs = h(&[m, n], 5)?;
+    let w = HostTensor::from_f64(
+        &[n, n],
+        &sample(n * n, 6)
+            .iter()
+            .map(|v| v * 0.05)
+            .collect::<Vec<_>>(),
+        dt,
+    )?;
+    let (xd, xc) = (on(&xs)?, cpu(&xs)?);
+    let linear = |name: &str,
+                  f: &dyn Fn(&Tensor, &Device) -> medkern::Result<Tensor>|
+     -> medkern::Result<()> {
+        let t0 = Instant::now();
+        let got = f(&xd, &dev)?.to_host()?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let want = f(&xc, &Device::Cpu)?.to_host()?;
+        println!(
+            "{name:<34} [{m}, {n}]x[{n}, {n}] {ms:>8.2} ms (incl. first-use load)  max |err| vs reference {:.3e}",
+            max_err(&got, &want)
+        );
+        Ok(())
+    };
+    linear("Linear f16 + bias + GELU", &|x, d| {
+        let (wt, bt) = (w.to_device(d)?, b.to_device(d)?);
+        ops::gemm(
+            x,
+            &wt,
+            &ops::Gemm {
+                bias: Some(&bt),
+                act: Activation::GeluErf,
+                ..Default::default()
+            },
+        )
+    })?;
+    linear("Linear f16, 2:4-pruned weight", &|x, d| {
+        let (sw, _) = ops::SparseWeight::prune(&w, d)?;
+        ops::gemm_sparse(x, &sw, &ops::Gemm::default())
+    })?;
+    linear("Linear int8 W8A8", &|x, d| {
+        let (q, sx) = ops::quantize_rows(x)?;
+        let qw = medkern::quant::quantize_weight(&w, 0, medkern::quant::Clip::AbsMax)?;
+        let (wq, sw) = (
+            qw.q_tensor()?.to_device(d)?,
+            qw.scale_tensor()?.to_device(d)?,
+        );
+        ops::gemm_i8(&q, &wq, &ops::GemmI8::new(&sx, &sw, DType::F16))
+    })?;
     Ok(())
 }
 
