@@ -286,15 +286,7 @@ pub fn gemm_into(x: &Tensor, w: &Tensor, g: &Gemm, out: &mut Tensor) -> Result<(
                 (format!("gemm_{dt}_{odt}_{}", t.suffix()), Some(t))
             };
             let kernel = kernel_name(OP, kernel)?;
-            let ops = Operands {
-                x: dev(OP, "x", x)?,
-                w: dev(OP, "w", w)?,
-                bias: g.bias.map(|b| dev(OP, "bias", b)).transpose()?,
-                residual: g.residual.map(|r| dev(OP, "residual", r)).transpose()?,
-                sx: None,
-                sw: None,
-                meta: None,
-            };
+            let ops = Operands::new(OP, x, w, g.bias, g.residual)?;
             launch_gemm(
                 &gpu,
                 OP,
@@ -402,6 +394,27 @@ pub(crate) struct Operands<'a> {
     pub sx: Option<&'a DeviceTensor>,
     pub sw: Option<&'a DeviceTensor>,
     pub meta: Option<&'a DeviceTensor>,
+}
+
+impl<'a> Operands<'a> {
+    /// X, W and the optional bias/residual of `op`, as device buffers; no scales or metadata.
+    pub(crate) fn new(
+        op: &'static str,
+        x: &'a Tensor,
+        w: &'a Tensor,
+        bias: Option<&'a Tensor>,
+        residual: Option<&'a Tensor>,
+    ) -> Result<Self> {
+        Ok(Operands {
+            x: dev(op, "x", x)?,
+            w: dev(op, "w", w)?,
+            bias: bias.map(|b| dev(op, "bias", b)).transpose()?,
+            residual: residual.map(|r| dev(op, "residual", r)).transpose()?,
+            sx: None,
+            sw: None,
+            meta: None,
+        })
+    }
 }
 
 /// Fills the pointers and sizes of `p` and makes the one launch. `geo` None = the SIMT kernel.

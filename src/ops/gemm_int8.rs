@@ -132,15 +132,7 @@ pub fn gemm_i8_raw_into(
             let t = tile.unwrap_or_else(|| Tile::choose(d.m, d.n, d.batch, gpu.sm_count()));
             let kernel = kernel_name(OP, format!("gemm_i8_i32_{}", t.suffix()))?;
             let p = strides(d, 1.0, Activation::Identity, 0, false, 1.0);
-            let ops = Operands {
-                x: dev(OP, "x", x)?,
-                w: dev(OP, "w", w)?,
-                bias: None,
-                residual: None,
-                sx: None,
-                sw: None,
-                meta: None,
-            };
+            let ops = Operands::new(OP, x, w, None, None)?;
             launch_gemm(
                 &gpu,
                 OP,
@@ -228,13 +220,9 @@ pub fn gemm_i8_into(x: &Tensor, w: &Tensor, e: &GemmI8, out: &mut Tensor) -> Res
             let kernel = kernel_name(OP, format!("gemm_i8_{odt}_{}", t.suffix()))?;
             let p = strides(d, e.alpha, e.act, e.group_size, per_row, e.out_scale);
             let ops = Operands {
-                x: dev(OP, "x", x)?,
-                w: dev(OP, "w", w)?,
-                bias: e.bias.map(|b| dev(OP, "bias", b)).transpose()?,
-                residual: e.residual.map(|r| dev(OP, "residual", r)).transpose()?,
                 sx: Some(dev(OP, "x_scale", e.x_scale)?),
                 sw: Some(dev(OP, "w_scale", e.w_scale)?),
-                meta: None,
+                ..Operands::new(OP, x, w, e.bias, e.residual)?
             };
             launch_gemm(
                 &gpu,

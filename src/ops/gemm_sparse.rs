@@ -192,13 +192,8 @@ pub fn gemm_sparse_into(x: &Tensor, w: &SparseWeight, g: &Gemm, out: &mut Tensor
                 ..Default::default()
             };
             let ops = Operands {
-                x: dev(OP, "x", x)?,
-                w: dev(OP, "w", &w.values)?,
-                bias: g.bias.map(|b| dev(OP, "bias", b)).transpose()?,
-                residual: g.residual.map(|r| dev(OP, "residual", r)).transpose()?,
-                sx: None,
-                sw: None,
                 meta: Some(dev(OP, "meta", &w.meta)?),
+                ..Operands::new(OP, x, &w.values, g.bias, g.residual)?
             };
             launch_gemm(
                 &gpu,
@@ -358,19 +353,16 @@ fn sparse_i8_into(
                 ..Default::default()
             };
             let ops = Operands {
-                x: dev(OP8, "x", x)?,
-                w: dev(OP8, "w", &w.values)?,
-                bias: e
-                    .and_then(|e| e.bias)
-                    .map(|b| dev(OP8, "bias", b))
-                    .transpose()?,
-                residual: e
-                    .and_then(|e| e.residual)
-                    .map(|r| dev(OP8, "residual", r))
-                    .transpose()?,
                 sx: e.map(|e| dev(OP8, "x_scale", e.x_scale)).transpose()?,
                 sw: e.map(|e| dev(OP8, "w_scale", e.w_scale)).transpose()?,
                 meta: Some(dev(OP8, "meta", &w.meta)?),
+                ..Operands::new(
+                    OP8,
+                    x,
+                    &w.values,
+                    e.and_then(|e| e.bias),
+                    e.and_then(|e| e.residual),
+                )?
             };
             launch_gemm(
                 &gpu,

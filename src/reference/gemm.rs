@@ -14,6 +14,19 @@ pub struct GemmDims {
     pub shared_w: bool,
 }
 
+impl GemmDims {
+    /// X `[M, K]` and W `[N, K]` of batch `b`.
+    pub fn operands<'a, T>(&self, x: &'a [T], w: &'a [T], b: usize) -> (&'a [T], &'a [T]) {
+        let (m, n, k) = (self.m, self.n, self.k);
+        let wb = if self.shared_w {
+            &w[..n * k]
+        } else {
+            &w[b * n * k..(b + 1) * n * k]
+        };
+        (&x[b * m * k..(b + 1) * m * k], wb)
+    }
+}
+
 /// `y = act(alpha · x·wᵀ + bias) + residual` in f64 for each batch; bias is `[N]`, residual has
 /// y's shape `[batch, M, N]`.
 pub fn gemm(
@@ -30,16 +43,11 @@ pub fn gemm(
         m,
         n,
         k,
-        shared_w,
+        shared_w: _,
     } = d;
     let mut y = vec![0.0; batch * m * n];
     for b in 0..batch {
-        let xb = &x[b * m * k..(b + 1) * m * k];
-        let wb = if shared_w {
-            &w[..n * k]
-        } else {
-            &w[b * n * k..(b + 1) * n * k]
-        };
+        let (xb, wb) = d.operands(x, w, b);
         for i in 0..m {
             for j in 0..n {
                 let dot: f64 = (0..k).map(|t| xb[i * k + t] * wb[j * k + t]).sum();

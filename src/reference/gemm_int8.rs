@@ -7,30 +7,8 @@ use crate::reference::gemm::GemmDims;
 /// Exact int32 accumulators `x·wᵀ` (i64 internally; the kernel's s32 cannot overflow for
 /// K < 2^17). This is what the GPU's raw output must equal bit for bit.
 pub fn gemm_i8_acc(x: &[i8], w: &[i8], d: GemmDims) -> Vec<i64> {
-    let GemmDims {
-        batch,
-        m,
-        n,
-        k,
-        shared_w,
-    } = d;
-    let mut y = vec![0i64; batch * m * n];
-    for b in 0..batch {
-        let xb = &x[b * m * k..(b + 1) * m * k];
-        let wb = if shared_w {
-            &w[..n * k]
-        } else {
-            &w[b * n * k..(b + 1) * n * k]
-        };
-        for i in 0..m {
-            for j in 0..n {
-                y[(b * m + i) * n + j] = (0..k)
-                    .map(|t| i64::from(xb[i * k + t]) * i64::from(wb[j * k + t]))
-                    .sum();
-            }
-        }
-    }
-    y
+    // One group spanning K: the layout [batch·M, N, 1] is exactly [batch·M, N].
+    gemm_i8_group_acc(x, w, d, d.k.max(1))
 }
 
 /// Exact per-group partial sums `Σ_{t in group g} x·w` as `[batch·M, N, groups]`.
@@ -40,17 +18,12 @@ pub fn gemm_i8_group_acc(x: &[i8], w: &[i8], d: GemmDims, group: usize) -> Vec<i
         m,
         n,
         k,
-        shared_w,
+        shared_w: _,
     } = d;
-    let groups = k.div_ceil(group);
+    let groups = k.div_ceil(group).max(1);
     let mut y = vec![0i64; batch * m * n * groups];
     for b in 0..batch {
-        let xb = &x[b * m * k..(b + 1) * m * k];
-        let wb = if shared_w {
-            &w[..n * k]
-        } else {
-            &w[b * n * k..(b + 1) * n * k]
-        };
+        let (xb, wb) = d.operands(x, w, b);
         for i in 0..m {
             for j in 0..n {
                 for t in 0..k {
@@ -84,7 +57,7 @@ pub struct I8Epilogue<'a> {
 pub fn gemm_i8(x: &[i8], w: &[i8], d: GemmDims, e: &I8Epilogue) -> Vec<f64> {
     let rows = d.batch * d.m;
     let groups = if e.group_size > 0 {
-        d.k.div_ceil(e.group_size)
+        d.k.div_ceil(e.group_size).max(1)
     } else {
         1
     };
