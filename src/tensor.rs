@@ -351,6 +351,21 @@ impl Tensor {
             Tensor::Device(d) => Device::Gpu(d.gpu().clone()),
         }
     }
+    /// The same elements viewed with another shape of equal element count (no copy): e.g. a
+    /// QKV projection `[tokens, 3·heads·d]` as `[tokens, 3, heads, d]` for attention.
+    pub fn reshape(self, shape: &[usize]) -> Result<Tensor> {
+        check_len("Tensor::reshape", shape, self.len())?;
+        Ok(match self {
+            Tensor::Host(mut h) => {
+                h.shape = shape.to_vec();
+                Tensor::Host(h)
+            }
+            Tensor::Device(mut d) => {
+                d.shape = shape.to_vec();
+                Tensor::Device(d)
+            }
+        })
+    }
     /// A host copy (downloads a device tensor).
     pub fn to_host(&self) -> Result<HostTensor> {
         match self {

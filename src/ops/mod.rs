@@ -3,6 +3,7 @@
 //! `op_into` variants write a caller-provided output (tests poison it first); `op` variants
 //! allocate it.
 
+pub mod attention;
 pub mod elementwise;
 pub mod gemm;
 pub mod gemm_int8;
@@ -11,6 +12,9 @@ pub mod layernorm;
 pub mod quantize;
 pub mod softmax;
 
+pub use attention::{
+    Attention, HEAD_DIMS, Qkv, SeqBatch, UnfusedPlan, attention, attention_into, attention_unfused,
+};
 pub use elementwise::{
     Eltwise, activation, bias_add, cast, cast_into, eltwise, eltwise_into, residual_add, scale,
 };

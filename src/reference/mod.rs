@@ -3,6 +3,7 @@
 //! are f64 slices holding values already representable in the op's dtype; callers round the
 //! outputs to the dtype (`DType::round`). Public so users can cross-check their own results.
 
+pub mod attention;
 pub mod elementwise;
 pub mod gemm;
 pub mod gemm_int8;
