@@ -282,8 +282,8 @@ __device__ __forceinline__ void attention_gather(T* dst, const T* src, const int
     }
 }
 
-// Writes src [batch·heads, S, D] back to the token layout; rows past q_len are written only
-// in a padded output (max_q > 0), where src holds zeros for them.
+// Writes src [batch·heads, S, D] back to the token layout; rows past q_len are written (as
+// zeros) only in a padded output (max_q > 0).
 template <typename T>
 __device__ __forceinline__ void attention_scatter(T* out, const T* src, const int* seqs, long long tok,
                                                   long long head, int batch, int heads, int S, int D, int max_q) {
@@ -295,7 +295,8 @@ __device__ __forceinline__ void attention_scatter(T* out, const T* src, const in
         const long long bh = e / ((long long)D * S);
         const int hd = (int)(bh % heads), b = (int)(bh / heads);
         const int start = seqs[4 * b], len = seqs[4 * b + 1];
-        if (s < len || s < max_q) out[(long long)(start + s) * tok + (long long)hd * head + d] = src[e];
+        if (s < len || s < max_q)
+            out[(long long)(start + s) * tok + (long long)hd * head + d] = s < len ? src[e] : from_f32<T>(0.f);
     }
 }
 

@@ -543,6 +543,19 @@ fn unfused_path_matches_reference() {
 }
 
 #[test]
+fn unfused_pipeline_on_cpu_matches_reference() {
+    // Runs everywhere: the unfused path's own plumbing (host gather, mask building, GEMM →
+    // softmax → GEMM through the CPU backend, scatter) against the f64 reference.
+    let mut rng = SeedRng::new(0x5eed);
+    for _ in 0..12 {
+        let case = random_case(&mut rng, 1 << 18);
+        let x = case.data(&mut rng);
+        let got = case.run(&Device::Cpu, &x, true).unwrap();
+        check_fa_bound(&case, &x, &got, "unfused on cpu").unwrap();
+    }
+}
+
+#[test]
 fn cpu_backend_layouts_agree() {
     // Runs everywhere: the CPU path through the op's own offset handling, packed QKV vs separate.
     let mut rng = SeedRng::new(77);

@@ -680,8 +680,9 @@ fn launch_fused(
 
 /// The unfused comparison path: gather heads → `S = scale·Q·Kᵀ` (tensor-core GEMM, input
 /// precision) → masked row softmax → `P·V` (GEMM) → scatter. Same semantics as [`attention`];
-/// its additive mask (padding, causal, ALiBi, bias: `[batch·heads·max_q, max_k]` f32) is built
-/// on the host once per [`UnfusedPlan`], so it is for comparison and testing, not serving.
+/// its additive f32 mask (`[batch, max_k]` for key padding alone; `[batch·heads·max_q, max_k]`
+/// with causal, ALiBi or a bias) is built on the host once per [`UnfusedPlan`], and the seq×seq
+/// scores and probabilities are materialised: it is for comparison and testing, not serving.
 pub fn attention_unfused(qkv: Qkv, batch: &SeqBatch, a: &Attention) -> Result<Tensor> {
     let plan = UnfusedPlan::new(qkv, batch, a)?;
     let (g, _) = check(&qkv, batch, a)?;
@@ -692,7 +693,7 @@ pub fn attention_unfused(qkv: Qkv, batch: &SeqBatch, a: &Attention) -> Result<Te
 
 /// The mask and sizes of the unfused path for one (batch, options) pair.
 pub struct UnfusedPlan {
-    mask: Option<Tensor>,
+    mask: Tensor,
     /// Query rows per (sequence, head) block and keys rounded up to 8 (GEMM K alignment).
     sq: usize,
     skp: usize,
@@ -705,13 +706,6 @@ impl UnfusedPlan {
         let sq = batch.out_rows().max(batch.max_q_len());
         let skp = batch.max_k_len().div_ceil(8).max(1) * 8;
         let dev0 = qkv.tensors()[0].device();
-        if matches!(dev0, Device::Cpu) {
-            return Ok(UnfusedPlan {
-                mask: None,
-                sq,
-                skp,
-            });
-        }
         let alibi = a
             .alibi
             .map(|t| t.to_host().map(|h| h.to_f64()))
@@ -733,8 +727,20 @@ impl UnfusedPlan {
             alibi: alibi.as_deref(),
             bias: bias.as_deref().zip(a.bias.map(bias_strides)),
         };
-        let mut m = vec![f64::NEG_INFINITY; batch.batch() * g.heads * sq * skp];
+        // Key padding alone is one mask row per sequence, broadcast over its heads and query
+        // rows (padding query rows are zeroed by the scatter); anything per row needs a row each.
+        let per_seq = !a.causal && a.alibi.is_none() && a.bias.is_none();
+        let rows = if per_seq {
+            batch.batch()
+        } else {
+            batch.batch() * g.heads * sq
+        };
+        let mut m = vec![f64::NEG_INFINITY; rows * skp];
         for (b, s) in batch.rows().iter().enumerate() {
+            if per_seq {
+                m[b * skp..][..s.k_len].fill(0.0);
+                continue;
+            }
             for h in 0..g.heads {
                 for i in 0..s.q_len {
                     let row = &mut m[((b * g.heads + h) * sq + i) * skp..][..skp];
@@ -744,13 +750,8 @@ impl UnfusedPlan {
                 }
             }
         }
-        let mask = HostTensor::from_f64(&[batch.batch() * g.heads * sq, skp], &m, DType::F32)?
-            .to_device(&dev0)?;
-        Ok(UnfusedPlan {
-            mask: Some(mask),
-            sq,
-            skp,
-        })
+        let mask = HostTensor::from_f64(&[rows, skp], &m, DType::F32)?.to_device(&dev0)?;
+        Ok(UnfusedPlan { mask, sq, skp })
     }
 
     /// Runs the unfused path into `out` (as [`attention_into`]).
@@ -772,14 +773,10 @@ impl UnfusedPlan {
             ("bias", a.bias),
             ("out", Some(&*out)),
         ];
-        let gpu = match backend(OP, q, &others)? {
-            Backend::Cpu => return cpu(&qkv, batch, a, &g, scale, out),
-            Backend::Gpu(gpu) => gpu.clone(),
-        };
-        let Some(mask) = &self.mask else {
-            return Err(invalid("plan", "built for the CPU, run on a GPU".into()));
-        };
-        if mask.shape() != [batch.batch() * g.heads * self.sq, self.skp] {
+        let be = backend(OP, q, &others)?;
+        let mask = &self.mask;
+        let rows = [batch.batch(), batch.batch() * g.heads * self.sq];
+        if !rows.contains(&mask.shape()[0]) || mask.shape()[1] != self.skp {
             return Err(invalid(
                 "plan",
                 format!(
@@ -792,47 +789,42 @@ impl UnfusedPlan {
         if sq == 0 {
             return Ok(());
         }
-        let dv = Device::Gpu(gpu.clone());
-        let mut qg = Tensor::empty(&dv, &[bh, sq, d], g.dtype)?;
-        let mut kg = Tensor::empty(&dv, &[bh, skp, d], g.dtype)?;
-        let mut vt = Tensor::empty(&dv, &[bh, d, skp], g.dtype)?;
-        let move_args = (batch.batch() as i32, g.heads as i32, d as i32);
-        gather(
-            &gpu,
-            &g,
-            q,
-            g.q,
-            &batch.seqs,
-            0,
-            sq,
-            move_args,
-            false,
-            &mut qg,
-        )?;
-        gather(
-            &gpu,
-            &g,
-            k,
-            g.k,
-            &batch.seqs,
-            1,
-            skp,
-            move_args,
-            false,
-            &mut kg,
-        )?;
-        gather(
-            &gpu,
-            &g,
-            v,
-            g.v,
-            &batch.seqs,
-            1,
-            skp,
-            move_args,
-            true,
-            &mut vt,
-        )?;
+        let (qg, kg, vt) = match &be {
+            Backend::Cpu => {
+                let hv = |t: &Tensor| host(OP, "q/k/v", t).map(HostTensor::to_f64);
+                let (qh, kh, vh) = (hv(q)?, hv(k)?, hv(v)?);
+                let rows = batch.rows();
+                let mk = |vals: Vec<f64>, shape: &[usize]| -> Result<Tensor> {
+                    Ok(Tensor::Host(HostTensor::from_f64(shape, &vals, g.dtype)?))
+                };
+                (
+                    mk(
+                        gather_host(&qh, g.q, rows, false, &g, sq, false),
+                        &[bh, sq, d],
+                    )?,
+                    mk(
+                        gather_host(&kh, g.k, rows, true, &g, skp, false),
+                        &[bh, skp, d],
+                    )?,
+                    mk(
+                        gather_host(&vh, g.v, rows, true, &g, skp, true),
+                        &[bh, d, skp],
+                    )?,
+                )
+            }
+            Backend::Gpu(gpu) => {
+                let dv = Device::Gpu((*gpu).clone());
+                let mut qg = Tensor::empty(&dv, &[bh, sq, d], g.dtype)?;
+                let mut kg = Tensor::empty(&dv, &[bh, skp, d], g.dtype)?;
+                let mut vt = Tensor::empty(&dv, &[bh, d, skp], g.dtype)?;
+                let m = (batch.batch() as i32, g.heads as i32, d as i32);
+                let s = &batch.seqs;
+                gather(gpu, &g, q, g.q, s, 0, sq, m, false, &mut qg)?;
+                gather(gpu, &g, k, g.k, s, 1, skp, m, false, &mut kg)?;
+                gather(gpu, &g, v, g.v, s, 1, skp, m, true, &mut vt)?;
+                (qg, kg, vt)
+            }
+        };
         let scores = super::gemm(
             &qg,
             &kg,
@@ -840,23 +832,77 @@ impl UnfusedPlan {
                 alpha: scale,
                 ..Default::default()
             },
-        )?;
-        let scores = scores.reshape(&[bh * sq, skp])?;
-        let mut probs = Tensor::empty(&dv, &[bh * sq, skp], g.dtype)?;
+        )?
+        .reshape(&[bh * sq, skp])?;
+        let mut probs = Tensor::empty(&scores.device(), &[bh * sq, skp], g.dtype)?;
         softmax_into(&scores, Some(mask), 1.0, &mut probs)?;
         let probs = probs.reshape(&[bh, sq, skp])?;
         let o = super::gemm(&probs, &vt, &Gemm::default())?;
-        scatter(
-            &gpu,
-            &g,
-            &o,
-            &batch.seqs,
-            sq,
-            batch.out_rows(),
-            move_args,
-            out,
-        )
+        match &be {
+            Backend::Cpu => {
+                let y = scatter_host(&host(OP, "o", &o)?.to_f64(), batch, &g, sq);
+                *out = Tensor::Host(HostTensor::from_f64(out.shape(), &y, g.dtype)?);
+                Ok(())
+            }
+            Backend::Gpu(gpu) => {
+                let m = (batch.batch() as i32, g.heads as i32, d as i32);
+                scatter(gpu, &g, &o, &batch.seqs, sq, batch.out_rows(), m, out)
+            }
+        }
     }
+}
+
+/// Host twin of `attention_gather_*`: head h of each sequence into `[batch·heads, rows, d]`
+/// (`[batch·heads, d, rows]` transposed), zero past the sequence's length.
+fn gather_host(
+    src: &[f64],
+    (off, st): (usize, Strides),
+    seqs: &[SeqRows],
+    keys: bool,
+    g: &Geo,
+    rows: usize,
+    transpose: bool,
+) -> Vec<f64> {
+    let d = g.d;
+    let mut out = vec![0.0; seqs.len() * g.heads * rows * d];
+    for (b, s) in seqs.iter().enumerate() {
+        let (start, len) = if keys {
+            (s.k_start, s.k_len)
+        } else {
+            (s.q_start, s.q_len)
+        };
+        for h in 0..g.heads {
+            let bh = b * g.heads + h;
+            for r in 0..len {
+                let row = &src[off + (start + r) * st.tok + h * st.head..][..d];
+                for (c, &x) in row.iter().enumerate() {
+                    let at = if transpose {
+                        (bh * d + c) * rows + r
+                    } else {
+                        (bh * rows + r) * d + c
+                    };
+                    out[at] = x;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Host twin of `attention_scatter_*`: `[batch·heads, sq, d]` back to `[tokens, heads, d]`,
+/// padding rows zero.
+fn scatter_host(o: &[f64], batch: &SeqBatch, g: &Geo, sq: usize) -> Vec<f64> {
+    let (h, d) = (g.heads, g.d);
+    let mut out = vec![0.0; g.q_tokens * h * d];
+    for (b, s) in batch.rows().iter().enumerate() {
+        for hh in 0..h {
+            for r in 0..s.q_len {
+                let src = &o[(((b * h + hh) * sq) + r) * d..][..d];
+                out[((s.q_start + r) * h + hh) * d..][..d].copy_from_slice(src);
+            }
+        }
+    }
+    out
 }
 
 fn move_grid(gpu: &Gpu, total: usize) -> LaunchConfig {
