@@ -1,7 +1,7 @@
 // Fused attention forward: O = softmax(Q·Kᵀ·scale + bias + mask)·V in one kernel.
 //
-// FlashAttention-2 scheme: one CTA per (64-query block, head, sequence), 4 warps of 16 query
-// rows each. Q is loaded once into registers (ldmatrix); 64-key blocks of K and V stream
+// FlashAttention-2 scheme: one CTA per (64- or 128-query block, head, sequence), 4 or 8 warps of
+// 16 query rows each. Q is loaded once into registers (ldmatrix); 64-key blocks of K and V stream
 // through a 2-stage cp.async pipeline in padded shared memory; scores live only in registers
 // (mma.sync m16n8k16, f32 accumulation), the softmax is online (running max and sum per row, in
 // the log2 domain with ex2.approx), and P is fed straight back to the tensor cores as the A
@@ -20,7 +20,8 @@
 // bias[b·bias_b + h·bias_h + i·bias_q + j]. A query row with no unmasked key is written as zeros.
 // In a padded output (max_q > 0) rows q_len..max_q-1 of each sequence are written as zeros.
 //
-// Kernels: attention_{f16,bf16}_d{32,64,80,96,128}; attention_gather_* / attention_scatter_*
+// Kernels: attention_{f16,bf16}_d{32,64,80,96,128}_m{64,128} (query rows per CTA: 4 or 8 warps);
+// attention_gather_* / attention_scatter_*
 // move heads in and out of [batch·heads, seq, D] for the unfused comparison path (GEMM →
 // softmax → GEMM). Launcher: src/ops/attention.rs; reference: src/reference/attention.rs.
 #include "common/mma.cuh"
@@ -70,8 +71,10 @@ template <> __device__ __forceinline__ unsigned pack2<bf16>(float lo, float hi) 
     return *reinterpret_cast<unsigned*>(&v);
 }
 
-template <int D> struct AttnCfg {
-    static constexpr int BR = 64, BC = 64, THREADS = 128;
+// WARPS warps of 16 query rows each share every K/V block: 4 (64 rows) for short or few
+// sequences, 8 (128 rows) to halve the K/V traffic per query when there are enough rows.
+template <int D, int WARPS> struct AttnCfg {
+    static constexpr int BR = 16 * WARPS, BC = 64, THREADS = 32 * WARPS;
     static constexpr int ROW = D * 2 + 16;  // padded shared row (bytes): conflict-free ldmatrix
     static constexpr int TILE = BC * ROW;   // one K or V block
     static constexpr int SMEM = BR * ROW + 4 * TILE;  // Q + 2 stages x (K, V)
@@ -81,24 +84,24 @@ template <int D> struct AttnCfg {
     static_assert(D % 16 == 0 && DT % 2 == 0, "head_dim must be a multiple of 16");
 };
 
-// Rows [r0, r0+64) of one head (row stride `tok` elements, D contiguous) into a padded shared
-// tile; rows at or past n are zero-filled without reading (`base` is a valid address).
-template <typename T, int D>
+// Rows [r0, r0+ROWS) of one head (row stride `tok` elements, D contiguous) into a padded shared
+// tile (row pitch 2D+16 bytes); rows at or past n are zero-filled without reading (`base` is a
+// valid address).
+template <typename T, int D, int ROWS, int THREADS>
 __device__ __forceinline__ void load_rows(char* s, const T* g, long long tok, int r0, int n, const void* base) {
-    constexpr int CPR = D / 8;  // 16-byte chunks per row
+    constexpr int CPR = D / 8, CHUNKS = ROWS * CPR;  // 16-byte chunks per row, per tile
 #pragma unroll
-    for (int i = 0; i < D / 16; ++i) {  // 64 rows x CPR chunks over 128 threads
-        const int c = threadIdx.x + i * 128;
+    for (int c = threadIdx.x; c < CHUNKS; c += THREADS) {
         const int r = c / CPR, q = c % CPR;
         const bool ok = r0 + r < n;
         const void* src = ok ? static_cast<const void*>(g + (long long)(r0 + r) * tok + q * 8) : base;
-        cp_async16(s + r * AttnCfg<D>::ROW + q * 16, src, ok);
+        cp_async16(s + r * (2 * D + 16) + q * 16, src, ok);
     }
 }
 
-template <typename T, int D>
+template <typename T, int D, int WARPS>
 __device__ __forceinline__ void attention_fwd(const AttnParams& p) {
-    typedef AttnCfg<D> C;
+    typedef AttnCfg<D, WARPS> C;
     extern __shared__ __align__(16) char smem[];
     char* const sq = smem;
     char* const skv = smem + C::BR * C::ROW;  // stage s: K at skv + 2s·TILE, V right after
@@ -126,10 +129,10 @@ __device__ __forceinline__ void attention_fwd(const AttnParams& p) {
     const T* const Qh = static_cast<const T*>(p.q) + (long long)qs * p.q_tok + (long long)h * p.q_head;
     const T* const Kh = static_cast<const T*>(p.k) + (long long)ks * p.k_tok + (long long)h * p.k_head;
     const T* const Vh = static_cast<const T*>(p.v) + (long long)ks * p.v_tok + (long long)h * p.v_head;
-    load_rows<T, D>(sq, Qh, p.q_tok, m0, ql, p.q);
+    load_rows<T, D, C::BR, C::THREADS>(sq, Qh, p.q_tok, m0, ql, p.q);
     if (nb > 0) {
-        load_rows<T, D>(skv, Kh, p.k_tok, 0, kl, p.k);
-        load_rows<T, D>(skv + C::TILE, Vh, p.v_tok, 0, kl, p.v);
+        load_rows<T, D, C::BC, C::THREADS>(skv, Kh, p.k_tok, 0, kl, p.k);
+        load_rows<T, D, C::BC, C::THREADS>(skv + C::TILE, Vh, p.v_tok, 0, kl, p.v);
     }
     cp_async_commit();
 
@@ -158,8 +161,8 @@ __device__ __forceinline__ void attention_fwd(const AttnParams& p) {
         }
         if (j + 1 < nb) {
             char* st = skv + ((j + 1) & 1) * 2 * C::TILE;
-            load_rows<T, D>(st, Kh, p.k_tok, (j + 1) * C::BC, kl, p.k);
-            load_rows<T, D>(st + C::TILE, Vh, p.v_tok, (j + 1) * C::BC, kl, p.v);
+            load_rows<T, D, C::BC, C::THREADS>(st, Kh, p.k_tok, (j + 1) * C::BC, kl, p.k);
+            load_rows<T, D, C::BC, C::THREADS>(st + C::TILE, Vh, p.v_tok, (j + 1) * C::BC, kl, p.v);
         }
         cp_async_commit();
         const char* const sk = skv + (j & 1) * 2 * C::TILE;
@@ -192,7 +195,16 @@ __device__ __forceinline__ void attention_fwd(const AttnParams& p) {
                 const int i = wrow + (e >> 1) * 8;
                 const int c = n0 + nt * 8 + 2 * t + (e & 1);
                 float x = s[nt][e] * p.scale_log2;
-                if (bias && i < ql && c < kl) x += bias[(long long)i * p.bias_q + c] * LOG2E;
+                if (bias && i < ql && c < kl) {
+                    // A finite bias must stay finite in the log2 domain: -FLT_MAX (HF-style masks)
+                    // times log2(e) would overflow to -inf and drop the key, so a row masked that
+                    // way would come out as zeros instead of the reference's mean of V. ±inf and
+                    // NaN pass through unchanged.
+                    const float bv = bias[(long long)i * p.bias_q + c];
+                    float bl = bv * LOG2E;
+                    if (fabsf(bv) <= 3.402823466e38f) bl = fminf(fmaxf(bl, -3.402823466e38f), 3.402823466e38f);
+                    x += bl;
+                }
                 if (p.alibi) x -= slope * fabsf((float)(i + shift - c));
                 if (edge && (c >= kl || (p.causal && c > i + shift))) x = neg_inf();
                 s[nt][e] = x;
@@ -302,10 +314,11 @@ __device__ __forceinline__ void attention_scatter(T* out, const T* src, const in
 
 }  // namespace mk
 
-#define MK_ATTN(T, TN, D)                                                                          \
-    extern "C" __global__ void __launch_bounds__(128) attention_##TN##_d##D(const mk::AttnParams p) { \
-        mk::attention_fwd<T, D>(p);                                                                \
+#define MK_ATTN_W(T, TN, D, W, R)                                                                         \
+    extern "C" __global__ void __launch_bounds__(32 * W) attention_##TN##_d##D##_m##R(const mk::AttnParams p) { \
+        mk::attention_fwd<T, D, W>(p);                                                                    \
     }
+#define MK_ATTN(T, TN, D) MK_ATTN_W(T, TN, D, 4, 64) MK_ATTN_W(T, TN, D, 8, 128)
 #define MK_ATTN_ALL(T, TN) MK_ATTN(T, TN, 32) MK_ATTN(T, TN, 64) MK_ATTN(T, TN, 80) MK_ATTN(T, TN, 96) MK_ATTN(T, TN, 128)
 MK_ATTN_ALL(mk::f16, f16)
 MK_ATTN_ALL(mk::bf16, bf16)

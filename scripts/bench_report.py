@@ -3,32 +3,107 @@
 table per bench group: our time and throughput, PyTorch's, the speed ratio (peer time / ours;
 > 1 means medkern is faster) and the fraction of the device ceiling measured in the same run.
 
+The work of a bench (FLOPs or bytes per call) is the peer's "work" field, or else the criterion
+throughput the bench declared (benchmark.json): Elements = FLOPs (gemm, attention), Bytes =
+bytes moved. The attention group also gets a line comparing its head_dim-64 rates with
+FlashAttention-3's published H100 figures (not measured here).
+
 usage: bench_report.py CRITERION_HOME PEER_JSON > report.md
 """
 import json
 import os
+import re
 import sys
+
+# FlashAttention-3 (Shah et al. 2024, arXiv:2407.08608), published forward FP16 figures on an
+# H100 SXM5, head_dim 64, non-causal, batch*seq = 16k tokens, 2048 hidden: seq -> TFLOP/s.
+FA3_PUBLISHED_D64 = {512: 333, 16384: 497}
 
 
 def load_criterion(home):
+    """{full_id: (median ms, (work, unit) or None)} from every `new` result under home."""
     out = {}
     for root, _dirs, files in os.walk(home):
         if os.path.basename(root) != "new" or "benchmark.json" not in files:
             continue
-        meta = json.load(open(os.path.join(root, "benchmark.json")))
-        est = json.load(open(os.path.join(root, "estimates.json")))
-        out[meta["full_id"]] = est["median"]["point_estimate"] / 1e6  # ns -> ms
+        with open(os.path.join(root, "benchmark.json")) as f:
+            meta = json.load(f)
+        with open(os.path.join(root, "estimates.json")) as f:
+            est = json.load(f)
+        tp = meta.get("throughput") or {}
+        work = None
+        if "Elements" in tp:
+            work = (tp["Elements"], "flop")
+        elif "Bytes" in tp or "BytesDecimal" in tp:
+            work = (tp.get("Bytes", tp.get("BytesDecimal")), "byte")
+        out[meta["full_id"]] = (est["median"]["point_estimate"] / 1e6, work)  # ns -> ms
     return out
+
+
+def rate_value(work, unit, ms):
+    """TFLOP/s for flops, GB/s for bytes."""
+    return work / ms / 1e9 if unit == "flop" else work / ms / 1e6
+
+
+def fmt_rate(work, unit, ms):
+    if ms is None or work is None:
+        return "-"
+    v = rate_value(work, unit, ms)
+    return f"{v:.1f} TFLOP/s" if unit == "flop" else f"{v:.0f} GB/s"
+
+
+def fmt_ms(ms):
+    if not ms:
+        return "-"
+    return f"{ms:.4f}" if ms >= 0.01 else f"{ms:.2e}"
+
+
+def fa3_line(ours):
+    """Our non-causal f16 head_dim-64 rates next to FlashAttention-3's published ones."""
+    long_d64 = []
+    bert512 = None
+    for bid, (ms, work) in ours.items():
+        parts = bid.split("/")
+        if len(parts) != 4 or work is None or work[1] != "flop":
+            continue
+        _, kind, dt, shape = parts
+        if kind == "full" and dt == "f16" and "d64s" in shape:
+            long_d64.append((int(shape.rsplit("s", 1)[1]), shape, rate_value(work[0], "flop", ms)))
+        if kind == "packed" and shape == "b32h12d64s512":
+            bert512 = rate_value(work[0], "flop", ms)
+    pub = ", ".join(f"{v} TFLOP/s at seq {s}" for s, v in sorted(FA3_PUBLISHED_D64.items()))
+    line = (f"\nFlashAttention-3, **published figure, not measured here** (Shah et al. 2024, H100 SXM5, "
+            f"FP16 forward, head_dim 64, non-causal, batch*seq = 16k, hidden 2048): {pub}.")
+    if long_d64:
+        long_d64.sort()
+        mine = ", ".join(f"{r:.1f} at seq {s}" for s, _, r in long_d64)
+        line += f" medkern here, same setting (f16, head_dim 64, non-causal): {mine} TFLOP/s"
+        s, _, r = long_d64[-1]
+        if s in FA3_PUBLISHED_D64:
+            line += f" ({r / FA3_PUBLISHED_D64[s]:.2f} of FA3's published seq-{s} figure)"
+        line += "."
+    if bert512 is not None:
+        line += (f" BERT packed b32 s512 (12 heads, ragged lengths, so not the same setting): "
+                 f"{bert512:.1f} TFLOP/s ({bert512 / FA3_PUBLISHED_D64[512]:.2f} of FA3's seq-512 figure).")
+    return line
+
+
+def natural(bid):
+    """Sort key with numbers compared as numbers (b8 before b16, s512 before s1024)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", bid)]
 
 
 def main():
     ours = load_criterion(sys.argv[1])
-    peer = json.load(open(sys.argv[2])) if len(sys.argv) > 2 and os.path.exists(sys.argv[2]) else {"results": {}, "ceilings": {}}
+    peer = {"results": {}, "ceilings": {}}
+    if len(sys.argv) > 2 and os.path.exists(sys.argv[2]):
+        with open(sys.argv[2]) as f:
+            peer = json.load(f)
     ceil = peer.get("ceilings", {})
     print(f"Device: {peer.get('device', '?')}, PyTorch {peer.get('torch', '?')}. Ceilings measured in this run: "
           f"copy {ceil.get('copy_GBps', 0):.0f} GB/s, bf16 matmul {ceil.get('bf16_matmul_TFLOPs', 0):.0f} TFLOP/s.\n")
     groups = {}
-    for bid in sorted(set(ours) | set(peer["results"])):
+    for bid in sorted(set(ours) | set(peer["results"]), key=natural):
         groups.setdefault(bid.split("/")[0], []).append(bid)
     for g, ids in groups.items():
         print(f"\n### {g}\n")
@@ -36,23 +111,22 @@ def main():
         print("|---|---|---|---|---|---|---|")
         for bid in ids:
             p = peer["results"].get(bid)
-            o = ours.get(bid)
-            work, unit = (p["work"], p["unit"]) if p else (None, None)
-
-            def rate(ms):
-                if ms is None or work is None:
-                    return "-"
-                return f"{work / ms / 1e9:.1f} TFLOP/s" if unit == "flop" else f"{work / ms / 1e6:.0f} GB/s"
-
-            ratio = f"{p['ms'] / o:.2f}x" if p and o else "-"
+            o, own_work = ours.get(bid, (None, None))
+            work, unit = (p["work"], p["unit"]) if p else own_work or (None, None)
+            pms = p["ms"] if p else None
+            ratio = f"{pms / o:.2f}x" if pms and o else "-"
             frac = "-"
             if o and work:
                 c = ceil.get("bf16_matmul_TFLOPs") if unit == "flop" else ceil.get("copy_GBps")
                 if c:
-                    v = work / o / 1e9 if unit == "flop" else work / o / 1e6
-                    frac = f"{v / c:.2f}"
-            print(f"| {bid} | {o:.4f} | {rate(o)} | {p['ms']:.4f} | {rate(p['ms'])} | {ratio} | {frac} |"
-                  if p and o else f"| {bid} | {o if o else '-'} | {rate(o)} | {p['ms'] if p else '-'} | {rate(p['ms'] if p else None)} | {ratio} | {frac} |")
+                    frac = f"{rate_value(work, unit, o) / c:.2f}"
+            print(f"| {bid} | {fmt_ms(o)} | {fmt_rate(work, unit, o)} | {fmt_ms(pms)} | {fmt_rate(work, unit, pms)} | {ratio} | {frac} |")
+        if g == "attention":
+            print("\nAttention work = 4*heads*head_dim*sum(q_len*k_len) over the real lengths (halved when "
+                  "causal): padding is not counted, so packed, padded and unfused rows of one batch share it. "
+                  "The PyTorch column of the packed, padded and unfused ids is the same key-padding-masked "
+                  "SDPA on the padded batch (SDPA has no varlen path).")
+            print(fa3_line(ours))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ Prints one JSON object: {"device": ..., "ceilings": {...}, "results": {bench_id:
 "work": flops_or_bytes, "unit": "flop" | "byte"}}}. Bench ids match the criterion ids of
 benches/*.rs, so scripts/bench_report.py can put each medkern figure next to its peer.
 PyTorch pays separate passes for what medkern fuses (bias+GELU after a GEMM, the dequantise
-after torch._int_mm): that is the comparison a user faces.
+after torch._int_mm): that is the comparison a user faces. Attention peers are
+torch.nn.functional.scaled_dot_product_attention (attention_peers).
 """
 import json
 import sys
@@ -28,6 +29,84 @@ def timed(fn, iters=20, warmup=3):
         times.append(a.elapsed_time(b))
     times.sort()
     return times[len(times) // 2]
+
+
+M64 = (1 << 64) - 1
+
+
+class SeedRng:
+    """tests/common/mod.rs SeedRng (SplitMix64), bit for bit, so ragged lengths match the benches."""
+
+    def __init__(self, seed):
+        self.s = (seed ^ 0x9E3779B97F4A7C15) & M64
+
+    def next_u64(self):
+        self.s = (self.s + 0x9E3779B97F4A7C15) & M64
+        z = self.s
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+        return z ^ (z >> 31)
+
+    def below(self, n):
+        return self.next_u64() % max(n, 1)
+
+
+def ragged_lens(batch, seq):
+    """benches/attention.rs ragged_lens: uniform integers in [seq/4, seq], SeedRng(1000*seq + batch)."""
+    rng = SeedRng(1000 * seq + batch)
+    lo = seq // 4
+    return [lo + rng.below(seq - lo + 1) for _ in range(batch)]
+
+
+def attention_peers(dev, put):
+    """torch SDPA at the ids of benches/attention.rs (see its doc for the shapes and the work).
+
+    Layout: medkern reads token-major [batch*seq, (3,) heads, d] (a QKV projection output); SDPA
+    wants [batch, heads, seq, d]. The tensors are made in SDPA's layout outside the timing, as a
+    user already holding that layout would have them; a BERT implementation going from the
+    projection output to SDPA pays a transpose (copy) of q, k, v and of the output, not counted
+    here. SDPA has no varlen path: the packed ids get the same key-padding-masked SDPA on the
+    padded batch (what a PyTorch user runs), as do the padded and unfused ids. The additive mask
+    [batch, 1, 1, seq] (0 or -inf, q's dtype; SDPA picks a backend that takes a mask, e.g.
+    memory-efficient, depending on the version) is built once outside the timing, as a model reuses it in every layer. Work = 4*heads*d*sum of
+    q_len*k_len over the real lengths (halved when causal), the benches' FLOP count. Each shape
+    runs in its own try: a failure (OOM, a backend limit) records nothing for it and goes on.
+    """
+
+    def bert(bsz, seq, heads=12, d=64):
+        lens = ragged_lens(bsz, seq)
+        work = 4 * heads * d * sum(n * n for n in lens)
+        q, k, v = (torch.randn(bsz, heads, seq, d, device=dev, dtype=torch.float16) for _ in range(3))
+        mask = torch.zeros(bsz, 1, 1, seq, device=dev, dtype=torch.float16)
+        for i, n in enumerate(lens):
+            mask[i, ..., n:] = float("-inf")
+        ms = timed(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+        for kind in ["packed", "padded", "unfused"]:
+            put(f"attention/{kind}/f16/b{bsz}h{heads}d{d}s{seq}", ms, work, "flop")
+
+    def long_seq(seq, d, dn, causal):
+        heads, bsz = 2048 // d, 16384 // seq
+        q, k, v = (torch.randn(bsz, heads, seq, d, device=dev, dtype=dt_of[dn]) for _ in range(3))
+        work = 4 * heads * d * bsz * seq * seq // (2 if causal else 1)
+        ms = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+        put(f"attention/{'causal' if causal else 'full'}/{dn}/b{bsz}h{heads}d{d}s{seq}", ms, work, "flop")
+
+    dt_of = {"f16": torch.float16, "bf16": torch.bfloat16}
+    cases = [(bert, (bsz, seq)) for seq in [128, 384, 512] for bsz in [1, 8, 32, 128, 256]]
+    # Long sequences, no padding: batch*seq = 16k, heads*d = 2048; no mask (flash backend, or
+    # whatever SDPA prefers on this version), is_causal for the causal ids (q_len == k_len, so
+    # its top-left alignment equals medkern's bottom-right one).
+    for d in [64, 128]:
+        for seq in [1024, 2048, 4096, 8192, 16384]:
+            cases += [(long_seq, (seq, d, "f16", False)), (long_seq, (seq, d, "f16", True))]
+            if d == 128 and seq == 4096:
+                cases.append((long_seq, (seq, d, "bf16", False)))
+    for fn, args in cases:
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001 - record nothing for this shape, keep going
+            print(f"peer_bench: attention {fn.__name__}{args}: {e}", file=sys.stderr)
+        torch.cuda.empty_cache()
 
 
 def main():
@@ -113,6 +192,8 @@ def main():
                 mask[i, ..., seq - (i * 7) % seq:] = float("-inf")
             put(f"softmax/masked/{dn}/b{bsz}h{heads}s{seq}",
                 timed(lambda: torch.softmax(x.float() * 0.125 + mask, -1).to(dt)), 2 * x.numel() * x.element_size(), "byte")
+
+    attention_peers(dev, put)
 
     print(json.dumps({"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                       "ceilings": ceilings, "results": res}, indent=1))

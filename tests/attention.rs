@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use medkern::ops::{self, Attention, HEAD_DIMS, Qkv, SeqBatch};
+use medkern::ops::{self, Attention, BLOCK_ROWS, HEAD_DIMS, Qkv, SeqBatch};
 use medkern::reference::attention::{self as reference, AttnProblem, SeqRows, Strides};
 use medkern::{DType, Device, Error, Tensor};
 use proptest::prelude::*;
@@ -32,6 +32,8 @@ struct Case {
     alibi: Option<Vec<f64>>,
     /// Values and shape `[1 or batch, heads, bq, bk]`.
     bias: Option<(Vec<f64>, [usize; 4])>,
+    /// Forced query rows per CTA (64 or 128); None lets the launcher pick.
+    block_rows: Option<usize>,
 }
 
 struct Data {
@@ -182,6 +184,7 @@ impl Case {
             causal: self.causal,
             alibi: alibi.as_ref(),
             bias: bias.as_ref(),
+            block_rows: self.block_rows,
         };
         let (qt, kt, vt);
         let qkv = if self.qkv_packed {
@@ -331,6 +334,7 @@ fn random_case(rng: &mut SeedRng, budget: usize) -> Case {
         scale,
         alibi,
         bias,
+        block_rows: [None, Some(64), Some(128)][rng.below(3) as usize],
     }
 }
 
@@ -393,6 +397,7 @@ fn every_length_and_head_dim() {
                 scale: None,
                 alibi: None,
                 bias: None,
+                block_rows: Some(BLOCK_ROWS[(i + j) % 2]),
             };
             let x = case.data(&mut rng);
             let got = case.run(&dev, &x, false).unwrap();
@@ -413,6 +418,8 @@ fn packed_and_padded_agree_bit_for_bit() {
             let mut case = random_case(&mut rng, 1 << 22);
             case.qkv_packed = false;
             case.bias = None; // bias coordinates are per sequence either way; keep it simple
+            // Same CTA shape for both layouts (the launcher's pick depends on the row count).
+            case.block_rows = Some(BLOCK_ROWS[rng.below(2) as usize]);
             let max_q = *case.q_lens.iter().max().unwrap();
             let max_k = *case.k_lens.iter().max().unwrap();
             let mut padded = case.clone();
@@ -496,6 +503,7 @@ fn fully_masked_rows_are_zero() {
             scale: None,
             alibi: None,
             bias: Some((bias, [3, h, bq, bk])),
+            block_rows: Some(if causal { 128 } else { 64 }),
         };
         let x = case.data(&mut rng);
         let got = case.run(&dev, &x, false).unwrap();
@@ -716,6 +724,29 @@ fn bad_inputs_are_errors() {
     )
     .unwrap_err();
     assert!(matches!(e, Error::Invalid { arg: "scale", .. }), "{e}");
+    let e = ops::attention(
+        Qkv::Separate {
+            q: &q,
+            k: &q,
+            v: &q,
+        },
+        &batch,
+        &Attention {
+            block_rows: Some(96),
+            ..a
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Invalid {
+                arg: "block_rows",
+                ..
+            }
+        ),
+        "{e}"
+    );
     // An output of the wrong shape.
     let mut out = t(&[8, 2, 32]);
     let e = ops::attention_into(

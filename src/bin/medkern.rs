@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use medkern::device::{self, kernels, runtime_compile};
-use medkern::ops::{self, Activation, Eltwise};
+use medkern::ops::{self, Activation, Attention, Eltwise, Qkv, SeqBatch};
 use medkern::{DType, Device, HostTensor, Tensor};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -29,7 +29,8 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         iters: usize,
     },
-    /// Run elementwise, LayerNorm and softmax on the best device and compare with the CPU reference.
+    /// Run elementwise, LayerNorm, softmax, Linear layers and attention on the best device and
+    /// compare with the CPU reference.
     Demo {
         /// Force the CPU backend even when a GPU is present.
         #[arg(long)]
@@ -131,22 +132,45 @@ fn info() -> medkern::Result<()> {
     Ok(())
 }
 
+/// One SplitMix64 step.
+fn splitmix(s: &mut u64) -> u64 {
+    *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *s;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Deterministic normal-ish values with a few large outliers (SplitMix64 + Box–Muller).
 fn sample(len: usize, seed: u64) -> Vec<f64> {
     let mut s = seed;
-    let mut next = move || {
-        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut next = move || (splitmix(&mut s) >> 11) as f64 / (1u64 << 53) as f64;
     (0..len)
         .map(|i| {
             let v = (-2.0 * next().max(1e-300).ln()).sqrt()
                 * (2.0 * std::f64::consts::PI * next()).cos();
             if i % 97 == 13 { v * 20.0 } else { v }
         })
+        .collect()
+}
+
+/// Ragged sequence lengths uniform in [seq/4, seq]: the generator of benches/attention.rs
+/// (its `SeedRng` seeded `1000·seq + batch`), so the CLI's BERT batch is the bench's.
+fn ragged_lens(batch: usize, seq: usize) -> Vec<usize> {
+    let mut s = (1000 * seq + batch) as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    let lo = seq / 4;
+    (0..batch)
+        .map(|_| lo + (splitmix(&mut s) % (seq - lo + 1) as u64) as usize)
+        .collect()
+}
+
+/// Cumulative offsets of consecutive sequences (`cu_seqlens`).
+fn cu_seqlens(lens: &[usize]) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(lens.iter().scan(0, |s, &l| {
+            *s += l;
+            Some(*s)
+        }))
         .collect()
 }
 
@@ -260,6 +284,48 @@ fn demo(force_cpu: bool, rows: usize) -> medkern::Result<()> {
             qw.scale_tensor()?.to_device(d)?,
         );
         ops::gemm_i8(&q, &wq, &ops::GemmI8::new(&sx, &sw, DType::F16))
+    })?;
+
+    // Attention on a small ragged batch (QKV projection output, 4 heads of 64), packed and
+    // padded (max 100 rows per sequence).
+    let (heads, hd, lens, max) = (4, 64, [1, 7, 64, 33, 100], 100);
+    let cu = cu_seqlens(&lens);
+    let packed = h(&[cu[lens.len()], 3, heads, hd], 7)?;
+    let padded = h(&[lens.len() * max, 3, heads, hd], 8)?;
+    let (pk_d, pd_d, pk_c, pd_c) = (on(&packed)?, on(&padded)?, cpu(&packed)?, cpu(&padded)?);
+    let attn = |name: &str,
+                f: &dyn Fn(&Tensor, &Tensor, &Device) -> medkern::Result<Tensor>|
+     -> medkern::Result<()> {
+        let t0 = Instant::now();
+        let got = f(&pk_d, &pd_d, &dev)?.to_host()?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let want = f(&pk_c, &pd_c, &Device::Cpu)?.to_host()?;
+        println!(
+            "{name:<34} lens {lens:?} h{heads} d{hd} {ms:>8.2} ms (incl. first-use load)  max |err| vs reference {:.3e}",
+            max_err(&got, &want)
+        );
+        Ok(())
+    };
+    attn("attention fused, packed", &|p, _, d| {
+        ops::attention(
+            Qkv::Packed(p),
+            &SeqBatch::packed(d, &cu)?,
+            &Attention::default(),
+        )
+    })?;
+    attn("attention fused, padded + causal", &|_, p, d| {
+        let a = Attention {
+            causal: true,
+            ..Default::default()
+        };
+        ops::attention(Qkv::Packed(p), &SeqBatch::padded(d, &lens, max)?, &a)
+    })?;
+    attn("attention unfused, packed", &|p, _, d| {
+        ops::attention_unfused(
+            Qkv::Packed(p),
+            &SeqBatch::packed(d, &cu)?,
+            &Attention::default(),
+        )
     })?;
     Ok(())
 }
@@ -389,6 +455,47 @@ fn bench(iters: usize) -> medkern::Result<()> {
             bytes(3) / ms / 1e6
         );
     }
+    // Attention, fused vs unfused (UnfusedPlan built before the timing): BERT-base at batch 32
+    // × seq 128 with ragged lengths (benches/attention.rs's), packed, reading the QKV
+    // projection output in place; and one long sequence (FlashAttention's setting: 16 heads
+    // of 128), no padding. TFLOP/s = 4·heads·head_dim·Σ q_len·k_len / time.
+    let attn = |name: &str, qkv: Qkv, sb: &SeqBatch, out: &mut Tensor| -> medkern::Result<()> {
+        let a = Attention::default();
+        let (heads, d) = (out.shape()[1], out.shape()[2]);
+        let flops = 4.0 * (heads * d * sb.pairs()) as f64;
+        let ms = time_ms(&gpu, iters, &mut || ops::attention_into(qkv, sb, &a, out))?;
+        println!(
+            "{:<44} {ms:>10.4} {:>8.1} TFLOP/s",
+            format!("attention fused {name}"),
+            flops / ms / 1e9
+        );
+        let plan = ops::UnfusedPlan::new(qkv, sb, &a)?;
+        let ms = time_ms(&gpu, iters, &mut || plan.run_into(qkv, sb, &a, out))?;
+        println!(
+            "{:<44} {ms:>10.4} {:>8.1} TFLOP/s",
+            format!("attention unfused {name}"),
+            flops / ms / 1e9
+        );
+        Ok(())
+    };
+    let sb = SeqBatch::packed(&dev, &cu_seqlens(&ragged_lens(32, 128)))?;
+    let qkv = h(&[sb.q_tokens(), 3, 12, 64], 9, DType::F16)?;
+    let mut out = Tensor::empty(&dev, &[sb.q_tokens(), 12, 64], DType::F16)?;
+    attn("f16 b32h12d64s128 ragged", Qkv::Packed(&qkv), &sb, &mut out)?;
+    let (seq, heads, d) = (2048, 16, 128);
+    let sb = SeqBatch::packed(&dev, &[0, seq])?;
+    let (q, k, v) = (
+        h(&[seq, heads, d], 10, DType::F16)?,
+        h(&[seq, heads, d], 11, DType::F16)?,
+        h(&[seq, heads, d], 12, DType::F16)?,
+    );
+    let mut out = Tensor::empty(&dev, &[seq, heads, d], DType::F16)?;
+    let qkv = Qkv::Separate {
+        q: &q,
+        k: &k,
+        v: &v,
+    };
+    attn(&format!("f16 b1h{heads}d{d}s{seq}"), qkv, &sb, &mut out)?;
     println!(
         "(wall time per call incl. launch and sync; criterion benches and gpu-bundle/run give the peer ratios)"
     );

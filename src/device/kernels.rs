@@ -57,9 +57,13 @@ macro_rules! table {
 /// Every kernel, by module. bf16 arithmetic and the PTX fallback need sm_80.
 pub static KERNELS: &[KernelInfo] = table![
     "attention" @ SM80 => [
-        "attention_f16_d32", "attention_f16_d64", "attention_f16_d80", "attention_f16_d96",
-        "attention_f16_d128", "attention_bf16_d32", "attention_bf16_d64", "attention_bf16_d80",
-        "attention_bf16_d96", "attention_bf16_d128", "attention_gather_f16",
+        "attention_f16_d32_m64", "attention_f16_d32_m128", "attention_f16_d64_m64",
+        "attention_f16_d64_m128", "attention_f16_d80_m64", "attention_f16_d80_m128",
+        "attention_f16_d96_m64", "attention_f16_d96_m128", "attention_f16_d128_m64",
+        "attention_f16_d128_m128", "attention_bf16_d32_m64", "attention_bf16_d32_m128",
+        "attention_bf16_d64_m64", "attention_bf16_d64_m128", "attention_bf16_d80_m64",
+        "attention_bf16_d80_m128", "attention_bf16_d96_m64", "attention_bf16_d96_m128",
+        "attention_bf16_d128_m64", "attention_bf16_d128_m128", "attention_gather_f16",
         "attention_gather_bf16", "attention_scatter_f16", "attention_scatter_bf16",
     ],
     "elementwise" @ SM80 => [

@@ -24,8 +24,10 @@ const OP: &str = "attention";
 
 /// Head dimensions the fused kernel is instantiated for.
 pub const HEAD_DIMS: [usize; 5] = [32, 64, 80, 96, 128];
-/// Query rows per CTA (kernels/attention.cu `AttnCfg::BR`).
-const BLOCK_ROWS: usize = 64;
+/// Query rows per CTA the kernel is instantiated for (kernels/attention.cu `AttnCfg::BR`).
+pub const BLOCK_ROWS: [usize; 2] = [64, 128];
+/// Keys per K/V block (`AttnCfg::BC`).
+const BLOCK_KEYS: usize = 64;
 
 fn invalid(arg: &'static str, detail: String) -> Error {
     Error::Invalid {
@@ -248,6 +250,8 @@ pub struct Attention<'a> {
     /// f32 `[1 or batch, heads, >= max q_len, >= max k_len]`: additive bias in each
     /// sequence's own (query, key) coordinates (`-inf` drops a key).
     pub bias: Option<&'a Tensor>,
+    /// Query rows per CTA, 64 or 128 ([`BLOCK_ROWS`]); None picks by shape (tests force each).
+    pub block_rows: Option<usize>,
 }
 
 /// Resolved geometry of one call: element offsets and strides of q/k/v inside their tensors.
@@ -402,6 +406,14 @@ fn check(qkv: &Qkv, batch: &SeqBatch, a: &Attention) -> Result<(Geo, f32)> {
             got: k.shape().to_vec(),
             expected: format!("{} token rows (the batch's keys)", batch.k_tokens()),
         });
+    }
+    if let Some(br) = a.block_rows
+        && !BLOCK_ROWS.contains(&br)
+    {
+        return Err(invalid(
+            "block_rows",
+            format!("{br}; expected one of {BLOCK_ROWS:?}"),
+        ));
     }
     let scale = a.scale.unwrap_or(1.0 / (g.d as f32).sqrt());
     if !scale.is_finite() {
@@ -605,8 +617,21 @@ fn launch_fused(
     if rows == 0 {
         return Ok(());
     }
-    let kernel = kernel_name(OP, format!("attention_{}_d{}", g.dtype, g.d))?;
-    let smem = (5 * BLOCK_ROWS * (2 * g.d + 16)) as u32;
+    let br = match a.block_rows {
+        Some(br) => br,
+        // 128 rows share each K/V block between 8 warps (half the K/V traffic per query) when
+        // sequences are long enough to fill them and there are still CTAs for every SM.
+        None => {
+            let ctas = rows.div_ceil(128) * g.heads * batch.batch();
+            if batch.max_q_len() > 64 && ctas >= gpu.sm_count() as usize {
+                128
+            } else {
+                64
+            }
+        }
+    };
+    let kernel = kernel_name(OP, format!("attention_{}_d{}_m{br}", g.dtype, g.d))?;
+    let smem = ((br + 4 * BLOCK_KEYS) * (2 * g.d + 16)) as u32;
     let f = gpu.function_with_smem(kernel, smem)?;
     let stream = gpu.stream();
     let [q, k, v] = qkv.tensors();
@@ -661,11 +686,11 @@ fn launch_fused(
             "the fused kernel needs 16-byte aligned rows".into(),
         ));
     }
-    let grid_x = u32::try_from(rows.div_ceil(BLOCK_ROWS))
+    let grid_x = u32::try_from(rows.div_ceil(br))
         .map_err(|_| invalid("lens", format!("{rows} query rows exceed the grid limit")))?;
     let cfg = LaunchConfig {
         grid_dim: (grid_x, g.heads as u32, batch.batch() as u32),
-        block_dim: (128, 1, 1),
+        block_dim: (2 * br as u32, 1, 1),
         shared_mem_bytes: smem,
     };
     let mut b = stream.launch_builder(&f);

@@ -13,7 +13,8 @@ pub mod quantize;
 pub mod softmax;
 
 pub use attention::{
-    Attention, HEAD_DIMS, Qkv, SeqBatch, UnfusedPlan, attention, attention_into, attention_unfused,
+    Attention, BLOCK_ROWS, HEAD_DIMS, Qkv, SeqBatch, UnfusedPlan, attention, attention_into,
+    attention_unfused,
 };
 pub use elementwise::{
     Eltwise, activation, bias_add, cast, cast_into, eltwise, eltwise_into, residual_add, scale,
