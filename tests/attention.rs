@@ -315,9 +315,16 @@ fn random_case(rng: &mut SeedRng, budget: usize) -> Case {
                 *x = f64::NEG_INFINITY;
             }
         }
-        // One fully masked query row (head 0, first batch entry, row 0).
+        // One fully masked query row (head 0, first batch entry, row 0), and one row at
+        // -f32::MAX, the "minimum float" masks of Hugging Face: a finite bias, so the row is the
+        // plain average of V, not zeros (the kernel once overflowed it to -inf).
         for x in v.iter_mut().take(bk) {
             *x = f64::NEG_INFINITY;
+        }
+        if bq > 1 {
+            for x in v.iter_mut().skip(bk).take(bk) {
+                *x = f64::from(f32::MIN);
+            }
         }
         (v, [bb, heads, bq, bk])
     });
