@@ -97,23 +97,21 @@ __device__ __forceinline__ void load_tile(char* smem, const char* g, int rows, l
     }
 }
 
-// The mainloop: acc[mt][nt][4] += X[m0.., :] * W[n0.., :]^T over all of K (kbytes per row).
-// `on_tile(kt)` runs after the MMAs of k-tile kt (int8 uses it to fold group scales).
-template <typename E, typename Cfg, typename Acc, typename OnTile>
-__device__ __forceinline__ void mainloop(char* smem, const char* X, const char* W, int M, int N, long long kbytes,
-                                         int m0, int n0, Acc (&acc)[Cfg::MT][Cfg::NT][4], OnTile on_tile) {
+// The mainloop over `ktiles` k-tiles of 64 bytes: `load(kt, sa, sb)` issues the cp.async copies
+// (or plain shared stores) of k-tile kt's A rows [BM][ROW] into sa and B rows [BN][ROW] into
+// sb; the MMAs accumulate acc[mt][nt][4] += A·Bᵀ. `on_tile(kt, ktiles)` runs after the MMAs of
+// k-tile kt (int8 uses it to fold group scales). Implicit-GEMM convolution supplies its own
+// A loader (kernels/conv.cu); the GEMMs use `mainloop` below.
+template <typename E, typename Cfg, typename Acc, typename Load, typename OnTile>
+__device__ __forceinline__ void mainloop_with(char* smem, int ktiles, Load load, Acc (&acc)[Cfg::MT][Cfg::NT][4],
+                                              OnTile on_tile) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wm = warp / Cfg::WARPS_N, wn = warp % Cfg::WARPS_N;
-    const int ktiles = (int)((kbytes + Cfg::KB - 1) / Cfg::KB);
     auto stage_a = [&](int s) { return smem + s * Cfg::STAGE_BYTES; };
     auto stage_b = [&](int s) { return smem + s * Cfg::STAGE_BYTES + Cfg::BM * Cfg::ROW; };
-    auto load = [&](int kt, int s) {
-        load_tile<Cfg::BM, Cfg::THREADS, Cfg::ROW>(stage_a(s), X, M, kbytes, m0, (long long)kt * Cfg::KB);
-        load_tile<Cfg::BN, Cfg::THREADS, Cfg::ROW>(stage_b(s), W, N, kbytes, n0, (long long)kt * Cfg::KB);
-    };
 #pragma unroll
     for (int s = 0; s < Cfg::STAGES - 1; ++s) {
-        if (s < ktiles) load(s, s);
+        if (s < ktiles) load(s, stage_a(s), stage_b(s));
         cp_async_commit();
     }
     // ldmatrix row/byte offsets of this lane (see the layout note at the top).
@@ -123,7 +121,7 @@ __device__ __forceinline__ void mainloop(char* smem, const char* X, const char* 
         cp_async_wait<Cfg::STAGES - 2>();
         __syncthreads();
         const int next = kt + Cfg::STAGES - 1;
-        if (next < ktiles) load(next, next % Cfg::STAGES);
+        if (next < ktiles) load(next, stage_a(next % Cfg::STAGES), stage_b(next % Cfg::STAGES));
         cp_async_commit();
         const char* sa = stage_a(kt % Cfg::STAGES) + (wm * Cfg::WM) * Cfg::ROW;
         const char* sb = stage_b(kt % Cfg::STAGES) + (wn * Cfg::WN) * Cfg::ROW;
@@ -148,6 +146,20 @@ __device__ __forceinline__ void mainloop(char* smem, const char* X, const char* 
         on_tile(kt, ktiles);
     }
     cp_async_wait<0>();
+}
+
+// The GEMM mainloop: acc[mt][nt][4] += X[m0.., :] * W[n0.., :]^T over all of K (kbytes per row).
+template <typename E, typename Cfg, typename Acc, typename OnTile>
+__device__ __forceinline__ void mainloop(char* smem, const char* X, const char* W, int M, int N, long long kbytes,
+                                         int m0, int n0, Acc (&acc)[Cfg::MT][Cfg::NT][4], OnTile on_tile) {
+    const int ktiles = (int)((kbytes + Cfg::KB - 1) / Cfg::KB);
+    mainloop_with<E, Cfg>(
+        smem, ktiles,
+        [&](int kt, char* sa, char* sb) {
+            load_tile<Cfg::BM, Cfg::THREADS, Cfg::ROW>(sa, X, M, kbytes, m0, (long long)kt * Cfg::KB);
+            load_tile<Cfg::BN, Cfg::THREADS, Cfg::ROW>(sb, W, N, kbytes, n0, (long long)kt * Cfg::KB);
+        },
+        acc, on_tile);
 }
 
 // Visits the accumulator elements of this thread as (row, col, pair index) with cols c, c+1:

@@ -66,6 +66,11 @@ pub static KERNELS: &[KernelInfo] = table![
         "attention_bf16_d128_m64", "attention_bf16_d128_m128", "attention_gather_f16",
         "attention_gather_bf16", "attention_scatter_f16", "attention_scatter_bf16",
     ],
+    "conv" @ SM80 => [
+        "conv2d_f16_vec_s", "conv2d_f16_vec_m", "conv2d_f16_vec_l", "conv2d_f16_any_s",
+        "conv2d_f16_any_m", "conv2d_bf16_vec_s", "conv2d_bf16_vec_m", "conv2d_bf16_vec_l",
+        "conv2d_bf16_any_s", "conv2d_bf16_any_m", "conv2d_f32",
+    ],
     "elementwise" @ SM80 => [
         "eltwise_identity_f32", "eltwise_identity_f16", "eltwise_identity_bf16",
         "eltwise_relu_f32", "eltwise_relu_f16", "eltwise_relu_bf16",

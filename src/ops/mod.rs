@@ -4,6 +4,7 @@
 //! allocate it.
 
 pub mod attention;
+pub mod conv;
 pub mod conv_geom;
 pub mod elementwise;
 pub mod gemm;
@@ -17,6 +18,7 @@ pub use attention::{
     Attention, BLOCK_ROWS, HEAD_DIMS, Qkv, SeqBatch, UnfusedPlan, attention, attention_into,
     attention_unfused,
 };
+pub use conv::{Conv2d, ConvWeight, conv2d, conv2d_into};
 pub use conv_geom::{Padding, Window};
 pub use elementwise::{
     Eltwise, activation, bias_add, cast, cast_into, eltwise, eltwise_into, residual_add, scale,

@@ -4,6 +4,7 @@
 //! outputs to the dtype (`DType::round`). Public so users can cross-check their own results.
 
 pub mod attention;
+pub mod conv;
 pub mod elementwise;
 pub mod gemm;
 pub mod gemm_int8;
