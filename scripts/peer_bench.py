@@ -109,6 +109,28 @@ def attention_peers(dev, put):
         torch.cuda.empty_cache()
 
 
+def depthwise_peers(dev, put):
+    """cuDNN depthwise conv at the ids of benches/depthwise.rs: EfficientNet-B0's depthwise layers,
+    f16 channels_last, BatchNorm folded into the weights and bias, then SiLU (two kernels; medkern
+    fuses them). Work = (N*H*W*C + N*OH*OW*C + k*k*C) * 2 bytes, as the bench counts it."""
+    b0 = [(112, 32, 3, 1), (112, 96, 3, 2), (56, 144, 3, 1), (56, 144, 5, 2), (28, 240, 5, 1), (28, 240, 3, 2),
+          (14, 480, 3, 1), (14, 480, 5, 1), (14, 672, 5, 1), (14, 672, 5, 2), (7, 1152, 5, 1), (7, 1152, 3, 1)]
+    for (hw, c, k, s) in b0:
+        for bsz in [1, 32]:
+            for dn in (["f16", "bf16", "f32"] if (hw, c, bsz) == (112, 96, 32) else ["f16"]):
+                try:
+                    dt = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}[dn]
+                    x = torch.randn(bsz, c, hw, hw, device=dev, dtype=dt).to(memory_format=torch.channels_last)
+                    w = (torch.randn(c, 1, k, k, device=dev, dtype=dt) * 0.3).to(memory_format=torch.channels_last)
+                    b = torch.randn(c, device=dev, dtype=dt) * 0.1
+                    y = F.conv2d(x, w, b, s, k // 2, 1, c)
+                    work = (x.numel() + y.numel() + w.numel()) * x.element_size()
+                    put(f"depthwise/bn_silu/{dn}/b{bsz}/{hw}x{hw}x{c}k{k}s{s}",
+                        timed(lambda: F.silu(F.conv2d(x, w, b, s, k // 2, 1, c))), work, "byte")
+                except Exception as e:  # noqa: BLE001 - record nothing for this shape, keep going
+                    print(f"peer_bench: depthwise {hw}x{hw}x{c}k{k}s{s} b{bsz} {dn}: {e}", file=sys.stderr)
+
+
 def main():
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -194,6 +216,7 @@ def main():
                 timed(lambda: torch.softmax(x.float() * 0.125 + mask, -1).to(dt)), 2 * x.numel() * x.element_size(), "byte")
 
     attention_peers(dev, put)
+    depthwise_peers(dev, put)
 
     print(json.dumps({"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                       "ceilings": ceilings, "results": res}, indent=1))

@@ -71,6 +71,13 @@ pub static KERNELS: &[KernelInfo] = table![
         "conv2d_f16_any_m", "conv2d_bf16_vec_s", "conv2d_bf16_vec_m", "conv2d_bf16_vec_l",
         "conv2d_bf16_any_s", "conv2d_bf16_any_m", "conv2d_f32",
     ],
+    "depthwise" @ SM80 => [
+        "depthwise_k3s1_f32", "depthwise_k3s1_f16", "depthwise_k3s1_bf16",
+        "depthwise_k3s2_f32", "depthwise_k3s2_f16", "depthwise_k3s2_bf16",
+        "depthwise_k5s1_f32", "depthwise_k5s1_f16", "depthwise_k5s1_bf16",
+        "depthwise_k5s2_f32", "depthwise_k5s2_f16", "depthwise_k5s2_bf16",
+        "depthwise_any_f32", "depthwise_any_f16", "depthwise_any_bf16",
+    ],
     "elementwise" @ SM80 => [
         "eltwise_identity_f32", "eltwise_identity_f16", "eltwise_identity_bf16",
         "eltwise_relu_f32", "eltwise_relu_f16", "eltwise_relu_bf16",

@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod conv;
 pub mod conv_geom;
+pub mod depthwise;
 pub mod elementwise;
 pub mod gemm;
 pub mod gemm_int8;
@@ -20,6 +21,7 @@ pub use attention::{
 };
 pub use conv::{Conv2d, ConvWeight, conv2d, conv2d_into};
 pub use conv_geom::{Padding, Window};
+pub use depthwise::{Depthwise, depthwise, depthwise_into};
 pub use elementwise::{
     Eltwise, activation, bias_add, cast, cast_into, eltwise, eltwise_into, residual_add, scale,
 };

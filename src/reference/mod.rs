@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod conv;
+pub mod depthwise;
 pub mod elementwise;
 pub mod gemm;
 pub mod gemm_int8;
