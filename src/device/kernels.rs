@@ -78,6 +78,7 @@ pub static KERNELS: &[KernelInfo] = table![
         "depthwise_k5s2_f32", "depthwise_k5s2_f16", "depthwise_k5s2_bf16",
         "depthwise_any_f32", "depthwise_any_f16", "depthwise_any_bf16",
     ],
+    "embedding" @ SM80 => ["embedding_f32", "embedding_f16", "embedding_bf16"],
     "elementwise" @ SM80 => [
         "eltwise_identity_f32", "eltwise_identity_f16", "eltwise_identity_bf16",
         "eltwise_relu_f32", "eltwise_relu_f16", "eltwise_relu_bf16",

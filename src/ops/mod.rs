@@ -8,6 +8,7 @@ pub mod conv;
 pub mod conv_geom;
 pub mod depthwise;
 pub mod elementwise;
+pub mod embedding;
 pub mod gemm;
 pub mod gemm_int8;
 pub mod gemm_sparse;

@@ -7,6 +7,7 @@ pub mod attention;
 pub mod conv;
 pub mod depthwise;
 pub mod elementwise;
+pub mod embedding;
 pub mod gemm;
 pub mod gemm_int8;
 pub mod layernorm;

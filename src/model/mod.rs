@@ -1,0 +1,3 @@
+//! Models assembled from medkern ops: BERT-family encoders ([`bert`]).
+
+pub mod bert;
