@@ -7,8 +7,9 @@
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::model::linear::{Linear, LinearHost, LinearKind};
 use crate::ops::embedding::{Lookup, embedding};
-use crate::ops::{self, Activation, Attention, Gemm, Qkv, SeqBatch};
+use crate::ops::{self, Activation, Attention, Qkv, SeqBatch};
 use crate::tensor::{Device, HostTensor, Tensor};
 use safetensors::SafeTensors;
 use serde::Deserialize;
@@ -89,20 +90,22 @@ impl BertConfig {
     }
 }
 
+/// The q/k/v projections: one fused Linear writing `[tokens, 3, heads, d]` (read in place by
+/// attention) when the three share a storage kind, else three (e.g. low-rank factors).
+enum QkvProj {
+    Fused(Linear),
+    Split([Linear; 3]),
+}
+
 /// One encoder layer's weights, on the model's device in its dtype.
 struct Layer {
+    /// Attention heads left in this layer (head pruning makes layers uneven).
     heads: usize,
-    /// q, k and v projections concatenated: `[3·heads·d, hidden]`, so one GEMM writes the
-    /// `[tokens, 3, heads, d]` layout attention reads in place.
-    wqkv: Tensor,
-    bqkv: Tensor,
-    wo: Tensor,
-    bo: Tensor,
+    qkv: QkvProj,
+    wo: Linear,
     ln1: (Tensor, Tensor),
-    wi: Tensor,
-    bi: Tensor,
-    wo2: Tensor,
-    bo2: Tensor,
+    wi: Linear,
+    wo2: Linear,
     ln2: (Tensor, Tensor),
 }
 
@@ -125,9 +128,67 @@ struct Weights<'a> {
     prefix: &'static str,
     device: &'a Device,
     dtype: DType,
+    /// `medkern.linear.<name>` → storage kind, from the file's metadata (compressed models).
+    kinds: std::collections::HashMap<String, String>,
 }
 
 impl Weights<'_> {
+    fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
+        let full = format!("{}{name}", self.prefix);
+        self.st
+            .tensor(&full)
+            .map(|t| t.shape().to_vec())
+            .map_err(|_| invalid("weights", format!("missing tensor {full}")))
+    }
+
+    /// The Linear `name` (`name.weight` `[n, k]` + `name.bias`, or its compressed form as
+    /// recorded in the metadata); `n` None takes it from the file (pruned heads).
+    fn linear(&self, name: &str, n: Option<usize>, k: usize) -> Result<LinearHost> {
+        let tag = self
+            .kinds
+            .get(&format!("medkern.linear.{name}"))
+            .map_or("dense", String::as_str);
+        let kind = LinearKind::from_tag(tag).ok_or_else(|| {
+            invalid(
+                "weights",
+                format!("{name}: unknown storage kind {tag:?} in the metadata"),
+            )
+        })?;
+        let main = if kind == LinearKind::LowRank {
+            format!("{name}.lr_u")
+        } else {
+            format!("{name}.weight")
+        };
+        let ms = self.shape_of(&main)?;
+        let n = n.unwrap_or(ms.first().copied().unwrap_or(0));
+        let (w, w_shape, extra, extra_shape) = match kind {
+            LinearKind::LowRank => {
+                let r = ms.get(1).copied().unwrap_or(0);
+                (
+                    self.host(&main, &[n, r])?,
+                    [n, r],
+                    self.host(&format!("{name}.lr_v"), &[r, k])?,
+                    vec![r, k],
+                )
+            }
+            LinearKind::Int8 | LinearKind::Sparse24Int8 => (
+                self.host(&main, &[n, k])?,
+                [n, k],
+                self.host(&format!("{name}.weight_scale"), &[n])?,
+                vec![n],
+            ),
+            _ => (self.host(&main, &[n, k])?, [n, k], vec![], vec![]),
+        };
+        Ok(LinearHost {
+            kind,
+            w,
+            w_shape,
+            extra,
+            extra_shape,
+            b: self.host(&format!("{name}.bias"), &[n])?,
+        })
+    }
+
     fn host(&self, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
         let full = format!("{}{name}", self.prefix);
         let t = self
@@ -158,10 +219,11 @@ impl Weights<'_> {
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64())
                 .collect(),
+            S::I8 => d.iter().map(|&b| f64::from(b as i8)).collect(),
             other => {
                 return Err(invalid(
                     "weights",
-                    format!("tensor {full} has dtype {other:?}, expected F32, F16 or BF16"),
+                    format!("tensor {full} has dtype {other:?}, expected F32, F16, BF16 or I8"),
                 ));
             }
         };
@@ -214,6 +276,10 @@ impl BertModel {
     ) -> Result<Self> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| invalid("weights", format!("not a safetensors file: {e}")))?;
+        let kinds = SafeTensors::read_metadata(bytes)
+            .ok()
+            .and_then(|(_, m)| m.metadata().clone())
+            .unwrap_or_default();
         let prefix = if st.tensor("bert.embeddings.word_embeddings.weight").is_ok() {
             "bert."
         } else {
@@ -224,30 +290,75 @@ impl BertModel {
             prefix,
             device,
             dtype,
+            kinds,
         };
         let c = &config;
-        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim());
         let act = c.activation()?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
-            let mut qkv = Vec::with_capacity(3 * h * h);
-            let mut bqkv = Vec::with_capacity(3 * h);
-            for m in ["query", "key", "value"] {
-                qkv.extend(w.host(&format!("{p}.attention.self.{m}.weight"), &[h, h])?);
-                bqkv.extend(w.host(&format!("{p}.attention.self.{m}.bias"), &[h])?);
+            let q = w.linear(&format!("{p}.attention.self.query"), None, h)?;
+            let rows = q.w_shape[0];
+            if rows == 0 || rows % d != 0 {
+                return Err(invalid(
+                    "weights",
+                    format!(
+                        "{p}.attention.self.query has {rows} rows, not a multiple of head_dim {d}"
+                    ),
+                ));
             }
+            let k = w.linear(&format!("{p}.attention.self.key"), Some(rows), h)?;
+            let v = w.linear(&format!("{p}.attention.self.value"), Some(rows), h)?;
+            let qkv = if q.kind == k.kind && k.kind == v.kind && q.kind != LinearKind::LowRank {
+                let cat = |f: &dyn Fn(&LinearHost) -> &Vec<f64>| -> Vec<f64> {
+                    [&q, &k, &v]
+                        .iter()
+                        .flat_map(|x| f(x).iter().copied())
+                        .collect()
+                };
+                QkvProj::Fused(Linear::build(
+                    LinearHost {
+                        kind: q.kind,
+                        w: cat(&|x| &x.w),
+                        w_shape: [3 * rows, h],
+                        extra: cat(&|x| &x.extra),
+                        extra_shape: if q.extra.is_empty() {
+                            vec![]
+                        } else {
+                            vec![3 * rows]
+                        },
+                        b: cat(&|x| &x.b),
+                    },
+                    dtype,
+                    device,
+                )?)
+            } else {
+                QkvProj::Split([
+                    Linear::build(q, dtype, device)?,
+                    Linear::build(k, dtype, device)?,
+                    Linear::build(v, dtype, device)?,
+                ])
+            };
             layers.push(Layer {
-                heads: c.num_attention_heads,
-                wqkv: HostTensor::from_f64(&[3 * h, h], &qkv, dtype)?.to_device(device)?,
-                bqkv: HostTensor::from_f64(&[3 * h], &bqkv, dtype)?.to_device(device)?,
-                wo: w.get(&format!("{p}.attention.output.dense.weight"), &[h, h])?,
-                bo: w.get(&format!("{p}.attention.output.dense.bias"), &[h])?,
+                heads: rows / d,
+                qkv,
+                wo: Linear::build(
+                    w.linear(&format!("{p}.attention.output.dense"), Some(h), rows)?,
+                    dtype,
+                    device,
+                )?,
                 ln1: w.ln(&format!("{p}.attention.output.LayerNorm"), h)?,
-                wi: w.get(&format!("{p}.intermediate.dense.weight"), &[i, h])?,
-                bi: w.get(&format!("{p}.intermediate.dense.bias"), &[i])?,
-                wo2: w.get(&format!("{p}.output.dense.weight"), &[h, i])?,
-                bo2: w.get(&format!("{p}.output.dense.bias"), &[h])?,
+                wi: Linear::build(
+                    w.linear(&format!("{p}.intermediate.dense"), Some(i), h)?,
+                    dtype,
+                    device,
+                )?,
+                wo2: Linear::build(
+                    w.linear(&format!("{p}.output.dense"), Some(h), i)?,
+                    dtype,
+                    device,
+                )?,
                 ln2: w.ln(&format!("{p}.output.LayerNorm"), h)?,
             });
         }
@@ -332,45 +443,33 @@ impl BertModel {
         let tokens = flat.len();
         let d = c.head_dim();
         for l in &self.layers {
-            let qkv = ops::gemm(
-                &x,
-                &l.wqkv,
-                &Gemm {
-                    bias: Some(&l.bqkv),
-                    ..Default::default()
-                },
-            )?
-            .reshape(&[tokens, 3, l.heads, d])?;
-            let ctx = ops::attention(Qkv::Packed(&qkv), &batch, &Attention::default())?
-                .reshape(&[tokens, l.heads * d])?;
-            let a = ops::gemm(
-                &ctx,
-                &l.wo,
-                &Gemm {
-                    bias: Some(&l.bo),
-                    residual: Some(&x),
-                    ..Default::default()
-                },
-            )?;
+            let id = Activation::Identity;
+            let ctx = match &l.qkv {
+                QkvProj::Fused(p) => {
+                    let qkv = p.forward(&x, id, None)?.reshape(&[tokens, 3, l.heads, d])?;
+                    ops::attention(Qkv::Packed(&qkv), &batch, &Attention::default())?
+                }
+                QkvProj::Split([pq, pk, pv]) => {
+                    let sh = [tokens, l.heads, d];
+                    let q = pq.forward(&x, id, None)?.reshape(&sh)?;
+                    let k = pk.forward(&x, id, None)?.reshape(&sh)?;
+                    let v = pv.forward(&x, id, None)?.reshape(&sh)?;
+                    ops::attention(
+                        Qkv::Separate {
+                            q: &q,
+                            k: &k,
+                            v: &v,
+                        },
+                        &batch,
+                        &Attention::default(),
+                    )?
+                }
+            }
+            .reshape(&[tokens, l.heads * d])?;
+            let a = l.wo.forward(&ctx, id, Some(&x))?;
             let x1 = ops::layernorm(&a, None, &l.ln1.0, &l.ln1.1, eps)?;
-            let inter = ops::gemm(
-                &x1,
-                &l.wi,
-                &Gemm {
-                    bias: Some(&l.bi),
-                    act: self.act,
-                    ..Default::default()
-                },
-            )?;
-            let o = ops::gemm(
-                &inter,
-                &l.wo2,
-                &Gemm {
-                    bias: Some(&l.bo2),
-                    residual: Some(&x1),
-                    ..Default::default()
-                },
-            )?;
+            let inter = l.wi.forward(&x1, self.act, None)?;
+            let o = l.wo2.forward(&inter, id, Some(&x1))?;
             x = ops::layernorm(&o, None, &l.ln2.0, &l.ln2.1, eps)?;
         }
         Ok((x, cu))

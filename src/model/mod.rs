@@ -1,3 +1,5 @@
 //! Models assembled from medkern ops: BERT-family encoders ([`bert`]).
 
 pub mod bert;
+pub mod compress;
+pub mod linear;

@@ -334,6 +334,13 @@ pub fn conv2d_into(x: &Tensor, w: &ConvWeight, c: &Conv2d, out: &mut Tensor) -> 
             };
             // Every element offset must fit the kernels' 64-bit math and the input its int dims.
             as_i32(OP, "h·w", win.in_h * win.in_w)?;
+            // oh·stride + kh·dilation (and the same across) stay far from i32 overflow.
+            as_i32(
+                OP,
+                "window",
+                (win.out_h * win.stride_h + win.k_h * win.dil_h + win.pad_top)
+                    .max(win.out_w * win.stride_w + win.k_w * win.dil_w + win.pad_left),
+            )?;
             let (kernel, grid, block, smem) = if dt == DType::F32 {
                 let total = m * w.oc;
                 let blocks = total.div_ceil(256).clamp(1, gpu.sm_count() as usize * 64);

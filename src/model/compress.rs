@@ -1,0 +1,478 @@
+//! Offline compression of BERT-family checkpoints. A [`Checkpoint`] is the host copy of a model
+//! folder (config + tensors + metadata); each method rewrites tensors in place and records
+//! itself in the metadata, so the saved folder reloads by itself through
+//! [`crate::model::bert::BertModel::load`]:
+//! - attention-head pruning (explicit per-layer lists; layers may end uneven),
+//! - layer dropping (LayerDrop-style: keep a list, e.g. every other layer),
+//! - 2:4 magnitude pruning of every encoder Linear (`medkern.linear.<name>` = `sparse24`),
+//! - int8 W8A8, Q8BERT scheme: symmetric per-channel int8 weights + f32 scales, activations
+//!   quantised per token at run time; softmax/LayerNorm/GELU stay in float (`int8`, or
+//!   `sparse24+int8` after 2:4 pruning),
+//! - low-rank factorisation `W ≈ U·V` by truncated SVD, by rank or kept energy (`lowrank`).
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::model::linear::LinearKind;
+use crate::quant::{Clip, quantize_weight};
+use crate::sparse::prune_2_4;
+use crate::tensor::HostTensor;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const OP: &str = "compress";
+
+fn invalid(arg: &'static str, detail: String) -> Error {
+    Error::Invalid {
+        op: OP,
+        arg,
+        detail,
+    }
+}
+
+/// The Linear layers of encoder layer `l`, by name stem.
+pub fn layer_linears(l: usize) -> [String; 6] {
+    let p = format!("encoder.layer.{l}");
+    [
+        format!("{p}.attention.self.query"),
+        format!("{p}.attention.self.key"),
+        format!("{p}.attention.self.value"),
+        format!("{p}.attention.output.dense"),
+        format!("{p}.intermediate.dense"),
+        format!("{p}.output.dense"),
+    ]
+}
+
+/// A model folder on the host: `config.json` as JSON, every tensor (names without any `bert.`
+/// prefix) as f32 (int8 weights as i8), and the safetensors metadata.
+pub struct Checkpoint {
+    pub config: serde_json::Value,
+    pub tensors: BTreeMap<String, HostTensor>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// How much a low-rank factorisation keeps.
+#[derive(Clone, Copy, Debug)]
+pub enum Rank {
+    /// At most this rank (rounded up to a multiple of 8 for the tensor-core GEMM).
+    Fixed(usize),
+    /// The smallest rank keeping this fraction of the squared singular values (0..=1).
+    Energy(f64),
+}
+
+impl Checkpoint {
+    /// Reads `dir/config.json` and `dir/model.safetensors`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let read = |f: &str| {
+            std::fs::read(dir.join(f)).map_err(|e| Error::Io {
+                op: OP,
+                path: dir.join(f).display().to_string(),
+                source: e,
+            })
+        };
+        let config: serde_json::Value = serde_json::from_slice(&read("config.json")?)
+            .map_err(|e| invalid("config", format!("config.json: {e}")))?;
+        let bytes = read("model.safetensors")?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| invalid("weights", format!("not a safetensors file: {e}")))?;
+        let metadata: BTreeMap<String, String> = safetensors::SafeTensors::read_metadata(&bytes)
+            .ok()
+            .and_then(|(_, m)| m.metadata().clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let mut tensors = BTreeMap::new();
+        for (name, t) in st.tensors() {
+            use safetensors::Dtype as S;
+            let d = t.data();
+            let shape = t.shape().to_vec();
+            let key = name.strip_prefix("bert.").unwrap_or(&name).to_string();
+            let ht = match t.dtype() {
+                S::F32 => HostTensor::new(
+                    &shape,
+                    d.chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect::<Vec<f32>>(),
+                )?,
+                S::F16 => HostTensor::new(
+                    &shape,
+                    d.chunks_exact(2)
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                        .collect::<Vec<f32>>(),
+                )?,
+                S::BF16 => HostTensor::new(
+                    &shape,
+                    d.chunks_exact(2)
+                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                        .collect::<Vec<f32>>(),
+                )?,
+                S::I8 => HostTensor::new(&shape, d.iter().map(|&b| b as i8).collect::<Vec<i8>>())?,
+                // Buffers such as position_ids (I64) are not weights; they are not needed.
+                _ => continue,
+            };
+            tensors.insert(key, ht);
+        }
+        Ok(Checkpoint {
+            config,
+            tensors,
+            metadata,
+        })
+    }
+
+    /// Writes `dir/config.json` and `dir/model.safetensors` (with the metadata), creating `dir`,
+    /// and copies the tokenizer files from `tokenizer_from` when given.
+    pub fn save(&self, dir: &Path, tokenizer_from: Option<&Path>) -> Result<()> {
+        let io = |path: &Path, e: std::io::Error| Error::Io {
+            op: OP,
+            path: path.display().to_string(),
+            source: e,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let cfg = serde_json::to_vec_pretty(&self.config)
+            .map_err(|e| invalid("config", e.to_string()))?;
+        std::fs::write(dir.join("config.json"), cfg)
+            .map_err(|e| io(&dir.join("config.json"), e))?;
+        let mut views = Vec::with_capacity(self.tensors.len());
+        for (name, t) in &self.tensors {
+            let dt = match t.dtype() {
+                DType::F32 => safetensors::Dtype::F32,
+                DType::I8 => safetensors::Dtype::I8,
+                other => {
+                    return Err(invalid(
+                        "tensors",
+                        format!("{name} has dtype {other}; checkpoints hold f32 or i8"),
+                    ));
+                }
+            };
+            let view = safetensors::tensor::TensorView::new(dt, t.shape().to_vec(), t.bytes())
+                .map_err(|e| invalid("tensors", format!("{name}: {e}")))?;
+            views.push((name.clone(), view));
+        }
+        let meta: std::collections::HashMap<String, String> =
+            self.metadata.clone().into_iter().collect();
+        let bytes = safetensors::serialize(views, Some(meta))
+            .map_err(|e| invalid("tensors", format!("serialize: {e}")))?;
+        let path = dir.join("model.safetensors");
+        std::fs::write(&path, bytes).map_err(|e| io(&path, e))?;
+        if let Some(src) = tokenizer_from {
+            for f in [
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "vocab.txt",
+                "special_tokens_map.json",
+            ] {
+                if src.join(f).exists() {
+                    std::fs::copy(src.join(f), dir.join(f)).map_err(|e| io(&src.join(f), e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn cfg_usize(&self, key: &str) -> Result<usize> {
+        self.config
+            .get(key)
+            .and_then(serde_json::Value::as_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| invalid("config", format!("config.json has no integer {key:?}")))
+    }
+
+    pub fn num_layers(&self) -> Result<usize> {
+        self.cfg_usize("num_hidden_layers")
+    }
+
+    fn take(&mut self, name: &str) -> Result<HostTensor> {
+        self.tensors
+            .remove(name)
+            .ok_or_else(|| invalid("tensors", format!("missing tensor {name}")))
+    }
+
+    fn kind(&self, stem: &str) -> LinearKind {
+        self.metadata
+            .get(&format!("medkern.linear.{stem}"))
+            .and_then(|t| LinearKind::from_tag(t))
+            .unwrap_or(LinearKind::Dense)
+    }
+
+    fn set_kind(&mut self, stem: &str, k: LinearKind) {
+        self.metadata
+            .insert(format!("medkern.linear.{stem}"), k.tag().to_string());
+    }
+
+    fn note(&mut self, what: String) {
+        let log = self
+            .metadata
+            .entry("medkern.compression".into())
+            .or_default();
+        if !log.is_empty() {
+            log.push_str("; ");
+        }
+        log.push_str(&what);
+    }
+
+    /// Keeps heads `keep[l]` (sorted, distinct indices into the layer's current heads) in each
+    /// listed layer: slices q/k/v rows and the output projection's columns.
+    pub fn prune_heads(&mut self, keep: &BTreeMap<usize, Vec<usize>>) -> Result<()> {
+        let hidden = self.cfg_usize("hidden_size")?;
+        let d = hidden / self.cfg_usize("num_attention_heads")?.max(1);
+        for (&l, heads) in keep {
+            let [q, k, v, o, ..] = layer_linears(l);
+            for stem in [&q, &k, &v, &o] {
+                if self.kind(stem) != LinearKind::Dense {
+                    return Err(invalid(
+                        "heads",
+                        format!(
+                            "prune heads before other compression ({stem} is {})",
+                            self.kind(stem).tag()
+                        ),
+                    ));
+                }
+            }
+            let wq = self.take(&format!("{q}.weight"))?;
+            let have = wq.shape()[0] / d;
+            self.tensors.insert(format!("{q}.weight"), wq);
+            if heads.is_empty()
+                || heads.windows(2).any(|w| w[0] >= w[1])
+                || heads[heads.len() - 1] >= have
+            {
+                return Err(invalid(
+                    "heads",
+                    format!(
+                        "layer {l}: keep {heads:?}; expected sorted distinct heads < {have} (at least one)"
+                    ),
+                ));
+            }
+            let rows: Vec<usize> = heads.iter().flat_map(|&h| h * d..(h + 1) * d).collect();
+            for stem in [&q, &k, &v] {
+                for suffix in ["weight", "bias"] {
+                    let t = self.take(&format!("{stem}.{suffix}"))?;
+                    let cols = if suffix == "weight" { hidden } else { 1 };
+                    let vals = t.to_f64();
+                    let out: Vec<f64> = rows
+                        .iter()
+                        .flat_map(|&r| vals[r * cols..(r + 1) * cols].to_vec())
+                        .collect();
+                    let shape = if suffix == "weight" {
+                        vec![rows.len(), hidden]
+                    } else {
+                        vec![rows.len()]
+                    };
+                    self.tensors.insert(
+                        format!("{stem}.{suffix}"),
+                        HostTensor::from_f64(&shape, &out, DType::F32)?,
+                    );
+                }
+            }
+            let wo = self.take(&format!("{o}.weight"))?;
+            let (n, kin) = (wo.shape()[0], wo.shape()[1]);
+            let vals = wo.to_f64();
+            let out: Vec<f64> = (0..n)
+                .flat_map(|r| rows.iter().map(move |&c| (r, c)))
+                .map(|(r, c)| vals[r * kin + c])
+                .collect();
+            self.tensors.insert(
+                format!("{o}.weight"),
+                HostTensor::from_f64(&[n, rows.len()], &out, DType::F32)?,
+            );
+            self.note(format!("layer {l}: heads {heads:?} kept"));
+        }
+        Ok(())
+    }
+
+    /// Keeps encoder layers `keep` (sorted, distinct) and renumbers them 0.. in order.
+    pub fn drop_layers(&mut self, keep: &[usize]) -> Result<()> {
+        let n = self.num_layers()?;
+        if keep.is_empty() || keep.windows(2).any(|w| w[0] >= w[1]) || keep[keep.len() - 1] >= n {
+            return Err(invalid(
+                "layers",
+                format!("keep {keep:?}; expected sorted distinct layers < {n} (at least one)"),
+            ));
+        }
+        let mut tensors = BTreeMap::new();
+        let mut metadata = BTreeMap::new();
+        for (name, t) in std::mem::take(&mut self.tensors) {
+            match layer_of(&name) {
+                Some((l, rest)) => {
+                    if let Some(new) = keep.iter().position(|&k| k == l) {
+                        tensors.insert(format!("encoder.layer.{new}.{rest}"), t);
+                    }
+                }
+                None => {
+                    tensors.insert(name, t);
+                }
+            }
+        }
+        for (key, v) in std::mem::take(&mut self.metadata) {
+            match key.strip_prefix("medkern.linear.").and_then(layer_of) {
+                Some((l, rest)) => {
+                    if let Some(new) = keep.iter().position(|&k| k == l) {
+                        metadata.insert(format!("medkern.linear.encoder.layer.{new}.{rest}"), v);
+                    }
+                }
+                None => {
+                    metadata.insert(key, v);
+                }
+            }
+        }
+        self.tensors = tensors;
+        self.metadata = metadata;
+        self.config["num_hidden_layers"] = serde_json::json!(keep.len());
+        self.note(format!("layers {keep:?} of {n} kept"));
+        Ok(())
+    }
+
+    /// 2:4 magnitude pruning of every encoder Linear; returns the mean fraction of weight
+    /// energy kept.
+    pub fn sparsify_24(&mut self) -> Result<f64> {
+        let mut kept = Vec::new();
+        for l in 0..self.num_layers()? {
+            for stem in layer_linears(l) {
+                if self.kind(&stem) != LinearKind::Dense {
+                    return Err(invalid(
+                        "sparse24",
+                        format!(
+                            "{stem} is already {}; apply 2:4 before int8 or low rank",
+                            self.kind(&stem).tag()
+                        ),
+                    ));
+                }
+                let w = self.take(&format!("{stem}.weight"))?;
+                if w.shape()[1] % 4 != 0 {
+                    return Err(invalid(
+                        "sparse24",
+                        format!("{stem}.weight {:?}: K must be a multiple of 4", w.shape()),
+                    ));
+                }
+                let (p, r) = prune_2_4(&w)?;
+                kept.push(r.energy_kept);
+                self.tensors.insert(format!("{stem}.weight"), p);
+                self.set_kind(&stem, LinearKind::Sparse24);
+            }
+        }
+        self.note("2:4 magnitude pruning of every encoder Linear".into());
+        Ok(kept.iter().sum::<f64>() / kept.len().max(1) as f64)
+    }
+
+    /// Q8BERT int8: every encoder Linear's weight to symmetric per-channel int8 (absmax) with
+    /// f32 scales; returns the mean weight SQNR in dB.
+    pub fn quantize_int8(&mut self) -> Result<f64> {
+        let mut sqnr = Vec::new();
+        for l in 0..self.num_layers()? {
+            for stem in layer_linears(l) {
+                let kind = match self.kind(&stem) {
+                    LinearKind::Dense => LinearKind::Int8,
+                    LinearKind::Sparse24 => LinearKind::Sparse24Int8,
+                    other => {
+                        return Err(invalid(
+                            "int8",
+                            format!(
+                                "{stem} is {}; int8 applies to dense or 2:4 weights",
+                                other.tag()
+                            ),
+                        ));
+                    }
+                };
+                let w = self.take(&format!("{stem}.weight"))?;
+                let q = quantize_weight(&w, 0, Clip::AbsMax)?;
+                sqnr.push(q.sqnr_db);
+                self.tensors.insert(format!("{stem}.weight"), q.q_tensor()?);
+                self.tensors
+                    .insert(format!("{stem}.weight_scale"), q.scale_tensor()?);
+                self.set_kind(&stem, kind);
+            }
+        }
+        self.note(
+            "int8 W8A8 (per-channel symmetric weights, per-token dynamic activations)".into(),
+        );
+        Ok(sqnr.iter().sum::<f64>() / sqnr.len().max(1) as f64)
+    }
+
+    /// Truncated-SVD factorisation of every encoder Linear (`W [n, k] ≈ U [n, r] · V [r, k]`,
+    /// singular values folded into U); returns the mean fraction of energy kept. Layers where
+    /// the factors would not be smaller than W stay dense.
+    pub fn low_rank(&mut self, rank: Rank) -> Result<f64> {
+        let mut kept = Vec::new();
+        for l in 0..self.num_layers()? {
+            for stem in layer_linears(l) {
+                if self.kind(&stem) != LinearKind::Dense {
+                    return Err(invalid(
+                        "low_rank",
+                        format!(
+                            "{stem} is {}; low rank applies to dense weights",
+                            self.kind(&stem).tag()
+                        ),
+                    ));
+                }
+                let w = self.take(&format!("{stem}.weight"))?;
+                let (n, k) = (w.shape()[0], w.shape()[1]);
+                let m = nalgebra::DMatrix::from_row_slice(n, k, &w.to_f64());
+                let svd = m.svd(true, true);
+                let (Some(u), Some(vt)) = (svd.u, svd.v_t) else {
+                    return Err(invalid("low_rank", format!("{stem}: SVD did not converge")));
+                };
+                let s = svd.singular_values;
+                let total: f64 = s.iter().map(|x| x * x).sum();
+                let full = s.len();
+                let r = match rank {
+                    Rank::Fixed(r) => r.div_ceil(8) * 8,
+                    Rank::Energy(e) => {
+                        let mut acc = 0.0;
+                        let mut r = full;
+                        for (i, x) in s.iter().enumerate() {
+                            acc += x * x;
+                            if acc >= e * total {
+                                r = i + 1;
+                                break;
+                            }
+                        }
+                        r.div_ceil(8) * 8
+                    }
+                }
+                .clamp(8, full.max(8));
+                if r >= full || r * (n + k) >= n * k {
+                    self.tensors.insert(format!("{stem}.weight"), w);
+                    kept.push(1.0);
+                    continue;
+                }
+                // nalgebra sorts singular values in decreasing order.
+                let mut uf = vec![0.0; n * r];
+                for i in 0..n {
+                    for j in 0..r {
+                        uf[i * r + j] = u[(i, j)] * s[j];
+                    }
+                }
+                let mut vf = vec![0.0; r * k];
+                for i in 0..r {
+                    for j in 0..k {
+                        vf[i * k + j] = vt[(i, j)];
+                    }
+                }
+                kept.push(
+                    s.iter().take(r).map(|x| x * x).sum::<f64>() / total.max(f64::MIN_POSITIVE),
+                );
+                self.tensors.insert(
+                    format!("{stem}.lr_u"),
+                    HostTensor::from_f64(&[n, r], &uf, DType::F32)?,
+                );
+                self.tensors.insert(
+                    format!("{stem}.lr_v"),
+                    HostTensor::from_f64(&[r, k], &vf, DType::F32)?,
+                );
+                self.set_kind(&stem, LinearKind::LowRank);
+            }
+        }
+        self.note(format!("low rank {rank:?}"));
+        Ok(kept.iter().sum::<f64>() / kept.len().max(1) as f64)
+    }
+
+    /// Bytes of tensor data (what the compressed file costs, before the header).
+    pub fn data_bytes(&self) -> usize {
+        self.tensors.values().map(|t| t.bytes().len()).sum()
+    }
+}
+
+/// `encoder.layer.<l>.<rest>` → (l, rest).
+fn layer_of(name: &str) -> Option<(usize, &str)> {
+    let rest = name.strip_prefix("encoder.layer.")?;
+    let (l, rest) = rest.split_once('.')?;
+    Some((l.parse().ok()?, rest))
+}

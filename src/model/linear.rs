@@ -1,0 +1,217 @@
+//! A Linear layer in any of the compressed forms the encoders run: dense, 2:4 sparse, int8 W8A8
+//! (per-channel weights, per-token dynamic activations: Q8BERT), 2:4 + int8, or low rank
+//! (`W ≈ U·V`). Each forward is one or two medkern GEMMs with bias / activation / residual fused.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::ops::{self, Activation, Gemm, GemmI8, SparseWeight};
+use crate::tensor::{Device, HostTensor, Tensor};
+
+/// How a Linear's weight is stored; also the tag written in the safetensors metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearKind {
+    Dense,
+    Sparse24,
+    Int8,
+    Sparse24Int8,
+    LowRank,
+}
+
+impl LinearKind {
+    pub fn tag(self) -> &'static str {
+        match self {
+            LinearKind::Dense => "dense",
+            LinearKind::Sparse24 => "sparse24",
+            LinearKind::Int8 => "int8",
+            LinearKind::Sparse24Int8 => "sparse24+int8",
+            LinearKind::LowRank => "lowrank",
+        }
+    }
+    pub fn from_tag(tag: &str) -> Option<Self> {
+        [
+            LinearKind::Dense,
+            LinearKind::Sparse24,
+            LinearKind::Int8,
+            LinearKind::Sparse24Int8,
+            LinearKind::LowRank,
+        ]
+        .into_iter()
+        .find(|k| k.tag() == tag)
+    }
+}
+
+/// A Linear layer `y = act(x·Wᵀ + b) + residual` on one device.
+pub enum Linear {
+    Dense {
+        w: Tensor,
+        b: Tensor,
+    },
+    /// f16/bf16 2:4 weight on the sparse tensor cores.
+    Sparse {
+        w: SparseWeight,
+        b: Tensor,
+    },
+    /// int8 `[n, k]` with f32 per-channel scales; f32 bias.
+    Int8 {
+        w: Tensor,
+        scale: Tensor,
+        b: Tensor,
+    },
+    /// int8 2:4 weight with f32 per-channel scales; f32 bias.
+    SparseInt8 {
+        w: SparseWeight,
+        scale: Tensor,
+        b: Tensor,
+    },
+    /// `y = (x·Vᵀ)·Uᵀ + b`, V `[r, k]`, U `[n, r]`.
+    LowRank {
+        u: Tensor,
+        v: Tensor,
+        b: Tensor,
+    },
+}
+
+/// Host weights of one Linear as loaded from a file (f64 values, already in their final form).
+pub struct LinearHost {
+    pub kind: LinearKind,
+    /// `[n, k]` dense values (Dense, Sparse24: the pruned weight), int8 values (Int8 kinds), or
+    /// U `[n, r]` (LowRank).
+    pub w: Vec<f64>,
+    pub w_shape: [usize; 2],
+    /// Per-channel scales (Int8 kinds) or V `[r, k]` (LowRank).
+    pub extra: Vec<f64>,
+    pub extra_shape: Vec<usize>,
+    pub b: Vec<f64>,
+}
+
+impl Linear {
+    /// Uploads host weights in compute dtype `dt` (int8 values stay int8).
+    pub fn build(h: LinearHost, dt: DType, device: &Device) -> Result<Linear> {
+        let n = h.w_shape[0];
+        let up = |v: &[f64], shape: &[usize], dt: DType| -> Result<Tensor> {
+            HostTensor::from_f64(shape, v, dt)?.to_device(device)
+        };
+        // 2:4 on tensor cores needs f16/bf16 (or int8); the f32 CPU model runs the pruned
+        // weight densely, which is the same math.
+        let sparse_ok = dt != DType::F32;
+        Ok(match h.kind {
+            LinearKind::Dense => Linear::Dense {
+                w: up(&h.w, &h.w_shape, dt)?,
+                b: up(&h.b, &[n], dt)?,
+            },
+            LinearKind::Sparse24 if !sparse_ok => Linear::Dense {
+                w: up(&h.w, &h.w_shape, dt)?,
+                b: up(&h.b, &[n], dt)?,
+            },
+            LinearKind::Sparse24 => {
+                let host = HostTensor::from_f64(&h.w_shape, &h.w, dt)?;
+                Linear::Sparse {
+                    w: SparseWeight::new(&crate::sparse::compress(&host)?, device)?,
+                    b: up(&h.b, &[n], dt)?,
+                }
+            }
+            LinearKind::Int8 => Linear::Int8 {
+                w: up(&h.w, &h.w_shape, DType::I8)?,
+                scale: up(&h.extra, &[n], DType::F32)?,
+                b: up(&h.b, &[n], DType::F32)?,
+            },
+            LinearKind::Sparse24Int8 => {
+                let host = HostTensor::from_f64(&h.w_shape, &h.w, DType::I8)?;
+                Linear::SparseInt8 {
+                    w: SparseWeight::new(&crate::sparse::compress(&host)?, device)?,
+                    scale: up(&h.extra, &[n], DType::F32)?,
+                    b: up(&h.b, &[n], DType::F32)?,
+                }
+            }
+            LinearKind::LowRank => {
+                if h.extra_shape.len() != 2 || h.extra_shape[0] != h.w_shape[1] {
+                    return Err(Error::Shape {
+                        op: "linear",
+                        arg: "lowrank v",
+                        got: h.extra_shape.clone(),
+                        expected: format!("[{}, k] (the rank of u)", h.w_shape[1]),
+                    });
+                }
+                Linear::LowRank {
+                    u: up(&h.w, &h.w_shape, dt)?,
+                    v: up(&h.extra, &h.extra_shape, dt)?,
+                    b: up(&h.b, &[n], dt)?,
+                }
+            }
+        })
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        match self {
+            Linear::Dense { w, .. } | Linear::Int8 { w, .. } | Linear::LowRank { u: w, .. } => {
+                w.shape()[0]
+            }
+            Linear::Sparse { w, .. } | Linear::SparseInt8 { w, .. } => w.shape()[0],
+        }
+    }
+
+    /// `act(x·Wᵀ + b) + residual` (residual added after the activation, as the GEMMs do).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        act: Activation,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        match self {
+            Linear::Dense { w, b } => ops::gemm(
+                x,
+                w,
+                &Gemm {
+                    bias: Some(b),
+                    act,
+                    residual,
+                    ..Default::default()
+                },
+            ),
+            Linear::Sparse { w, b } => ops::gemm_sparse(
+                x,
+                w,
+                &Gemm {
+                    bias: Some(b),
+                    act,
+                    residual,
+                    ..Default::default()
+                },
+            ),
+            Linear::Int8 { w, scale, b } => {
+                let (q, sx) = ops::quantize_rows(x)?;
+                let e = GemmI8 {
+                    bias: Some(b),
+                    act,
+                    residual,
+                    ..GemmI8::new(&sx, scale, x.dtype())
+                };
+                ops::gemm_i8(&q, w, &e)
+            }
+            Linear::SparseInt8 { w, scale, b } => {
+                let (q, sx) = ops::quantize_rows(x)?;
+                let e = GemmI8 {
+                    bias: Some(b),
+                    act,
+                    residual,
+                    ..GemmI8::new(&sx, scale, x.dtype())
+                };
+                ops::gemm_sparse_i8(&q, w, &e)
+            }
+            Linear::LowRank { u, v, b } => {
+                let t = ops::gemm(x, v, &Gemm::default())?;
+                ops::gemm(
+                    &t,
+                    u,
+                    &Gemm {
+                        bias: Some(b),
+                        act,
+                        residual,
+                        ..Default::default()
+                    },
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Offline compression of BERT checkpoints (`src/model/compress.rs`): every method and a
+//! combination round-trips through safetensors (the saved folder reloads by itself), and each
+//! transformation does what it claims, checked on random-weight models on the CPU backend.
+
+mod common;
+use common::*;
+use medkern::model::bert::{BertModel, Pooling};
+use medkern::model::compress::{Checkpoint, Rank, layer_linears};
+use medkern::{DType, Device, HostTensor};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+const H: usize = 128;
+const HEADS: usize = 4;
+const I: usize = 256;
+const LAYERS: usize = 3;
+const VOCAB: usize = 50;
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("medkern-compress-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A random BERT checkpoint (HF BertModel names).
+fn random_checkpoint(seed: u64) -> Checkpoint {
+    let mut rng = SeedRng::new(seed);
+    let mut t = BTreeMap::new();
+    let mut put = |name: String, shape: &[usize], sigma: f64, rng: &mut SeedRng| {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| rng.normal() * sigma).collect();
+        t.insert(name, HostTensor::from_f64(shape, &v, DType::F32).unwrap());
+    };
+    put(
+        "embeddings.word_embeddings.weight".into(),
+        &[VOCAB, H],
+        1.0,
+        &mut rng,
+    );
+    put(
+        "embeddings.position_embeddings.weight".into(),
+        &[32, H],
+        0.3,
+        &mut rng,
+    );
+    put(
+        "embeddings.token_type_embeddings.weight".into(),
+        &[2, H],
+        0.3,
+        &mut rng,
+    );
+    let ln = |p: &str, t: &mut BTreeMap<String, HostTensor>, rng: &mut SeedRng| {
+        let g: Vec<f64> = (0..H).map(|_| 1.0 + 0.1 * rng.normal()).collect();
+        let b: Vec<f64> = (0..H).map(|_| 0.1 * rng.normal()).collect();
+        t.insert(
+            format!("{p}.weight"),
+            HostTensor::from_f64(&[H], &g, DType::F32).unwrap(),
+        );
+        t.insert(
+            format!("{p}.bias"),
+            HostTensor::from_f64(&[H], &b, DType::F32).unwrap(),
+        );
+    };
+    ln("embeddings.LayerNorm", &mut t, &mut rng);
+    for l in 0..LAYERS {
+        let [q, k, v, o, i, o2] = layer_linears(l);
+        for (stem, n, kk) in [
+            (q, H, H),
+            (k, H, H),
+            (v, H, H),
+            (o, H, H),
+            (i, I, H),
+            (o2, H, I),
+        ] {
+            let sigma = 1.0 / (kk as f64).sqrt();
+            let w: Vec<f64> = (0..n * kk).map(|_| rng.normal() * sigma).collect();
+            let b: Vec<f64> = (0..n).map(|_| 0.05 * rng.normal()).collect();
+            t.insert(
+                format!("{stem}.weight"),
+                HostTensor::from_f64(&[n, kk], &w, DType::F32).unwrap(),
+            );
+            t.insert(
+                format!("{stem}.bias"),
+                HostTensor::from_f64(&[n], &b, DType::F32).unwrap(),
+            );
+        }
+        ln(
+            &format!("encoder.layer.{l}.attention.output.LayerNorm"),
+            &mut t,
+            &mut rng,
+        );
+        ln(
+            &format!("encoder.layer.{l}.output.LayerNorm"),
+            &mut t,
+            &mut rng,
+        );
+    }
+    Checkpoint {
+        config: serde_json::json!({
+            "model_type": "bert", "vocab_size": VOCAB, "hidden_size": H,
+            "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "intermediate_size": I,
+            "hidden_act": "gelu", "max_position_embeddings": 32, "type_vocab_size": 2,
+            "layer_norm_eps": 1e-12
+        }),
+        tensors: t,
+        metadata: BTreeMap::new(),
+    }
+}
+
+fn ids() -> Vec<Vec<u32>> {
+    vec![vec![1, 5, 9, 2], vec![3], vec![7, 8, 4, 4, 11, 30, 2]]
+}
+
+/// Saves, reloads as a model on the CPU (f32), and returns the mean-pooled embeddings.
+fn embed(ck: &Checkpoint, name: &str) -> Vec<Vec<f32>> {
+    let dir = tmpdir(name);
+    ck.save(&dir, None).unwrap();
+    let m = BertModel::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let e = m.embed(&ids(), Pooling::Mean).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    e
+}
+
+fn min_cos(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let d: f64 = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| f64::from(*p) * f64::from(*q))
+                .sum();
+            let n = |v: &[f32]| v.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt();
+            d / (n(x) * n(y))
+        })
+        .fold(1.0, f64::min)
+}
+
+#[test]
+fn save_and_reload_is_exact() {
+    let ck = random_checkpoint(1);
+    let a = embed(&ck, "plain");
+    let dir = tmpdir("reload");
+    ck.save(&dir, None).unwrap();
+    let again = Checkpoint::load(&dir).unwrap();
+    assert_eq!(again.tensors, ck.tensors);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(embed(&again, "plain2"), a);
+}
+
+#[test]
+fn head_pruning_equals_zeroing_the_heads_output() {
+    // Removing heads is the same as zeroing their columns of the output projection.
+    let ck = random_checkpoint(2);
+    let keep: BTreeMap<usize, Vec<usize>> = [(0, vec![0, 2, 3]), (2, vec![1])].into();
+    let mut zeroed = random_checkpoint(2);
+    let d = H / HEADS;
+    for (&l, heads) in &keep {
+        let name = format!("encoder.layer.{l}.attention.output.dense.weight");
+        let mut w = zeroed.tensors[&name].to_f64();
+        for h in (0..HEADS).filter(|h| !heads.contains(h)) {
+            for r in 0..H {
+                for c in h * d..(h + 1) * d {
+                    w[r * H + c] = 0.0;
+                }
+            }
+        }
+        zeroed
+            .tensors
+            .insert(name, HostTensor::from_f64(&[H, H], &w, DType::F32).unwrap());
+    }
+    let mut pruned = ck;
+    pruned.prune_heads(&keep).unwrap();
+    assert_eq!(
+        pruned.tensors["encoder.layer.2.attention.self.query.weight"].shape(),
+        [d, H]
+    );
+    assert!(pruned.metadata["medkern.compression"].contains("layer 0: heads [0, 2, 3]"));
+    let (a, b) = (embed(&pruned, "heads"), embed(&zeroed, "zeroed"));
+    assert!(min_cos(&a, &b) > 1.0 - 1e-6, "{}", min_cos(&a, &b));
+    // Bad lists are errors.
+    let mut bad = random_checkpoint(2);
+    assert!(bad.prune_heads(&[(0, vec![2, 1])].into()).is_err());
+    assert!(bad.prune_heads(&[(0, vec![4])].into()).is_err());
+}
+
+#[test]
+fn layer_dropping_keeps_the_listed_layers() {
+    let ck = random_checkpoint(3);
+    let mut all = random_checkpoint(3);
+    all.drop_layers(&[0, 1, 2]).unwrap();
+    assert_eq!(embed(&all, "all"), embed(&ck, "orig"));
+    let mut two = random_checkpoint(3);
+    two.drop_layers(&[0, 2]).unwrap();
+    assert_eq!(two.config["num_hidden_layers"], 2);
+    // Old layer 2 is new layer 1.
+    assert_eq!(
+        two.tensors["encoder.layer.1.output.dense.weight"],
+        ck.tensors["encoder.layer.2.output.dense.weight"]
+    );
+    assert!(
+        !two.tensors
+            .keys()
+            .any(|k| k.starts_with("encoder.layer.2."))
+    );
+    let _ = embed(&two, "two");
+    assert!(random_checkpoint(3).drop_layers(&[1, 1]).is_err());
+    assert!(random_checkpoint(3).drop_layers(&[3]).is_err());
+}
+
+#[test]
+fn sparse24_int8_lowrank_and_combinations_round_trip() {
+    let base = embed(&random_checkpoint(4), "base");
+    // 2:4: every encoder Linear is 2:4 after reload; the CPU model runs the pruned weights.
+    let mut s = random_checkpoint(4);
+    let kept = s.sparsify_24().unwrap();
+    assert!(kept > 0.5 && kept < 1.0, "{kept}");
+    let dir = tmpdir("s24");
+    s.save(&dir, None).unwrap();
+    let back = Checkpoint::load(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    for l in 0..LAYERS {
+        for stem in layer_linears(l) {
+            medkern::sparse::validate_2_4(&back.tensors[&format!("{stem}.weight")]).unwrap();
+            assert_eq!(back.metadata[&format!("medkern.linear.{stem}")], "sparse24");
+        }
+    }
+    let e24 = embed(&s, "s24b");
+    // int8 on its own: close to the dense model.
+    let mut q = random_checkpoint(4);
+    let sqnr = q.quantize_int8().unwrap();
+    assert!(sqnr > 30.0, "{sqnr}");
+    assert_eq!(
+        q.tensors["encoder.layer.0.intermediate.dense.weight"].dtype(),
+        DType::I8
+    );
+    let eq = embed(&q, "int8");
+    assert!(
+        min_cos(&eq, &base) > 0.99,
+        "int8 cos {}",
+        min_cos(&eq, &base)
+    );
+    // Low rank keeping almost all energy is nearly exact; a small rank still runs.
+    let mut lr = random_checkpoint(4);
+    lr.low_rank(Rank::Energy(0.999_999)).unwrap();
+    let elr = embed(&lr, "lr");
+    assert!(
+        min_cos(&elr, &base) > 0.9999,
+        "lowrank cos {}",
+        min_cos(&elr, &base)
+    );
+    let mut lr8 = random_checkpoint(4);
+    lr8.low_rank(Rank::Fixed(8)).unwrap();
+    assert_eq!(
+        lr8.metadata["medkern.linear.encoder.layer.1.intermediate.dense"],
+        "lowrank"
+    );
+    assert_eq!(
+        lr8.tensors["encoder.layer.1.intermediate.dense.lr_u"].shape(),
+        [I, 8]
+    );
+    let _ = embed(&lr8, "lr8");
+    // Heads pruned + 2:4 + int8, in that order; the file records all three.
+    let mut all = random_checkpoint(4);
+    all.prune_heads(&[(1, vec![0, 3])].into()).unwrap();
+    all.sparsify_24().unwrap();
+    all.quantize_int8().unwrap();
+    let log = all.metadata["medkern.compression"].clone();
+    assert!(
+        log.contains("heads") && log.contains("2:4") && log.contains("int8"),
+        "{log}"
+    );
+    assert_eq!(
+        all.metadata["medkern.linear.encoder.layer.1.attention.self.key"],
+        "sparse24+int8"
+    );
+    let eall = embed(&all, "all");
+    assert!(
+        min_cos(&eall, &e24) > 0.5,
+        "combined model runs and stays related"
+    );
+    assert!(all.data_bytes() < random_checkpoint(4).data_bytes() / 2);
+    // Order rules: int8 then 2:4 is refused.
+    let mut wrong = random_checkpoint(4);
+    wrong.quantize_int8().unwrap();
+    assert!(wrong.sparsify_24().is_err());
+}
