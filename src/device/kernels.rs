@@ -146,6 +146,11 @@ pub static KERNELS: &[KernelInfo] = table![
         "layernorm_warp_f32", "layernorm_warp_f16", "layernorm_warp_bf16",
         "layernorm_block_f32", "layernorm_block_f16", "layernorm_block_bf16",
     ],
+    "pool" @ SM80 => [
+        "pool_max_f32", "pool_max_f16", "pool_max_bf16", "pool_avg_f32", "pool_avg_f16",
+        "pool_avg_bf16", "gap_f32_f32", "gap_f16_f16", "gap_f16_f32", "gap_bf16_bf16",
+        "gap_bf16_f32",
+    ],
     "quantize" @ SM80 => [
         "quantize_rows_warp_f32",
         "quantize_rows_warp_f16",

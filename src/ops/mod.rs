@@ -13,6 +13,7 @@ pub mod gemm;
 pub mod gemm_int8;
 pub mod gemm_sparse;
 pub mod layernorm;
+pub mod pool;
 pub mod quantize;
 pub mod softmax;
 
@@ -33,6 +34,10 @@ pub use gemm_sparse::{
     gemm_sparse_into,
 };
 pub use layernorm::{layernorm, layernorm_into, layernorm_residual};
+pub use pool::{
+    Pool2d, avg_pool2d, avg_pool2d_into, global_avg_pool, global_avg_pool_into, max_pool2d,
+    max_pool2d_into,
+};
 pub use quantize::{LnParams, dequantize_rows, layernorm_quantize, quantize_rows};
 pub use softmax::{softmax, softmax_into};
 

@@ -11,5 +11,6 @@ pub mod embedding;
 pub mod gemm;
 pub mod gemm_int8;
 pub mod layernorm;
+pub mod pool;
 pub mod quantize;
 pub mod softmax;
