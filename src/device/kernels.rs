@@ -172,6 +172,11 @@ pub static KERNELS: &[KernelInfo] = table![
         "softmax_warp_f32", "softmax_warp_f16", "softmax_warp_bf16",
         "softmax_block_f32", "softmax_block_f16", "softmax_block_bf16",
     ],
+    "squeeze_excite" @ SM80 => [
+        "se_excite_f32_f32", "se_excite_f16_f16", "se_excite_f16_f32", "se_excite_bf16_bf16",
+        "se_excite_bf16_f32", "se_pool_f32", "se_pool_f16", "se_pool_bf16", "se_scale_f32",
+        "se_scale_f16", "se_scale_bf16",
+    ],
 ];
 
 /// Looks a kernel up in the table.

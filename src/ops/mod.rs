@@ -16,6 +16,7 @@ pub mod layernorm;
 pub mod pool;
 pub mod quantize;
 pub mod softmax;
+pub mod squeeze_excite;
 
 pub use attention::{
     Attention, BLOCK_ROWS, HEAD_DIMS, Qkv, SeqBatch, UnfusedPlan, attention, attention_into,
@@ -40,6 +41,10 @@ pub use pool::{
 };
 pub use quantize::{LnParams, dequantize_rows, layernorm_quantize, quantize_rows};
 pub use softmax::{softmax, softmax_into};
+pub use squeeze_excite::{
+    SqueezeExcite, channel_scale, channel_scale_into, se_scale_vector, se_scale_vector_into,
+    squeeze_excite, squeeze_excite_into,
+};
 
 use crate::device::Gpu;
 use crate::dtype::DType;

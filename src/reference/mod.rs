@@ -14,3 +14,4 @@ pub mod layernorm;
 pub mod pool;
 pub mod quantize;
 pub mod softmax;
+pub mod squeeze_excite;
