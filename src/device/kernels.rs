@@ -146,6 +146,10 @@ pub static KERNELS: &[KernelInfo] = table![
         "layernorm_warp_f32", "layernorm_warp_f16", "layernorm_warp_bf16",
         "layernorm_block_f32", "layernorm_block_f16", "layernorm_block_bf16",
     ],
+    "layout" @ SM80 => [
+        "transpose_tiled_b1", "transpose_tiled_b2", "transpose_tiled_b4",
+        "transpose_small_b1", "transpose_small_b2", "transpose_small_b4",
+    ],
     "pool" @ SM80 => [
         "pool_max_f32", "pool_max_f16", "pool_max_bf16", "pool_avg_f32", "pool_avg_f16",
         "pool_avg_bf16", "gap_f32_f32", "gap_f16_f16", "gap_f16_f32", "gap_bf16_bf16",

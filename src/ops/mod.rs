@@ -13,6 +13,7 @@ pub mod gemm;
 pub mod gemm_int8;
 pub mod gemm_sparse;
 pub mod layernorm;
+pub mod layout;
 pub mod pool;
 pub mod quantize;
 pub mod softmax;
@@ -35,6 +36,7 @@ pub use gemm_sparse::{
     gemm_sparse_into,
 };
 pub use layernorm::{layernorm, layernorm_into, layernorm_residual};
+pub use layout::{nchw_to_nhwc, nchw_to_nhwc_into, nhwc_to_nchw, nhwc_to_nchw_into};
 pub use pool::{
     Pool2d, avg_pool2d, avg_pool2d_into, global_avg_pool, global_avg_pool_into, max_pool2d,
     max_pool2d_into,

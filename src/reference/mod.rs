@@ -11,6 +11,7 @@ pub mod embedding;
 pub mod gemm;
 pub mod gemm_int8;
 pub mod layernorm;
+pub mod layout;
 pub mod pool;
 pub mod quantize;
 pub mod softmax;

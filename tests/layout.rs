@@ -1,0 +1,154 @@
+//! NCHW ↔ NHWC (`kernels/layout.cu`, `src/ops/layout.rs`): a hand-computed transform, round
+//! trips, argument errors, and GPU against the reference (exact: a copy) over random shapes
+//! covering the tiled and the small-dimension kernels and every element size.
+
+mod common;
+use common::*;
+use medkern::ops;
+use medkern::reference::layout as reference;
+use medkern::{DType, Device, Error, Tensor};
+use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
+
+#[test]
+fn reference_hand_computed() {
+    // NCHW [1, 2, 1, 3]: channel 0 = (1, 2, 3), channel 1 = (4, 5, 6) → NHWC pixels (1,4) (2,5) (3,6).
+    let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let y = reference::nchw_to_nhwc(&x, (1, 2, 1, 3));
+    assert_eq!(y, [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    assert_eq!(reference::nhwc_to_nchw(&y, (1, 1, 3, 2)), x);
+    // Two images stay apart.
+    let x2: Vec<f64> = (0..12).map(f64::from).collect();
+    let y2 = reference::nchw_to_nhwc(&x2, (2, 2, 1, 3));
+    assert_eq!(&y2[6..], &[6.0, 9.0, 7.0, 10.0, 8.0, 11.0]);
+    let cpu = Device::Cpu;
+    let t = Tensor::new(&cpu, &[1, 2, 1, 3], vec![1u8, 2, 3, 4, 5, 6]).unwrap();
+    let yt = ops::nchw_to_nhwc(&t).unwrap();
+    assert_eq!(yt.shape(), [1, 1, 3, 2]);
+    assert_eq!(
+        yt.to_host().unwrap().as_slice::<u8>().unwrap(),
+        [1, 4, 2, 5, 3, 6]
+    );
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let cpu = Device::Cpu;
+    let x = Tensor::new(&cpu, &[2, 3, 4, 5], vec![0.0f32; 120]).unwrap();
+    let e =
+        ops::nchw_to_nhwc(&Tensor::new(&cpu, &[3, 4, 5], vec![0.0f32; 60]).unwrap()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Shape {
+                op: "nchw_to_nhwc",
+                arg: "x",
+                ..
+            }
+        ) && e.to_string().contains("[N, C, H, W]"),
+        "{e}"
+    );
+    // y in NCHW order instead of NHWC: names the shape expected.
+    let mut y = Tensor::empty(&cpu, &[2, 3, 4, 5], DType::F32).unwrap();
+    let e = ops::nchw_to_nhwc_into(&x, &mut y).unwrap_err();
+    assert!(
+        matches!(e, Error::Shape { arg: "y", .. }) && e.to_string().contains("[2, 4, 5, 3]"),
+        "{e}"
+    );
+    let mut y = Tensor::empty(&cpu, &[2, 5, 3, 4], DType::F16).unwrap();
+    let e = ops::nhwc_to_nchw_into(&x, &mut y).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::DType {
+                op: "nhwc_to_nchw",
+                arg: "y",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    if let Some(gpu) = gpu_or_skip("layout bad_inputs_are_errors (device mismatch)") {
+        let xg = upload(&Device::Gpu(gpu), &[2, 3, 4, 5], &[0.0; 120], DType::F32);
+        let mut y = Tensor::empty(&cpu, &[2, 4, 5, 3], DType::F32).unwrap();
+        let e = ops::nchw_to_nhwc_into(&xg, &mut y).unwrap_err();
+        assert!(matches!(e, Error::Device { arg: "y", .. }), "{e}");
+    }
+}
+
+#[test]
+fn layout_gpu_matches_reference() {
+    let Some(dev) = test_device("layout_gpu_matches_reference") else {
+        return;
+    };
+    let dtypes = [DType::F32, DType::F16, DType::BF16, DType::U8, DType::I32];
+    let mut runner = TestRunner::new(cases(64));
+    runner
+        .run(
+            &(any::<u64>(), 0..dtypes.len(), any::<bool>()),
+            |(seed, di, to_nhwc)| {
+                let mut rng = SeedRng::new(seed);
+                let dt = dtypes[di];
+                let n = 1 + rng.below(3) as usize;
+                const C: [usize; 9] = [1, 3, 4, 8, 9, 13, 32, 64, 144];
+                let c = C[rng.below(C.len() as u64) as usize];
+                let side = |rng: &mut SeedRng| match rng.below(6) {
+                    0 => 1,
+                    1 => 7,
+                    2 => 33,
+                    3 if rng.below(4) == 0 => 225,
+                    _ => 1 + rng.below(60) as usize,
+                };
+                let (h, w) = (side(&mut rng), side(&mut rng));
+                let len = n * c * h * w;
+                let x = if dt.is_float() {
+                    random_values(&mut rng, len, 3.0, dt)
+                } else {
+                    (0..len)
+                        .map(|_| {
+                            dt.round(
+                                rng.below(256) as f64 - if dt == DType::U8 { 0.0 } else { 128.0 },
+                            )
+                        })
+                        .collect()
+                };
+                let (xs, ys) = if to_nhwc {
+                    ([n, c, h, w], [n, h, w, c])
+                } else {
+                    ([n, h, w, c], [n, c, h, w])
+                };
+                let xt = upload(&dev, &xs, &x, dt);
+                let mut out = poisoned(&dev, &ys, dt);
+                if to_nhwc {
+                    ops::nchw_to_nhwc_into(&xt, &mut out)
+                } else {
+                    ops::nhwc_to_nchw_into(&xt, &mut out)
+                }
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let want = if to_nhwc {
+                    reference::nchw_to_nhwc(&x, (n, c, h, w))
+                } else {
+                    reference::nhwc_to_nchw(&x, (n, h, w, c))
+                };
+                let got = out.to_host().unwrap().to_f64();
+                check_close(
+                    &format!("layout {dt} {xs:?} to_nhwc {to_nhwc}"),
+                    &got,
+                    &want,
+                    &|_| 0.0,
+                    0.0,
+                )
+                .map_err(TestCaseError::fail)?;
+                // And back: the round trip is the identity.
+                let back = if to_nhwc {
+                    ops::nhwc_to_nchw(&out)
+                } else {
+                    ops::nchw_to_nhwc(&out)
+                }
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(back.to_host().unwrap(), xt.to_host().unwrap());
+                Ok(())
+            },
+        )
+        .unwrap();
+}
