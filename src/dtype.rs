@@ -12,17 +12,20 @@ pub enum DType {
     I8,
     I32,
     U8,
+    /// Unsigned 16-bit (12/16-bit greyscale images, DICOM-like): an input of `preprocess`.
+    U16,
 }
 
 impl DType {
     /// Every dtype, for tables and tests.
-    pub const ALL: [DType; 6] = [
+    pub const ALL: [DType; 7] = [
         DType::F32,
         DType::F16,
         DType::BF16,
         DType::I8,
         DType::I32,
         DType::U8,
+        DType::U16,
     ];
     /// The floating dtypes the float kernels are instantiated for.
     pub const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
@@ -31,7 +34,7 @@ impl DType {
     pub fn size(self) -> usize {
         match self {
             DType::F32 | DType::I32 => 4,
-            DType::F16 | DType::BF16 => 2,
+            DType::F16 | DType::BF16 | DType::U16 => 2,
             DType::I8 | DType::U8 => 1,
         }
     }
@@ -45,6 +48,7 @@ impl DType {
             DType::I8 => "i8",
             DType::I32 => "i32",
             DType::U8 => "u8",
+            DType::U16 => "u16",
         }
     }
 
@@ -73,6 +77,7 @@ impl DType {
                 .round_ties_even()
                 .clamp(f64::from(i32::MIN), f64::from(i32::MAX)),
             DType::U8 => v.round_ties_even().clamp(0.0, 255.0),
+            DType::U16 => v.round_ties_even().clamp(0.0, 65535.0),
         }
     }
 }
@@ -114,3 +119,5 @@ element!(i32, DType::I32, |x| f64::from(x), |v| DType::I32.round(v)
     as i32);
 element!(u8, DType::U8, |x| f64::from(x), |v| DType::U8.round(v)
     as u8);
+element!(u16, DType::U16, |x| f64::from(x), |v| DType::U16.round(v)
+    as u16);

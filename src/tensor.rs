@@ -42,6 +42,7 @@ pub enum HostData {
     I8(Vec<i8>),
     I32(Vec<i32>),
     U8(Vec<u8>),
+    U16(Vec<u16>),
 }
 
 macro_rules! each_data {
@@ -53,6 +54,7 @@ macro_rules! each_data {
             HostData::I8($v) => $body,
             HostData::I32($v) => $body,
             HostData::U8($v) => $body,
+            HostData::U16($v) => $body,
         }
     };
 }
@@ -83,6 +85,7 @@ into_data!(bf16, BF16);
 into_data!(i8, I8);
 into_data!(i32, I32);
 into_data!(u8, U8);
+into_data!(u16, U16);
 
 fn numel(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
@@ -118,6 +121,7 @@ impl HostTensor {
             DType::I8 => HostData::I8(conv(values)),
             DType::I32 => HostData::I32(conv(values)),
             DType::U8 => HostData::U8(conv(values)),
+            DType::U16 => HostData::U16(conv(values)),
         };
         Ok(HostTensor {
             shape: shape.to_vec(),
@@ -145,6 +149,7 @@ impl HostTensor {
             HostData::I8(_) => DType::I8,
             HostData::I32(_) => DType::I32,
             HostData::U8(_) => DType::U8,
+            HostData::U16(_) => DType::U16,
         }
     }
     /// The elements as `T`, or a dtype error.
@@ -172,6 +177,7 @@ impl HostTensor {
             DType::I8 => HostData::I8(bytemuck::pod_collect_to_vec(b)),
             DType::I32 => HostData::I32(bytemuck::pod_collect_to_vec(b)),
             DType::U8 => HostData::U8(b.to_vec()),
+            DType::U16 => HostData::U16(bytemuck::pod_collect_to_vec(b)),
         };
         HostTensor {
             shape: shape.to_vec(),

@@ -155,6 +155,10 @@ pub static KERNELS: &[KernelInfo] = table![
         "pool_avg_bf16", "gap_f32_f32", "gap_f16_f16", "gap_f16_f32", "gap_bf16_bf16",
         "gap_bf16_f32",
     ],
+    "preprocess" @ SM80 => [
+        "preprocess_u8_f32", "preprocess_u8_f16", "preprocess_u8_bf16",
+        "preprocess_u16_f32", "preprocess_u16_f16", "preprocess_u16_bf16",
+    ],
     "quantize" @ SM80 => [
         "quantize_rows_warp_f32",
         "quantize_rows_warp_f16",

@@ -15,6 +15,7 @@ pub mod gemm_sparse;
 pub mod layernorm;
 pub mod layout;
 pub mod pool;
+pub mod preprocess;
 pub mod quantize;
 pub mod softmax;
 pub mod squeeze_excite;
@@ -41,6 +42,7 @@ pub use pool::{
     Pool2d, avg_pool2d, avg_pool2d_into, global_avg_pool, global_avg_pool_into, max_pool2d,
     max_pool2d_into,
 };
+pub use preprocess::{PixelRange, Preprocess, preprocess, preprocess_into};
 pub use quantize::{LnParams, dequantize_rows, layernorm_quantize, quantize_rows};
 pub use softmax::{softmax, softmax_into};
 pub use squeeze_excite::{

@@ -13,6 +13,7 @@ pub mod gemm_int8;
 pub mod layernorm;
 pub mod layout;
 pub mod pool;
+pub mod preprocess;
 pub mod quantize;
 pub mod softmax;
 pub mod squeeze_excite;
