@@ -4,6 +4,7 @@
 //! allocate it.
 
 pub mod attention;
+pub mod bn_fold;
 pub mod conv;
 pub mod conv_geom;
 pub mod depthwise;
