@@ -131,6 +131,42 @@ def depthwise_peers(dev, put):
                     print(f"peer_bench: depthwise {hw}x{hw}x{c}k{k}s{s} b{bsz} {dn}: {e}", file=sys.stderr)
 
 
+def decoder_peers(dev, put):
+    """F.conv_transpose2d and F.interpolate at the ids of benches/conv_transpose.rs and
+    benches/upsample.rs: the sepsis autoencoder decoder (assumed 12x12x8 -> 24x24x32 -> 48x48x16
+    -> 96x96x3, k3 s2 p1 output_padding 1, ReLU, ReLU, sigmoid; PyTorch weight [C_in, C_out, 3, 3]),
+    channels_last. Work = bytes: input + output (+ weights for the transposed convs)."""
+    dts = {"f16": torch.float16, "f32": torch.float32}
+    for (hw, ci, co, act) in [(12, 8, 32, "relu"), (24, 32, 16, "relu"), (48, 16, 3, "sigmoid")]:
+        for bsz in [1, 64]:
+            for dn, dt in dts.items():
+                try:
+                    x = torch.randn(bsz, ci, hw, hw, device=dev, dtype=dt).to(memory_format=torch.channels_last)
+                    w = torch.randn(ci, co, 3, 3, device=dev, dtype=dt) * 0.2
+                    b = torch.full((co,), 0.05, device=dev, dtype=dt)
+                    f = torch.relu if act == "relu" else torch.sigmoid
+                    y = F.conv_transpose2d(x, w, b, 2, 1, 1)
+                    work = (x.numel() + y.numel() + w.numel()) * x.element_size()
+                    put(f"conv_transpose/{act}/{dn}/b{bsz}/{hw}x{hw}x{ci}-{co}k3s2",
+                        timed(lambda: f(F.conv_transpose2d(x, w, b, 2, 1, 1))), work, "byte")
+                except Exception as e:  # noqa: BLE001 - record nothing for this shape, keep going
+                    print(f"peer_bench: conv_transpose {hw}x{hw}x{ci}-{co} b{bsz} {dn}: {e}", file=sys.stderr)
+    shapes = [(1, 12, 8, 24), (1, 24, 32, 48), (1, 48, 16, 96), (64, 12, 8, 24), (64, 24, 32, 48), (64, 48, 16, 96),
+              (32, 28, 256, 56), (8, 512, 3, 224), (1, 512, 3, 224)]
+    for (bsz, hw, c, out) in shapes:
+        modes = [("bilinear", "bilinear")] if out < hw else [("nearest", "nearest"), ("bilinear", "bilinear")]
+        for dn, dt in dts.items():
+            for name, mode in modes:
+                try:
+                    x = torch.randn(bsz, c, hw, hw, device=dev, dtype=dt).to(memory_format=torch.channels_last)
+                    kw = {} if mode == "nearest" else {"align_corners": False}
+                    work = (x.numel() + bsz * c * out * out) * x.element_size()
+                    put(f"upsample/{name}/{dn}/b{bsz}/{hw}x{hw}x{c}-{out}",
+                        timed(lambda: F.interpolate(x, size=(out, out), mode=mode, **kw)), work, "byte")
+                except Exception as e:  # noqa: BLE001 - record nothing for this shape, keep going
+                    print(f"peer_bench: upsample {name} {hw}->{out} b{bsz} {dn}: {e}", file=sys.stderr)
+
+
 def main():
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -217,6 +253,7 @@ def main():
 
     attention_peers(dev, put)
     depthwise_peers(dev, put)
+    decoder_peers(dev, put)
 
     print(json.dumps({"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                       "ceilings": ceilings, "results": res}, indent=1))

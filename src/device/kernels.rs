@@ -71,6 +71,10 @@ pub static KERNELS: &[KernelInfo] = table![
         "conv2d_f16_any_m", "conv2d_bf16_vec_s", "conv2d_bf16_vec_m", "conv2d_bf16_vec_l",
         "conv2d_bf16_any_s", "conv2d_bf16_any_m", "conv2d_f32",
     ],
+    "conv_transpose" @ SM80 => [
+        "conv_transpose_vec_f32", "conv_transpose_vec_f16", "conv_transpose_vec_bf16",
+        "conv_transpose_any_f32", "conv_transpose_any_f16", "conv_transpose_any_bf16",
+    ],
     "depthwise" @ SM80 => [
         "depthwise_k3s1_f32", "depthwise_k3s1_f16", "depthwise_k3s1_bf16",
         "depthwise_k3s2_f32", "depthwise_k3s2_f16", "depthwise_k3s2_bf16",
@@ -184,6 +188,10 @@ pub static KERNELS: &[KernelInfo] = table![
         "se_excite_f32_f32", "se_excite_f16_f16", "se_excite_f16_f32", "se_excite_bf16_bf16",
         "se_excite_bf16_f32", "se_pool_f32", "se_pool_f16", "se_pool_bf16", "se_scale_f32",
         "se_scale_f16", "se_scale_bf16",
+    ],
+    "upsample" @ SM80 => [
+        "upsample_nearest_f32", "upsample_nearest_f16", "upsample_nearest_bf16",
+        "upsample_bilinear_f32", "upsample_bilinear_f16", "upsample_bilinear_bf16",
     ],
 ];
 

@@ -7,6 +7,7 @@ pub mod attention;
 pub mod bn_fold;
 pub mod conv;
 pub mod conv_geom;
+pub mod conv_transpose;
 pub mod depthwise;
 pub mod elementwise;
 pub mod embedding;
@@ -20,6 +21,7 @@ pub mod preprocess;
 pub mod quantize;
 pub mod softmax;
 pub mod squeeze_excite;
+pub mod upsample;
 
 pub use attention::{
     Attention, BLOCK_ROWS, HEAD_DIMS, Qkv, SeqBatch, UnfusedPlan, attention, attention_into,
@@ -27,6 +29,7 @@ pub use attention::{
 };
 pub use conv::{Conv2d, ConvWeight, conv2d, conv2d_into};
 pub use conv_geom::{Padding, Window};
+pub use conv_transpose::{ConvTranspose, conv_transpose2d, conv_transpose2d_into};
 pub use depthwise::{Depthwise, depthwise, depthwise_into};
 pub use elementwise::{
     Eltwise, activation, bias_add, cast, cast_into, eltwise, eltwise_into, residual_add, scale,
@@ -50,6 +53,7 @@ pub use squeeze_excite::{
     SqueezeExcite, channel_scale, channel_scale_into, se_scale_vector, se_scale_vector_into,
     squeeze_excite, squeeze_excite_into,
 };
+pub use upsample::{UpsampleMode, scaled_size, upsample, upsample_into};
 
 use crate::device::Gpu;
 use crate::dtype::DType;

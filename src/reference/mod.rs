@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod conv;
+pub mod conv_transpose;
 pub mod depthwise;
 pub mod elementwise;
 pub mod embedding;
@@ -17,3 +18,4 @@ pub mod preprocess;
 pub mod quantize;
 pub mod softmax;
 pub mod squeeze_excite;
+pub mod upsample;
