@@ -24,8 +24,10 @@ const SMEM_TARGET: usize = 48 * 1024;
 const SMEM_MAX: usize = 96 * 1024;
 
 /// Options of [`depthwise`]: window geometry and the fused epilogue
-/// `act(scale[c]·conv + bias[c]) + residual`. `scale` and `bias` are f32 `[C]` (BatchNorm folded
-/// in: `scale = γ/√(σ²+ε)`, `bias = β − μ·scale`); `residual` has the output's shape and dtype.
+/// `act(scale[c]·conv + bias[c]) + residual`. `scale` and `bias` are f32 `[C]`, BatchNorm folded
+/// in (`scale = γ/√(σ²+ε)`, `bias = β − μ·scale`: the pair
+/// [`batchnorm_scale_shift`](super::bn_fold::batchnorm_scale_shift) returns); `residual` has the
+/// output's shape and dtype.
 #[derive(Clone, Copy, Debug)]
 pub struct Depthwise<'a> {
     pub stride: (usize, usize),
