@@ -167,6 +167,94 @@ def decoder_peers(dev, put):
                     print(f"peer_bench: upsample {name} {hw}->{out} b{bsz} {dn}: {e}", file=sys.stderr)
 
 
+def cnn_aux_peers(dev, put):
+    """PyTorch at the ids of benches/pool.rs, squeeze_excite.rs, layout.rs and preprocess.rs
+    (work = the bytes those benches count; each shape in its own try).
+
+    pool: F.max_pool2d(x, 3, 2, 1) and F.adaptive_avg_pool2d(x, 1) on channels_last tensors.
+    se: EfficientNet-B0's SE block as PyTorch ops on a channels_last f16 x: mean over H, W,
+    linear, silu, linear, sigmoid, x * s (timm's SqueezeExcite with 1x1 convs does the same
+    passes). layout: NCHW <-> NHWC as .contiguous(memory_format=...). preprocess: the
+    torchvision-style GPU pipeline from a u8 NHWC batch (permute view, float / 255,
+    F.interpolate bilinear align_corners=False antialias=False, (x - mean) / std, cast, NHWC
+    memory) and for u16 grey: window + clamp, interpolate, normalise to 3 channels."""
+    cl = torch.channels_last
+    f16 = torch.float16
+    dt_of = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}
+
+    def attempt(what, fn):
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - record nothing for this shape, keep going
+            print(f"peer_bench: {what}: {e}", file=sys.stderr)
+
+    for bsz in [1, 32]:
+        for dn in (["f16", "bf16", "f32"] if bsz == 32 else ["f16"]):
+            def maxpool(bsz=bsz, dn=dn):
+                x = torch.randn(bsz, 64, 112, 112, device=dev, dtype=dt_of[dn]).to(memory_format=cl)
+                work = (x.numel() + x.numel() // 4) * x.element_size()
+                put(f"pool/max3x3s2/{dn}/b{bsz}/112x112x64", timed(lambda: F.max_pool2d(x, 3, 2, 1)), work, "byte")
+            attempt(f"max_pool2d b{bsz} {dn}", maxpool)
+        for ch in [512, 1280]:
+            def gap(bsz=bsz, ch=ch):
+                x = torch.randn(bsz, ch, 7, 7, device=dev, dtype=f16).to(memory_format=cl)
+                work = (x.numel() + bsz * ch) * 2
+                put(f"pool/gap/f16/b{bsz}/7x7x{ch}", timed(lambda: F.adaptive_avg_pool2d(x, 1)), work, "byte")
+            attempt(f"adaptive_avg_pool2d b{bsz} {ch}", gap)
+        for (hw, ch, cse) in [(112, 32, 8), (56, 144, 6), (28, 240, 10), (14, 672, 28), (7, 1152, 48)]:
+            def se(bsz=bsz, hw=hw, ch=ch, cse=cse):
+                x = torch.randn(bsz, ch, hw, hw, device=dev, dtype=f16).to(memory_format=cl)
+                w1 = torch.randn(cse, ch, device=dev, dtype=f16) * 0.05
+                b1 = torch.randn(cse, device=dev, dtype=f16) * 0.1
+                w2 = torch.randn(ch, cse, device=dev, dtype=f16) * 0.2
+                b2 = torch.randn(ch, device=dev, dtype=f16) * 0.1
+
+                def block():
+                    s = torch.sigmoid(F.linear(F.silu(F.linear(x.mean((2, 3)), w1, b1)), w2, b2))
+                    return x * s[:, :, None, None]
+                work = (3 * x.numel() + 2 * ch * cse + ch + cse) * 2
+                put(f"se/f16/b{bsz}/{hw}x{hw}x{ch}se{cse}", timed(block), work, "byte")
+            attempt(f"se b{bsz} {hw}x{hw}x{ch}", se)
+        for (ch, hw) in [(3, 224), (64, 56)]:
+            for dn in ["f16", "f32"]:
+                def layout(bsz=bsz, ch=ch, hw=hw, dn=dn):
+                    x = torch.randn(bsz, ch, hw, hw, device=dev, dtype=dt_of[dn])
+                    xc = x.contiguous(memory_format=cl)
+                    work = 2 * x.numel() * x.element_size()
+                    put(f"layout/nchw_to_nhwc/{dn}/b{bsz}/{ch}x{hw}x{hw}",
+                        timed(lambda: x.contiguous(memory_format=cl)), work, "byte")
+                    put(f"layout/nhwc_to_nchw/{dn}/b{bsz}/{ch}x{hw}x{hw}",
+                        timed(lambda: xc.contiguous(memory_format=torch.contiguous_format)), work, "byte")
+                attempt(f"layout b{bsz} {ch}x{hw}x{hw} {dn}", layout)
+        for dn in ["f16", "f32"]:
+            def pre_rgb(bsz=bsz, dn=dn):
+                x = torch.randint(0, 256, (bsz, 256, 256, 3), device=dev, dtype=torch.uint8)
+                mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
+                std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
+
+                def pipe():
+                    t = x.permute(0, 3, 1, 2).float() / 255
+                    r = F.interpolate(t, size=(224, 224), mode="bilinear", align_corners=False, antialias=False)
+                    return ((r - mean) / std).to(dt_of[dn]).contiguous(memory_format=cl)
+                work = x.numel() + bsz * 224 * 224 * 3 * dt_of[dn].itemsize
+                put(f"preprocess/u8_rgb_256-224/{dn}/b{bsz}", timed(pipe), work, "byte")
+            attempt(f"preprocess u8 b{bsz} {dn}", pre_rgb)
+
+            def pre_grey(bsz=bsz, dn=dn):
+                x = torch.randint(0, 4096, (bsz, 1, 512, 512), device=dev, dtype=torch.int32).to(torch.uint16)
+                mean = torch.full((1, 3, 1, 1), 0.5, device=dev)
+                std = torch.full((1, 3, 1, 1), 0.25, device=dev)
+
+                def pipe():
+                    t = (x.float() / 4095).clamp_(0, 1)
+                    r = F.interpolate(t, size=(224, 224), mode="bilinear", align_corners=False, antialias=False)
+                    return ((r - mean) / std).to(dt_of[dn]).contiguous(memory_format=cl)
+                work = x.numel() * 2 + bsz * 224 * 224 * 3 * dt_of[dn].itemsize
+                put(f"preprocess/u16_grey_512-224x3/{dn}/b{bsz}", timed(pipe), work, "byte")
+            attempt(f"preprocess u16 b{bsz} {dn}", pre_grey)
+        torch.cuda.empty_cache()
+
+
 def main():
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -254,6 +342,7 @@ def main():
     attention_peers(dev, put)
     depthwise_peers(dev, put)
     decoder_peers(dev, put)
+    cnn_aux_peers(dev, put)
 
     print(json.dumps({"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                       "ceilings": ceilings, "results": res}, indent=1))
