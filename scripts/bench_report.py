@@ -5,8 +5,10 @@ table per bench group: our time and throughput, PyTorch's, the speed ratio (peer
 
 The work of a bench (FLOPs or bytes per call) is the peer's "work" field, or else the criterion
 throughput the bench declared (benchmark.json): Elements = FLOPs (gemm, attention), Bytes =
-bytes moved. The attention group also gets a line comparing its head_dim-64 rates with
-FlashAttention-3's published H100 figures (not measured here).
+bytes moved; ElementsAndBytes (conv) = FLOPs plus bytes moved, shown as TFLOP/s and GB/s (the
+peer's optional "bytes" field is the same second figure). The attention group also gets a line
+comparing its head_dim-64 rates with FlashAttention-3's published H100 figures (not measured
+here).
 
 usage: bench_report.py CRITERION_HOME PEER_JSON > report.md
 """
@@ -21,8 +23,9 @@ FA3_PUBLISHED_D64 = {512: 333, 16384: 497}
 
 
 def load_criterion(home):
-    """{full_id: (median ms, (work, unit) or None)} from every `new` result under home."""
-    out = {}
+    """({full_id: (median ms, (work, unit) or None)}, {full_id: bytes} for the benches that also
+    declare bytes moved (ElementsAndBytes)) from every `new` result under home."""
+    out, nbytes = {}, {}
     for root, _dirs, files in os.walk(home):
         if os.path.basename(root) != "new" or "benchmark.json" not in files:
             continue
@@ -36,8 +39,11 @@ def load_criterion(home):
             work = (tp["Elements"], "flop")
         elif "Bytes" in tp or "BytesDecimal" in tp:
             work = (tp.get("Bytes", tp.get("BytesDecimal")), "byte")
+        elif "ElementsAndBytes" in tp:
+            work = (tp["ElementsAndBytes"]["elements"], "flop")
+            nbytes[meta["full_id"]] = tp["ElementsAndBytes"]["bytes"]
         out[meta["full_id"]] = (est["median"]["point_estimate"] / 1e6, work)  # ns -> ms
-    return out
+    return out, nbytes
 
 
 def rate_value(work, unit, ms):
@@ -94,7 +100,7 @@ def natural(bid):
 
 
 def main():
-    ours = load_criterion(sys.argv[1])
+    ours, ours_bytes = load_criterion(sys.argv[1])
     peer = {"results": {}, "ceilings": {}}
     if len(sys.argv) > 2 and os.path.exists(sys.argv[2]):
         with open(sys.argv[2]) as f:
@@ -120,13 +126,25 @@ def main():
                 c = ceil.get("bf16_matmul_TFLOPs") if unit == "flop" else ceil.get("copy_GBps")
                 if c:
                     frac = f"{rate_value(work, unit, o) / c:.2f}"
-            print(f"| {bid} | {fmt_ms(o)} | {fmt_rate(work, unit, o)} | {fmt_ms(pms)} | {fmt_rate(work, unit, pms)} | {ratio} | {frac} |")
+            rate, prate = fmt_rate(work, unit, o), fmt_rate(work, unit, pms)
+            nb = (p or {}).get("bytes", ours_bytes.get(bid))
+            if nb and unit == "flop":  # a second figure: bytes moved -> GB/s next to the TFLOP/s
+                rate += f", {fmt_rate(nb, 'byte', o)}" if o else ""
+                prate += f", {fmt_rate(nb, 'byte', pms)}" if pms else ""
+                if o and ceil.get("copy_GBps"):
+                    frac += f" ({rate_value(nb, 'byte', o) / ceil['copy_GBps']:.2f} of copy)"
+            print(f"| {bid} | {fmt_ms(o)} | {rate} | {fmt_ms(pms)} | {prate} | {ratio} | {frac} |")
         if g == "attention":
             print("\nAttention work = 4*heads*head_dim*sum(q_len*k_len) over the real lengths (halved when "
                   "causal): padding is not counted, so packed, padded and unfused rows of one batch share it. "
                   "The PyTorch column of the packed, padded and unfused ids is the same key-padding-masked "
                   "SDPA on the padded batch (SDPA has no varlen path).")
             print(fa3_line(ours))
+        if g == "conv":
+            print("\nConv work = 2*N*OH*OW*OC*KH*KW*C FLOPs; GB/s counts input + weight + output (+ residual), "
+                  "f16, once each. medkern fuses the folded-BN scale/bias, activation and residual into the conv; "
+                  "PyTorch runs cuDNN conv2d with the folded bias (channels_last, cudnn.benchmark), then the "
+                  "residual add and the activation as separate in-place ops (and F.pad before the TF-SAME stem).")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@ Prints one JSON object: {"device": ..., "ceilings": {...}, "results": {bench_id:
 benches/*.rs, so scripts/bench_report.py can put each medkern figure next to its peer.
 PyTorch pays separate passes for what medkern fuses (bias+GELU after a GEMM, the dequantise
 after torch._int_mm): that is the comparison a user faces. Attention peers are
-torch.nn.functional.scaled_dot_product_attention (attention_peers).
+torch.nn.functional.scaled_dot_product_attention (attention_peers); conv peers are cuDNN
+conv2d in channels_last with PyTorch's separate activation / residual ops (conv_peers). A result
+may carry "bytes" next to a FLOP "work": bytes moved, for a second (GB/s) rate.
 """
 import json
+import math
 import sys
 
 import torch
@@ -129,6 +132,106 @@ def depthwise_peers(dev, put):
                         timed(lambda: F.silu(F.conv2d(x, w, b, s, k // 2, 1, c))), work, "byte")
                 except Exception as e:  # noqa: BLE001 - record nothing for this shape, keep going
                     print(f"peer_bench: depthwise {hw}x{hw}x{c}k{k}s{s} b{bsz} {dn}: {e}", file=sys.stderr)
+
+
+# ResNet-18 at 224: (input side, c, oc, k, stride, act, residual), benches/conv.rs RESNET18.
+RESNET18_CONVS = [(224, 3, 64, 7, 2, "relu", False), (56, 64, 64, 3, 1, "relu", True),
+                  (56, 64, 128, 3, 2, "relu", False), (56, 64, 128, 1, 2, None, False),
+                  (28, 128, 128, 3, 1, "relu", True), (28, 128, 256, 3, 2, "relu", False),
+                  (28, 128, 256, 1, 2, None, False), (14, 256, 256, 3, 1, "relu", True),
+                  (14, 256, 512, 3, 2, "relu", False), (14, 256, 512, 1, 2, None, False),
+                  (7, 512, 512, 3, 1, "relu", True)]
+# EfficientNet-B0 MBConv stages: (expand ratio, depthwise kernel, stride, out channels, repeats).
+B0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
+             (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
+
+
+def efficientnet_convs(res, width, depth):
+    """benches/conv.rs efficientnet: the distinct dense convs as (side, c, oc, k, stride, act,
+    residual, same), in network order: TF-SAME stem, 1x1 expand / project per block, 1x1 head."""
+    def filters(f):
+        f *= width
+        n = max(8, int(f + 4) // 8 * 8)
+        return n + 8 if n < 0.9 * f else n
+
+    layers = [(res, 3, filters(32), 3, 2, "silu", False, True)]
+    hw, cin = -(-res // 2), filters(32)
+    for expand, _k, stride, out, repeats in B0_STAGES:
+        cout = filters(out)
+        for i in range(math.ceil(depth * repeats)):
+            s = stride if i == 0 else 1
+            mid = cin * expand
+            if expand != 1:
+                layers.append((hw, cin, mid, 1, 1, "silu", False, False))
+            hw = -(-hw // s)
+            layers.append((hw, mid, cout, 1, 1, None, s == 1 and cin == cout, False))
+            cin = cout
+    layers.append((hw, cin, filters(1280), 1, 1, "silu", False, False))
+    seen, out = set(), []
+    for l in layers:
+        key = l[:5]
+        if key not in seen:
+            seen.add(key)
+            out.append(l)
+    return out
+
+
+def same_pad(size, k, s):
+    """TF SAME padding of one axis: (before, after), the extra one after."""
+    total = max((-(-size // s) - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv_peers(dev, put):
+    """cuDNN conv2d at the ids of benches/conv.rs: ResNet-18 at 224 and EfficientNet-B0 at 224
+    (batch 1, 32, 128) and B7 at 600 (batch 1, 32), f16, channels_last, cudnn.benchmark on (each
+    shape is autotuned by the untimed first call, then timed() warms up again).
+
+    BatchNorm is folded into the conv weight and bias (what a deployment does; fair to cuDNN,
+    which applies the bias in its conv kernel). What PyTorch pays separately where medkern fuses
+    it into the conv's epilogue: the activation (an in-place relu_/silu pass over the output,
+    as torchvision's inplace ReLU/SiLU) and the residual add (an in-place add_ pass reading the
+    identity, before the ReLU as in torchvision's BasicBlock; after the project conv as in
+    MBConv); each is one extra read+write of the output in eager mode (torch.compile could fuse
+    them). The EfficientNet stem uses TF SAME padding: F.pad (asymmetric, the extra row/column
+    at the bottom/right) then conv2d with no padding, as timm's Conv2dSame does: one more pass
+    over the input. Work = FLOPs 2*N*OH*OW*OC*KH*KW*C, and "bytes" = input + weight + output
+    (+ residual), f16, read or written once (bench_report.py shows TFLOP/s and GB/s). Each
+    shape runs in its own try: a failure (OOM) records nothing for it and goes on."""
+    torch.backends.cudnn.benchmark = True
+    nets = [("resnet18", [l + (False,) for l in RESNET18_CONVS], [1, 32, 128]),
+            ("effnet_b0", efficientnet_convs(224, 1.0, 1.0), [1, 32, 128]),
+            ("effnet_b7", efficientnet_convs(600, 2.0, 3.1), [1, 32])]
+    acts = {None: lambda y: y, "relu": F.relu_, "silu": lambda y: F.silu(y, inplace=True)}
+    cl = torch.channels_last
+    for net, layers, batches in nets:
+        for (hw, c, oc, k, s, act, residual, same) in layers:
+            for bsz in batches:
+                bid = f"conv/{net}/{k}x{k}s{s}_{c}-{oc}_{hw}/f16/b{bsz}"
+                try:
+                    x = torch.randn(bsz, c, hw, hw, device=dev, dtype=torch.float16).to(memory_format=cl)
+                    w = (torch.randn(oc, c, k, k, device=dev, dtype=torch.float16)
+                         * (2 / (k * k * c)) ** 0.5).to(memory_format=cl)
+                    b = torch.randn(oc, device=dev, dtype=torch.float16) * 0.1
+                    f = acts[act]
+                    if same:
+                        ph, pw = same_pad(hw, k, s), same_pad(hw, k, s)
+                        pads = (pw[0], pw[1], ph[0], ph[1])
+                        fn = lambda: f(F.conv2d(F.pad(x, pads), w, b, s))  # noqa: E731
+                    else:
+                        fn = lambda: f(F.conv2d(x, w, b, s, k // 2))  # noqa: E731
+                    y = fn()
+                    r = torch.randn_like(y) if residual else None
+                    if residual:
+                        fn = lambda: f(F.conv2d(x, w, b, s, k // 2).add_(r))  # noqa: E731
+                        fn()
+                    flops = 2 * y.numel() * k * k * c
+                    nbytes = (x.numel() + w.numel() + y.numel() * (2 if residual else 1)) * 2
+                    put(bid, timed(fn), flops, "flop", nbytes)
+                    del x, w, b, y, r
+                except Exception as e:  # noqa: BLE001 - record nothing for this shape, keep going
+                    print(f"peer_bench: {bid}: {e}", file=sys.stderr)
+                torch.cuda.empty_cache()
 
 
 def decoder_peers(dev, put):
@@ -260,8 +363,10 @@ def main():
     torch.manual_seed(0)
     res = {}
 
-    def put(bid, ms, work, unit):
+    def put(bid, ms, work, unit, nbytes=None):
         res[bid] = {"ms": ms, "work": work, "unit": unit}
+        if nbytes is not None:  # a second work figure: bytes moved, for a GB/s next to the FLOP/s
+            res[bid]["bytes"] = nbytes
 
     # Device ceilings measured now: a large device-to-device copy and a bf16 8192^3 matmul.
     big = torch.empty(1 << 30, dtype=torch.uint8, device=dev)
@@ -342,6 +447,7 @@ def main():
     attention_peers(dev, put)
     depthwise_peers(dev, put)
     decoder_peers(dev, put)
+    conv_peers(dev, put)
     cnn_aux_peers(dev, put)
 
     print(json.dumps({"device": torch.cuda.get_device_name(0), "torch": torch.__version__,

@@ -3,7 +3,9 @@
 
 use clap::{Parser, Subcommand};
 use medkern::device::{self, kernels, runtime_compile};
-use medkern::ops::{self, Activation, Attention, Eltwise, Qkv, SeqBatch};
+use medkern::ops::{
+    self, Activation, Attention, Conv2d, ConvWeight, Eltwise, Padding, Qkv, SeqBatch,
+};
 use medkern::{DType, Device, HostTensor, Tensor};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -23,14 +25,15 @@ struct Cli {
 enum Cmd {
     /// Print the GPU (or "no GPU"), the NVRTC version and the kernel table.
     Info,
-    /// Time the kernels on the GPU at BERT shapes and print a report (ms, TFLOP/s or GB/s).
+    /// Time the kernels on the GPU at BERT and ResNet-18 shapes and print a report (ms, TFLOP/s
+    /// or GB/s).
     Bench {
         /// Timed iterations per shape (after 3 warm-up runs).
         #[arg(long, default_value_t = 20)]
         iters: usize,
     },
-    /// Run elementwise, LayerNorm, softmax, Linear layers and attention on the best device and
-    /// compare with the CPU reference.
+    /// Run elementwise, LayerNorm, softmax, Linear layers, attention and conv2d on the best
+    /// device and compare with the CPU reference.
     Demo {
         /// Force the CPU backend even when a GPU is present.
         #[arg(long)]
@@ -327,7 +330,128 @@ fn demo(force_cpu: bool, rows: usize) -> medkern::Result<()> {
             &Attention::default(),
         )
     })?;
+
+    // conv2d, NHWC f16, folded-BN scale/bias fused (small images: the f64 reference is direct).
+    for case in [
+        // A ResNet basic block's second conv: relu(bn(conv3x3(x)) + identity).
+        ConvDemo {
+            name: "conv 3x3 + BN + residual + ReLU",
+            x: [2, 14, 14, 32],
+            oc: 32,
+            k: 3,
+            stride: 1,
+            padding: Padding::symmetric(1, 1),
+            act: Activation::Relu,
+            residual: true,
+        },
+        // ResNet's stem: 3 channels (the element-gather path), 7x7 stride 2, padding 3.
+        ConvDemo {
+            name: "conv stem 7x7 s2, 3 channels",
+            x: [1, 32, 32, 3],
+            oc: 64,
+            k: 7,
+            stride: 2,
+            padding: Padding::symmetric(3, 3),
+            act: Activation::Relu,
+            residual: false,
+        },
+        // TF SAME at stride 2 on an even side: the extra padding row/column at the bottom/right.
+        ConvDemo {
+            name: "conv 3x3 s2 TF-SAME + BN + SiLU",
+            x: [2, 28, 28, 16],
+            oc: 32,
+            k: 3,
+            stride: 2,
+            padding: Padding::Same,
+            act: Activation::Silu,
+            residual: false,
+        },
+    ] {
+        case.run(&dev)?;
+    }
     Ok(())
+}
+
+/// One conv2d demo layer: `act(conv(x)·scale + bias (+ residual))`, weights from PyTorch's OIHW.
+struct ConvDemo {
+    name: &'static str,
+    x: [usize; 4],
+    oc: usize,
+    k: usize,
+    stride: usize,
+    padding: Padding,
+    act: Activation,
+    residual: bool,
+}
+
+impl ConvDemo {
+    /// The layer on `dev` (after its first-use load) and on the CPU reference; prints the error.
+    fn run(&self, dev: &Device) -> medkern::Result<()> {
+        let [n, hw, _, c] = self.x;
+        let win = ops::Window::new(
+            "demo",
+            (hw, hw),
+            (self.k, self.k),
+            (self.stride, self.stride),
+            (1, 1),
+            self.padding,
+        )?;
+        let ys = [n, win.out_h, win.out_w, self.oc];
+        let k = self.k * self.k * c;
+        let h = |shape: &[usize], seed, gain: f64, dt| {
+            let v: Vec<f64> = sample(shape.iter().product(), seed)
+                .iter()
+                .map(|v| v * gain)
+                .collect();
+            HostTensor::from_f64(shape, &v, dt)
+        };
+        let x = h(&self.x, 20, 1.0, DType::F16)?;
+        let w = h(
+            &[self.oc, c, self.k, self.k],
+            21,
+            (2.0 / k as f64).sqrt(),
+            DType::F16,
+        )?;
+        let scale = HostTensor::from_f64(
+            &[self.oc],
+            &(0..self.oc)
+                .map(|i| 0.5 + (i % 7) as f64 / 7.0)
+                .collect::<Vec<_>>(),
+            DType::F32,
+        )?;
+        let bias = h(&[self.oc], 22, 0.1, DType::F32)?;
+        let res = h(&ys, 23, 1.0, DType::F16)?;
+        let run = |d: &Device| -> medkern::Result<HostTensor> {
+            let (xd, sd, bd, rd) = (
+                x.to_device(d)?,
+                scale.to_device(d)?,
+                bias.to_device(d)?,
+                res.to_device(d)?,
+            );
+            let wd = ConvWeight::from_pytorch(&w, 1, d)?;
+            let spec = Conv2d {
+                stride: (self.stride, self.stride),
+                padding: self.padding,
+                scale: Some(&sd),
+                bias: Some(&bd),
+                residual: self.residual.then_some(&rd),
+                act: self.act,
+                ..Default::default()
+            };
+            ops::conv2d(&xd, &wd, &spec)?.to_host()
+        };
+        let t0 = Instant::now();
+        let got = run(dev)?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let want = run(&Device::Cpu)?;
+        println!(
+            "{:<34} {:?}->{ys:?} f16 {ms:>8.2} ms (incl. first-use load)  max |err| vs reference {:.3e}",
+            self.name,
+            self.x,
+            max_err(&got, &want)
+        );
+        Ok(())
+    }
 }
 
 /// Median wall time of `f` (each call synchronised), in ms.
@@ -496,6 +620,47 @@ fn bench(iters: usize) -> medkern::Result<()> {
         v: &v,
     };
     attn(&format!("f16 b1h{heads}d{d}s{seq}"), qkv, &sb, &mut out)?;
+    // conv2d, NHWC f16, folded-BN scale/bias + ReLU fused (benches/conv.rs ids): ResNet-18's
+    // layer1 3x3 conv at batch 32 with the block's residual, and its stem (3 channels, 7x7 s2).
+    // TFLOP/s = 2·N·OH·OW·OC·KH·KW·C / time; GB/s counts input + weight + output (+ residual).
+    for (name, [n, hw, c], oc, k, s, residual) in [
+        ("3x3s1_64-64_56 +res", [32, 56, 64], 64, 3, 1, true),
+        ("7x7s2_3-64_224", [32, 224, 3], 64, 7, 2, false),
+    ] {
+        let x = h(&[n, hw, hw, c], 13, DType::F16)?;
+        let w = HostTensor::from_f64(
+            &[oc, k, k, c],
+            &sample(oc * k * k * c, 14)
+                .iter()
+                .map(|v| v * (2.0 / (k * k * c) as f64).sqrt())
+                .collect::<Vec<_>>(),
+            DType::F16,
+        )?;
+        let w = ConvWeight::new(&w, 1, &dev)?;
+        let (scale, bias) = (h(&[oc], 15, DType::F32)?, h(&[oc], 16, DType::F32)?);
+        let o = (hw + 2 * (k / 2) - k) / s + 1;
+        let r = h(&[n, o, o, oc], 17, DType::F16)?;
+        let mut y = Tensor::empty(&dev, &[n, o, o, oc], DType::F16)?;
+        let spec = Conv2d {
+            stride: (s, s),
+            padding: Padding::symmetric(k / 2, k / 2),
+            scale: Some(&scale),
+            bias: Some(&bias),
+            residual: residual.then_some(&r),
+            act: Activation::Relu,
+            ..Default::default()
+        };
+        let ms = time_ms(&gpu, iters, &mut || ops::conv2d_into(&x, &w, &spec, &mut y))?;
+        let flops = 2.0 * (n * o * o * oc * k * k * c) as f64;
+        let out = n * o * o * oc * if residual { 2 } else { 1 };
+        let bytes = (2 * (n * hw * hw * c + oc * k * k * c + out)) as f64;
+        println!(
+            "{:<44} {ms:>10.4} {:>8.1} TFLOP/s {:>6.0} GB/s",
+            format!("conv f16 resnet18 {name} b{n}"),
+            flops / ms / 1e9,
+            bytes / ms / 1e6
+        );
+    }
     println!(
         "(wall time per call incl. launch and sync; criterion benches and gpu-bundle/run give the peer ratios)"
     );
