@@ -93,8 +93,8 @@ impl BertConfig {
 /// The q/k/v projections: one fused Linear writing `[tokens, 3, heads, d]` (read in place by
 /// attention) when the three share a storage kind, else three (e.g. low-rank factors).
 enum QkvProj {
-    Fused(Linear),
-    Split([Linear; 3]),
+    Fused(Box<Linear>),
+    Split(Box<[Linear; 3]>),
 }
 
 /// One encoder layer's weights, on the model's device in its dtype.
@@ -317,7 +317,7 @@ impl BertModel {
                         .flat_map(|x| f(x).iter().copied())
                         .collect()
                 };
-                QkvProj::Fused(Linear::build(
+                QkvProj::Fused(Box::new(Linear::build(
                     LinearHost {
                         kind: q.kind,
                         w: cat(&|x| &x.w),
@@ -332,13 +332,13 @@ impl BertModel {
                     },
                     dtype,
                     device,
-                )?)
+                )?))
             } else {
-                QkvProj::Split([
+                QkvProj::Split(Box::new([
                     Linear::build(q, dtype, device)?,
                     Linear::build(k, dtype, device)?,
                     Linear::build(v, dtype, device)?,
-                ])
+                ]))
             };
             layers.push(Layer {
                 heads: rows / d,
@@ -449,7 +449,8 @@ impl BertModel {
                     let qkv = p.forward(&x, id, None)?.reshape(&[tokens, 3, l.heads, d])?;
                     ops::attention(Qkv::Packed(&qkv), &batch, &Attention::default())?
                 }
-                QkvProj::Split([pq, pk, pv]) => {
+                QkvProj::Split(p) => {
+                    let [pq, pk, pv] = &**p;
                     let sh = [tokens, l.heads, d];
                     let q = pq.forward(&x, id, None)?.reshape(&sh)?;
                     let k = pk.forward(&x, id, None)?.reshape(&sh)?;
