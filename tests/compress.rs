@@ -285,3 +285,23 @@ fn sparse24_int8_lowrank_and_combinations_round_trip() {
     wrong.quantize_int8().unwrap();
     assert!(wrong.sparsify_24().is_err());
 }
+
+#[test]
+fn quality_report_rows() {
+    use medkern::model::compress::quality;
+    let dense = random_checkpoint(5);
+    let (dd, dq) = (tmpdir("q-dense"), tmpdir("q-int8"));
+    dense.save(&dd, None).unwrap();
+    let reference = embed(&dense, "q-ref");
+    let same = quality(&dd, &Device::Cpu, DType::F32, &ids(), &reference, 1).unwrap();
+    assert!(same.cos_min > 1.0 - 1e-6, "{same:?}");
+    assert_eq!(same.bytes, dense.data_bytes());
+    let mut q = random_checkpoint(5);
+    q.quantize_int8().unwrap();
+    q.save(&dq, None).unwrap();
+    let r = quality(&dq, &Device::Cpu, DType::F32, &ids(), &reference, 1).unwrap();
+    assert!(r.cos_min > 0.99 && r.cos_min < 1.0 - 1e-9, "{r:?}");
+    assert!(r.bytes < same.bytes / 2, "{r:?}");
+    let _ = std::fs::remove_dir_all(&dd);
+    let _ = std::fs::remove_dir_all(&dq);
+}

@@ -476,3 +476,57 @@ fn layer_of(name: &str) -> Option<(usize, &str)> {
     let (l, rest) = rest.split_once('.')?;
     Some((l.parse().ok()?, rest))
 }
+
+/// One row of the compression quality report.
+#[derive(Clone, Debug)]
+pub struct Quality {
+    /// Tensor bytes on disk (model.safetensors without its header).
+    pub bytes: usize,
+    /// Cosine similarity of each sentence's embedding to the dense model's: worst and mean.
+    pub cos_min: f64,
+    pub cos_mean: f64,
+    /// Median forward time of the sentence batch, ms (includes reading the result back).
+    pub ms: f64,
+}
+
+/// Embeds `ids` with the model in `dir` and compares with `reference` embeddings (the dense
+/// model's); `runs` timed forwards after one warm-up.
+pub fn quality(
+    dir: &Path,
+    device: &crate::tensor::Device,
+    dtype: DType,
+    ids: &[Vec<u32>],
+    reference: &[Vec<f32>],
+    runs: usize,
+) -> Result<Quality> {
+    use crate::model::bert::{BertModel, Pooling};
+    let model = BertModel::load(dir, device, dtype)?;
+    let mut emb = model.embed(ids, Pooling::Mean)?;
+    let mut times = Vec::with_capacity(runs.max(1));
+    for _ in 0..runs.max(1) {
+        let t0 = std::time::Instant::now();
+        emb = model.embed(ids, Pooling::Mean)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let cos: Vec<f64> = emb
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| {
+            let d: f64 = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum();
+            let n = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+            d / (n(a) * n(b)).max(f64::MIN_POSITIVE)
+        })
+        .collect();
+    let bytes = Checkpoint::load(dir)?.data_bytes();
+    Ok(Quality {
+        bytes,
+        cos_min: cos.iter().copied().fold(1.0, f64::min),
+        cos_mean: cos.iter().sum::<f64>() / cos.len().max(1) as f64,
+        ms: times[times.len() / 2],
+    })
+}
