@@ -6,8 +6,9 @@
 // the column reads free of bank conflicts), 32×8 threads, 4 rows each; global reads and writes
 // both run along rows of 32 consecutive elements. Grid stride over batch·row tiles·col tiles.
 // transpose_small_{b1,b2,b4}: when rows or cols ≤ 8 (3-channel images) a tile would be mostly
-// empty: one thread per output element in output order (coalesced writes); the reads of a warp
-// fall in at most 8 short runs (rows ≤ 8) or one span of ≤ 8·32 elements (cols ≤ 8).
+// empty: one thread per output element in output order (coalesced writes), grid (blocks per
+// image, images); the reads of a warp fall in at most 8 short runs (rows ≤ 8) or one span of
+// ≤ 8·32 elements (cols ≤ 8).
 // Launcher: src/ops/layout.rs; reference: src/reference/layout.rs.
 
 namespace mk {
@@ -48,15 +49,17 @@ __device__ __forceinline__ void transpose_tiled(T* __restrict__ y, const T* __re
 template <typename T>
 __device__ __forceinline__ void transpose_small(T* __restrict__ y, const T* __restrict__ x,
                                                 long long batch, int rows, int cols) {
-    const long long plane = (long long)rows * cols;
-    const long long total = batch * plane;
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < total; o += stride) {
-        const long long b = o / plane;
-        const long long within = o - b * plane;  // = cc·rows + r in the output
-        const long long cc = within / rows;
-        const long long r = within - cc * rows;
-        y[o] = x[b * plane + r * cols + cc];
+    // Grid (blocks per image, images): 32-bit index arithmetic within an image (rows·cols < 2^31).
+    const unsigned plane = (unsigned)rows * (unsigned)cols;
+    const unsigned stride = gridDim.x * blockDim.x;
+    for (long long b = blockIdx.y; b < batch; b += gridDim.y) {
+        const T* xb = x + b * plane;
+        T* yb = y + b * plane;
+        for (unsigned o = blockIdx.x * blockDim.x + threadIdx.x; o < plane; o += stride) {
+            const unsigned cc = o / (unsigned)rows;  // o = cc·rows + r in the output
+            const unsigned r = o - cc * (unsigned)rows;
+            yb[o] = xb[(size_t)r * cols + cc];
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //
 // pool_{max,avg}_{f32,f16,bf16}: one thread per output pixel and VEC = 8 channels (16-byte
 // loads and stores when C % 8 == 0 and the buffers are aligned: vec_ok) or one channel, grid
-// stride over N·OH·OW·(C/V). Input row ih = oh·SH − PT + kh·DH (PT: leading padding, TF SAME
+// stride over N·OH·OW·(C/V) (< 2^31, 32-bit index arithmetic). Input row ih = oh·SH − PT + kh·DH (PT: leading padding, TF SAME
 // resolved on the host by Window); padded positions are skipped, so padding never wins a max
 // (it starts at −inf; a NaN input wins, as in PyTorch) and the average divides by KH·KW
 // (count_include_pad) or by the number of real positions (the host rejects windows with none).
@@ -27,8 +27,10 @@ __device__ __forceinline__ void pool_window(T* __restrict__ y, const T* __restri
     const long long total = (long long)g.N * g.OH * g.OW * CV;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += stride) {
-        const int c = (int)(idx % CV) * V;
-        long long pix = idx / CV;
+        // 32-bit index arithmetic: the host keeps the output below 2^31 vectors.
+        const unsigned u = (unsigned)idx;
+        const int c = (int)(u % CV) * V;
+        unsigned pix = u / CV;
         const int ow = (int)(pix % g.OW);
         pix /= g.OW;
         const int oh = (int)(pix % g.OH);

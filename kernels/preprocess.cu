@@ -27,9 +27,10 @@ __device__ __forceinline__ void preprocess(O* __restrict__ y, const S* __restric
     const long long total = (long long)N * Hout * Wout;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long pix = (long long)blockIdx.x * blockDim.x + threadIdx.x; pix < total; pix += stride) {
-        const int ow = (int)(pix % Wout);
-        const int oh = (int)((pix / Wout) % Hout);
-        const long long n = pix / ((long long)Wout * Hout);
+        const unsigned up = (unsigned)pix;  // N·Hout·Wout < 2^31 (host): 32-bit index arithmetic
+        const int ow = (int)(up % (unsigned)Wout);
+        const int oh = (int)((up / (unsigned)Wout) % (unsigned)Hout);
+        const long long n = up / ((unsigned)Wout * (unsigned)Hout);
         // Source coordinates as upsample_bilinear2d (align_corners = false) computes them.
         const float sy = fmaxf(scale_h * ((float)oh + 0.5f) - 0.5f, 0.f);
         const float sx = fmaxf(scale_w * ((float)ow + 0.5f) - 0.5f, 0.f);

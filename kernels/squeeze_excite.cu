@@ -101,7 +101,7 @@ __device__ __forceinline__ void se_scale(T* __restrict__ y, const T* __restrict_
     const float* si = s + n * C;
     const long long stride = (long long)gridDim.x * blockDim.x * V;
     for (long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * V; i < per_image; i += stride) {
-        const int c = (int)(i % C);
+        const int c = (int)((unsigned)i % (unsigned)C);  // per_image < 2^31 (host)
         float v[V];
         if constexpr (V == VEC) {
             load_vec<T>(xi + i, v);

@@ -15,7 +15,7 @@ int run(int ci, bool tiled, void (*kern)(T*, const T*, long long, int, int)) {
     std::vector<T> x((size_t)B * R * Cc), y(x.size(), (T)0xEE);
     for (size_t i = 0; i < x.size(); ++i) x[i] = (T)(i * 2654435761u);
     if (tiled) emu_launch({(unsigned)rnd(1, 6), 1, 1}, {32, 8, 1}, [&] { kern(y.data(), x.data(), B, R, Cc); });
-    else emu_launch({(unsigned)rnd(1, 4), 1, 1}, {(unsigned)(32 * rnd(1, 3)), 1, 1}, [&] { kern(y.data(), x.data(), B, R, Cc); });
+    else emu_launch({(unsigned)rnd(1, 4), (unsigned)rnd(1, B), 1}, {(unsigned)(32 * rnd(1, 3)), 1, 1}, [&] { kern(y.data(), x.data(), B, R, Cc); });
     int bad = 0;
     for (int b = 0; b < B; ++b) for (int r = 0; r < R; ++r) for (int c = 0; c < Cc; ++c) {
         T want = x[((size_t)b * R + r) * Cc + c], got = y[((size_t)b * Cc + c) * R + r];

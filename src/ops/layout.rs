@@ -112,9 +112,13 @@ fn transpose_into(
                 as_i32(op, "rows", rows)?,
                 as_i32(op, "cols", cols)?,
             );
+            as_i32(op, "one image (C·H·W)", rows * cols)?; // 32-bit indices within an image
             let cfg = if small {
+                // (blocks per image, images): the kernel loops over images beyond 65535.
+                let images = batch.min(65_535);
+                let per_image = (stride_grid(&gpu, total, 256) as usize).div_ceil(images);
                 LaunchConfig {
-                    grid_dim: (stride_grid(&gpu, total, 256), 1, 1),
+                    grid_dim: (per_image.max(1) as u32, images as u32, 1),
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: 0,
                 }
@@ -136,8 +140,8 @@ fn transpose_into(
                 .arg(&rows_i)
                 .arg(&cols_i);
             // SAFETY: matches `transpose_{tiled,small}_b{1,2,4}(y, x, batch, rows, cols)` of the
-            // dtype's element size; x and y hold batch·rows·cols elements (checked); tiled
-            // blocks are 32×8 threads as the kernel's tile loops assume.
+            // dtype's element size; x and y hold batch·rows·cols elements (checked), one image
+            // below 2^31; tiled blocks are 32×8 threads as the kernel's tile loops assume.
             unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
             Ok(())
         }

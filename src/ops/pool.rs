@@ -181,7 +181,9 @@ fn pool_into(x: &Tensor, p: &Pool2d, max: bool, out: &mut Tensor) -> Result<()> 
             .iter()
             .map(|&(arg, v)| as_i32(op, arg, v))
             .collect::<Result<Vec<i32>>>()?;
-            // Input offsets are 64-bit in the kernel; `oh·SH + kh·DH` is not.
+            // The kernel decomposes output indices in 32 bits; input offsets are 64-bit, but
+            // `oh·SH + kh·DH` is not.
+            as_i32(op, "output elements", total)?;
             as_i32(
                 op,
                 "window reach",

@@ -221,6 +221,7 @@ pub fn preprocess_into(x: &Tensor, p: &Preprocess, out: &mut Tensor) -> Result<(
             let gpu = gpu.clone();
             let kernel = kernel_name(OP, format!("preprocess_{}_{od}", x.dtype()))?;
             let f = gpu.function(kernel)?;
+            as_i32(OP, "output pixels", pixels)?; // 32-bit index arithmetic in the kernel
             let ints = [
                 as_i32(OP, "N", g.n)?,
                 as_i32(OP, "H", g.h)?,

@@ -400,6 +400,7 @@ pub fn channel_scale_into(x: &Tensor, s: &Tensor, y: &mut Tensor) -> Result<()> 
             let sd = dev(OP, "s", s)?;
             let yd = dev_mut(OP, "y", y)?;
             let vec_ok = i32::from(c % 8 == 0 && aligned16(&[Some(xd), Some(sd), Some(&*yd)]));
+            as_i32(OP, "H·W·C", per_image)?; // 32-bit channel index in the kernel
             let (per_i, c_i) = (per_image as i64, as_i32(OP, "C", c)?);
             let cfg = LaunchConfig {
                 grid_dim: (blocks as u32, n as u32, 1),
