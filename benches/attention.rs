@@ -7,7 +7,8 @@
 //! - BERT-base (12 heads, head_dim 64, f16, QKV projection output read in place,
 //!   `Qkv::Packed`) at seq 128/384/512 × batch 1/8/32/128/256 with ragged lengths: sequence
 //!   lengths are uniform integers in [seq/4, seq], drawn from `SeedRng::new(1000·seq + batch)`
-//!   ([`ragged_lens`]; peer_bench.py replays the same generator). Three ids per shape:
+//!   (`common::ragged_lens`, shared with benches/bert.rs; peer_bench.py replays the same
+//!   generator). Three ids per shape:
 //!   `packed` (fused, varlen: no padding tokens at all), `padded` (fused, each sequence owns
 //!   `seq` rows, key padding masked) and `unfused` (GEMM → masked softmax → GEMM on the same
 //!   padded batch, `UnfusedPlan` built outside the timed loop; its key-padding mask is one row
@@ -45,16 +46,6 @@ pub const LONG_TOKENS: usize = 16384;
 pub const LONG_HIDDEN: usize = 2048;
 /// Values in the random pool the inputs repeat.
 const POOL: usize = 1 << 20;
-
-/// Ragged BERT lengths: `batch` integers uniform in [seq/4, seq], from `SeedRng::new(1000·seq +
-/// batch)` (scripts/peer_bench.py `ragged_lens` is the same generator).
-pub fn ragged_lens(batch: usize, seq: usize) -> Vec<usize> {
-    let mut rng = SeedRng::new((1000 * seq + batch) as u64);
-    let lo = seq / 4;
-    (0..batch)
-        .map(|_| lo + rng.below((seq - lo + 1) as u64) as usize)
-        .collect()
-}
 
 /// Attention FLOPs: 4·heads·head_dim·pairs (Q·Kᵀ and P·V, 2 FLOPs per multiply-add), halved
 /// when causal (the FlashAttention convention).

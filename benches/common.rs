@@ -21,3 +21,14 @@ pub fn criterion() -> Criterion {
 /// BERT-shaped activations: (batch·seq, hidden) for BERT-base and its FFN.
 pub const BERT_ROWS_COLS: [(usize, usize); 4] =
     [(128, 768), (4096, 768), (16384, 768), (4096, 3072)];
+
+/// Ragged BERT lengths: `batch` integers uniform in [seq/4, seq], from `SeedRng::new(1000·seq +
+/// batch)`. Shared by benches/attention.rs and benches/bert.rs; scripts/peer_bench.py
+/// `ragged_lens` is the same generator, so the PyTorch peers time the same batches.
+pub fn ragged_lens(batch: usize, seq: usize) -> Vec<usize> {
+    let mut rng = SeedRng::new((1000 * seq + batch) as u64);
+    let lo = seq / 4;
+    (0..batch)
+        .map(|_| lo + rng.below((seq - lo + 1) as u64) as usize)
+        .collect()
+}

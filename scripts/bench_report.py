@@ -10,6 +10,9 @@ peer's optional "bytes" field is the same second figure). The attention group al
 comparing its head_dim-64 rates with FlashAttention-3's published H100 figures (not measured
 here).
 
+The bert group (benches/bert.rs) declares Elements = sequences per call: unit "seq", shown as
+sequences/s, no ceiling fraction.
+
 usage: bench_report.py CRITERION_HOME PEER_JSON > report.md
 """
 import json
@@ -36,7 +39,7 @@ def load_criterion(home):
         tp = meta.get("throughput") or {}
         work = None
         if "Elements" in tp:
-            work = (tp["Elements"], "flop")
+            work = (tp["Elements"], "seq" if meta["full_id"].startswith("bert/") else "flop")
         elif "Bytes" in tp or "BytesDecimal" in tp:
             work = (tp.get("Bytes", tp.get("BytesDecimal")), "byte")
         elif "ElementsAndBytes" in tp:
@@ -47,7 +50,9 @@ def load_criterion(home):
 
 
 def rate_value(work, unit, ms):
-    """TFLOP/s for flops, GB/s for bytes."""
+    """TFLOP/s for flops, GB/s for bytes, sequences/s for "seq"."""
+    if unit == "seq":
+        return work / ms * 1e3
     return work / ms / 1e9 if unit == "flop" else work / ms / 1e6
 
 
@@ -55,6 +60,8 @@ def fmt_rate(work, unit, ms):
     if ms is None or work is None:
         return "-"
     v = rate_value(work, unit, ms)
+    if unit == "seq":
+        return f"{v:.0f} seq/s"
     return f"{v:.1f} TFLOP/s" if unit == "flop" else f"{v:.0f} GB/s"
 
 
@@ -123,7 +130,7 @@ def main():
             ratio = f"{pms / o:.2f}x" if pms and o else "-"
             frac = "-"
             if o and work:
-                c = ceil.get("bf16_matmul_TFLOPs") if unit == "flop" else ceil.get("copy_GBps")
+                c = {"flop": ceil.get("bf16_matmul_TFLOPs"), "byte": ceil.get("copy_GBps")}.get(unit)
                 if c:
                     frac = f"{rate_value(work, unit, o) / c:.2f}"
             rate, prate = fmt_rate(work, unit, o), fmt_rate(work, unit, pms)
@@ -140,6 +147,11 @@ def main():
                   "The PyTorch column of the packed, padded and unfused ids is the same key-padding-masked "
                   "SDPA on the padded batch (SDPA has no varlen path).")
             print(fa3_line(ours))
+        if g == "bert":
+            print("\nBERT forward latency, random weights, f16, ragged batches (lengths uniform in [seq/4, seq]); "
+                  "rate = sequences/s. The PyTorch column is eager PyTorch BERT dense f16 (SDPA, padded to the "
+                  "batch's longest sequence with an attention mask) on every row, so the speed column of a "
+                  "compressed configuration is its speedup over PyTorch dense f16.")
         if g == "conv":
             print("\nConv work = 2*N*OH*OW*OC*KH*KW*C FLOPs; GB/s counts input + weight + output (+ residual), "
                   "f16, once each. medkern fuses the folded-BN scale/bias, activation and residual into the conv; "

@@ -58,7 +58,7 @@ def ragged_lens(batch, seq):
     """benches/attention.rs ragged_lens: uniform integers in [seq/4, seq], SeedRng(1000*seq + batch)."""
     rng = SeedRng(1000 * seq + batch)
     lo = seq // 4
-    return [lo + rng.below(seq - lo + 1) for _ in range(batch)]
+    return [lo + rng.below(seq - lo + 1) for _ in range(batch)]  # benches/common.rs ragged_lens
 
 
 def attention_peers(dev, put):
@@ -358,6 +358,104 @@ def cnn_aux_peers(dev, put):
         torch.cuda.empty_cache()
 
 
+# benches/bert.rs: (layers, hidden, heads, intermediate) per model, its configuration names, and
+# the (model, batch, seq) pairs it times with every configuration (SUBSET); every other pair has
+# the dense and the most compressed ids only.
+BERT_MODELS = {"bert-base": (12, 768, 12, 3072), "minilm-l6": (6, 384, 12, 1536)}
+BERT_CONFIGS = ["dense", "int8", "sparse24", "sparse24_int8", "heads8", "heads8_halflayers_sparse24_int8"]
+BERT_ALL_CONFIGS = [("bert-base", 32, 128), ("bert-base", 128, 512)]
+
+
+class EagerBert(torch.nn.Module):
+    """A self-contained eager BERT encoder (HF BertModel's computation without the pooler): word +
+    position + token-type embeddings, LayerNorm, then per layer a fused QKV Linear,
+    F.scaled_dot_product_attention with an additive key-padding mask, output Linear + residual +
+    LayerNorm, GELU (erf) FFN + residual + LayerNorm. Used when transformers is not installed."""
+
+    def __init__(self, layers, hidden, heads, inter, vocab=30522, positions=512):
+        super().__init__()
+        nn = torch.nn
+        self.heads = heads
+        self.word, self.pos, self.type = nn.Embedding(vocab, hidden), nn.Embedding(positions, hidden), nn.Embedding(2, hidden)
+        self.ln = nn.LayerNorm(hidden, eps=1e-12)
+        self.layers = nn.ModuleList(nn.ModuleDict({
+            "qkv": nn.Linear(hidden, 3 * hidden), "o": nn.Linear(hidden, hidden), "ln1": nn.LayerNorm(hidden, eps=1e-12),
+            "i": nn.Linear(hidden, inter), "o2": nn.Linear(inter, hidden), "ln2": nn.LayerNorm(hidden, eps=1e-12),
+        }) for _ in range(layers))
+
+    def forward(self, ids, mask):
+        b, n = ids.shape
+        pos = torch.arange(n, device=ids.device)
+        x = self.ln(self.word(ids) + self.pos(pos)[None] + self.type(torch.zeros_like(ids)))
+        bias = torch.zeros(b, 1, 1, n, device=ids.device, dtype=x.dtype)
+        bias.masked_fill_(mask[:, None, None, :] == 0, torch.finfo(x.dtype).min)
+        h, d = x.shape[-1], x.shape[-1] // self.heads
+        for l in self.layers:
+            q, k, v = l["qkv"](x).view(b, n, 3, self.heads, d).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(b, n, h)
+            x = l["ln1"](x + l["o"](a))
+            x = l["ln2"](x + l["o2"](F.gelu(l["i"](x))))
+        return x
+
+
+def bert_peers(dev, put):
+    """Eager PyTorch BERT forward at the ids of benches/bert.rs: transformers.BertModel (no
+    pooler, f16, attn_implementation="sdpa") when transformers imports, else EagerBert above;
+    random weights, same shapes (vocab 30522, 512 positions). Each batch is the bench's ragged
+    lengths (ragged_lens) padded to its longest sequence, as a tokenizer with padding=True gives,
+    with an attention mask (0 on padding); ids are random. Timed in torch.inference_mode. The
+    figure is recorded under the dense id and, unchanged, under every compressed configuration's
+    id at that shape, so the report's ratio is each configuration's speedup over PyTorch dense
+    f16 (PyTorch has no packed varlen BERT: it computes the padding tokens that medkern skips).
+    Work = batch, unit "seq" (rate = sequences/s). Each model and each shape runs in its own try:
+    a failure records nothing for it and goes on."""
+    try:
+        import transformers
+    except Exception:  # noqa: BLE001 - no transformers: the self-contained module
+        transformers = None
+    print(f"peer_bench: bert peer = {'transformers ' + transformers.__version__ if transformers else 'EagerBert'}",
+          file=sys.stderr)
+    most = BERT_CONFIGS[-1]
+    for name, (layers, hidden, heads, inter) in BERT_MODELS.items():
+        try:
+            if transformers is not None:
+                kw = dict(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                          intermediate_size=inter, hidden_act="gelu", max_position_embeddings=512)
+                try:
+                    cfg = transformers.BertConfig(attn_implementation="sdpa", **kw)
+                except TypeError:  # older versions: set the private field
+                    cfg = transformers.BertConfig(**kw)
+                cfg._attn_implementation = "sdpa"
+                model = transformers.BertModel(cfg, add_pooling_layer=False)
+                fwd = lambda ids, mask: model(input_ids=ids, attention_mask=mask).last_hidden_state  # noqa: E731
+            else:
+                model = EagerBert(layers, hidden, heads, inter)
+                fwd = model
+            model = model.half().to(dev).eval()
+        except Exception as e:  # noqa: BLE001 - record nothing for this model, keep going
+            print(f"peer_bench: bert {name}: {e}", file=sys.stderr)
+            continue
+        for seq in [128, 512]:
+            for bsz in [1, 8, 32, 128]:
+                try:
+                    lens = ragged_lens(bsz, seq)
+                    n = max(lens)
+                    ids = torch.randint(0, 30522, (bsz, n), device=dev)
+                    mask = torch.zeros(bsz, n, dtype=torch.long, device=dev)
+                    for i, ln in enumerate(lens):
+                        mask[i, :ln] = 1
+                    with torch.inference_mode():
+                        ms = timed(lambda: fwd(ids, mask), iters=10)
+                    configs = BERT_CONFIGS if (name, bsz, seq) in BERT_ALL_CONFIGS else ["dense", most]
+                    for c in configs:
+                        put(f"bert/{name}/{c}/f16/b{bsz}s{seq}", ms, bsz, "seq")
+                except Exception as e:  # noqa: BLE001 - record nothing for this shape, keep going
+                    print(f"peer_bench: bert/{name}/dense/f16/b{bsz}s{seq}: {e}", file=sys.stderr)
+                torch.cuda.empty_cache()
+        del model
+        torch.cuda.empty_cache()
+
+
 def main():
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -445,6 +543,7 @@ def main():
                 timed(lambda: torch.softmax(x.float() * 0.125 + mask, -1).to(dt)), 2 * x.numel() * x.element_size(), "byte")
 
     attention_peers(dev, put)
+    bert_peers(dev, put)
     depthwise_peers(dev, put)
     decoder_peers(dev, put)
     conv_peers(dev, put)
