@@ -1,12 +1,15 @@
-//! `medkern` command line: `info` (GPU, NVRTC, kernel table) and `demo` (the first op
-//! families on the best device, checked against the CPU reference).
+//! `medkern` command line: `info` (GPU, NVRTC, kernel table), `demo` (the first op
+//! families on the best device, checked against the CPU reference) and `embed` (sentence
+//! embeddings with a BERT-family model folder, as JSON).
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use medkern::device::{self, kernels, runtime_compile};
+use medkern::model::bert::{self, BertModel, BertTokenizer, Pooling};
 use medkern::ops::{
     self, Activation, Attention, Conv2d, ConvWeight, Eltwise, Padding, Qkv, SeqBatch,
 };
 use medkern::{DType, Device, HostTensor, Tensor};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -42,6 +45,52 @@ enum Cmd {
         #[arg(long, default_value_t = 4096)]
         rows: usize,
     },
+    /// Sentence embeddings of the texts with a BERT-family model folder (config.json,
+    /// model.safetensors, tokenizer.json), printed as a JSON array with one object per text:
+    /// {"text", "tokens", "embedding"}.
+    Embed {
+        /// The model folder, e.g. .models/all-MiniLM-L6-v2 (installed by scripts/setup-models).
+        #[arg(long)]
+        model: PathBuf,
+        /// Where to run it; default: the first GPU if there is one, else the CPU.
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
+        /// Mean over the tokens (sentence-transformers models) or the [CLS] token.
+        #[arg(long, value_enum, default_value_t = PoolingArg::Mean)]
+        pooling: PoolingArg,
+        /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
+        #[arg(long, value_enum)]
+        dtype: Option<DTypeArg>,
+        /// Tokens kept per text, [CLS] and [SEP] included; default: the model's
+        /// max_position_embeddings.
+        #[arg(long)]
+        max_len: Option<usize>,
+        /// Scale each embedding to unit length (sentence-transformers' Normalize module).
+        #[arg(long)]
+        normalize: bool,
+        /// The texts to embed.
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Gpu,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PoolingArg {
+    Mean,
+    Cls,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DTypeArg {
+    F16,
+    Bf16,
+    F32,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +99,23 @@ fn main() -> ExitCode {
         Cmd::Info => info(),
         Cmd::Demo { cpu, rows } => demo(cpu, rows),
         Cmd::Bench { iters } => bench(iters),
+        Cmd::Embed {
+            model,
+            device,
+            pooling,
+            dtype,
+            max_len,
+            normalize,
+            texts,
+        } => embed(EmbedArgs {
+            model,
+            device,
+            pooling,
+            dtype,
+            max_len,
+            normalize,
+            texts,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -663,6 +729,85 @@ fn bench(iters: usize) -> medkern::Result<()> {
     }
     println!(
         "(wall time per call incl. launch and sync; criterion benches and gpu-bundle/run give the peer ratios)"
+    );
+    Ok(())
+}
+
+struct EmbedArgs {
+    model: PathBuf,
+    device: Option<DeviceArg>,
+    pooling: PoolingArg,
+    dtype: Option<DTypeArg>,
+    max_len: Option<usize>,
+    normalize: bool,
+    texts: Vec<String>,
+}
+
+/// One output object of `medkern embed`.
+#[derive(serde::Serialize)]
+struct Embedding<'a> {
+    text: &'a str,
+    tokens: usize,
+    embedding: Vec<f32>,
+}
+
+fn embed(a: EmbedArgs) -> medkern::Result<()> {
+    let dev = match a.device {
+        None => Device::best(),
+        Some(DeviceArg::Cpu) => Device::Cpu,
+        Some(DeviceArg::Gpu) => Device::gpu(0)?,
+    };
+    let dtype = match a.dtype {
+        None => bert::default_dtype(&dev),
+        Some(DTypeArg::F16) => DType::F16,
+        Some(DTypeArg::Bf16) => DType::BF16,
+        Some(DTypeArg::F32) => DType::F32,
+    };
+    let pooling = match a.pooling {
+        PoolingArg::Mean => Pooling::Mean,
+        PoolingArg::Cls => Pooling::Cls,
+    };
+    let model = BertModel::load(&a.model, &dev, dtype)?;
+    let max_len = a.max_len.unwrap_or(model.config.max_position_embeddings);
+    let texts: Vec<&str> = a.texts.iter().map(String::as_str).collect();
+    let ids = BertTokenizer::load(&a.model, max_len)?.encode(&texts)?;
+    let mut embs = model.embed(&ids, pooling)?;
+    if a.normalize {
+        for e in &mut embs {
+            let n = e
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>()
+                .sqrt();
+            if n > 0.0 {
+                e.iter_mut().for_each(|v| *v = (f64::from(*v) / n) as f32);
+            }
+        }
+    }
+    let rows: Vec<String> = texts
+        .iter()
+        .zip(&ids)
+        .zip(embs)
+        .map(|((text, ids), embedding)| {
+            serde_json::to_string(&Embedding {
+                text,
+                tokens: ids.len(),
+                embedding,
+            })
+            .map_err(|e| medkern::Error::Invalid {
+                op: "embed",
+                arg: "output",
+                detail: e.to_string(),
+            })
+        })
+        .collect::<medkern::Result<_>>()?;
+    println!("[\n{}\n]", rows.join(",\n"));
+    eprintln!(
+        "medkern embed: {} text(s), {} tokens, {} {dtype} on {}",
+        texts.len(),
+        ids.iter().map(Vec::len).sum::<usize>(),
+        a.model.display(),
+        dev.describe()
     );
     Ok(())
 }

@@ -19,15 +19,19 @@ pub fn gpu_or_skip(test: &str) -> Option<Arc<Gpu>> {
             if std::env::var("MEDKERN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("{test}: MEDKERN_REQUIRE_GPU=1 but no usable GPU: {e}");
             }
-            let k = SKIPS.fetch_add(1, Ordering::SeqCst) + 1;
-            // Written to the raw stderr handle so libtest's capture does not hide it.
-            // One write_all on the raw stderr handle: not hidden by libtest's capture and not
-            // interleaved with its own output.
-            let line = format!("\nSKIP [{k}] {test}: no GPU ({e})\n");
-            let _ = std::io::stderr().write_all(line.as_bytes());
+            skip(test, &format!("no GPU ({e})"));
             None
         }
     }
+}
+
+/// Prints a visible, counted `SKIP [k] <test>: <why>` line (what scripts/test counts).
+pub fn skip(test: &str, why: &str) {
+    let k = SKIPS.fetch_add(1, Ordering::SeqCst) + 1;
+    // One write_all on the raw stderr handle: not hidden by libtest's capture and not
+    // interleaved with its own output.
+    let line = format!("\nSKIP [{k}] {test}: {why}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// SplitMix64: a tiny seeded generator so every proptest case is reproducible from its seed.
