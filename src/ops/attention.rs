@@ -499,6 +499,39 @@ pub fn attention(qkv: Qkv, batch: &SeqBatch, a: &Attention) -> Result<Tensor> {
     Ok(out)
 }
 
+/// Host f64 copy of an optional operand.
+type HostCopy = Option<Vec<f64>>;
+
+/// Host copies of the ALiBi slopes and the bias, for the reference and the unfused mask.
+fn host_extras(a: &Attention) -> Result<(HostCopy, HostCopy)> {
+    let h = |t: Option<&Tensor>| t.map(|t| t.to_host().map(|h| h.to_f64())).transpose();
+    Ok((h(a.alibi)?, h(a.bias)?))
+}
+
+/// The reference's view of one call.
+fn problem<'a>(
+    batch: &'a SeqBatch,
+    g: &Geo,
+    scale: f32,
+    a: &Attention,
+    alibi: &'a HostCopy,
+    bias: &'a HostCopy,
+) -> AttnProblem<'a> {
+    AttnProblem {
+        seqs: batch.rows(),
+        heads: g.heads,
+        head_dim: g.d,
+        q: g.q.1,
+        k: g.k.1,
+        v: g.v.1,
+        out_tokens: g.q_tokens,
+        scale: f64::from(scale),
+        causal: a.causal,
+        alibi: alibi.as_deref(),
+        bias: bias.as_deref().zip(a.bias.map(bias_strides)),
+    }
+}
+
 /// The CPU path (reference in f64) shared by the fused and unfused entry points.
 fn cpu(
     qkv: &Qkv,
@@ -514,27 +547,8 @@ fn cpu(
         host(OP, "k", k)?.to_f64(),
         host(OP, "v", v)?.to_f64(),
     );
-    let alibi = a
-        .alibi
-        .map(|t| host(OP, "alibi", t).map(HostTensor::to_f64))
-        .transpose()?;
-    let bias = a
-        .bias
-        .map(|t| host(OP, "bias", t).map(HostTensor::to_f64))
-        .transpose()?;
-    let p = AttnProblem {
-        seqs: batch.rows(),
-        heads: g.heads,
-        head_dim: g.d,
-        q: g.q.1,
-        k: g.k.1,
-        v: g.v.1,
-        out_tokens: g.q_tokens,
-        scale: f64::from(scale),
-        causal: a.causal,
-        alibi: alibi.as_deref(),
-        bias: bias.as_deref().zip(a.bias.map(bias_strides)),
-    };
+    let (alibi, bias) = host_extras(a)?;
+    let p = problem(batch, g, scale, a, &alibi, &bias);
     let y = refattn::attention(&q[g.q.0..], &k[g.k.0..], &v[g.v.0..], &p);
     *out = Tensor::Host(HostTensor::from_f64(out.shape(), &y, g.dtype)?);
     Ok(())
@@ -731,27 +745,8 @@ impl UnfusedPlan {
         let sq = batch.out_rows().max(batch.max_q_len());
         let skp = batch.max_k_len().div_ceil(8).max(1) * 8;
         let dev0 = qkv.tensors()[0].device();
-        let alibi = a
-            .alibi
-            .map(|t| t.to_host().map(|h| h.to_f64()))
-            .transpose()?;
-        let bias = a
-            .bias
-            .map(|t| t.to_host().map(|h| h.to_f64()))
-            .transpose()?;
-        let p = AttnProblem {
-            seqs: batch.rows(),
-            heads: g.heads,
-            head_dim: g.d,
-            q: g.q.1,
-            k: g.k.1,
-            v: g.v.1,
-            out_tokens: g.q_tokens,
-            scale: f64::from(scale),
-            causal: a.causal,
-            alibi: alibi.as_deref(),
-            bias: bias.as_deref().zip(a.bias.map(bias_strides)),
-        };
+        let (alibi, bias) = host_extras(a)?;
+        let p = problem(batch, &g, scale, a, &alibi, &bias);
         // Key padding alone is one mask row per sequence, broadcast over its heads and query
         // rows (padding query rows are zeroed by the scatter); anything per row needs a row each.
         let per_seq = !a.causal && a.alibi.is_none() && a.bias.is_none();
