@@ -383,29 +383,19 @@ fn check(qkv: &Qkv, batch: &SeqBatch, a: &Attention) -> Result<(Geo, f32)> {
         return Err(invalid("heads", format!("{}; expected 1..=65535", g.heads)));
     }
     let [q, k, _] = qkv.tensors();
-    if g.q_tokens != batch.q_tokens() {
-        return Err(Error::Shape {
-            op: OP,
-            arg: if matches!(qkv, Qkv::Packed(_)) {
-                "qkv"
-            } else {
-                "q"
-            },
-            got: q.shape().to_vec(),
-            expected: format!("{} token rows (the batch's queries)", batch.q_tokens()),
-        });
-    }
-    if g.k_tokens != batch.k_tokens() {
-        return Err(Error::Shape {
-            op: OP,
-            arg: if matches!(qkv, Qkv::Packed(_)) {
-                "qkv"
-            } else {
-                "k"
-            },
-            got: k.shape().to_vec(),
-            expected: format!("{} token rows (the batch's keys)", batch.k_tokens()),
-        });
+    let packed = matches!(qkv, Qkv::Packed(_));
+    for (arg, t, got, want, what) in [
+        ("q", q, g.q_tokens, batch.q_tokens(), "queries"),
+        ("k", k, g.k_tokens, batch.k_tokens(), "keys"),
+    ] {
+        if got != want {
+            return Err(Error::Shape {
+                op: OP,
+                arg: if packed { "qkv" } else { arg },
+                got: t.shape().to_vec(),
+                expected: format!("{want} token rows (the batch's {what})"),
+            });
+        }
     }
     if let Some(br) = a.block_rows
         && !BLOCK_ROWS.contains(&br)

@@ -29,7 +29,7 @@ pub fn embedding(word: Lookup, extra: &[Lookup]) -> Result<Tensor> {
             expected: "[rows, h]".into(),
         });
     }
-    let (rows, h) = (ws[0], ws[1]);
+    let h = ws[1];
     let dt = word.table.dtype();
     float_dtype(OP, "table", dt)?;
     if extra.len() > 2 {
@@ -65,7 +65,6 @@ pub fn embedding(word: Lookup, extra: &[Lookup]) -> Result<Tensor> {
             });
         }
     }
-    let _ = rows;
     let others: Vec<(&'static str, Option<&Tensor>)> =
         extra.iter().map(|l| ("table", Some(l.table))).collect();
     match backend(OP, word.table, &others)? {
