@@ -74,6 +74,7 @@ MK_ELTWISE_ALL(gelu_erf, GELU_ERF)
 MK_ELTWISE_ALL(gelu_tanh, GELU_TANH)
 MK_ELTWISE_ALL(silu, SILU)
 MK_ELTWISE_ALL(sigmoid, SIGMOID)
+MK_ELTWISE_ALL(tanh, TANH)
 
 #define MK_CAST(S, SN, D, DN)                                                                     \
     extern "C" __global__ void cast_##SN##_##DN(D* y, const S* x, long long total, int vec_ok) { \

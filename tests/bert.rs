@@ -44,7 +44,7 @@ const VOCAB: usize = 50;
 const MAX_POS: usize = 16;
 const TYPES: usize = 2;
 
-const TINY: [Tiny; 3] = [
+const TINY: [Tiny; 5] = [
     Tiny {
         name: "h128-4heads-2layers-gelu",
         hidden: 128,
@@ -77,6 +77,29 @@ const TINY: [Tiny; 3] = [
         prefix: "",
         eps: 1e-12,
         seed: 3,
+    },
+    // Head dims outside the fused kernel's set run zero-padded to the next one.
+    Tiny {
+        name: "h64-4heads-head_dim16",
+        hidden: 64,
+        heads: 4,
+        layers: 2,
+        inter: 128,
+        act: "gelu",
+        prefix: "",
+        eps: 1e-12,
+        seed: 4,
+    },
+    Tiny {
+        name: "h104-4heads-head_dim26-tinybert-like",
+        hidden: 104,
+        heads: 4,
+        layers: 2,
+        inter: 208,
+        act: "gelu",
+        prefix: "",
+        eps: 1e-12,
+        seed: 5,
     },
 ];
 
@@ -698,12 +721,12 @@ fn bad_configs_are_errors() {
         DType::F32,
     ));
     assert!(e.contains("mish"), "{e}");
-    // hidden 64 in 4 heads is valid BERT, but head_dim 16 is outside the attention kernel's
-    // set: an Err naming head_dim (at load or at the first forward), never a panic.
-    let t4 = Tiny {
-        name: "h64-4heads",
-        hidden: 64,
-        heads: 4,
+    // head_dim 160 (one head of 160) is past the attention kernel's largest head dim: an Err
+    // naming head_dim, never a panic.
+    let t1 = Tiny {
+        name: "h160-1head",
+        hidden: 160,
+        heads: 1,
         layers: 1,
         inter: 128,
         act: "gelu",
@@ -712,14 +735,14 @@ fn bad_configs_are_errors() {
         seed: 4,
     };
     let r = BertModel::from_safetensors(
-        t4.config(),
-        &safetensors_bytes(&t4.weights()),
+        t1.config(),
+        &safetensors_bytes(&t1.weights()),
         &Device::Cpu,
         DType::F32,
     )
-    .and_then(|m| m.forward(&t4.batch().0, None).map(|_| ()));
-    let e = r.expect_err("head_dim 16").to_string();
-    assert!(e.contains("head_dim") && e.contains("16"), "{e}");
+    .and_then(|m| m.forward(&t1.batch().0, None).map(|_| ()));
+    let e = r.expect_err("head_dim 160").to_string();
+    assert!(e.contains("head_dim") && e.contains("160"), "{e}");
 }
 
 #[test]
@@ -942,6 +965,585 @@ fn embedding_op_matches_reference() {
                 )
                 .expect_err("id out of range");
                 assert!(e.to_string().contains("ids"), "{e}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// DistilBERT and ALBERT (Hugging Face names) and the sequence-classification head
+
+/// A tiny random DistilBERT or ALBERT with a classification head, in its family's HF names
+/// (task-checkpoint prefix `distilbert.` / `albert.`, `classifier` and pooler at the top).
+struct Family {
+    name: &'static str,
+    model_type: &'static str,
+    hidden: usize,
+    heads: usize,
+    layers: usize,
+    inter: usize,
+    /// ALBERT's embedding width E (unused for DistilBERT).
+    emb: usize,
+    /// ALBERT layer groups (1 = one layer shared by every depth).
+    groups: usize,
+    /// The activation as the family's config names it.
+    act: &'static str,
+    labels: usize,
+    seed: u64,
+}
+
+const FAMILIES: [Family; 4] = [
+    Family {
+        name: "distilbert-relu",
+        model_type: "distilbert",
+        hidden: 64,
+        heads: 2,
+        layers: 3,
+        inter: 128,
+        emb: 0,
+        groups: 1,
+        act: "relu",
+        labels: 3,
+        seed: 21,
+    },
+    Family {
+        name: "distilbert-gelu_new",
+        model_type: "distilbert",
+        hidden: 96,
+        heads: 3,
+        layers: 2,
+        inter: 192,
+        emb: 0,
+        groups: 1,
+        act: "gelu_new",
+        labels: 2,
+        seed: 22,
+    },
+    Family {
+        name: "albert-1group-shared",
+        model_type: "albert",
+        hidden: 64,
+        heads: 2,
+        layers: 3,
+        inter: 128,
+        emb: 32,
+        groups: 1,
+        act: "gelu_new",
+        labels: 2,
+        seed: 23,
+    },
+    Family {
+        name: "albert-2groups",
+        model_type: "albert",
+        hidden: 96,
+        heads: 3,
+        layers: 4,
+        inter: 128,
+        emb: 48,
+        groups: 2,
+        act: "gelu",
+        labels: 4,
+        seed: 24,
+    },
+];
+
+impl Family {
+    fn distil(&self) -> bool {
+        self.model_type == "distilbert"
+    }
+    fn config_json(&self) -> serde_json::Value {
+        if self.distil() {
+            serde_json::json!({
+                "model_type": "distilbert",
+                "vocab_size": VOCAB, "dim": self.hidden, "n_layers": self.layers,
+                "n_heads": self.heads, "hidden_dim": self.inter, "activation": self.act,
+                "max_position_embeddings": MAX_POS, "initializer_range": 0.02,
+                "pad_token_id": 0, "sinusoidal_pos_embds": false,
+                "id2label": (0..self.labels).map(|i| (i.to_string(), format!("class{i}")))
+                    .collect::<BTreeMap<_, _>>(),
+            })
+        } else {
+            serde_json::json!({
+                "model_type": "albert",
+                "vocab_size": VOCAB, "embedding_size": self.emb, "hidden_size": self.hidden,
+                "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
+                "intermediate_size": self.inter, "hidden_act": self.act,
+                "num_hidden_groups": self.groups, "inner_group_num": 1,
+                "max_position_embeddings": MAX_POS, "type_vocab_size": TYPES,
+                "layer_norm_eps": 1e-12,
+            })
+        }
+    }
+    fn config(&self) -> BertConfig {
+        BertConfig::from_value(&self.config_json()).expect("family config")
+    }
+
+    /// HF-named random weights, scaled like [`Tiny::weights`].
+    fn weights(&self) -> Weights {
+        let prefix = if self.distil() {
+            "distilbert."
+        } else {
+            "albert."
+        };
+        let mut g = Gen {
+            w: Weights::new(),
+            rng: SeedRng::new(self.seed),
+            prefix,
+        };
+        let (h, i) = (self.hidden, self.inter);
+        let e = if self.distil() { h } else { self.emb };
+        let gain = 1.0 / (h as f64).sqrt();
+        g.put("embeddings.word_embeddings.weight", &[VOCAB, e], 0.0, 1.0);
+        g.put(
+            "embeddings.position_embeddings.weight",
+            &[MAX_POS, e],
+            0.0,
+            0.5,
+        );
+        if !self.distil() {
+            g.put(
+                "embeddings.token_type_embeddings.weight",
+                &[TYPES, e],
+                0.0,
+                0.5,
+            );
+            g.put(
+                "encoder.embedding_hidden_mapping_in.weight",
+                &[h, e],
+                0.0,
+                1.0 / (e as f64).sqrt(),
+            );
+            g.put("encoder.embedding_hidden_mapping_in.bias", &[h], 0.0, 0.1);
+        }
+        g.ln("embeddings.LayerNorm", e);
+        let stored = if self.distil() {
+            self.layers
+        } else {
+            self.groups
+        };
+        for l in 0..stored {
+            let names: [String; 8] = if self.distil() {
+                let p = format!("transformer.layer.{l}");
+                [
+                    format!("{p}.attention.q_lin"),
+                    format!("{p}.attention.k_lin"),
+                    format!("{p}.attention.v_lin"),
+                    format!("{p}.attention.out_lin"),
+                    format!("{p}.sa_layer_norm"),
+                    format!("{p}.ffn.lin1"),
+                    format!("{p}.ffn.lin2"),
+                    format!("{p}.output_layer_norm"),
+                ]
+            } else {
+                let p = format!("encoder.albert_layer_groups.{l}.albert_layers.0");
+                [
+                    format!("{p}.attention.query"),
+                    format!("{p}.attention.key"),
+                    format!("{p}.attention.value"),
+                    format!("{p}.attention.dense"),
+                    format!("{p}.attention.LayerNorm"),
+                    format!("{p}.ffn"),
+                    format!("{p}.ffn_output"),
+                    format!("{p}.full_layer_layer_norm"),
+                ]
+            };
+            for (n, qk) in [(&names[0], 1.5), (&names[1], 1.5), (&names[2], 1.0)] {
+                g.put(&format!("{n}.weight"), &[h, h], 0.0, qk * gain);
+                g.put(&format!("{n}.bias"), &[h], 0.0, 0.1);
+            }
+            g.put(&format!("{}.weight", names[3]), &[h, h], 0.0, gain);
+            g.put(&format!("{}.bias", names[3]), &[h], 0.0, 0.1);
+            g.ln(&names[4], h);
+            g.put(&format!("{}.weight", names[5]), &[i, h], 0.0, gain);
+            g.put(&format!("{}.bias", names[5]), &[i], 0.0, 0.1);
+            g.put(
+                &format!("{}.weight", names[6]),
+                &[h, i],
+                0.0,
+                1.0 / (i as f64).sqrt(),
+            );
+            g.put(&format!("{}.bias", names[6]), &[h], 0.0, 0.1);
+            g.ln(&names[7], h);
+        }
+        // Heads live outside the encoder prefix except ALBERT's pooler.
+        let pooler = if self.distil() {
+            "pre_classifier"
+        } else {
+            "pooler"
+        };
+        g.prefix = if self.distil() { "" } else { "albert." };
+        g.put(&format!("{pooler}.weight"), &[h, h], 0.0, gain);
+        g.put(&format!("{pooler}.bias"), &[h], 0.0, 0.1);
+        g.prefix = "";
+        g.put("classifier.weight", &[self.labels, h], 0.0, gain);
+        g.put("classifier.bias", &[self.labels], 0.0, 0.1);
+        g.w
+    }
+
+    /// candle's last hidden state of each sequence alone, packed `[Σ len, hidden]`:
+    /// DistilBERT by candle-transformers' `DistilBertModel`; ALBERT by candle-transformers'
+    /// `BertEncoder` over the shared layer weights repeated per depth, after the factorised
+    /// embedding done with candle ops here.
+    fn candle_forward(&self, w: &Weights, ids: &[Vec<u32>], types: &[Vec<u32>]) -> Vec<f64> {
+        let dev = CDevice::Cpu;
+        let t = |name: &str| {
+            let (s, v) = w.get(name).unwrap_or_else(|| panic!("{name}"));
+            CTensor::from_vec(v.clone(), s.as_slice(), &dev).expect("tensor")
+        };
+        let mut out = Vec::new();
+        if self.distil() {
+            let cfg: candle_transformers::models::distilbert::Config =
+                serde_json::from_value(serde_json::json!({
+                    "vocab_size": VOCAB, "dim": self.hidden, "n_layers": self.layers,
+                    "n_heads": self.heads, "hidden_dim": self.inter,
+                    // candle's distilbert "gelu" is the tanh form (HF's gelu_new).
+                    "activation": if self.act == "relu" { "relu" } else { "gelu" },
+                    "max_position_embeddings": MAX_POS, "initializer_range": 0.02,
+                    "pad_token_id": 0, "model_type": "distilbert",
+                }))
+                .expect("candle distilbert config");
+            let vb = VarBuilder::from_buffered_safetensors(safetensors_bytes(w), CDType::F32, &dev)
+                .expect("vb");
+            let m = candle_transformers::models::distilbert::DistilBertModel::load(vb, &cfg)
+                .expect("candle DistilBertModel");
+            for s in ids {
+                let x = CTensor::new(s.as_slice(), &dev)
+                    .and_then(|x| x.unsqueeze(0))
+                    .expect("ids");
+                let mask = CTensor::zeros((1, s.len()), CDType::U8, &dev).expect("mask");
+                let y = m
+                    .forward(&x, &mask)
+                    .and_then(|y| y.flatten_all())
+                    .and_then(|y| y.to_vec1::<f32>())
+                    .expect("candle forward");
+                out.extend(y.into_iter().map(f64::from));
+            }
+            return out;
+        }
+        // ALBERT: depth l runs group l / (L / groups), written under BERT names.
+        let mut enc = Weights::new();
+        let per = self.layers / self.groups;
+        for l in 0..self.layers {
+            let g = l / per;
+            let p = format!("albert.encoder.albert_layer_groups.{g}.albert_layers.0");
+            for (ours, theirs) in [
+                ("attention.self.query", "attention.query"),
+                ("attention.self.key", "attention.key"),
+                ("attention.self.value", "attention.value"),
+                ("attention.output.dense", "attention.dense"),
+                ("attention.output.LayerNorm", "attention.LayerNorm"),
+                ("intermediate.dense", "ffn"),
+                ("output.dense", "ffn_output"),
+                ("output.LayerNorm", "full_layer_layer_norm"),
+            ] {
+                for sfx in ["weight", "bias"] {
+                    enc.insert(
+                        format!("encoder.layer.{l}.{ours}.{sfx}"),
+                        w[&format!("{p}.{theirs}.{sfx}")].clone(),
+                    );
+                }
+            }
+        }
+        let cfg = cbert::Config {
+            num_hidden_layers: self.layers,
+            hidden_size: self.hidden,
+            num_attention_heads: self.heads,
+            intermediate_size: self.inter,
+            hidden_act: if self.act == "gelu" {
+                cbert::HiddenAct::Gelu
+            } else {
+                cbert::HiddenAct::GeluApproximate
+            },
+            ..Tiny::candle_config(&TINY[0])
+        };
+        let vb = VarBuilder::from_buffered_safetensors(safetensors_bytes(&enc), CDType::F32, &dev)
+            .expect("vb");
+        let encoder = cbert::BertEncoder::load(vb.pp("encoder"), &cfg).expect("BertEncoder");
+        let ln = candle_nn::LayerNorm::new(
+            t("albert.embeddings.LayerNorm.weight"),
+            t("albert.embeddings.LayerNorm.bias"),
+            1e-12,
+        );
+        let proj = candle_nn::Linear::new(
+            t("albert.encoder.embedding_hidden_mapping_in.weight"),
+            Some(t("albert.encoder.embedding_hidden_mapping_in.bias")),
+        );
+        use candle_core::Module;
+        for (s, ty) in ids.iter().zip(types) {
+            let n = s.len();
+            let pos: Vec<u32> = (0..n as u32).collect();
+            let idx = |v: &[u32]| CTensor::new(v, &dev).expect("ids");
+            let e = (t("albert.embeddings.word_embeddings.weight")
+                .index_select(&idx(s), 0)
+                .expect("word")
+                + t("albert.embeddings.position_embeddings.weight")
+                    .index_select(&idx(&pos), 0)
+                    .expect("pos"))
+            .and_then(|x| {
+                x + t("albert.embeddings.token_type_embeddings.weight")
+                    .index_select(&idx(ty), 0)
+                    .expect("types")
+            })
+            .expect("sum");
+            let x = ln
+                .forward(&e)
+                .and_then(|x| proj.forward(&x))
+                .and_then(|x| x.unsqueeze(0))
+                .expect("embedding");
+            let mask = CTensor::zeros((1, 1, 1, n), CDType::F32, &dev).expect("mask");
+            let y = encoder
+                .forward(&x, &mask)
+                .and_then(|y| y.flatten_all())
+                .and_then(|y| y.to_vec1::<f32>())
+                .expect("candle encoder");
+            out.extend(y.into_iter().map(f64::from));
+        }
+        out
+    }
+
+    fn batch(&self) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+        let mut rng = SeedRng::new(self.seed + 100);
+        let lens = [7, 1, MAX_POS, 4];
+        let ids = lens
+            .iter()
+            .map(|&n| (0..n).map(|_| rng.below(VOCAB as u64) as u32).collect())
+            .collect();
+        // DistilBERT has no token types.
+        let types = lens
+            .iter()
+            .map(|&n| {
+                (0..n)
+                    .map(|_| {
+                        if self.distil() {
+                            0
+                        } else {
+                            rng.below(TYPES as u64) as u32
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        (ids, types)
+    }
+}
+
+/// The classification head computed here in f64 from the reference's first-token rows:
+/// `classifier(act(pooler(h)))`, tanh for BERT / ALBERT, ReLU for DistilBERT.
+fn head_reference(
+    w: &Weights,
+    pooler: &str,
+    relu: bool,
+    hidden_rows: &[f64],
+    cu: &[usize],
+    h: usize,
+) -> Vec<Vec<f64>> {
+    let lin = |name: &str, x: &[f64]| -> Vec<f64> {
+        let (s, wv) = &w[&format!("{name}.weight")];
+        let (_, b) = &w[&format!("{name}.bias")];
+        (0..s[0])
+            .map(|r| {
+                f64::from(b[r])
+                    + (0..s[1])
+                        .map(|c| f64::from(wv[r * s[1] + c]) * x[c])
+                        .sum::<f64>()
+            })
+            .collect()
+    };
+    cu[..cu.len() - 1]
+        .iter()
+        .map(|&r| {
+            let p: Vec<f64> = lin(pooler, &hidden_rows[r * h..(r + 1) * h])
+                .into_iter()
+                .map(|v| if relu { v.max(0.0) } else { v.tanh() })
+                .collect();
+            lin("classifier", &p)
+        })
+        .collect()
+}
+
+#[test]
+fn distilbert_and_albert_match_candle() {
+    for f in &FAMILIES {
+        let w = f.weights();
+        let bytes = safetensors_bytes(&w);
+        let dir = temp_dir(f.name);
+        std::fs::write(dir.join("config.json"), f.config_json().to_string()).expect("config");
+        std::fs::write(dir.join("model.safetensors"), &bytes).expect("weights");
+        let model = BertModel::load(&dir, &Device::Cpu, DType::F32).expect("load");
+        let _ = std::fs::remove_dir_all(&dir);
+        let (ids, types) = f.batch();
+        let (x, cu) = model.forward(&ids, Some(&types)).expect("forward");
+        let got = x.to_host().expect("to_host").to_f64();
+        let want = f.candle_forward(&w, &ids, &types);
+        let worst = check_tokens(f.name, &got, &want, f.hidden, F32_REL);
+        println!(
+            "{}: worst per-token relative error vs candle {worst:.2e}",
+            f.name
+        );
+
+        // The head on the reference's rows, computed here.
+        assert!(model.has_classifier(), "{}", f.name);
+        let pooler = if f.distil() {
+            "pre_classifier"
+        } else {
+            "albert.pooler"
+        };
+        let want_logits = head_reference(&w, pooler, f.distil(), &want, &cu, f.hidden);
+        // classify() runs without token types (zeros); compare with a zero-type reference.
+        let zero_types: Vec<Vec<u32>> = ids.iter().map(|s| vec![0; s.len()]).collect();
+        let want0 = f.candle_forward(&w, &ids, &zero_types);
+        let want_logits0 = head_reference(&w, pooler, f.distil(), &want0, &cu, f.hidden);
+        let logits = model.classify(&ids).expect("classify");
+        assert_eq!(logits.len(), ids.len());
+        for (b, (g, r)) in logits.iter().zip(&want_logits0).enumerate() {
+            assert_eq!(g.len(), f.labels);
+            let g: Vec<f64> = g.iter().map(|&v| f64::from(v)).collect();
+            check_close(&format!("{} logits {b}", f.name), &g, r, &|_| 1e-4, 1e-4)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        if !f.distil() {
+            // Token types reach ALBERT's embedding: the typed and untyped references differ.
+            assert_ne!(want_logits, want_logits0, "{}", f.name);
+        }
+        let labels = model.labels();
+        assert_eq!(labels.len(), f.labels);
+        if f.distil() {
+            assert_eq!(labels[1], "class1");
+        } else {
+            assert_eq!(labels[1], "LABEL_1");
+        }
+    }
+}
+
+#[test]
+fn bert_classification_head_matches_reference() {
+    // A BertForSequenceClassification checkpoint: bert.-prefixed encoder, bert.pooler.dense,
+    // classifier.
+    let t = &TINY[1];
+    let mut w = t.weights();
+    let mut g = Gen {
+        w: Weights::new(),
+        rng: SeedRng::new(77),
+        prefix: "",
+    };
+    let h = t.hidden;
+    g.put(
+        "bert.pooler.dense.weight",
+        &[h, h],
+        0.0,
+        1.0 / (h as f64).sqrt(),
+    );
+    g.put("bert.pooler.dense.bias", &[h], 0.0, 0.1);
+    g.put("classifier.weight", &[5, h], 0.0, 1.0 / (h as f64).sqrt());
+    g.put("classifier.bias", &[5], 0.0, 0.1);
+    w.extend(g.w);
+    let bytes = safetensors_bytes(&w);
+    let model =
+        BertModel::from_safetensors(t.config(), &bytes, &Device::Cpu, DType::F32).expect("model");
+    let (ids, _) = t.batch();
+    let zero: Vec<Vec<u32>> = ids.iter().map(|s| vec![0; s.len()]).collect();
+    let want = candle_forward(&candle_model(&t.candle_config(), bytes), &ids, &zero);
+    let cu: Vec<usize> = std::iter::once(0)
+        .chain(ids.iter().scan(0, |a, s| {
+            *a += s.len();
+            Some(*a)
+        }))
+        .collect();
+    let want = head_reference(&w, "bert.pooler.dense", false, &want, &cu, h);
+    let got = model.classify(&ids).expect("classify");
+    for (b, (g, r)) in got.iter().zip(&want).enumerate() {
+        let g: Vec<f64> = g.iter().map(|&v| f64::from(v)).collect();
+        check_close(&format!("bert logits {b}"), &g, r, &|_| 1e-4, 1e-4)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    // Without a head, classify is an Err naming the classifier; empty sequences are Errs.
+    let plain = BertModel::from_safetensors(
+        t.config(),
+        &safetensors_bytes(&t.weights()),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .expect("model");
+    let e = plain.classify(&ids).expect_err("no head").to_string();
+    assert!(e.contains("classifier"), "{e}");
+    let e = model.classify(&[vec![]]).expect_err("empty").to_string();
+    assert!(e.contains("empty"), "{e}");
+}
+
+#[test]
+fn family_bad_inputs_are_errors() {
+    // A missing ALBERT tensor is named in ALBERT's own names.
+    let f = &FAMILIES[2];
+    let mut w = f.weights();
+    let name = "albert.encoder.albert_layer_groups.0.albert_layers.0.ffn_output.bias";
+    assert!(w.remove(name).is_some());
+    let e = err_of(BertModel::from_safetensors(
+        f.config(),
+        &safetensors_bytes(&w),
+        &Device::Cpu,
+        DType::F32,
+    ));
+    assert!(e.contains(name) && e.contains("missing"), "{e}");
+    let f = &FAMILIES[0];
+    let mut w = f.weights();
+    let name = "distilbert.transformer.layer.2.attention.q_lin.weight";
+    assert!(w.remove(name).is_some());
+    let e = err_of(BertModel::from_safetensors(
+        f.config(),
+        &safetensors_bytes(&w),
+        &Device::Cpu,
+        DType::F32,
+    ));
+    assert!(e.contains(name) && e.contains("missing"), "{e}");
+    // ALBERT groups must divide the depth; groups are ALBERT-only; unknown families fail.
+    let mut v = FAMILIES[3].config_json();
+    v["num_hidden_groups"] = serde_json::json!(3);
+    let e = BertConfig::from_value(&v).expect_err("groups").to_string();
+    assert!(e.contains("num_hidden_groups"), "{e}");
+    let mut v = serde_json::from_str::<serde_json::Value>(&TINY[0].config_json()).expect("json");
+    v["num_hidden_groups"] = serde_json::json!(2);
+    let e = BertConfig::from_value(&v)
+        .expect_err("bert groups")
+        .to_string();
+    assert!(e.contains("ALBERT"), "{e}");
+    v["model_type"] = serde_json::json!("roberta");
+    let e = BertConfig::from_value(&v).expect_err("family").to_string();
+    assert!(e.contains("roberta"), "{e}");
+}
+
+#[test]
+fn gpu_families_match_cpu_f32() {
+    let Some(dev) = test_device("gpu_families_match_cpu_f32") else {
+        return;
+    };
+    for f in &FAMILIES {
+        let bytes = safetensors_bytes(&f.weights());
+        let (ids, types) = f.batch();
+        let cpu = BertModel::from_safetensors(f.config(), &bytes, &Device::Cpu, DType::F32)
+            .expect("cpu model");
+        let (x, _) = cpu.forward(&ids, Some(&types)).expect("cpu forward");
+        let want = x.to_host().expect("to_host").to_f64();
+        let want_logits = cpu.classify(&ids).expect("cpu classify");
+        for dt in [DType::F16, DType::BF16] {
+            let m = BertModel::from_safetensors(f.config(), &bytes, &dev, dt).expect("model");
+            let (y, _) = m.forward(&ids, Some(&types)).expect("forward");
+            let got = y.to_host().expect("to_host").to_f64();
+            let what = format!("{} {dt}", f.name);
+            let rel = low_precision_rel(dt, f.layers);
+            check_tokens(&what, &got, &want, f.hidden, rel);
+            let logits = m.classify(&ids).expect("classify");
+            for (g, r) in logits.iter().zip(&want_logits) {
+                let g: Vec<f64> = g.iter().map(|&v| f64::from(v)).collect();
+                let r: Vec<f64> = r.iter().map(|&v| f64::from(v)).collect();
+                let scale = r.iter().map(|v| v.abs()).fold(1.0, f64::max);
+                check_close(
+                    &format!("{what} logits"),
+                    &g,
+                    &r,
+                    &|_| 4.0 * rel * scale,
+                    rel,
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
             }
         }
     }

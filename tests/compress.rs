@@ -4,8 +4,8 @@
 
 mod common;
 use common::*;
-use medkern::model::bert::{BertModel, Pooling};
-use medkern::model::compress::{Checkpoint, Rank, layer_linears};
+use medkern::model::bert::{BertConfig, BertModel, Pooling};
+use medkern::model::compress::{Checkpoint, Rank, heads_to_keep, layer_linears};
 use medkern::{DType, Device, HostTensor};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -304,4 +304,158 @@ fn quality_report_rows() {
     assert!(r.bytes < same.bytes / 2, "{r:?}");
     let _ = std::fs::remove_dir_all(&dd);
     let _ = std::fs::remove_dir_all(&dq);
+}
+
+#[test]
+fn head_importance_finds_a_dead_head_and_pruning_by_it_is_lossless() {
+    let mut ck = random_checkpoint(7);
+    // Kill head 2 of layer 1: its output-projection columns become zero.
+    let o = format!("{}.weight", layer_linears(1)[3]);
+    let d = H / HEADS;
+    let mut w = ck.tensors[&o].to_f64();
+    for r in 0..H {
+        w[r * H + 2 * d..r * H + 3 * d].fill(0.0);
+    }
+    ck.tensors
+        .insert(o, HostTensor::from_f64(&[H, H], &w, DType::F32).unwrap());
+    let mut calls = 0;
+    let scores = ck
+        .head_importance(&ids(), &Device::Cpu, DType::F32, |done, total| {
+            calls += 1;
+            assert_eq!((done, total), (calls, LAYERS * HEADS));
+        })
+        .unwrap();
+    assert_eq!(calls, LAYERS * HEADS);
+    assert_eq!(scores.len(), LAYERS);
+    assert!(
+        scores[1][2].abs() < 1e-9,
+        "dead head scored {}",
+        scores[1][2]
+    );
+    for (l, row) in scores.iter().enumerate() {
+        for (h, &v) in row.iter().enumerate() {
+            if (l, h) != (1, 2) {
+                assert!(v > 1e-6, "live head {l}.{h} scored {v}");
+            }
+        }
+    }
+    // Removing the one least important head removes the dead one: embeddings unchanged.
+    let keep = heads_to_keep(&scores, 1).unwrap();
+    assert_eq!(keep[&1], vec![0, 1, 3]);
+    assert_eq!(keep[&0].len(), HEADS);
+    let dense = embed(&ck, "imp-dense");
+    ck.prune_heads(&keep).unwrap();
+    let pruned = embed(&ck, "imp-pruned");
+    assert!(min_cos(&dense, &pruned) > 1.0 - 1e-9);
+    // Pruning everything but one head per layer is allowed; one more is an Err.
+    let all = heads_to_keep(&scores, LAYERS * (HEADS - 1)).unwrap();
+    assert!(all.values().all(|v| v.len() == 1));
+    let e = heads_to_keep(&scores, LAYERS * (HEADS - 1) + 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("prune"), "{e}");
+}
+
+/// `ck` rewritten under `family`'s Hugging Face names (ALBERT keeps layer 0 as its one shared
+/// layer and gains an identity-free E = H projection), saved to a folder.
+fn as_family(ck: &Checkpoint, family: &str, dir: &std::path::Path) {
+    let mut config = ck.config.clone();
+    let mut tensors = ck.tensors.clone();
+    if family == "distilbert" {
+        config = serde_json::json!({
+            "model_type": "distilbert", "vocab_size": VOCAB, "dim": H, "n_layers": LAYERS,
+            "n_heads": HEADS, "hidden_dim": I, "activation": "gelu",
+            "max_position_embeddings": 32,
+        });
+        tensors.remove("embeddings.token_type_embeddings.weight");
+    } else {
+        config["model_type"] = serde_json::json!("albert");
+        config["embedding_size"] = serde_json::json!(H);
+        config["hidden_act"] = serde_json::json!("gelu_new");
+        tensors
+            .retain(|n, _| !n.starts_with("encoder.layer.") || n.starts_with("encoder.layer.0."));
+        let mut rng = SeedRng::new(99);
+        let w: Vec<f64> = (0..H * H)
+            .map(|_| rng.normal() / (H as f64).sqrt())
+            .collect();
+        let b: Vec<f64> = (0..H).map(|_| 0.05 * rng.normal()).collect();
+        tensors.insert(
+            "embeddings.projection.weight".into(),
+            HostTensor::from_f64(&[H, H], &w, DType::F32).unwrap(),
+        );
+        tensors.insert(
+            "embeddings.projection.bias".into(),
+            HostTensor::from_f64(&[H], &b, DType::F32).unwrap(),
+        );
+    }
+    let cfg = BertConfig::from_value(&config).unwrap();
+    let prefix = format!("{family}.");
+    let renamed = tensors
+        .into_iter()
+        .map(|(n, t)| (format!("{prefix}{}", cfg.family_name(&n)), t))
+        .collect();
+    Checkpoint {
+        config,
+        tensors: renamed,
+        metadata: BTreeMap::new(),
+    }
+    .save(dir, None)
+    .unwrap();
+}
+
+#[test]
+fn distilbert_and_albert_checkpoints_compress_and_reload() {
+    for family in ["distilbert", "albert"] {
+        let src = tmpdir(&format!("{family}-src"));
+        as_family(&random_checkpoint(11), family, &src);
+        // The file really holds the family's names.
+        let raw = std::fs::read(src.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&raw).unwrap();
+        let want = if family == "distilbert" {
+            "distilbert.transformer.layer.0.attention.q_lin.weight"
+        } else {
+            "albert.encoder.albert_layer_groups.0.albert_layers.0.ffn_output.weight"
+        };
+        assert!(st.names().contains(&want), "{family}: {want}");
+        let dense = BertModel::load(&src, &Device::Cpu, DType::F32)
+            .unwrap()
+            .embed(&ids(), Pooling::Mean)
+            .unwrap();
+        let mut ck = Checkpoint::load(&src).unwrap();
+        let keep: BTreeMap<usize, Vec<usize>> = [(0, vec![0, 2, 3])].into();
+        ck.prune_heads(&keep).unwrap();
+        ck.quantize_int8().unwrap();
+        if family == "albert" {
+            // ALBERT shares its layer: dropping depth runs it fewer times.
+            ck.drop_layers(&[0, 2]).unwrap();
+            assert_eq!(ck.config["num_hidden_layers"], serde_json::json!(2));
+            let e = ck.drop_layers(&[0, 5]).unwrap_err().to_string();
+            assert!(e.contains("keep"), "{e}");
+        }
+        let out = tmpdir(&format!("{family}-out"));
+        ck.save(&out, None).unwrap();
+        let m = BertModel::load(&out, &Device::Cpu, DType::F32).unwrap();
+        assert_eq!(
+            m.config.arch,
+            BertConfig::from_value(&ck.config).unwrap().arch
+        );
+        let got = m.embed(&ids(), Pooling::Mean).unwrap();
+        let cos = min_cos(&dense, &got);
+        if family == "albert" {
+            // Two of three repetitions: a different (but still related) model.
+            assert!(cos < 0.9999, "{family}: depth change had no effect ({cos})");
+        } else {
+            assert!(cos > 0.9, "{family}: cosine {cos}");
+            assert!(cos < 1.0 - 1e-7, "{family}: pruning had no effect");
+        }
+        // Reloading the compressed folder as a checkpoint keeps the medkern names.
+        let again = Checkpoint::load(&out).unwrap();
+        assert!(
+            again
+                .tensors
+                .contains_key("encoder.layer.0.attention.self.query.weight")
+        );
+        let _ = std::fs::remove_dir_all(&src);
+        let _ = std::fs::remove_dir_all(&out);
+    }
 }

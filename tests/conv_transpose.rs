@@ -299,7 +299,7 @@ fn conv_transpose_gpu_matches_reference() {
                 padding: (rng.below(kh as u64) as usize, rng.below(kw as u64) as usize),
                 output_padding: (rng.below(sh as u64) as usize, rng.below(sw as u64) as usize),
                 bias: bt.as_ref(),
-                act: Activation::ALL[rng.below(7) as usize],
+                act: Activation::ALL[rng.below(Activation::ALL.len() as u64) as usize],
             };
             let g = match ctr::geometry(&[n, h, w, ci], &[kh, kw, ci, co], &ct) {
                 Ok(g) => g,

@@ -319,7 +319,7 @@ fn random_case(rng: &mut SeedRng, di: usize) -> Case {
         stride,
         dil,
         padding,
-        act: Activation::ALL[rng.below(7) as usize],
+        act: Activation::ALL[rng.below(Activation::ALL.len() as u64) as usize],
         scale: rng.below(2) == 0,
         bias: rng.below(2) == 0,
         residual: rng.below(2) == 0,

@@ -20,6 +20,7 @@ fn reference_matches_published_values() {
         (Activation::GeluTanh, 1.0, 0.841_191_990_608_276_8),
         (Activation::Silu, 1.0, 0.731_058_578_630_004_9),
         (Activation::Sigmoid, -3.0, 0.047_425_873_177_566_78),
+        (Activation::Tanh, 0.5, 0.462_117_157_260_009_8),
         (Activation::Relu6, 7.5, 6.0),
         (Activation::Relu, -0.25, 0.0),
         (Activation::Identity, -0.25, -0.25),

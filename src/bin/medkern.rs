@@ -68,9 +68,55 @@ enum Cmd {
         /// Scale each embedding to unit length (sentence-transformers' Normalize module).
         #[arg(long)]
         normalize: bool,
+        /// Also run the checkpoint's sequence-classification head: adds "logits",
+        /// "probabilities" and "label" to each object.
+        #[arg(long)]
+        classify: bool,
         /// The texts to embed.
         #[arg(required = true)]
         texts: Vec<String>,
+    },
+    /// Compress a BERT / DistilBERT / ALBERT folder offline and save it (safetensors with the
+    /// methods recorded in its metadata), then print the quality report (size, embedding cosine
+    /// to the dense model on sample sentences, speed) as JSON. Order: heads, layers, 2:4, int8,
+    /// low rank.
+    Compress {
+        /// The dense model folder (config.json, model.safetensors, tokenizer.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// Where to write the compressed folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Heads to keep, per layer: "0:0,1,2;3:4,5" (unlisted layers keep all).
+        #[arg(long, conflicts_with = "prune_heads")]
+        heads: Option<String>,
+        /// Remove this many of the least important heads model-wide (importance by ablation on
+        /// the sample sentences; layers end uneven).
+        #[arg(long)]
+        prune_heads: Option<usize>,
+        /// Layers to keep: "every-other" (LayerDrop-style) or a list "0,2,4".
+        #[arg(long)]
+        layers: Option<String>,
+        /// 2:4 magnitude pruning of every encoder Linear.
+        #[arg(long)]
+        sparse24: bool,
+        /// Q8BERT int8 W8A8 (per-channel weights, per-token activations).
+        #[arg(long)]
+        int8: bool,
+        /// Truncated-SVD low rank of every encoder Linear: a rank ("64") or a kept-energy
+        /// fraction ("0.9").
+        #[arg(long)]
+        low_rank: Option<String>,
+        /// Sample sentences, one per line (head importance, quality report); default: 8
+        /// built-in clinical sentences.
+        #[arg(long)]
+        sentences: Option<PathBuf>,
+        /// Where to run importance and the report; default: the first GPU, else the CPU.
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
+        /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
+        #[arg(long, value_enum)]
+        dtype: Option<DTypeArg>,
     },
 }
 
@@ -106,6 +152,7 @@ fn main() -> ExitCode {
             dtype,
             max_len,
             normalize,
+            classify,
             texts,
         } => embed(EmbedArgs {
             model,
@@ -114,7 +161,33 @@ fn main() -> ExitCode {
             dtype,
             max_len,
             normalize,
+            classify,
             texts,
+        }),
+        Cmd::Compress {
+            model,
+            out,
+            heads,
+            prune_heads,
+            layers,
+            sparse24,
+            int8,
+            low_rank,
+            sentences,
+            device,
+            dtype,
+        } => compress(CompressArgs {
+            model,
+            out,
+            heads,
+            prune_heads,
+            layers,
+            sparse24,
+            int8,
+            low_rank,
+            sentences,
+            device,
+            dtype,
         }),
     };
     match result {
@@ -740,6 +813,7 @@ struct EmbedArgs {
     dtype: Option<DTypeArg>,
     max_len: Option<usize>,
     normalize: bool,
+    classify: bool,
     texts: Vec<String>,
 }
 
@@ -749,20 +823,42 @@ struct Embedding<'a> {
     text: &'a str,
     tokens: usize,
     embedding: Vec<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logits: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probabilities: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
 }
 
-fn embed(a: EmbedArgs) -> medkern::Result<()> {
-    let dev = match a.device {
+fn device_and_dtype(
+    device: Option<DeviceArg>,
+    dtype: Option<DTypeArg>,
+) -> medkern::Result<(Device, DType)> {
+    let dev = match device {
         None => Device::best(),
         Some(DeviceArg::Cpu) => Device::Cpu,
         Some(DeviceArg::Gpu) => Device::gpu(0)?,
     };
-    let dtype = match a.dtype {
+    let dtype = match dtype {
         None => bert::default_dtype(&dev),
         Some(DTypeArg::F16) => DType::F16,
         Some(DTypeArg::Bf16) => DType::BF16,
         Some(DTypeArg::F32) => DType::F32,
     };
+    Ok((dev, dtype))
+}
+
+fn json_err(e: serde_json::Error) -> medkern::Error {
+    medkern::Error::Invalid {
+        op: "cli",
+        arg: "output",
+        detail: e.to_string(),
+    }
+}
+
+fn embed(a: EmbedArgs) -> medkern::Result<()> {
+    let (dev, dtype) = device_and_dtype(a.device, a.dtype)?;
     let pooling = match a.pooling {
         PoolingArg::Mean => Pooling::Mean,
         PoolingArg::Cls => Pooling::Cls,
@@ -772,6 +868,12 @@ fn embed(a: EmbedArgs) -> medkern::Result<()> {
     let texts: Vec<&str> = a.texts.iter().map(String::as_str).collect();
     let ids = BertTokenizer::load(&a.model, max_len)?.encode(&texts)?;
     let mut embs = model.embed(&ids, pooling)?;
+    let logits = if a.classify {
+        Some(model.classify(&ids)?)
+    } else {
+        None
+    };
+    let labels = model.labels();
     if a.normalize {
         for e in &mut embs {
             let n = e
@@ -788,17 +890,27 @@ fn embed(a: EmbedArgs) -> medkern::Result<()> {
         .iter()
         .zip(&ids)
         .zip(embs)
-        .map(|((text, ids), embedding)| {
+        .enumerate()
+        .map(|(i, ((text, ids), embedding))| {
+            let lg = logits.as_ref().map(|l| l[i].clone());
+            let probabilities = lg.as_ref().map(|l| softmax(l));
+            let label = probabilities.as_ref().and_then(|p| {
+                let best = p
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(j, _)| j)?;
+                labels.get(best).cloned()
+            });
             serde_json::to_string(&Embedding {
                 text,
                 tokens: ids.len(),
                 embedding,
+                logits: lg,
+                probabilities,
+                label,
             })
-            .map_err(|e| medkern::Error::Invalid {
-                op: "embed",
-                arg: "output",
-                detail: e.to_string(),
-            })
+            .map_err(json_err)
         })
         .collect::<medkern::Result<_>>()?;
     println!("[\n{}\n]", rows.join(",\n"));
@@ -807,6 +919,217 @@ fn embed(a: EmbedArgs) -> medkern::Result<()> {
         texts.len(),
         ids.iter().map(Vec::len).sum::<usize>(),
         a.model.display(),
+        dev.describe()
+    );
+    Ok(())
+}
+
+/// Softmax in f64 of one row of logits.
+fn softmax(l: &[f32]) -> Vec<f32> {
+    let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = l.iter().map(|&x| f64::from(x - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|&x| (x / s) as f32).collect()
+}
+
+struct CompressArgs {
+    model: PathBuf,
+    out: PathBuf,
+    heads: Option<String>,
+    prune_heads: Option<usize>,
+    layers: Option<String>,
+    sparse24: bool,
+    int8: bool,
+    low_rank: Option<String>,
+    sentences: Option<PathBuf>,
+    device: Option<DeviceArg>,
+    dtype: Option<DTypeArg>,
+}
+
+fn cli_invalid(arg: &'static str, detail: String) -> medkern::Error {
+    medkern::Error::Invalid {
+        op: "compress",
+        arg,
+        detail,
+    }
+}
+
+/// "0:0,1,2;3:4,5" → {0: [0, 1, 2], 3: [4, 5]}.
+fn parse_heads(s: &str) -> medkern::Result<std::collections::BTreeMap<usize, Vec<usize>>> {
+    let bad = || {
+        cli_invalid(
+            "--heads",
+            format!("{s:?}; expected LAYER:HEAD,HEAD,...;LAYER:... e.g. \"0:0,1,2;3:4,5\""),
+        )
+    };
+    s.split(';')
+        .filter(|p| !p.trim().is_empty())
+        .map(|part| {
+            let (l, hs) = part.split_once(':').ok_or_else(bad)?;
+            let l = l.trim().parse().map_err(|_| bad())?;
+            let hs = hs
+                .split(',')
+                .map(|h| h.trim().parse().map_err(|_| bad()))
+                .collect::<medkern::Result<Vec<usize>>>()?;
+            Ok((l, hs))
+        })
+        .collect()
+}
+
+fn compress(a: CompressArgs) -> medkern::Result<()> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    use medkern::model::compress::{self, Checkpoint, Rank};
+    let (dev, dtype) = device_and_dtype(a.device, a.dtype)?;
+    let text = match &a.sentences {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| medkern::Error::Io {
+            op: "compress",
+            path: p.display().to_string(),
+            source: e,
+        })?,
+        None => compress::SAMPLE_SENTENCES.join("\n"),
+    };
+    let sentences: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if sentences.is_empty() {
+        return Err(cli_invalid(
+            "--sentences",
+            "no sentences in the file".into(),
+        ));
+    }
+    let low_rank = match &a.low_rank {
+        None => None,
+        Some(s) => Some(match (s.parse::<usize>(), s.parse::<f64>()) {
+            (Ok(r), _) if r > 0 => Rank::Fixed(r),
+            (_, Ok(e)) if e > 0.0 && e <= 1.0 => Rank::Energy(e),
+            _ => {
+                return Err(cli_invalid(
+                    "--low-rank",
+                    format!("{s:?}; expected a rank (e.g. 64) or an energy fraction in (0, 1]"),
+                ));
+            }
+        }),
+    };
+    let explicit_heads = a.heads.as_deref().map(parse_heads).transpose()?;
+    let steps = 3
+        + u64::from(a.heads.is_some() || a.prune_heads.is_some())
+        + u64::from(a.layers.is_some())
+        + u64::from(a.sparse24)
+        + u64::from(a.int8)
+        + u64::from(low_rank.is_some());
+    let bar = ProgressBar::new(steps).with_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
+            .map_err(|e| cli_invalid("progress", e.to_string()))?
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("loading {}", a.model.display()));
+    let mut ck = Checkpoint::load(&a.model)?;
+    let cfg = ck.bert_config()?;
+    let max_len = cfg.max_position_embeddings;
+    let ids = BertTokenizer::load(&a.model, max_len)?.encode(&sentences)?;
+    bar.inc(1);
+    let mut report = serde_json::Map::new();
+    if let Some(keep) = explicit_heads {
+        bar.set_message("pruning heads");
+        ck.prune_heads(&keep)?;
+        bar.inc(1);
+    } else if let Some(n) = a.prune_heads {
+        bar.set_message("head importance");
+        let scores = ck.head_importance(&ids, &dev, dtype, |done, total| {
+            bar.set_message(format!("head importance {done}/{total}"));
+        })?;
+        let keep = compress::heads_to_keep(&scores, n)?;
+        report.insert("head_importance".into(), serde_json::json!(scores));
+        report.insert("heads_kept".into(), serde_json::json!(keep));
+        ck.prune_heads(&keep)?;
+        bar.inc(1);
+    }
+    if let Some(l) = &a.layers {
+        bar.set_message("dropping layers");
+        let n = cfg.num_hidden_layers;
+        let keep: Vec<usize> = if l == "every-other" {
+            (0..n).step_by(2).collect()
+        } else {
+            l.split(',')
+                .map(|x| {
+                    x.trim().parse().map_err(|_| {
+                        cli_invalid(
+                            "--layers",
+                            format!("{l:?}; expected every-other or a list like 0,2,4"),
+                        )
+                    })
+                })
+                .collect::<medkern::Result<_>>()?
+        };
+        ck.drop_layers(&keep)?;
+        bar.inc(1);
+    }
+    if a.sparse24 {
+        bar.set_message("2:4 pruning");
+        let kept = ck.sparsify_24()?;
+        report.insert("sparse24_energy_kept".into(), serde_json::json!(kept));
+        bar.inc(1);
+    }
+    if a.int8 {
+        bar.set_message("int8 quantisation");
+        let err = ck.quantize_int8()?;
+        report.insert("int8_weight_sqnr_db".into(), serde_json::json!(err));
+        bar.inc(1);
+    }
+    if let Some(r) = low_rank {
+        bar.set_message("low rank (SVD)");
+        let kept = ck.low_rank(r)?;
+        report.insert("low_rank_energy_kept".into(), serde_json::json!(kept));
+        bar.inc(1);
+    }
+    bar.set_message(format!("saving {}", a.out.display()));
+    ck.save(&a.out, Some(&a.model))?;
+    bar.inc(1);
+    bar.set_message("quality report");
+    let dense = BertModel::load(&a.model, &dev, dtype)?.embed(&ids, Pooling::Mean)?;
+    let runs = 5;
+    let base = compress::quality(&a.model, &dev, dtype, &ids, &dense, runs)?;
+    let q = compress::quality(&a.out, &dev, dtype, &ids, &dense, runs)?;
+    bar.inc(1);
+    bar.finish_and_clear();
+    let row = |q: &compress::Quality| {
+        serde_json::json!({
+            "bytes": q.bytes,
+            "cosine_min": q.cos_min,
+            "cosine_mean": q.cos_mean,
+            "ms": q.ms,
+        })
+    };
+    report.insert("dense".into(), row(&base));
+    report.insert("compressed".into(), row(&q));
+    report.insert(
+        "size_ratio".into(),
+        serde_json::json!(base.bytes as f64 / q.bytes.max(1) as f64),
+    );
+    report.insert(
+        "speedup".into(),
+        serde_json::json!(base.ms / q.ms.max(f64::MIN_POSITIVE)),
+    );
+    report.insert(
+        "methods".into(),
+        serde_json::json!(ck.metadata.get("medkern.compression")),
+    );
+    report.insert(
+        "device".into(),
+        serde_json::json!(format!("{} {dtype}", dev.describe())),
+    );
+    report.insert("sentences".into(), serde_json::json!(sentences.len()));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).map_err(json_err)?
+    );
+    eprintln!(
+        "medkern compress: {} -> {}: {:.2} MB -> {:.2} MB, embedding cosine min {:.5}, {:.2} ms -> {:.2} ms ({})",
+        a.model.display(),
+        a.out.display(),
+        base.bytes as f64 / 1e6,
+        q.bytes as f64 / 1e6,
+        q.cos_min,
+        base.ms,
+        q.ms,
         dev.describe()
     );
     Ok(())

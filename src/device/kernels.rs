@@ -91,6 +91,7 @@ pub static KERNELS: &[KernelInfo] = table![
         "eltwise_gelu_tanh_f32", "eltwise_gelu_tanh_f16", "eltwise_gelu_tanh_bf16",
         "eltwise_silu_f32", "eltwise_silu_f16", "eltwise_silu_bf16",
         "eltwise_sigmoid_f32", "eltwise_sigmoid_f16", "eltwise_sigmoid_bf16",
+        "eltwise_tanh_f32", "eltwise_tanh_f16", "eltwise_tanh_bf16",
         "cast_f32_f16", "cast_f32_bf16", "cast_f16_f32", "cast_bf16_f32", "cast_f16_bf16",
         "cast_bf16_f16",
     ],

@@ -25,7 +25,71 @@ fn invalid(arg: &'static str, detail: String) -> Error {
     }
 }
 
-/// The fields of a Hugging Face `config.json` the encoder needs.
+/// The encoder families that load into [`BertModel`]: their tensor names map onto BERT's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Arch {
+    /// BERT and the students that share its names (MiniLM, TinyBERT).
+    #[default]
+    Bert,
+    /// DistilBERT: no token types, `transformer.layer.N.{q_lin,...}`, ReLU pre-classifier.
+    DistilBert,
+    /// ALBERT: factorised `V×E` embedding + `E×H` projection, layer weights shared across depth.
+    Albert,
+}
+
+impl Arch {
+    /// The prefix task checkpoints (`*ForSequenceClassification`) put before encoder names.
+    fn prefix(self) -> &'static str {
+        match self {
+            Arch::Bert => "bert.",
+            Arch::DistilBert => "distilbert.",
+            Arch::Albert => "albert.",
+        }
+    }
+    /// (medkern name, this family's name) of a layer's tensors, by stem.
+    fn layer_stems(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Arch::Bert => &[],
+            Arch::DistilBert => &[
+                ("attention.self.query", "attention.q_lin"),
+                ("attention.self.key", "attention.k_lin"),
+                ("attention.self.value", "attention.v_lin"),
+                ("attention.output.dense", "attention.out_lin"),
+                ("attention.output.LayerNorm", "sa_layer_norm"),
+                ("intermediate.dense", "ffn.lin1"),
+                ("output.dense", "ffn.lin2"),
+                ("output.LayerNorm", "output_layer_norm"),
+            ],
+            Arch::Albert => &[
+                ("attention.self.query", "attention.query"),
+                ("attention.self.key", "attention.key"),
+                ("attention.self.value", "attention.value"),
+                ("attention.output.dense", "attention.dense"),
+                ("attention.output.LayerNorm", "attention.LayerNorm"),
+                ("intermediate.dense", "ffn"),
+                ("output.dense", "ffn_output"),
+                ("output.LayerNorm", "full_layer_layer_norm"),
+            ],
+        }
+    }
+    /// (medkern name, this family's name) of the stems outside the layers.
+    fn top_stems(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Arch::Bert => &[],
+            Arch::DistilBert => &[("pooler.dense", "pre_classifier")],
+            Arch::Albert => &[
+                (
+                    "embeddings.projection",
+                    "encoder.embedding_hidden_mapping_in",
+                ),
+                ("pooler.dense", "pooler"),
+            ],
+        }
+    }
+}
+
+/// The fields of a Hugging Face `config.json` the encoder needs (DistilBERT's own field names
+/// are mapped onto these by [`BertConfig::from_json`]).
 #[derive(Clone, Debug, Deserialize)]
 pub struct BertConfig {
     pub vocab_size: usize,
@@ -43,6 +107,35 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     #[serde(default)]
     pub model_type: Option<String>,
+    /// ALBERT's factorised embedding width E (None: E = hidden_size).
+    #[serde(default)]
+    pub embedding_size: Option<usize>,
+    /// ALBERT: layer-weight groups shared across depth, and layers per group.
+    #[serde(default = "default_one")]
+    pub num_hidden_groups: usize,
+    #[serde(default = "default_one")]
+    pub inner_group_num: usize,
+    /// Class names of a sequence-classification head (`"0": "NEGATIVE"`).
+    #[serde(default)]
+    pub id2label: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(skip)]
+    pub arch: Arch,
+}
+
+/// DistilBERT's `config.json` field names.
+#[derive(Deserialize)]
+struct DistilConfig {
+    vocab_size: usize,
+    dim: usize,
+    n_layers: usize,
+    n_heads: usize,
+    hidden_dim: usize,
+    #[serde(default = "default_act")]
+    activation: String,
+    #[serde(default = "default_positions")]
+    max_position_embeddings: usize,
+    #[serde(default)]
+    id2label: Option<std::collections::BTreeMap<String, String>>,
 }
 
 fn default_act() -> String {
@@ -57,11 +150,64 @@ fn default_types() -> usize {
 fn default_eps() -> f64 {
     1e-12
 }
+fn default_one() -> usize {
+    1
+}
 
 impl BertConfig {
     pub fn from_json(text: &str) -> Result<Self> {
-        let c: BertConfig = serde_json::from_str(text)
+        let v: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| invalid("config", format!("config.json: {e}")))?;
+        Self::from_value(&v)
+    }
+
+    /// Parses a `config.json` value of any supported family (`model_type` bert, distilbert,
+    /// albert; absent = bert).
+    pub fn from_value(v: &serde_json::Value) -> Result<Self> {
+        let bad = |e: serde_json::Error| invalid("config", format!("config.json: {e}"));
+        let model_type = v
+            .get("model_type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("bert");
+        let c = match model_type {
+            "distilbert" => {
+                let d: DistilConfig = serde_json::from_value(v.clone()).map_err(bad)?;
+                BertConfig {
+                    vocab_size: d.vocab_size,
+                    hidden_size: d.dim,
+                    num_hidden_layers: d.n_layers,
+                    num_attention_heads: d.n_heads,
+                    intermediate_size: d.hidden_dim,
+                    hidden_act: d.activation,
+                    max_position_embeddings: d.max_position_embeddings,
+                    type_vocab_size: 0,
+                    layer_norm_eps: 1e-12,
+                    model_type: Some(model_type.into()),
+                    embedding_size: None,
+                    num_hidden_groups: 1,
+                    inner_group_num: 1,
+                    id2label: d.id2label,
+                    arch: Arch::DistilBert,
+                }
+            }
+            "albert" => {
+                let mut v = v.clone();
+                if let Some(o) = v.as_object_mut() {
+                    // Hugging Face's AlbertConfig default.
+                    o.entry("hidden_act").or_insert("gelu_new".into());
+                }
+                let mut c: BertConfig = serde_json::from_value(v).map_err(bad)?;
+                c.arch = Arch::Albert;
+                c
+            }
+            "bert" => serde_json::from_value(v.clone()).map_err(bad)?,
+            other => {
+                return Err(invalid(
+                    "config",
+                    format!("model_type {other:?}; expected bert, distilbert or albert"),
+                ));
+            }
+        };
         if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
             return Err(invalid(
                 "config",
@@ -71,10 +217,124 @@ impl BertConfig {
                 ),
             ));
         }
+        let groups = (c.num_hidden_groups, c.inner_group_num);
+        if groups.0 == 0
+            || groups.1 == 0
+            || c.num_hidden_layers % groups.0 != 0
+            || (c.arch != Arch::Albert && groups != (1, 1))
+        {
+            return Err(invalid(
+                "config",
+                format!(
+                    "num_hidden_groups {} / inner_group_num {} with {} layers; expected groups \
+                     dividing the layer count (ALBERT only)",
+                    groups.0, groups.1, c.num_hidden_layers
+                ),
+            ));
+        }
         Ok(c)
     }
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
+    }
+    /// The embedding width (ALBERT's E; the hidden size otherwise).
+    pub fn embedding_dim(&self) -> usize {
+        self.embedding_size.unwrap_or(self.hidden_size)
+    }
+    /// Layer weight sets stored in the file (ALBERT shares them across depth).
+    pub fn stored_layers(&self) -> usize {
+        match self.arch {
+            Arch::Albert => self.num_hidden_groups * self.inner_group_num,
+            _ => self.num_hidden_layers,
+        }
+    }
+    /// The stored layer run at each depth: ALBERT runs group `l / (L / groups)`'s layers at
+    /// depth `l`; the others run layer `l`.
+    pub fn schedule(&self) -> Vec<usize> {
+        match self.arch {
+            Arch::Albert => {
+                let per = (self.num_hidden_layers / self.num_hidden_groups.max(1)).max(1);
+                (0..self.num_hidden_layers)
+                    .flat_map(|l| {
+                        let g = l / per;
+                        (0..self.inner_group_num).map(move |i| g * self.inner_group_num + i)
+                    })
+                    .collect()
+            }
+            _ => (0..self.num_hidden_layers).collect(),
+        }
+    }
+    /// The medkern (BERT) name of tensor `name` of this family, without any task prefix; None
+    /// for tensors the encoder does not use (pretraining heads, buffers).
+    pub fn canonical_name(&self, name: &str) -> Option<String> {
+        let a = self.arch;
+        let name = name
+            .strip_prefix(a.prefix())
+            .or_else(|| name.strip_prefix("bert."))
+            .unwrap_or(name);
+        if name.starts_with("cls.")
+            || name.starts_with("predictions.")
+            || name.contains("position_ids")
+        {
+            return None;
+        }
+        let (stem, suffix) = name.rsplit_once('.')?;
+        let layer_prefix = match a {
+            Arch::DistilBert => "transformer.layer.",
+            Arch::Albert => "encoder.albert_layer_groups.",
+            Arch::Bert => "",
+        };
+        if let Some(&(ours, _)) = a.top_stems().iter().find(|(_, theirs)| *theirs == stem) {
+            return Some(format!("{ours}.{suffix}"));
+        }
+        if !layer_prefix.is_empty()
+            && let Some(rest) = stem.strip_prefix(layer_prefix)
+        {
+            let (idx, rest) = match a {
+                Arch::Albert => {
+                    let (g, rest) = rest.split_once(".albert_layers.")?;
+                    let (i, rest) = rest.split_once('.')?;
+                    let (g, i): (usize, usize) = (g.parse().ok()?, i.parse().ok()?);
+                    (g * self.inner_group_num + i, rest)
+                }
+                _ => {
+                    let (l, rest) = rest.split_once('.')?;
+                    (l.parse().ok()?, rest)
+                }
+            };
+            let ours = a.layer_stems().iter().find(|(_, t)| *t == rest)?.0;
+            return Some(format!("encoder.layer.{idx}.{ours}.{suffix}"));
+        }
+        Some(name.to_string())
+    }
+    /// This family's name for medkern name `name` (for error messages).
+    pub fn family_name(&self, name: &str) -> String {
+        let a = self.arch;
+        let Some((stem, suffix)) = name.rsplit_once('.') else {
+            return name.into();
+        };
+        if let Some(&(_, theirs)) = a.top_stems().iter().find(|(ours, _)| *ours == stem) {
+            return format!("{theirs}.{suffix}");
+        }
+        if a != Arch::Bert
+            && let Some(rest) = stem.strip_prefix("encoder.layer.")
+            && let Some((l, rest)) = rest.split_once('.')
+            && let Ok(l) = l.parse::<usize>()
+            && let Some(&(_, theirs)) = a.layer_stems().iter().find(|(o, _)| *o == rest)
+        {
+            return match a {
+                Arch::Albert => {
+                    let inner = self.inner_group_num.max(1);
+                    format!(
+                        "encoder.albert_layer_groups.{}.albert_layers.{}.{theirs}.{suffix}",
+                        l / inner,
+                        l % inner
+                    )
+                }
+                _ => format!("transformer.layer.{l}.{theirs}.{suffix}"),
+            };
+        }
+        name.into()
     }
     fn activation(&self) -> Result<Activation> {
         match self.hidden_act.as_str() {
@@ -109,7 +369,15 @@ struct Layer {
     ln2: (Tensor, Tensor),
 }
 
-/// A BERT encoder ready to run.
+/// A sequence-classification head on the first token: `classifier(act(pooler(h_cls)))`, with
+/// tanh (BERT, ALBERT pooler) or ReLU (DistilBERT pre-classifier).
+struct Head {
+    pooler: Linear,
+    act: Activation,
+    classifier: Linear,
+}
+
+/// An encoder (BERT, DistilBERT or ALBERT) ready to run.
 pub struct BertModel {
     pub config: BertConfig,
     device: Device,
@@ -117,14 +385,26 @@ pub struct BertModel {
     act: Activation,
     word: Tensor,
     position: Tensor,
-    token_type: Tensor,
+    /// None for DistilBERT (no token types).
+    token_type: Option<Tensor>,
     emb_ln: (Tensor, Tensor),
+    /// ALBERT's E→H projection after the embedding LayerNorm.
+    emb_proj: Option<Linear>,
+    /// Stored layers, and the one run at each depth (ALBERT repeats them).
     layers: Vec<Layer>,
+    schedule: Vec<usize>,
+    /// Attention softmax scale, `1/√head_dim` of the checkpoint.
+    scale: f32,
+    head: Option<Head>,
 }
 
-/// Reads named tensors out of a safetensors file, checking names and shapes.
+/// Reads named tensors out of a safetensors file by their medkern names, checking shapes.
 struct Weights<'a> {
     st: SafeTensors<'a>,
+    /// medkern name → name in the file.
+    names: std::collections::HashMap<String, String>,
+    config: &'a BertConfig,
+    /// Prefix the file puts before encoder names (`bert.`, ...), for messages.
     prefix: &'static str,
     device: &'a Device,
     dtype: DType,
@@ -133,12 +413,22 @@ struct Weights<'a> {
 }
 
 impl Weights<'_> {
+    fn missing(&self, name: &str) -> Error {
+        invalid(
+            "weights",
+            format!(
+                "missing tensor {}{}",
+                self.prefix,
+                self.config.family_name(name)
+            ),
+        )
+    }
     fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
-        let full = format!("{}{name}", self.prefix);
-        self.st
-            .tensor(&full)
+        self.names
+            .get(name)
+            .and_then(|f| self.st.tensor(f).ok())
             .map(|t| t.shape().to_vec())
-            .map_err(|_| invalid("weights", format!("missing tensor {full}")))
+            .ok_or_else(|| self.missing(name))
     }
 
     /// The Linear `name` (`name.weight` `[n, k]` + `name.bias`, or its compressed form as
@@ -190,11 +480,8 @@ impl Weights<'_> {
     }
 
     fn host(&self, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
-        let full = format!("{}{name}", self.prefix);
-        let t = self
-            .st
-            .tensor(&full)
-            .map_err(|_| invalid("weights", format!("missing tensor {full}")))?;
+        let full = self.names.get(name).ok_or_else(|| self.missing(name))?;
+        let t = self.st.tensor(full).map_err(|_| self.missing(name))?;
         if t.shape() != shape {
             return Err(invalid(
                 "weights",
@@ -234,7 +521,7 @@ impl Weights<'_> {
         HostTensor::from_f64(shape, &v, self.dtype)?.to_device(self.device)
     }
     fn has(&self, name: &str) -> bool {
-        self.st.tensor(&format!("{}{name}", self.prefix)).is_ok()
+        self.names.contains_key(name)
     }
     /// LayerNorm weight and bias (`weight`/`bias`, or the old `gamma`/`beta`).
     fn ln(&self, base: &str, h: usize) -> Result<(Tensor, Tensor)> {
@@ -267,7 +554,9 @@ impl BertModel {
         Self::from_safetensors(cfg, &read("model.safetensors")?, device, dtype)
     }
 
-    /// Builds the model from a config and the bytes of a safetensors file.
+    /// Builds the model from a config and the bytes of a safetensors file (names of the
+    /// config's family, with or without a task prefix, or medkern's own as
+    /// [`crate::model::compress::Checkpoint`] saves them).
     pub fn from_safetensors(
         config: BertConfig,
         bytes: &[u8],
@@ -280,23 +569,53 @@ impl BertModel {
             .ok()
             .and_then(|(_, m)| m.metadata().clone())
             .unwrap_or_default();
-        let prefix = if st.tensor("bert.embeddings.word_embeddings.weight").is_ok() {
+        let a = config.arch;
+        let prefix = if st.names().iter().any(|n| n.starts_with(a.prefix())) {
+            a.prefix()
+        } else if st.names().iter().any(|n| n.starts_with("bert.")) {
             "bert."
         } else {
             ""
         };
+        let names = st
+            .names()
+            .into_iter()
+            .filter_map(|n| Some((config.canonical_name(n)?, n.to_string())))
+            .collect();
         let w = Weights {
             st,
+            names,
+            config: &config,
             prefix,
             device,
             dtype,
             kinds,
         };
         let c = &config;
-        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim());
+        let (h, i, d, e) = (
+            c.hidden_size,
+            c.intermediate_size,
+            c.head_dim(),
+            c.embedding_dim(),
+        );
+        // The fused attention kernel has head dims 32..128; other widths (TinyBERT-312's 26,
+        // 16) run zero-padded per head, which leaves q·k and the output unchanged.
+        let dp = ops::attention::HEAD_DIMS
+            .iter()
+            .copied()
+            .find(|&x| x >= d)
+            .ok_or_else(|| {
+                invalid(
+                    "config",
+                    format!(
+                        "head_dim {d}; expected at most {}",
+                        ops::attention::HEAD_DIMS[ops::attention::HEAD_DIMS.len() - 1]
+                    ),
+                )
+            })?;
         let act = c.activation()?;
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for l in 0..c.num_hidden_layers {
+        let mut layers = Vec::with_capacity(c.stored_layers());
+        for l in 0..c.stored_layers() {
             let p = format!("encoder.layer.{l}");
             let q = w.linear(&format!("{p}.attention.self.query"), None, h)?;
             let rows = q.w_shape[0];
@@ -310,6 +629,18 @@ impl BertModel {
             }
             let k = w.linear(&format!("{p}.attention.self.key"), Some(rows), h)?;
             let v = w.linear(&format!("{p}.attention.self.value"), Some(rows), h)?;
+            let wo = w.linear(&format!("{p}.attention.output.dense"), Some(h), rows)?;
+            let (q, k, v, wo) = if dp == d {
+                (q, k, v, wo)
+            } else {
+                (
+                    pad_heads_out(q, d, dp)?,
+                    pad_heads_out(k, d, dp)?,
+                    pad_heads_out(v, d, dp)?,
+                    pad_heads_in(wo, d, dp, &p)?,
+                )
+            };
+            let prow = rows / d * dp;
             let qkv = if q.kind == k.kind && k.kind == v.kind && q.kind != LinearKind::LowRank {
                 let cat = |f: &dyn Fn(&LinearHost) -> &Vec<f64>| -> Vec<f64> {
                     [&q, &k, &v]
@@ -321,12 +652,12 @@ impl BertModel {
                     LinearHost {
                         kind: q.kind,
                         w: cat(&|x| &x.w),
-                        w_shape: [3 * rows, h],
+                        w_shape: [3 * prow, h],
                         extra: cat(&|x| &x.extra),
                         extra_shape: if q.extra.is_empty() {
                             vec![]
                         } else {
-                            vec![3 * rows]
+                            vec![3 * prow]
                         },
                         b: cat(&|x| &x.b),
                     },
@@ -343,11 +674,7 @@ impl BertModel {
             layers.push(Layer {
                 heads: rows / d,
                 qkv,
-                wo: Linear::build(
-                    w.linear(&format!("{p}.attention.output.dense"), Some(h), rows)?,
-                    dtype,
-                    device,
-                )?,
+                wo: Linear::build(wo, dtype, device)?,
                 ln1: w.ln(&format!("{p}.attention.output.LayerNorm"), h)?,
                 wi: Linear::build(
                     w.linear(&format!("{p}.intermediate.dense"), Some(i), h)?,
@@ -362,18 +689,54 @@ impl BertModel {
                 ln2: w.ln(&format!("{p}.output.LayerNorm"), h)?,
             });
         }
+        let head = if w.has("classifier.weight") {
+            let labels = w
+                .shape_of("classifier.weight")?
+                .first()
+                .copied()
+                .unwrap_or(0);
+            Some(Head {
+                pooler: Linear::build(w.linear("pooler.dense", Some(h), h)?, dtype, device)?,
+                act: if a == Arch::DistilBert {
+                    Activation::Relu
+                } else {
+                    Activation::Tanh
+                },
+                classifier: Linear::build(w.linear("classifier", Some(labels), h)?, dtype, device)?,
+            })
+        } else {
+            None
+        };
+        let emb_proj = if a == Arch::Albert {
+            Some(Linear::build(
+                w.linear("embeddings.projection", Some(h), e)?,
+                dtype,
+                device,
+            )?)
+        } else {
+            None
+        };
+        let token_type = if a == Arch::DistilBert {
+            None
+        } else {
+            Some(w.get(
+                "embeddings.token_type_embeddings.weight",
+                &[c.type_vocab_size, e],
+            )?)
+        };
         Ok(BertModel {
-            word: w.get("embeddings.word_embeddings.weight", &[c.vocab_size, h])?,
+            word: w.get("embeddings.word_embeddings.weight", &[c.vocab_size, e])?,
             position: w.get(
                 "embeddings.position_embeddings.weight",
-                &[c.max_position_embeddings, h],
+                &[c.max_position_embeddings, e],
             )?,
-            token_type: w.get(
-                "embeddings.token_type_embeddings.weight",
-                &[c.type_vocab_size, h],
-            )?,
-            emb_ln: w.ln("embeddings.LayerNorm", h)?,
+            token_type,
+            emb_ln: w.ln("embeddings.LayerNorm", e)?,
+            emb_proj,
             layers,
+            schedule: c.schedule(),
+            scale: (1.0 / (d as f64).sqrt()) as f32,
+            head,
             act,
             device: device.clone(),
             dtype,
@@ -422,32 +785,48 @@ impl BertModel {
             None => vec![0; flat.len()],
         };
         let eps = c.layer_norm_eps as f32;
-        let e = embedding(
-            Lookup {
-                table: &self.word,
-                ids: &flat,
-            },
-            &[
-                Lookup {
-                    table: &self.position,
-                    ids: &pos,
-                },
-                Lookup {
-                    table: &self.token_type,
-                    ids: &types,
-                },
-            ],
-        )?;
+        let word = Lookup {
+            table: &self.word,
+            ids: &flat,
+        };
+        let position = Lookup {
+            table: &self.position,
+            ids: &pos,
+        };
+        let e = match &self.token_type {
+            Some(tt) => embedding(
+                word,
+                &[
+                    position,
+                    Lookup {
+                        table: tt,
+                        ids: &types,
+                    },
+                ],
+            )?,
+            None => embedding(word, &[position])?,
+        };
         let mut x = ops::layernorm(&e, None, &self.emb_ln.0, &self.emb_ln.1, eps)?;
+        if let Some(p) = &self.emb_proj {
+            x = p.forward(&x, Activation::Identity, None)?;
+        }
         let batch = SeqBatch::packed(&self.device, &cu)?;
         let tokens = flat.len();
-        let d = c.head_dim();
-        for l in &self.layers {
+        let d = self.layers.first().map_or(c.head_dim(), |l| match &l.qkv {
+            QkvProj::Fused(p) => p.out_features() / (3 * l.heads),
+            QkvProj::Split(p) => p[0].out_features() / l.heads,
+        });
+        let attn = Attention {
+            scale: Some(self.scale),
+            ..Attention::default()
+        };
+        for &li in &self.schedule {
+            let l = &self.layers[li];
             let id = Activation::Identity;
             let ctx = match &l.qkv {
                 QkvProj::Fused(p) => {
                     let qkv = p.forward(&x, id, None)?.reshape(&[tokens, 3, l.heads, d])?;
-                    ops::attention(Qkv::Packed(&qkv), &batch, &Attention::default())?
+                    ops::attention(Qkv::Packed(&qkv), &batch, &attn)?
                 }
                 QkvProj::Split(p) => {
                     let [pq, pk, pv] = &**p;
@@ -462,7 +841,7 @@ impl BertModel {
                             v: &v,
                         },
                         &batch,
-                        &Attention::default(),
+                        &attn,
                     )?
                 }
             }
@@ -474,6 +853,63 @@ impl BertModel {
             x = ops::layernorm(&o, None, &l.ln2.0, &l.ln2.1, eps)?;
         }
         Ok((x, cu))
+    }
+
+    /// Whether the checkpoint has a sequence-classification head.
+    pub fn has_classifier(&self) -> bool {
+        self.head.is_some()
+    }
+
+    /// Sequence-classification logits `[batch][labels]` (f32 on the host): the head runs on
+    /// the first token of each sequence, gathered on the device (no host round trip).
+    pub fn classify(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let head = self.head.as_ref().ok_or_else(|| {
+            invalid(
+                "model",
+                "the checkpoint has no classifier (expected classifier.weight and a pooler)".into(),
+            )
+        })?;
+        if ids.iter().any(Vec::is_empty) {
+            return Err(invalid(
+                "ids",
+                "a sequence is empty; classify needs its first token".into(),
+            ));
+        }
+        let (x, cu) = self.forward(ids, None)?;
+        let first: Vec<u32> = cu[..cu.len() - 1].iter().map(|&r| r as u32).collect();
+        let cls = embedding(
+            Lookup {
+                table: &x,
+                ids: &first,
+            },
+            &[],
+        )?;
+        let pooled = head.pooler.forward(&cls, head.act, None)?;
+        let logits = head
+            .classifier
+            .forward(&pooled, Activation::Identity, None)?;
+        let n = head.classifier.out_features();
+        let v = logits.to_host()?.to_f64();
+        Ok(v.chunks(n.max(1))
+            .map(|r| r.iter().map(|&x| x as f32).collect())
+            .collect())
+    }
+
+    /// Label names of the classifier's outputs (`id2label`, else `LABEL_i`).
+    pub fn labels(&self) -> Vec<String> {
+        let n = self
+            .head
+            .as_ref()
+            .map_or(0, |h| h.classifier.out_features());
+        (0..n)
+            .map(|i| {
+                self.config
+                    .id2label
+                    .as_ref()
+                    .and_then(|m| m.get(&i.to_string()).cloned())
+                    .unwrap_or_else(|| format!("LABEL_{i}"))
+            })
+            .collect()
     }
 
     /// Sentence embeddings: the last hidden state pooled per sequence (mean over its tokens, or
@@ -498,6 +934,72 @@ impl BertModel {
             })
             .collect())
     }
+}
+
+/// Zero-pads each head's `d` output rows of a q/k/v projection to `dp` (weights, bias and
+/// per-channel scales; a zero row is also valid 2:4).
+fn pad_heads_out(mut x: LinearHost, d: usize, dp: usize) -> Result<LinearHost> {
+    let heads = x.w_shape[0] / d;
+    let pad_rows = |v: &[f64], cols: usize, fill: f64| -> Vec<f64> {
+        (0..heads * dp)
+            .flat_map(|r| {
+                let (hd, j) = (r / dp, r % dp);
+                (0..cols).map(move |c| (hd, j, c))
+            })
+            .map(|(hd, j, c)| {
+                if j < d {
+                    v[(hd * d + j) * cols + c]
+                } else {
+                    fill
+                }
+            })
+            .collect()
+    };
+    let cols = x.w_shape[1];
+    x.w = pad_rows(&x.w, cols, 0.0);
+    x.b = pad_rows(&x.b, 1, 0.0);
+    if matches!(x.kind, LinearKind::Int8 | LinearKind::Sparse24Int8) {
+        x.extra = pad_rows(&x.extra, 1, 1.0);
+        x.extra_shape = vec![heads * dp];
+    }
+    x.w_shape = [heads * dp, cols];
+    Ok(x)
+}
+
+/// Zero-pads each head's `d` input columns of the attention output projection to `dp`.
+fn pad_heads_in(mut x: LinearHost, d: usize, dp: usize, layer: &str) -> Result<LinearHost> {
+    let pad_cols = |v: &[f64], rows: usize, k: usize| -> Vec<f64> {
+        let heads = k / d;
+        (0..rows)
+            .flat_map(|r| (0..heads * dp).map(move |c| (r, c)))
+            .map(|(r, c)| {
+                let (hd, j) = (c / dp, c % dp);
+                if j < d { v[r * k + hd * d + j] } else { 0.0 }
+            })
+            .collect()
+    };
+    match x.kind {
+        LinearKind::Dense | LinearKind::Int8 => {
+            let [n, k] = x.w_shape;
+            x.w = pad_cols(&x.w, n, k);
+            x.w_shape = [n, k / d * dp];
+        }
+        LinearKind::LowRank => {
+            let (r, k) = (x.extra_shape[0], x.extra_shape[1]);
+            x.extra = pad_cols(&x.extra, r, k);
+            x.extra_shape = vec![r, k / d * dp];
+        }
+        LinearKind::Sparse24 | LinearKind::Sparse24Int8 => {
+            return Err(invalid(
+                "weights",
+                format!(
+                    "{layer}.attention.output.dense is 2:4 sparse with head_dim {d}: padding \
+                     heads to {dp} would break its 2:4 groups (head dims 32..128 only)"
+                ),
+            ));
+        }
+    }
+    Ok(x)
 }
 
 /// How [`BertModel::embed`] pools a sequence.

@@ -2,8 +2,12 @@
 //! folder (config + tensors + metadata); each method rewrites tensors in place and records
 //! itself in the metadata, so the saved folder reloads by itself through
 //! [`crate::model::bert::BertModel::load`]:
-//! - attention-head pruning (explicit per-layer lists; layers may end uneven),
-//! - layer dropping (LayerDrop-style: keep a list, e.g. every other layer),
+//! Works on BERT, DistilBERT and ALBERT folders: tensors are held under medkern's (BERT) names
+//! ([`crate::model::bert::BertConfig::canonical_name`]) and saved that way.
+//! - attention-head pruning (explicit per-layer lists, or the least important heads model-wide
+//!   by [`Checkpoint::head_importance`] on sample inputs; layers may end uneven),
+//! - layer dropping (LayerDrop-style: keep a list, e.g. every other layer; ALBERT runs its
+//!   shared layer fewer times),
 //! - 2:4 magnitude pruning of every encoder Linear (`medkern.linear.<name>` = `sparse24`),
 //! - int8 W8A8, Q8BERT scheme: symmetric per-channel int8 weights + f32 scales, activations
 //!   quantised per token at run time; softmax/LayerNorm/GELU stay in float (`int8`, or
@@ -12,14 +16,27 @@
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::model::bert::{Arch, BertConfig, BertModel, Pooling};
 use crate::model::linear::LinearKind;
 use crate::quant::{Clip, quantize_weight};
 use crate::sparse::prune_2_4;
-use crate::tensor::HostTensor;
+use crate::tensor::{Device, HostTensor};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 const OP: &str = "compress";
+
+/// Sample sentences for head importance and the quality report (`medkern compress` default).
+pub const SAMPLE_SENTENCES: [&str; 8] = [
+    "Patient presents with shortness of breath and a persistent dry cough for three days.",
+    "Chest X-ray shows bilateral patchy opacities consistent with viral pneumonia.",
+    "Oxygen saturation dropped to 89 percent on room air; started on two litres nasal cannula.",
+    "No history of diabetes or hypertension; non-smoker.",
+    "Lactate 3.1 mmol/L, blood cultures drawn, broad-spectrum antibiotics started for suspected sepsis.",
+    "The discharge summary notes full recovery and a follow-up appointment in two weeks.",
+    "A cat sat quietly on the windowsill watching the rain.",
+    "Troponin negative, ECG sinus rhythm without ST changes.",
+];
 
 fn invalid(arg: &'static str, detail: String) -> Error {
     Error::Invalid {
@@ -71,6 +88,7 @@ impl Checkpoint {
         };
         let config: serde_json::Value = serde_json::from_slice(&read("config.json")?)
             .map_err(|e| invalid("config", format!("config.json: {e}")))?;
+        let arch = BertConfig::from_value(&config)?;
         let bytes = read("model.safetensors")?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| invalid("weights", format!("not a safetensors file: {e}")))?;
@@ -85,7 +103,10 @@ impl Checkpoint {
             use safetensors::Dtype as S;
             let d = t.data();
             let shape = t.shape().to_vec();
-            let key = name.strip_prefix("bert.").unwrap_or(&name).to_string();
+            // medkern (BERT) names for every family; pretraining heads and buffers dropped.
+            let Some(key) = arch.canonical_name(&name) else {
+                continue;
+            };
             let ht = match t.dtype() {
                 S::F32 => HostTensor::new(
                     &shape,
@@ -131,6 +152,26 @@ impl Checkpoint {
             .map_err(|e| invalid("config", e.to_string()))?;
         std::fs::write(dir.join("config.json"), cfg)
             .map_err(|e| io(&dir.join("config.json"), e))?;
+        let bytes = self.safetensors_bytes()?;
+        let path = dir.join("model.safetensors");
+        std::fs::write(&path, bytes).map_err(|e| io(&path, e))?;
+        if let Some(src) = tokenizer_from {
+            for f in [
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "vocab.txt",
+                "special_tokens_map.json",
+            ] {
+                if src.join(f).exists() {
+                    std::fs::copy(src.join(f), dir.join(f)).map_err(|e| io(&src.join(f), e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tensors and metadata as one safetensors file.
+    pub fn safetensors_bytes(&self) -> Result<Vec<u8>> {
         let mut views = Vec::with_capacity(self.tensors.len());
         for (name, t) in &self.tensors {
             let dt = match t.dtype() {
@@ -149,35 +190,102 @@ impl Checkpoint {
         }
         let meta: std::collections::HashMap<String, String> =
             self.metadata.clone().into_iter().collect();
-        let bytes = safetensors::serialize(views, Some(meta))
-            .map_err(|e| invalid("tensors", format!("serialize: {e}")))?;
-        let path = dir.join("model.safetensors");
-        std::fs::write(&path, bytes).map_err(|e| io(&path, e))?;
-        if let Some(src) = tokenizer_from {
-            for f in [
-                "tokenizer.json",
-                "tokenizer_config.json",
-                "vocab.txt",
-                "special_tokens_map.json",
-            ] {
-                if src.join(f).exists() {
-                    std::fs::copy(src.join(f), dir.join(f)).map_err(|e| io(&src.join(f), e))?;
-                }
-            }
+        safetensors::serialize(views, Some(meta))
+            .map_err(|e| invalid("tensors", format!("serialize: {e}")))
+    }
+
+    /// The model this checkpoint describes, on `device` in `dtype`.
+    pub fn model(&self, device: &Device, dtype: DType) -> Result<BertModel> {
+        BertModel::from_safetensors(
+            self.bert_config()?,
+            &self.safetensors_bytes()?,
+            device,
+            dtype,
+        )
+    }
+
+    /// Attention-head importance by ablation (the exact form of Michel et al. 2019's proxy):
+    /// for each stored layer and head, `1 - mean cosine` between the mean-pooled embeddings of
+    /// `ids` with that head's output zeroed and the unpruned model's. Higher = more important.
+    /// `progress(done, total)` is called after each head.
+    pub fn head_importance(
+        &self,
+        ids: &[Vec<u32>],
+        device: &Device,
+        dtype: DType,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Vec<Vec<f64>>> {
+        if ids.is_empty() || ids.iter().any(Vec::is_empty) {
+            return Err(invalid(
+                "ids",
+                "head importance needs at least one non-empty sample sequence".into(),
+            ));
         }
-        Ok(())
+        let c = self.bert_config()?;
+        let d = c.head_dim();
+        let reference = self.model(device, dtype)?.embed(ids, Pooling::Mean)?;
+        let mut work = Checkpoint {
+            config: self.config.clone(),
+            tensors: self.tensors.clone(),
+            metadata: self.metadata.clone(),
+        };
+        let heads: Vec<usize> = (0..c.stored_layers())
+            .map(|l| {
+                let [q, .., o, _, _] = layer_linears(l);
+                if self.kind(&q) != LinearKind::Dense || self.kind(&o) != LinearKind::Dense {
+                    return Err(invalid(
+                        "heads",
+                        format!("head importance needs dense attention weights ({q})"),
+                    ));
+                }
+                let w = self
+                    .tensors
+                    .get(&format!("{q}.weight"))
+                    .ok_or_else(|| invalid("tensors", format!("missing tensor {q}.weight")))?;
+                Ok(w.shape()[0] / d)
+            })
+            .collect::<Result<_>>()?;
+        let total: usize = heads.iter().sum();
+        let mut done = 0;
+        let mut scores = Vec::with_capacity(heads.len());
+        for (l, &nh) in heads.iter().enumerate() {
+            let o = format!("{}.weight", layer_linears(l)[3]);
+            let orig = work.take(&o)?;
+            let (n, k) = (orig.shape()[0], orig.shape()[1]);
+            let vals = orig.to_f64();
+            let mut row = Vec::with_capacity(nh);
+            for h in 0..nh {
+                let mut z = vals.clone();
+                for r in 0..n {
+                    z[r * k + h * d..r * k + (h + 1) * d].fill(0.0);
+                }
+                work.tensors
+                    .insert(o.clone(), HostTensor::from_f64(&[n, k], &z, DType::F32)?);
+                let emb = work.model(device, dtype)?.embed(ids, Pooling::Mean)?;
+                let cos = emb
+                    .iter()
+                    .zip(&reference)
+                    .map(|(a, b)| cosine(a, b))
+                    .sum::<f64>()
+                    / emb.len() as f64;
+                row.push(1.0 - cos);
+                done += 1;
+                progress(done, total);
+            }
+            work.tensors.insert(o, orig);
+            scores.push(row);
+        }
+        Ok(scores)
     }
 
-    fn cfg_usize(&self, key: &str) -> Result<usize> {
-        self.config
-            .get(key)
-            .and_then(serde_json::Value::as_u64)
-            .map(|v| v as usize)
-            .ok_or_else(|| invalid("config", format!("config.json has no integer {key:?}")))
+    /// The parsed config (any supported family).
+    pub fn bert_config(&self) -> Result<BertConfig> {
+        BertConfig::from_value(&self.config)
     }
 
+    /// Stored layer weight sets (ALBERT's are shared across depth).
     pub fn num_layers(&self) -> Result<usize> {
-        self.cfg_usize("num_hidden_layers")
+        Ok(self.bert_config()?.stored_layers())
     }
 
     fn take(&mut self, name: &str) -> Result<HostTensor> {
@@ -212,8 +320,8 @@ impl Checkpoint {
     /// Keeps heads `keep[l]` (sorted, distinct indices into the layer's current heads) in each
     /// listed layer: slices q/k/v rows and the output projection's columns.
     pub fn prune_heads(&mut self, keep: &BTreeMap<usize, Vec<usize>>) -> Result<()> {
-        let hidden = self.cfg_usize("hidden_size")?;
-        let d = hidden / self.cfg_usize("num_attention_heads")?.max(1);
+        let c = self.bert_config()?;
+        let (hidden, d) = (c.hidden_size, c.head_dim());
         for (&l, heads) in keep {
             let [q, k, v, o, ..] = layer_linears(l);
             for stem in [&q, &k, &v, &o] {
@@ -279,8 +387,35 @@ impl Checkpoint {
     }
 
     /// Keeps encoder layers `keep` (sorted, distinct) and renumbers them 0.. in order.
+    /// ALBERT (one shared group) runs its shared layer `keep.len()` times instead.
     pub fn drop_layers(&mut self, keep: &[usize]) -> Result<()> {
-        let n = self.num_layers()?;
+        let c = self.bert_config()?;
+        let n = c.num_hidden_layers;
+        if c.arch == Arch::Albert {
+            if keep.is_empty() || keep.windows(2).any(|w| w[0] >= w[1]) || keep[keep.len() - 1] >= n
+            {
+                return Err(invalid(
+                    "layers",
+                    format!("keep {keep:?}; expected sorted distinct layers < {n} (at least one)"),
+                ));
+            }
+            if c.num_hidden_groups != 1 {
+                return Err(invalid(
+                    "layers",
+                    format!(
+                        "ALBERT with {} layer groups: dropping depth would change which group \
+                         runs where; expected num_hidden_groups 1",
+                        c.num_hidden_groups
+                    ),
+                ));
+            }
+            self.config["num_hidden_layers"] = serde_json::json!(keep.len());
+            self.note(format!(
+                "ALBERT depth {n} -> {} (shared weights)",
+                keep.len()
+            ));
+            return Ok(());
+        }
         if keep.is_empty() || keep.windows(2).any(|w| w[0] >= w[1]) || keep[keep.len() - 1] >= n {
             return Err(invalid(
                 "layers",
@@ -315,7 +450,12 @@ impl Checkpoint {
         }
         self.tensors = tensors;
         self.metadata = metadata;
-        self.config["num_hidden_layers"] = serde_json::json!(keep.len());
+        let key = if c.arch == Arch::DistilBert {
+            "n_layers"
+        } else {
+            "num_hidden_layers"
+        };
+        self.config[key] = serde_json::json!(keep.len());
         self.note(format!("layers {keep:?} of {n} kept"));
         Ok(())
     }
@@ -477,6 +617,59 @@ fn layer_of(name: &str) -> Option<(usize, &str)> {
     Some((l.parse().ok()?, rest))
 }
 
+/// Which heads to keep when the `prune` least important heads (by `scores[layer][head]`) are
+/// removed model-wide: layers end uneven, and every layer keeps at least one head.
+pub fn heads_to_keep(scores: &[Vec<f64>], prune: usize) -> Result<BTreeMap<usize, Vec<usize>>> {
+    let total: usize = scores.iter().map(Vec::len).sum();
+    if prune > total.saturating_sub(scores.len()) {
+        return Err(invalid(
+            "heads",
+            format!(
+                "prune {prune} of {total} heads in {} layers; at most {} (one head stays per layer)",
+                scores.len(),
+                total.saturating_sub(scores.len())
+            ),
+        ));
+    }
+    let mut order: Vec<(f64, usize, usize)> = scores
+        .iter()
+        .enumerate()
+        .flat_map(|(l, r)| r.iter().enumerate().map(move |(h, &s)| (s, l, h)))
+        .collect();
+    order.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+    let mut left: Vec<usize> = scores.iter().map(Vec::len).collect();
+    let mut gone = std::collections::BTreeSet::new();
+    for &(_, l, h) in &order {
+        if gone.len() == prune {
+            break;
+        }
+        if left[l] > 1 {
+            left[l] -= 1;
+            gone.insert((l, h));
+        }
+    }
+    Ok(scores
+        .iter()
+        .enumerate()
+        .map(|(l, r)| {
+            (
+                l,
+                (0..r.len()).filter(|&h| !gone.contains(&(l, h))).collect(),
+            )
+        })
+        .collect())
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let n = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (n(a) * n(b)).max(f64::MIN_POSITIVE)
+}
+
 /// One row of the compression quality report.
 #[derive(Clone, Debug)]
 pub struct Quality {
@@ -499,7 +692,6 @@ pub fn quality(
     reference: &[Vec<f32>],
     runs: usize,
 ) -> Result<Quality> {
-    use crate::model::bert::{BertModel, Pooling};
     let model = BertModel::load(dir, device, dtype)?;
     let mut emb = model.embed(ids, Pooling::Mean)?;
     let mut times = Vec::with_capacity(runs.max(1));
@@ -512,15 +704,7 @@ pub fn quality(
     let cos: Vec<f64> = emb
         .iter()
         .zip(reference)
-        .map(|(a, b)| {
-            let d: f64 = a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| f64::from(*x) * f64::from(*y))
-                .sum();
-            let n = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-            d / (n(a) * n(b)).max(f64::MIN_POSITIVE)
-        })
+        .map(|(a, b)| cosine(a, b))
         .collect();
     let bytes = Checkpoint::load(dir)?.data_bytes();
     Ok(Quality {

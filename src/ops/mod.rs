@@ -74,10 +74,12 @@ pub enum Activation {
     GeluTanh,
     Silu,
     Sigmoid,
+    /// The BERT / ALBERT pooler's activation.
+    Tanh,
 }
 
 impl Activation {
-    pub const ALL: [Activation; 7] = [
+    pub const ALL: [Activation; 8] = [
         Activation::Identity,
         Activation::Relu,
         Activation::Relu6,
@@ -85,6 +87,7 @@ impl Activation {
         Activation::GeluTanh,
         Activation::Silu,
         Activation::Sigmoid,
+        Activation::Tanh,
     ];
     /// The code GEMM epilogues switch on (kernels/common/act.cuh).
     pub fn code(self) -> i32 {
@@ -100,6 +103,7 @@ impl Activation {
             Activation::GeluTanh => "gelu_tanh",
             Activation::Silu => "silu",
             Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
         }
     }
 }
