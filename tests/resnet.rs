@@ -891,6 +891,16 @@ fn u8_helpers_match_preprocess_then_forward() {
         values(&out.probs),
         values(&s.forward(&x).expect("forward").probs)
     );
+    let cfg = ResNetConfig::resnet18(3);
+    let r = ResNet::from_safetensors(&r18_bytes(&random_resnet(&cfg, 2)), cfg, &cpu, DType::F32)
+        .expect("model");
+    let got = r.classify_u8(&img, (64, 64)).expect("classify");
+    assert_eq!(
+        values(&got.logits),
+        values(&r.forward(&x).expect("forward").logits)
+    );
+    let e = err_string(r.classify_u8(&x, (64, 64)));
+    assert!(e.contains("resnet") && e.contains("images"), "{e}");
     let a = Autoencoder::from_safetensors(&r18_bytes(&random_autoencoder(2)), &cpu, DType::F32)
         .expect("model");
     let out = a.autoencode_u8(&img, (48, 48)).expect("autoencode");
@@ -979,14 +989,14 @@ fn gpu_resnet_sepsis_autoencoder_match_cpu_f32() {
             let out = m.forward(&upload(&dev, &shape, &x, dt)).expect("forward");
             let what = format!("sepsis {shape:?} {dt}");
             let rel = low_precision_rel(dt, 10);
-            check_rows(
+            let el = check_rows(
                 &format!("{what} logits"),
                 &values(&out.logits),
                 &values(&r.logits),
                 2,
                 rel,
             );
-            check_rows(
+            let ef = check_rows(
                 &format!("{what} features"),
                 &values(&out.features),
                 &values(&r.features),
@@ -1001,6 +1011,10 @@ fn gpu_resnet_sepsis_autoencoder_match_cpu_f32() {
                 0.0,
             )
             .unwrap_or_else(|e| panic!("{e}"));
+            println!(
+                "{what} on {}: worst logits {el:.2e}, features {ef:.2e} (bound {rel:.2e})",
+                dev.describe()
+            );
         }
     }
     // Autoencoder, batch 3 at 96×96.
@@ -1017,7 +1031,7 @@ fn gpu_resnet_sepsis_autoencoder_match_cpu_f32() {
         let what = format!("autoencoder {dt}");
         let rel = low_precision_rel(dt, 6);
         let wr = values(&r.reconstruction);
-        check_rows(
+        let er = check_rows(
             &format!("{what} reconstruction"),
             &values(&out.reconstruction),
             &wr,
@@ -1025,7 +1039,7 @@ fn gpu_resnet_sepsis_autoencoder_match_cpu_f32() {
             rel,
         );
         let wz = values(&r.codes);
-        check_rows(
+        let ez = check_rows(
             &format!("{what} codes"),
             &values(&out.codes),
             &wz,
@@ -1035,6 +1049,10 @@ fn gpu_resnet_sepsis_autoencoder_match_cpu_f32() {
         assert!(
             cosine(&values(&out.codes), &wz) > 0.999,
             "{what}: codes cosine"
+        );
+        println!(
+            "{what} on {}: worst reconstruction {er:.2e}, codes {ez:.2e} (bound {rel:.2e})",
+            dev.describe()
         );
         for (g, w) in out.mse.iter().zip(&r.mse) {
             assert!(

@@ -498,6 +498,22 @@ impl ResNet {
         let logits = self.fc.forward(&features)?;
         Ok(ResNetOutput { logits, features })
     }
+
+    /// Classifies raw u8 RGB(A) images `[N, H, W, C]` (C = 3 or 4) on the model's device:
+    /// torchvision's ImageNet preprocessing (`ops::preprocess`: ÷255, bilinear resize to `size`
+    /// without antialias, ImageNet mean/std) into the model's dtype, then [`ResNet::forward`].
+    pub fn classify_u8(&self, images: &Tensor, size: (usize, usize)) -> Result<ResNetOutput> {
+        if images.dtype() != DType::U8 {
+            return Err(Error::DType {
+                op: OP,
+                arg: "images",
+                got: images.dtype(),
+                expected: "u8 [N, H, W, 3|4]".into(),
+            });
+        }
+        let x = ops::preprocess(images, &ops::Preprocess::imagenet(size), self.dtype)?;
+        self.forward(&x)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
