@@ -18,7 +18,8 @@
 //! BatchNorm statistics away from the identity) so tests and benches load through the path a
 //! trained checkpoint takes.
 //!
-//! The building blocks ([`ConvBn`], the trunk) are shared with [`crate::model::sepsis`].
+//! The building blocks (the folded conv + BN, the trunk, the head) are shared with
+//! [`crate::model::sepsis`].
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
