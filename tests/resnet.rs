@@ -433,6 +433,10 @@ fn autoencoder_matches_candle_assembly() {
             got_r.iter().all(|&v| v > 0.0 && v < 1.0),
             "{what}: sigmoid range"
         );
+        let enc = m
+            .encode(&upload(&Device::Cpu, &shape, &x, DType::F32))
+            .expect("encode");
+        assert_eq!(values(&enc), values(&out.codes), "{what}: encode");
         let per = shape[1] * shape[2] * 3;
         assert_eq!(out.mse.len(), n);
         for i in 0..n {
