@@ -11,7 +11,8 @@ comparing its head_dim-64 rates with FlashAttention-3's published H100 figures (
 here).
 
 The bert group (benches/bert.rs) declares Elements = sequences per call: unit "seq", shown as
-sequences/s, no ceiling fraction.
+sequences/s, no ceiling fraction; the efficientnet group (benches/efficientnet.rs) Elements =
+images per call: unit "img", shown as images/s.
 
 usage: bench_report.py CRITERION_HOME PEER_JSON > report.md
 """
@@ -39,7 +40,8 @@ def load_criterion(home):
         tp = meta.get("throughput") or {}
         work = None
         if "Elements" in tp:
-            work = (tp["Elements"], "seq" if meta["full_id"].startswith("bert/") else "flop")
+            unit = {"bert": "seq", "efficientnet": "img"}.get(meta["full_id"].split("/")[0], "flop")
+            work = (tp["Elements"], unit)
         elif "Bytes" in tp or "BytesDecimal" in tp:
             work = (tp.get("Bytes", tp.get("BytesDecimal")), "byte")
         elif "ElementsAndBytes" in tp:
@@ -50,8 +52,8 @@ def load_criterion(home):
 
 
 def rate_value(work, unit, ms):
-    """TFLOP/s for flops, GB/s for bytes, sequences/s for "seq"."""
-    if unit == "seq":
+    """TFLOP/s for flops, GB/s for bytes, sequences/s for "seq", images/s for "img"."""
+    if unit in ("seq", "img"):
         return work / ms * 1e3
     return work / ms / 1e9 if unit == "flop" else work / ms / 1e6
 
@@ -60,8 +62,8 @@ def fmt_rate(work, unit, ms):
     if ms is None or work is None:
         return "-"
     v = rate_value(work, unit, ms)
-    if unit == "seq":
-        return f"{v:.0f} seq/s"
+    if unit in ("seq", "img"):
+        return f"{v:.0f} {unit}/s"
     return f"{v:.1f} TFLOP/s" if unit == "flop" else f"{v:.0f} GB/s"
 
 
@@ -152,6 +154,10 @@ def main():
                   "rate = sequences/s. The PyTorch column is eager PyTorch BERT dense f16 (SDPA, padded to the "
                   "batch's longest sequence with an attention mask) on every row, so the speed column of a "
                   "compressed configuration is its speedup over PyTorch dense f16.")
+        if g == "efficientnet":
+            print("\nEfficientNet forward, random weights (BN folded), f16, NHWC input already normalised; "
+                  "rate = images/s. The PyTorch column is torchvision's efficientnet_b0 / efficientnet_b7 "
+                  "in eager mode, f16, channels_last, torch.inference_mode (BatchNorm not folded).")
         if g == "conv":
             print("\nConv work = 2*N*OH*OW*OC*KH*KW*C FLOPs; GB/s counts input + weight + output (+ residual), "
                   "f16, once each. medkern fuses the folded-BN scale/bias, activation and residual into the conv; "
