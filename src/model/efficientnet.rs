@@ -315,40 +315,78 @@ impl EfficientNetConfig {
     /// Every tensor a checkpoint of this configuration holds (torchvision names) and its shape,
     /// `num_batches_tracked` excepted.
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.tensor_specs()
+            .into_iter()
+            .map(|(n, s, _)| (n, s))
+            .collect()
+    }
+
+    /// [`tensor_shapes`](Self::tensor_shapes) with what each tensor is (for [`random_weights`]).
+    fn tensor_specs(&self) -> Vec<(String, Vec<usize>, Init)> {
         let mut t = Vec::new();
-        let conv_bn = |t: &mut Vec<(String, Vec<usize>)>, p: String, w: Vec<usize>| {
+        // conv `{p}.0.weight` + BatchNorm `{p}.1.*`; `damped`: the BN closing a residual branch.
+        let conv_bn = |t: &mut Vec<_>, p: String, w: Vec<usize>, damped: bool| {
             let oc = w[0];
-            t.push((format!("{p}.0.weight"), w));
-            for leaf in ["weight", "bias", "running_mean", "running_var"] {
-                t.push((format!("{p}.1.{leaf}"), vec![oc]));
+            t.push((format!("{p}.0.weight"), w, Init::Conv));
+            for (leaf, init) in [
+                ("weight", Init::BnGamma { damped }),
+                ("bias", Init::BnBeta),
+                ("running_mean", Init::BnMean),
+                ("running_var", Init::BnVar),
+            ] {
+                t.push((format!("{p}.1.{leaf}"), vec![oc], init));
             }
         };
         conv_bn(
             &mut t,
             "features.0".into(),
             vec![self.stem_channels(), 3, 3, 3],
+            false,
         );
         for b in self.blocks() {
             let p = b.prefix();
             let (d, se, pr) = b.indices();
             if b.has_expand() {
-                conv_bn(&mut t, format!("{p}.0"), vec![b.expanded, b.in_ch, 1, 1]);
+                conv_bn(
+                    &mut t,
+                    format!("{p}.0"),
+                    vec![b.expanded, b.in_ch, 1, 1],
+                    false,
+                );
             }
             conv_bn(
                 &mut t,
                 format!("{p}.{d}"),
                 vec![b.expanded, 1, b.kernel, b.kernel],
+                false,
             );
             if let (Some(i), Some(h)) = (se, b.se) {
-                t.push((format!("{p}.{i}.fc1.weight"), vec![h, b.expanded, 1, 1]));
-                t.push((format!("{p}.{i}.fc1.bias"), vec![h]));
-                t.push((format!("{p}.{i}.fc2.weight"), vec![b.expanded, h, 1, 1]));
-                t.push((format!("{p}.{i}.fc2.bias"), vec![b.expanded]));
+                t.push((
+                    format!("{p}.{i}.fc1.weight"),
+                    vec![h, b.expanded, 1, 1],
+                    Init::Conv,
+                ));
+                t.push((
+                    format!("{p}.{i}.fc1.bias"),
+                    vec![h],
+                    Init::SeBias { gate: false },
+                ));
+                t.push((
+                    format!("{p}.{i}.fc2.weight"),
+                    vec![b.expanded, h, 1, 1],
+                    Init::Conv,
+                ));
+                t.push((
+                    format!("{p}.{i}.fc2.bias"),
+                    vec![b.expanded],
+                    Init::SeBias { gate: true },
+                ));
             }
             conv_bn(
                 &mut t,
                 format!("{p}.{pr}"),
                 vec![b.out_ch, b.expanded, 1, 1],
+                b.residual(),
             );
         }
         let last = self.blocks().last().map_or(0, |b| b.out_ch);
@@ -356,12 +394,18 @@ impl EfficientNetConfig {
             &mut t,
             format!("features.{}", BASE_STAGES.len() + 1),
             vec![self.head_channels(), last, 1, 1],
+            false,
         );
         t.push((
             "classifier.1.weight".into(),
             vec![self.num_outputs(), self.head_channels()],
+            Init::FcWeight,
         ));
-        t.push(("classifier.1.bias".into(), vec![self.num_outputs()]));
+        t.push((
+            "classifier.1.bias".into(),
+            vec![self.num_outputs()],
+            Init::FcBias,
+        ));
         t
     }
 
@@ -384,6 +428,25 @@ impl EfficientNetConfig {
 
 // ---------------------------------------------------------------------------------------------
 // Random weights
+
+/// What a checkpoint tensor is, for the random initialisation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Init {
+    Conv,
+    /// BatchNorm γ; `damped` after the project conv of a block with an identity shortcut.
+    BnGamma {
+        damped: bool,
+    },
+    BnBeta,
+    BnMean,
+    BnVar,
+    /// SE conv bias; `gate`: fc2's (before the sigmoid).
+    SeBias {
+        gate: bool,
+    },
+    FcWeight,
+    FcBias,
+}
 
 /// SplitMix64 + Box–Muller: the deterministic generator of [`random_weights`].
 struct Rng(u64);
@@ -414,49 +477,27 @@ impl Rng {
 pub fn random_weights(cfg: &EfficientNetConfig, seed: u64) -> Result<BTreeMap<String, HostTensor>> {
     let mut rng = Rng(seed ^ 0x5eed_e44e_7000_0000);
     let mut out = BTreeMap::new();
-    for (name, shape) in cfg.tensor_shapes() {
+    for (name, shape, init) in cfg.tensor_specs() {
         let n: usize = shape.iter().product();
-        let residual_project = name.contains(".block.") && {
-            // The BN after the project conv of an MBConv with an identity shortcut.
-            let parts: Vec<&str> = name.split('.').collect();
-            let stage: usize = parts[1].parse().unwrap_or(0);
-            let index: usize = parts[2].parse().unwrap_or(0);
-            let i: usize = parts[4].parse().unwrap_or(0);
-            cfg.blocks()
-                .iter()
-                .find(|b| b.stage == stage && b.index == index)
-                .is_some_and(|b| b.indices().2 == i && b.residual())
-        };
-        let leaf = name.rsplit('.').next().unwrap_or("");
-        let is_bn = name.contains(".1.") && shape.len() == 1 && !name.contains(".fc");
         let v: Vec<f32> = (0..n)
             .map(|_| {
-                let x = if name.starts_with("classifier") {
-                    if leaf == "weight" {
-                        rng.normal() / (shape[1] as f64).sqrt()
-                    } else {
-                        0.1 * rng.normal()
-                    }
-                } else if shape.len() == 4 {
+                let x = match init {
                     // He-like gain: SiLU / ReLU6 halve the second moment.
-                    let fan_in = shape[1] * shape[2] * shape[3];
-                    rng.normal() * (2.0 / fan_in as f64).sqrt()
-                } else if is_bn {
-                    match leaf {
-                        "weight" if residual_project => 0.3 + 0.4 * rng.uniform(),
-                        "weight" => 0.5 + rng.uniform(),
-                        "bias" => 0.1 * rng.normal(),
-                        "running_mean" => 0.2 * rng.normal(),
-                        _ => 0.5 + 1.5 * rng.uniform(),
+                    Init::Conv => {
+                        let fan_in = shape[1] * shape[2] * shape[3];
+                        rng.normal() * (2.0 / fan_in as f64).sqrt()
                     }
-                } else {
-                    // SE biases; fc2's near +2 opens the gates (σ ≈ 0.9), as trained SE blocks
-                    // mostly are, so the image's signal is not halved in every block.
-                    if name.contains(".fc2.") {
-                        2.0 + 0.3 * rng.normal()
-                    } else {
+                    Init::BnGamma { damped: true } => 0.3 + 0.4 * rng.uniform(),
+                    Init::BnGamma { damped: false } => 0.5 + rng.uniform(),
+                    Init::BnBeta | Init::FcBias | Init::SeBias { gate: false } => {
                         0.1 * rng.normal()
                     }
+                    Init::BnMean => 0.2 * rng.normal(),
+                    Init::BnVar => 0.5 + 1.5 * rng.uniform(),
+                    // fc2's bias near +2 opens the gates (σ ≈ 0.9), as trained SE blocks mostly
+                    // are, so the image's signal is not halved in every block.
+                    Init::SeBias { gate: true } => 2.0 + 0.3 * rng.normal(),
+                    Init::FcWeight => rng.normal() / (shape[1] as f64).sqrt(),
                 };
                 x as f32
             })
