@@ -712,6 +712,27 @@ fn corrupt_files_and_bad_inputs_are_errors() {
     assert_eq!(top_k(&[0.1, 3.0, -1.0, 3.0, 2.0], 3), vec![1, 3, 4]);
 }
 
+/// scripts/convert-lite0's self-test: a synthetic legacy torch checkpoint (lukemelas names, a
+/// non-contiguous and an offset tensor, Long counters) converted and read back, every name,
+/// shape and value checked. Needs python3 (as scripts/setup-models does); counted SKIP without.
+#[test]
+fn lite0_converter_self_test() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/convert-lite0");
+    match std::process::Command::new("python3")
+        .arg(&script)
+        .arg("--self-test")
+        .output()
+    {
+        Err(e) => skip("lite0_converter_self_test", &format!("no python3 ({e})")),
+        Ok(o) => assert!(
+            o.status.success(),
+            "convert-lite0 --self-test failed:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The real EfficientNet-Lite0
 
