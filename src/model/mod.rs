@@ -2,4 +2,6 @@
 
 pub mod bert;
 pub mod compress;
+pub mod emr;
+pub mod exam;
 pub mod linear;
