@@ -12,6 +12,8 @@ here).
 
 The bert group (benches/bert.rs) declares Elements = sequences per call: unit "seq", shown as
 sequences/s, no ceiling fraction.
+The resnet group (benches/resnet.rs) declares Elements = images per call: unit "img", shown as
+images/s, no ceiling fraction.
 
 usage: bench_report.py CRITERION_HOME PEER_JSON > report.md
 """
@@ -39,7 +41,8 @@ def load_criterion(home):
         tp = meta.get("throughput") or {}
         work = None
         if "Elements" in tp:
-            work = (tp["Elements"], "seq" if meta["full_id"].startswith("bert/") else "flop")
+            fid = meta["full_id"]
+            work = (tp["Elements"], "seq" if fid.startswith("bert/") else "img" if fid.startswith("resnet/") else "flop")
         elif "Bytes" in tp or "BytesDecimal" in tp:
             work = (tp.get("Bytes", tp.get("BytesDecimal")), "byte")
         elif "ElementsAndBytes" in tp:
@@ -50,8 +53,8 @@ def load_criterion(home):
 
 
 def rate_value(work, unit, ms):
-    """TFLOP/s for flops, GB/s for bytes, sequences/s for "seq"."""
-    if unit == "seq":
+    """TFLOP/s for flops, GB/s for bytes, sequences/s for "seq", images/s for "img"."""
+    if unit in ("seq", "img"):
         return work / ms * 1e3
     return work / ms / 1e9 if unit == "flop" else work / ms / 1e6
 
@@ -60,8 +63,8 @@ def fmt_rate(work, unit, ms):
     if ms is None or work is None:
         return "-"
     v = rate_value(work, unit, ms)
-    if unit == "seq":
-        return f"{v:.0f} seq/s"
+    if unit in ("seq", "img"):
+        return f"{v:.0f} {unit}/s"
     return f"{v:.1f} TFLOP/s" if unit == "flop" else f"{v:.0f} GB/s"
 
 

@@ -456,6 +456,49 @@ def bert_peers(dev, put):
         torch.cuda.empty_cache()
 
 
+def resnet_peers(dev, put):
+    """Eager torchvision at the ids of benches/resnet.rs: resnet18(num_classes=1000) and the sepsis
+    classifier (resnet18's conv1, bn1, relu, maxpool, layer1, layer2, then AdaptiveAvgPool2d(1),
+    flatten, Linear(128, 2), softmax), random weights, f16, channels_last, eval, cudnn.benchmark on,
+    timed in torch.inference_mode on a random 224x224 batch of 1, 32, 128. The BatchNorms stay
+    unfolded (what an eager torchvision model runs). Work = batch, unit "img" (rate = images/s).
+    Without torchvision: nothing recorded. Each model and batch runs in its own try."""
+    try:
+        import torchvision
+    except Exception as e:  # noqa: BLE001 - no torchvision: no peer for these ids
+        print(f"peer_bench: resnet peers need torchvision: {e}", file=sys.stderr)
+        return
+    torch.backends.cudnn.benchmark = True
+    cl = torch.channels_last
+
+    def sepsis_net():
+        r = torchvision.models.resnet18(num_classes=1000)
+        return torch.nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2,
+                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                   torch.nn.Linear(128, 2), torch.nn.Softmax(dim=-1))
+
+    for name, make in [("resnet18_224", lambda: torchvision.models.resnet18(num_classes=1000)),
+                       ("sepsis_224", sepsis_net)]:
+        try:
+            model = make().half().to(dev).to(memory_format=cl).eval()
+        except Exception as e:  # noqa: BLE001 - record nothing for this model, keep going
+            print(f"peer_bench: resnet {name}: {e}", file=sys.stderr)
+            continue
+        for bsz in [1, 32, 128]:
+            bid = f"resnet/{name}/f16/b{bsz}"
+            try:
+                x = torch.randn(bsz, 3, 224, 224, device=dev, dtype=torch.float16).to(memory_format=cl)
+                with torch.inference_mode():
+                    model(x)  # cudnn.benchmark autotuning, untimed
+                    put(bid, timed(lambda: model(x), iters=10), bsz, "img")
+                del x
+            except Exception as e:  # noqa: BLE001 - record nothing for this shape, keep going
+                print(f"peer_bench: {bid}: {e}", file=sys.stderr)
+            torch.cuda.empty_cache()
+        del model
+        torch.cuda.empty_cache()
+
+
 def main():
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -548,6 +591,7 @@ def main():
     decoder_peers(dev, put)
     conv_peers(dev, put)
     cnn_aux_peers(dev, put)
+    resnet_peers(dev, put)
 
     print(json.dumps({"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                       "ceilings": ceilings, "results": res}, indent=1))
