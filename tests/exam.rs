@@ -614,3 +614,111 @@ fn gpu_matches_cpu() {
         }
     }
 }
+
+/// NHWC values as a candle NCHW f32 tensor.
+fn candle_nchw(v: &[f64], [n, h, w, c]: [usize; 4]) -> CTensor {
+    let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    CTensor::from_vec(f, (n, h, w, c), &CDevice::Cpu)
+        .and_then(|t| t.permute((0, 3, 1, 2)))
+        .expect("candle input")
+}
+
+#[test]
+fn resnet34_exam_matches_candle() {
+    use candle_core::Module;
+    let cfg = ExamConfig::default();
+    let bytes = ExamModel::random_checkpoint(&cfg, 17).expect("checkpoint");
+    let model = ExamModel::from_safetensors(&bytes, &Device::Cpu, DType::F32).expect("model");
+    assert!(model.trunk.describe().starts_with("resnet34"));
+    let shape = [2, 48, 40, 3];
+    let mut rng = common::SeedRng::new(8);
+    let x: Vec<f64> = (0..shape.iter().product::<usize>())
+        .map(|_| f64::from(rng.normal() as f32))
+        .collect();
+    let recs = vec![records()[0].clone(), records()[3].clone()];
+    let emr = emr_tensor(&cfg.emr, &recs);
+    let got = model
+        .forward(
+            &common::upload(&Device::Cpu, &shape, &x, DType::F32),
+            &Tensor::Host(emr.clone()),
+        )
+        .expect("forward");
+    // candle-transformers' ResNet-34 (no final layer) over the image.* tensors of the same
+    // file, then the candle head.
+    let vb = candle_nn::VarBuilder::from_buffered_safetensors(
+        bytes.clone(),
+        candle_core::DType::F32,
+        &CDevice::Cpu,
+    )
+    .expect("vb");
+    let net = candle_transformers::models::resnet::resnet34_no_final_layer(vb.pp("image"))
+        .expect("candle resnet34");
+    let feats: Vec<Vec<f32>> = net
+        .forward(&candle_nchw(&x, shape))
+        .expect("candle forward")
+        .to_vec2()
+        .expect("features");
+    let feats: Vec<f64> = feats.iter().flatten().map(|&v| f64::from(v)).collect();
+    let want = candle_head(&bytes, &cfg, &feats, &emr);
+    assert_matches(&got, &want, 2e-4, "ResNet-34 EXAM");
+}
+
+#[test]
+fn checkpoint_without_trunk_is_an_error() {
+    let cfg = ExamConfig::default();
+    let e = ExamModel::from_safetensors(&head_bytes(&cfg, 1), &Device::Cpu, DType::F32)
+        .err()
+        .expect("no trunk")
+        .to_string();
+    assert!(e.contains("image."), "{e}");
+}
+
+#[test]
+fn gpu_resnet34_exam_matches_cpu() {
+    let Some(dev) = common::test_device("exam::gpu_resnet34_exam_matches_cpu") else {
+        return;
+    };
+    let cfg = ExamConfig::default();
+    let bytes = ExamModel::random_checkpoint(&cfg, 5).expect("checkpoint");
+    let shape = [3, 64, 64, 3];
+    let mut rng = common::SeedRng::new(9);
+    let x: Vec<f64> = (0..shape.iter().product::<usize>())
+        .map(|_| rng.normal())
+        .collect();
+    let recs = records()[..3].to_vec();
+    let emr = emr_tensor(&cfg.emr, &recs);
+    let cpu = ExamModel::from_safetensors(&bytes, &Device::Cpu, DType::F32)
+        .expect("cpu model")
+        .forward(
+            &common::upload(&Device::Cpu, &shape, &x, DType::F32),
+            &Tensor::Host(emr.clone()),
+        )
+        .expect("cpu");
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        let m = ExamModel::from_safetensors(&bytes, &dev, dt).expect("gpu model");
+        let got = m
+            .forward(
+                &common::upload(&dev, &shape, &x, dt),
+                &emr.to_device(&dev).expect("emr"),
+            )
+            .expect("gpu");
+        // 36 convolutions in dt: bf16 carries ~3 significant digits per layer.
+        let tol = match dt {
+            DType::F32 => 1e-3,
+            DType::F16 => 5e-2,
+            _ => 1.5e-1,
+        };
+        for (i, (g, c)) in got.iter().zip(&cpu).enumerate() {
+            for (a, b) in [
+                (g.oxygen_24h, c.oxygen_24h),
+                (g.oxygen_72h, c.oxygen_72h),
+                (g.ordinal_score, c.ordinal_score),
+            ] {
+                assert!(
+                    f64::from((a - b).abs()) <= tol * (1.0 + f64::from(b.abs())),
+                    "{dt} row {i}: gpu {a} vs cpu {b}"
+                );
+            }
+        }
+    }
+}

@@ -27,7 +27,7 @@
 //! | `head.oxygen.weight`, `.bias` | `[2, F]`, `[2]` (24 h, 72 h) |
 //! | `head.ordinal.weight` | `[1, F]` |
 //! | `head.ordinal.thresholds` | `[4]`, strictly increasing |
-//! | `image.*` | the image trunk's own tensors (ResNet-34: torchvision names) |
+//! | `image.*` | a torchvision ResNet-34 `state_dict()` (its `fc` is read, any row count, but unused) |
 //!
 //! Every name and shape is checked; a tensor under `emr.`, `fusion.` or `head.` that the
 //! config does not use is an error too (a checkpoint with more layers than its config).
@@ -38,11 +38,13 @@
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::model::emr::EmrConfig;
+use crate::model::resnet::{NamedTensors, ResNet, ResNetConfig, random_resnet};
 use crate::ops::{self, Activation, Gemm};
 use crate::tensor::{Device, HostTensor, Tensor};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
 const OP: &str = "exam";
 
@@ -194,6 +196,7 @@ pub fn ordinal_probs(score: f64, thresholds: &[f64]) -> Vec<f64> {
 /// Named f32 host tensors read from a safetensors file.
 pub(crate) struct TensorFile {
     tensors: HashMap<String, (Vec<usize>, Vec<f64>)>,
+    bad_dtype: HashMap<String, String>,
     pub(crate) metadata: HashMap<String, String>,
 }
 
@@ -206,6 +209,7 @@ impl TensorFile {
             .and_then(|(_, m)| m.metadata().clone())
             .unwrap_or_default();
         let mut tensors = HashMap::new();
+        let mut bad_dtype = HashMap::new();
         for (name, t) in st.tensors() {
             let d = t.data();
             use safetensors::Dtype as S;
@@ -223,18 +227,28 @@ impl TensorFile {
                     .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64())
                     .collect(),
                 other => {
-                    return Err(invalid(
-                        "weights",
-                        format!("tensor {name} has dtype {other:?}, expected F32, F16 or BF16"),
-                    ));
+                    // Kept out: an error only if a head tensor has it (the image trunk reads
+                    // its own, e.g. torchvision's I64 num_batches_tracked, and ignores them).
+                    bad_dtype.insert(name, format!("{other:?}"));
+                    continue;
                 }
             };
             tensors.insert(name, (t.shape().to_vec(), v));
         }
-        Ok(TensorFile { tensors, metadata })
+        Ok(TensorFile {
+            tensors,
+            bad_dtype,
+            metadata,
+        })
     }
 
     pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<&[f64]> {
+        if let Some(dt) = self.bad_dtype.get(name) {
+            return Err(invalid(
+                "weights",
+                format!("tensor {name} has dtype {dt}, expected F32, F16 or BF16"),
+            ));
+        }
         let (s, v) = self
             .tensors
             .get(name)
@@ -249,7 +263,7 @@ impl TensorFile {
     }
 
     pub(crate) fn names(&self) -> impl Iterator<Item = &String> {
-        self.tensors.keys()
+        self.tensors.keys().chain(self.bad_dtype.keys())
     }
 }
 
@@ -595,6 +609,35 @@ impl ExamHead {
     }
 }
 
+/// The EXAM image branch: a torchvision ResNet-34 ([`ResNet`]) whose 512-d pooled feature
+/// (the input of its `fc`, which EXAM does not use) feeds the head; images resized to
+/// `input_size` (224×224 by default).
+pub struct ResNetTrunk {
+    pub net: ResNet,
+    pub input_size: (usize, usize),
+}
+
+impl ImageTrunk for ResNetTrunk {
+    fn features(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.net.forward(x)?.features)
+    }
+    fn feature_dim(&self) -> usize {
+        crate::model::resnet::WIDTHS[3]
+    }
+    fn input_size(&self) -> (usize, usize) {
+        self.input_size
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} ({}, {}x{})",
+            self.net.config().depth.name(),
+            self.net.dtype(),
+            self.input_size.0,
+            self.input_size.1
+        )
+    }
+}
+
 /// The whole EXAM model: an image trunk and the head, on one device.
 pub struct ExamModel {
     pub trunk: Box<dyn ImageTrunk>,
@@ -618,8 +661,96 @@ impl ExamModel {
         Ok(ExamModel { trunk, head })
     }
 
-    /// Predictions for preprocessed images `[N, H, W, 3]` and EMR vectors `[N, D]` f32 (both on
-    /// the model's device).
+    /// Loads an EXAM checkpoint (see the module docs: `image.*` a torchvision ResNet-34
+    /// state dict, `emr.*` / `fusion.*` / `head.*` the head). The trunk runs in `dtype`
+    /// (f32 on the CPU; f32/f16/bf16 on a GPU), the head in f32.
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<ExamModel> {
+        let bytes = std::fs::read(path).map_err(|e| Error::Io {
+            op: OP,
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        Self::from_safetensors(&bytes, device, dtype)
+    }
+
+    /// [`ExamModel::load`] from the bytes of the file.
+    pub fn from_safetensors(bytes: &[u8], device: &Device, dtype: DType) -> Result<ExamModel> {
+        let head = ExamHead::from_safetensors(bytes, device)?;
+        if head.config.image_features != crate::model::resnet::WIDTHS[3] {
+            return Err(invalid(
+                "config",
+                format!(
+                    "image_features {}; the ResNet-34 trunk gives 512",
+                    head.config.image_features
+                ),
+            ));
+        }
+        // The `image.` tensors, prefix stripped, as the ResNet loader's own file.
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| invalid("weights", format!("not a safetensors file: {e}")))?;
+        let mut views = Vec::new();
+        for (name, t) in st.tensors() {
+            if let Some(rest) = name.strip_prefix("image.") {
+                let v =
+                    safetensors::tensor::TensorView::new(t.dtype(), t.shape().to_vec(), t.data())
+                        .map_err(|e| invalid("weights", format!("{name}: {e}")))?;
+                views.push((rest.to_string(), v));
+            }
+        }
+        if views.is_empty() {
+            return Err(invalid(
+                "weights",
+                "no image.* tensors; expected a torchvision ResNet-34 state dict under the                  prefix image. (image.conv1.weight, image.layer1.0.conv1.weight, ...)"
+                    .into(),
+            ));
+        }
+        let classes = st
+            .tensor("image.fc.weight")
+            .map(|t| t.shape().first().copied().unwrap_or(0))
+            .map_err(|_| invalid("weights", "missing tensor image.fc.weight".into()))?;
+        let sub = safetensors::serialize(views, None)
+            .map_err(|e| invalid("weights", format!("serialize: {e}")))?;
+        let net = ResNet::from_safetensors(&sub, ResNetConfig::resnet34(classes), device, dtype)?;
+        Self::new(
+            Box::new(ResNetTrunk {
+                net,
+                input_size: (224, 224),
+            }),
+            head,
+        )
+    }
+
+    /// Deterministic random weights for the whole model (ResNet-34 from
+    /// [`random_resnet`] with a 1-row `fc`, the head from [`random_head_tensors`]) as the
+    /// bytes of a checkpoint: what [`ExamModel::random`] loads.
+    pub fn random_checkpoint(config: &ExamConfig, seed: u64) -> Result<Vec<u8>> {
+        let mut all = NamedTensors::default();
+        let trunk = random_resnet(&ResNetConfig::resnet34(1), seed);
+        for (n, v) in trunk.tensors {
+            if !n.ends_with(".num_batches_tracked") {
+                all.tensors.insert(format!("image.{n}"), v);
+            }
+        }
+        let mut t: Vec<(String, Vec<usize>, Vec<f32>)> = all
+            .tensors
+            .into_iter()
+            .map(|(n, (s, v))| (n, s, v))
+            .collect();
+        t.extend(random_head_tensors(config, seed.wrapping_add(1)));
+        let meta = HashMap::from([(
+            CONFIG_KEY.to_string(),
+            serde_json::to_string(config).map_err(|e| invalid("config", e.to_string()))?,
+        )]);
+        to_safetensors(&t, meta)
+    }
+
+    /// The model with deterministic random weights, loaded through the checkpoint path.
+    pub fn random(config: &ExamConfig, seed: u64, device: &Device, dtype: DType) -> Result<Self> {
+        Self::from_safetensors(&Self::random_checkpoint(config, seed)?, device, dtype)
+    }
+
+    /// Predictions for preprocessed images `[N, H, W, 3]` (the trunk's dtype) and EMR vectors
+    /// `[N, D]` f32, both on the model's device.
     pub fn forward(&self, images: &Tensor, emr: &Tensor) -> Result<Vec<ExamOutput>> {
         let f = self.trunk.features(images)?;
         self.head.forward(&f, emr)
