@@ -722,3 +722,69 @@ fn gpu_resnet34_exam_matches_cpu() {
         }
     }
 }
+
+/// `medkern exam` on the CPU: JSON with the scores; with `--weights` pointing at the random
+/// checkpoint of seed 0, the same numbers as without `--weights` (which says it used random
+/// weights); bad EMR values are a failure naming the key.
+#[test]
+fn cli_exam_prints_json() {
+    let dir = std::env::temp_dir().join(format!("medkern-exam-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let png = dir.join("cxr.png");
+    image::GrayImage::from_fn(40, 32, |x, y| image::Luma([(x * 5 + y * 3) as u8]))
+        .save(&png)
+        .expect("png");
+    let emr = dir.join("emr.json");
+    std::fs::write(
+        &emr,
+        r#"{"age": 71, "spo2": 89, "crp": 120, "ed_oxygen_device": "nasal_cannula"}"#,
+    )
+    .expect("emr");
+    let weights = dir.join("exam.safetensors");
+    std::fs::write(
+        &weights,
+        ExamModel::random_checkpoint(&ExamConfig::default(), 0).expect("checkpoint"),
+    )
+    .expect("weights");
+    let run = |extra: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_medkern"))
+            .args(["exam", "--device", "cpu", "--image"])
+            .arg(&png)
+            .arg("--emr")
+            .arg(&emr)
+            .args(extra)
+            .output()
+            .expect("run medkern");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, stdout, stderr) = run(&[]);
+    assert!(ok, "{stderr}");
+    let a: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(a["random_weights"], json!(true));
+    assert!(a["note"].as_str().expect("note").contains("random weights"));
+    assert_eq!(
+        a["ordinal"]["probabilities"].as_array().expect("p").len(),
+        5
+    );
+    assert!(
+        a["emr_missing"]
+            .as_array()
+            .expect("missing")
+            .contains(&json!("ldh"))
+    );
+    let (ok, stdout, stderr) = run(&["--weights".as_ref(), weights.as_os_str()]);
+    assert!(ok, "{stderr}");
+    let b: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(b["random_weights"], json!(false));
+    assert!(b.get("note").is_none());
+    for k in ["oxygen_24h", "oxygen_72h", "ordinal"] {
+        assert_eq!(a[k], b[k], "{k}");
+    }
+    std::fs::write(&emr, r#"{"spo2": 140}"#).expect("emr");
+    let (ok, _, stderr) = run(&[]);
+    assert!(!ok && stderr.contains("\"spo2\""), "{stderr}");
+}

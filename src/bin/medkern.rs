@@ -1,6 +1,7 @@
 //! `medkern` command line: `info` (GPU, NVRTC, kernel table), `demo` (the first op
-//! families on the best device, checked against the CPU reference) and `embed` (sentence
-//! embeddings with a BERT-family model folder, as JSON).
+//! families on the best device, checked against the CPU reference), `embed` (sentence
+//! embeddings with a BERT-family model folder, as JSON) and the CNN commands (`exam`; in
+//! `medkern/cnn.rs`).
 
 use clap::{Parser, Subcommand, ValueEnum};
 use medkern::device::{self, kernels, runtime_compile};
@@ -11,6 +12,9 @@ use medkern::ops::{
 use medkern::{DType, Device, HostTensor, Tensor};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+#[path = "medkern/cnn.rs"]
+mod cnn;
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -72,10 +76,37 @@ enum Cmd {
         #[arg(required = true)]
         texts: Vec<String>,
     },
+    /// EXAM: oxygen need of a patient from a chest X-ray (DICOM, PNG or JPEG) and EMR values
+    /// (a JSON object, see medkern::model::emr), printed as JSON: P(more than low-flow oxygen)
+    /// at 24 h and 72 h and the ordinal class. Without --weights the model has deterministic
+    /// random weights, and the JSON says so.
+    Exam {
+        /// The chest X-ray: DICOM (uncompressed), PNG or JPEG.
+        #[arg(long)]
+        image: PathBuf,
+        /// The EMR values: a JSON object {feature key: number | category | null}.
+        #[arg(long)]
+        emr: PathBuf,
+        /// An EXAM checkpoint (safetensors: image.* ResNet-34 + emr./fusion./head. tensors).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Where to run it; default: the first GPU if there is one, else the CPU.
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
+        /// Image-trunk dtype (the head runs f32); default: f16 on a GPU, f32 on the CPU.
+        #[arg(long, value_enum)]
+        dtype: Option<DTypeArg>,
+        /// DICOM window centre (modality units), replacing the file's; needs --window-width.
+        #[arg(long, requires = "window_width", allow_negative_numbers = true)]
+        window_center: Option<f64>,
+        /// DICOM window width (> 1), replacing the file's; needs --window-center.
+        #[arg(long, requires = "window_center")]
+        window_width: Option<f64>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum DeviceArg {
+pub(crate) enum DeviceArg {
     Cpu,
     Gpu,
 }
@@ -87,7 +118,7 @@ enum PoolingArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum DTypeArg {
+pub(crate) enum DTypeArg {
     F16,
     Bf16,
     F32,
@@ -115,6 +146,22 @@ fn main() -> ExitCode {
             max_len,
             normalize,
             texts,
+        }),
+        Cmd::Exam {
+            image,
+            emr,
+            weights,
+            device,
+            dtype,
+            window_center,
+            window_width,
+        } => cnn::exam(cnn::ExamArgs {
+            image,
+            emr,
+            weights,
+            device,
+            dtype,
+            window: window_center.zip(window_width),
         }),
     };
     match result {

@@ -700,7 +700,7 @@ impl ExamModel {
         if views.is_empty() {
             return Err(invalid(
                 "weights",
-                "no image.* tensors; expected a torchvision ResNet-34 state dict under the                  prefix image. (image.conv1.weight, image.layer1.0.conv1.weight, ...)"
+                "no image.* tensors; expected a torchvision ResNet-34 state dict under the prefix image. (image.conv1.weight, image.layer1.0.conv1.weight, ...)"
                     .into(),
             ));
         }
