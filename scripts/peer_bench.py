@@ -499,6 +499,77 @@ def resnet_peers(dev, put):
         torch.cuda.empty_cache()
 
 
+def exam_peers(dev, put):
+    """Eager PyTorch at the ids of benches/exam.rs. EXAM = torchvision resnet34 with fc = Identity
+    (the 512-d pooled feature; f16, channels_last, eval, cudnn.benchmark on) + the EXAM head in
+    f32: Deep & Cross EMR branch (46 inputs, 3 cross layers x_{l+1} = x0 * (W x_l + b) + x_l,
+    deep MLP 46 -> 128 -> 64 with ReLU), Linear(512 + 46 + 64, 256) + ReLU over the
+    concatenation, Linear(256, 2) + sigmoid (24 h / 72 h), cumulative-logit ordinal head
+    (Linear(256, 1, bias=False), 4 cut points, class probabilities as differences), outputs
+    copied to the host as medkern's forward does. Ids exam/resnet34_224/f16/b{1,32,128} (images
+    224x224) and exam/head/f32/b{batch} (the head alone on given features). Work = batch, unit
+    "img". Without torchvision: nothing recorded. Each batch runs in its own try."""
+    try:
+        import torchvision
+    except Exception as e:  # noqa: BLE001 - no torchvision: no peer for these ids
+        print(f"peer_bench: exam peers need torchvision: {e}", file=sys.stderr)
+        return
+    torch.backends.cudnn.benchmark = True
+    nn = torch.nn
+
+    class ExamHead(nn.Module):
+        def __init__(self, d=46, cross=3, deep=(128, 64), img=512, fusion=256):
+            super().__init__()
+            self.cross = nn.ModuleList([nn.Linear(d, d) for _ in range(cross)])
+            layers, prev = [], d
+            for h in deep:
+                layers += [nn.Linear(prev, h), nn.ReLU()]
+                prev = h
+            self.deep = nn.Sequential(*layers)
+            self.fusion = nn.Linear(img + d + prev, fusion)
+            self.oxygen = nn.Linear(fusion, 2)
+            self.ordinal = nn.Linear(fusion, 1, bias=False)
+            self.register_buffer("cuts", torch.tensor([-1.5, -0.5, 0.5, 1.5]))
+
+        def forward(self, feat, x0):
+            x = x0
+            for layer in self.cross:
+                x = x0 * layer(x) + x
+            h = self.deep(x0)
+            z = torch.relu(self.fusion(torch.cat([feat.float(), x, h], dim=1)))
+            oxy = torch.sigmoid(self.oxygen(z))
+            s = self.ordinal(z)
+            gt = torch.sigmoid(s - self.cuts)
+            one, zero = torch.ones_like(s), torch.zeros_like(s)
+            above = torch.cat([one, gt, zero], dim=1)
+            return oxy.cpu(), s.cpu(), (above[:, :-1] - above[:, 1:]).cpu()
+
+    try:
+        trunk = torchvision.models.resnet34()
+        trunk.fc = nn.Identity()
+        trunk = trunk.half().to(dev).to(memory_format=torch.channels_last).eval()
+        head = ExamHead().to(dev).eval()
+    except Exception as e:  # noqa: BLE001 - record nothing, keep going
+        print(f"peer_bench: exam: {e}", file=sys.stderr)
+        return
+    for bsz in [1, 32, 128]:
+        try:
+            x = torch.randn(bsz, 3, 224, 224, device=dev, dtype=torch.float16).to(
+                memory_format=torch.channels_last)
+            emr = torch.randn(bsz, 46, device=dev)
+            feat = torch.randn(bsz, 512, device=dev)
+            with torch.inference_mode():
+                head(trunk(x), emr)  # cudnn.benchmark autotuning, untimed
+                put(f"exam/resnet34_224/f16/b{bsz}", timed(lambda: head(trunk(x), emr), iters=10), bsz, "img")
+                put(f"exam/head/f32/b{bsz}", timed(lambda: head(feat, emr)), bsz, "img")
+            del x, emr, feat
+        except Exception as e:  # noqa: BLE001 - record nothing for this shape, keep going
+            print(f"peer_bench: exam b{bsz}: {e}", file=sys.stderr)
+        torch.cuda.empty_cache()
+    del trunk, head
+    torch.cuda.empty_cache()
+
+
 def main():
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -592,6 +663,7 @@ def main():
     conv_peers(dev, put)
     cnn_aux_peers(dev, put)
     resnet_peers(dev, put)
+    exam_peers(dev, put)
 
     print(json.dumps({"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                       "ceilings": ceilings, "results": res}, indent=1))
