@@ -11,9 +11,9 @@ comparing its head_dim-64 rates with FlashAttention-3's published H100 figures (
 here).
 
 The bert group (benches/bert.rs) declares Elements = sequences per call: unit "seq", shown as
-sequences/s, no ceiling fraction.
-The resnet group (benches/resnet.rs) declares Elements = images per call: unit "img", shown as
-images/s, no ceiling fraction.
+sequences/s, no ceiling fraction. The resnet, efficientnet and exam groups (benches/resnet.rs,
+efficientnet.rs, exam.rs) declare Elements = images per call: unit "img", shown as images/s, no
+ceiling fraction.
 
 usage: bench_report.py CRITERION_HOME PEER_JSON > report.md
 """
@@ -41,8 +41,9 @@ def load_criterion(home):
         tp = meta.get("throughput") or {}
         work = None
         if "Elements" in tp:
-            fid = meta["full_id"]
-            work = (tp["Elements"], "seq" if fid.startswith("bert/") else "img" if fid.startswith("resnet/") else "flop")
+            unit = {"bert": "seq", "resnet": "img", "efficientnet": "img", "exam": "img"}.get(
+                meta["full_id"].split("/")[0], "flop")
+            work = (tp["Elements"], unit)
         elif "Bytes" in tp or "BytesDecimal" in tp:
             work = (tp.get("Bytes", tp.get("BytesDecimal")), "byte")
         elif "ElementsAndBytes" in tp:
@@ -155,6 +156,10 @@ def main():
                   "rate = sequences/s. The PyTorch column is eager PyTorch BERT dense f16 (SDPA, padded to the "
                   "batch's longest sequence with an attention mask) on every row, so the speed column of a "
                   "compressed configuration is its speedup over PyTorch dense f16.")
+        if g == "efficientnet":
+            print("\nEfficientNet forward, random weights (BN folded), f16, NHWC input already normalised; "
+                  "rate = images/s. The PyTorch column is torchvision's efficientnet_b0 / efficientnet_b7 "
+                  "in eager mode, f16, channels_last, torch.inference_mode (BatchNorm not folded).")
         if g == "conv":
             print("\nConv work = 2*N*OH*OW*OC*KH*KW*C FLOPs; GB/s counts input + weight + output (+ residual), "
                   "f16, once each. medkern fuses the folded-BN scale/bias, activation and residual into the conv; "

@@ -456,6 +456,103 @@ def bert_peers(dev, put):
         torch.cuda.empty_cache()
 
 
+class EagerEfficientNet(torch.nn.Module):
+    """A self-contained eager EfficientNet-B (torchvision's efficientnet_b* computation: stem conv
+    3x3 s2 + BN + SiLU, MBConv blocks = 1x1 expand + BN + SiLU, depthwise kxk + BN + SiLU,
+    squeeze-excitation (SiLU, sigmoid), 1x1 project + BN, identity add; head 1x1 + BN + SiLU,
+    average pool, Linear), symmetric padding. Used when torchvision is not installed."""
+
+    def __init__(self, width, depth):
+        super().__init__()
+        nn = torch.nn
+
+        def filters(f):
+            f *= width
+            n = max(8, int(f + 4) // 8 * 8)
+            return n + 8 if n < 0.9 * f else n
+
+        def cna(i, o, k, s=1, g=1, act=True):
+            layers = [nn.Conv2d(i, o, k, s, (k - 1) // 2, groups=g, bias=False), nn.BatchNorm2d(o)]
+            return nn.Sequential(*(layers + ([nn.SiLU(inplace=True)] if act else [])))
+
+        class SE(nn.Module):
+            def __init__(self, c, sq):
+                super().__init__()
+                self.fc1, self.fc2 = nn.Conv2d(c, sq, 1), nn.Conv2d(sq, c, 1)
+
+            def forward(self, x):
+                s = F.adaptive_avg_pool2d(x, 1)
+                return x * torch.sigmoid(self.fc2(F.silu(self.fc1(s))))
+
+        class MBConv(nn.Module):
+            def __init__(self, i, o, e, k, s):
+                super().__init__()
+                mid = i * e
+                layers = [cna(i, mid, 1)] if e != 1 else []
+                layers += [cna(mid, mid, k, s, mid), SE(mid, max(1, i // 4)), cna(mid, o, 1, act=False)]
+                self.block = nn.Sequential(*layers)
+                self.res = s == 1 and i == o
+
+            def forward(self, x):
+                y = self.block(x)
+                return y + x if self.res else y
+
+        stem = filters(32)
+        feats, cin = [cna(3, stem, 3, 2)], stem
+        for expand, k, stride, out, repeats in B0_STAGES:
+            cout, blocks = filters(out), []
+            for r in range(math.ceil(depth * repeats)):
+                blocks.append(MBConv(cin, cout, expand, k, stride if r == 0 else 1))
+                cin = cout
+            feats.append(nn.Sequential(*blocks))
+        feats.append(cna(cin, 4 * cin, 1))
+        self.features = nn.Sequential(*feats)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(4 * cin, 1000))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+def efficientnet_peers(dev, put):
+    """Eager PyTorch EfficientNet forward at the ids of benches/efficientnet.rs: torchvision's
+    efficientnet_b0 at 224 (batch 1, 32, 128) and efficientnet_b7 at 600 (batch 1, 32), random
+    weights, f16, channels_last, eval + torch.inference_mode (BatchNorm as separate kernels:
+    eager PyTorch does not fold it); EagerEfficientNet above when torchvision is not installed.
+    Input: a random normalised NCHW batch in channels_last already on the GPU; output the logits.
+    Work = batch, unit "img" (rate = images/s). Each model and each shape runs in its own try:
+    a failure (OOM) records nothing for it and goes on."""
+    try:
+        import torchvision
+    except Exception:  # noqa: BLE001 - no torchvision: the self-contained module
+        torchvision = None
+    print(f"peer_bench: efficientnet peer = "
+          f"{'torchvision ' + torchvision.__version__ if torchvision else 'EagerEfficientNet'}", file=sys.stderr)
+    cl = torch.channels_last
+    for b, res, batches, (width, depth) in [(0, 224, [1, 32, 128], (1.0, 1.0)), (7, 600, [1, 32], (2.0, 3.1))]:
+        try:
+            if torchvision is not None:
+                model = getattr(torchvision.models, f"efficientnet_b{b}")(weights=None)
+            else:
+                model = EagerEfficientNet(width, depth)
+            model = model.half().to(dev).to(memory_format=cl).eval()
+        except Exception as e:  # noqa: BLE001 - record nothing for this model, keep going
+            print(f"peer_bench: efficientnet b{b}: {e}", file=sys.stderr)
+            continue
+        for bsz in batches:
+            bid = f"efficientnet/b{b}/f16/b{bsz}"
+            try:
+                x = torch.randn(bsz, 3, res, res, device=dev, dtype=torch.float16).to(memory_format=cl)
+                with torch.inference_mode():
+                    ms = timed(lambda: model(x), iters=10)
+                put(bid, ms, bsz, "img")
+                del x
+            except Exception as e:  # noqa: BLE001 - record nothing for this shape, keep going
+                print(f"peer_bench: {bid}: {e}", file=sys.stderr)
+            torch.cuda.empty_cache()
+        del model
+        torch.cuda.empty_cache()
+
+
 def resnet_peers(dev, put):
     """Eager torchvision at the ids of benches/resnet.rs: resnet18(num_classes=1000) and the sepsis
     classifier (resnet18's conv1, bn1, relu, maxpool, layer1, layer2, then AdaptiveAvgPool2d(1),
@@ -662,6 +759,7 @@ def main():
     decoder_peers(dev, put)
     conv_peers(dev, put)
     cnn_aux_peers(dev, put)
+    efficientnet_peers(dev, put)
     resnet_peers(dev, put)
     exam_peers(dev, put)
 
