@@ -788,3 +788,89 @@ fn cli_exam_prints_json() {
     let (ok, _, stderr) = run(&[]);
     assert!(!ok && stderr.contains("\"spo2\""), "{stderr}");
 }
+
+/// `medkern classify` and `medkern autoencode` on a folder (CPU, random weights): one result
+/// per image, a bad image is reported in the JSON and fails the exit status.
+#[test]
+fn cli_classify_and_autoencode_folders() {
+    let dir = std::env::temp_dir().join(format!("medkern-cnn-cli-{}", std::process::id()));
+    let frames = dir.join("frames");
+    std::fs::create_dir_all(&frames).expect("dir");
+    for (i, name) in ["a.png", "b.jpg", "c.png"].iter().enumerate() {
+        image::RgbImage::from_fn(48, 40, |x, y| {
+            image::Rgb([(x * 3 + i as u32 * 40) as u8, (y * 5) as u8, 90])
+        })
+        .save(frames.join(name))
+        .expect("save");
+    }
+    std::fs::write(frames.join("notes.txt"), "ignored").expect("txt");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_medkern"))
+            .args(args)
+            .output()
+            .expect("run medkern");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let f = frames.as_os_str();
+    let (ok, stdout, stderr) = run(&[
+        "classify".as_ref(),
+        "--model".as_ref(),
+        "sepsis".as_ref(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "--features".as_ref(),
+        f,
+    ]);
+    assert!(ok, "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(v["images"], json!(3));
+    assert_eq!(v["random_weights"], json!(true));
+    let r = v["results"].as_array().expect("results");
+    assert_eq!(r.len(), 3);
+    assert_eq!(r[0]["features"].as_array().expect("features").len(), 128);
+    let p = &r[1]["probabilities"];
+    let sum = p["sepsis"].as_f64().expect("p") + p["no_sepsis"].as_f64().expect("p");
+    assert!((sum - 1.0).abs() < 1e-5);
+
+    let (ok, stdout, stderr) = run(&[
+        "autoencode".as_ref(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "--clusters".as_ref(),
+        "2".as_ref(),
+        f,
+    ]);
+    assert!(ok, "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).expect("json");
+    let r = v["results"].as_array().expect("results");
+    assert_eq!(r.len(), 3);
+    assert!(
+        r.iter()
+            .all(|x| x["mse"].as_f64().is_some() && x["cluster"].as_u64().is_some())
+    );
+
+    let bad = dir.join("bad.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").expect("bad");
+    let (ok, stdout, stderr) = run(&[
+        "classify".as_ref(),
+        "--model".as_ref(),
+        "lite0".as_ref(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        frames.join("a.png").as_os_str(),
+        bad.as_os_str(),
+    ]);
+    assert!(!ok && stderr.contains("1 of 2"), "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(v["results"][0]["top"].as_array().expect("top").len(), 5);
+    assert!(
+        v["results"][1]["error"]
+            .as_str()
+            .expect("error")
+            .contains("bad.png")
+    );
+}

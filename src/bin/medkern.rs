@@ -1,7 +1,7 @@
 //! `medkern` command line: `info` (GPU, NVRTC, kernel table), `demo` (the first op
 //! families on the best device, checked against the CPU reference), `embed` (sentence
-//! embeddings with a BERT-family model folder, as JSON) and the CNN commands (`exam`; in
-//! `medkern/cnn.rs`).
+//! embeddings with a BERT-family model folder, as JSON) and the CNN commands (`exam`,
+//! `classify`, `autoencode`; in `medkern/cnn.rs`).
 
 use clap::{Parser, Subcommand, ValueEnum};
 use medkern::device::{self, kernels, runtime_compile};
@@ -103,6 +103,52 @@ enum Cmd {
         #[arg(long, requires = "window_center")]
         window_width: Option<f64>,
     },
+    /// Classify images (PNG, JPEG, DICOM; folders are expanded, with a progress bar) with the
+    /// sepsis classifier, the chest X-ray triage EfficientNet-B7 or EfficientNet-Lite0, printed
+    /// as JSON. Without --weights the model has deterministic random weights, and the JSON
+    /// says so.
+    Classify {
+        #[arg(long, value_enum)]
+        model: cnn::ClassifyModel,
+        /// A safetensors checkpoint with torchvision names for the model.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
+        /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
+        #[arg(long, value_enum)]
+        dtype: Option<DTypeArg>,
+        /// Classes listed per image (lite0).
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Also print each image's pooled feature vector (sepsis: the 128-d t-SNE feature).
+        #[arg(long)]
+        features: bool,
+        /// Image files or folders.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
+    /// Run the sepsis convolutional autoencoder on frames (resized to 96x96): per-image
+    /// reconstruction MSE, optionally the 1152-d codes and their k-means clusters, as JSON.
+    Autoencode {
+        /// A safetensors checkpoint (encoder.{0,2,4}, decoder.{0,2,4}).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
+        /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
+        #[arg(long, value_enum)]
+        dtype: Option<DTypeArg>,
+        /// Print each image's 1152-d code.
+        #[arg(long)]
+        codes: bool,
+        /// Cluster the codes with k-means into this many clusters.
+        #[arg(long)]
+        clusters: Option<usize>,
+        /// Image files or folders.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -162,6 +208,38 @@ fn main() -> ExitCode {
             device,
             dtype,
             window: window_center.zip(window_width),
+        }),
+        Cmd::Classify {
+            model,
+            weights,
+            device,
+            dtype,
+            top,
+            features,
+            inputs,
+        } => cnn::classify(cnn::ClassifyArgs {
+            model,
+            weights,
+            device,
+            dtype,
+            top,
+            features,
+            inputs,
+        }),
+        Cmd::Autoencode {
+            weights,
+            device,
+            dtype,
+            codes,
+            clusters,
+            inputs,
+        } => cnn::autoencode(cnn::AutoencodeArgs {
+            weights,
+            device,
+            dtype,
+            codes,
+            clusters,
+            inputs,
         }),
     };
     match result {
