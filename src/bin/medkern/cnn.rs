@@ -253,7 +253,7 @@ pub struct ClassifyArgs {
 }
 
 enum Classifier {
-    Sepsis(medkern::model::sepsis::SepsisNet),
+    Sepsis(Box<medkern::model::sepsis::SepsisNet>),
     Effnet(Box<medkern::model::efficientnet::EfficientNet>),
 }
 
@@ -291,7 +291,7 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
                 )?,
             };
             (
-                Classifier::Sepsis(m),
+                Classifier::Sepsis(Box::new(m)),
                 Preprocess::imagenet((224, 224)),
                 "sepsis (ResNet-18 stem + layer1 + layer2, 128-d, 2 classes)",
             )
