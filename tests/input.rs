@@ -633,3 +633,54 @@ fn corrupt_images_are_errors_naming_the_file() {
     let e = err_of(input::load(&tmp("missing.png")));
     assert!(e.contains("missing.png"), "{e}");
 }
+
+/// The decoded images preprocessed on the GPU (resize, window, ImageNet normalisation, grey →
+/// RGB) against the CPU reference; counted SKIP without a GPU.
+#[test]
+fn gpu_preprocess_of_decoded_images_matches_cpu() {
+    let Some(dev) = common::test_device("input::gpu_preprocess_of_decoded_images_matches_cpu")
+    else {
+        return;
+    };
+    let (r, c) = (48, 64);
+    let spec = Spec {
+        photometric: "MONOCHROME1",
+        signed: true,
+        slope: Some(1.5),
+        intercept: Some(-200.0),
+        window: Some((300.0, 2500.0)),
+        ..Spec::new(r, c, 16, 12, words(r * c, 12, 16, 11))
+    };
+    let dcm_path = write_dicom(&spec, "gpu.dcm");
+    let png_path = tmp("gpu.png");
+    gradient_rgb(45, 31).save(&png_path).expect("png");
+    for path in [dcm_path, png_path] {
+        let raw = input::load(&path).expect("load");
+        for dt in [DType::F32, DType::F16, DType::BF16] {
+            let want = raw
+                .to_model_input(&Device::Cpu, (37, 53), DType::F32)
+                .expect("cpu")
+                .to_host()
+                .expect("host")
+                .to_f64();
+            let got = raw
+                .to_model_input(&dev, (37, 53), dt)
+                .expect("gpu")
+                .to_host()
+                .expect("host")
+                .to_f64();
+            let eps = match dt {
+                DType::F32 => 1e-5,
+                DType::F16 => 2e-3,
+                _ => 1.6e-2,
+            };
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= eps * (1.0 + w.abs()),
+                    "{} {dt} element {i}: gpu {g} vs cpu {w}",
+                    path.display()
+                );
+            }
+        }
+    }
+}
