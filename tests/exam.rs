@@ -26,14 +26,12 @@ struct PoolTrunk {
 }
 
 impl PoolTrunk {
-    fn new(f: usize, seed: u64, device: &Device, dtype: DType) -> PoolTrunk {
+    fn new(f: usize, seed: u64, device: &Device) -> PoolTrunk {
         let mut rng = common::SeedRng::new(seed);
-        let w_host: Vec<f32> = (0..f * 3)
-            .map(|_| dtype.round(rng.normal() * 0.5) as f32)
-            .collect();
+        let w_host: Vec<f32> = (0..f * 3).map(|_| (rng.normal() * 0.5) as f32).collect();
         let w64: Vec<f64> = w_host.iter().map(|&v| f64::from(v)).collect();
         PoolTrunk {
-            w: common::upload(device, &[f, 3], &w64, dtype),
+            w: common::upload(device, &[f, 3], &w64, DType::F32),
             f,
             w_host,
         }
@@ -42,7 +40,8 @@ impl PoolTrunk {
 
 impl ImageTrunk for PoolTrunk {
     fn features(&self, x: &Tensor) -> medkern::Result<Tensor> {
-        let p = ops::global_avg_pool(x)?;
+        // The pool in x's dtype, the Linear in f32 (K = 3 is below the tensor cores' K % 8).
+        let p = ops::cast(&ops::global_avg_pool(x)?, DType::F32)?;
         ops::gemm(&p, &self.w, &Gemm::default())
     }
     fn feature_dim(&self) -> usize {
@@ -282,7 +281,7 @@ fn cpu_head_matches_candle_small_configs() {
 fn whole_model_with_trunk_matches_candle() {
     let cfg = small_config();
     let head = ExamHead::random(&cfg, 5, &Device::Cpu).expect("head");
-    let trunk = PoolTrunk::new(cfg.image_features, 9, &Device::Cpu, DType::F32);
+    let trunk = PoolTrunk::new(cfg.image_features, 9, &Device::Cpu);
     let w_host = trunk.w_host.clone();
     let model = ExamModel::new(Box::new(trunk), head).expect("model");
     let (n, h, w) = (2, 5, 4);
@@ -540,7 +539,7 @@ fn bad_inputs_are_errors() {
         assert!(e.contains("image_features"), "{e}");
     }
     // A trunk of the wrong width.
-    let trunk = PoolTrunk::new(20, 1, &Device::Cpu, DType::F32);
+    let trunk = PoolTrunk::new(20, 1, &Device::Cpu);
     let e = ExamModel::new(Box::new(trunk), head)
         .err()
         .expect("trunk")
@@ -577,14 +576,14 @@ fn gpu_matches_cpu() {
     let px: Vec<f64> = (0..n * 16 * 16 * 3).map(|_| rng.normal()).collect();
     let cpu = {
         let head = ExamHead::random(&cfg, 21, &Device::Cpu).expect("head");
-        let trunk = PoolTrunk::new(64, 2, &Device::Cpu, DType::F32);
+        let trunk = PoolTrunk::new(64, 2, &Device::Cpu);
         let m = ExamModel::new(Box::new(trunk), head).expect("model");
         let x = common::upload(&Device::Cpu, &[n, 16, 16, 3], &px, DType::F32);
         m.forward(&x, &Tensor::Host(emr.clone())).expect("cpu")
     };
     for dt in [DType::F32, DType::F16, DType::BF16] {
         let head = ExamHead::random(&cfg, 21, &dev).expect("head");
-        let trunk = PoolTrunk::new(64, 2, &dev, dt);
+        let trunk = PoolTrunk::new(64, 2, &dev);
         let m = ExamModel::new(Box::new(trunk), head).expect("model");
         let x = common::upload(&dev, &[n, 16, 16, 3], &px, dt);
         let got = m
