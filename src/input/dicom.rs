@@ -1,5 +1,5 @@
 //! Chest X-ray DICOM files (single-frame grey images) into a [`RawImage`] whose u16 pixels and
-//! [`PixelRange::Window`] make [`crate::ops::preprocess`] compute the DICOM display value.
+//! [`PixelRange::Window`] make [`crate::ops::preprocess()`] compute the DICOM display value.
 //!
 //! What is read:
 //! - transfer syntaxes: Implicit VR Little Endian (`1.2.840.10008.1.2`) and Explicit VR Little
@@ -16,6 +16,10 @@
 //!   `hi = c − 0.5 + (w − 1)/2`, `t = clamp((m − lo)/(hi − lo))`;
 //! - MONOCHROME1 (white = low values) is inverted: `t → 1 − t`, so every output is
 //!   "bright = dense", as MONOCHROME2.
+//!
+//! Not read (the LINEAR window above is applied regardless): VOI LUT Function (SIGMOID,
+//! LINEAR_EXACT), a VOI LUT Sequence or Modality LUT Sequence, Pixel Padding Value, overlays in
+//! the high bits (masked off), multi-frame files (an error).
 //!
 //! How it reaches the kernel: the stored values are shifted to `u = stored − min_stored`
 //! (0 for unsigned, `−2^(bits−1)` for signed) in `[0, 2^bits − 1]`, kept as u16; the modality

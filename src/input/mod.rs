@@ -1,5 +1,5 @@
 //! Reading medical images from files into host tensors, then into normalised NHWC tensors on
-//! a [`Device`] through [`ops::preprocess`] (one kernel on a GPU: value map, bilinear resize,
+//! a [`Device`] through [`ops::preprocess()`] (one kernel on a GPU: value map, bilinear resize,
 //! per-channel normalisation, grey → 3 channels).
 //!
 //! - [`image`]: PNG / JPEG through the `image` crate (8-bit grey or RGB; 16-bit grey PNG kept
@@ -21,7 +21,7 @@ use std::path::Path;
 
 pub(crate) const OP: &str = "input";
 
-/// One decoded image on the host, ready for [`ops::preprocess`]: `pixels` is u8
+/// One decoded image on the host, ready for [`ops::preprocess()`]: `pixels` is u8
 /// `[1, H, W, C]` (C = 1 grey or 3 RGB) or u16 `[1, H, W, 1]`, and `range` maps its raw values
 /// to `[0, 1]` display values (`Scale(255)` for u8, a window for u16).
 #[derive(Clone, Debug)]
@@ -66,7 +66,7 @@ impl RawImage {
         )
     }
 
-    /// [`ops::preprocess`] of this image on `device` with the caller's parameters (its
+    /// [`ops::preprocess()`] of this image on `device` with the caller's parameters (its
     /// `range` replaces `p.range`).
     pub fn preprocess(&self, device: &Device, p: &Preprocess, dtype: DType) -> Result<Tensor> {
         let x = self.pixels.to_device(device)?;
