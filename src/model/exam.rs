@@ -29,6 +29,8 @@
 //! | `head.ordinal.thresholds` | `[4]`, strictly increasing |
 //! | `image.*` | a torchvision ResNet-34 `state_dict()` (its `fc` is read, any row count, but unused) |
 //!
+//! Without the metadata key the file must fit [`ExamConfig::default`]: 512-d image features, 3
+//! cross layers, deep MLP 128 → 64, fusion 256, the default 20-feature EMR list (D = 46).
 //! Every name and shape is checked; a tensor under `emr.`, `fusion.` or `head.` that the
 //! config does not use is an error too (a checkpoint with more layers than its config).
 //!
