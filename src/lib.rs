@@ -16,6 +16,7 @@
 pub mod device;
 pub mod dtype;
 pub mod error;
+pub mod input;
 pub mod model;
 pub mod ops;
 pub mod quant;

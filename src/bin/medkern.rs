@@ -1,6 +1,7 @@
 //! `medkern` command line: `info` (GPU, NVRTC, kernel table), `demo` (the first op
-//! families on the best device, checked against the CPU reference) and `embed` (sentence
-//! embeddings with a BERT-family model folder, as JSON).
+//! families on the best device, checked against the CPU reference), `embed` and `compress`
+//! (BERT-family model folders, JSON) and the CNN commands (`exam`, `classify`, `autoencode`; in
+//! `medkern/cnn.rs`).
 
 use clap::{Parser, Subcommand, ValueEnum};
 use medkern::device::{self, kernels, runtime_compile};
@@ -11,6 +12,9 @@ use medkern::ops::{
 use medkern::{DType, Device, HostTensor, Tensor};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+#[path = "medkern/cnn.rs"]
+mod cnn;
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -118,10 +122,83 @@ enum Cmd {
         #[arg(long, value_enum)]
         dtype: Option<DTypeArg>,
     },
+    /// EXAM: oxygen need of a patient from a chest X-ray (DICOM, PNG or JPEG) and EMR values
+    /// (a JSON object, see medkern::model::emr), printed as JSON: P(more than low-flow oxygen)
+    /// at 24 h and 72 h and the ordinal class. Without --weights the model has deterministic
+    /// random weights, and the JSON says so.
+    Exam {
+        /// The chest X-ray: DICOM (uncompressed), PNG or JPEG.
+        #[arg(long)]
+        image: PathBuf,
+        /// The EMR values: a JSON object {feature key: number | category | null}.
+        #[arg(long)]
+        emr: PathBuf,
+        /// An EXAM checkpoint (safetensors: image.* ResNet-34 + emr./fusion./head. tensors).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Where to run it; default: the first GPU if there is one, else the CPU.
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
+        /// Image-trunk dtype (the head runs f32); default: f16 on a GPU, f32 on the CPU.
+        #[arg(long, value_enum)]
+        dtype: Option<DTypeArg>,
+        /// DICOM window centre (modality units), replacing the file's; needs --window-width.
+        #[arg(long, requires = "window_width", allow_negative_numbers = true)]
+        window_center: Option<f64>,
+        /// DICOM window width (> 1), replacing the file's; needs --window-center.
+        #[arg(long, requires = "window_center")]
+        window_width: Option<f64>,
+    },
+    /// Classify images (PNG, JPEG, DICOM; folders are expanded, with a progress bar) with the
+    /// sepsis classifier, the chest X-ray triage EfficientNet-B7 or EfficientNet-Lite0, printed
+    /// as JSON. Without --weights the model has deterministic random weights, and the JSON
+    /// says so.
+    Classify {
+        #[arg(long, value_enum)]
+        model: cnn::ClassifyModel,
+        /// A safetensors checkpoint with torchvision names for the model.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
+        /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
+        #[arg(long, value_enum)]
+        dtype: Option<DTypeArg>,
+        /// Classes listed per image (lite0).
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Also print each image's pooled feature vector (sepsis: the 128-d t-SNE feature).
+        #[arg(long)]
+        features: bool,
+        /// Image files or folders.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
+    /// Run the sepsis convolutional autoencoder on frames (resized to 96x96): per-image
+    /// reconstruction MSE, optionally the 1152-d codes and their k-means clusters, as JSON.
+    Autoencode {
+        /// A safetensors checkpoint (encoder.{0,2,4}, decoder.{0,2,4}).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
+        /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
+        #[arg(long, value_enum)]
+        dtype: Option<DTypeArg>,
+        /// Print each image's 1152-d code.
+        #[arg(long)]
+        codes: bool,
+        /// Cluster the codes with k-means into this many clusters.
+        #[arg(long)]
+        clusters: Option<usize>,
+        /// Image files or folders.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum DeviceArg {
+pub(crate) enum DeviceArg {
     Cpu,
     Gpu,
 }
@@ -133,7 +210,7 @@ enum PoolingArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum DTypeArg {
+pub(crate) enum DTypeArg {
     F16,
     Bf16,
     F32,
@@ -188,6 +265,54 @@ fn main() -> ExitCode {
             sentences,
             device,
             dtype,
+        }),
+        Cmd::Exam {
+            image,
+            emr,
+            weights,
+            device,
+            dtype,
+            window_center,
+            window_width,
+        } => cnn::exam(cnn::ExamArgs {
+            image,
+            emr,
+            weights,
+            device,
+            dtype,
+            window: window_center.zip(window_width),
+        }),
+        Cmd::Classify {
+            model,
+            weights,
+            device,
+            dtype,
+            top,
+            features,
+            inputs,
+        } => cnn::classify(cnn::ClassifyArgs {
+            model,
+            weights,
+            device,
+            dtype,
+            top,
+            features,
+            inputs,
+        }),
+        Cmd::Autoencode {
+            weights,
+            device,
+            dtype,
+            codes,
+            clusters,
+            inputs,
+        } => cnn::autoencode(cnn::AutoencodeArgs {
+            weights,
+            device,
+            dtype,
+            codes,
+            clusters,
+            inputs,
         }),
     };
     match result {

@@ -1,0 +1,519 @@
+//! The CNN commands of the CLI: `exam` (chest X-ray + EMR → oxygen need), printed as JSON.
+
+use super::{DTypeArg, DeviceArg};
+use medkern::input::{self, RawImage, dicom};
+use medkern::model::exam::{ExamConfig, ExamModel, ORDINAL_CLASSES};
+use medkern::{DType, Device, Error, Result};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+/// The seed of the random weights used without `--weights`.
+pub const RANDOM_SEED: u64 = 0;
+
+pub fn device_of(d: Option<DeviceArg>) -> Result<Device> {
+    Ok(match d {
+        None => Device::best(),
+        Some(DeviceArg::Cpu) => Device::Cpu,
+        Some(DeviceArg::Gpu) => Device::gpu(0)?,
+    })
+}
+
+/// The CNN compute dtype: f16 on a GPU, f32 on the CPU, unless given.
+pub fn dtype_of(d: Option<DTypeArg>, dev: &Device) -> DType {
+    match d {
+        Some(DTypeArg::F16) => DType::F16,
+        Some(DTypeArg::Bf16) => DType::BF16,
+        Some(DTypeArg::F32) => DType::F32,
+        None => match dev {
+            Device::Cpu => DType::F32,
+            Device::Gpu(_) => DType::F16,
+        },
+    }
+}
+
+fn cli_err(arg: &'static str, detail: String) -> Error {
+    Error::Invalid {
+        op: "cli",
+        arg,
+        detail,
+    }
+}
+
+pub fn print_json(v: &Value) -> Result<()> {
+    use std::io::Write;
+    let s = serde_json::to_string_pretty(v).map_err(|e| cli_err("output", e.to_string()))?;
+    // A closed pipe (`| head`) is not an error of ours.
+    match writeln!(std::io::stdout().lock(), "{s}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Io {
+            op: "cli",
+            path: "stdout".into(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Reads an image file (PNG, JPEG or DICOM by content) with an optional DICOM window, and a
+/// JSON description of what was read.
+pub fn read_image(path: &Path, window: Option<(f64, f64)>) -> Result<(RawImage, Value)> {
+    if dicom::is_dicom(path)? {
+        let opts = dicom::DicomOptions {
+            window: match window {
+                Some((center, width)) => dicom::WindowChoice::Given { center, width },
+                None => dicom::WindowChoice::File,
+            },
+        };
+        let d = dicom::read(path, &opts)?;
+        let info = json!({
+            "format": "dicom",
+            "transfer_syntax": d.transfer_syntax,
+            "rows": d.rows,
+            "columns": d.cols,
+            "bits_allocated": d.bits_allocated,
+            "bits_stored": d.bits_stored,
+            "signed": d.signed,
+            "photometric": if d.monochrome1 { "MONOCHROME1" } else { "MONOCHROME2" },
+            "rescale": {"slope": d.slope, "intercept": d.intercept},
+            "window": {"center": d.window.0, "width": d.window.1},
+        });
+        Ok((d.into_raw(), info))
+    } else {
+        if window.is_some() {
+            return Err(cli_err(
+                "window",
+                format!(
+                    "{}: --window-center/--window-width apply to DICOM files only",
+                    path.display()
+                ),
+            ));
+        }
+        let r = input::image::read(path)?;
+        let (h, w) = r.size();
+        let info = json!({
+            "format": "image",
+            "height": h,
+            "width": w,
+            "channels": r.channels(),
+            "bits": if r.pixels.dtype() == DType::U16 { 16 } else { 8 },
+        });
+        Ok((r, info))
+    }
+}
+
+pub struct ExamArgs {
+    pub image: PathBuf,
+    pub emr: PathBuf,
+    pub weights: Option<PathBuf>,
+    pub device: Option<DeviceArg>,
+    pub dtype: Option<DTypeArg>,
+    pub window: Option<(f64, f64)>,
+}
+
+pub fn exam(a: ExamArgs) -> Result<()> {
+    let dev = device_of(a.device)?;
+    let dtype = dtype_of(a.dtype, &dev);
+    let model = match &a.weights {
+        Some(p) => ExamModel::load(p, &dev, dtype)?,
+        None => ExamModel::random(&ExamConfig::default(), RANDOM_SEED, &dev, dtype)?,
+    };
+    let emr_cfg = &model.head.config.emr;
+    let text = std::fs::read_to_string(&a.emr).map_err(|e| Error::Io {
+        op: "medkern exam",
+        path: a.emr.display().to_string(),
+        source: e,
+    })?;
+    let record: Value = serde_json::from_str(&text)
+        .map_err(|e| cli_err("emr", format!("{}: not valid JSON: {e}", a.emr.display())))?;
+    let emr = emr_cfg
+        .encode(&record)
+        .map_err(|e| cli_err("emr", format!("{}: {e}", a.emr.display())))?;
+    let present: Vec<&str> = emr_cfg
+        .features
+        .iter()
+        .filter(|f| record.get(&f.key).is_some_and(|v| !v.is_null()))
+        .map(|f| f.key.as_str())
+        .collect();
+    let missing: Vec<&str> = emr_cfg
+        .features
+        .iter()
+        .map(|f| f.key.as_str())
+        .filter(|k| !present.contains(k))
+        .collect();
+    let (raw, image_info) = read_image(&a.image, a.window)?;
+    let x = raw.to_model_input(&dev, model.trunk.input_size(), dtype)?;
+    let emr_t = medkern::HostTensor::new(&[1, emr_cfg.dim()], emr)?.to_device(&dev)?;
+    let out = model.forward(&x, &emr_t)?;
+    let o = &out[0];
+    let mut v = json!({
+        "image": a.image.display().to_string(),
+        "image_input": image_info,
+        "emr": a.emr.display().to_string(),
+        "emr_present": present,
+        "emr_missing": missing,
+        "weights": a.weights.as_ref().map(|p| p.display().to_string()),
+        "random_weights": a.weights.is_none(),
+        "device": dev.describe(),
+        "dtype": dtype.to_string(),
+        "image_trunk": model.trunk.describe(),
+        "oxygen_24h": o.oxygen_24h,
+        "oxygen_72h": o.oxygen_72h,
+        "ordinal": {
+            "class": o.class_name(),
+            "score": o.ordinal_score,
+            "classes": ORDINAL_CLASSES,
+            "probabilities": o.ordinal_probs,
+        },
+    });
+    if a.weights.is_none() {
+        v["note"] = json!(format!(
+            "no --weights: deterministic random weights (seed {RANDOM_SEED}); the scores are \
+             not clinically meaningful"
+        ));
+    }
+    print_json(&v)
+}
+
+/// The files to process: each file as given, each folder's images (`.png`, `.jpg`, `.jpeg`,
+/// `.dcm`, `.dicom`, any case) sorted by name; true when a folder was among them.
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, bool)> {
+    let mut files = Vec::new();
+    let mut folder = false;
+    for p in inputs {
+        if p.is_dir() {
+            folder = true;
+            let rd = std::fs::read_dir(p).map_err(|e| Error::Io {
+                op: "medkern",
+                path: p.display().to_string(),
+                source: e,
+            })?;
+            let mut found: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.is_file()
+                        && f.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                            matches!(
+                                e.to_ascii_lowercase().as_str(),
+                                "png" | "jpg" | "jpeg" | "dcm" | "dicom"
+                            )
+                        })
+                })
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                return Err(cli_err(
+                    "input",
+                    format!(
+                        "{}: no .png, .jpg, .jpeg, .dcm or .dicom files in the folder",
+                        p.display()
+                    ),
+                ));
+            }
+            files.extend(found);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok((files, folder))
+}
+
+fn progress(n: usize, show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(n as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} images ({per_sec}, eta {eta}) {msg}",
+    ) {
+        pb.set_style(style);
+    }
+    pb
+}
+
+/// The models of `medkern classify`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ClassifyModel {
+    /// Sepsis classifier on sublingual microcirculation frames (ResNet-18 stem + layer1 +
+    /// layer2 → 128-d → 2 classes), 224×224, ImageNet normalisation.
+    Sepsis,
+    /// Chest X-ray triage: EfficientNet-B7 with one abnormal logit, 600×600, ImageNet
+    /// normalisation.
+    Cxr,
+    /// EfficientNet-Lite0 ImageNet classifier (1000 classes), 224×224, TF-Lite normalisation.
+    Lite0,
+}
+
+pub struct ClassifyArgs {
+    pub model: ClassifyModel,
+    pub weights: Option<PathBuf>,
+    pub device: Option<DeviceArg>,
+    pub dtype: Option<DTypeArg>,
+    pub top: usize,
+    pub features: bool,
+    pub inputs: Vec<PathBuf>,
+}
+
+enum Classifier {
+    Sepsis(Box<medkern::model::sepsis::SepsisNet>),
+    Effnet(Box<medkern::model::efficientnet::EfficientNet>),
+}
+
+fn softmax(v: &[f32]) -> Vec<f32> {
+    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = v.iter().map(|&x| f64::from(x - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|&x| (x / s) as f32).collect()
+}
+
+fn host_rows(t: &medkern::Tensor) -> Result<Vec<Vec<f32>>> {
+    let w = t.shape().last().copied().unwrap_or(1).max(1);
+    Ok(t.to_host()?
+        .to_f64()
+        .chunks(w)
+        .map(|r| r.iter().map(|&x| x as f32).collect())
+        .collect())
+}
+
+pub fn classify(a: ClassifyArgs) -> Result<()> {
+    use medkern::model::efficientnet::{self as en, EfficientNet, EfficientNetConfig};
+    use medkern::model::sepsis::{self, SepsisNet};
+    use medkern::ops::Preprocess;
+    let dev = device_of(a.device)?;
+    let dtype = dtype_of(a.dtype, &dev);
+    let (files, folder) = expand_inputs(&a.inputs)?;
+    let (model, prep, name): (Classifier, Preprocess<'static>, &str) = match a.model {
+        ClassifyModel::Sepsis => {
+            let m = match &a.weights {
+                Some(p) => SepsisNet::load(p, &dev, dtype)?,
+                None => SepsisNet::from_safetensors(
+                    &sepsis::random_sepsis(RANDOM_SEED).to_safetensors()?,
+                    &dev,
+                    dtype,
+                )?,
+            };
+            (
+                Classifier::Sepsis(Box::new(m)),
+                Preprocess::imagenet((224, 224)),
+                "sepsis (ResNet-18 stem + layer1 + layer2, 128-d, 2 classes)",
+            )
+        }
+        ClassifyModel::Cxr | ClassifyModel::Lite0 => {
+            let cfg = match a.model {
+                ClassifyModel::Cxr => EfficientNetConfig::b(7)?.with_head(en::Head::ChestXray),
+                _ => EfficientNetConfig::lite(0)?,
+            };
+            let prep = cfg.preprocess();
+            let m = match &a.weights {
+                Some(p) => EfficientNet::load(p, cfg, &dev, dtype)?,
+                None => EfficientNet::from_bytes(
+                    &en::to_safetensors(&en::random_weights(&cfg, RANDOM_SEED)?)?,
+                    cfg,
+                    &dev,
+                    dtype,
+                )?,
+            };
+            let name = if matches!(a.model, ClassifyModel::Cxr) {
+                "cxr (EfficientNet-B7, abnormal logit)"
+            } else {
+                "lite0 (EfficientNet-Lite0, ImageNet 1000 classes)"
+            };
+            (Classifier::Effnet(Box::new(m)), prep, name)
+        }
+    };
+    let pb = progress(files.len(), folder);
+    let mut results = Vec::with_capacity(files.len());
+    let mut failed = 0usize;
+    for f in &files {
+        pb.set_message(
+            f.file_name()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default(),
+        );
+        let one = || -> Result<Value> {
+            let raw = input::load(f)?;
+            let p = Preprocess {
+                grey_to_rgb: raw.channels() == 1,
+                ..prep
+            };
+            let x = raw.preprocess(&dev, &p, dtype)?;
+            Ok(match &model {
+                Classifier::Sepsis(m) => {
+                    let o = m.forward(&x)?;
+                    let probs = host_rows(&o.probs)?.remove(0);
+                    let mut v = json!({
+                        "file": f.display().to_string(),
+                        "logits": host_rows(&o.logits)?.remove(0),
+                        "probabilities": {"no_sepsis": probs[0], "sepsis": probs[1]},
+                        "class": if probs[1] > probs[0] { "sepsis" } else { "no_sepsis" },
+                    });
+                    if a.features {
+                        v["features"] = json!(host_rows(&o.features)?.remove(0));
+                    }
+                    v
+                }
+                Classifier::Effnet(m) if matches!(a.model, ClassifyModel::Cxr) => {
+                    let (logit, p) = m.abnormal_probability(&x)?[0];
+                    let mut v = json!({
+                        "file": f.display().to_string(),
+                        "abnormal_logit": logit,
+                        "abnormal_probability": p,
+                        "class": if p >= 0.5 { "abnormal" } else { "normal" },
+                    });
+                    if a.features {
+                        v["features"] = json!(host_rows(&m.features(&x)?)?.remove(0));
+                    }
+                    v
+                }
+                Classifier::Effnet(m) => {
+                    let logits = m.logits(&x)?.remove(0);
+                    let probs = softmax(&logits);
+                    let top: Vec<Value> = en::top_k(&logits, a.top)
+                        .into_iter()
+                        .map(|i| json!({"class": i, "logit": logits[i], "probability": probs[i]}))
+                        .collect();
+                    let mut v = json!({"file": f.display().to_string(), "top": top});
+                    if a.features {
+                        v["features"] = json!(host_rows(&m.features(&x)?)?.remove(0));
+                    }
+                    v
+                }
+            })
+        };
+        match one() {
+            Ok(v) => results.push(v),
+            Err(e) => {
+                failed += 1;
+                results.push(json!({"file": f.display().to_string(), "error": e.to_string()}));
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let mut v = json!({
+        "model": name,
+        "weights": a.weights.as_ref().map(|p| p.display().to_string()),
+        "random_weights": a.weights.is_none(),
+        "device": dev.describe(),
+        "dtype": dtype.to_string(),
+        "images": files.len(),
+        "failed": failed,
+        "results": results,
+    });
+    if a.weights.is_none() {
+        v["note"] = json!(format!(
+            "no --weights: deterministic random weights (seed {RANDOM_SEED}); the outputs are \
+             not meaningful"
+        ));
+    }
+    print_json(&v)?;
+    if failed > 0 {
+        return Err(cli_err(
+            "input",
+            format!(
+                "{failed} of {} image(s) failed (see \"error\" in the output)",
+                files.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub struct AutoencodeArgs {
+    pub weights: Option<PathBuf>,
+    pub device: Option<DeviceArg>,
+    pub dtype: Option<DTypeArg>,
+    pub codes: bool,
+    pub clusters: Option<usize>,
+    pub inputs: Vec<PathBuf>,
+}
+
+pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
+    use medkern::model::sepsis::{self, AE_SIZE, Autoencoder, KMeansOptions};
+    use medkern::ops::Preprocess;
+    let dev = device_of(a.device)?;
+    let dtype = dtype_of(a.dtype, &dev);
+    let (files, folder) = expand_inputs(&a.inputs)?;
+    let model = match &a.weights {
+        Some(p) => Autoencoder::load(p, &dev, dtype)?,
+        None => Autoencoder::from_safetensors(
+            &sepsis::random_autoencoder(RANDOM_SEED).to_safetensors()?,
+            &dev,
+            dtype,
+        )?,
+    };
+    let pb = progress(files.len(), folder);
+    let mut results = Vec::with_capacity(files.len());
+    let mut codes: Vec<Vec<f64>> = Vec::new();
+    let mut coded: Vec<usize> = Vec::new();
+    let mut failed = 0usize;
+    for (i, f) in files.iter().enumerate() {
+        let one = || -> Result<(f64, Vec<f64>)> {
+            let raw = input::load(f)?;
+            let p = Preprocess {
+                out_size: (AE_SIZE, AE_SIZE),
+                range: raw.range,
+                mean: &[0.0; 3],
+                std: &[1.0; 3],
+                grey_to_rgb: raw.channels() == 1,
+            };
+            let x = raw.preprocess(&dev, &p, dtype)?;
+            let o = model.forward(&x)?;
+            Ok((o.mse[0], o.codes.to_host()?.to_f64()))
+        };
+        match one() {
+            Ok((mse, c)) => {
+                let mut v = json!({"file": f.display().to_string(), "mse": mse});
+                if a.codes {
+                    v["code"] = json!(c.iter().map(|&x| x as f32).collect::<Vec<f32>>());
+                }
+                results.push(v);
+                codes.push(c);
+                coded.push(i);
+            }
+            Err(e) => {
+                failed += 1;
+                results.push(json!({"file": f.display().to_string(), "error": e.to_string()}));
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let mut v = json!({
+        "model": "autoencoder (3 conv + 3 transposed conv, 96x96, 1152-d code)",
+        "weights": a.weights.as_ref().map(|p| p.display().to_string()),
+        "random_weights": a.weights.is_none(),
+        "device": dev.describe(),
+        "dtype": dtype.to_string(),
+        "images": files.len(),
+        "failed": failed,
+    });
+    if let Some(k) = a.clusters {
+        let km = sepsis::kmeans(&codes, &KMeansOptions::new(k))?;
+        for (j, &i) in coded.iter().enumerate() {
+            results[i]["cluster"] = json!(km.assignments[j]);
+        }
+        v["kmeans"] = json!({
+            "k": k,
+            "inertia": km.inertia,
+            "iterations": km.iterations,
+            "converged": km.converged,
+        });
+    }
+    v["results"] = json!(results);
+    if a.weights.is_none() {
+        v["note"] = json!(format!(
+            "no --weights: deterministic random weights (seed {RANDOM_SEED}); the outputs are \
+             not meaningful"
+        ));
+    }
+    print_json(&v)?;
+    if failed > 0 {
+        return Err(cli_err(
+            "input",
+            format!(
+                "{failed} of {} image(s) failed (see \"error\" in the output)",
+                files.len()
+            ),
+        ));
+    }
+    Ok(())
+}

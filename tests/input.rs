@@ -1,0 +1,686 @@
+//! Image inputs: DICOM files generated here with dicom-object (8/12/16 bits, signed and
+//! unsigned, MONOCHROME1/2, rescale slope/intercept, windows from the file or the caller, both
+//! uncompressed transfer syntaxes) decoded and checked against the DICOM display formula
+//! computed independently in f64 here; PNG/JPEG round trips through the `image` crate; bad
+//! files are errors that name the file and what was expected.
+
+mod common;
+
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{InMemDicomObject, meta::FileMetaTableBuilder};
+use medkern::input::{self, dicom as dcm};
+use medkern::ops::{PixelRange, Preprocess};
+use medkern::{DType, Device};
+use std::path::PathBuf;
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("medkern-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+/// What the generated DICOM file holds.
+#[derive(Clone)]
+struct Spec {
+    rows: usize,
+    cols: usize,
+    alloc: u16,
+    stored: u16,
+    signed: bool,
+    photometric: &'static str,
+    slope: Option<f64>,
+    intercept: Option<f64>,
+    window: Option<(f64, f64)>,
+    ts: &'static str,
+    /// Raw words as written (may carry junk above Bits Stored).
+    words: Vec<u16>,
+    with_pixels: bool,
+    spp: u16,
+}
+
+impl Spec {
+    fn new(rows: usize, cols: usize, alloc: u16, stored: u16, words: Vec<u16>) -> Spec {
+        Spec {
+            rows,
+            cols,
+            alloc,
+            stored,
+            signed: false,
+            photometric: "MONOCHROME2",
+            slope: None,
+            intercept: None,
+            window: None,
+            ts: dcm::EXPLICIT_VR_LE,
+            words,
+            with_pixels: true,
+            spp: 1,
+        }
+    }
+}
+
+fn write_dicom(spec: &Spec, name: &str) -> PathBuf {
+    let mut obj = InMemDicomObject::new_empty();
+    let put = |obj: &mut InMemDicomObject, tag, vr, v: PrimitiveValue| {
+        obj.put(DataElement::new(tag, vr, v));
+    };
+    put(
+        &mut obj,
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        "1.2.840.10008.5.1.4.1.1.1.1".into(),
+    );
+    put(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, "2.25.1234".into());
+    put(&mut obj, tags::MODALITY, VR::CS, "DX".into());
+    put(
+        &mut obj,
+        tags::ROWS,
+        VR::US,
+        PrimitiveValue::from(spec.rows as u16),
+    );
+    put(
+        &mut obj,
+        tags::COLUMNS,
+        VR::US,
+        PrimitiveValue::from(spec.cols as u16),
+    );
+    put(
+        &mut obj,
+        tags::SAMPLES_PER_PIXEL,
+        VR::US,
+        PrimitiveValue::from(spec.spp),
+    );
+    put(
+        &mut obj,
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        spec.photometric.into(),
+    );
+    put(
+        &mut obj,
+        tags::BITS_ALLOCATED,
+        VR::US,
+        PrimitiveValue::from(spec.alloc),
+    );
+    put(
+        &mut obj,
+        tags::BITS_STORED,
+        VR::US,
+        PrimitiveValue::from(spec.stored),
+    );
+    put(
+        &mut obj,
+        tags::HIGH_BIT,
+        VR::US,
+        PrimitiveValue::from(spec.stored - 1),
+    );
+    put(
+        &mut obj,
+        tags::PIXEL_REPRESENTATION,
+        VR::US,
+        PrimitiveValue::from(u16::from(spec.signed)),
+    );
+    if let Some(s) = spec.slope {
+        put(&mut obj, tags::RESCALE_SLOPE, VR::DS, format!("{s}").into());
+    }
+    if let Some(b) = spec.intercept {
+        put(
+            &mut obj,
+            tags::RESCALE_INTERCEPT,
+            VR::DS,
+            format!("{b}").into(),
+        );
+    }
+    if let Some((c, w)) = spec.window {
+        put(&mut obj, tags::WINDOW_CENTER, VR::DS, format!("{c}").into());
+        put(&mut obj, tags::WINDOW_WIDTH, VR::DS, format!("{w}").into());
+    }
+    if spec.with_pixels {
+        let bytes: Vec<u8> = if spec.alloc == 8 {
+            spec.words.iter().map(|&w| w as u8).collect()
+        } else {
+            spec.words.iter().flat_map(|w| w.to_le_bytes()).collect()
+        };
+        let vr = if spec.alloc == 8 { VR::OB } else { VR::OW };
+        put(&mut obj, tags::PIXEL_DATA, vr, bytes.into());
+    }
+    let file = obj
+        .with_meta(FileMetaTableBuilder::new().transfer_syntax(spec.ts))
+        .expect("meta");
+    let path = tmp(name);
+    file.write_to_file(&path).expect("write dicom");
+    path
+}
+
+/// The DICOM display value of one raw word, computed from the standard's definitions (PS3.3
+/// C.7.6.3.1.1 stored bits, C.11.1 modality rescale, C.11.2.1.2 LINEAR VOI window,
+/// MONOCHROME1 inverted), independently of the library.
+fn expected(spec: &Spec, window: Option<(f64, f64)>, word: u16) -> f64 {
+    let bits = u32::from(spec.stored);
+    let v = u32::from(word) & ((1u32 << bits) - 1);
+    let s = if spec.signed && v >= 1 << (bits - 1) {
+        f64::from(v) - f64::from(1u32 << bits)
+    } else {
+        f64::from(v)
+    };
+    let (slope, icpt) = (spec.slope.unwrap_or(1.0), spec.intercept.unwrap_or(0.0));
+    let m = slope * s + icpt;
+    let t = match window {
+        Some((c, w)) => {
+            if m <= c - 0.5 - (w - 1.0) / 2.0 {
+                0.0
+            } else if m > c - 0.5 + (w - 1.0) / 2.0 {
+                1.0
+            } else {
+                (m - (c - 0.5)) / (w - 1.0) + 0.5
+            }
+        }
+        None => {
+            let (smin, smax) = if spec.signed {
+                (
+                    -f64::from(1u32 << (bits - 1)),
+                    f64::from(1u32 << (bits - 1)) - 1.0,
+                )
+            } else {
+                (0.0, f64::from((1u32 << bits) - 1))
+            };
+            let (a, b) = (slope * smin + icpt, slope * smax + icpt);
+            (m - a.min(b)) / (a.max(b) - a.min(b))
+        }
+    };
+    if spec.photometric == "MONOCHROME1" {
+        1.0 - t
+    } else {
+        t
+    }
+}
+
+/// Deterministic words covering the stored range, with junk in the unused high bits.
+fn words(n: usize, stored: u16, alloc: u16, seed: u64) -> Vec<u16> {
+    let mut rng = common::SeedRng::new(seed);
+    (0..n)
+        .map(|i| {
+            let max = (1u32 << stored) - 1;
+            let v = match i {
+                0 => 0,
+                1 => max,
+                2 => max / 2,
+                _ => rng.below(u64::from(max) + 1) as u32,
+            };
+            let junk = if stored < alloc {
+                (rng.below(1 << (alloc - stored)) as u32) << stored
+            } else {
+                0
+            };
+            (v | junk) as u16
+        })
+        .collect()
+}
+
+/// Decodes `spec` written to a file and checks every pixel against [`expected`], both through
+/// the host display values and through `preprocess` on the CPU (identity resize, no
+/// normalisation: the display value itself, in f32).
+fn check(spec: &Spec, opts: dcm::DicomOptions, name: &str) {
+    let path = write_dicom(spec, name);
+    let img = dcm::read(&path, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!((img.rows, img.cols), (spec.rows, spec.cols));
+    assert_eq!(img.transfer_syntax, spec.ts);
+    let window = match opts.window {
+        dcm::WindowChoice::Given { center, width } => Some((center, width)),
+        dcm::WindowChoice::File => spec.window,
+        dcm::WindowChoice::Full => None,
+    };
+    let want: Vec<f64> = spec
+        .words
+        .iter()
+        .map(|&w| expected(spec, window, w))
+        .collect();
+    let host = img.display_values();
+    for (i, (g, w)) in host.iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-5,
+            "{name}: pixel {i} (word {:#06x}): host display value {g}, expected {w}",
+            spec.words[i]
+        );
+    }
+    let PixelRange::Window { lo, hi } = img.range else {
+        panic!("{name}: DICOM range must be a window")
+    };
+    let raw = img.clone().into_raw();
+    let y = raw
+        .preprocess(
+            &Device::Cpu,
+            &Preprocess {
+                out_size: (spec.rows, spec.cols),
+                range: img.range,
+                mean: &[0.0],
+                std: &[1.0],
+                grey_to_rgb: false,
+            },
+            DType::F32,
+        )
+        .expect("preprocess")
+        .to_host()
+        .expect("host")
+        .to_f64();
+    // The window ends are f32 in the kernel: half an f32 step of the larger end, over the
+    // window width, plus f32 rounding of the quotient.
+    let tol = f64::from(hi.abs().max(lo.abs())) * 6e-8 / f64::from(hi - lo) + 1e-6;
+    for (i, (g, w)) in y.iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol,
+            "{name}: pixel {i}: preprocess gives {g}, expected {w} (tol {tol})"
+        );
+    }
+    // The model input: resized, ImageNet-normalised, grey repeated over 3 channels.
+    let m = raw
+        .to_model_input(&Device::Cpu, (7, 5), DType::F32)
+        .expect("model input");
+    assert_eq!(m.shape(), [1, 7, 5, 3]);
+}
+
+#[test]
+fn dicom_16bit_unsigned_monochrome2_full_range() {
+    let (r, c) = (9, 11);
+    let spec = Spec::new(r, c, 16, 16, words(r * c, 16, 16, 1));
+    check(&spec, Default::default(), "u16_m2_full.dcm");
+    check(
+        &Spec {
+            ts: dcm::IMPLICIT_VR_LE,
+            ..spec.clone()
+        },
+        Default::default(),
+        "u16_m2_full_implicit.dcm",
+    );
+}
+
+#[test]
+fn dicom_12bit_monochrome1_file_window_and_junk_high_bits() {
+    let (r, c) = (8, 13);
+    let spec = Spec {
+        photometric: "MONOCHROME1",
+        window: Some((1500.0, 2000.0)),
+        ..Spec::new(r, c, 16, 12, words(r * c, 12, 16, 2))
+    };
+    check(&spec, Default::default(), "u12_m1_window.dcm");
+    // The caller's window replaces the file's; Full ignores it.
+    check(
+        &spec,
+        dcm::DicomOptions {
+            window: dcm::WindowChoice::Given {
+                center: 800.0,
+                width: 901.0,
+            },
+        },
+        "u12_m1_given.dcm",
+    );
+    check(
+        &spec,
+        dcm::DicomOptions {
+            window: dcm::WindowChoice::Full,
+        },
+        "u12_m1_full.dcm",
+    );
+}
+
+#[test]
+fn dicom_signed_12bit_rescale_and_window() {
+    let (r, c) = (10, 10);
+    let spec = Spec {
+        signed: true,
+        slope: Some(2.5),
+        intercept: Some(-1024.0),
+        window: Some((-300.0, 3000.0)),
+        ts: dcm::IMPLICIT_VR_LE,
+        ..Spec::new(r, c, 16, 12, words(r * c, 12, 16, 3))
+    };
+    check(&spec, Default::default(), "s12_rescale_window.dcm");
+    check(
+        &spec,
+        dcm::DicomOptions {
+            window: dcm::WindowChoice::Full,
+        },
+        "s12_rescale_full.dcm",
+    );
+    let mono1 = Spec {
+        photometric: "MONOCHROME1",
+        ts: dcm::EXPLICIT_VR_LE,
+        ..spec.clone()
+    };
+    check(&mono1, Default::default(), "s12_rescale_window_m1.dcm");
+}
+
+#[test]
+fn dicom_signed_16bit_negative_slope() {
+    let (r, c) = (6, 7);
+    let spec = Spec {
+        signed: true,
+        slope: Some(-0.5),
+        intercept: Some(100.0),
+        ..Spec::new(r, c, 16, 16, words(r * c, 16, 16, 4))
+    };
+    check(&spec, Default::default(), "s16_negslope_full.dcm");
+    // Negative slope and MONOCHROME1: the two inversions cancel (no mirroring).
+    let m1 = Spec {
+        photometric: "MONOCHROME1",
+        window: Some((0.0, 20000.0)),
+        ..spec
+    };
+    check(&m1, Default::default(), "s16_negslope_m1.dcm");
+    let img = dcm::read(&tmp("s16_negslope_m1.dcm"), &Default::default()).expect("read");
+    assert!(!img.mirrored);
+}
+
+#[test]
+fn dicom_8bit_unsigned_and_signed() {
+    let (r, c) = (5, 9);
+    let spec = Spec {
+        window: Some((128.0, 100.0)),
+        ..Spec::new(r, c, 8, 8, words(r * c, 8, 8, 5))
+    };
+    check(&spec, Default::default(), "u8_window.dcm");
+    let signed = Spec {
+        signed: true,
+        photometric: "MONOCHROME1",
+        window: None,
+        ..spec
+    };
+    check(&signed, Default::default(), "s8_m1_full.dcm");
+}
+
+#[test]
+fn dicom_loaded_through_input_load() {
+    let spec = Spec::new(4, 4, 16, 12, words(16, 12, 16, 6));
+    let path = write_dicom(&spec, "load.dcm");
+    let raw = input::load(&path).expect("load");
+    assert_eq!(raw.pixels.dtype(), DType::U16);
+    assert_eq!(raw.size(), (4, 4));
+    assert!(matches!(raw.range, PixelRange::Window { .. }));
+}
+
+fn err_of(r: medkern::Result<impl std::fmt::Debug>) -> String {
+    r.expect_err("expected an error").to_string()
+}
+
+#[test]
+fn dicom_bad_files_are_errors_naming_the_file() {
+    let good = Spec::new(4, 5, 16, 16, words(20, 16, 16, 7));
+    // Not DICOM.
+    let p = tmp("not_dicom.dcm");
+    std::fs::write(&p, b"hello, this is not a DICOM file at all").expect("write");
+    let e = err_of(dcm::read(&p, &Default::default()));
+    assert!(e.contains("not_dicom.dcm") && e.contains("DICM"), "{e}");
+    // Missing pixel data.
+    let p = write_dicom(
+        &Spec {
+            with_pixels: false,
+            ..good.clone()
+        },
+        "no_pixels.dcm",
+    );
+    let e = err_of(dcm::read(&p, &Default::default()));
+    assert!(
+        e.contains("no_pixels.dcm") && e.contains("Pixel Data"),
+        "{e}"
+    );
+    // Wrong length.
+    let p = write_dicom(
+        &Spec {
+            words: good.words[..12].to_vec(),
+            ..good.clone()
+        },
+        "short_pixels.dcm",
+    );
+    let e = err_of(dcm::read(&p, &Default::default()));
+    assert!(
+        e.contains("short_pixels.dcm") && e.contains("expected 40"),
+        "{e}"
+    );
+    // Unsupported photometric interpretation.
+    let p = write_dicom(
+        &Spec {
+            photometric: "RGB",
+            spp: 3,
+            ..good.clone()
+        },
+        "rgb.dcm",
+    );
+    let e = err_of(dcm::read(&p, &Default::default()));
+    assert!(e.contains("rgb.dcm") && e.contains("MONOCHROME"), "{e}");
+    // Bits Allocated 32.
+    let p = write_dicom(
+        &Spec {
+            alloc: 32,
+            stored: 32,
+            ..good.clone()
+        },
+        "bits32.dcm",
+    );
+    let e = err_of(dcm::read(&p, &Default::default()));
+    assert!(
+        e.contains("bits32.dcm") && e.contains("Bits Allocated"),
+        "{e}"
+    );
+    // A compressed transfer syntax (RLE Lossless): the UID patched in the meta group.
+    let p = write_dicom(&good, "rle.dcm");
+    let mut bytes = std::fs::read(&p).expect("read");
+    let from = dcm::EXPLICIT_VR_LE.as_bytes();
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("transfer syntax in meta");
+    bytes[at..at + from.len()].copy_from_slice(b"1.2.840.10008.1.2.5");
+    std::fs::write(&p, &bytes).expect("write");
+    let e = err_of(dcm::read(&p, &Default::default()));
+    assert!(
+        e.contains("rle.dcm") && e.contains("1.2.840.10008.1.2.5") && e.contains("RLE Lossless"),
+        "{e}"
+    );
+    // Truncated in the middle of the data set.
+    let p = write_dicom(&good, "truncated.dcm");
+    let bytes = std::fs::read(&p).expect("read");
+    std::fs::write(&p, &bytes[..bytes.len() - 30]).expect("write");
+    let e = err_of(dcm::read(&p, &Default::default()));
+    assert!(e.contains("truncated.dcm"), "{e}");
+    // A window of width <= 1.
+    let p = write_dicom(&good, "window.dcm");
+    let e = err_of(dcm::read(
+        &p,
+        &dcm::DicomOptions {
+            window: dcm::WindowChoice::Given {
+                center: 10.0,
+                width: 1.0,
+            },
+        },
+    ));
+    assert!(e.contains("window.dcm") && e.contains("width"), "{e}");
+    // Missing file.
+    let e = err_of(dcm::read(&tmp("does_not_exist.dcm"), &Default::default()));
+    assert!(e.contains("does_not_exist.dcm"), "{e}");
+}
+
+fn gradient_rgb(w: u32, h: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([
+            (x * 255 / w.max(2)) as u8,
+            (y * 255 / h.max(2)) as u8,
+            ((x + y) * 127 / (w + h)) as u8,
+        ])
+    })
+}
+
+#[test]
+fn png_round_trips_exactly() {
+    let (w, h) = (37, 23);
+    let rgb = gradient_rgb(w, h);
+    let p = tmp("rgb.png");
+    rgb.save(&p).expect("save");
+    let raw = input::load(&p).expect("load png");
+    assert_eq!(raw.pixels.shape(), [1, h as usize, w as usize, 3]);
+    assert_eq!(
+        raw.pixels.as_slice::<u8>().expect("u8"),
+        rgb.as_raw().as_slice()
+    );
+    assert_eq!(raw.range, PixelRange::Scale(255.0));
+
+    let grey = image::GrayImage::from_fn(w, h, |x, y| image::Luma([((x * 7 + y * 3) % 256) as u8]));
+    let p = tmp("grey.png");
+    grey.save(&p).expect("save");
+    let raw = input::load(&p).expect("load grey png");
+    assert_eq!(raw.pixels.shape(), [1, h as usize, w as usize, 1]);
+    assert_eq!(
+        raw.pixels.as_slice::<u8>().expect("u8"),
+        grey.as_raw().as_slice()
+    );
+
+    let g16 = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(w, h, |x, y| {
+        image::Luma([((x * 1777 + y * 911) % 65536) as u16])
+    });
+    let p = tmp("grey16.png");
+    g16.save(&p).expect("save");
+    let raw = input::load(&p).expect("load 16-bit png");
+    assert_eq!(raw.pixels.dtype(), DType::U16);
+    assert_eq!(
+        raw.pixels.as_slice::<u16>().expect("u16"),
+        g16.as_raw().as_slice()
+    );
+    assert_eq!(
+        raw.range,
+        PixelRange::Window {
+            lo: 0.0,
+            hi: 65535.0
+        }
+    );
+
+    // RGBA: alpha dropped.
+    let rgba = image::RgbaImage::from_fn(5, 4, |x, y| image::Rgba([x as u8, y as u8, 9, 17]));
+    let p = tmp("rgba.png");
+    rgba.save(&p).expect("save");
+    let raw = input::load(&p).expect("load rgba png");
+    assert_eq!(raw.pixels.shape(), [1, 4, 5, 3]);
+    let px = raw.pixels.as_slice::<u8>().expect("u8");
+    assert_eq!(&px[3 * 7..3 * 8], &[2, 1, 9]);
+
+    // Preprocessed on the CPU at the same size: ToTensor + ImageNet normalisation.
+    let y = input::load(&tmp("rgb.png"))
+        .expect("load")
+        .to_model_input(&Device::Cpu, (h as usize, w as usize), DType::F32)
+        .expect("preprocess")
+        .to_host()
+        .expect("host")
+        .to_f64();
+    let mean = medkern::ops::preprocess::IMAGENET_MEAN;
+    let std = medkern::ops::preprocess::IMAGENET_STD;
+    for (i, (&v, &g)) in rgb.as_raw().iter().zip(&y).enumerate() {
+        let c = i % 3;
+        let want = (f64::from(v) / 255.0 - f64::from(mean[c])) / f64::from(std[c]);
+        assert!((g - want).abs() < 1e-5, "element {i}: {g} vs {want}");
+    }
+}
+
+#[test]
+fn jpeg_round_trips_within_compression_error() {
+    let (w, h) = (64, 48);
+    let rgb = gradient_rgb(w, h);
+    let p = tmp("rgb.jpg");
+    rgb.save(&p).expect("save jpeg");
+    let raw = input::load(&p).expect("load jpeg");
+    assert_eq!(raw.pixels.shape(), [1, h as usize, w as usize, 3]);
+    let got = raw.pixels.as_slice::<u8>().expect("u8");
+    let mae = got
+        .iter()
+        .zip(rgb.as_raw())
+        .map(|(&a, &b)| (f64::from(a) - f64::from(b)).abs())
+        .sum::<f64>()
+        / got.len() as f64;
+    assert!(mae < 3.0, "JPEG mean abs error {mae}");
+
+    let grey = image::GrayImage::from_fn(w, h, |x, y| image::Luma([(x * 2 + y) as u8]));
+    let p = tmp("grey.jpg");
+    grey.save(&p).expect("save jpeg");
+    let raw = input::load(&p).expect("load grey jpeg");
+    assert_eq!(raw.pixels.shape(), [1, h as usize, w as usize, 1]);
+    let got = raw.pixels.as_slice::<u8>().expect("u8");
+    let mae = got
+        .iter()
+        .zip(grey.as_raw())
+        .map(|(&a, &b)| (f64::from(a) - f64::from(b)).abs())
+        .sum::<f64>()
+        / got.len() as f64;
+    assert!(mae < 3.0, "grey JPEG mean abs error {mae}");
+}
+
+#[test]
+fn corrupt_images_are_errors_naming_the_file() {
+    let rgb = gradient_rgb(20, 20);
+    let p = tmp("cut.png");
+    rgb.save(&p).expect("save");
+    let bytes = std::fs::read(&p).expect("read");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).expect("write");
+    let e = err_of(input::load(&p));
+    assert!(e.contains("cut.png") && e.contains("decode"), "{e}");
+
+    let p = tmp("noise.bin");
+    std::fs::write(&p, [7u8; 300]).expect("write");
+    let e = err_of(input::load(&p));
+    assert!(e.contains("noise.bin") && e.contains("PNG"), "{e}");
+
+    let p = tmp("empty.png");
+    std::fs::write(&p, []).expect("write");
+    let e = err_of(input::load(&p));
+    assert!(e.contains("empty.png"), "{e}");
+
+    let e = err_of(input::load(&tmp("missing.png")));
+    assert!(e.contains("missing.png"), "{e}");
+}
+
+/// The decoded images preprocessed on the GPU (resize, window, ImageNet normalisation, grey →
+/// RGB) against the CPU reference; counted SKIP without a GPU.
+#[test]
+fn gpu_preprocess_of_decoded_images_matches_cpu() {
+    let Some(dev) = common::test_device("input::gpu_preprocess_of_decoded_images_matches_cpu")
+    else {
+        return;
+    };
+    let (r, c) = (48, 64);
+    let spec = Spec {
+        photometric: "MONOCHROME1",
+        signed: true,
+        slope: Some(1.5),
+        intercept: Some(-200.0),
+        window: Some((300.0, 2500.0)),
+        ..Spec::new(r, c, 16, 12, words(r * c, 12, 16, 11))
+    };
+    let dcm_path = write_dicom(&spec, "gpu.dcm");
+    let png_path = tmp("gpu.png");
+    gradient_rgb(45, 31).save(&png_path).expect("png");
+    for path in [dcm_path, png_path] {
+        let raw = input::load(&path).expect("load");
+        for dt in [DType::F32, DType::F16, DType::BF16] {
+            let want = raw
+                .to_model_input(&Device::Cpu, (37, 53), DType::F32)
+                .expect("cpu")
+                .to_host()
+                .expect("host")
+                .to_f64();
+            let got = raw
+                .to_model_input(&dev, (37, 53), dt)
+                .expect("gpu")
+                .to_host()
+                .expect("host")
+                .to_f64();
+            let eps = match dt {
+                DType::F32 => 1e-5,
+                DType::F16 => 2e-3,
+                _ => 1.6e-2,
+            };
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= eps * (1.0 + w.abs()),
+                    "{} {dt} element {i}: gpu {g} vs cpu {w}",
+                    path.display()
+                );
+            }
+        }
+    }
+}
