@@ -984,15 +984,16 @@ struct Family {
     inter: usize,
     /// ALBERT's embedding width E (unused for DistilBERT).
     emb: usize,
-    /// ALBERT layer groups (1 = one layer shared by every depth).
+    /// ALBERT layer groups (1 = one layer shared by every depth), and layers per group.
     groups: usize,
+    inner: usize,
     /// The activation as the family's config names it.
     act: &'static str,
     labels: usize,
     seed: u64,
 }
 
-const FAMILIES: [Family; 4] = [
+const FAMILIES: [Family; 5] = [
     Family {
         name: "distilbert-relu",
         model_type: "distilbert",
@@ -1002,6 +1003,7 @@ const FAMILIES: [Family; 4] = [
         inter: 128,
         emb: 0,
         groups: 1,
+        inner: 1,
         act: "relu",
         labels: 3,
         seed: 21,
@@ -1015,6 +1017,7 @@ const FAMILIES: [Family; 4] = [
         inter: 192,
         emb: 0,
         groups: 1,
+        inner: 1,
         act: "gelu_new",
         labels: 2,
         seed: 22,
@@ -1028,9 +1031,24 @@ const FAMILIES: [Family; 4] = [
         inter: 128,
         emb: 32,
         groups: 1,
+        inner: 1,
         act: "gelu_new",
         labels: 2,
         seed: 23,
+    },
+    Family {
+        name: "albert-1group-2inner",
+        model_type: "albert",
+        hidden: 64,
+        heads: 2,
+        layers: 2,
+        inter: 128,
+        emb: 32,
+        groups: 1,
+        inner: 2,
+        act: "gelu_new",
+        labels: 2,
+        seed: 25,
     },
     Family {
         name: "albert-2groups",
@@ -1041,6 +1059,7 @@ const FAMILIES: [Family; 4] = [
         inter: 128,
         emb: 48,
         groups: 2,
+        inner: 1,
         act: "gelu",
         labels: 4,
         seed: 24,
@@ -1068,7 +1087,7 @@ impl Family {
                 "vocab_size": VOCAB, "embedding_size": self.emb, "hidden_size": self.hidden,
                 "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
                 "intermediate_size": self.inter, "hidden_act": self.act,
-                "num_hidden_groups": self.groups, "inner_group_num": 1,
+                "num_hidden_groups": self.groups, "inner_group_num": self.inner,
                 "max_position_embeddings": MAX_POS, "type_vocab_size": TYPES,
                 "layer_norm_eps": 1e-12,
             })
@@ -1119,7 +1138,7 @@ impl Family {
         let stored = if self.distil() {
             self.layers
         } else {
-            self.groups
+            self.groups * self.inner
         };
         for l in 0..stored {
             let names: [String; 8] = if self.distil() {
@@ -1135,7 +1154,8 @@ impl Family {
                     format!("{p}.output_layer_norm"),
                 ]
             } else {
-                let p = format!("encoder.albert_layer_groups.{l}.albert_layers.0");
+                let (g, i) = (l / self.inner, l % self.inner);
+                let p = format!("encoder.albert_layer_groups.{g}.albert_layers.{i}");
                 [
                     format!("{p}.attention.query"),
                     format!("{p}.attention.key"),
@@ -1223,9 +1243,9 @@ impl Family {
         // ALBERT: depth l runs group l / (L / groups), written under BERT names.
         let mut enc = Weights::new();
         let per = self.layers / self.groups;
-        for l in 0..self.layers {
-            let g = l / per;
-            let p = format!("albert.encoder.albert_layer_groups.{g}.albert_layers.0");
+        for l in 0..self.layers * self.inner {
+            let (g, i) = ((l / self.inner) / per, l % self.inner);
+            let p = format!("albert.encoder.albert_layer_groups.{g}.albert_layers.{i}");
             for (ours, theirs) in [
                 ("attention.self.query", "attention.query"),
                 ("attention.self.key", "attention.key"),
@@ -1245,7 +1265,7 @@ impl Family {
             }
         }
         let cfg = cbert::Config {
-            num_hidden_layers: self.layers,
+            num_hidden_layers: self.layers * self.inner,
             hidden_size: self.hidden,
             num_attention_heads: self.heads,
             intermediate_size: self.inter,
@@ -1495,8 +1515,37 @@ fn family_bad_inputs_are_errors() {
         DType::F32,
     ));
     assert!(e.contains(name) && e.contains("missing"), "{e}");
+    // Heads sit outside the encoder prefix in task checkpoints, and are named so.
+    let mut w = f.weights();
+    assert!(w.remove("pre_classifier.bias").is_some());
+    let e = err_of(BertModel::from_safetensors(
+        f.config(),
+        &safetensors_bytes(&w),
+        &Device::Cpu,
+        DType::F32,
+    ));
+    assert!(e.contains("missing tensor pre_classifier.bias"), "{e}");
+    // A layer of a group the config does not have is not loaded in another's place.
+    let f2 = &FAMILIES[2];
+    let mut v = f2.config_json();
+    v["num_hidden_groups"] = serde_json::json!(3);
+    v["num_hidden_layers"] = serde_json::json!(3);
+    let e = err_of(BertModel::from_safetensors(
+        BertConfig::from_value(&v).expect("config"),
+        &safetensors_bytes(&f2.weights()),
+        &Device::Cpu,
+        DType::F32,
+    ));
+    assert!(
+        e.contains("albert.encoder.albert_layer_groups.1.albert_layers.0"),
+        "{e}"
+    );
+    let mut v = f2.config_json();
+    v["num_hidden_layers"] = serde_json::json!(1_000_000_000u64);
+    let e = BertConfig::from_value(&v).expect_err("huge").to_string();
+    assert!(e.contains("num_hidden_layers"), "{e}");
     // ALBERT groups must divide the depth; groups are ALBERT-only; unknown families fail.
-    let mut v = FAMILIES[3].config_json();
+    let mut v = FAMILIES[4].config_json();
     v["num_hidden_groups"] = serde_json::json!(3);
     let e = BertConfig::from_value(&v).expect_err("groups").to_string();
     assert!(e.contains("num_hidden_groups"), "{e}");

@@ -217,6 +217,21 @@ impl BertConfig {
                 ),
             ));
         }
+        // Bounds well past any real encoder, so sizes derived from them cannot overflow.
+        const MAX_LAYERS: usize = 1024;
+        if c.num_hidden_layers > MAX_LAYERS
+            || c.num_hidden_groups > MAX_LAYERS
+            || c.inner_group_num > MAX_LAYERS
+        {
+            return Err(invalid(
+                "config",
+                format!(
+                    "num_hidden_layers {} / num_hidden_groups {} / inner_group_num {}; expected \
+                     at most {MAX_LAYERS} each",
+                    c.num_hidden_layers, c.num_hidden_groups, c.inner_group_num
+                ),
+            ));
+        }
         let groups = (c.num_hidden_groups, c.inner_group_num);
         if groups.0 == 0
             || groups.1 == 0
@@ -295,6 +310,11 @@ impl BertConfig {
                     let (g, rest) = rest.split_once(".albert_layers.")?;
                     let (i, rest) = rest.split_once('.')?;
                     let (g, i): (usize, usize) = (g.parse().ok()?, i.parse().ok()?);
+                    // Layers outside the config's groups are not this model's (and must not
+                    // alias another group's slot).
+                    if g >= self.num_hidden_groups || i >= self.inner_group_num {
+                        return None;
+                    }
                     (g * self.inner_group_num + i, rest)
                 }
                 _ => {
@@ -414,14 +434,14 @@ struct Weights<'a> {
 
 impl Weights<'_> {
     fn missing(&self, name: &str) -> Error {
-        invalid(
-            "weights",
-            format!(
-                "missing tensor {}{}",
-                self.prefix,
-                self.config.family_name(name)
-            ),
-        )
+        let theirs = self.config.family_name(name);
+        // Task checkpoints keep their heads outside the encoder prefix.
+        let prefix = if theirs.starts_with("classifier.") || theirs.starts_with("pre_classifier.") {
+            ""
+        } else {
+            self.prefix
+        };
+        invalid("weights", format!("missing tensor {prefix}{theirs}"))
     }
     fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
         self.names
@@ -915,6 +935,12 @@ impl BertModel {
     /// Sentence embeddings: the last hidden state pooled per sequence (mean over its tokens, or
     /// its first token), in f32 on the host.
     pub fn embed(&self, ids: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
+        if let Some(b) = ids.iter().position(Vec::is_empty) {
+            return Err(invalid(
+                "ids",
+                format!("sequence {b} is empty; pooling needs at least one token"),
+            ));
+        }
         let (x, cu) = self.forward(ids, None)?;
         let h = self.config.hidden_size;
         let v = x.to_host()?.to_f64();

@@ -204,7 +204,8 @@ impl Checkpoint {
         )
     }
 
-    /// Attention-head importance by ablation (the exact form of Michel et al. 2019's proxy):
+    /// Attention-head importance by ablation (Michel et al. 2019 ablate heads too, but rank
+    /// them by a gradient proxy on a task loss; this needs no labels or gradients):
     /// for each stored layer and head, `1 - mean cosine` between the mean-pooled embeddings of
     /// `ids` with that head's output zeroed and the unpruned model's. Higher = more important.
     /// `progress(done, total)` is called after each head.
