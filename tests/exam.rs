@@ -873,3 +873,277 @@ fn cli_classify_and_autoencode_folders() {
             .contains("bad.png")
     );
 }
+
+/// A NaN / ±inf weight is an error naming the tensor (not a NaN prediction).
+#[test]
+fn non_finite_weights_are_errors() {
+    let cfg = small_config();
+    let meta = HashMap::from([(
+        CONFIG_KEY.to_string(),
+        serde_json::to_string(&cfg).expect("json"),
+    )]);
+    for (name, bad) in [
+        ("fusion.bias", f32::NAN),
+        ("emr.cross.1.weight", f32::INFINITY),
+        ("head.oxygen.weight", f32::NEG_INFINITY),
+    ] {
+        let mut t = exam::random_head_tensors(&cfg, 1);
+        let i = t.iter().position(|(n, _, _)| n == name).expect(name);
+        let last = t[i].2.len() - 1;
+        t[i].2[last] = bad;
+        let bytes = exam::to_safetensors(&t, meta.clone()).expect("bytes");
+        let e = ExamHead::from_safetensors(&bytes, &Device::Cpu)
+            .err()
+            .unwrap_or_else(|| panic!("{name} = {bad} was accepted"))
+            .to_string();
+        assert!(e.contains(name) && e.contains("non-finite"), "{e}");
+    }
+}
+
+/// Finite weights that overflow f32 in the ordinal head (an infinite or NaN score) make
+/// `forward` an error saying "non-finite", never a prediction (non-finite scores used to give
+/// class 0, room_air); so do non-finite image features (an overflowing trunk), which the
+/// fusion ReLU would otherwise turn into a finite, meaningless prediction.
+#[test]
+fn non_finite_outputs_are_errors_not_room_air() {
+    let cfg = small_config();
+    let recs = [json!({"age": 50, "crp": 10, "device": "niv"})];
+    let emr1 = Tensor::Host(emr_tensor(&cfg.emr, &recs));
+    let img1 = Tensor::Host(
+        HostTensor::from_f64(
+            &[1, cfg.image_features],
+            &random_features(1, cfg.image_features, 2),
+            DType::F32,
+        )
+        .expect("t"),
+    );
+    let meta = HashMap::from([(
+        CONFIG_KEY.to_string(),
+        serde_json::to_string(&cfg).expect("json"),
+    )]);
+    let mut t = exam::random_head_tensors(&cfg, 1);
+    for (name, _, v) in &mut t {
+        if name == "fusion.bias" {
+            v.iter_mut().for_each(|x| *x = 10.0);
+        }
+        if name == "head.ordinal.weight" {
+            // ±3e38 × z (z ≈ 10) overflows: the score is ±inf or NaN.
+            for (k, x) in v.iter_mut().enumerate() {
+                *x = if k % 2 == 0 { 3e38 } else { -3e38 };
+            }
+        }
+    }
+    let bytes = exam::to_safetensors(&t, meta).expect("bytes");
+    let overflow = ExamHead::from_safetensors(&bytes, &Device::Cpu).expect("finite weights");
+    let e = overflow
+        .forward(&img1, &emr1)
+        .expect_err("a non-finite score gave a prediction")
+        .to_string();
+    assert!(e.contains("exam") && e.contains("non-finite"), "{e}");
+
+    let head = ExamHead::random(&cfg, 1, &Device::Cpu).expect("head");
+    let recs = [json!({"age": 50, "crp": 10, "device": "niv"}), json!({})];
+    let emr = Tensor::Host(emr_tensor(&cfg.emr, &recs));
+    let f = cfg.image_features;
+    let ok = random_features(2, f, 3);
+    assert_eq!(
+        head.forward(
+            &Tensor::Host(HostTensor::from_f64(&[2, f], &ok, DType::F32).expect("t")),
+            &emr
+        )
+        .expect("finite")
+        .len(),
+        2
+    );
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let mut v = ok.clone();
+        for x in &mut v[f..] {
+            *x = bad;
+        }
+        let img = Tensor::Host(HostTensor::from_f64(&[2, f], &v, DType::F32).expect("t"));
+        let e = head
+            .forward(&img, &emr)
+            .expect_err("non-finite features gave a prediction")
+            .to_string();
+        assert!(e.contains("exam") && e.contains("non-finite"), "{bad}: {e}");
+    }
+}
+
+/// Config sizes from a file's metadata are bounded before anything is allocated for them
+/// (1e12 cross layers used to abort on memory) and the fusion width cannot overflow.
+#[test]
+fn oversized_configs_are_errors_naming_the_field() {
+    let base = small_config();
+    let cases: Vec<(ExamConfig, &str)> = vec![
+        (
+            ExamConfig {
+                cross_layers: 1_000_000_000_000,
+                ..base.clone()
+            },
+            "cross_layers",
+        ),
+        (
+            ExamConfig {
+                cross_layers: exam::MAX_CROSS_LAYERS + 1,
+                ..base.clone()
+            },
+            "cross_layers",
+        ),
+        (
+            ExamConfig {
+                deep: vec![4; exam::MAX_DEEP_LAYERS + 1],
+                ..base.clone()
+            },
+            "deep",
+        ),
+        (
+            ExamConfig {
+                deep: vec![16, exam::MAX_WIDTH + 1],
+                ..base.clone()
+            },
+            "deep[1]",
+        ),
+        (
+            ExamConfig {
+                fusion: 1 << 40,
+                ..base.clone()
+            },
+            "fusion",
+        ),
+        (
+            ExamConfig {
+                image_features: usize::MAX,
+                ..base.clone()
+            },
+            "image_features",
+        ),
+        (
+            ExamConfig {
+                image_features: usize::MAX - 10,
+                deep: vec![usize::MAX],
+                ..base.clone()
+            },
+            "image_features",
+        ),
+    ];
+    for (cfg, field) in cases {
+        let e = cfg.validate().expect_err(field).to_string();
+        assert!(e.contains(field), "{field}: {e}");
+        // Through a file's metadata (no tensors at all: the config is refused first).
+        let meta = HashMap::from([(
+            CONFIG_KEY.to_string(),
+            serde_json::to_string(&cfg).expect("json"),
+        )]);
+        let bytes = exam::to_safetensors(&[], meta).expect("bytes");
+        let e = ExamHead::from_safetensors(&bytes, &Device::Cpu)
+            .err()
+            .expect("head")
+            .to_string();
+        assert!(e.contains(field), "{field}: {e}");
+        assert!(ExamHead::random(&cfg, 1, &Device::Cpu).is_err(), "{field}");
+    }
+    // The limits themselves are fine.
+    ExamConfig {
+        cross_layers: exam::MAX_CROSS_LAYERS,
+        ..base.clone()
+    }
+    .validate()
+    .expect("max cross layers");
+}
+
+/// With the ResNet-34 trunk, a config whose image_features is not 512 is refused before the
+/// head is read (here the head has no tensors at all).
+#[test]
+fn resnet_checkpoint_checks_image_features_first() {
+    let cfg = small_config();
+    let meta = HashMap::from([(
+        CONFIG_KEY.to_string(),
+        serde_json::to_string(&cfg).expect("json"),
+    )]);
+    let bytes = exam::to_safetensors(&[], meta).expect("bytes");
+    let e = ExamModel::from_safetensors(&bytes, &Device::Cpu, DType::F32)
+        .err()
+        .expect("image_features 24")
+        .to_string();
+    assert!(e.contains("image_features 24") && e.contains("512"), "{e}");
+}
+
+/// `medkern autoencode --clusters k` with k above the number of encoded images: the per-file
+/// results are still printed, with a "clusters_error", and the exit status is non-zero.
+/// `medkern classify` with weights that overflow to non-finite probabilities: an error entry
+/// for the image, never a class.
+#[test]
+fn cli_clusters_error_and_non_finite_probabilities() {
+    let dir = std::env::temp_dir().join(format!("medkern-cnn-cli2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let frames: Vec<std::path::PathBuf> = (0..2)
+        .map(|i| {
+            let p = dir.join(format!("f{i}.png"));
+            image::RgbImage::from_fn(48, 40, |x, y| {
+                image::Rgb([(x * 3 + i * 60) as u8, (y * 5) as u8, 200])
+            })
+            .save(&p)
+            .expect("save");
+            p
+        })
+        .collect();
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_medkern"))
+            .args(args)
+            .output()
+            .expect("run medkern");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, stdout, stderr) = run(&[
+        "autoencode".as_ref(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "--clusters".as_ref(),
+        "5".as_ref(),
+        frames[0].as_os_str(),
+        frames[1].as_os_str(),
+    ]);
+    assert!(!ok, "k = 5 > 2 images must fail the exit status: {stdout}");
+    let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let r = v["results"].as_array().expect("results");
+    assert_eq!(r.len(), 2);
+    assert!(r.iter().all(|x| x["mse"].as_f64().is_some()));
+    assert!(
+        v["clusters_error"]
+            .as_str()
+            .expect("clusters_error")
+            .contains("k = 5")
+    );
+    assert!(stderr.contains("k = 5"), "{stderr}");
+
+    // Sepsis weights whose fc overflows f32: both logits +inf, softmax NaN.
+    let mut w = medkern::model::sepsis::random_sepsis(0);
+    for name in ["fc.weight", "fc.bias"] {
+        let t = w.tensors.get_mut(name).expect(name);
+        t.1.iter_mut().for_each(|x| *x = 3e38);
+    }
+    let weights = dir.join("sepsis_overflow.safetensors");
+    std::fs::write(&weights, w.to_safetensors().expect("bytes")).expect("weights");
+    let (ok, stdout, stderr) = run(&[
+        "classify".as_ref(),
+        "--model".as_ref(),
+        "sepsis".as_ref(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        frames[0].as_os_str(),
+    ]);
+    assert!(!ok, "{stdout}");
+    let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let r = &v["results"][0];
+    assert!(r.get("class").is_none(), "{r}");
+    assert!(
+        r["error"].as_str().expect("error").contains("non-finite"),
+        "{r}"
+    );
+}

@@ -6,7 +6,7 @@
 
 mod common;
 
-use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{InMemDicomObject, meta::FileMetaTableBuilder};
 use medkern::input::{self, dicom as dcm};
@@ -37,6 +37,8 @@ struct Spec {
     words: Vec<u16>,
     with_pixels: bool,
     spp: u16,
+    /// Elements written last, replacing the ones above (crafted files).
+    overrides: Vec<(Tag, VR, PrimitiveValue)>,
 }
 
 impl Spec {
@@ -55,6 +57,7 @@ impl Spec {
             words,
             with_pixels: true,
             spp: 1,
+            overrides: vec![],
         }
     }
 }
@@ -143,6 +146,9 @@ fn write_dicom(spec: &Spec, name: &str) -> PathBuf {
         };
         let vr = if spec.alloc == 8 { VR::OB } else { VR::OW };
         put(&mut obj, tags::PIXEL_DATA, vr, bytes.into());
+    }
+    for (tag, vr, v) in &spec.overrides {
+        put(&mut obj, *tag, *vr, v.clone());
     }
     let file = obj
         .with_meta(FileMetaTableBuilder::new().transfer_syntax(spec.ts))
@@ -482,18 +488,23 @@ fn dicom_bad_files_are_errors_naming_the_file() {
     std::fs::write(&p, &bytes[..bytes.len() - 30]).expect("write");
     let e = err_of(dcm::read(&p, &Default::default()));
     assert!(e.contains("truncated.dcm"), "{e}");
-    // A window of width <= 1.
+    // A window of width < 1.
     let p = write_dicom(&good, "window.dcm");
-    let e = err_of(dcm::read(
-        &p,
-        &dcm::DicomOptions {
-            window: dcm::WindowChoice::Given {
-                center: 10.0,
-                width: 1.0,
+    for width in [0.5, 0.0, -3.0] {
+        let e = err_of(dcm::read(
+            &p,
+            &dcm::DicomOptions {
+                window: dcm::WindowChoice::Given {
+                    center: 10.0,
+                    width,
+                },
             },
-        },
-    ));
-    assert!(e.contains("window.dcm") && e.contains("width"), "{e}");
+        ));
+        assert!(
+            e.contains("window.dcm") && e.contains("expected width >= 1"),
+            "{e}"
+        );
+    }
     // Missing file.
     let e = err_of(dcm::read(&tmp("does_not_exist.dcm"), &Default::default()));
     assert!(e.contains("does_not_exist.dcm"), "{e}");
@@ -683,4 +694,144 @@ fn gpu_preprocess_of_decoded_images_matches_cpu() {
             }
         }
     }
+}
+
+/// Rows / Columns are US (16-bit) in the standard; a crafted file may carry them as IS or SV
+/// with values whose product × bytes per pixel wraps around (2^32 × 2^31 × 2 = 2^64 ≡ 0, so
+/// empty Pixel Data "fits"): an error naming the file and the attribute, never a panic.
+#[test]
+fn dicom_huge_rows_or_columns_are_errors() {
+    let crafted = |name: &str, overrides: Vec<(Tag, VR, PrimitiveValue)>| {
+        let spec = Spec {
+            overrides,
+            ..Spec::new(1, 1, 16, 16, vec![])
+        };
+        let p = write_dicom(&spec, name);
+        err_of(dcm::read(&p, &Default::default()))
+    };
+    let e = crafted(
+        "huge_is_sv.dcm",
+        vec![
+            (tags::ROWS, VR::IS, "4294967296".into()),
+            (tags::COLUMNS, VR::SV, PrimitiveValue::from(1i64 << 31)),
+        ],
+    );
+    assert!(
+        e.contains("huge_is_sv.dcm") && e.contains("Rows") && e.contains("4294967296"),
+        "{e}"
+    );
+    let e = crafted(
+        "huge_sv_sv.dcm",
+        vec![
+            (tags::ROWS, VR::SV, PrimitiveValue::from(1i64 << 31)),
+            (tags::COLUMNS, VR::SV, PrimitiveValue::from(1i64 << 33)),
+        ],
+    );
+    assert!(e.contains("huge_sv_sv.dcm") && e.contains("Rows"), "{e}");
+    let e = crafted("wide.dcm", vec![(tags::COLUMNS, VR::IS, "65536".into())]);
+    assert!(
+        e.contains("wide.dcm") && e.contains("Columns") && e.contains("65535"),
+        "{e}"
+    );
+    let e = crafted("negative.dcm", vec![(tags::ROWS, VR::IS, "-2".into())]);
+    assert!(e.contains("negative.dcm") && e.contains("Rows"), "{e}");
+    // The largest US values are accepted as far as the size goes (the Pixel Data is short).
+    let e = crafted(
+        "max_us.dcm",
+        vec![
+            (tags::ROWS, VR::US, PrimitiveValue::from(u16::MAX)),
+            (tags::COLUMNS, VR::US, PrimitiveValue::from(u16::MAX)),
+        ],
+    );
+    assert!(
+        e.contains("max_us.dcm") && e.contains("Pixel Data has 0 bytes"),
+        "{e}"
+    );
+}
+
+/// An unparseable Number of Frames is an error, not one frame.
+#[test]
+fn dicom_unparseable_number_of_frames_is_an_error() {
+    let spec = Spec::new(4, 5, 16, 16, words(20, 16, 16, 8));
+    let ok = Spec {
+        overrides: vec![(tags::NUMBER_OF_FRAMES, VR::IS, "1".into())],
+        ..spec.clone()
+    };
+    dcm::read(&write_dicom(&ok, "frames_1.dcm"), &Default::default()).expect("1 frame");
+    for (name, v) in [("frames_abc.dcm", "abc"), ("frames_float.dcm", "1.5x")] {
+        let bad = Spec {
+            overrides: vec![(tags::NUMBER_OF_FRAMES, VR::IS, v.into())],
+            ..spec.clone()
+        };
+        let e = err_of(dcm::read(&write_dicom(&bad, name), &Default::default()));
+        assert!(e.contains(name) && e.contains("Number of Frames"), "{e}");
+    }
+}
+
+/// Window Width 1 is allowed (PS3.3 C.11.2.1.2.1): a step, `m <= c - 0.5` → 0, above → 1
+/// (inverted for MONOCHROME1), checked on pixels exactly at, below and above the threshold,
+/// with and without rescale, mirroring and a negative slope.
+#[test]
+fn dicom_window_width_one_is_a_step() {
+    let step = |center: f64| dcm::DicomOptions {
+        window: dcm::WindowChoice::Given { center, width: 1.0 },
+    };
+    // 16-bit unsigned: threshold at stored 1000 (c − 0.5 = 1000), and between 1000 and 1001.
+    let mut w = words(60, 16, 16, 11);
+    w[3..8].copy_from_slice(&[999, 1000, 1001, 0, 65535]);
+    let spec = Spec::new(6, 10, 16, 16, w);
+    for (c, name) in [(1000.5, "step_u16_int.dcm"), (1000.75, "step_u16_frac.dcm")] {
+        check(&spec, step(c), name);
+        let m1 = Spec {
+            photometric: "MONOCHROME1",
+            ..spec.clone()
+        };
+        check(&m1, step(c), &format!("m1_{name}"));
+    }
+    // Thresholds outside the stored range: everything on one side.
+    check(&spec, step(-100.0), "step_u16_below.dcm");
+    check(&spec, step(1e6), "step_u16_above.dcm");
+    // The file's own window of width 1.
+    check(
+        &Spec {
+            window: Some((1000.5, 1.0)),
+            ..spec.clone()
+        },
+        Default::default(),
+        "step_u16_file.dcm",
+    );
+    // Signed, negative slope: m = 100 − s/2; c − 0.5 = 80 at s = 40.
+    let mut w = words(42, 16, 16, 12);
+    w[3..6].copy_from_slice(&[39, 40, 41]);
+    let spec = Spec {
+        signed: true,
+        slope: Some(-0.5),
+        intercept: Some(100.0),
+        ..Spec::new(6, 7, 16, 16, w)
+    };
+    for (c, name) in [
+        (80.5, "step_negslope.dcm"),
+        (80.25, "step_negslope_frac.dcm"),
+    ] {
+        check(&spec, step(c), name);
+        let m1 = Spec {
+            photometric: "MONOCHROME1",
+            ..spec.clone()
+        };
+        check(&m1, step(c), &format!("m1_{name}"));
+    }
+    // 12-bit with a positive rescale: m = 2s − 1024; c − 0.5 = −24 at s = 500.
+    let mut w = words(40, 12, 16, 13);
+    w[3..6].copy_from_slice(&[499, 500, 501]);
+    let spec = Spec {
+        slope: Some(2.0),
+        intercept: Some(-1024.0),
+        photometric: "MONOCHROME1",
+        ..Spec::new(5, 8, 16, 12, w)
+    };
+    check(&spec, step(-23.5), "step_u12_m1_rescale.dcm");
+    // 8-bit.
+    let mut w = words(45, 8, 8, 14);
+    w[3..6].copy_from_slice(&[99, 100, 101]);
+    check(&Spec::new(5, 9, 8, 8, w), step(100.5), "step_u8.dcm");
 }

@@ -13,7 +13,9 @@
 //! - the VOI window: the caller's, else the file's first Window Center / Width, else the full
 //!   range of the stored values; DICOM's LINEAR function (PS3.3 C.11.2.1.2):
 //!   `t = clamp((m − (c − 0.5)) / (w − 1) + 0.5, 0, 1)`, i.e. `lo = c − 0.5 − (w − 1)/2`,
-//!   `hi = c − 0.5 + (w − 1)/2`, `t = clamp((m − lo)/(hi − lo))`;
+//!   `hi = c − 0.5 + (w − 1)/2`, `t = clamp((m − lo)/(hi − lo))`, for `w > 1`; `w = 1` is a
+//!   step (C.11.2.1.2.1): `t = 0` for `m ≤ c − 0.5`, `1` above, exactly on the integer stored
+//!   values; `w < 1` is an error;
 //! - MONOCHROME1 (white = low values) is inverted: `t → 1 − t`, so every output is
 //!   "bright = dense", as MONOCHROME2.
 //!
@@ -215,11 +217,15 @@ fn decode(
 ) -> Result<DicomImage> {
     let rows = required(obj, path, tags::ROWS, "Rows")?;
     let cols = required(obj, path, tags::COLUMNS, "Columns")?;
-    if rows < 1 || cols < 1 {
-        return Err(bad_file(
-            path,
-            format!("image is {rows}x{cols}; expected Rows and Columns >= 1"),
-        ));
+    // Rows and Columns are US (unsigned 16-bit) in the standard; a file may still carry them
+    // under another VR (IS, SV...), whose values must not reach the size arithmetic.
+    for (name, tag, v) in [("Rows", tags::ROWS, rows), ("Columns", tags::COLUMNS, cols)] {
+        if !(1..=i64::from(u16::MAX)).contains(&v) {
+            return Err(bad_file(
+                path,
+                format!("{name} {tag} is {v}; expected 1..=65535 (an unsigned 16-bit US value)"),
+            ));
+        }
     }
     let (rows, cols) = (rows as usize, cols as usize);
     let spp = uint(obj, path, tags::SAMPLES_PER_PIXEL, "Samples per Pixel")?.unwrap_or(1);
@@ -251,7 +257,15 @@ fn decode(
     }
     let frames = match obj.get(tags::NUMBER_OF_FRAMES) {
         None => 1,
-        Some(e) => e.to_int::<i64>().unwrap_or(1),
+        Some(e) => e.to_int::<i64>().map_err(|err| {
+            bad_file(
+                path,
+                format!(
+                    "Number of Frames {}: not an integer ({err}); expected 1 (a single frame)",
+                    tags::NUMBER_OF_FRAMES
+                ),
+            )
+        })?,
     };
     if frames != 1 {
         return Err(bad_file(
@@ -315,9 +329,19 @@ fn decode(
             format!("Pixel Data is not native (uncompressed) data: {e}"),
         )
     })?;
-    let n = rows * cols;
     let bytes_per = (alloc / 8) as usize;
-    let need = n * bytes_per;
+    let (n, need) = match rows
+        .checked_mul(cols)
+        .and_then(|n| Some((n, n.checked_mul(bytes_per)?)))
+    {
+        Some(v) => v,
+        None => {
+            return Err(bad_file(
+                path,
+                format!("image of {rows} rows × {cols} columns × {bytes_per} byte(s) is too large"),
+            ));
+        }
+    };
     // Odd lengths are padded to even in the file: allow one trailing byte.
     if raw.len() < need || raw.len() > need + 1 {
         return Err(bad_file(
@@ -378,27 +402,42 @@ fn decode(
             })
         }
     };
-    if !(center.is_finite() && width.is_finite() && width > 1.0) {
+    if !(center.is_finite() && width.is_finite() && width >= 1.0) {
         return Err(bad_file(
             path,
-            format!("window center {center}, width {width}; expected finite values with width > 1"),
+            format!("window center {center}, width {width}; expected width >= 1 (finite values)"),
         ));
     }
-    let lo_m = center - 0.5 - (width - 1.0) / 2.0;
-    let hi_m = center - 0.5 + (width - 1.0) / 2.0;
     // Back to u units: stored = (m − intercept)/slope, u = stored − min_stored.
     let to_u = |m: f64| (m - intercept) / slope - min_stored as f64;
-    let (a, b) = (to_u(lo_m), to_u(hi_m));
-    let (lo_u, hi_u) = (a.min(b), a.max(b));
     let mirrored = monochrome1 ^ (slope < 0.0);
-    let (pixels, lo, hi) = if mirrored {
-        let m: Vec<u16> = u
-            .iter()
-            .map(|&v| (max_u as u32 - u32::from(v)) as u16)
-            .collect();
-        (m, max_u - hi_u, max_u - lo_u)
+    let mirror = |v: f64| if mirrored { max_u - v } else { v };
+    let (lo, hi) = if width == 1.0 {
+        // A step (PS3.3 C.11.2.1.2.1, w = 1): m ≤ c − 0.5 → 0, m > c − 0.5 → 1 (before the
+        // MONOCHROME1 inversion). In the kernel's (possibly mirrored) u units the display value
+        // is 1 exactly where u > t (MONOCHROME2) or u ≥ t (MONOCHROME1, the inverted step), t
+        // the threshold there: with integer u that is the window [k, k + 1] for the last u
+        // whose display value is 0, k in [−1, max_u].
+        let t = mirror(to_u(center - 0.5));
+        let k = if monochrome1 {
+            t.ceil() - 1.0
+        } else {
+            t.floor()
+        };
+        let k = k.clamp(-1.0, max_u);
+        (k, k + 1.0)
     } else {
-        (u, lo_u, hi_u)
+        let lo_m = center - 0.5 - (width - 1.0) / 2.0;
+        let hi_m = center - 0.5 + (width - 1.0) / 2.0;
+        let (a, b) = (mirror(to_u(lo_m)), mirror(to_u(hi_m)));
+        (a.min(b), a.max(b))
+    };
+    let pixels = if mirrored {
+        u.iter()
+            .map(|&v| (max_u as u32 - u32::from(v)) as u16)
+            .collect()
+    } else {
+        u
     };
     Ok(DicomImage {
         pixels: HostTensor::new(&[1, rows, cols, 1], pixels)?,

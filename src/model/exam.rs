@@ -29,6 +29,11 @@
 //! | `head.ordinal.thresholds` | `[4]`, strictly increasing |
 //! | `image.*` | a torchvision ResNet-34 `state_dict()` (its `fc` is read, any row count, but unused) |
 //!
+//! The config is checked before any tensor is read ([`ExamConfig::validate`]: widths up to
+//! [`MAX_WIDTH`], at most [`MAX_CROSS_LAYERS`] cross and [`MAX_DEEP_LAYERS`] deep layers); a
+//! non-finite weight (NaN, ±inf) is an error naming the tensor, and so is a non-finite output
+//! of [`ExamHead::forward`] (never a class).
+//!
 //! Without the metadata key the file must fit [`ExamConfig::default`]: 512-d image features, 3
 //! cross layers, deep MLP 128 → 64, fusion 256, the default 20-feature EMR list (D = 46).
 //! Every name and shape is checked; a tensor under `emr.`, `fusion.` or `head.` that the
@@ -108,7 +113,18 @@ impl Default for ExamConfig {
     }
 }
 
+/// The largest width [`ExamConfig::validate`] accepts (image features, each deep layer,
+/// fusion, the EMR vector).
+pub const MAX_WIDTH: usize = 65536;
+/// The most cross layers [`ExamConfig::validate`] accepts.
+pub const MAX_CROSS_LAYERS: usize = 64;
+/// The most deep MLP layers [`ExamConfig::validate`] accepts.
+pub const MAX_DEEP_LAYERS: usize = 64;
+
 impl ExamConfig {
+    /// Checks the sizes (they may come from a file's metadata): non-zero widths of at most
+    /// [`MAX_WIDTH`], at most [`MAX_CROSS_LAYERS`] cross layers, 1 to [`MAX_DEEP_LAYERS`] deep
+    /// layers, and a fusion input width that does not overflow.
     pub fn validate(&self) -> Result<()> {
         self.emr.validate()?;
         if self.image_features == 0
@@ -125,11 +141,66 @@ impl ExamConfig {
                 ),
             ));
         }
+        let wide = |field: &str, v: usize| -> Result<()> {
+            if v > MAX_WIDTH {
+                return Err(invalid(
+                    "config",
+                    format!("{field} is {v}; expected at most {MAX_WIDTH}"),
+                ));
+            }
+            Ok(())
+        };
+        wide("image_features", self.image_features)?;
+        wide("fusion", self.fusion)?;
+        wide("emr width (EmrConfig::dim)", self.emr.dim())?;
+        if self.cross_layers > MAX_CROSS_LAYERS {
+            return Err(invalid(
+                "config",
+                format!(
+                    "cross_layers is {}; expected at most {MAX_CROSS_LAYERS}",
+                    self.cross_layers
+                ),
+            ));
+        }
+        if self.deep.len() > MAX_DEEP_LAYERS {
+            return Err(invalid(
+                "config",
+                format!(
+                    "deep has {} layers; expected at most {MAX_DEEP_LAYERS}",
+                    self.deep.len()
+                ),
+            ));
+        }
+        for (i, &h) in self.deep.iter().enumerate() {
+            wide(&format!("deep[{i}]"), h)?;
+        }
+        self.fusion_in()?;
         Ok(())
+    }
+    /// The fusion Linear's input width `image_features + dcn_out()`, checked.
+    fn fusion_in(&self) -> Result<usize> {
+        self.emr
+            .dim()
+            .checked_add(self.deep.last().copied().unwrap_or(0))
+            .and_then(|d| d.checked_add(self.image_features))
+            .ok_or_else(|| {
+                invalid(
+                    "config",
+                    format!(
+                        "image_features {} + emr width {} + deep {:?}: the fusion input width \
+                         overflows",
+                        self.image_features,
+                        self.emr.dim(),
+                        self.deep.last()
+                    ),
+                )
+            })
     }
     /// Width of the DCN output `[x_L | h]`.
     pub fn dcn_out(&self) -> usize {
-        self.emr.dim() + self.deep.last().copied().unwrap_or(0)
+        self.emr
+            .dim()
+            .saturating_add(self.deep.last().copied().unwrap_or(0))
     }
     /// Every head tensor's name and shape, in file order.
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
@@ -148,7 +219,7 @@ impl ExamConfig {
         let f = self.fusion;
         v.push((
             "fusion.weight".into(),
-            vec![f, self.image_features + self.dcn_out()],
+            vec![f, self.image_features.saturating_add(self.dcn_out())],
         ));
         v.push(("fusion.bias".into(), vec![f]));
         v.push(("head.oxygen.weight".into(), vec![2, f]));
@@ -235,6 +306,16 @@ impl TensorFile {
                     continue;
                 }
             };
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(invalid(
+                    "weights",
+                    format!(
+                        "tensor {name} has a non-finite value {} at index {i}; expected finite \
+                         weights",
+                        v[i]
+                    ),
+                ));
+            }
             tensors.insert(name, (t.shape().to_vec(), v));
         }
         Ok(TensorFile {
@@ -337,6 +418,17 @@ pub fn random_head_tensors(config: &ExamConfig, seed: u64) -> Vec<(String, Vec<u
         .collect()
 }
 
+/// The validated [`ExamConfig`] of a file's metadata (else [`ExamConfig::default`]).
+fn config_of(metadata: &HashMap<String, String>) -> Result<ExamConfig> {
+    let config = match metadata.get(CONFIG_KEY) {
+        Some(text) => serde_json::from_str::<ExamConfig>(text)
+            .map_err(|e| invalid("config", format!("{CONFIG_KEY} metadata: {e}")))?,
+        None => ExamConfig::default(),
+    };
+    config.validate()?;
+    Ok(config)
+}
+
 /// The EXAM head: Deep & Cross EMR branch, fusion and output heads, f32 on one device.
 pub struct ExamHead {
     pub config: ExamConfig,
@@ -360,12 +452,7 @@ impl ExamHead {
     }
 
     pub(crate) fn from_file(file: &TensorFile, device: &Device) -> Result<ExamHead> {
-        let config = match file.metadata.get(CONFIG_KEY) {
-            Some(text) => serde_json::from_str::<ExamConfig>(text)
-                .map_err(|e| invalid("config", format!("{CONFIG_KEY} metadata: {e}")))?,
-            None => ExamConfig::default(),
-        };
-        config.validate()?;
+        let config = config_of(&file.metadata)?;
         let shapes = config.tensor_shapes();
         let known: HashSet<&str> = shapes.iter().map(|(n, _)| n.as_str()).collect();
         if let Some(extra) = file.names().find(|n| {
@@ -448,6 +535,7 @@ impl ExamHead {
     /// Deterministic random head for `config` ([`random_head_tensors`]), built through the
     /// same safetensors path as a trained checkpoint.
     pub fn random(config: &ExamConfig, seed: u64, device: &Device) -> Result<ExamHead> {
+        config.validate()?;
         let meta = HashMap::from([(
             CONFIG_KEY.to_string(),
             serde_json::to_string(config).map_err(|e| invalid("config", e.to_string()))?,
@@ -528,6 +616,20 @@ impl ExamHead {
                 expected: format!("[{n}, {ni}] float (one row per EMR record)"),
             });
         }
+        // A NaN / ±inf input would be hidden by the fusion ReLU (max(NaN, 0) = 0) and give a
+        // finite, meaningless prediction.
+        for (arg, t) in [("image_features", image_features), ("emr", emr)] {
+            if let Some(v) = t.to_host()?.to_f64().into_iter().find(|v| !v.is_finite()) {
+                return Err(Error::Invalid {
+                    op: OP,
+                    arg,
+                    detail: format!(
+                        "exam forward: non-finite input value {v} (an overflow in the image \
+                         trunk, or a bad EMR vector); no prediction"
+                    ),
+                });
+            }
+        }
         let img32;
         let img = if image_features.dtype() == DType::F32 {
             image_features
@@ -581,10 +683,28 @@ impl ExamHead {
         let s = ops::gemm(&z, &self.ordinal, &Gemm::default())?
             .to_host()?
             .to_f64();
-        Ok(s.iter()
+        let non_finite = |what: &str, i: usize, v: &[f64]| Error::Invalid {
+            op: OP,
+            arg: "output",
+            detail: format!(
+                "exam forward: non-finite {what} {v:?} for record {i} (an overflow in the \
+                     model or its inputs); no prediction"
+            ),
+        };
+        s.iter()
             .enumerate()
             .map(|(i, &score)| {
+                let o = [oxy[2 * i], oxy[2 * i + 1]];
+                if !o.iter().all(|x| x.is_finite()) {
+                    return Err(non_finite("oxygen scores", i, &o));
+                }
+                if !score.is_finite() {
+                    return Err(non_finite("ordinal score", i, &[score]));
+                }
                 let p = ordinal_probs(score, &self.thresholds);
+                if !p.iter().all(|x| x.is_finite()) {
+                    return Err(non_finite("ordinal probabilities", i, &p));
+                }
                 let mut probs = [0f32; 5];
                 for (d, v) in probs.iter_mut().zip(&p) {
                     *d = *v as f32;
@@ -592,17 +712,22 @@ impl ExamHead {
                 let class = p
                     .iter()
                     .enumerate()
-                    .fold((0, f64::MIN), |b, (k, &v)| if v > b.1 { (k, v) } else { b })
+                    .fold(
+                        (0, f64::NEG_INFINITY),
+                        |b, (k, &v)| {
+                            if v > b.1 { (k, v) } else { b }
+                        },
+                    )
                     .0;
-                ExamOutput {
-                    oxygen_24h: oxy[2 * i] as f32,
-                    oxygen_72h: oxy[2 * i + 1] as f32,
+                Ok(ExamOutput {
+                    oxygen_24h: o[0] as f32,
+                    oxygen_72h: o[1] as f32,
                     ordinal_score: score as f32,
                     ordinal_probs: probs,
                     ordinal_class: class,
-                }
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// The cut points `θ_0 < … < θ_3`.
@@ -677,16 +802,25 @@ impl ExamModel {
 
     /// [`ExamModel::load`] from the bytes of the file.
     pub fn from_safetensors(bytes: &[u8], device: &Device, dtype: DType) -> Result<ExamModel> {
-        let head = ExamHead::from_safetensors(bytes, device)?;
-        if head.config.image_features != crate::model::resnet::WIDTHS[3] {
+        // The config first: a head the ResNet-34 trunk cannot feed is refused before its
+        // tensors are read.
+        let metadata = SafeTensors::read_metadata(bytes)
+            .map_err(|e| invalid("weights", format!("not a safetensors file: {e}")))?
+            .1
+            .metadata()
+            .clone()
+            .unwrap_or_default();
+        let config = config_of(&metadata)?;
+        if config.image_features != crate::model::resnet::WIDTHS[3] {
             return Err(invalid(
                 "config",
                 format!(
                     "image_features {}; the ResNet-34 trunk gives 512",
-                    head.config.image_features
+                    config.image_features
                 ),
             ));
         }
+        let head = ExamHead::from_safetensors(bytes, device)?;
         // The `image.` tensors, prefix stripped, as the ResNet loader's own file.
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| invalid("weights", format!("not a safetensors file: {e}")))?;
@@ -726,6 +860,7 @@ impl ExamModel {
     /// [`random_resnet`] with a 1-row `fc`, the head from [`random_head_tensors`]) as the
     /// bytes of a checkpoint: what [`ExamModel::random`] loads.
     pub fn random_checkpoint(config: &ExamConfig, seed: u64) -> Result<Vec<u8>> {
+        config.validate()?;
         let mut all = NamedTensors::default();
         let trunk = random_resnet(&ResNetConfig::resnet34(1), seed);
         for (n, v) in trunk.tensors {

@@ -264,6 +264,21 @@ fn softmax(v: &[f32]) -> Vec<f32> {
     e.iter().map(|&x| (x / s) as f32).collect()
 }
 
+/// An error when any of `values` (a model's probabilities or logits) is not finite: such an
+/// image gets an error entry, never a label.
+fn finite(file: &Path, what: &str, values: &[f32]) -> Result<()> {
+    if values.iter().all(|v| v.is_finite()) {
+        return Ok(());
+    }
+    Err(cli_err(
+        "output",
+        format!(
+            "{}: non-finite {what} {values:?} (an overflow in the model); no class",
+            file.display()
+        ),
+    ))
+}
+
 fn host_rows(t: &medkern::Tensor) -> Result<Vec<Vec<f32>>> {
     let w = t.shape().last().copied().unwrap_or(1).max(1);
     Ok(t.to_host()?
@@ -339,6 +354,7 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
                 Classifier::Sepsis(m) => {
                     let o = m.forward(&x)?;
                     let probs = host_rows(&o.probs)?.remove(0);
+                    finite(f, "probabilities", &probs)?;
                     let mut v = json!({
                         "file": f.display().to_string(),
                         "logits": host_rows(&o.logits)?.remove(0),
@@ -352,6 +368,7 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
                 }
                 Classifier::Effnet(m) if matches!(a.model, ClassifyModel::Cxr) => {
                     let (logit, p) = m.abnormal_probability(&x)?[0];
+                    finite(f, "abnormal probability", &[p])?;
                     let mut v = json!({
                         "file": f.display().to_string(),
                         "abnormal_logit": logit,
@@ -366,6 +383,7 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
                 Classifier::Effnet(m) => {
                     let logits = m.logits(&x)?.remove(0);
                     let probs = softmax(&logits);
+                    finite(f, "probabilities", &probs)?;
                     let top: Vec<Value> = en::top_k(&logits, a.top)
                         .into_iter()
                         .map(|i| json!({"class": i, "logit": logits[i], "probability": probs[i]}))
@@ -486,17 +504,31 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
         "images": files.len(),
         "failed": failed,
     });
+    // A k-means failure (e.g. k above the number of encoded images) is reported with the
+    // per-file results rather than instead of them.
+    let mut clusters_error = None;
     if let Some(k) = a.clusters {
-        let km = sepsis::kmeans(&codes, &KMeansOptions::new(k))?;
-        for (j, &i) in coded.iter().enumerate() {
-            results[i]["cluster"] = json!(km.assignments[j]);
+        match sepsis::kmeans(&codes, &KMeansOptions::new(k)) {
+            Ok(km) => {
+                for (j, &i) in coded.iter().enumerate() {
+                    results[i]["cluster"] = json!(km.assignments[j]);
+                }
+                v["kmeans"] = json!({
+                    "k": k,
+                    "inertia": km.inertia,
+                    "iterations": km.iterations,
+                    "converged": km.converged,
+                });
+            }
+            Err(e) => {
+                let msg = format!(
+                    "k-means with k = {k} over {} encoded image(s): {e}",
+                    codes.len()
+                );
+                v["clusters_error"] = json!(msg);
+                clusters_error = Some(msg);
+            }
         }
-        v["kmeans"] = json!({
-            "k": k,
-            "inertia": km.inertia,
-            "iterations": km.iterations,
-            "converged": km.converged,
-        });
     }
     v["results"] = json!(results);
     if a.weights.is_none() {
@@ -510,10 +542,16 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
         return Err(cli_err(
             "input",
             format!(
-                "{failed} of {} image(s) failed (see \"error\" in the output)",
-                files.len()
+                "{failed} of {} image(s) failed (see \"error\" in the output){}",
+                files.len(),
+                clusters_error
+                    .map(|e| format!("; clustering failed too: {e}"))
+                    .unwrap_or_default()
             ),
         ));
+    }
+    if let Some(e) = clusters_error {
+        return Err(cli_err("clusters", e));
     }
     Ok(())
 }
