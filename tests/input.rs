@@ -835,3 +835,39 @@ fn dicom_window_width_one_is_a_step() {
     w[3..6].copy_from_slice(&[99, 100, 101]);
     check(&Spec::new(5, 9, 8, 8, w), step(100.5), "step_u8.dcm");
 }
+
+#[test]
+fn center_crop_square_keeps_the_middle() {
+    use medkern::input::RawImage;
+    use medkern::ops::PixelRange;
+    // 2 x 5 RGB u8: the middle 2 x 2 square is columns 1..3.
+    let px: Vec<u8> = (0..2 * 5 * 3).map(|v| v as u8 + 1).collect();
+    let raw = RawImage {
+        pixels: medkern::HostTensor::new(&[1, 2, 5, 3], px.clone()).expect("pixels"),
+        range: PixelRange::Scale(255.0),
+        source: "test".into(),
+    };
+    let c = raw.center_crop_square().expect("crop");
+    assert_eq!(c.pixels.shape(), &[1, 2, 2, 3]);
+    let want: Vec<u8> = (0..2)
+        .flat_map(|y| (1..3).flat_map(move |x| (0..3).map(move |k| (y * 5 + x) * 3 + k)))
+        .map(|i| px[i])
+        .collect();
+    assert_eq!(c.pixels.as_slice::<u8>().expect("u8"), want.as_slice());
+    // 5 x 2 u16 grey: rows 1..3.
+    let px16: Vec<u16> = (0..10).map(|v| 1000 + v).collect();
+    let raw = RawImage {
+        pixels: medkern::HostTensor::new(&[1, 5, 2, 1], px16).expect("pixels"),
+        range: PixelRange::Window {
+            lo: 0.0,
+            hi: 4095.0,
+        },
+        source: "test".into(),
+    };
+    let c = raw.center_crop_square().expect("crop");
+    assert_eq!(c.pixels.shape(), &[1, 2, 2, 1]);
+    assert_eq!(
+        c.pixels.as_slice::<u16>().expect("u16"),
+        &[1002, 1003, 1004, 1005]
+    );
+}

@@ -344,7 +344,8 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
                 .unwrap_or_default(),
         );
         let one = || -> Result<Value> {
-            let raw = input::load(f)?;
+            // ImageNet evaluation: the central square, then the resize.
+            let raw = input::load(f)?.center_crop_square()?;
             let p = Preprocess {
                 grey_to_rgb: raw.channels() == 1,
                 ..prep
