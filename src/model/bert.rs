@@ -511,30 +511,16 @@ impl Weights<'_> {
                 ),
             ));
         }
-        let d = t.data();
-        use safetensors::Dtype as S;
-        let v: Vec<f64> = match t.dtype() {
-            S::F32 => d
-                .chunks_exact(4)
-                .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-                .collect(),
-            S::F16 => d
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64())
-                .collect(),
-            S::BF16 => d
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64())
-                .collect(),
-            S::I8 => d.iter().map(|&b| f64::from(b as i8)).collect(),
-            other => {
-                return Err(invalid(
-                    "weights",
-                    format!("tensor {full} has dtype {other:?}, expected F32, F16, BF16 or I8"),
-                ));
+        match (t.dtype(), crate::model::float_values(&t)) {
+            (_, Some(v)) => Ok(v),
+            (safetensors::Dtype::I8, None) => {
+                Ok(t.data().iter().map(|&b| f64::from(b as i8)).collect())
             }
-        };
-        Ok(v)
+            (other, None) => Err(invalid(
+                "weights",
+                format!("tensor {full} has dtype {other:?}, expected F32, F64, F16, BF16 or I8"),
+            )),
+        }
     }
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let v = self.host(name, shape)?;

@@ -603,28 +603,20 @@ impl Weights<'_> {
                 format!("tensor {name} has shape {:?}, expected {want:?}", t.shape()),
             ));
         }
-        let d = t.data();
-        use safetensors::Dtype as S;
-        let v: Vec<f32> = match t.dtype() {
-            S::F32 => d
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            S::F16 => d
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            S::BF16 => d
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(invalid(
+        let v: Vec<f32> = crate::model::float_values(&t)
+            .filter(|_| t.dtype() != safetensors::Dtype::F64)
+            .ok_or_else(|| {
+                invalid(
                     "weights",
-                    format!("tensor {name} has dtype {other:?}, expected F32, F16 or BF16"),
-                ));
-            }
-        };
+                    format!(
+                        "tensor {name} has dtype {:?}, expected F32, F16 or BF16",
+                        t.dtype()
+                    ),
+                )
+            })?
+            .into_iter()
+            .map(|x| x as f32)
+            .collect();
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             return Err(invalid(
                 "weights",

@@ -284,27 +284,13 @@ impl TensorFile {
         let mut tensors = HashMap::new();
         let mut bad_dtype = HashMap::new();
         for (name, t) in st.tensors() {
-            let d = t.data();
-            use safetensors::Dtype as S;
-            let v: Vec<f64> = match t.dtype() {
-                S::F32 => d
-                    .chunks_exact(4)
-                    .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-                    .collect(),
-                S::F16 => d
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64())
-                    .collect(),
-                S::BF16 => d
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64())
-                    .collect(),
-                other => {
-                    // Kept out: an error only if a head tensor has it (the image trunk reads
-                    // its own, e.g. torchvision's I64 num_batches_tracked, and ignores them).
-                    bad_dtype.insert(name, format!("{other:?}"));
-                    continue;
-                }
+            let Some(v) =
+                crate::model::float_values(&t).filter(|_| t.dtype() != safetensors::Dtype::F64)
+            else {
+                // Kept out: an error only if a head tensor has it (the image trunk reads
+                // its own, e.g. torchvision's I64 num_batches_tracked, and ignores them).
+                bad_dtype.insert(name, format!("{:?}", t.dtype()));
+                continue;
             };
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                 return Err(invalid(

@@ -81,33 +81,16 @@ impl<'a> StWeights<'a> {
                 ),
             ));
         }
-        let d = t.data();
-        use safetensors::Dtype as S;
-        let v: Vec<f64> = match t.dtype() {
-            S::F32 => d
-                .chunks_exact(4)
-                .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-                .collect(),
-            S::F64 => d
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-                .collect(),
-            S::F16 => d
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64())
-                .collect(),
-            S::BF16 => d
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64())
-                .collect(),
-            other => {
-                return Err(invalid(
-                    op,
-                    "weights",
-                    format!("tensor {name} has dtype {other:?}, expected F32, F64, F16 or BF16"),
-                ));
-            }
-        };
+        let v = crate::model::float_values(&t).ok_or_else(|| {
+            invalid(
+                op,
+                "weights",
+                format!(
+                    "tensor {name} has dtype {:?}, expected F32, F64, F16 or BF16",
+                    t.dtype()
+                ),
+            )
+        })?;
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             return Err(invalid(
                 op,
