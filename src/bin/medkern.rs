@@ -5,7 +5,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use medkern::device::{self, kernels, runtime_compile};
-use medkern::model::bert::{self, BertModel, BertTokenizer, Pooling};
+use medkern::model::bert::{BertModel, BertTokenizer, Pooling};
 use medkern::ops::{
     self, Activation, Attention, Conv2d, ConvWeight, Eltwise, Padding, Qkv, SeqBatch,
 };
@@ -52,76 +52,12 @@ enum Cmd {
     /// Sentence embeddings of the texts with a BERT-family model folder (config.json,
     /// model.safetensors, tokenizer.json), printed as a JSON array with one object per text:
     /// {"text", "tokens", "embedding"}.
-    Embed {
-        /// The model folder, e.g. .models/all-MiniLM-L6-v2 (installed by scripts/setup-models).
-        #[arg(long)]
-        model: PathBuf,
-        /// Where to run it; default: the first GPU if there is one, else the CPU.
-        #[arg(long, value_enum)]
-        device: Option<DeviceArg>,
-        /// Mean over the tokens (sentence-transformers models) or the [CLS] token.
-        #[arg(long, value_enum, default_value_t = PoolingArg::Mean)]
-        pooling: PoolingArg,
-        /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
-        #[arg(long, value_enum)]
-        dtype: Option<DTypeArg>,
-        /// Tokens kept per text, [CLS] and [SEP] included; default: the model's
-        /// max_position_embeddings.
-        #[arg(long)]
-        max_len: Option<usize>,
-        /// Scale each embedding to unit length (sentence-transformers' Normalize module).
-        #[arg(long)]
-        normalize: bool,
-        /// Also run the checkpoint's sequence-classification head: adds "logits",
-        /// "probabilities" and "label" to each object.
-        #[arg(long)]
-        classify: bool,
-        /// The texts to embed.
-        #[arg(required = true)]
-        texts: Vec<String>,
-    },
+    Embed(EmbedArgs),
     /// Compress a BERT / DistilBERT / ALBERT folder offline and save it (safetensors with the
     /// methods recorded in its metadata), then print the quality report (size, embedding cosine
     /// to the dense model on sample sentences, speed) as JSON. Order: heads, layers, 2:4, int8,
     /// low rank.
-    Compress {
-        /// The dense model folder (config.json, model.safetensors, tokenizer.json).
-        #[arg(long)]
-        model: PathBuf,
-        /// Where to write the compressed folder.
-        #[arg(long)]
-        out: PathBuf,
-        /// Heads to keep, per layer: "0:0,1,2;3:4,5" (unlisted layers keep all).
-        #[arg(long, conflicts_with = "prune_heads")]
-        heads: Option<String>,
-        /// Remove this many of the least important heads model-wide (importance by ablation on
-        /// the sample sentences; layers end uneven).
-        #[arg(long)]
-        prune_heads: Option<usize>,
-        /// Layers to keep: "every-other" (LayerDrop-style) or a list "0,2,4".
-        #[arg(long)]
-        layers: Option<String>,
-        /// 2:4 magnitude pruning of every encoder Linear.
-        #[arg(long)]
-        sparse24: bool,
-        /// Q8BERT int8 W8A8 (per-channel weights, per-token activations).
-        #[arg(long)]
-        int8: bool,
-        /// Truncated-SVD low rank of every encoder Linear: a rank ("64") or a kept-energy
-        /// fraction ("0.9").
-        #[arg(long)]
-        low_rank: Option<String>,
-        /// Sample sentences, one per line (head importance, quality report); default: 8
-        /// built-in clinical sentences.
-        #[arg(long)]
-        sentences: Option<PathBuf>,
-        /// Where to run importance and the report; default: the first GPU, else the CPU.
-        #[arg(long, value_enum)]
-        device: Option<DeviceArg>,
-        /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
-        #[arg(long, value_enum)]
-        dtype: Option<DTypeArg>,
-    },
+    Compress(CompressArgs),
     /// EXAM: oxygen need of a patient from a chest X-ray (DICOM, PNG or JPEG) and EMR values
     /// (a JSON object, see medkern::model::emr), printed as JSON: P(more than low-flow oxygen)
     /// at 24 h and 72 h and the ordinal class. Without --weights the model has deterministic
@@ -153,48 +89,10 @@ enum Cmd {
     /// sepsis classifier, the chest X-ray triage EfficientNet-B7 or EfficientNet-Lite0, printed
     /// as JSON. Without --weights the model has deterministic random weights, and the JSON
     /// says so.
-    Classify {
-        #[arg(long, value_enum)]
-        model: cnn::ClassifyModel,
-        /// A safetensors checkpoint with torchvision names for the model.
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        #[arg(long, value_enum)]
-        device: Option<DeviceArg>,
-        /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
-        #[arg(long, value_enum)]
-        dtype: Option<DTypeArg>,
-        /// Classes listed per image (lite0).
-        #[arg(long, default_value_t = 5)]
-        top: usize,
-        /// Also print each image's pooled feature vector (sepsis: the 128-d t-SNE feature).
-        #[arg(long)]
-        features: bool,
-        /// Image files or folders.
-        #[arg(required = true)]
-        inputs: Vec<PathBuf>,
-    },
+    Classify(cnn::ClassifyArgs),
     /// Run the sepsis convolutional autoencoder on frames (resized to 96x96): per-image
     /// reconstruction MSE, optionally the 1152-d codes and their k-means clusters, as JSON.
-    Autoencode {
-        /// A safetensors checkpoint (encoder.{0,2,4}, decoder.{0,2,4}).
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        #[arg(long, value_enum)]
-        device: Option<DeviceArg>,
-        /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
-        #[arg(long, value_enum)]
-        dtype: Option<DTypeArg>,
-        /// Print each image's 1152-d code.
-        #[arg(long)]
-        codes: bool,
-        /// Cluster the codes with k-means into this many clusters.
-        #[arg(long)]
-        clusters: Option<usize>,
-        /// Image files or folders.
-        #[arg(required = true)]
-        inputs: Vec<PathBuf>,
-    },
+    Autoencode(cnn::AutoencodeArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -222,50 +120,8 @@ fn main() -> ExitCode {
         Cmd::Info => info(),
         Cmd::Demo { cpu, rows } => demo(cpu, rows),
         Cmd::Bench { iters } => bench(iters),
-        Cmd::Embed {
-            model,
-            device,
-            pooling,
-            dtype,
-            max_len,
-            normalize,
-            classify,
-            texts,
-        } => embed(EmbedArgs {
-            model,
-            device,
-            pooling,
-            dtype,
-            max_len,
-            normalize,
-            classify,
-            texts,
-        }),
-        Cmd::Compress {
-            model,
-            out,
-            heads,
-            prune_heads,
-            layers,
-            sparse24,
-            int8,
-            low_rank,
-            sentences,
-            device,
-            dtype,
-        } => compress(CompressArgs {
-            model,
-            out,
-            heads,
-            prune_heads,
-            layers,
-            sparse24,
-            int8,
-            low_rank,
-            sentences,
-            device,
-            dtype,
-        }),
+        Cmd::Embed(a) => embed(a),
+        Cmd::Compress(a) => compress(a),
         Cmd::Exam {
             image,
             emr,
@@ -282,38 +138,8 @@ fn main() -> ExitCode {
             dtype,
             window: window_center.zip(window_width),
         }),
-        Cmd::Classify {
-            model,
-            weights,
-            device,
-            dtype,
-            top,
-            features,
-            inputs,
-        } => cnn::classify(cnn::ClassifyArgs {
-            model,
-            weights,
-            device,
-            dtype,
-            top,
-            features,
-            inputs,
-        }),
-        Cmd::Autoencode {
-            weights,
-            device,
-            dtype,
-            codes,
-            clusters,
-            inputs,
-        } => cnn::autoencode(cnn::AutoencodeArgs {
-            weights,
-            device,
-            dtype,
-            codes,
-            clusters,
-            inputs,
-        }),
+        Cmd::Classify(a) => cnn::classify(a),
+        Cmd::Autoencode(a) => cnn::autoencode(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -931,14 +757,34 @@ fn bench(iters: usize) -> medkern::Result<()> {
     Ok(())
 }
 
+/// `medkern embed` arguments.
+#[derive(clap::Args)]
 struct EmbedArgs {
+    /// The model folder, e.g. .models/all-MiniLM-L6-v2 (installed by scripts/setup-models).
+    #[arg(long)]
     model: PathBuf,
+    /// Where to run it; default: the first GPU if there is one, else the CPU.
+    #[arg(long, value_enum)]
     device: Option<DeviceArg>,
+    /// Mean over the tokens (sentence-transformers models) or the [CLS] token.
+    #[arg(long, value_enum, default_value_t = PoolingArg::Mean)]
     pooling: PoolingArg,
+    /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
+    #[arg(long, value_enum)]
     dtype: Option<DTypeArg>,
+    /// Tokens kept per text, [CLS] and [SEP] included; default: the model's
+    /// max_position_embeddings.
+    #[arg(long)]
     max_len: Option<usize>,
+    /// Scale each embedding to unit length (sentence-transformers' Normalize module).
+    #[arg(long)]
     normalize: bool,
+    /// Also run the checkpoint's sequence-classification head: adds "logits",
+    /// "probabilities" and "label" to each object.
+    #[arg(long)]
     classify: bool,
+    /// The texts to embed.
+    #[arg(required = true)]
     texts: Vec<String>,
 }
 
@@ -956,34 +802,9 @@ struct Embedding<'a> {
     label: Option<String>,
 }
 
-fn device_and_dtype(
-    device: Option<DeviceArg>,
-    dtype: Option<DTypeArg>,
-) -> medkern::Result<(Device, DType)> {
-    let dev = match device {
-        None => Device::best(),
-        Some(DeviceArg::Cpu) => Device::Cpu,
-        Some(DeviceArg::Gpu) => Device::gpu(0)?,
-    };
-    let dtype = match dtype {
-        None => bert::default_dtype(&dev),
-        Some(DTypeArg::F16) => DType::F16,
-        Some(DTypeArg::Bf16) => DType::BF16,
-        Some(DTypeArg::F32) => DType::F32,
-    };
-    Ok((dev, dtype))
-}
-
-fn json_err(e: serde_json::Error) -> medkern::Error {
-    medkern::Error::Invalid {
-        op: "cli",
-        arg: "output",
-        detail: e.to_string(),
-    }
-}
-
 fn embed(a: EmbedArgs) -> medkern::Result<()> {
-    let (dev, dtype) = device_and_dtype(a.device, a.dtype)?;
+    let dev = cnn::device_of(a.device)?;
+    let dtype = cnn::dtype_of(a.dtype, &dev);
     let pooling = match a.pooling {
         PoolingArg::Mean => Pooling::Mean,
         PoolingArg::Cls => Pooling::Cls,
@@ -1018,7 +839,7 @@ fn embed(a: EmbedArgs) -> medkern::Result<()> {
         .enumerate()
         .map(|(i, ((text, ids), embedding))| {
             let lg = logits.as_ref().map(|l| l[i].clone());
-            let probabilities = lg.as_ref().map(|l| softmax(l));
+            let probabilities = lg.as_ref().map(|l| cnn::softmax(l));
             let label = probabilities.as_ref().and_then(|p| {
                 let best = p
                     .iter()
@@ -1035,7 +856,7 @@ fn embed(a: EmbedArgs) -> medkern::Result<()> {
                 probabilities,
                 label,
             })
-            .map_err(json_err)
+            .map_err(|e| cnn::cli_err("output", e.to_string()))
         })
         .collect::<medkern::Result<_>>()?;
     println!("[\n{}\n]", rows.join(",\n"));
@@ -1049,25 +870,44 @@ fn embed(a: EmbedArgs) -> medkern::Result<()> {
     Ok(())
 }
 
-/// Softmax in f64 of one row of logits.
-fn softmax(l: &[f32]) -> Vec<f32> {
-    let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f64> = l.iter().map(|&x| f64::from(x - m).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.iter().map(|&x| (x / s) as f32).collect()
-}
-
+/// `medkern compress` arguments.
+#[derive(clap::Args)]
 struct CompressArgs {
+    /// The dense model folder (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
     model: PathBuf,
+    /// Where to write the compressed folder.
+    #[arg(long)]
     out: PathBuf,
+    /// Heads to keep, per layer: "0:0,1,2;3:4,5" (unlisted layers keep all).
+    #[arg(long, conflicts_with = "prune_heads")]
     heads: Option<String>,
+    /// Remove this many of the least important heads model-wide (importance by ablation on
+    /// the sample sentences; layers end uneven).
+    #[arg(long)]
     prune_heads: Option<usize>,
+    /// Layers to keep: "every-other" (LayerDrop-style) or a list "0,2,4".
+    #[arg(long)]
     layers: Option<String>,
+    /// 2:4 magnitude pruning of every encoder Linear.
+    #[arg(long)]
     sparse24: bool,
+    /// Q8BERT int8 W8A8 (per-channel weights, per-token activations).
+    #[arg(long)]
     int8: bool,
+    /// Truncated-SVD low rank of every encoder Linear: a rank ("64") or a kept-energy
+    /// fraction ("0.9").
+    #[arg(long)]
     low_rank: Option<String>,
+    /// Sample sentences, one per line (head importance, quality report); default: 8
+    /// built-in clinical sentences.
+    #[arg(long)]
     sentences: Option<PathBuf>,
+    /// Where to run importance and the report; default: the first GPU, else the CPU.
+    #[arg(long, value_enum)]
     device: Option<DeviceArg>,
+    /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
+    #[arg(long, value_enum)]
     dtype: Option<DTypeArg>,
 }
 
@@ -1104,7 +944,8 @@ fn parse_heads(s: &str) -> medkern::Result<std::collections::BTreeMap<usize, Vec
 fn compress(a: CompressArgs) -> medkern::Result<()> {
     use indicatif::{ProgressBar, ProgressStyle};
     use medkern::model::compress::{self, Checkpoint, Rank};
-    let (dev, dtype) = device_and_dtype(a.device, a.dtype)?;
+    let dev = cnn::device_of(a.device)?;
+    let dtype = cnn::dtype_of(a.dtype, &dev);
     let text = match &a.sentences {
         Some(p) => std::fs::read_to_string(p).map_err(|e| medkern::Error::Io {
             op: "compress",
@@ -1242,10 +1083,7 @@ fn compress(a: CompressArgs) -> medkern::Result<()> {
         serde_json::json!(format!("{} {dtype}", dev.describe())),
     );
     report.insert("sentences".into(), serde_json::json!(sentences.len()));
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&report).map_err(json_err)?
-    );
+    cnn::print_json(&serde_json::Value::Object(report))?;
     eprintln!(
         "medkern compress: {} -> {}: {:.2} MB -> {:.2} MB, embedding cosine min {:.5}, {:.2} ms -> {:.2} ms ({})",
         a.model.display(),

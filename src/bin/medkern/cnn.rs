@@ -24,14 +24,11 @@ pub fn dtype_of(d: Option<DTypeArg>, dev: &Device) -> DType {
         Some(DTypeArg::F16) => DType::F16,
         Some(DTypeArg::Bf16) => DType::BF16,
         Some(DTypeArg::F32) => DType::F32,
-        None => match dev {
-            Device::Cpu => DType::F32,
-            Device::Gpu(_) => DType::F16,
-        },
+        None => medkern::model::bert::default_dtype(dev),
     }
 }
 
-fn cli_err(arg: &'static str, detail: String) -> Error {
+pub fn cli_err(arg: &'static str, detail: String) -> Error {
     Error::Invalid {
         op: "cli",
         arg,
@@ -242,13 +239,27 @@ pub enum ClassifyModel {
     Lite0,
 }
 
+/// `medkern classify` arguments.
+#[derive(clap::Args)]
 pub struct ClassifyArgs {
+    #[arg(long, value_enum)]
     pub model: ClassifyModel,
+    /// A safetensors checkpoint with torchvision names for the model.
+    #[arg(long)]
     pub weights: Option<PathBuf>,
+    #[arg(long, value_enum)]
     pub device: Option<DeviceArg>,
+    /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
+    #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
+    /// Classes listed per image (lite0).
+    #[arg(long, default_value_t = 5)]
     pub top: usize,
+    /// Also print each image's pooled feature vector (sepsis: the 128-d t-SNE feature).
+    #[arg(long)]
     pub features: bool,
+    /// Image files or folders.
+    #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
 }
 
@@ -257,7 +268,8 @@ enum Classifier {
     Effnet(Box<medkern::model::efficientnet::EfficientNet>),
 }
 
-fn softmax(v: &[f32]) -> Vec<f32> {
+/// Softmax of one row of logits, computed in f64.
+pub fn softmax(v: &[f32]) -> Vec<f32> {
     let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let e: Vec<f64> = v.iter().map(|&x| f64::from(x - m).exp()).collect();
     let s: f64 = e.iter().sum();
@@ -407,7 +419,7 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let mut v = json!({
+    let v = json!({
         "model": name,
         "weights": a.weights.as_ref().map(|p| p.display().to_string()),
         "random_weights": a.weights.is_none(),
@@ -417,7 +429,18 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
         "failed": failed,
         "results": results,
     });
-    if a.weights.is_none() {
+    report(v, a.weights.is_none(), failed, files.len(), None)
+}
+
+/// Prints a batch command's JSON (noting random weights) and fails when any image failed.
+fn report(
+    mut v: Value,
+    random_weights: bool,
+    failed: usize,
+    images: usize,
+    also: Option<String>,
+) -> Result<()> {
+    if random_weights {
         v["note"] = json!(format!(
             "no --weights: deterministic random weights (seed {RANDOM_SEED}); the outputs are \
              not meaningful"
@@ -428,20 +451,34 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
         return Err(cli_err(
             "input",
             format!(
-                "{failed} of {} image(s) failed (see \"error\" in the output)",
-                files.len()
+                "{failed} of {images} image(s) failed (see \"error\" in the output){}",
+                also.map(|e| format!("; clustering failed too: {e}"))
+                    .unwrap_or_default()
             ),
         ));
     }
     Ok(())
 }
 
+/// `medkern autoencode` arguments.
+#[derive(clap::Args)]
 pub struct AutoencodeArgs {
+    /// A safetensors checkpoint (encoder.{0,2,4}, decoder.{0,2,4}).
+    #[arg(long)]
     pub weights: Option<PathBuf>,
+    #[arg(long, value_enum)]
     pub device: Option<DeviceArg>,
+    /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
+    #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
+    /// Print each image's 1152-d code.
+    #[arg(long)]
     pub codes: bool,
+    /// Cluster the codes with k-means into this many clusters.
+    #[arg(long)]
     pub clusters: Option<usize>,
+    /// Image files or folders.
+    #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
 }
 
@@ -532,27 +569,12 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
         }
     }
     v["results"] = json!(results);
-    if a.weights.is_none() {
-        v["note"] = json!(format!(
-            "no --weights: deterministic random weights (seed {RANDOM_SEED}); the outputs are \
-             not meaningful"
-        ));
+    let random = a.weights.is_none();
+    match (failed, clusters_error) {
+        (0, Some(e)) => {
+            report(v, random, 0, files.len(), None)?;
+            Err(cli_err("clusters", e))
+        }
+        (_, also) => report(v, random, failed, files.len(), also),
     }
-    print_json(&v)?;
-    if failed > 0 {
-        return Err(cli_err(
-            "input",
-            format!(
-                "{failed} of {} image(s) failed (see \"error\" in the output){}",
-                files.len(),
-                clusters_error
-                    .map(|e| format!("; clustering failed too: {e}"))
-                    .unwrap_or_default()
-            ),
-        ));
-    }
-    if let Some(e) = clusters_error {
-        return Err(cli_err("clusters", e));
-    }
-    Ok(())
 }
