@@ -388,11 +388,49 @@ fn as_family(ck: &Checkpoint, family: &str, dir: &std::path::Path) {
             HostTensor::from_f64(&[H], &b, DType::F32).unwrap(),
         );
     }
-    let cfg = BertConfig::from_value(&config).unwrap();
+    // Hugging Face's names, written out here (not by the loader's own mapping).
+    let layer_names: [(&str, &str, &str); 8] = [
+        ("attention.self.query", "attention.q_lin", "attention.query"),
+        ("attention.self.key", "attention.k_lin", "attention.key"),
+        ("attention.self.value", "attention.v_lin", "attention.value"),
+        (
+            "attention.output.dense",
+            "attention.out_lin",
+            "attention.dense",
+        ),
+        (
+            "attention.output.LayerNorm",
+            "sa_layer_norm",
+            "attention.LayerNorm",
+        ),
+        ("intermediate.dense", "ffn.lin1", "ffn"),
+        ("output.dense", "ffn.lin2", "ffn_output"),
+        (
+            "output.LayerNorm",
+            "output_layer_norm",
+            "full_layer_layer_norm",
+        ),
+    ];
+    let hf = |n: &str| -> String {
+        if let Some(rest) = n.strip_prefix("encoder.layer.") {
+            let (l, rest) = rest.split_once('.').unwrap();
+            let (stem, suffix) = rest.rsplit_once('.').unwrap();
+            let (_, distil, albert) = layer_names.iter().find(|x| x.0 == stem).unwrap();
+            return if family == "distilbert" {
+                format!("transformer.layer.{l}.{distil}.{suffix}")
+            } else {
+                format!("encoder.albert_layer_groups.0.albert_layers.{l}.{albert}.{suffix}")
+            };
+        }
+        n.replace(
+            "embeddings.projection",
+            "encoder.embedding_hidden_mapping_in",
+        )
+    };
     let prefix = format!("{family}.");
     let renamed = tensors
         .into_iter()
-        .map(|(n, t)| (format!("{prefix}{}", cfg.family_name(&n)), t))
+        .map(|(n, t)| (format!("{prefix}{}", hf(&n)), t))
         .collect();
     Checkpoint {
         config,
