@@ -13,6 +13,7 @@
     clippy::unimplemented
 )]
 
+pub mod capi;
 pub mod device;
 pub mod dtype;
 pub mod error;

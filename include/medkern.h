@@ -1,0 +1,121 @@
+/* medkern C ABI: link with -lmedkern (libmedkern.so, built by `cargo build --release`).
+ *
+ * Conventions (the same for every function):
+ * - Functions that can fail return mk_status (MK_OK = 0); mk_last_error() is the message of
+ *   the calling thread's last failure: it names the op, what was given and what was expected.
+ * - Objects are opaque handles made by mk_*_open / mk_*_load and released by mk_*_free
+ *   (NULL is accepted). A handle is used by one thread at a time; distinct handles may be used
+ *   from different threads at once. Models keep their own reference to their device.
+ * - Outputs go to caller-owned buffers whose length in elements is passed alongside; a buffer
+ *   that is too small gives MK_ERR_BUFFER_TOO_SMALL and nothing is written.
+ * - No panic crosses the boundary: a bug in medkern gives MK_ERR_INTERNAL.
+ * The Rust side is src/capi.rs; tests/capi.rs and tests/c/capi_smoke.c exercise every function.
+ */
+#ifndef MEDKERN_H
+#define MEDKERN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Compare with mk_abi_version() at start-up. */
+#define MEDKERN_ABI_VERSION 1u
+
+typedef enum mk_status {
+    MK_OK = 0,
+    MK_ERR_INVALID_ARGUMENT = 1, /* NULL pointer, bad string, unknown name, value out of range */
+    MK_ERR_SHAPE = 2,            /* an input of the wrong shape */
+    MK_ERR_DTYPE = 3,            /* an operand of the wrong dtype */
+    MK_ERR_DEVICE = 4,           /* no driver, no such GPU, GPU too old, wrong device */
+    MK_ERR_CUDA = 5,             /* a CUDA driver call failed */
+    MK_ERR_IO = 6,               /* a file missing, unreadable, or corrupt weights */
+    MK_ERR_BUFFER_TOO_SMALL = 7, /* the caller's output buffer is too small */
+    MK_ERR_INTERNAL = 8          /* a bug in medkern (caught panic, NVRTC failure) */
+} mk_status;
+
+typedef enum mk_dtype {
+    MK_DTYPE_DEFAULT = 0, /* f16 on a GPU, f32 on the CPU */
+    MK_DTYPE_F32 = 1,
+    MK_DTYPE_F16 = 2,
+    MK_DTYPE_BF16 = 3
+} mk_dtype;
+
+typedef enum mk_pooling {
+    MK_POOLING_MEAN = 0, /* mean over tokens (sentence-transformers) */
+    MK_POOLING_CLS = 1   /* the [CLS] token */
+} mk_pooling;
+
+typedef struct mk_device mk_device;
+typedef struct mk_bert mk_bert;
+typedef struct mk_image_model mk_image_model;
+typedef struct mk_exam mk_exam;
+
+/* One patient's EXAM prediction. */
+typedef struct mk_exam_output {
+    float oxygen_24h;       /* P(more than low-flow oxygen) at 24 h */
+    float oxygen_72h;       /* ... at 72 h */
+    float ordinal_score;    /* the ordinal score before the cut points */
+    float ordinal_probs[5]; /* room air, low-flow, high-flow, non-invasive, mechanical ventilation */
+    uint32_t ordinal_class; /* the most probable class, 0-4 */
+} mk_exam_output;
+
+/* Library */
+uint32_t mk_abi_version(void);
+const char *mk_version(void);    /* static string */
+const char *mk_last_error(void); /* "" after a success; valid until this thread's next call */
+
+/* Devices. spec: "auto" or NULL (first working GPU, else CPU), "cpu", "gpu", "gpu:N",
+ * "cuda", "cuda:N". */
+mk_status mk_device_open(const char *spec, mk_device **out);
+int mk_device_is_gpu(const mk_device *dev);
+/* Writes a description with its NUL into buf[cap]; *needed (if not NULL) gets the size. */
+mk_status mk_device_describe(const mk_device *dev, char *buf, size_t cap, size_t *needed);
+void mk_device_free(mk_device *dev);
+
+/* BERT / DistilBERT / ALBERT encoders from a Hugging Face folder (config.json,
+ * model.safetensors, tokenizer.json for text input). max_len 0: the model's maximum. */
+mk_status mk_bert_load(const mk_device *dev, const char *dir, mk_dtype dtype, size_t max_len,
+                       mk_bert **out);
+size_t mk_bert_dim(const mk_bert *m);        /* embedding width */
+size_t mk_bert_num_labels(const mk_bert *m); /* 0 without a classification head */
+mk_status mk_bert_label(const mk_bert *m, size_t i, char *buf, size_t cap, size_t *needed);
+/* out[n * dim], row-major; normalize != 0 gives unit L2 rows. */
+mk_status mk_bert_embed(const mk_bert *m, const char *const *texts, size_t n, mk_pooling pooling,
+                        int normalize, float *out, size_t out_len);
+/* Pre-tokenised input: sequence i is ids[sum(lens[0..i]) ..][0..lens[i]], with [CLS]/[SEP]. */
+mk_status mk_bert_embed_ids(const mk_bert *m, const uint32_t *ids, const size_t *lens, size_t n,
+                            mk_pooling pooling, int normalize, float *out, size_t out_len);
+/* out[n * num_labels] logits. */
+mk_status mk_bert_classify(const mk_bert *m, const char *const *texts, size_t n, float *out,
+                           size_t out_len);
+void mk_bert_free(mk_bert *m);
+
+/* Image classifiers. kind: "lite0" (EfficientNet-Lite0, 1000 ImageNet logits), "cxr"
+ * (EfficientNet-B7 chest X-ray triage, 1 abnormal logit), "sepsis" (ResNet-18-based, 2 logits:
+ * no sepsis, sepsis). weights: a safetensors file, or NULL for seeded random weights (smoke
+ * tests only). Images are centre-cropped to a square, resized and normalised (ImageNet). */
+mk_status mk_image_model_load(const mk_device *dev, const char *kind, const char *weights,
+                              mk_dtype dtype, mk_image_model **out);
+size_t mk_image_model_num_outputs(const mk_image_model *m);
+/* PNG, JPEG or uncompressed DICOM, chosen by content; out[num_outputs]. */
+mk_status mk_image_classify_file(const mk_image_model *m, const char *path, float *out,
+                                 size_t out_len);
+/* n decoded 8-bit images pixels[n][h][w][channels] (1 grey or 3 RGB); out[n * num_outputs]. */
+mk_status mk_image_classify_u8(const mk_image_model *m, const uint8_t *pixels, size_t n, size_t h,
+                               size_t w, size_t channels, float *out, size_t out_len);
+void mk_image_model_free(mk_image_model *m);
+
+/* EXAM: chest X-ray + EMR -> oxygen requirement. weights NULL: seeded random (smoke tests). */
+mk_status mk_exam_load(const mk_device *dev, const char *weights, mk_dtype dtype, mk_exam **out);
+/* emr_json: a JSON object with the documented EMR keys (README); missing keys are flagged absent. */
+mk_status mk_exam_predict(const mk_exam *m, const char *image_path, const char *emr_json,
+                          mk_exam_output *out);
+void mk_exam_free(mk_exam *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MEDKERN_H */

@@ -1,0 +1,1018 @@
+//! The C ABI (`include/medkern.h`), for inference servers written in C, C++, Go or Python
+//! (ctypes/cffi) that link `libmedkern.so` instead of the Rust crate.
+//!
+//! Conventions, the same for every function:
+//! - Every function that can fail returns an [`MkStatus`] (`MK_OK` = 0); the message of the
+//!   last failure on the calling thread is [`mk_last_error`] (it names the op, what was given
+//!   and what was expected, like the Rust [`Error`]).
+//! - Objects are opaque handles made by `mk_*_open`/`mk_*_load` and released by `mk_*_free`
+//!   (NULL is accepted and ignored). A handle may be used by one thread at a time; distinct
+//!   handles may be used from different threads at once.
+//! - Outputs go to caller-owned buffers whose length (in elements) is passed alongside; a
+//!   buffer that is too small is `MK_ERR_BUFFER_TOO_SMALL` and nothing is written.
+//! - No panic crosses the boundary: a panic becomes `MK_ERR_INTERNAL` with its message.
+
+use crate::DType;
+use crate::error::{Error, Result};
+use crate::input::{self, RawImage};
+use crate::model::bert::{self, BertModel, BertTokenizer, Pooling};
+use crate::model::efficientnet::{self as en, EfficientNet, EfficientNetConfig};
+use crate::model::exam::{ExamConfig, ExamModel};
+use crate::model::sepsis::{self, SepsisNet};
+use crate::ops::Preprocess;
+use crate::ops::preprocess::PixelRange;
+use crate::tensor::{Device, HostTensor, Tensor};
+use std::cell::RefCell;
+use std::ffi::{CStr, CString, c_char};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+
+/// Bumped on any incompatible change of `include/medkern.h`.
+pub const MK_ABI_VERSION: u32 = 1;
+
+const OP: &str = "capi";
+
+/// Status codes of the C ABI (`mk_status` in the header).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MkStatus {
+    Ok = 0,
+    /// A NULL pointer, a bad string, an unknown name, a value out of range.
+    InvalidArgument = 1,
+    /// An operand or input of the wrong shape.
+    Shape = 2,
+    /// An operand of the wrong dtype.
+    DType = 3,
+    /// No NVIDIA driver, no such GPU, a GPU too old for a kernel, or data on the wrong device.
+    Device = 4,
+    /// A CUDA driver call failed.
+    Cuda = 5,
+    /// A file could not be read (missing, unreadable, corrupt weights).
+    Io = 6,
+    /// A caller's output buffer is too small; nothing was written.
+    BufferTooSmall = 7,
+    /// A bug in medkern (a caught panic, an NVRTC failure at run time).
+    Internal = 8,
+}
+
+/// Precision of a model's activations and weights (`mk_dtype`).
+pub const MK_DTYPE_DEFAULT: i32 = 0;
+pub const MK_DTYPE_F32: i32 = 1;
+pub const MK_DTYPE_F16: i32 = 2;
+pub const MK_DTYPE_BF16: i32 = 3;
+/// Sentence pooling (`mk_pooling`).
+pub const MK_POOLING_MEAN: i32 = 0;
+pub const MK_POOLING_CLS: i32 = 1;
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(msg: &str) {
+    // Interior NULs cannot be represented in a C string; they never occur in our messages
+    // but a user-supplied name could carry one.
+    let c = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+fn status_of(e: &Error) -> MkStatus {
+    match e {
+        Error::Invalid { arg, .. } if *arg == "output buffer" => MkStatus::BufferTooSmall,
+        Error::Invalid { .. } | Error::UnknownKernel { .. } => MkStatus::InvalidArgument,
+        Error::Shape { .. } => MkStatus::Shape,
+        Error::DType { .. } => MkStatus::DType,
+        Error::NoDriver { .. }
+        | Error::NoDevice { .. }
+        | Error::ArchTooLow { .. }
+        | Error::Device { .. } => MkStatus::Device,
+        Error::Driver { .. } => MkStatus::Cuda,
+        Error::Io { .. } => MkStatus::Io,
+        Error::Nvrtc(_) => MkStatus::Internal,
+    }
+}
+
+/// Runs `f`, turning an `Err` or a panic into a status and the thread's last error.
+fn guard(f: impl FnOnce() -> Result<()>) -> MkStatus {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => {
+            set_last_error("");
+            MkStatus::Ok
+        }
+        Ok(Err(e)) => {
+            set_last_error(&e.to_string());
+            status_of(&e)
+        }
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            set_last_error(&format!("medkern: internal error (panic): {what}"));
+            MkStatus::Internal
+        }
+    }
+}
+
+fn invalid(arg: &'static str, detail: impl Into<String>) -> Error {
+    Error::Invalid {
+        op: OP,
+        arg,
+        detail: detail.into(),
+    }
+}
+
+fn too_small(func: &str, needed: usize, given: usize) -> Error {
+    Error::Invalid {
+        op: OP,
+        arg: "output buffer",
+        detail: format!("{func}: holds {given} elements, needs {needed}"),
+    }
+}
+
+/// A reference from a handle pointer, or an Err naming the argument.
+///
+/// # Safety
+/// `p` is NULL or a pointer this module returned and that has not been freed.
+unsafe fn handle<'a, T>(p: *const T, arg: &'static str) -> Result<&'a T> {
+    // SAFETY: per the contract, a non-NULL `p` is a live Box<T> of ours.
+    unsafe { p.as_ref() }.ok_or_else(|| invalid(arg, "NULL handle"))
+}
+
+/// A UTF-8 string from a C string, or an Err naming the argument.
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string.
+unsafe fn text<'a>(p: *const c_char, arg: &'static str) -> Result<&'a str> {
+    if p.is_null() {
+        return Err(invalid(arg, "NULL string"));
+    }
+    // SAFETY: non-NULL and NUL-terminated per the contract.
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|e| invalid(arg, format!("not UTF-8: {e}")))
+}
+
+/// Stores `v` through the out-pointer `out` (which must not be NULL).
+///
+/// # Safety
+/// `out` is NULL or valid for a write of one `*mut T`.
+unsafe fn put<T>(out: *mut *mut T, v: T) -> Result<()> {
+    if out.is_null() {
+        return Err(invalid("out", "NULL out-pointer"));
+    }
+    // SAFETY: non-NULL and writable per the contract.
+    unsafe { *out = Box::into_raw(Box::new(v)) };
+    Ok(())
+}
+
+/// Copies `values` into the caller's buffer `out[..len]`.
+///
+/// # Safety
+/// `out` is NULL or valid for `len` writes of f32.
+unsafe fn write_out(func: &str, values: &[f32], out: *mut f32, len: usize) -> Result<()> {
+    if out.is_null() {
+        return Err(invalid("out", format!("{func}: NULL output buffer")));
+    }
+    if len < values.len() {
+        return Err(too_small(func, values.len(), len));
+    }
+    // SAFETY: `out` is valid for `len >= values.len()` writes per the contract.
+    unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), out, values.len()) };
+    Ok(())
+}
+
+/// Copies `s` and a NUL into `buf[..cap]`; `*needed` (if not NULL) gets `s.len() + 1`.
+///
+/// # Safety
+/// `buf` is NULL (with `cap == 0`) or valid for `cap` writes; `needed` is NULL or writable.
+unsafe fn write_str(s: &str, buf: *mut c_char, cap: usize, needed: *mut usize) -> Result<()> {
+    let n = s.len() + 1;
+    if !needed.is_null() {
+        // SAFETY: writable per the contract.
+        unsafe { *needed = n };
+    }
+    if cap < n || buf.is_null() {
+        return Err(Error::Invalid {
+            op: OP,
+            arg: "output buffer",
+            detail: format!("string of {n} bytes (with the NUL), buffer holds {cap}"),
+        });
+    }
+    // SAFETY: `buf` is valid for `cap >= n` writes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(s.as_ptr().cast::<c_char>(), buf, s.len());
+        *buf.add(s.len()) = 0;
+    }
+    Ok(())
+}
+
+fn dtype_of(code: i32, dev: &Device) -> Result<DType> {
+    Ok(match code {
+        MK_DTYPE_DEFAULT => bert::default_dtype(dev),
+        MK_DTYPE_F32 => DType::F32,
+        MK_DTYPE_F16 => DType::F16,
+        MK_DTYPE_BF16 => DType::BF16,
+        c => {
+            return Err(invalid(
+                "dtype",
+                format!("{c}; expected MK_DTYPE_DEFAULT (0), F32 (1), F16 (2) or BF16 (3)"),
+            ));
+        }
+    })
+}
+
+/// `dims` multiplied, or an Err when the product overflows.
+fn product(arg: &'static str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| invalid(arg, format!("{dims:?} overflows")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Library
+
+/// `MK_ABI_VERSION` of the library (compare with the header's at start-up).
+#[unsafe(no_mangle)]
+pub extern "C" fn mk_abi_version() -> u32 {
+    MK_ABI_VERSION
+}
+
+/// The crate version, a static NUL-terminated string.
+#[unsafe(no_mangle)]
+pub extern "C" fn mk_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// The message of the calling thread's last failure ("" after a success). Valid until the
+/// thread's next medkern call.
+#[unsafe(no_mangle)]
+pub extern "C" fn mk_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Devices
+
+/// A device handle (`mk_device`).
+pub struct MkDevice(Device);
+
+/// Opens a device: `"auto"` (or NULL: the first GPU if one works, else the CPU), `"cpu"`,
+/// `"gpu"`/`"cuda"` (ordinal 0) or `"gpu:N"`/`"cuda:N"`.
+///
+/// # Safety
+/// `spec` is NULL or a NUL-terminated string; `out` is valid for one write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_device_open(spec: *const c_char, out: *mut *mut MkDevice) -> MkStatus {
+    guard(|| {
+        let s = if spec.is_null() {
+            "auto"
+        } else {
+            // SAFETY: forwarded contract.
+            unsafe { text(spec, "spec") }?
+        };
+        let dev = match s {
+            "auto" => Device::best(),
+            "cpu" => Device::Cpu,
+            "gpu" | "cuda" => Device::gpu(0)?,
+            _ => {
+                let n = s
+                    .strip_prefix("gpu:")
+                    .or_else(|| s.strip_prefix("cuda:"))
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        invalid(
+                            "spec",
+                            format!("{s:?}; expected \"auto\", \"cpu\", \"gpu\" or \"gpu:N\""),
+                        )
+                    })?;
+                Device::gpu(n)?
+            }
+        };
+        // SAFETY: forwarded contract.
+        unsafe { put(out, MkDevice(dev)) }
+    })
+}
+
+/// 1 when the device is a GPU, 0 for the CPU or a NULL handle.
+///
+/// # Safety
+/// `dev` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_device_is_gpu(dev: *const MkDevice) -> i32 {
+    // SAFETY: forwarded contract.
+    match unsafe { dev.as_ref() } {
+        Some(d) => i32::from(matches!(d.0, Device::Gpu(_))),
+        None => 0,
+    }
+}
+
+/// A description of the device (name, compute capability, memory) into `buf[..cap]`;
+/// `*needed` gets the bytes required (with the NUL) even when `buf` is too small.
+///
+/// # Safety
+/// `dev` is NULL or a live handle; `buf` is valid for `cap` writes; `needed` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_device_describe(
+    dev: *const MkDevice,
+    buf: *mut c_char,
+    cap: usize,
+    needed: *mut usize,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let d = unsafe { handle(dev, "dev") }?;
+        // SAFETY: forwarded contract.
+        unsafe { write_str(&d.0.describe(), buf, cap, needed) }
+    })
+}
+
+/// Releases a device handle (models keep their own reference to the device).
+///
+/// # Safety
+/// `dev` is NULL or a live handle, not used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_device_free(dev: *mut MkDevice) {
+    if !dev.is_null() {
+        // SAFETY: a Box we made, freed once per the contract.
+        drop(unsafe { Box::from_raw(dev) });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// BERT-family encoders
+
+/// A BERT/DistilBERT/ALBERT encoder with its tokenizer (`mk_bert`).
+pub struct MkBert {
+    model: BertModel,
+    tokenizer: Option<BertTokenizer>,
+    dim: usize,
+}
+
+/// Loads a Hugging Face model folder (`config.json`, `model.safetensors`, and
+/// `tokenizer.json` when texts are to be embedded) onto `dev`. Sequences are truncated to
+/// `max_len` tokens (0: the model's `max_position_embeddings`).
+///
+/// # Safety
+/// `dev` is a live handle; `dir` a NUL-terminated path; `out` valid for one write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_bert_load(
+    dev: *const MkDevice,
+    dir: *const c_char,
+    dtype: i32,
+    max_len: usize,
+    out: *mut *mut MkBert,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let (d, dir) = unsafe { (handle(dev, "dev")?, text(dir, "dir")?) };
+        let dir = PathBuf::from(dir);
+        let dtype = dtype_of(dtype, &d.0)?;
+        let model = BertModel::load(&dir, &d.0, dtype)?;
+        let max_len = if max_len == 0 {
+            model.config.max_position_embeddings
+        } else {
+            max_len
+        };
+        let tokenizer = if dir.join("tokenizer.json").is_file() {
+            Some(BertTokenizer::load(&dir, max_len)?)
+        } else {
+            None
+        };
+        let dim = model.config.hidden_size;
+        // SAFETY: forwarded contract.
+        unsafe {
+            put(
+                out,
+                MkBert {
+                    model,
+                    tokenizer,
+                    dim,
+                },
+            )
+        }
+    })
+}
+
+/// Width of an embedding (the hidden size), 0 for a NULL handle.
+///
+/// # Safety
+/// `m` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_bert_dim(m: *const MkBert) -> usize {
+    // SAFETY: forwarded contract.
+    unsafe { m.as_ref() }.map_or(0, |m| m.dim)
+}
+
+/// Labels of the classification head (0 when the checkpoint has none, or a NULL handle).
+///
+/// # Safety
+/// `m` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_bert_num_labels(m: *const MkBert) -> usize {
+    // SAFETY: forwarded contract.
+    unsafe { m.as_ref() }.map_or(0, |m| {
+        if m.model.has_classifier() {
+            m.model.labels().len()
+        } else {
+            0
+        }
+    })
+}
+
+/// The name of label `i` (from the checkpoint's id2label) into `buf[..cap]`.
+///
+/// # Safety
+/// `m` is a live handle; `buf` valid for `cap` writes; `needed` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_bert_label(
+    m: *const MkBert,
+    i: usize,
+    buf: *mut c_char,
+    cap: usize,
+    needed: *mut usize,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let m = unsafe { handle(m, "model") }?;
+        let labels = m.model.labels();
+        let l = labels.get(i).ok_or_else(|| {
+            invalid(
+                "label",
+                format!("index {i}; the model has {} labels", labels.len()),
+            )
+        })?;
+        // SAFETY: forwarded contract.
+        unsafe { write_str(l, buf, cap, needed) }
+    })
+}
+
+/// Token ids of `n` C strings.
+///
+/// # Safety
+/// `texts` is valid for `n` reads of NUL-terminated strings.
+unsafe fn encode(m: &MkBert, texts: *const *const c_char, n: usize) -> Result<Vec<Vec<u32>>> {
+    let tok = m.tokenizer.as_ref().ok_or_else(|| {
+        invalid(
+            "model",
+            "the model folder has no tokenizer.json; use the *_ids functions",
+        )
+    })?;
+    if n == 0 {
+        return Err(invalid("n", "0 texts"));
+    }
+    if texts.is_null() {
+        return Err(invalid("texts", "NULL array"));
+    }
+    // SAFETY: valid for n reads per the contract.
+    let ptrs = unsafe { std::slice::from_raw_parts(texts, n) };
+    let strs = ptrs
+        .iter()
+        // SAFETY: each is NULL or NUL-terminated per the contract.
+        .map(|&p| unsafe { text(p, "texts") })
+        .collect::<Result<Vec<&str>>>()?;
+    tok.encode(&strs)
+}
+
+/// `n` id sequences given as one concatenated array and their lengths.
+///
+/// # Safety
+/// `lens` is valid for `n` reads, `ids` for their sum.
+unsafe fn id_rows(ids: *const u32, lens: *const usize, n: usize) -> Result<Vec<Vec<u32>>> {
+    if n == 0 {
+        return Err(invalid("n", "0 sequences"));
+    }
+    if lens.is_null() {
+        return Err(invalid("lens", "NULL array"));
+    }
+    // SAFETY: valid for n reads per the contract.
+    let lens = unsafe { std::slice::from_raw_parts(lens, n) };
+    let total = lens
+        .iter()
+        .try_fold(0usize, |a, &l| a.checked_add(l))
+        .ok_or_else(|| invalid("lens", "sum overflows"))?;
+    if ids.is_null() {
+        return Err(invalid("ids", "NULL array"));
+    }
+    // SAFETY: valid for sum(lens) reads per the contract.
+    let all = unsafe { std::slice::from_raw_parts(ids, total) };
+    let mut rows = Vec::with_capacity(n);
+    let mut at = 0;
+    for &l in lens {
+        rows.push(all[at..at + l].to_vec());
+        at += l;
+    }
+    Ok(rows)
+}
+
+fn pooling_of(code: i32) -> Result<Pooling> {
+    match code {
+        MK_POOLING_MEAN => Ok(Pooling::Mean),
+        MK_POOLING_CLS => Ok(Pooling::Cls),
+        c => Err(invalid(
+            "pooling",
+            format!("{c}; expected MK_POOLING_MEAN (0) or MK_POOLING_CLS (1)"),
+        )),
+    }
+}
+
+fn embed_rows(m: &MkBert, ids: &[Vec<u32>], pooling: i32, normalize: i32) -> Result<Vec<f32>> {
+    let rows = m.model.embed(ids, pooling_of(pooling)?)?;
+    let mut flat = Vec::with_capacity(rows.len() * m.dim);
+    for mut r in rows {
+        if normalize != 0 {
+            let norm = r.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+            if norm > 0.0 {
+                r.iter_mut()
+                    .for_each(|v| *v = (f64::from(*v) / norm) as f32);
+            }
+        }
+        flat.extend(r);
+    }
+    Ok(flat)
+}
+
+/// Sentence embeddings of `n` texts into `out[n × dim]` (row-major), L2-normalised when
+/// `normalize` is non-zero.
+///
+/// # Safety
+/// `m` is a live handle; `texts` valid for `n` NUL-terminated strings; `out` for `out_len`
+/// writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_bert_embed(
+    m: *const MkBert,
+    texts: *const *const c_char,
+    n: usize,
+    pooling: i32,
+    normalize: i32,
+    out: *mut f32,
+    out_len: usize,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let m = unsafe { handle(m, "model") }?;
+        check_len("mk_bert_embed", product("n", &[n, m.dim])?, out, out_len)?;
+        // SAFETY: forwarded contract.
+        let ids = unsafe { encode(m, texts, n) }?;
+        let flat = embed_rows(m, &ids, pooling, normalize)?;
+        // SAFETY: forwarded contract.
+        unsafe { write_out("mk_bert_embed", &flat, out, out_len) }
+    })
+}
+
+/// As [`mk_bert_embed`] from token ids (for servers that tokenise themselves): sequence `i`
+/// is `ids[sum(lens[..i]) ..][..lens[i]]`, with its [CLS]/[SEP].
+///
+/// # Safety
+/// `m` is a live handle; `lens` valid for `n` reads, `ids` for their sum; `out` for
+/// `out_len` writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_bert_embed_ids(
+    m: *const MkBert,
+    ids: *const u32,
+    lens: *const usize,
+    n: usize,
+    pooling: i32,
+    normalize: i32,
+    out: *mut f32,
+    out_len: usize,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let m = unsafe { handle(m, "model") }?;
+        check_len(
+            "mk_bert_embed_ids",
+            product("n", &[n, m.dim])?,
+            out,
+            out_len,
+        )?;
+        // SAFETY: forwarded contract.
+        let rows = unsafe { id_rows(ids, lens, n) }?;
+        let flat = embed_rows(m, &rows, pooling, normalize)?;
+        // SAFETY: forwarded contract.
+        unsafe { write_out("mk_bert_embed_ids", &flat, out, out_len) }
+    })
+}
+
+/// Classification logits of `n` texts into `out[n × num_labels]`.
+///
+/// # Safety
+/// As [`mk_bert_embed`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_bert_classify(
+    m: *const MkBert,
+    texts: *const *const c_char,
+    n: usize,
+    out: *mut f32,
+    out_len: usize,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let m = unsafe { handle(m, "model") }?;
+        if !m.model.has_classifier() {
+            return Err(invalid(
+                "model",
+                "the checkpoint has no classification head (classifier.weight)",
+            ));
+        }
+        let labels = m.model.labels().len();
+        check_len(
+            "mk_bert_classify",
+            product("n", &[n, labels])?,
+            out,
+            out_len,
+        )?;
+        // SAFETY: forwarded contract.
+        let ids = unsafe { encode(m, texts, n) }?;
+        let flat: Vec<f32> = m.model.classify(&ids)?.into_iter().flatten().collect();
+        // SAFETY: forwarded contract.
+        unsafe { write_out("mk_bert_classify", &flat, out, out_len) }
+    })
+}
+
+/// Releases a model.
+///
+/// # Safety
+/// `m` is NULL or a live handle, not used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_bert_free(m: *mut MkBert) {
+    if !m.is_null() {
+        // SAFETY: a Box we made, freed once per the contract.
+        drop(unsafe { Box::from_raw(m) });
+    }
+}
+
+/// Fails before any work when the caller's buffer cannot hold `needed` elements.
+fn check_len(func: &str, needed: usize, out: *const f32, len: usize) -> Result<()> {
+    if out.is_null() {
+        return Err(invalid("out", format!("{func}: NULL output buffer")));
+    }
+    if len < needed {
+        return Err(too_small(func, needed, len));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Image classifiers
+
+enum ImageNet {
+    Sepsis(Box<SepsisNet>),
+    Effnet(Box<EfficientNet>),
+}
+
+/// An image classifier (`mk_image_model`): `"lite0"` (EfficientNet-Lite0, 1000 ImageNet
+/// logits), `"cxr"` (EfficientNet-B7 chest X-ray triage, 1 abnormal logit) or `"sepsis"`
+/// (the ResNet-18-based sepsis classifier, 2 logits: no sepsis, sepsis).
+pub struct MkImageModel {
+    net: ImageNet,
+    prep: Preprocess<'static>,
+    outputs: usize,
+    device: Device,
+    dtype: DType,
+}
+
+/// The seed of the random weights used when no weight file is given.
+pub const MK_RANDOM_SEED: u64 = 42;
+
+/// Loads an image classifier of `kind` from a safetensors file `weights` (NULL: seeded
+/// random weights, for smoke tests only: the outputs mean nothing).
+///
+/// # Safety
+/// `dev` is a live handle; `kind` NUL-terminated; `weights` NULL or NUL-terminated; `out`
+/// valid for one write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_image_model_load(
+    dev: *const MkDevice,
+    kind: *const c_char,
+    weights: *const c_char,
+    dtype: i32,
+    out: *mut *mut MkImageModel,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let (d, kind) = unsafe { (handle(dev, "dev")?, text(kind, "kind")?) };
+        let weights = if weights.is_null() {
+            None
+        } else {
+            // SAFETY: forwarded contract.
+            Some(PathBuf::from(unsafe { text(weights, "weights") }?))
+        };
+        let device = d.0.clone();
+        let dtype = dtype_of(dtype, &device)?;
+        let (net, prep, outputs) = match kind {
+            "sepsis" => {
+                let m = match &weights {
+                    Some(p) => SepsisNet::load(p, &device, dtype)?,
+                    None => SepsisNet::from_safetensors(
+                        &sepsis::random_sepsis(MK_RANDOM_SEED).to_safetensors()?,
+                        &device,
+                        dtype,
+                    )?,
+                };
+                (
+                    ImageNet::Sepsis(Box::new(m)),
+                    Preprocess::imagenet((224, 224)),
+                    2,
+                )
+            }
+            "lite0" | "cxr" => {
+                let cfg = if kind == "cxr" {
+                    EfficientNetConfig::b(7)?.with_head(en::Head::ChestXray)
+                } else {
+                    EfficientNetConfig::lite(0)?
+                };
+                let prep = cfg.preprocess();
+                let outputs = cfg.num_outputs();
+                let m = match &weights {
+                    Some(p) => EfficientNet::load(p, cfg, &device, dtype)?,
+                    None => EfficientNet::from_bytes(
+                        &en::to_safetensors(&en::random_weights(&cfg, MK_RANDOM_SEED)?)?,
+                        cfg,
+                        &device,
+                        dtype,
+                    )?,
+                };
+                (ImageNet::Effnet(Box::new(m)), prep, outputs)
+            }
+            k => {
+                return Err(invalid(
+                    "kind",
+                    format!("{k:?}; expected \"lite0\", \"cxr\" or \"sepsis\""),
+                ));
+            }
+        };
+        // SAFETY: forwarded contract.
+        unsafe {
+            put(
+                out,
+                MkImageModel {
+                    net,
+                    prep,
+                    outputs,
+                    device,
+                    dtype,
+                },
+            )
+        }
+    })
+}
+
+/// Logits per image (1000, 1 or 2), 0 for a NULL handle.
+///
+/// # Safety
+/// `m` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_image_model_num_outputs(m: *const MkImageModel) -> usize {
+    // SAFETY: forwarded contract.
+    unsafe { m.as_ref() }.map_or(0, |m| m.outputs)
+}
+
+impl MkImageModel {
+    /// Logits of preprocessed images `[N, H, W, 3]`, flattened.
+    fn logits(&self, x: &Tensor) -> Result<Vec<f32>> {
+        let v = match &self.net {
+            ImageNet::Sepsis(m) => m.forward(x)?.logits.to_host()?.as_slice::<f32>()?.to_vec(),
+            ImageNet::Effnet(m) => m.logits(x)?.into_iter().flatten().collect(),
+        };
+        if let Some(bad) = v.iter().position(|z| !z.is_finite()) {
+            return Err(invalid(
+                "weights",
+                format!("logit {bad} is {} (non-finite weights or input?)", v[bad]),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// Centre square, resize and normalise (ImageNet evaluation), as `medkern classify`.
+    fn prepare(&self, raw: &RawImage) -> Result<Tensor> {
+        let raw = raw.center_crop_square()?;
+        let p = Preprocess {
+            grey_to_rgb: raw.channels() == 1,
+            ..self.prep
+        };
+        raw.preprocess(&self.device, &p, self.dtype)
+    }
+}
+
+/// Classifies one image file (PNG, JPEG or uncompressed DICOM, chosen by content) into
+/// `out[num_outputs]` logits.
+///
+/// # Safety
+/// `m` is a live handle; `path` NUL-terminated; `out` valid for `out_len` writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_image_classify_file(
+    m: *const MkImageModel,
+    path: *const c_char,
+    out: *mut f32,
+    out_len: usize,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let (m, path) = unsafe { (handle(m, "model")?, text(path, "path")?) };
+        check_len("mk_image_classify_file", m.outputs, out, out_len)?;
+        let raw = input::load(std::path::Path::new(path))?;
+        let v = m.logits(&m.prepare(&raw)?)?;
+        // SAFETY: forwarded contract.
+        unsafe { write_out("mk_image_classify_file", &v, out, out_len) }
+    })
+}
+
+/// Classifies `n` decoded 8-bit images of one size, `pixels[n][h][w][channels]` (channels 1
+/// grey, 3 RGB), into `out[n × num_outputs]` logits. Each image is centre-cropped to a
+/// square and resized like [`mk_image_classify_file`].
+///
+/// # Safety
+/// `m` is a live handle; `pixels` valid for `n·h·w·channels` reads; `out` for `out_len`
+/// writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_image_classify_u8(
+    m: *const MkImageModel,
+    pixels: *const u8,
+    n: usize,
+    h: usize,
+    w: usize,
+    channels: usize,
+    out: *mut f32,
+    out_len: usize,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let m = unsafe { handle(m, "model") }?;
+        if n == 0 || h == 0 || w == 0 || !(channels == 1 || channels == 3) {
+            return Err(Error::Shape {
+                op: OP,
+                arg: "pixels",
+                got: vec![n, h, w, channels],
+                expected: "[n ≥ 1, h ≥ 1, w ≥ 1, channels 1 or 3]".into(),
+            });
+        }
+        check_len(
+            "mk_image_classify_u8",
+            product("n", &[n, m.outputs])?,
+            out,
+            out_len,
+        )?;
+        let per = product("pixels", &[h, w, channels])?;
+        product("pixels", &[n, per])?;
+        if pixels.is_null() {
+            return Err(invalid("pixels", "NULL array"));
+        }
+        // SAFETY: valid for n·per reads per the contract.
+        let all = unsafe { std::slice::from_raw_parts(pixels, n * per) };
+        let mut logits = Vec::with_capacity(n * m.outputs);
+        for (i, img) in all.chunks_exact(per).enumerate() {
+            let raw = RawImage {
+                pixels: HostTensor::new(&[1, h, w, channels], img.to_vec())?,
+                range: PixelRange::Scale(255.0),
+                source: format!("pixels[{i}]"),
+            };
+            logits.extend(m.logits(&m.prepare(&raw)?)?);
+        }
+        // SAFETY: forwarded contract.
+        unsafe { write_out("mk_image_classify_u8", &logits, out, out_len) }
+    })
+}
+
+/// Releases a model.
+///
+/// # Safety
+/// `m` is NULL or a live handle, not used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_image_model_free(m: *mut MkImageModel) {
+    if !m.is_null() {
+        // SAFETY: a Box we made, freed once per the contract.
+        drop(unsafe { Box::from_raw(m) });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// EXAM: chest X-ray + EMR → oxygen requirement
+
+/// The EXAM model (`mk_exam`).
+pub struct MkExam {
+    model: ExamModel,
+    device: Device,
+    dtype: DType,
+}
+
+/// One patient's EXAM prediction (`mk_exam_output`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MkExamOutput {
+    /// P(more than low-flow oxygen) at 24 h and at 72 h.
+    pub oxygen_24h: f32,
+    pub oxygen_72h: f32,
+    /// The ordinal score before the cut points.
+    pub ordinal_score: f32,
+    /// P(class k): room air, low-flow, high-flow, non-invasive, mechanical ventilation.
+    pub ordinal_probs: [f32; 5],
+    /// The most probable class (0-4).
+    pub ordinal_class: u32,
+}
+
+/// Loads EXAM from a safetensors checkpoint `weights` (NULL: seeded random weights, for
+/// smoke tests only).
+///
+/// # Safety
+/// `dev` is a live handle; `weights` NULL or NUL-terminated; `out` valid for one write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_exam_load(
+    dev: *const MkDevice,
+    weights: *const c_char,
+    dtype: i32,
+    out: *mut *mut MkExam,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let d = unsafe { handle(dev, "dev") }?;
+        let device = d.0.clone();
+        let dtype = dtype_of(dtype, &device)?;
+        let model = if weights.is_null() {
+            ExamModel::random(&ExamConfig::default(), MK_RANDOM_SEED, &device, dtype)?
+        } else {
+            // SAFETY: forwarded contract.
+            let p = unsafe { text(weights, "weights") }?;
+            ExamModel::load(std::path::Path::new(p), &device, dtype)?
+        };
+        // SAFETY: forwarded contract.
+        unsafe {
+            put(
+                out,
+                MkExam {
+                    model,
+                    device,
+                    dtype,
+                },
+            )
+        }
+    })
+}
+
+/// Predicts for one patient: a chest X-ray file (PNG, JPEG or DICOM with its own window)
+/// and the EMR as a JSON object text (the documented feature keys; missing keys are
+/// flagged absent, as `medkern exam`).
+///
+/// # Safety
+/// `m` is a live handle; `image_path` and `emr_json` NUL-terminated; `out` valid for one
+/// write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_exam_predict(
+    m: *const MkExam,
+    image_path: *const c_char,
+    emr_json: *const c_char,
+    out: *mut MkExamOutput,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let (m, path, emr) = unsafe {
+            (
+                handle(m, "model")?,
+                text(image_path, "image_path")?,
+                text(emr_json, "emr_json")?,
+            )
+        };
+        if out.is_null() {
+            return Err(invalid("out", "mk_exam_predict: NULL output"));
+        }
+        let cfg = &m.model.head.config.emr;
+        let record: serde_json::Value = serde_json::from_str(emr)
+            .map_err(|e| invalid("emr_json", format!("not valid JSON: {e}")))?;
+        let emr = cfg.encode(&record)?;
+        let raw = input::load(std::path::Path::new(path))?;
+        let x = raw.to_model_input(&m.device, m.model.trunk.input_size(), m.dtype)?;
+        let e = HostTensor::new(&[1, cfg.dim()], emr)?.to_device(&m.device)?;
+        let o = m
+            .model
+            .forward(&x, &e)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| invalid("output", "EXAM returned no prediction"))?;
+        let r = MkExamOutput {
+            oxygen_24h: o.oxygen_24h,
+            oxygen_72h: o.oxygen_72h,
+            ordinal_score: o.ordinal_score,
+            ordinal_probs: o.ordinal_probs,
+            ordinal_class: o.ordinal_class as u32,
+        };
+        let vals = [r.oxygen_24h, r.oxygen_72h, r.ordinal_score];
+        if vals.iter().chain(&r.ordinal_probs).any(|v| !v.is_finite()) {
+            return Err(invalid("weights", format!("non-finite prediction {r:?}")));
+        }
+        // SAFETY: non-NULL and writable per the contract.
+        unsafe { *out = r };
+        Ok(())
+    })
+}
+
+/// Releases a model.
+///
+/// # Safety
+/// `m` is NULL or a live handle, not used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_exam_free(m: *mut MkExam) {
+    if !m.is_null() {
+        // SAFETY: a Box we made, freed once per the contract.
+        drop(unsafe { Box::from_raw(m) });
+    }
+}

@@ -1,0 +1,111 @@
+/* A C user of libmedkern (include/medkern.h), built and run by tests/capi.rs:
+ *   capi_smoke <device spec> <MiniLM folder> <EfficientNet-Lite0 weights> <photo> <class ids...>
+ * Exits 0 when every check passes, printing one line per check. */
+#include "medkern.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures = 0;
+
+#define CHECK(cond, ...)                                       \
+    do {                                                       \
+        if (cond) {                                            \
+            printf("ok: " __VA_ARGS__);                        \
+        } else {                                               \
+            printf("FAIL (%s:%d): ", __FILE__, __LINE__);      \
+            printf(__VA_ARGS__);                               \
+            failures++;                                        \
+        }                                                      \
+        printf("\n");                                          \
+    } while (0)
+
+static double dot(const float *a, const float *b, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 6) {
+        fprintf(stderr, "usage: %s device minilm_dir lite0_weights photo class...\n", argv[0]);
+        return 2;
+    }
+    CHECK(mk_abi_version() == MEDKERN_ABI_VERSION, "ABI version %u", mk_abi_version());
+    CHECK(strlen(mk_version()) > 0, "version %s", mk_version());
+
+    mk_device *dev = NULL;
+    mk_status st = mk_device_open("tpu:0", &dev);
+    CHECK(st == MK_ERR_INVALID_ARGUMENT && dev == NULL && strstr(mk_last_error(), "tpu:0"),
+          "bad device spec is an error naming it: %s", mk_last_error());
+    st = mk_device_open(argv[1], &dev);
+    CHECK(st == MK_OK && dev != NULL, "device %s opened (%s)", argv[1], mk_last_error());
+    if (st != MK_OK) return 1;
+    CHECK(strlen(mk_last_error()) == 0, "last error cleared by a success");
+
+    /* The two-call string protocol: ask for the size, then fetch. */
+    size_t need = 0;
+    st = mk_device_describe(dev, NULL, 0, &need);
+    CHECK(st == MK_ERR_BUFFER_TOO_SMALL && need > 1, "describe needs %zu bytes", need);
+    char *desc = malloc(need);
+    st = mk_device_describe(dev, desc, need, NULL);
+    CHECK(st == MK_OK && strlen(desc) + 1 == need, "device: %s", desc);
+    free(desc);
+
+    /* Sentence embeddings. */
+    mk_bert *bert = NULL;
+    st = mk_bert_load(dev, argv[2], MK_DTYPE_DEFAULT, 0, &bert);
+    CHECK(st == MK_OK, "MiniLM loaded (%s)", mk_last_error());
+    if (st != MK_OK) return 1;
+    size_t dim = mk_bert_dim(bert);
+    CHECK(dim == 384, "embedding width %zu", dim);
+    const char *texts[3] = {"The patient has a fever and a cough.",
+                            "A feverish patient who is coughing.",
+                            "The stock market closed higher on Friday."};
+    float *emb = malloc(3 * dim * sizeof(float));
+    for (size_t i = 0; i < 3 * dim; i++) emb[i] = NAN;
+    st = mk_bert_embed(bert, texts, 3, MK_POOLING_MEAN, 1, emb, 3 * dim - 1);
+    CHECK(st == MK_ERR_BUFFER_TOO_SMALL && isnan(emb[0]),
+          "short buffer refused, nothing written: %s", mk_last_error());
+    st = mk_bert_embed(bert, texts, 3, MK_POOLING_MEAN, 1, emb, 3 * dim);
+    CHECK(st == MK_OK, "embedded 3 texts (%s)", mk_last_error());
+    double n0 = dot(emb, emb, dim), s01 = dot(emb, emb + dim, dim), s02 = dot(emb, emb + 2 * dim, dim);
+    CHECK(fabs(n0 - 1.0) < 1e-4, "unit rows |e0|^2 = %.6f", n0);
+    CHECK(s01 > 0.6 && s01 > s02 + 0.3, "similar texts closer: cos %.4f vs %.4f", s01, s02);
+    CHECK(mk_bert_num_labels(bert) == 0, "MiniLM has no classification head");
+    float logit;
+    st = mk_bert_classify(bert, texts, 1, &logit, 1);
+    CHECK(st == MK_ERR_INVALID_ARGUMENT && strstr(mk_last_error(), "classification head"),
+          "classify without a head: %s", mk_last_error());
+    free(emb);
+    mk_bert_free(bert);
+
+    /* Image classification with the real EfficientNet-Lite0. */
+    mk_image_model *img = NULL;
+    st = mk_image_model_load(dev, "lite0", argv[3], MK_DTYPE_DEFAULT, &img);
+    CHECK(st == MK_OK, "Lite0 loaded (%s)", mk_last_error());
+    if (st != MK_OK) return 1;
+    size_t k = mk_image_model_num_outputs(img);
+    CHECK(k == 1000, "%zu ImageNet logits", k);
+    float *logits = malloc(k * sizeof(float));
+    st = mk_image_classify_file(img, argv[4], logits, k);
+    CHECK(st == MK_OK, "classified %s (%s)", argv[4], mk_last_error());
+    size_t best = 0;
+    for (size_t i = 1; i < k; i++)
+        if (logits[i] > logits[best]) best = i;
+    int right = 0;
+    for (int a = 5; a < argc; a++) right |= (size_t)atoi(argv[a]) == best;
+    CHECK(right, "top-1 class %zu", best);
+    st = mk_image_classify_file(img, "/nonexistent/x.png", logits, k);
+    CHECK(st == MK_ERR_IO && strstr(mk_last_error(), "/nonexistent/x.png"), "missing file: %s",
+          mk_last_error());
+    free(logits);
+    mk_image_model_free(img);
+
+    mk_device_free(dev);
+    mk_device_free(NULL); /* accepted */
+    printf("%d failure(s)\n", failures);
+    return failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,589 @@
+//! The C ABI (src/capi.rs, include/medkern.h):
+//! - every function's error path: NULL handles and pointers, bad names and enum values, short
+//!   buffers (nothing written), missing files; each a status code plus a message naming the
+//!   argument;
+//! - results through the ABI equal the Rust API's on the real MiniLM and EfficientNet-Lite0
+//!   (which tests/bert.rs and tests/efficientnet.rs check against candle), row layout and
+//!   normalisation included; the random-weight sepsis net and EXAM through the ABI;
+//! - a C program (tests/c/capi_smoke.c) compiled with `cc -std=c11 -Wall -Wextra -Werror
+//!   -pedantic` against the header, linked to `libmedkern.so`, and run; the header also
+//!   compiles as C++.
+//!
+//! Real-model tests need scripts/setup-models (`MEDKERN_SKIP_MODELS=1`: counted SKIP).
+
+mod common;
+
+use common::skip;
+use medkern::capi::*;
+use medkern::model::bert::{BertModel, BertTokenizer, Pooling};
+use medkern::{DType, Device};
+use std::ffi::{CStr, CString, c_char};
+use std::path::{Path, PathBuf};
+use std::ptr;
+
+fn last_error() -> String {
+    // SAFETY: mk_last_error returns a live NUL-terminated string.
+    unsafe { CStr::from_ptr(mk_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).expect("no NUL")
+}
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("MEDKERN_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".models"))
+}
+
+/// The installed model file or folder, or None after a counted SKIP with
+/// `MEDKERN_SKIP_MODELS=1`; otherwise a missing model fails the test.
+fn model_or_skip(test: &str, rel: &str) -> Option<PathBuf> {
+    let p = models_dir().join(rel);
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("MEDKERN_SKIP_MODELS").is_ok_and(|v| v == "1") {
+        skip(
+            test,
+            &format!("{} missing (MEDKERN_SKIP_MODELS=1)", p.display()),
+        );
+        return None;
+    }
+    panic!(
+        "{test}: {} is not installed: run scripts/setup-models (or MEDKERN_SKIP_MODELS=1)",
+        p.display()
+    );
+}
+
+fn open(spec: &str) -> *mut MkDevice {
+    let mut d = ptr::null_mut();
+    // SAFETY: valid string and out-pointer.
+    let st = unsafe { mk_device_open(c(spec).as_ptr(), &mut d) };
+    assert_eq!(st, MkStatus::Ok, "mk_device_open({spec}): {}", last_error());
+    assert!(!d.is_null());
+    d
+}
+
+#[test]
+fn identity_and_device_handles() {
+    assert_eq!(mk_abi_version(), 1);
+    // SAFETY: a static NUL-terminated string.
+    let v = unsafe { CStr::from_ptr(mk_version()) }
+        .to_str()
+        .expect("utf8");
+    assert_eq!(v, env!("CARGO_PKG_VERSION"));
+    let dev = open("cpu");
+    // SAFETY: live handle.
+    assert_eq!(unsafe { mk_device_is_gpu(dev) }, 0);
+    assert_eq!(last_error(), "", "a success clears the last error");
+    // The two-call string protocol.
+    let mut need = 0usize;
+    // SAFETY: NULL buffer with cap 0 is allowed; needed is writable.
+    let st = unsafe { mk_device_describe(dev, ptr::null_mut(), 0, &mut need) };
+    assert_eq!(st, MkStatus::BufferTooSmall);
+    assert!(last_error().contains("buffer holds 0"), "{}", last_error());
+    let mut buf = vec![0x7f as c_char; need];
+    // SAFETY: buf holds `need` bytes.
+    let st = unsafe { mk_device_describe(dev, buf.as_mut_ptr(), need, ptr::null_mut()) };
+    assert_eq!(st, MkStatus::Ok, "{}", last_error());
+    // SAFETY: NUL-terminated by the call.
+    let desc = unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_str()
+        .expect("utf8");
+    assert_eq!(desc, Device::Cpu.describe());
+    assert_eq!(desc.len() + 1, need);
+    // One byte short: refused, the buffer untouched.
+    let mut short = vec![0x7f as c_char; need - 1];
+    // SAFETY: short holds need-1 bytes.
+    let st = unsafe { mk_device_describe(dev, short.as_mut_ptr(), need - 1, ptr::null_mut()) };
+    assert_eq!(st, MkStatus::BufferTooSmall);
+    assert!(short.iter().all(|&b| b == 0x7f));
+    // SAFETY: live handle, then NULL (accepted).
+    unsafe {
+        mk_device_free(dev);
+        mk_device_free(ptr::null_mut());
+    }
+    // "auto" (and NULL) open something: the GPU when one works, else the CPU.
+    let mut d = ptr::null_mut();
+    // SAFETY: NULL spec is documented as "auto".
+    assert_eq!(unsafe { mk_device_open(ptr::null(), &mut d) }, MkStatus::Ok);
+    // SAFETY: live handle.
+    unsafe {
+        assert_eq!(
+            mk_device_is_gpu(d) == 1,
+            matches!(Device::best(), Device::Gpu(_))
+        );
+        mk_device_free(d);
+    }
+}
+
+#[test]
+fn bad_arguments_are_errors_naming_them() {
+    let mut d = ptr::null_mut();
+    for (spec, word) in [("tpu", "tpu"), ("gpu:x", "gpu:x"), ("", "\"\"")] {
+        // SAFETY: valid string and out-pointer.
+        let st = unsafe { mk_device_open(c(spec).as_ptr(), &mut d) };
+        assert_eq!(st, MkStatus::InvalidArgument, "{spec}");
+        let e = last_error();
+        assert!(e.contains("spec") && e.contains(word), "{e}");
+        assert!(d.is_null(), "nothing is returned on failure");
+    }
+    // A GPU ordinal that cannot exist: a device error, never a panic.
+    // SAFETY: valid string and out-pointer.
+    let st = unsafe { mk_device_open(c("gpu:4096").as_ptr(), &mut d) };
+    assert_eq!(st, MkStatus::Device, "{}", last_error());
+    // NULL out-pointer.
+    // SAFETY: testing the NULL check.
+    let st = unsafe { mk_device_open(c("cpu").as_ptr(), ptr::null_mut()) };
+    assert_eq!(st, MkStatus::InvalidArgument);
+    assert!(last_error().contains("out"), "{}", last_error());
+    // Non-UTF-8 text.
+    let bad = [0xffu8 as c_char, 0];
+    // SAFETY: NUL-terminated.
+    let st = unsafe { mk_device_open(bad.as_ptr(), &mut d) };
+    assert_eq!(st, MkStatus::InvalidArgument);
+    assert!(last_error().contains("UTF-8"), "{}", last_error());
+
+    let dev = open("cpu");
+    let mut bert = ptr::null_mut();
+    // A folder that is not there.
+    // SAFETY: valid handle, strings and out-pointer throughout.
+    unsafe {
+        let st = mk_bert_load(dev, c("/nonexistent/model").as_ptr(), 0, 0, &mut bert);
+        assert_eq!(st, MkStatus::Io, "{}", last_error());
+        assert!(
+            last_error().contains("/nonexistent/model"),
+            "{}",
+            last_error()
+        );
+        let st = mk_bert_load(dev, c("/tmp").as_ptr(), 7, 0, &mut bert);
+        assert_eq!(st, MkStatus::InvalidArgument);
+        assert!(last_error().contains("dtype") && last_error().contains('7'));
+        let st = mk_bert_load(ptr::null(), c("/tmp").as_ptr(), 0, 0, &mut bert);
+        assert_eq!(st, MkStatus::InvalidArgument);
+        assert!(last_error().contains("dev"), "{}", last_error());
+        assert!(bert.is_null());
+        // Functions on NULL model handles.
+        let mut out = [0f32; 4];
+        let texts = [c("x")];
+        let tp: Vec<*const c_char> = texts.iter().map(|t| t.as_ptr()).collect();
+        let st = mk_bert_embed(ptr::null(), tp.as_ptr(), 1, 0, 0, out.as_mut_ptr(), 4);
+        assert_eq!(st, MkStatus::InvalidArgument);
+        assert!(last_error().contains("model"), "{}", last_error());
+        assert_eq!(mk_bert_dim(ptr::null()), 0);
+        assert_eq!(mk_bert_num_labels(ptr::null()), 0);
+        mk_bert_free(ptr::null_mut());
+
+        let mut img = ptr::null_mut();
+        let st = mk_image_model_load(dev, c("vgg16").as_ptr(), ptr::null(), 0, &mut img);
+        assert_eq!(st, MkStatus::InvalidArgument);
+        assert!(last_error().contains("vgg16") && last_error().contains("lite0"));
+        let st = mk_image_model_load(
+            dev,
+            c("cxr").as_ptr(),
+            c("/nonexistent/w.safetensors").as_ptr(),
+            0,
+            &mut img,
+        );
+        assert_eq!(st, MkStatus::Io, "{}", last_error());
+        assert!(img.is_null());
+        assert_eq!(mk_image_model_num_outputs(ptr::null()), 0);
+        mk_image_model_free(ptr::null_mut());
+        let mut ex = ptr::null_mut();
+        let st = mk_exam_load(dev, c("/nonexistent/exam.safetensors").as_ptr(), 0, &mut ex);
+        assert_eq!(st, MkStatus::Io, "{}", last_error());
+        mk_exam_free(ptr::null_mut());
+        mk_device_free(dev);
+    }
+}
+
+/// Random u8 RGB pixels `[n, h, w, 3]` (not zeros: the nets must see structure).
+fn pixels(n: usize, h: usize, w: usize, seed: u64) -> Vec<u8> {
+    let mut r = common::SeedRng::new(seed);
+    (0..n * h * w * 3)
+        .map(|i| ((i % 97) as f64 + 100.0 * r.uniform()) as u8)
+        .collect()
+}
+
+#[test]
+fn sepsis_and_exam_through_the_abi() {
+    let dev = open("cpu");
+    // SAFETY: valid handles, strings, buffers of the stated lengths throughout.
+    unsafe {
+        let mut m = ptr::null_mut();
+        let st = mk_image_model_load(dev, c("sepsis").as_ptr(), ptr::null(), MK_DTYPE_F32, &mut m);
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        assert_eq!(mk_image_model_num_outputs(m), 2);
+        // Two images, one non-square (cropped to its centre square) of a size the model does
+        // not take natively (resized).
+        let (h, w) = (61, 83);
+        let px = pixels(2, h, w, 5);
+        let mut out = vec![f32::NAN; 5];
+        // Bad shapes and short buffers: errors, nothing written.
+        let st = mk_image_classify_u8(m, px.as_ptr(), 2, h, w, 4, out.as_mut_ptr(), 4);
+        assert_eq!(st, MkStatus::Shape, "{}", last_error());
+        let st = mk_image_classify_u8(m, px.as_ptr(), 2, h, w, 3, out.as_mut_ptr(), 3);
+        assert_eq!(st, MkStatus::BufferTooSmall, "{}", last_error());
+        assert!(last_error().contains("needs 4"), "{}", last_error());
+        assert!(out.iter().all(|v| v.is_nan()));
+        let st = mk_image_classify_u8(m, ptr::null(), 2, h, w, 3, out.as_mut_ptr(), 4);
+        assert_eq!(st, MkStatus::InvalidArgument);
+        let st = mk_image_classify_u8(m, px.as_ptr(), 2, h, w, 3, out.as_mut_ptr(), 5);
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        assert!(out[..4].iter().all(|v| v.is_finite()), "{out:?}");
+        assert!(out[4].is_nan(), "wrote past n × outputs");
+        assert_ne!(out[0..2], out[2..4], "different images, different logits");
+        // Each row equals the image classified alone (batch rows are independent).
+        let mut one = [f32::NAN; 2];
+        let st = mk_image_classify_u8(m, px[h * w * 3..].as_ptr(), 1, h, w, 3, one.as_mut_ptr(), 2);
+        assert_eq!(st, MkStatus::Ok);
+        assert_eq!(one, [out[2], out[3]]);
+        mk_image_model_free(m);
+
+        // EXAM: a PNG file and an EMR record.
+        let mut ex = ptr::null_mut();
+        let st = mk_exam_load(dev, ptr::null(), MK_DTYPE_F32, &mut ex);
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        let dir = std::env::temp_dir().join(format!("medkern-capi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let png = dir.join("cxr.png");
+        let grey: Vec<u8> = pixels(1, 96, 80, 9).into_iter().step_by(3).collect();
+        image::GrayImage::from_raw(80, 96, grey)
+            .expect("image")
+            .save(&png)
+            .expect("write png");
+        let pngc = c(png.to_str().expect("utf8 path"));
+        let emr = c(r#"{"age": 63, "spo2": 91, "respiratory_rate": 24}"#);
+        let mut o = MkExamOutput::default();
+        let st = mk_exam_predict(ex, pngc.as_ptr(), emr.as_ptr(), &mut o);
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        let s: f32 = o.ordinal_probs.iter().sum();
+        assert!((s - 1.0).abs() < 1e-5, "{o:?}");
+        let best = (0..5)
+            .max_by(|&a, &b| o.ordinal_probs[a].total_cmp(&o.ordinal_probs[b]))
+            .expect("5 classes");
+        assert_eq!(o.ordinal_class as usize, best);
+        assert!((0.0..=1.0).contains(&o.oxygen_24h) && (0.0..=1.0).contains(&o.oxygen_72h));
+        // Bad EMR: not JSON; a value of the wrong type.
+        let st = mk_exam_predict(ex, pngc.as_ptr(), c("{age: 63").as_ptr(), &mut o);
+        assert_eq!(st, MkStatus::InvalidArgument);
+        assert!(last_error().contains("emr_json"), "{}", last_error());
+        let st = mk_exam_predict(ex, pngc.as_ptr(), c(r#"{"age": "old"}"#).as_ptr(), &mut o);
+        assert_ne!(st, MkStatus::Ok);
+        assert!(last_error().contains("age"), "{}", last_error());
+        let st = mk_exam_predict(ex, pngc.as_ptr(), emr.as_ptr(), ptr::null_mut());
+        assert_eq!(st, MkStatus::InvalidArgument);
+        mk_exam_free(ex);
+        mk_device_free(dev);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+const TEXTS: [&str; 4] = [
+    "The patient presents with fever, productive cough and shortness of breath.",
+    "Chest X-ray shows bilateral infiltrates.",
+    "a",
+    "Oxygen saturation 88% on room air; started on 2 L/min nasal cannula.",
+];
+
+/// MiniLM through the ABI on `spec`; returns (texts embedding, ids embedding, dim).
+fn minilm_abi(spec: &str, dir: &Path, pooling: i32, normalize: i32) -> (Vec<f32>, Vec<f32>, usize) {
+    let dev = open(spec);
+    // SAFETY: valid handles, strings, buffers of the stated lengths throughout.
+    unsafe {
+        let mut m = ptr::null_mut();
+        let st = mk_bert_load(dev, c(dir.to_str().expect("utf8")).as_ptr(), 0, 0, &mut m);
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        mk_device_free(dev); // the model keeps its device
+        let dim = mk_bert_dim(m);
+        let cs: Vec<CString> = TEXTS.iter().map(|t| c(t)).collect();
+        let ptrs: Vec<*const c_char> = cs.iter().map(|s| s.as_ptr()).collect();
+        let n = TEXTS.len();
+        let mut out = vec![f32::NAN; n * dim + 1];
+        let st = mk_bert_embed(
+            m,
+            ptrs.as_ptr(),
+            n,
+            pooling,
+            normalize,
+            out.as_mut_ptr(),
+            out.len(),
+        );
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        assert!(out[n * dim].is_nan(), "wrote past n × dim");
+        out.truncate(n * dim);
+        // The same through pre-tokenised ids (one concatenated array).
+        let tok = BertTokenizer::load(dir, 512).expect("tokenizer");
+        let ids = tok.encode(&TEXTS).expect("encode");
+        let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
+        let flat: Vec<u32> = ids.concat();
+        let mut out2 = vec![f32::NAN; n * dim];
+        let st = mk_bert_embed_ids(
+            m,
+            flat.as_ptr(),
+            lens.as_ptr(),
+            n,
+            pooling,
+            normalize,
+            out2.as_mut_ptr(),
+            out2.len(),
+        );
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        // Errors: short buffer (nothing written), bad pooling, no texts, NULL text.
+        let mut short = vec![f32::NAN; n * dim - 1];
+        let st = mk_bert_embed(
+            m,
+            ptrs.as_ptr(),
+            n,
+            pooling,
+            0,
+            short.as_mut_ptr(),
+            short.len(),
+        );
+        assert_eq!(st, MkStatus::BufferTooSmall);
+        assert!(short.iter().all(|v| v.is_nan()));
+        let st = mk_bert_embed(m, ptrs.as_ptr(), n, 5, 0, out2.as_mut_ptr(), out2.len());
+        assert_eq!(st, MkStatus::InvalidArgument);
+        assert!(last_error().contains("pooling"), "{}", last_error());
+        let st = mk_bert_embed(
+            m,
+            ptrs.as_ptr(),
+            0,
+            pooling,
+            0,
+            out2.as_mut_ptr(),
+            out2.len(),
+        );
+        assert_eq!(st, MkStatus::InvalidArgument);
+        let nulls = [ptr::null::<c_char>()];
+        let st = mk_bert_embed(
+            m,
+            nulls.as_ptr(),
+            1,
+            pooling,
+            0,
+            out2.as_mut_ptr(),
+            out2.len(),
+        );
+        assert_eq!(st, MkStatus::InvalidArgument);
+        assert!(last_error().contains("texts"), "{}", last_error());
+        let empty: [usize; 1] = [0];
+        let st = mk_bert_embed_ids(
+            m,
+            flat.as_ptr(),
+            empty.as_ptr(),
+            1,
+            0,
+            0,
+            out2.as_mut_ptr(),
+            dim,
+        );
+        assert_ne!(st, MkStatus::Ok, "an empty sequence is an error");
+        mk_bert_free(m);
+        (out, out2, dim)
+    }
+}
+
+#[test]
+fn minilm_through_the_abi_equals_the_rust_api() {
+    let Some(dir) = model_or_skip(
+        "minilm_through_the_abi_equals_the_rust_api",
+        "all-MiniLM-L6-v2",
+    ) else {
+        return;
+    };
+    let model = BertModel::load(&dir, &Device::Cpu, DType::F32).expect("load");
+    let ids = BertTokenizer::load(&dir, 512)
+        .expect("tokenizer")
+        .encode(&TEXTS)
+        .expect("encode");
+    for (pooling, pool) in [
+        (MK_POOLING_MEAN, Pooling::Mean),
+        (MK_POOLING_CLS, Pooling::Cls),
+    ] {
+        let want: Vec<Vec<f32>> = model.embed(&ids, pool).expect("embed");
+        let (raw, raw_ids, dim) = minilm_abi("cpu", &dir, pooling, 0);
+        assert_eq!(dim, 384);
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(&raw[i * dim..(i + 1) * dim], &w[..], "row {i} ({pool:?})");
+            assert_eq!(&raw_ids[i * dim..(i + 1) * dim], &w[..], "ids row {i}");
+        }
+        let (unit, _, _) = minilm_abi("cpu", &dir, pooling, 1);
+        for (i, w) in want.iter().enumerate() {
+            let norm = w.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+            for (j, &v) in w.iter().enumerate() {
+                let e = f64::from(v) / norm;
+                let g = f64::from(unit[i * dim + j]);
+                assert!(
+                    (g - e).abs() <= 1e-6 + 1e-6 * e.abs(),
+                    "row {i} col {j}: {g} vs {e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gpu_minilm_through_the_abi() {
+    let Some(_gpu) = common::gpu_or_skip("gpu_minilm_through_the_abi") else {
+        return;
+    };
+    let Some(dir) = model_or_skip("gpu_minilm_through_the_abi", "all-MiniLM-L6-v2") else {
+        return;
+    };
+    let (gpu, _, dim) = minilm_abi("gpu:0", &dir, MK_POOLING_MEAN, 1);
+    let (cpu, _, _) = minilm_abi("cpu", &dir, MK_POOLING_MEAN, 1);
+    for i in 0..TEXTS.len() {
+        let cos: f64 = (0..dim)
+            .map(|j| f64::from(gpu[i * dim + j]) * f64::from(cpu[i * dim + j]))
+            .sum();
+        assert!(cos > 0.999, "text {i}: f16 GPU vs f32 CPU cosine {cos}");
+    }
+}
+
+#[test]
+fn lite0_through_the_abi_equals_the_rust_api() {
+    let test = "lite0_through_the_abi_equals_the_rust_api";
+    let (Some(w), Some(imgs)) = (
+        model_or_skip(test, "efficientnet-lite0/model.safetensors"),
+        model_or_skip(test, "images"),
+    ) else {
+        return;
+    };
+    let dev = open("cpu");
+    // SAFETY: valid handles, strings, buffers of the stated lengths throughout.
+    unsafe {
+        let mut m = ptr::null_mut();
+        let wc = c(w.to_str().expect("utf8"));
+        let st = mk_image_model_load(dev, c("lite0").as_ptr(), wc.as_ptr(), MK_DTYPE_F32, &mut m);
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        assert_eq!(mk_image_model_num_outputs(m), 1000);
+        // The file path and the decoded pixels give the same logits; the photograph's class
+        // is among the right ones (the Rust test's list).
+        let photo = imgs.join("chelsea.png");
+        let mut from_file = vec![f32::NAN; 1000];
+        let pc = c(photo.to_str().expect("utf8"));
+        let st = mk_image_classify_file(m, pc.as_ptr(), from_file.as_mut_ptr(), 1000);
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        let rgb = image::open(&photo).expect("decode").to_rgb8();
+        let (iw, ih) = (rgb.width() as usize, rgb.height() as usize);
+        let mut from_px = vec![f32::NAN; 1000];
+        let st = mk_image_classify_u8(
+            m,
+            rgb.as_raw().as_ptr(),
+            1,
+            ih,
+            iw,
+            3,
+            from_px.as_mut_ptr(),
+            1000,
+        );
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        assert_eq!(from_file, from_px);
+        let top = medkern::model::efficientnet::top_k(&from_file, 1)[0];
+        assert!((281..=285).contains(&top), "cat photo → class {top}");
+        mk_image_model_free(m);
+        mk_device_free(dev);
+    }
+}
+
+/// The C compiler, or None after a counted SKIP.
+fn cc_or_skip(test: &str) -> Option<String> {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    match std::process::Command::new(&cc).arg("--version").output() {
+        Ok(o) if o.status.success() => Some(cc),
+        _ => {
+            skip(test, &format!("no C compiler ({cc})"));
+            None
+        }
+    }
+}
+
+#[test]
+fn c_program_links_and_runs() {
+    let test = "c_program_links_and_runs";
+    let Some(cc) = cc_or_skip(test) else { return };
+    let (Some(minilm), Some(w), Some(imgs)) = (
+        model_or_skip(test, "all-MiniLM-L6-v2"),
+        model_or_skip(test, "efficientnet-lite0/model.safetensors"),
+        model_or_skip(test, "images"),
+    ) else {
+        return;
+    };
+    // The header and C source: the repository, or where the GPU bundle unpacked them.
+    let root = std::env::var_os("MEDKERN_SOURCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    // cargo builds the cdylib beside the test binaries (target/<profile>/deps/libmedkern.so;
+    // the copy in target/<profile>/ is refreshed only by `cargo build`, so it can be stale); in
+    // the GPU bundle, tests/capi runs next to ../libmedkern.so.
+    let exe = std::env::current_exe().expect("test exe");
+    let deps = exe.parent().expect("deps folder").to_path_buf();
+    let lib_dir = [Some(deps.clone()), deps.parent().map(Path::to_path_buf)]
+        .into_iter()
+        .flatten()
+        .find(|d| d.join("libmedkern.so").is_file())
+        .unwrap_or_else(|| panic!("no libmedkern.so in {} or its parent", deps.display()));
+    let out = std::env::temp_dir().join(format!("medkern-capi-smoke-{}", std::process::id()));
+    let status = std::process::Command::new(&cc)
+        .args([
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-O1",
+        ])
+        .arg("-I")
+        .arg(root.join("include"))
+        .arg(root.join("tests/c/capi_smoke.c"))
+        .arg("-L")
+        .arg(&lib_dir)
+        .args(["-lmedkern", "-lm", "-o"])
+        .arg(&out)
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "cc failed on tests/c/capi_smoke.c");
+    // The header is also valid C++ (extern "C" guards).
+    let cxx = std::process::Command::new(&cc)
+        .args([
+            "-x",
+            "c++",
+            "-std=c++17",
+            "-Wall",
+            "-Werror",
+            "-fsyntax-only",
+            "-I",
+        ])
+        .arg(root.join("include"))
+        .arg(root.join("include/medkern.h"))
+        .status()
+        .expect("run cc as C++");
+    assert!(cxx.success(), "include/medkern.h does not compile as C++");
+    // The GPU when one works (as a server would run it), else the CPU.
+    let device = match Device::best() {
+        Device::Gpu(_) => "gpu:0",
+        Device::Cpu => "cpu",
+    };
+    let run = std::process::Command::new(&out)
+        .env("LD_LIBRARY_PATH", &lib_dir)
+        .arg(device)
+        .arg(&minilm)
+        .arg(&w)
+        .arg(imgs.join("rocket.jpg"))
+        .args(["657", "744", "812"])
+        .output()
+        .expect("run the C program");
+    let _ = std::fs::remove_file(&out);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "the C program failed:\n{stdout}");
+    assert!(stdout.contains("0 failure(s)") && !stdout.contains("FAIL"));
+    assert!(
+        stdout.lines().filter(|l| l.starts_with("ok: ")).count() >= 20,
+        "{stdout}"
+    );
+}
