@@ -91,6 +91,8 @@ mk_status mk_bert_embed_ids(const mk_bert *m, const uint32_t *ids, const size_t 
 /* out[n * num_labels] logits. */
 mk_status mk_bert_classify(const mk_bert *m, const char *const *texts, size_t n, float *out,
                            size_t out_len);
+mk_status mk_bert_classify_ids(const mk_bert *m, const uint32_t *ids, const size_t *lens, size_t n,
+                               float *out, size_t out_len);
 void mk_bert_free(mk_bert *m);
 
 /* Image classifiers. kind: "lite0" (EfficientNet-Lite0, 1000 ImageNet logits), "cxr"

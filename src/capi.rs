@@ -609,13 +609,7 @@ pub unsafe extern "C" fn mk_bert_classify(
     guard(|| {
         // SAFETY: forwarded contract.
         let m = unsafe { handle(m, "model") }?;
-        if !m.model.has_classifier() {
-            return Err(invalid(
-                "model",
-                "the checkpoint has no classification head (classifier.weight)",
-            ));
-        }
-        let labels = m.model.labels().len();
+        let labels = head_labels(m)?;
         check_len(
             "mk_bert_classify",
             product("n", &[n, labels])?,
@@ -628,6 +622,48 @@ pub unsafe extern "C" fn mk_bert_classify(
         // SAFETY: forwarded contract.
         unsafe { write_out("mk_bert_classify", &flat, out, out_len) }
     })
+}
+
+/// As [`mk_bert_classify`] from token ids (laid out as in [`mk_bert_embed_ids`]).
+///
+/// # Safety
+/// As [`mk_bert_embed_ids`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_bert_classify_ids(
+    m: *const MkBert,
+    ids: *const u32,
+    lens: *const usize,
+    n: usize,
+    out: *mut f32,
+    out_len: usize,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let m = unsafe { handle(m, "model") }?;
+        let labels = head_labels(m)?;
+        check_len(
+            "mk_bert_classify_ids",
+            product("n", &[n, labels])?,
+            out,
+            out_len,
+        )?;
+        // SAFETY: forwarded contract.
+        let rows = unsafe { id_rows(ids, lens, n) }?;
+        let flat: Vec<f32> = m.model.classify(&rows)?.into_iter().flatten().collect();
+        // SAFETY: forwarded contract.
+        unsafe { write_out("mk_bert_classify_ids", &flat, out, out_len) }
+    })
+}
+
+/// Labels of the classification head, or an Err when the checkpoint has none.
+fn head_labels(m: &MkBert) -> Result<usize> {
+    if !m.model.has_classifier() {
+        return Err(invalid(
+            "model",
+            "the checkpoint has no classification head (classifier.weight)",
+        ));
+    }
+    Ok(m.model.labels().len())
 }
 
 /// Releases a model.

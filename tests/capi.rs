@@ -490,6 +490,104 @@ fn lite0_through_the_abi_equals_the_rust_api() {
     }
 }
 
+/// MiniLM with a random 3-way classification head (and id2label) written to a temp folder.
+fn minilm_with_head(dir: &Path) -> PathBuf {
+    use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+    let out = std::env::temp_dir().join(format!("medkern-capi-cls-{}", std::process::id()));
+    std::fs::create_dir_all(&out).expect("temp dir");
+    let bytes = std::fs::read(dir.join("model.safetensors")).expect("read MiniLM");
+    let st = SafeTensors::deserialize(&bytes).expect("MiniLM safetensors");
+    let mut rng = common::SeedRng::new(77);
+    let mut rand = |n: usize, s: f64| -> Vec<u8> {
+        (0..n)
+            .flat_map(|_| ((rng.normal() * s) as f32).to_le_bytes())
+            .collect()
+    };
+    let (w, b) = (rand(3 * 384, 0.05), rand(3, 0.1));
+    let mut views: Vec<(String, TensorView)> = st.tensors();
+    views.push((
+        "classifier.weight".into(),
+        TensorView::new(Dtype::F32, vec![3, 384], &w).expect("view"),
+    ));
+    views.push((
+        "classifier.bias".into(),
+        TensorView::new(Dtype::F32, vec![3], &b).expect("view"),
+    ));
+    std::fs::write(
+        out.join("model.safetensors"),
+        safetensors::serialize(views, None).expect("serialize"),
+    )
+    .expect("write");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).expect("config"))
+            .expect("json");
+    cfg["id2label"] = serde_json::json!({"0": "negative", "1": "neutral", "2": "positive"});
+    std::fs::write(out.join("config.json"), cfg.to_string()).expect("write config");
+    std::fs::copy(dir.join("tokenizer.json"), out.join("tokenizer.json")).expect("tokenizer");
+    out
+}
+
+#[test]
+fn classification_through_the_abi_equals_the_rust_api() {
+    let test = "classification_through_the_abi_equals_the_rust_api";
+    let Some(dir) = model_or_skip(test, "all-MiniLM-L6-v2") else {
+        return;
+    };
+    let cls = minilm_with_head(&dir);
+    let model = BertModel::load(&cls, &Device::Cpu, DType::F32).expect("load");
+    let ids = BertTokenizer::load(&cls, 512)
+        .expect("tokenizer")
+        .encode(&TEXTS)
+        .expect("encode");
+    let want: Vec<f32> = model.classify(&ids).expect("classify").concat();
+    let dev = open("cpu");
+    // SAFETY: valid handles, strings, buffers of the stated lengths throughout.
+    unsafe {
+        let mut m = ptr::null_mut();
+        let st = mk_bert_load(dev, c(cls.to_str().expect("utf8")).as_ptr(), 0, 0, &mut m);
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        assert_eq!(mk_bert_num_labels(m), 3);
+        for (i, name) in ["negative", "neutral", "positive"].iter().enumerate() {
+            let mut buf = [0 as c_char; 16];
+            let st = mk_bert_label(m, i, buf.as_mut_ptr(), buf.len(), ptr::null_mut());
+            assert_eq!(st, MkStatus::Ok, "{}", last_error());
+            assert_eq!(CStr::from_ptr(buf.as_ptr()).to_str(), Ok(*name));
+        }
+        let mut buf = [0 as c_char; 16];
+        let st = mk_bert_label(m, 3, buf.as_mut_ptr(), buf.len(), ptr::null_mut());
+        assert_eq!(st, MkStatus::InvalidArgument);
+        assert!(last_error().contains("index 3"), "{}", last_error());
+        let n = TEXTS.len();
+        let cs: Vec<CString> = TEXTS.iter().map(|t| c(t)).collect();
+        let ptrs: Vec<*const c_char> = cs.iter().map(|s| s.as_ptr()).collect();
+        let mut got = vec![f32::NAN; 3 * n + 1];
+        let st = mk_bert_classify(m, ptrs.as_ptr(), n, got.as_mut_ptr(), got.len());
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        assert!(got[3 * n].is_nan());
+        assert_eq!(&got[..3 * n], &want[..]);
+        let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
+        let flat = ids.concat();
+        let mut got2 = vec![f32::NAN; 3 * n];
+        let st = mk_bert_classify_ids(m, flat.as_ptr(), lens.as_ptr(), n, got2.as_mut_ptr(), 3 * n);
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        assert_eq!(got2, want);
+        let st = mk_bert_classify_ids(
+            m,
+            flat.as_ptr(),
+            lens.as_ptr(),
+            n,
+            got2.as_mut_ptr(),
+            3 * n - 1,
+        );
+        assert_eq!(st, MkStatus::BufferTooSmall);
+        // Different texts, different logits (the head is not constant).
+        assert_ne!(want[0..3], want[3..6]);
+        mk_bert_free(m);
+        mk_device_free(dev);
+    }
+    let _ = std::fs::remove_dir_all(&cls);
+}
+
 /// The C compiler, or None after a counted SKIP.
 fn cc_or_skip(test: &str) -> Option<String> {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
