@@ -727,7 +727,8 @@ fn gpu_resnet34_exam_matches_cpu() {
 /// weights); bad EMR values are a failure naming the key.
 #[test]
 fn cli_exam_prints_json() {
-    let dir = std::env::temp_dir().join(format!("medkern-exam-cli-{}", std::process::id()));
+    let tmp = common::TempDir::new("exam-cli");
+    let dir = tmp.path().to_path_buf();
     std::fs::create_dir_all(&dir).expect("dir");
     let png = dir.join("cxr.png");
     image::GrayImage::from_fn(40, 32, |x, y| image::Luma([(x * 5 + y * 3) as u8]))
@@ -792,7 +793,8 @@ fn cli_exam_prints_json() {
 /// per image, a bad image is reported in the JSON and fails the exit status.
 #[test]
 fn cli_classify_and_autoencode_folders() {
-    let dir = std::env::temp_dir().join(format!("medkern-cnn-cli-{}", std::process::id()));
+    let tmp = common::TempDir::new("cnn-cli");
+    let dir = tmp.path().to_path_buf();
     let frames = dir.join("frames");
     std::fs::create_dir_all(&frames).expect("dir");
     for (i, name) in ["a.png", "b.jpg", "c.png"].iter().enumerate() {
@@ -1074,7 +1076,8 @@ fn resnet_checkpoint_checks_image_features_first() {
 /// for the image, never a class.
 #[test]
 fn cli_clusters_error_and_non_finite_probabilities() {
-    let dir = std::env::temp_dir().join(format!("medkern-cnn-cli2-{}", std::process::id()));
+    let tmp = common::TempDir::new("cnn-cli2");
+    let dir = tmp.path().to_path_buf();
     std::fs::create_dir_all(&dir).expect("dir");
     let frames: Vec<std::path::PathBuf> = (0..2)
         .map(|i| {

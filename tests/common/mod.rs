@@ -229,3 +229,23 @@ pub fn cases(default: u32) -> proptest::test_runner::Config {
         ..Default::default()
     }
 }
+
+/// A fresh folder `<tmp>/medkern-<what>-<pid>`, removed with its contents when dropped (also
+/// when the test panics), so test runs do not fill the disk (a CI run once died of it).
+pub struct TempDir(std::path::PathBuf);
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!("medkern-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("temp dir");
+        TempDir(d)
+    }
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
