@@ -24,3 +24,13 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
     emu_warp::bars[w]->arrive_and_wait();
     return r;
 }
+// __shfl_sync: every lane reads lane `src`'s value (the row reductions broadcast lane 0's).
+inline float __shfl_sync(unsigned, float v, int src) {
+    const unsigned t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    const unsigned w = t / 32;
+    emu_warp::buf[t] = v;
+    emu_warp::bars[w]->arrive_and_wait();
+    const float r = emu_warp::buf[w * 32 + ((unsigned)src & 31u)];
+    emu_warp::bars[w]->arrive_and_wait();
+    return r;
+}
