@@ -21,16 +21,35 @@ __device__ __forceinline__ unsigned smem_addr(const void* p) {
 
 // 16-byte async copy global -> shared; when !pred the destination is zero-filled and nothing
 // is read (the source must still be a valid address, so callers pass the tensor base).
+// MK_EMU: the CPU emulation of scripts/cuda-emu (mma.h) replaces each instruction.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
+#ifdef MK_EMU
+    mk_emu::cp_async16(smem, gmem, pred);
+#else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
                  "r"(pred ? 16 : 0));
+#endif
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef MK_EMU
+    mk_emu::commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
 template <int N> __device__ __forceinline__ void cp_async_wait() {
+#ifdef MK_EMU
+    mk_emu::wait(N);
+#else
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
 }
 
 __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* smem) {
+#ifdef MK_EMU
+    mk_emu::ldmatrix_x4(r, smem, false);
+    return;
+#endif
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(smem)));
@@ -41,6 +60,10 @@ template <typename E> struct Mma;
 template <> struct Mma<f16> {
     typedef float Acc;
     static __device__ __forceinline__ void run(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+#ifdef MK_EMU
+        mk_emu::mma_16816<__half>(d, a, b0, b1);
+        return;
+#endif
         asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
                      "{%8,%9}, {%0,%1,%2,%3};\n"
                      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
@@ -50,6 +73,10 @@ template <> struct Mma<f16> {
 template <> struct Mma<bf16> {
     typedef float Acc;
     static __device__ __forceinline__ void run(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+#ifdef MK_EMU
+        mk_emu::mma_16816<__nv_bfloat16>(d, a, b0, b1);
+        return;
+#endif
         asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
                      "{%8,%9}, {%0,%1,%2,%3};\n"
                      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
@@ -59,6 +86,10 @@ template <> struct Mma<bf16> {
 template <> struct Mma<signed char> {
     typedef int Acc;
     static __device__ __forceinline__ void run(int (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+#ifdef MK_EMU
+        mk_emu::mma_16832_s8(d, a, b0, b1);
+        return;
+#endif
         asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
                      "{%8,%9}, {%0,%1,%2,%3};\n"
                      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
