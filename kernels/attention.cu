@@ -48,13 +48,22 @@ struct AttnParams {
 
 constexpr float LOG2E = 1.4426950408889634f;
 
+// MK_EMU: the CPU emulation of scripts/cuda-emu (mma.h) replaces each instruction.
 __device__ __forceinline__ float ex2(float x) {
+#ifdef MK_EMU
+    return exp2f(x);
+#else
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
+#endif
 }
 
 __device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void* smem) {
+#ifdef MK_EMU
+    mk_emu::ldmatrix_x4(r, smem, true);
+    return;
+#endif
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(smem)));

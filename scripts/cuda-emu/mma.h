@@ -135,6 +135,21 @@ inline void mma_16832_s8(int (&d)[4], const unsigned (&a)[4], unsigned b0, unsig
     }
 }
 
+}  // namespace mk_emu
+
+// __shfl_xor_sync for kernels that include mma.h (warp.h's version needs its __shared__).
+inline float __shfl_xor_sync(unsigned, float v, int o) {
+    const unsigned t = mk_emu::tid(), w = t / 32, l = t % 32;
+    float r;
+    std::memcpy(&mk_emu::regs[t][0], &v, 4);
+    mk_emu::warp_sync();
+    std::memcpy(&r, &mk_emu::regs[w * 32 + (l ^ (unsigned)o)][0], 4);
+    mk_emu::warp_sync();
+    return r;
+}
+
+namespace mk_emu {
+
 // A launch whose kernel uses `extern __shared__` dynamic shared memory `smem` (bytes): the
 // memory is refilled with garbage before each block, like real shared memory.
 template <typename F>
