@@ -68,7 +68,8 @@ const char *mk_version(void);    /* static string */
 const char *mk_last_error(void); /* "" after a success; valid until this thread's next call */
 
 /* Devices. spec: "auto" or NULL (first working GPU, else CPU), "cpu", "gpu", "gpu:N",
- * "cuda", "cuda:N". */
+ * "cuda", "cuda:N", or "emu" (the emulated GPU: the GPU path with the kernels run on the CPU
+ * under memory checks; for testing; mk_device_is_gpu says 1). */
 mk_status mk_device_open(const char *spec, mk_device **out);
 int mk_device_is_gpu(const mk_device *dev);
 /* Writes a description with its NUL into buf[cap]; *needed (if not NULL) gets the size. */

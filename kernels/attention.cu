@@ -111,7 +111,7 @@ __device__ __forceinline__ void load_rows(char* s, const T* g, long long tok, in
 template <typename T, int D, int WARPS>
 __device__ __forceinline__ void attention_fwd(const AttnParams& p) {
     typedef AttnCfg<D, WARPS> C;
-    extern __shared__ __align__(16) char smem[];
+    MK_DYN_SMEM(char, smem);
     char* const sq = smem;
     char* const skv = smem + C::BR * C::ROW;  // stage s: K at skv + 2s·TILE, V right after
     const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * C::BR;

@@ -52,7 +52,7 @@ __device__ __forceinline__ ConvRow conv_row(const ConvParams& p, int m) {
 
 template <typename T, typename Cfg, bool VEC>
 __device__ __forceinline__ void conv_tc(const ConvParams& p) {
-    extern __shared__ __align__(16) char smem[];
+    MK_DYN_SMEM(char, smem);
     constexpr int KE = Cfg::KB / (int)sizeof(T);  // k elements per k-tile (32)
     const int m0 = blockIdx.x * Cfg::BM, n0 = blockIdx.y * Cfg::BN, g = blockIdx.z;
     const T* X = static_cast<const T*>(p.x) + g * p.Cg;

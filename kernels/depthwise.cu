@@ -58,7 +58,7 @@ struct DwParams {
 };
 
 __device__ __forceinline__ unsigned char* dyn_smem() {
-    extern __shared__ __align__(16) unsigned char mk_dyn_smem[];
+    MK_DYN_SMEM(unsigned char, mk_dyn_smem);
     return mk_dyn_smem;
 }
 

@@ -12,7 +12,7 @@ namespace mk {
 
 template <typename T, typename O, typename Cfg>
 __device__ __forceinline__ void gemm_tc(const GemmParams& p) {
-    extern __shared__ __align__(16) char smem[];
+    MK_DYN_SMEM(char, smem);
     const int m0 = blockIdx.y * Cfg::BM, n0 = blockIdx.x * Cfg::BN;
     const long long b = blockIdx.z;
     const char* X = reinterpret_cast<const char*>(static_cast<const T*>(p.x) + b * p.stride_x);

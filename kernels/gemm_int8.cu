@@ -13,7 +13,7 @@ namespace mk {
 
 template <typename O, typename Cfg>
 __device__ __forceinline__ void gemm_i8(const GemmParams& p) {
-    extern __shared__ __align__(16) char smem[];
+    MK_DYN_SMEM(char, smem);
     const int m0 = blockIdx.y * Cfg::BM, n0 = blockIdx.x * Cfg::BN;
     const long long b = blockIdx.z;
     const char* X = static_cast<const char*>(p.x) + b * p.stride_x;

@@ -19,6 +19,10 @@ namespace mk {
 template <typename E> struct MmaSp;
 template <> struct MmaSp<f16> {
     static __device__ __forceinline__ void run(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[4], unsigned e) {
+#ifdef MK_EMU
+        mk_emu::mma_sp_16832_f16(d, a, b, e);
+        return;
+#endif
         asm volatile("mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
                      "{%4,%5,%6,%7}, {%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, 0x0;\n"
                      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
@@ -27,6 +31,10 @@ template <> struct MmaSp<f16> {
 };
 template <> struct MmaSp<bf16> {
     static __device__ __forceinline__ void run(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[4], unsigned e) {
+#ifdef MK_EMU
+        mk_emu::mma_sp_16832_bf16(d, a, b, e);
+        return;
+#endif
         asm volatile("mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
                      "{%4,%5,%6,%7}, {%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, 0x0;\n"
                      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
@@ -36,6 +44,10 @@ template <> struct MmaSp<bf16> {
 
 template <> struct MmaSp<signed char> {
     static __device__ __forceinline__ void run(int (&d)[4], const unsigned (&a)[4], const unsigned (&b)[4], unsigned e) {
+#ifdef MK_EMU
+        mk_emu::mma_sp_16864_s8(d, a, b, e);
+        return;
+#endif
         asm volatile("mma.sp::ordered_metadata.sync.aligned.m16n8k64.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, "
                      "{%4,%5,%6,%7}, {%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, 0x0;\n"
                      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
@@ -167,7 +179,7 @@ __device__ __forceinline__ void sp_for_each(F f) {
 
 template <typename T, typename O, typename Cfg>
 __device__ __forceinline__ void gemm_sp(const GemmParams& p) {
-    extern __shared__ __align__(16) char smem[];
+    MK_DYN_SMEM(char, smem);
     float acc[Cfg::NT][Cfg::MT][4];
 #pragma unroll
     for (int i = 0; i < Cfg::NT; ++i)
@@ -193,7 +205,7 @@ __device__ __forceinline__ void gemm_sp(const GemmParams& p) {
 
 template <typename O, typename Cfg>
 __device__ __forceinline__ void gemm_sp_i8(const GemmParams& p) {
-    extern __shared__ __align__(16) char smem[];
+    MK_DYN_SMEM(char, smem);
     int acc[Cfg::NT][Cfg::MT][4];
 #pragma unroll
     for (int i = 0; i < Cfg::NT; ++i)

@@ -85,7 +85,7 @@ fn status_of(e: &Error) -> MkStatus {
         | Error::NoDevice { .. }
         | Error::ArchTooLow { .. }
         | Error::Device { .. } => MkStatus::Device,
-        Error::Driver { .. } => MkStatus::Cuda,
+        Error::Driver { .. } | Error::Launch { .. } => MkStatus::Cuda,
         Error::Io { .. } => MkStatus::Io,
         Error::Nvrtc(_) => MkStatus::Internal,
     }
@@ -275,6 +275,7 @@ pub unsafe extern "C" fn mk_device_open(spec: *const c_char, out: *mut *mut MkDe
             "auto" => Device::best(),
             "cpu" => Device::Cpu,
             "gpu" | "cuda" => Device::gpu(0)?,
+            "emu" => Device::emulated()?,
             _ => {
                 let n = s
                     .strip_prefix("gpu:")
@@ -283,7 +284,9 @@ pub unsafe extern "C" fn mk_device_open(spec: *const c_char, out: *mut *mut MkDe
                     .ok_or_else(|| {
                         invalid(
                             "spec",
-                            format!("{s:?}; expected \"auto\", \"cpu\", \"gpu\" or \"gpu:N\""),
+                            format!(
+                                "{s:?}; expected \"auto\", \"cpu\", \"gpu\", \"gpu:N\" or \"emu\""
+                            ),
                         )
                     })?;
                 Device::gpu(n)?

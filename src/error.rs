@@ -65,6 +65,13 @@ pub enum Error {
         #[source]
         source: cudarc::driver::DriverError,
     },
+    /// A launch the driver (or the emulated GPU) refuses, or a fault inside the kernel: the
+    /// message says which limit or which access (block, thread, address).
+    #[error("kernel {kernel}: {detail}")]
+    Launch {
+        kernel: &'static str,
+        detail: String,
+    },
     /// NVRTC is missing or a runtime compilation failed (the message carries the log).
     #[error("NVRTC: {0}")]
     Nvrtc(String),

@@ -2,6 +2,8 @@
 //! [`Device`] choice that lets every op run on the CPU reference backend or on a GPU.
 
 use crate::device::Gpu;
+use crate::device::KernelParam;
+use crate::device::emu::EmuBuf;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result, driver};
 use cudarc::driver::{CudaSlice, DevicePtr};
@@ -21,6 +23,11 @@ impl Device {
     pub fn gpu(ordinal: usize) -> Result<Device> {
         Ok(Device::Gpu(Gpu::new(ordinal)?))
     }
+    /// The emulated GPU (feature `emu`): the GPU path of every op, with the kernels run on
+    /// the CPU under memory checks. An `Err` when this build has no emulator.
+    pub fn emulated() -> Result<Device> {
+        Ok(Device::Gpu(Gpu::emulated()?))
+    }
     /// The first GPU when one works, else the CPU.
     pub fn best() -> Device {
         Gpu::new(0).map(Device::Gpu).unwrap_or(Device::Cpu)
@@ -28,6 +35,7 @@ impl Device {
     pub fn describe(&self) -> String {
         match self {
             Device::Cpu => "cpu".into(),
+            Device::Gpu(g) if g.is_emulated() => format!("emu ({})", g.name()),
             Device::Gpu(g) => format!("gpu:{} ({} {})", g.ordinal(), g.name(), g.arch()),
         }
     }
@@ -198,12 +206,48 @@ fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<()> {
     }
 }
 
-/// A contiguous device buffer. Allocations come from the driver and are 256-byte aligned,
-/// which the vectorised kernels rely on.
+/// Device memory: a CUDA allocation, or the emulated GPU's guarded host mapping.
+pub enum DevBuf {
+    Cuda(CudaSlice<u8>),
+    Emu(EmuBuf),
+}
+
+impl DevBuf {
+    /// The device address kernels receive.
+    pub fn addr(&self) -> u64 {
+        match self {
+            DevBuf::Cuda(s) => {
+                // Event tracking is off (one stream per GPU), so the guard records nothing.
+                let (p, _sync) = s.device_ptr(s.stream());
+                p
+            }
+            DevBuf::Emu(e) => e.addr(),
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            DevBuf::Cuda(s) => s.len(),
+            DevBuf::Emu(e) => e.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+// SAFETY: a buffer is passed to a kernel as its 8-byte device address.
+unsafe impl KernelParam for DevBuf {
+    fn param_bytes(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.addr().to_ne_bytes());
+    }
+}
+
+/// A contiguous device buffer. Allocations are 256-byte aligned (the driver's alignment, and
+/// the emulated GPU's), which the vectorised kernels rely on.
 pub struct DeviceTensor {
     shape: Vec<usize>,
     dtype: DType,
-    buf: CudaSlice<u8>,
+    buf: DevBuf,
     gpu: Arc<Gpu>,
 }
 
@@ -218,7 +262,8 @@ impl std::fmt::Debug for DeviceTensor {
 }
 
 impl DeviceTensor {
-    /// Allocates without initialising (every kernel writes all of its output).
+    /// Allocates without initialising (every kernel writes all of its output; the emulated
+    /// GPU fills new memory with 0xFF so a read of an unwritten element shows).
     pub fn alloc(gpu: &Arc<Gpu>, shape: &[usize], dtype: DType) -> Result<Self> {
         let n = numel(shape)
             .and_then(|n| n.checked_mul(dtype.size()))
@@ -228,9 +273,15 @@ impl DeviceTensor {
                 got: shape.to_vec(),
                 expected: "an element count that fits in memory".into(),
             })?;
-        // SAFETY: u8 has no invalid bit patterns; the contents are unspecified until written.
-        let buf =
-            unsafe { gpu.stream().alloc::<u8>(n.max(1)) }.map_err(driver("DeviceTensor::alloc"))?;
+        let buf = if gpu.is_emulated() {
+            DevBuf::Emu(EmuBuf::alloc(n.max(1))?)
+        } else {
+            // SAFETY: u8 has no invalid bit patterns; the contents are unspecified until written.
+            DevBuf::Cuda(
+                unsafe { gpu.stream()?.alloc::<u8>(n.max(1)) }
+                    .map_err(driver("DeviceTensor::alloc"))?,
+            )
+        };
         Ok(DeviceTensor {
             shape: shape.to_vec(),
             dtype,
@@ -244,10 +295,15 @@ impl DeviceTensor {
         let mut t = Self::alloc(gpu, host.shape(), host.dtype())?;
         let bytes = host.bytes();
         if !bytes.is_empty() {
-            let mut view = t.buf.slice_mut(0..bytes.len());
-            gpu.stream()
-                .memcpy_htod(bytes, &mut view)
-                .map_err(driver("DeviceTensor::upload"))?;
+            match &mut t.buf {
+                DevBuf::Cuda(b) => {
+                    let mut view = b.slice_mut(0..bytes.len());
+                    gpu.stream()?
+                        .memcpy_htod(bytes, &mut view)
+                        .map_err(driver("DeviceTensor::upload"))?;
+                }
+                DevBuf::Emu(e) => e.as_mut_slice()[..bytes.len()].copy_from_slice(bytes),
+            }
         }
         Ok(t)
     }
@@ -257,12 +313,17 @@ impl DeviceTensor {
         let nbytes = self.len() * self.dtype.size();
         let mut bytes = vec![0u8; nbytes];
         if nbytes > 0 {
-            let view = self.buf.slice(0..nbytes);
-            self.gpu
-                .stream()
-                .memcpy_dtoh(&view, &mut bytes)
-                .map_err(driver("DeviceTensor::download"))?;
-            self.gpu.synchronize()?;
+            match &self.buf {
+                DevBuf::Cuda(b) => {
+                    let view = b.slice(0..nbytes);
+                    self.gpu
+                        .stream()?
+                        .memcpy_dtoh(&view, &mut bytes)
+                        .map_err(driver("DeviceTensor::download"))?;
+                    self.gpu.synchronize()?;
+                }
+                DevBuf::Emu(e) => bytes.copy_from_slice(&e.as_slice()[..nbytes]),
+            }
         }
         Ok(HostTensor::from_bytes(&self.shape, self.dtype, &bytes))
     }
@@ -270,11 +331,19 @@ impl DeviceTensor {
     /// Sets every byte to `byte`: tests poison outputs (0xFF is NaN for every float dtype)
     /// so an element a kernel forgot to write cannot pass.
     pub fn fill_bytes(&mut self, byte: u8) -> Result<()> {
-        let host = vec![byte; self.buf.len()];
-        self.gpu
-            .stream()
-            .memcpy_htod(&host, &mut self.buf)
-            .map_err(driver("DeviceTensor::fill_bytes"))
+        match &mut self.buf {
+            DevBuf::Cuda(b) => {
+                let host = vec![byte; b.len()];
+                self.gpu
+                    .stream()?
+                    .memcpy_htod(&host, b)
+                    .map_err(driver("DeviceTensor::fill_bytes"))
+            }
+            DevBuf::Emu(e) => {
+                e.as_mut_slice().fill(byte);
+                Ok(())
+            }
+        }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -294,15 +363,18 @@ impl DeviceTensor {
     }
     /// True when the device address is a multiple of `bytes` (the vectorised kernels need 16).
     pub fn is_aligned(&self, bytes: u64) -> bool {
-        let (ptr, _sync) = self.buf.device_ptr(self.gpu.stream());
-        bytes != 0 && ptr % bytes == 0
+        bytes != 0 && self.buf.addr() % bytes == 0
+    }
+    /// The device address, for parameter structs.
+    pub fn addr(&self) -> u64 {
+        self.buf.addr()
     }
 
     /// The raw buffer, for kernel launches.
-    pub fn buffer(&self) -> &CudaSlice<u8> {
+    pub fn buffer(&self) -> &DevBuf {
         &self.buf
     }
-    pub fn buffer_mut(&mut self) -> &mut CudaSlice<u8> {
+    pub fn buffer_mut(&mut self) -> &mut DevBuf {
         &mut self.buf
     }
 }

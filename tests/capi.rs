@@ -434,7 +434,8 @@ fn gpu_minilm_through_the_abi() {
     let Some(dir) = model_or_skip("gpu_minilm_through_the_abi", "all-MiniLM-L6-v2") else {
         return;
     };
-    let (gpu, _, dim) = minilm_abi("gpu:0", &dir, MK_POOLING_MEAN, 1);
+    let spec = if common::emulated() { "emu" } else { "gpu:0" };
+    let (gpu, _, dim) = minilm_abi(spec, &dir, MK_POOLING_MEAN, 1);
     let (cpu, _, _) = minilm_abi("cpu", &dir, MK_POOLING_MEAN, 1);
     for i in 0..TEXTS.len() {
         let cos: f64 = (0..dim)

@@ -41,7 +41,12 @@ impl PoolTrunk {
 impl ImageTrunk for PoolTrunk {
     fn features(&self, x: &Tensor) -> medkern::Result<Tensor> {
         // The pool in x's dtype, the Linear in f32 (K = 3 is below the tensor cores' K % 8).
-        let p = ops::cast(&ops::global_avg_pool(x)?, DType::F32)?;
+        let g = ops::global_avg_pool(x)?;
+        let p = if g.dtype() == DType::F32 {
+            g
+        } else {
+            ops::cast(&g, DType::F32)?
+        };
         ops::gemm(&p, &self.w, &Gemm::default())
     }
     fn feature_dim(&self) -> usize {

@@ -3,6 +3,14 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 
+// Dynamic shared memory (the launch's shared-memory size), 16-byte aligned. Under MK_EMU (the
+// emulated GPU, emu/emu.h) it is the emulator's per-launch buffer, bounded by a guard page.
+#ifdef MK_EMU
+#define MK_DYN_SMEM(T, name) T* name = reinterpret_cast<T*>(mk_emu::dyn_smem())
+#else
+#define MK_DYN_SMEM(T, name) extern __shared__ __align__(16) T name[]
+#endif
+
 namespace mk {
 
 typedef __half f16;

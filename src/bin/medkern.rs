@@ -32,6 +32,9 @@ struct Cli {
 enum Cmd {
     /// Print the GPU (or "no GPU"), the NVRTC version and the kernel table.
     Info,
+    /// Print the name of every kernel in the table, one per line (scripts/test compares it with
+    /// the kernels the emulated GPU ran).
+    Kernels,
     /// Time the kernels on the GPU at BERT and ResNet-18 shapes and print a report (ms, TFLOP/s
     /// or GB/s).
     Bench {
@@ -118,6 +121,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Info => info(),
+        Cmd::Kernels => {
+            for k in medkern::device::kernels::KERNELS {
+                println!("{}", k.name);
+            }
+            Ok(())
+        }
         Cmd::Demo { cpu, rows } => demo(cpu, rows),
         Cmd::Bench { iters } => bench(iters),
         Cmd::Embed(a) => embed(a),

@@ -1,14 +1,16 @@
 //! GPUs: one [`Gpu`] per device ordinal, holding its context, its stream and a lazily filled
-//! module/function cache. A missing driver, a missing GPU or a GPU too old for a kernel is an
+//! module/function cache; or the emulated GPU ([`Gpu::emulated`], feature `emu`), which takes
+//! the same launch path and runs the kernels on the CPU. A missing driver, a missing GPU or a GPU too old for a kernel is an
 //! [`Error`], never a panic (cudarc itself panics when libcuda is absent, so we probe first).
 
+pub mod emu;
 pub mod kernels;
 #[allow(dead_code)]
 pub(crate) mod nvrtc_compile;
 pub mod runtime_compile;
 
 use crate::error::{Error, Result, driver};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, sys};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, sys};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -53,7 +55,25 @@ pub fn gpu_count() -> Result<usize> {
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
-/// One GPU: context, default stream, and the kernels loaded on it so far.
+/// Where a [`Gpu`]'s launches go.
+enum Backend {
+    Cuda(CudaParts),
+    /// The emulated GPU: kernels compiled for the CPU (build.rs, emu/), run from the same
+    /// launchers; `opted_in` records the >48 KiB shared-memory attribute as the driver would.
+    Emu {
+        opted_in: Mutex<HashMap<&'static str, u32>>,
+        seed: std::sync::atomic::AtomicU64,
+    },
+}
+
+struct CudaParts {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+}
+
+/// One GPU (or the emulated GPU): its properties, default stream, and the kernels loaded so far.
 pub struct Gpu {
     ordinal: usize,
     name: String,
@@ -61,10 +81,7 @@ pub struct Gpu {
     total_memory: usize,
     driver_version: (i32, i32),
     sm_count: u32,
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    backend: Backend,
 }
 
 impl fmt::Debug for Gpu {
@@ -72,6 +89,21 @@ impl fmt::Debug for Gpu {
         write!(f, "Gpu({}: {} {})", self.ordinal, self.name, self.arch)
     }
 }
+
+/// The most dynamic shared memory one block may opt in to, by arch (CUDA C++ Programming
+/// Guide, "Technical Specifications per Compute Capability"): what the driver refuses above.
+pub fn max_dynamic_smem(arch: Arch) -> u32 {
+    match (arch.major, arch.minor) {
+        (9, _) | (10, _) => 227 * 1024,
+        (8, 0) | (8, 7) => 163 * 1024,
+        (8, _) | (12, _) => 99 * 1024,
+        (7, 5) => 64 * 1024,
+        _ => 48 * 1024,
+    }
+}
+
+/// Dynamic shared memory a kernel may use without opting in.
+pub const DEFAULT_DYNAMIC_SMEM: u32 = 48 * 1024;
 
 impl Gpu {
     /// Opens GPU `ordinal`. Errors: no driver, no such GPU, or a driver call failure.
@@ -85,6 +117,10 @@ impl Gpu {
             });
         }
         let ctx = CudaContext::new(ordinal).map_err(driver("Gpu::new"))?;
+        // Every medkern op on this GPU runs on one stream, so cudarc's per-buffer events
+        // (recorded on every use) order nothing: turn them off before any allocation.
+        // SAFETY: buffers allocated from here on are only used on this GPU's one stream.
+        unsafe { ctx.disable_event_tracking() };
         let (maj, min) = ctx.compute_capability().map_err(driver("Gpu::new"))?;
         let name = ctx.name().map_err(driver("Gpu::new"))?;
         let total_memory = ctx.total_mem().map_err(driver("Gpu::new"))?;
@@ -104,13 +140,54 @@ impl Gpu {
             total_memory,
             driver_version: (v / 1000, (v % 1000) / 10),
             sm_count: sm_count.max(1) as u32,
-            ctx,
-            stream,
-            modules: Mutex::new(HashMap::new()),
-            functions: Mutex::new(HashMap::new()),
+            backend: Backend::Cuda(CudaParts {
+                ctx,
+                stream,
+                modules: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
+            }),
         }))
     }
 
+    /// The emulated GPU with H100's limits (sm_90, 132 SMs, 227 KiB opt-in shared memory).
+    pub fn emulated() -> Result<Arc<Gpu>> {
+        Self::emulated_as(Arch::new(9, 0), 132)
+    }
+
+    /// The emulated GPU posing as compute capability `arch` with `sm_count` SMs: it refuses
+    /// what that arch's driver refuses (shared-memory opt-in limit, kernels needing a newer arch).
+    pub fn emulated_as(arch: Arch, sm_count: u32) -> Result<Arc<Gpu>> {
+        if !emu::available() {
+            return Err(Error::Invalid {
+                op: "Gpu::emulated",
+                arg: "device",
+                detail: "this build has no emulated GPU (feature `emu` off, or no CUDA headers at \
+                         build time: run scripts/setup-nvrtc and rebuild)"
+                    .into(),
+            });
+        }
+        let seed = std::env::var("MEDKERN_EMU_SEED")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0x6d6b_656d_7531);
+        Ok(Arc::new(Gpu {
+            ordinal: 0,
+            name: format!("medkern emulated GPU ({arch} limits)"),
+            arch,
+            total_memory: 16 << 30,
+            driver_version: (0, 0),
+            sm_count: sm_count.max(1),
+            backend: Backend::Emu {
+                opted_in: Mutex::new(HashMap::new()),
+                seed: std::sync::atomic::AtomicU64::new(seed),
+            },
+        }))
+    }
+
+    /// True for the emulated GPU.
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.backend, Backend::Emu { .. })
+    }
     pub fn ordinal(&self) -> usize {
         self.ordinal
     }
@@ -123,39 +200,104 @@ impl Gpu {
     pub fn total_memory(&self) -> usize {
         self.total_memory
     }
-    /// CUDA driver API version as (major, minor), e.g. (13, 0).
+    /// CUDA driver API version as (major, minor), e.g. (13, 0); (0, 0) on the emulated GPU.
     pub fn driver_version(&self) -> (i32, i32) {
         self.driver_version
     }
     pub fn sm_count(&self) -> u32 {
         self.sm_count
     }
-    pub fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
+    fn cuda(&self, op: &'static str) -> Result<&CudaParts> {
+        match &self.backend {
+            Backend::Cuda(c) => Ok(c),
+            Backend::Emu { .. } => Err(Error::Device {
+                op,
+                arg: "gpu",
+                got: "the emulated GPU".into(),
+                expected: "a CUDA GPU".into(),
+            }),
+        }
     }
-    /// The stream every medkern op on this GPU is queued on.
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+    /// The CUDA context (an error on the emulated GPU).
+    pub fn context(&self) -> Result<&Arc<CudaContext>> {
+        Ok(&self.cuda("Gpu::context")?.ctx)
+    }
+    /// The stream every medkern op on this GPU is queued on (an error on the emulated GPU).
+    pub fn stream(&self) -> Result<&Arc<CudaStream>> {
+        Ok(&self.cuda("Gpu::stream")?.stream)
     }
     /// A new stream on this GPU, for callers that overlap work (ops queue on [`Gpu::stream`]).
     pub fn new_stream(&self) -> Result<Arc<CudaStream>> {
-        self.ctx.new_stream().map_err(driver("Gpu::new_stream"))
+        self.cuda("Gpu::new_stream")?
+            .ctx
+            .new_stream()
+            .map_err(driver("Gpu::new_stream"))
     }
-    /// Waits for all queued work.
+    /// Waits for all queued work (the emulated GPU runs each launch to completion).
     pub fn synchronize(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(driver("Gpu::synchronize"))
+        match &self.backend {
+            Backend::Cuda(c) => c.stream.synchronize().map_err(driver("Gpu::synchronize")),
+            Backend::Emu { .. } => Ok(()),
+        }
     }
 
-    /// The loaded function for `kernel`, after checking the arch; loads its module on first use.
-    pub fn function(&self, kernel: &'static str) -> Result<CudaFunction> {
-        let info = kernels::check_arch(kernel, self.arch)?;
+    /// Checks the arch and, on a CUDA GPU, loads the function for `kernel` (its module on
+    /// first use); a launch with more than 48 KiB of dynamic shared memory opts in first.
+    fn prepare(&self, kernel: &'static str, dynamic_smem: u32) -> Result<Option<CudaFunction>> {
+        kernels::check_arch(kernel, self.arch)?;
+        let limit = max_dynamic_smem(self.arch);
+        if dynamic_smem > limit {
+            return Err(Error::Launch {
+                kernel,
+                detail: format!(
+                    "{dynamic_smem} bytes of dynamic shared memory exceed the {limit} bytes a \
+                     {} block may opt in to (CUDA_ERROR_INVALID_VALUE)",
+                    self.arch
+                ),
+            });
+        }
+        match &self.backend {
+            Backend::Cuda(c) => {
+                let f = c.function(kernel, self.arch)?;
+                if dynamic_smem > DEFAULT_DYNAMIC_SMEM {
+                    f.set_attribute(
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        dynamic_smem as i32,
+                    )
+                    .map_err(driver(kernel))?;
+                }
+                Ok(Some(f))
+            }
+            Backend::Emu { opted_in, .. } => {
+                if dynamic_smem > DEFAULT_DYNAMIC_SMEM {
+                    let mut m = opted_in.lock().unwrap_or_else(|p| p.into_inner());
+                    let e = m.entry(kernel).or_insert(0);
+                    *e = (*e).max(dynamic_smem);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// A launch of `kernel`: push its parameters in order, then [`Launch::launch`].
+    pub(crate) fn launcher(&self, kernel: &'static str) -> Launch<'_> {
+        Launch {
+            gpu: self,
+            kernel,
+            arena: Vec::with_capacity(64),
+            spans: Vec::with_capacity(12),
+        }
+    }
+}
+
+impl CudaParts {
+    fn function(&self, kernel: &'static str, arch: Arch) -> Result<CudaFunction> {
+        let info = kernels::kernel_info(kernel)?;
         let mut fns = self.functions.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = fns.get(kernel) {
             return Ok(f.clone());
         }
-        let module = self.module(info.module)?;
+        let module = self.module(info.module, arch)?;
         let f = module.load_function(info.name).map_err(|e| Error::Driver {
             op: info.name,
             source: e,
@@ -164,52 +306,209 @@ impl Gpu {
         Ok(f)
     }
 
-    /// [`Gpu::function`] for a kernel that takes `dynamic_smem` bytes of dynamic shared memory:
-    /// the first load opts it in above the default 48 KiB limit.
-    pub fn function_with_smem(
-        &self,
-        kernel: &'static str,
-        dynamic_smem: u32,
-    ) -> Result<CudaFunction> {
-        let f = self.function(kernel)?;
-        if dynamic_smem > 48 * 1024 {
-            f.set_attribute(
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                dynamic_smem as i32,
-            )
-            .map_err(driver(kernel))?;
-        }
-        Ok(f)
-    }
-
-    fn module(&self, name: &'static str) -> Result<Arc<CudaModule>> {
+    fn module(&self, name: &'static str, arch: Arch) -> Result<Arc<CudaModule>> {
         let mut mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = mods.get(name) {
             return Ok(m.clone());
         }
         let embedded = kernels::module(name)?;
-        let image = self.image_for(embedded)?;
+        let image = image_for(embedded, arch)?;
         let m = self.ctx.load_module(image).map_err(driver(embedded.name))?;
         mods.insert(embedded.name, m.clone());
         Ok(m)
     }
+}
 
-    /// Picks the best image: a CUBIN of the same major arch not newer than the GPU, else the
-    /// PTX fallback (JIT by the driver), else a run-time NVRTC compile.
-    fn image_for(&self, m: &kernels::EmbeddedModule) -> Result<cudarc::nvrtc::Ptx> {
-        let own = self.arch.major * 10 + self.arch.minor;
-        let cubin = m
-            .cubins
+/// Picks the best image: a CUBIN of the same major arch not newer than the GPU, else the
+/// PTX fallback (JIT by the driver), else a run-time NVRTC compile.
+fn image_for(m: &kernels::EmbeddedModule, arch: Arch) -> Result<cudarc::nvrtc::Ptx> {
+    let own = arch.major * 10 + arch.minor;
+    let cubin = m
+        .cubins
+        .iter()
+        .filter(|(a, _)| a / 10 == arch.major && *a <= own)
+        .max_by_key(|(a, _)| *a);
+    if let Some((_, bytes)) = cubin {
+        return Ok(cudarc::nvrtc::Ptx::from_binary(bytes.to_vec()));
+    }
+    if let Some(ptx) = m.ptx.filter(|_| own >= 80) {
+        return Ok(cudarc::nvrtc::Ptx::from_src(ptx));
+    }
+    let bytes = runtime_compile::cubin_for(m, arch)?;
+    Ok(cudarc::nvrtc::Ptx::from_binary(bytes))
+}
+
+/// With `MEDKERN_EMU_COVERAGE=DIR`, the first emulated launch of each kernel in this process
+/// appends its name to `DIR/<pid>.txt` (scripts/test counts the kernels the suite ran).
+fn record_coverage(kernel: &'static str) {
+    use std::collections::HashSet;
+    use std::io::Write;
+    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    static SEEN: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let Some(dir) = DIR.get_or_init(|| std::env::var_os("MEDKERN_EMU_COVERAGE").map(Into::into))
+    else {
+        return;
+    };
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.get_or_insert_with(HashSet::new).insert(kernel) {
+        let path = dir.join(format!("{}.txt", std::process::id()));
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{kernel}");
+        }
+    }
+}
+
+/// A value passed to a kernel by value: its bytes are the parameter, as cuLaunchKernel reads it.
+///
+/// # Safety
+/// `param_bytes` must be exactly the C layout of the kernel parameter it stands for.
+pub(crate) unsafe trait KernelParam {
+    fn param_bytes(&self, out: &mut Vec<u8>);
+}
+
+macro_rules! pod_param {
+    ($($t:ty),*) => {$(
+        // SAFETY: plain scalars, passed as their own bytes.
+        unsafe impl KernelParam for $t {
+            fn param_bytes(&self, out: &mut Vec<u8>) {
+                out.extend_from_slice(bytemuck::bytes_of(self));
+            }
+        }
+    )*};
+}
+pod_param!(
+    f32,
+    f64,
+    i32,
+    u32,
+    i64,
+    u64,
+    i8,
+    u8,
+    u16,
+    half::f16,
+    half::bf16
+);
+
+/// Implements [`KernelParam`] for a `#[repr(C)]` parameter struct with no padding.
+macro_rules! struct_param {
+    ($t:ty) => {
+        // SAFETY: `$t` is #[repr(C)], Copy, and has no padding (size asserted next to it), so
+        // its bytes are initialised and are the C struct's layout.
+        unsafe impl $crate::device::KernelParam for $t {
+            fn param_bytes(&self, out: &mut Vec<u8>) {
+                let p = (self as *const $t).cast::<u8>();
+                // SAFETY: reads size_of::<$t>() initialised bytes of self.
+                out.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(p, std::mem::size_of::<$t>())
+                });
+            }
+        }
+    };
+}
+pub(crate) use struct_param;
+
+/// One kernel launch being assembled: the parameter bytes in order (cuLaunchKernel's
+/// `kernelParams`), then [`Launch::launch`] on the CUDA GPU or the emulated one.
+pub(crate) struct Launch<'g> {
+    gpu: &'g Gpu,
+    kernel: &'static str,
+    arena: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+}
+
+impl Launch<'_> {
+    /// Appends one parameter.
+    pub fn arg<T: KernelParam + ?Sized>(&mut self, v: &T) -> &mut Self {
+        // Each parameter starts 16-byte aligned in the arena (offsets; pointers are taken
+        // only after the last push).
+        let start = self.arena.len().div_ceil(16) * 16;
+        self.arena.resize(start, 0);
+        v.param_bytes(&mut self.arena);
+        self.spans.push((start, self.arena.len() - start));
+        self
+    }
+
+    /// Checks the configuration as the driver does, then launches.
+    ///
+    /// # Safety
+    /// The parameters must match the kernel's signature and every device address in them
+    /// must be a live allocation of this GPU, large enough for what the kernel accesses.
+    pub unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<()> {
+        let kernel = self.kernel;
+        let (bx, by, bz) = cfg.block_dim;
+        let (gx, gy, gz) = cfg.grid_dim;
+        let threads = u64::from(bx) * u64::from(by) * u64::from(bz);
+        let refuse = |detail: String| Err(Error::Launch { kernel, detail });
+        if threads == 0 || threads > 1024 || bz > 64 {
+            return refuse(format!(
+                "block ({bx}, {by}, {bz}) = {threads} threads: the limit is 1 to 1024 (z <= 64) \
+                 (CUDA_ERROR_INVALID_VALUE)"
+            ));
+        }
+        if gx == 0 || gy == 0 || gz == 0 || gx > i32::MAX as u32 || gy > 65_535 || gz > 65_535 {
+            return refuse(format!(
+                "grid ({gx}, {gy}, {gz}): the limits are x <= 2^31-1, y and z <= 65535, none 0 \
+                 (CUDA_ERROR_INVALID_VALUE)"
+            ));
+        }
+        let f = self.gpu.prepare(kernel, cfg.shared_mem_bytes)?;
+        // The arena no longer grows: parameter pointers into it stay valid for the call.
+        let base = self.arena.as_mut_ptr();
+        let mut params: Vec<*mut std::ffi::c_void> = self
+            .spans
             .iter()
-            .filter(|(a, _)| a / 10 == self.arch.major && *a <= own)
-            .max_by_key(|(a, _)| *a);
-        if let Some((_, bytes)) = cubin {
-            return Ok(cudarc::nvrtc::Ptx::from_binary(bytes.to_vec()));
+            // SAFETY: every span lies inside the arena.
+            .map(|&(o, _)| unsafe { base.add(o) }.cast())
+            .collect();
+        match (&self.gpu.backend, f) {
+            (Backend::Cuda(c), Some(f)) => {
+                // SAFETY: the caller vouches for the parameters; the function belongs to this
+                // context and the stream is its default stream.
+                unsafe {
+                    cudarc::driver::result::launch_kernel(
+                        f.cu_function(),
+                        cfg.grid_dim,
+                        cfg.block_dim,
+                        cfg.shared_mem_bytes,
+                        c.stream.cu_stream(),
+                        &mut params,
+                    )
+                }
+                .map_err(driver(kernel))
+            }
+            (Backend::Emu { opted_in, seed }, _) => {
+                if cfg.shared_mem_bytes > DEFAULT_DYNAMIC_SMEM {
+                    let m = opted_in.lock().unwrap_or_else(|p| p.into_inner());
+                    if m.get(kernel).copied().unwrap_or(0) < cfg.shared_mem_bytes {
+                        return refuse(format!(
+                            "{} bytes of dynamic shared memory without opting in \
+                             (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) above the default {}",
+                            cfg.shared_mem_bytes, DEFAULT_DYNAMIC_SMEM
+                        ));
+                    }
+                }
+                record_coverage(kernel);
+                let sizes: Vec<u32> = self.spans.iter().map(|&(_, n)| n as u32).collect();
+                let s = seed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // SAFETY: as for the CUDA launch; the caller vouches for the parameters.
+                unsafe {
+                    emu::launch(
+                        kernel,
+                        cfg.grid_dim,
+                        cfg.block_dim,
+                        cfg.shared_mem_bytes,
+                        &mut params,
+                        &sizes,
+                        s,
+                    )
+                }
+            }
+            (Backend::Cuda(_), None) => refuse("no function loaded".into()),
         }
-        if let Some(ptx) = m.ptx.filter(|_| own >= 80) {
-            return Ok(cudarc::nvrtc::Ptx::from_src(ptx));
-        }
-        let bytes = runtime_compile::cubin_for(m, self.arch)?;
-        Ok(cudarc::nvrtc::Ptx::from_binary(bytes))
     }
 }

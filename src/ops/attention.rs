@@ -14,10 +14,10 @@
 use super::{Backend, Gemm, backend, dev, dev_mut, host, kernel_name, softmax_into};
 use crate::device::Gpu;
 use crate::dtype::DType;
-use crate::error::{Error, Result, driver};
+use crate::error::{Error, Result};
 use crate::reference::attention::{self as refattn, AttnProblem, SeqRows, Strides};
 use crate::tensor::{Device, HostTensor, Tensor};
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 use std::sync::Arc;
 
 const OP: &str = "attention";
@@ -597,7 +597,7 @@ struct AttnParams {
 }
 // SAFETY: plain-old-data with the exact C layout of mk::AttnParams (8-byte fields, then four
 // 4-byte ones; 168 bytes, asserted below).
-unsafe impl DeviceRepr for AttnParams {}
+crate::device::struct_param!(AttnParams);
 const _: () = assert!(std::mem::size_of::<AttnParams>() == 168);
 
 fn launch_fused(
@@ -636,32 +636,30 @@ fn launch_fused(
     };
     let kernel = kernel_name(OP, format!("attention_{}_d{}_m{br}", g.dtype, g.d))?;
     let smem = ((br + 4 * BLOCK_KEYS) * (2 * g.d + 16)) as u32;
-    let f = gpu.function_with_smem(kernel, smem)?;
-    let stream = gpu.stream();
     let [q, k, v] = qkv.tensors();
     let es = g.dtype.size() as u64;
-    let (pq, _gq) = dev(OP, "q", q)?.buffer().device_ptr(stream);
-    let (pk, _gk) = dev(OP, "k", k)?.buffer().device_ptr(stream);
-    let (pv, _gv) = dev(OP, "v", v)?.buffer().device_ptr(stream);
-    let (ps, _gs) = dev(OP, "seqs", &batch.seqs)?.buffer().device_ptr(stream);
+    let pq = dev(OP, "q", q)?.addr();
+    let pk = dev(OP, "k", k)?.addr();
+    let pv = dev(OP, "v", v)?.addr();
+    let ps = dev(OP, "seqs", &batch.seqs)?.addr();
     let gb = a
         .bias
-        .map(|t| dev(OP, "bias", t).map(|d| d.buffer().device_ptr(stream)))
+        .map(|t| dev(OP, "bias", t).map(|d| d.addr()))
         .transpose()?;
     let ga = a
         .alibi
-        .map(|t| dev(OP, "alibi", t).map(|d| d.buffer().device_ptr(stream)))
+        .map(|t| dev(OP, "alibi", t).map(|d| d.addr()))
         .transpose()?;
     let [bias_b, bias_h, bias_q] = a.bias.map(bias_strides).unwrap_or([0; 3]);
-    let (po, _go) = dev_mut(OP, "out", out)?.buffer_mut().device_ptr_mut(stream);
+    let po = dev_mut(OP, "out", out)?.addr();
     let p = AttnParams {
         q: pq + g.q.0 as u64 * es,
         k: pk + g.k.0 as u64 * es,
         v: pv + g.v.0 as u64 * es,
         o: po,
         seqs: ps,
-        bias: gb.as_ref().map_or(0, |x| x.0),
-        alibi: ga.as_ref().map_or(0, |x| x.0),
+        bias: gb.unwrap_or(0),
+        alibi: ga.unwrap_or(0),
         pad0: 0,
         q_tok: g.q.1.tok as i64,
         q_head: g.q.1.head as i64,
@@ -697,13 +695,13 @@ fn launch_fused(
         block_dim: (2 * br as u32, 1, 1),
         shared_mem_bytes: smem,
     };
-    let mut b = stream.launch_builder(&f);
+    let mut b = gpu.launcher(kernel);
     b.arg(&p);
     // SAFETY: `p` matches mk::AttnParams. Every sequence's rows were validated against the
     // token counts of q/k/v/out (check, check_out; SeqBatch validates offsets and lengths), the
     // bias covers [batch or 1, heads, max q_len, max k_len], alibi holds `heads` slopes, and the
     // kernel touches only rows inside its sequences (plus the padding rows of a padded output).
-    unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+    unsafe { b.launch(cfg) }?;
     Ok(())
 }
 
@@ -939,9 +937,7 @@ fn gather(
     dst: &mut Tensor,
 ) -> Result<()> {
     let kernel = kernel_name(OP, format!("attention_gather_{}", g.dtype))?;
-    let f = gpu.function(kernel)?;
-    let stream = gpu.stream();
-    let (ps, _g0) = dev(OP, "src", src)?.buffer().device_ptr(stream);
+    let ps = dev(OP, "src", src)?.addr();
     let src_ptr = ps + (off * g.dtype.size()) as u64;
     let (tok, head, rows_i, tr) = (
         st.tok as i64,
@@ -952,7 +948,7 @@ fn gather(
     let total = dst.len();
     let sd = dev(OP, "seqs", seqs)?;
     let dd = dev_mut(OP, "dst", dst)?;
-    let mut b = stream.launch_builder(&f);
+    let mut b = gpu.launcher(kernel);
     b.arg(dd.buffer_mut())
         .arg(&src_ptr)
         .arg(sd.buffer())
@@ -966,7 +962,7 @@ fn gather(
         .arg(&tr);
     // SAFETY: matches attention_gather_*(dst, src, seqs, which, tok, head, batch, heads, S, D,
     // transpose); dst holds batch·heads·S·D elements; src rows are those of validated sequences.
-    unsafe { b.launch(move_grid(gpu, total)) }.map_err(driver(kernel))?;
+    unsafe { b.launch(move_grid(gpu, total)) }?;
     Ok(())
 }
 
@@ -983,14 +979,12 @@ fn scatter(
     out: &mut Tensor,
 ) -> Result<()> {
     let kernel = kernel_name(OP, format!("attention_scatter_{}", g.dtype))?;
-    let f = gpu.function(kernel)?;
-    let stream = gpu.stream();
     let (tok, head, sq_i, mq) = ((g.heads * g.d) as i64, g.d as i64, sq as i32, max_q as i32);
     let total = src.len();
     let sd = dev(OP, "seqs", seqs)?;
     let s = dev(OP, "src", src)?;
     let od = dev_mut(OP, "out", out)?;
-    let mut b = stream.launch_builder(&f);
+    let mut b = gpu.launcher(kernel);
     b.arg(od.buffer_mut())
         .arg(s.buffer())
         .arg(sd.buffer())
@@ -1003,6 +997,6 @@ fn scatter(
         .arg(&mq);
     // SAFETY: matches attention_scatter_*(out, src, seqs, tok, head, batch, heads, S, D, max_q);
     // writes only rows of validated sequences (or their padding rows) of the checked output.
-    unsafe { b.launch(move_grid(gpu, total)) }.map_err(driver(kernel))?;
+    unsafe { b.launch(move_grid(gpu, total)) }?;
     Ok(())
 }

@@ -11,12 +11,10 @@ use super::conv_geom::{Padding, Window};
 use super::gemm::Tile;
 use super::{Activation, Backend, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name};
 use crate::dtype::DType;
-use crate::error::{Error, Result, driver};
+use crate::error::{Error, Result};
 use crate::reference::conv::{self as refconv, ConvShape};
-use crate::tensor::{Device, HostTensor, Tensor};
-use cudarc::driver::{
-    CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop,
-};
+use crate::tensor::{Device, DeviceTensor, HostTensor, Tensor};
+use cudarc::driver::LaunchConfig;
 
 const OP: &str = "conv2d";
 
@@ -177,7 +175,7 @@ struct ConvParams {
 }
 // SAFETY: plain-old-data with the C layout of mk::ConvParams (six pointers, then 21 ints and
 // one trailing pad int that the kernel never reads; 136 bytes).
-unsafe impl DeviceRepr for ConvParams {}
+crate::device::struct_param!(ConvParams);
 const _: () = assert!(std::mem::size_of::<ConvParams>() == 136);
 
 /// Checks the call and returns (shape, window, y shape).
@@ -382,42 +380,36 @@ pub fn conv2d_into(x: &Tensor, w: &ConvWeight, c: &Conv2d, out: &mut Tensor) -> 
                 )
             };
             let kernel = kernel_name(OP, kernel)?;
-            let f = gpu.function_with_smem(kernel, smem)?;
-            let stream = gpu.stream();
-            let (px, _gx) = dev(OP, "x", x)?.buffer().device_ptr(stream);
-            let (pw, _gw) = dev(OP, "weight", &w.weight)?.buffer().device_ptr(stream);
-            fn opt<'a>(
-                t: Option<&'a Tensor>,
-                arg: &'static str,
-                s: &'a CudaStream,
-            ) -> Result<Option<(u64, SyncOnDrop<'a>)>> {
-                t.map(|t| dev(OP, arg, t).map(|d| d.buffer().device_ptr(s)))
+            let px = dev(OP, "x", x)?.addr();
+            let pw = dev(OP, "weight", &w.weight)?.addr();
+            fn opt(t: Option<&Tensor>, arg: &'static str) -> Result<Option<u64>> {
+                t.map(|t| dev(OP, arg, t).map(DeviceTensor::addr))
                     .transpose()
             }
             let (gs, gb, gr) = (
-                opt(c.scale, "scale", stream)?,
-                opt(c.bias, "bias", stream)?,
-                opt(c.residual, "residual", stream)?,
+                opt(c.scale, "scale")?,
+                opt(c.bias, "bias")?,
+                opt(c.residual, "residual")?,
             );
-            let (py, _gy) = dev_mut(OP, "out", out)?.buffer_mut().device_ptr_mut(stream);
+            let py = dev_mut(OP, "out", out)?.addr();
             p.x = px;
             p.w = pw;
             p.y = py;
-            p.scale = gs.as_ref().map_or(0, |g| g.0);
-            p.bias = gb.as_ref().map_or(0, |g| g.0);
-            p.residual = gr.as_ref().map_or(0, |g| g.0);
+            p.scale = gs.unwrap_or(0);
+            p.bias = gb.unwrap_or(0);
+            p.residual = gr.unwrap_or(0);
             let cfg = LaunchConfig {
                 grid_dim: grid,
                 block_dim: (block, 1, 1),
                 shared_mem_bytes: smem,
             };
-            let mut b = stream.launch_builder(&f);
+            let mut b = gpu.launcher(kernel);
             b.arg(&p);
             // SAFETY: `p` matches mk::ConvParams; x is [n, h, w, c], the weight [oc, kp] with kp
             // a multiple of 8 (16-byte rows from 256-byte-aligned allocations), scale/bias [oc]
             // f32, residual and out [n, out_h, out_w, oc] (all checked); the kernel reads inputs
             // only inside the image and writes outputs only below (m, oc).
-            unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+            unsafe { b.launch(cfg) }?;
             Ok(())
         }
     }

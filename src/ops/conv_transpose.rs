@@ -12,11 +12,11 @@ use super::{
     kernel_name,
 };
 use crate::dtype::DType;
-use crate::error::{Error, Result, driver};
+use crate::error::{Error, Result};
 use crate::reference;
 use crate::reference::conv_transpose::TransposeGeom;
 use crate::tensor::{HostTensor, Tensor};
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 const OP: &str = "conv_transpose2d";
 
@@ -258,7 +258,6 @@ pub fn conv_transpose2d_into(
                 OP,
                 format!("conv_transpose_{}_{dt}", if vec { "vec" } else { "any" }),
             )?;
-            let f = gpu.function(kernel)?;
             let phases = g.stride_h * g.stride_w;
             let grid_y = u32::try_from(phases)
                 .ok()
@@ -278,16 +277,15 @@ pub fn conv_transpose2d_into(
                 * g.c_out.div_ceil(8);
             let cap = (gpu.sm_count() as usize * 16).div_ceil(phases).max(1);
             let grid_x = items.div_ceil(256).clamp(1, cap) as u32;
-            let stream = gpu.stream();
-            let (px, _gx) = xd.buffer().device_ptr(stream);
-            let (pw, _gw) = wd.buffer().device_ptr(stream);
-            let gb = bd.map(|t| t.buffer().device_ptr(stream));
-            let (py, _gy) = yd.buffer_mut().device_ptr_mut(stream);
+            let px = xd.addr();
+            let pw = wd.addr();
+            let gb = bd.map(|t| t.addr());
+            let py = yd.addr();
             let i = |arg, v| as_i32(OP, arg, v);
             let p = CtParams {
                 x: px,
                 w: pw,
-                bias: gb.as_ref().map_or(0, |g| g.0),
+                bias: gb.unwrap_or(0),
                 y: py,
                 n: i("N", g.n)?,
                 h: i("H", g.in_h)?,
@@ -309,13 +307,13 @@ pub fn conv_transpose2d_into(
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let mut b = stream.launch_builder(&f);
+            let mut b = gpu.launcher(kernel);
             b.arg(&p);
             // SAFETY: `p` mirrors mk::CtParams; x holds N·H·W·C_in, w k_h·k_w·C_in·C_out, bias
             // C_out f32 and y N·out_h·out_w·C_out elements (checked above) on this GPU; the
             // kernel reads x only at in-range positions and writes each output once; the vec
             // kernel only with C_in, C_out % 8 == 0 and 16-byte-aligned buffers.
-            unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+            unsafe { b.launch(cfg) }?;
             Ok(())
         }
     }
@@ -347,5 +345,5 @@ struct CtParams {
 }
 // SAFETY: plain-old-data with the exact C layout of mk::CtParams (four 8-byte pointers, then
 // 14 4-byte fields, no padding: 88 bytes, asserted below).
-unsafe impl DeviceRepr for CtParams {}
+crate::device::struct_param!(CtParams);
 const _: () = assert!(std::mem::size_of::<CtParams>() == 88);

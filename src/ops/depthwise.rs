@@ -10,10 +10,10 @@ use super::{
     host, host_f64, kernel_name,
 };
 use crate::dtype::DType;
-use crate::error::{Error, Result, driver};
+use crate::error::{Error, Result};
 use crate::reference;
 use crate::tensor::{HostTensor, Tensor};
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 const OP: &str = "depthwise";
 /// Threads per CTA at most (the kernels' `__launch_bounds__`).
@@ -217,7 +217,6 @@ pub fn depthwise_into(x: &Tensor, w: &Tensor, d: &Depthwise, out: &mut Tensor) -
             let gpu = gpu.clone();
             let plan = Plan::new(n, c, &win, dt.size())?;
             let kernel = kernel_name(OP, format!("depthwise_{}_{dt}", plan.variant))?;
-            let f = gpu.function_with_smem(kernel, plan.smem)?;
             let xd = dev(OP, "x", x)?;
             let wd = dev(OP, "w", w)?;
             let sd = d.scale.map(|t| dev(OP, "scale", t)).transpose()?;
@@ -225,20 +224,19 @@ pub fn depthwise_into(x: &Tensor, w: &Tensor, d: &Depthwise, out: &mut Tensor) -
             let rd = d.residual.map(|t| dev(OP, "residual", t)).transpose()?;
             let yd = dev_mut(OP, "out", out)?;
             let vec_ok = c % 8 == 0 && aligned16(&[Some(xd), rd, Some(&*yd)]);
-            let stream = gpu.stream();
-            let (px, _gx) = xd.buffer().device_ptr(stream);
-            let (pw, _gw) = wd.buffer().device_ptr(stream);
-            let gs = sd.map(|t| t.buffer().device_ptr(stream));
-            let gb = bd.map(|t| t.buffer().device_ptr(stream));
-            let gr = rd.map(|t| t.buffer().device_ptr(stream));
-            let (py, _gy) = yd.buffer_mut().device_ptr_mut(stream);
+            let px = xd.addr();
+            let pw = wd.addr();
+            let gs = sd.map(|t| t.addr());
+            let gb = bd.map(|t| t.addr());
+            let gr = rd.map(|t| t.addr());
+            let py = yd.addr();
             let i = |arg, v| as_i32(OP, arg, v);
             let p = DwParams {
                 x: px,
                 w: pw,
-                scale: gs.as_ref().map_or(0, |g| g.0),
-                bias: gb.as_ref().map_or(0, |g| g.0),
-                residual: gr.as_ref().map_or(0, |g| g.0),
+                scale: gs.unwrap_or(0),
+                bias: gb.unwrap_or(0),
+                residual: gr.unwrap_or(0),
                 y: py,
                 n: i("N", n)?,
                 h: i("H", win.in_h)?,
@@ -270,14 +268,14 @@ pub fn depthwise_into(x: &Tensor, w: &Tensor, d: &Depthwise, out: &mut Tensor) -
                 block_dim: (plan.threads, 1, 1),
                 shared_mem_bytes: plan.smem,
             };
-            let mut b = stream.launch_builder(&f);
+            let mut b = gpu.launcher(kernel);
             b.arg(&p);
             // SAFETY: `p` mirrors mk::DwParams; x holds N·H·W·C, w k_h·k_w·C, scale/bias C f32,
             // residual and y N·out_h·out_w·C elements (all checked above) on this GPU; the plan
             // keeps blockDim = ncv·th·twg <= 256 and sizes the dynamic shared memory for the
             // staged tile (in_rows·row_pitch elements) plus the f32 weights at w_off; the kernel
             // writes y only at in-range outputs; vec_ok only with C % 8 == 0 and aligned buffers.
-            unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+            unsafe { b.launch(cfg) }?;
             Ok(())
         }
     }
@@ -321,7 +319,7 @@ struct DwParams {
 }
 // SAFETY: plain-old-data with the exact C layout of mk::DwParams (six 8-byte pointers, then
 // 24 4-byte fields, no padding: 144 bytes, asserted below).
-unsafe impl DeviceRepr for DwParams {}
+crate::device::struct_param!(DwParams);
 const _: () = assert!(std::mem::size_of::<DwParams>() == 144);
 
 /// The tile plan of one launch (see the kernel header): CTA tile, staged-tile geometry,

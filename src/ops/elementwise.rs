@@ -8,10 +8,10 @@ use super::{
     same_dtype, same_shape, stride_grid,
 };
 use crate::dtype::DType;
-use crate::error::{Error, Result, driver};
+use crate::error::{Error, Result};
 use crate::reference;
 use crate::tensor::{HostTensor, Tensor};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 /// `y = act(x·alpha + bias) + residual`; `bias` has the length of x's last dimension and is
 /// broadcast over rows; `residual` has x's shape. Every part is optional.
@@ -146,7 +146,6 @@ pub fn eltwise_into(x: &Tensor, e: &Eltwise, out: &mut Tensor) -> Result<()> {
             }
             let gpu = gpu.clone();
             let kernel = kernel_name(OP, format!("eltwise_{}_{}", e.act.name(), dt))?;
-            let f = gpu.function(kernel)?;
             let xd = dev(OP, "x", x)?;
             let bd = e.bias.map(|b| dev(OP, "bias", b)).transpose()?;
             let rd = e.residual.map(|r| dev(OP, "residual", r)).transpose()?;
@@ -161,8 +160,7 @@ pub fn eltwise_into(x: &Tensor, e: &Eltwise, out: &mut Tensor) -> Result<()> {
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let stream = gpu.stream();
-            let mut b = stream.launch_builder(&f);
+            let mut b = gpu.launcher(kernel);
             b.arg(yd.buffer_mut()).arg(xd.buffer());
             match bd {
                 Some(d) => b.arg(d.buffer()),
@@ -176,7 +174,7 @@ pub fn eltwise_into(x: &Tensor, e: &Eltwise, out: &mut Tensor) -> Result<()> {
             // SAFETY: argument list matches `eltwise_*` in kernels/elementwise.cu (y, x, bias,
             // res, alpha, total, n, vec_ok); every buffer holds `total` (bias: `n`) elements of
             // `dt`, checked above; the kernel writes only y[0..total).
-            unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+            unsafe { b.launch(cfg) }?;
             Ok(())
         }
     }
@@ -216,7 +214,6 @@ pub fn cast_into(x: &Tensor, out: &mut Tensor) -> Result<()> {
             }
             let gpu = gpu.clone();
             let kernel = kernel_name(OP, format!("cast_{from}_{to}"))?;
-            let f = gpu.function(kernel)?;
             let xd = dev(OP, "x", x)?;
             let yd = dev_mut(OP, "out", out)?;
             let (total_i, vec_ok) = (total as i64, i32::from(aligned16(&[Some(xd), Some(&*yd)])));
@@ -225,15 +222,14 @@ pub fn cast_into(x: &Tensor, out: &mut Tensor) -> Result<()> {
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let stream = gpu.stream();
-            let mut b = stream.launch_builder(&f);
+            let mut b = gpu.launcher(kernel);
             b.arg(yd.buffer_mut())
                 .arg(xd.buffer())
                 .arg(&total_i)
                 .arg(&vec_ok);
             // SAFETY: matches `cast_{src}_{dst}(y, x, total, vec_ok)`; both buffers hold `total`
             // elements of their dtypes (checked above) and are 256-byte aligned.
-            unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+            unsafe { b.launch(cfg) }?;
             Ok(())
         }
     }

@@ -2,10 +2,10 @@
 //! `kernels/embedding.cu`, reference `src/reference/embedding.rs`, tests `tests/bert.rs`.
 
 use super::{Backend, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name};
-use crate::error::{Error, Result, driver};
+use crate::error::{Error, Result};
 use crate::reference;
 use crate::tensor::{HostTensor, Tensor};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 const OP: &str = "embedding";
 
@@ -97,11 +97,9 @@ pub fn embedding(word: Lookup, extra: &[Lookup]) -> Result<Tensor> {
             let e0 = extra.first().map(|l| up(l.ids)).transpose()?;
             let e1 = extra.get(1).map(|l| up(l.ids)).transpose()?;
             let kernel = kernel_name(OP, format!("embedding_{dt}"))?;
-            let f = gpu.function(kernel)?;
             let (tok, hi) = (as_i32(OP, "tokens", tokens)?, as_i32(OP, "h", h)?);
             let vec_ok = i32::from(h % 8 == 0);
             let null = 0u64;
-            let stream = gpu.stream();
             let idd = dev(OP, "ids", &ids)?;
             let wd = dev(OP, "table", word.table)?;
             let e0d = e0.as_ref().map(|t| dev(OP, "ids", t)).transpose()?;
@@ -115,7 +113,7 @@ pub fn embedding(word: Lookup, extra: &[Lookup]) -> Result<Tensor> {
                 .map(|l| dev(OP, "table", l.table))
                 .transpose()?;
             let yd = dev_mut(OP, "out", &mut y)?;
-            let mut b = stream.launch_builder(&f);
+            let mut b = gpu.launcher(kernel);
             b.arg(yd.buffer_mut()).arg(idd.buffer());
             match e0d {
                 Some(d) => b.arg(d.buffer()),
@@ -144,7 +142,7 @@ pub fn embedding(word: Lookup, extra: &[Lookup]) -> Result<Tensor> {
             // SAFETY: matches embedding_*(y, ids, pos, types, word, posw, typew, tokens, h,
             // vec_ok); every id was checked against its table's rows above, tables are [rows, h]
             // and y [tokens, h]; vec_ok only when h % 8 == 0 (256-byte-aligned allocations).
-            unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+            unsafe { b.launch(cfg) }?;
             Ok(y)
         }
     }

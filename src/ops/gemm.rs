@@ -11,13 +11,11 @@ use super::{
 };
 use crate::device::Gpu;
 use crate::dtype::DType;
-use crate::error::{Error, Result, driver};
+use crate::error::{Error, Result};
 use crate::reference;
 use crate::reference::gemm::GemmDims;
 use crate::tensor::{DeviceTensor, HostTensor, Tensor};
-use cudarc::driver::{
-    CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop,
-};
+use cudarc::driver::LaunchConfig;
 use std::sync::Arc;
 
 /// Tensor-core tile configurations (block tile M×N), chosen by shape unless forced.
@@ -135,7 +133,7 @@ pub(crate) struct GemmParams {
 }
 // SAFETY: plain-old-data with the exact C layout of mk::GemmParams (8-byte fields first, then
 // 4-byte ones, no padding: 128 bytes, asserted below).
-unsafe impl DeviceRepr for GemmParams {}
+crate::device::struct_param!(GemmParams);
 const _: () = assert!(std::mem::size_of::<GemmParams>() == 128);
 
 /// Shapes of `gemm(x, w)`: the problem dims and Y's shape.
@@ -429,7 +427,6 @@ pub(crate) fn launch_gemm(
     o: Operands,
     y: &mut DeviceTensor,
 ) -> Result<()> {
-    let stream = gpu.stream();
     let Geometry {
         bm,
         bn,
@@ -441,7 +438,6 @@ pub(crate) fn launch_gemm(
         threads: 256,
         smem: 0,
     });
-    let f = gpu.function_with_smem(kernel, smem)?;
     let grid_y = u32::try_from(d.m.div_ceil(bm))
         .ok()
         .filter(|&g| g <= 65_535);
@@ -466,27 +462,22 @@ pub(crate) fn launch_gemm(
     p.k = as_i32(op, "K", d.k)?;
     // Raw device addresses for the parameter block; the guards keep cudarc's stream-order
     // bookkeeping alive until the launch is queued.
-    let (px, _gx) = o.x.buffer().device_ptr(stream);
-    let (pw, _gw) = o.w.buffer().device_ptr(stream);
-    let (py, _gy) = y.buffer_mut().device_ptr_mut(stream);
+    let px = o.x.addr();
+    let pw = o.w.addr();
+    let py = y.addr();
     p.x = px;
     p.w = pw;
     p.y = py;
-    fn opt<'a>(t: Option<&'a DeviceTensor>, s: &'a CudaStream) -> Option<(u64, SyncOnDrop<'a>)> {
-        t.map(|t| t.buffer().device_ptr(s))
+    fn opt(t: Option<&DeviceTensor>) -> Option<u64> {
+        t.map(DeviceTensor::addr)
     }
-    let (gb, gr, gsx, gsw) = (
-        opt(o.bias, stream),
-        opt(o.residual, stream),
-        opt(o.sx, stream),
-        opt(o.sw, stream),
-    );
-    p.bias = gb.as_ref().map_or(0, |g| g.0);
-    p.residual = gr.as_ref().map_or(0, |g| g.0);
-    p.sx = gsx.as_ref().map_or(0, |g| g.0);
-    p.sw = gsw.as_ref().map_or(0, |g| g.0);
-    let gm = opt(o.meta, stream);
-    p.meta = gm.as_ref().map_or(0, |g| g.0);
+    let (gb, gr, gsx, gsw) = (opt(o.bias), opt(o.residual), opt(o.sx), opt(o.sw));
+    p.bias = gb.unwrap_or(0);
+    p.residual = gr.unwrap_or(0);
+    p.sx = gsx.unwrap_or(0);
+    p.sw = gsw.unwrap_or(0);
+    let gm = opt(o.meta);
+    p.meta = gm.unwrap_or(0);
     if geo.is_some() && [p.x, p.w, p.meta].iter().any(|a| a % 16 != 0) {
         return Err(Error::Invalid {
             op,
@@ -499,11 +490,11 @@ pub(crate) fn launch_gemm(
         block_dim: (threads, 1, 1),
         shared_mem_bytes: smem,
     };
-    let mut b = stream.launch_builder(&f);
+    let mut b = gpu.launcher(kernel);
     b.arg(&p);
     // SAFETY: `p` matches mk::GemmParams; every pointer is a live allocation on this GPU whose
     // size was checked against (batch, M, N, K) by the caller; the kernel reads X/W rows only
     // below M/N and K, and writes Y only inside [batch, M, N].
-    unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+    unsafe { b.launch(cfg) }?;
     Ok(())
 }

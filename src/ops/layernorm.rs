@@ -6,10 +6,10 @@ use super::{
     Backend, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name, row_len, same_dtype,
     same_shape,
 };
-use crate::error::{Error, Result, driver};
+use crate::error::{Error, Result};
 use crate::reference;
 use crate::tensor::{HostTensor, Tensor};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 const OP: &str = "layernorm";
 const WARP_MAX_N: usize = 1024;
@@ -134,7 +134,6 @@ pub fn layernorm_into(
                 OP,
                 format!("layernorm_{}_{dt}", if warp { "warp" } else { "block" }),
             )?;
-            let f = gpu.function(kernel)?;
             let (rows_i, n_i) = (as_i32(OP, "rows", rows)?, as_i32(OP, "n", n)?);
             let grid = if warp { rows.div_ceil(8) } else { rows };
             let grid = u32::try_from(grid).map_err(|_| Error::Invalid {
@@ -152,8 +151,7 @@ pub fn layernorm_into(
             };
             let all = [Some(xd), rd, Some(gd), Some(bd), Some(&*yd), hd.as_deref()];
             let (null, vec_ok) = (0u64, i32::from(n % 8 == 0 && aligned16(&all)));
-            let stream = gpu.stream();
-            let mut b = stream.launch_builder(&f);
+            let mut b = gpu.launcher(kernel);
             b.arg(yd.buffer_mut());
             match hd {
                 Some(h) => b.arg(h.buffer_mut()),
@@ -177,7 +175,7 @@ pub fn layernorm_into(
             };
             // SAFETY: matches `layernorm_{warp,block}_*(y, h_out, x, res, gamma, beta, eps, rows,
             // n, vec_ok)`; x, res, y, h_out hold rows·n elements and gamma/beta n (checked).
-            unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+            unsafe { b.launch(cfg) }?;
             Ok(())
         }
     }

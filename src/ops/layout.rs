@@ -5,10 +5,10 @@
 //! every dtype works (the kernels go by element size).
 
 use super::{Backend, as_i32, backend, dev, dev_mut, host, kernel_name, stride_grid};
-use crate::error::{Error, Result, driver};
+use crate::error::{Error, Result};
 use crate::reference;
 use crate::tensor::{HostTensor, Tensor};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 /// Below this many rows or columns a 32×32 tile would be mostly empty: one thread per output
 /// element instead (`transpose_small_*`).
@@ -106,7 +106,6 @@ fn transpose_into(
                     dt.size()
                 ),
             )?;
-            let f = gpu.function(kernel)?;
             let (batch_i, rows_i, cols_i) = (
                 batch as i64,
                 as_i32(op, "rows", rows)?,
@@ -132,8 +131,7 @@ fn transpose_into(
             };
             let xd = dev(op, "x", x)?;
             let yd = dev_mut(op, "y", y)?;
-            let stream = gpu.stream();
-            let mut b = stream.launch_builder(&f);
+            let mut b = gpu.launcher(kernel);
             b.arg(yd.buffer_mut())
                 .arg(xd.buffer())
                 .arg(&batch_i)
@@ -142,7 +140,7 @@ fn transpose_into(
             // SAFETY: matches `transpose_{tiled,small}_b{1,2,4}(y, x, batch, rows, cols)` of the
             // dtype's element size; x and y hold batch·rows·cols elements (checked), one image
             // below 2^31; tiled blocks are 32×8 threads as the kernel's tile loops assume.
-            unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+            unsafe { b.launch(cfg) }?;
             Ok(())
         }
     }

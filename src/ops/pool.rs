@@ -7,10 +7,10 @@ use super::{
     stride_grid,
 };
 use crate::dtype::DType;
-use crate::error::{Error, Result, driver};
+use crate::error::{Error, Result};
 use crate::reference;
 use crate::tensor::{HostTensor, Tensor};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 /// Geometry of a windowed pooling: PyTorch's `max_pool2d` / `avg_pool2d` with
 /// `ceil_mode = False` (the only mode), or TensorFlow's SAME / VALID through [`Padding`].
@@ -161,7 +161,6 @@ fn pool_into(x: &Tensor, p: &Pool2d, max: bool, out: &mut Tensor) -> Result<()> 
             }
             let gpu = gpu.clone();
             let kernel = kernel_name(op, format!("pool_{}_{dt}", if max { "max" } else { "avg" }))?;
-            let f = gpu.function(kernel)?;
             let dims = [
                 ("N", n),
                 ("H", h),
@@ -198,8 +197,7 @@ fn pool_into(x: &Tensor, p: &Pool2d, max: bool, out: &mut Tensor) -> Result<()> 
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let stream = gpu.stream();
-            let mut b = stream.launch_builder(&f);
+            let mut b = gpu.launcher(kernel);
             b.arg(yd.buffer_mut()).arg(xd.buffer());
             for d in &dims {
                 b.arg(d);
@@ -209,7 +207,7 @@ fn pool_into(x: &Tensor, p: &Pool2d, max: bool, out: &mut Tensor) -> Result<()> 
             // PT, PL, include_pad, vec_ok)`; x holds N·H·W·C and y N·OH·OW·C elements of `dt`
             // (checked); the kernel reads only in-range input positions; vec_ok only when C is
             // a multiple of 8 and both buffers are 16-byte aligned.
-            unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+            unsafe { b.launch(cfg) }?;
             Ok(())
         }
     }
@@ -261,7 +259,6 @@ pub fn global_avg_pool_into(x: &Tensor, out: &mut Tensor) -> Result<()> {
             }
             let gpu = gpu.clone();
             let kernel = kernel_name(OP, format!("gap_{dt}_{od}"))?;
-            let f = gpu.function(kernel)?;
             let xd = dev(OP, "x", x)?;
             let yd = dev_mut(OP, "out", out)?;
             let vec = c % 8 == 0 && aligned16(&[Some(xd), Some(&*yd)]);
@@ -285,8 +282,7 @@ pub fn global_avg_pool_into(x: &Tensor, out: &mut Tensor) -> Result<()> {
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let stream = gpu.stream();
-            let mut b = stream.launch_builder(&f);
+            let mut b = gpu.launcher(kernel);
             b.arg(yd.buffer_mut())
                 .arg(xd.buffer())
                 .arg(&hw_i)
@@ -297,7 +293,7 @@ pub fn global_avg_pool_into(x: &Tensor, out: &mut Tensor) -> Result<()> {
             // N·C elements of their dtypes (checked); grid (ceil(C/(lanes·V)), N) with lanes a
             // power of two <= 32 dividing the 256 threads; vec_ok only for C % 8 == 0 and
             // 16-byte-aligned buffers.
-            unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+            unsafe { b.launch(cfg) }?;
             Ok(())
         }
     }

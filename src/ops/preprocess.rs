@@ -4,11 +4,11 @@
 
 use super::{Backend, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name, stride_grid};
 use crate::dtype::DType;
-use crate::error::{Error, Result, driver};
+use crate::error::{Error, Result};
 use crate::reference;
 use crate::reference::preprocess::ValueMap;
 use crate::tensor::{HostTensor, Tensor};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 const OP: &str = "preprocess";
 
@@ -220,7 +220,6 @@ pub fn preprocess_into(x: &Tensor, p: &Preprocess, out: &mut Tensor) -> Result<(
             }
             let gpu = gpu.clone();
             let kernel = kernel_name(OP, format!("preprocess_{}_{od}", x.dtype()))?;
-            let f = gpu.function(kernel)?;
             as_i32(OP, "output pixels", pixels)?; // 32-bit index arithmetic in the kernel
             let ints = [
                 as_i32(OP, "N", g.n)?,
@@ -242,8 +241,7 @@ pub fn preprocess_into(x: &Tensor, p: &Preprocess, out: &mut Tensor) -> Result<(
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let stream = gpu.stream();
-            let mut b = stream.launch_builder(&f);
+            let mut b = gpu.launcher(kernel);
             b.arg(yd.buffer_mut()).arg(xd.buffer());
             for v in &ints {
                 b.arg(v);
@@ -260,7 +258,7 @@ pub fn preprocess_into(x: &Tensor, p: &Preprocess, out: &mut Tensor) -> Result<(
             // scale_h, scale_w, lo, range, clamp01, m0, m1, m2, s0, s1, s2)`; x holds
             // N·Hin·Win·Cin source elements and y N·Hout·Wout·Cout outputs (checked); every
             // source index is clamped to the image; Cout <= 3 matches the three mean/std slots.
-            unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+            unsafe { b.launch(cfg) }?;
             Ok(())
         }
     }

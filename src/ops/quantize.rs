@@ -6,10 +6,10 @@ use super::{
     same_dtype, same_shape, stride_grid,
 };
 use crate::dtype::DType;
-use crate::error::{Error, Result, driver};
+use crate::error::{Error, Result};
 use crate::reference;
 use crate::tensor::{HostTensor, Tensor};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 const WARP_MAX_N: usize = 1024;
 
@@ -127,7 +127,6 @@ fn quantize_impl(op: &'static str, x: &Tensor, ln: Option<&LnParams>) -> Result<
                 op,
                 format!("{stem}_{}_{dt}", if warp { "warp" } else { "block" }),
             )?;
-            let f = gpu.function(kernel)?;
             let (rows_i, n_i) = (as_i32(op, "rows", rows)?, as_i32(op, "n", n)?);
             let grid = u32::try_from(if warp { rows.div_ceil(8) } else { rows }).map_err(|_| {
                 Error::Invalid {
@@ -147,8 +146,7 @@ fn quantize_impl(op: &'static str, x: &Tensor, ln: Option<&LnParams>) -> Result<
             let sd = dev_mut(op, "scale", &mut s)?;
             let vec_ok = i32::from(n % 8 == 0 && aligned16(&[Some(xd), rd, gd, bd, Some(&*qd)]));
             let (null, eps) = (0u64, ln.map_or(0.0, |l| l.eps));
-            let stream = gpu.stream();
-            let mut b = stream.launch_builder(&f);
+            let mut b = gpu.launcher(kernel);
             b.arg(qd.buffer_mut()).arg(sd.buffer_mut()).arg(xd.buffer());
             if ln.is_some() {
                 match rd {
@@ -168,7 +166,7 @@ fn quantize_impl(op: &'static str, x: &Tensor, ln: Option<&LnParams>) -> Result<
             // SAFETY: matches quantize_rows_*(q, scale, x, rows, n, vec_ok) or layernorm_quant_*(q,
             // scale, x, res, gamma, beta, eps, rows, n, vec_ok); x/res/q hold rows·n elements,
             // gamma/beta n, scale rows (all checked or allocated above).
-            unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+            unsafe { b.launch(cfg) }?;
             Ok((q, s))
         }
     }
@@ -223,12 +221,10 @@ pub fn dequantize_rows(q: &Tensor, scale: &Tensor, dtype: DType) -> Result<Tenso
                 return Ok(y);
             }
             let kernel = kernel_name(OP, format!("dequantize_rows_{dtype}"))?;
-            let f = gpu.function(kernel)?;
             let (qd, sd) = (dev(OP, "q", q)?, dev(OP, "scale", scale)?);
             let yd = dev_mut(OP, "y", &mut y)?;
             let (total_i, n_i, pr) = (total as i64, n as i64, i32::from(per_row));
-            let stream = gpu.stream();
-            let mut b = stream.launch_builder(&f);
+            let mut b = gpu.launcher(kernel);
             b.arg(yd.buffer_mut())
                 .arg(qd.buffer())
                 .arg(sd.buffer())
@@ -242,7 +238,7 @@ pub fn dequantize_rows(q: &Tensor, scale: &Tensor, dtype: DType) -> Result<Tenso
             };
             // SAFETY: matches dequantize_rows_*(y, q, s, total, n, per_row); q and y hold `total`
             // elements, s holds rows (per_row) or 1 entries (checked above).
-            unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+            unsafe { b.launch(cfg) }?;
             Ok(y)
         }
     }

@@ -7,10 +7,10 @@ use super::{
     same_shape,
 };
 use crate::dtype::DType;
-use crate::error::{Error, Result, driver};
+use crate::error::{Error, Result};
 use crate::reference;
 use crate::tensor::{HostTensor, Tensor};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 const OP: &str = "softmax";
 /// Rows up to this length use one warp per row; longer rows use a 256-thread block.
@@ -104,7 +104,6 @@ pub fn softmax_into(x: &Tensor, mask: Option<&Tensor>, scale: f32, out: &mut Ten
                 OP,
                 format!("softmax_{}_{dt}", if warp { "warp" } else { "block" }),
             )?;
-            let f = gpu.function(kernel)?;
             let (rows_i, n_i, div_i) = (
                 as_i32(OP, "rows", rows)?,
                 as_i32(OP, "n", n)?,
@@ -123,8 +122,7 @@ pub fn softmax_into(x: &Tensor, mask: Option<&Tensor>, scale: f32, out: &mut Ten
                 0u64,
                 i32::from(n % 8 == 0 && aligned16(&[Some(xd), md, Some(&*yd)])),
             );
-            let stream = gpu.stream();
-            let mut b = stream.launch_builder(&f);
+            let mut b = gpu.launcher(kernel);
             b.arg(yd.buffer_mut()).arg(xd.buffer());
             match md {
                 Some(d) => b.arg(d.buffer()),
@@ -143,7 +141,7 @@ pub fn softmax_into(x: &Tensor, mask: Option<&Tensor>, scale: f32, out: &mut Ten
             // SAFETY: matches `softmax_{warp,block}_*(y, x, mask, scale, rows, n, mask_div,
             // vec_ok)`; x and y hold rows·n elements, the mask rows/mask_div·n f32 (checked);
             // vec_ok only when rows stay 8-element aligned in 256-byte-aligned buffers.
-            unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+            unsafe { b.launch(cfg) }?;
             Ok(())
         }
     }

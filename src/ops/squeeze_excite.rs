@@ -14,10 +14,10 @@ use super::{
 };
 use crate::device::Gpu;
 use crate::dtype::DType;
-use crate::error::{Error, Result, driver};
+use crate::error::{Error, Result};
 use crate::reference;
 use crate::tensor::{DeviceTensor, HostTensor, Tensor};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 use std::sync::Arc;
 
 const OP: &str = "squeeze_excite";
@@ -267,7 +267,6 @@ fn launch_pool(
     d: &SeDims,
 ) -> Result<()> {
     let kernel = kernel_name(OP, format!("se_pool_{dt}"))?;
-    let f = gpu.function(kernel)?;
     let (lanes, _) = channel_lanes(d.c as usize, d.vec);
     let (lanes_i, vec_ok) = (lanes as i32, i32::from(d.vec));
     let cfg = LaunchConfig {
@@ -275,8 +274,7 @@ fn launch_pool(
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
-    let stream = gpu.stream();
-    let mut b = stream.launch_builder(&f);
+    let mut b = gpu.launcher(kernel);
     b.arg(part.buffer_mut())
         .arg(xd.buffer())
         .arg(&d.hw)
@@ -287,7 +285,7 @@ fn launch_pool(
     // splits <= HW; x holds N·HW·C elements of `dt` and partials N·splits·C f32 (allocated
     // above); lanes is a power of two <= 32 (divides 256); vec_ok only for C % 8 == 0 and a
     // 16-byte-aligned x.
-    unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+    unsafe { b.launch(cfg) }?;
     Ok(())
 }
 
@@ -301,7 +299,6 @@ fn launch_excite(
     d: &SeDims,
 ) -> Result<()> {
     let kernel = kernel_name(OP, format!("se_excite_{dt}_{wdt}"))?;
-    let f = gpu.function(kernel)?;
     let (lanes, _) = channel_lanes(d.c as usize, d.vec);
     let (lanes_i, vec_ok, null) = (lanes as i32, i32::from(d.vec), 0u64);
     let cfg = LaunchConfig {
@@ -309,8 +306,7 @@ fn launch_excite(
         block_dim: (512, 1, 1),
         shared_mem_bytes: 0,
     };
-    let stream = gpu.stream();
-    let mut b = stream.launch_builder(&f);
+    let mut b = gpu.launcher(kernel);
     b.arg(sd.buffer_mut()).arg(xd.buffer());
     match partials {
         Some(p) => b.arg(p.buffer()),
@@ -331,7 +327,7 @@ fn launch_excite(
     // partials (when not null) N·splits·C f32, w1/w2 Cse·C and b1/b2 Cse/C elements of `wdt`,
     // s N·C f32 (all checked); C <= 4096 and Cse <= 512 fit the kernel's shared arrays; lanes is
     // a power of two <= 32 (divides 512).
-    unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+    unsafe { b.launch(cfg) }?;
     Ok(())
 }
 
@@ -391,7 +387,6 @@ pub fn channel_scale_into(x: &Tensor, s: &Tensor, y: &mut Tensor) -> Result<()> 
             }
             let gpu = gpu.clone();
             let kernel = kernel_name(OP, format!("se_scale_{dt}"))?;
-            let f = gpu.function(kernel)?;
             let per_image = hw * c;
             let blocks = (stride_grid(&gpu, x.len(), 256) as usize)
                 .div_ceil(n)
@@ -407,8 +402,7 @@ pub fn channel_scale_into(x: &Tensor, s: &Tensor, y: &mut Tensor) -> Result<()> 
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let stream = gpu.stream();
-            let mut b = stream.launch_builder(&f);
+            let mut b = gpu.launcher(kernel);
             b.arg(yd.buffer_mut())
                 .arg(xd.buffer())
                 .arg(sd.buffer())
@@ -418,7 +412,7 @@ pub fn channel_scale_into(x: &Tensor, s: &Tensor, y: &mut Tensor) -> Result<()> 
             // SAFETY: matches `se_scale_*(y, x, s, per_image, C, vec_ok)`; grid (blocks, N); x
             // and y hold N·per_image elements of `dt`, s N·C f32 (checked); vec_ok only for
             // C % 8 == 0 (a vector never leaves its row) and 16-byte-aligned buffers.
-            unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+            unsafe { b.launch(cfg) }?;
             Ok(())
         }
     }

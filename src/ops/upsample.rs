@@ -8,10 +8,10 @@
 //! is not an integer.
 
 use super::{Backend, aligned16, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name};
-use crate::error::{Error, Result, driver};
+use crate::error::{Error, Result};
 use crate::reference;
 use crate::tensor::{HostTensor, Tensor};
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 const OP: &str = "upsample";
 
@@ -109,15 +109,13 @@ pub fn upsample_into(x: &Tensor, mode: UpsampleMode, out: &mut Tensor) -> Result
                 UpsampleMode::Bilinear { align_corners } => ("bilinear", i32::from(align_corners)),
             };
             let kernel = kernel_name(OP, format!("upsample_{name}_{dt}"))?;
-            let f = gpu.function(kernel)?;
             let xd = dev(OP, "x", x)?;
             let yd = dev_mut(OP, "out", out)?;
             let vec_ok = c % 8 == 0 && aligned16(&[Some(xd), Some(&*yd)]);
             let items = n * oh * ow * c.div_ceil(8);
             let grid = items.div_ceil(256).clamp(1, gpu.sm_count() as usize * 16) as u32;
-            let stream = gpu.stream();
-            let (px, _gx) = xd.buffer().device_ptr(stream);
-            let (py, _gy) = yd.buffer_mut().device_ptr_mut(stream);
+            let px = xd.addr();
+            let py = yd.addr();
             let i = |arg, v| as_i32(OP, arg, v);
             let p = UpParams {
                 x: px,
@@ -138,12 +136,12 @@ pub fn upsample_into(x: &Tensor, mode: UpsampleMode, out: &mut Tensor) -> Result
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let mut b = stream.launch_builder(&f);
+            let mut b = gpu.launcher(kernel);
             b.arg(&p);
             // SAFETY: `p` mirrors mk::UpParams; x holds N·H·W·C and y N·out_h·out_w·C elements
             // (checked above) on this GPU; source indices stay inside [0, H) × [0, W); each
             // output is written once; vec_ok only with C % 8 == 0 and 16-byte-aligned buffers.
-            unsafe { b.launch(cfg) }.map_err(driver(kernel))?;
+            unsafe { b.launch(cfg) }?;
             Ok(())
         }
     }
@@ -169,5 +167,5 @@ struct UpParams {
 }
 // SAFETY: plain-old-data with the exact C layout of mk::UpParams (two 8-byte pointers, then
 // ten 4-byte fields, no padding: 56 bytes, asserted below).
-unsafe impl DeviceRepr for UpParams {}
+crate::device::struct_param!(UpParams);
 const _: () = assert!(std::mem::size_of::<UpParams>() == 56);

@@ -9,11 +9,25 @@ use std::sync::{Arc, OnceLock};
 
 static SKIPS: AtomicUsize = AtomicUsize::new(0);
 
-/// The first GPU, or None after printing a visible, counted `SKIP` line. With
-/// `MEDKERN_REQUIRE_GPU=1` a missing GPU fails the test instead.
+/// True when `MEDKERN_TEST_DEVICE=emu`: the GPU tests run on the emulated GPU (the same
+/// launchers and kernel sources, executed on the CPU under memory checks).
+pub fn emulated() -> bool {
+    std::env::var("MEDKERN_TEST_DEVICE").is_ok_and(|v| v == "emu")
+}
+
+/// The first GPU (or the emulated GPU under `MEDKERN_TEST_DEVICE=emu`), or None after
+/// printing a visible, counted `SKIP` line. With `MEDKERN_REQUIRE_GPU=1` a missing GPU fails
+/// the test instead.
 pub fn gpu_or_skip(test: &str) -> Option<Arc<Gpu>> {
     static GPU: OnceLock<Result<Arc<Gpu>, String>> = OnceLock::new();
-    match GPU.get_or_init(|| Gpu::new(0).map_err(|e| e.to_string())) {
+    let open = || {
+        if emulated() {
+            Gpu::emulated().map_err(|e| e.to_string())
+        } else {
+            Gpu::new(0).map_err(|e| e.to_string())
+        }
+    };
+    match GPU.get_or_init(open) {
         Ok(g) => Some(g.clone()),
         Err(e) => {
             if std::env::var("MEDKERN_REQUIRE_GPU").is_ok_and(|v| v == "1") {

@@ -1,0 +1,776 @@
+// The emulated GPU's runtime (see emu.h): device memory, the per-launch fiber scheduler, the
+// warp collectives (shuffle, ldmatrix, mma.sync, mma.sp) written from the PTX ISA, cp.async
+// with randomised landing, and the launch checks. Called from src/device/emu.rs.
+#include "emu.h"
+
+#include <csetjmp>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+thread_local emu_dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+namespace mk_emu {
+namespace {
+
+constexpr size_t kStack = 96 * 1024;  // per CUDA thread (fiber), plus a guard page below
+
+size_t page() {
+    static const size_t p = (size_t)sysconf(_SC_PAGESIZE);
+    return p;
+}
+size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+// ---------------------------------------------------------------------------------------------
+// Device memory: each allocation is its own mapping, 256-byte aligned (the driver's alignment),
+// placed so that its 256-rounded end abuts an inaccessible guard page; poisoned with 0xFF.
+
+struct Alloc {
+    char* map;
+    size_t map_len;
+    size_t size;
+};
+std::mutex g_alloc_mu;
+std::map<uintptr_t, Alloc> g_allocs;  // by user address
+
+// True when [p, p + n) lies inside one live allocation.
+bool in_alloc(const void* p, size_t n) {
+    std::lock_guard<std::mutex> lk(g_alloc_mu);
+    const uintptr_t a = (uintptr_t)p;
+    auto it = g_allocs.upper_bound(a);
+    if (it == g_allocs.begin()) return false;
+    --it;
+    return a >= it->first && a + n <= it->first + it->second.size;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fibers: a context switch saves the callee-saved registers and the FP control words.
+
+#if defined(__x86_64__)
+extern "C" void mk_emu_switch(void** save_sp, void* new_sp);
+asm(R"(
+.text
+.p2align 4
+.type mk_emu_switch,@function
+mk_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+.size mk_emu_switch, .-mk_emu_switch
+)");
+#else
+#error "the emulated GPU's fibers are written for x86-64"
+#endif
+
+enum class St { Run, Bar, Warp, Done };
+
+struct Fiber {
+    void* sp = nullptr;
+    St st = St::Run;
+    unsigned gen = 0;  // barrier or warp generation waited on
+    emu_dim3 tid{};
+    // cp.async: copies issued and not yet landed, by commit group (the back one is open).
+    struct Copy {
+        void* dst;
+        const void* src;
+        bool fill;
+    };
+    std::deque<std::vector<Copy>> groups;
+};
+
+// Warp collective slots, double-buffered by generation parity (a lane can be at most one
+// collective ahead of the slowest lane of its warp).
+struct WarpSlot {
+    unsigned in[12];
+    unsigned out[8];
+    const void* ptr;
+};
+struct Warp {
+    unsigned arrived = 0;
+    unsigned gen = 0;
+    unsigned lanes = 32;
+    int op = -1;
+    WarpSlot slot[2][32];
+};
+
+using Compute = void (*)(Warp&, unsigned par);
+
+struct Launch {
+    const Entry* entry = nullptr;
+    void** args = nullptr;
+    unsigned nthreads = 0;
+    std::vector<Fiber> fibers;
+    std::vector<Warp> warps;
+    unsigned cur = 0;
+    void* sched_sp = nullptr;
+    unsigned bar_arrived = 0, bar_gen = 0, live = 0;
+    char* smem = nullptr;
+    size_t smem_bytes = 0;
+    char* stacks = nullptr;
+    size_t stacks_len = 0;
+    std::mt19937_64 rng;
+    std::string error;
+    bool failed = false;
+};
+
+thread_local Launch* L = nullptr;
+
+[[noreturn]] void back_to_scheduler_dead();
+
+std::string where() {
+    char b[160];
+    std::snprintf(b, sizeof b, "kernel %s, block (%u,%u,%u), thread (%u,%u,%u)", L->entry->name, blockIdx.x,
+                  blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+    return b;
+}
+
+// Stops the launch with `msg` (the running thread never resumes).
+[[noreturn]] void fault(const std::string& msg) {
+    if (!L->failed) {
+        L->failed = true;
+        L->error = msg + " (" + where() + ")";
+    }
+    back_to_scheduler_dead();
+}
+
+void land(const Fiber::Copy& c) {
+    if (c.fill) std::memcpy(c.dst, c.src, 16);
+    else std::memset(c.dst, 0, 16);
+}
+
+// At every yield of a thread, each of its copies still in flight lands with probability 1/2:
+// a copy may complete at any point between issue and wait_group.
+void land_some(Fiber& f) {
+    for (auto& g : f.groups) {
+        std::vector<Fiber::Copy> keep;
+        for (const auto& c : g) {
+            if (L->rng() & 1) land(c);
+            else keep.push_back(c);
+        }
+        g.swap(keep);
+    }
+}
+
+void yield() {
+    Fiber& f = L->fibers[L->cur];
+    land_some(f);
+    mk_emu_switch(&f.sp, L->sched_sp);
+    // Resumed by the scheduler: restore this thread's identity.
+    threadIdx = f.tid;
+}
+
+[[noreturn]] void back_to_scheduler_dead() {
+    Fiber& f = L->fibers[L->cur];
+    f.st = St::Done;
+    void* dummy;
+    mk_emu_switch(&dummy, L->sched_sp);
+    std::abort();  // never resumed
+}
+
+void thread_main() {
+    Fiber& f = L->fibers[L->cur];
+    threadIdx = f.tid;
+    L->entry->invoke(L->args);
+    Fiber& g = L->fibers[L->cur];
+    // Copies still in flight complete before the thread retires (the kernels wait for them).
+    for (auto& grp : g.groups)
+        for (const auto& c : grp) land(c);
+    g.groups.clear();
+    g.st = St::Done;
+    L->live -= 1;
+    // An exiting thread counts as arrived at the barrier its block is waiting in.
+    if (L->live > 0 && L->bar_arrived == L->live) {
+        L->bar_arrived = 0;
+        L->bar_gen += 1;
+        for (auto& o : L->fibers)
+            if (o.st == St::Bar) o.st = St::Run;
+    }
+    void* dummy;
+    mk_emu_switch(&dummy, L->sched_sp);
+    std::abort();
+}
+
+extern "C" void mk_emu_fiber_entry() { thread_main(); }
+
+unsigned lane_of() { return L->cur % 32; }
+Warp& warp_of() { return L->warps[L->cur / 32]; }
+
+// Deposits this lane's inputs, waits for the whole warp, and has the last lane to arrive run
+// `compute` over all lanes' slots. Returns the slot parity to read outputs from.
+unsigned collective(int op, const unsigned* in, unsigned nin, const void* ptr, Compute compute) {
+    Warp& w = warp_of();
+    const unsigned par = w.gen & 1, lane = lane_of();
+    if (w.arrived == 0) w.op = op;
+    else if (w.op != op) fault("warp divergence: lanes of one warp reached different warp-synchronous instructions");
+    WarpSlot& s = w.slot[par][lane];
+    for (unsigned i = 0; i < nin; ++i) s.in[i] = in[i];
+    s.ptr = ptr;
+    w.arrived += 1;
+    if (w.arrived == w.lanes) {
+        if (compute) compute(w, par);
+        w.arrived = 0;
+        w.gen += 1;
+        const unsigned base = L->cur / 32 * 32;
+        for (unsigned t = base; t < base + w.lanes; ++t)
+            if (L->fibers[t].st == St::Warp) L->fibers[t].st = St::Run;
+        yield();  // let the others catch up in order (not needed for correctness)
+    } else {
+        L->fibers[L->cur].st = St::Warp;
+        L->fibers[L->cur].gen = w.gen;
+        yield();
+    }
+    return par;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 / m16n8k32", "ldmatrix",
+// "Sparse matrix storage"): groupID g = lane >> 2, threadID_in_group q = lane & 3; the lower
+// element index sits in the lower bits of a register.
+
+template <typename H> float h2f(unsigned short b) {
+    H h;
+    std::memcpy(&h, &b, 2);
+    return (float)h;
+}
+float bits_to_f(unsigned short b, bool bf) { return bf ? h2f<__nv_bfloat16>(b) : h2f<__half>(b); }
+unsigned short half_of(unsigned r, int i) { return (unsigned short)(r >> (16 * (i & 1))); }
+int byte_of(unsigned r, int i) { return (signed char)(r >> (8 * (i & 3))); }
+
+// A of m16n8k16 (and the compressed 16x16 A of m16n8k32 sparse): a_i, i = 0..7.
+int a16_row(unsigned g, int i) { return (i < 2 || (i >= 4 && i < 6)) ? (int)g : (int)g + 8; }
+int a16_col(unsigned q, int i) { return 2 * (int)q + (i & 1) + (i >= 4 ? 8 : 0); }
+// A of m16n8k32 .s8 (and the compressed 16x32 A of m16n8k64 sparse): a_i, i = 0..15.
+int a32_row(unsigned g, int i) { return (i < 4 || (i >= 8 && i < 12)) ? (int)g : (int)g + 8; }
+int a32_col(unsigned q, int i) { return 4 * (int)q + (i & 3) + (i >= 8 ? 16 : 0); }
+
+// D (16x8): d_i at row g (+8 for i >= 2), col 2q + (i & 1).
+template <typename T> void write_d(WarpSlot* s, T (&D)[16][8]) {
+    for (unsigned L2 = 0; L2 < 32; ++L2) {
+        const unsigned g = L2 >> 2, q = L2 & 3;
+        for (int i = 0; i < 4; ++i) {
+            const T v = D[i < 2 ? g : g + 8][2 * q + (i & 1)];
+            std::memcpy(&s[L2].out[i], &v, 4);
+        }
+    }
+}
+template <typename T> void read_c(WarpSlot* s, T (&D)[16][8], unsigned first) {
+    for (unsigned L2 = 0; L2 < 32; ++L2) {
+        const unsigned g = L2 >> 2, q = L2 & 3;
+        for (int i = 0; i < 4; ++i) std::memcpy(&D[i < 2 ? g : g + 8][2 * q + (i & 1)], &s[L2].in[first + i], 4);
+    }
+}
+
+// Dense f16/bf16 m16n8k16: in = a0..a3, b0, b1, c0..c3 ... (9 words would overflow: C kept per
+// lane, see mma_16816 below).
+template <bool BF> void compute_16816(Warp& w, unsigned par) {
+    WarpSlot* s = w.slot[par];
+    float A[16][16], B[16][8], D[16][8];
+    for (unsigned L2 = 0; L2 < 32; ++L2) {
+        const unsigned g = L2 >> 2, q = L2 & 3;
+        for (int i = 0; i < 8; ++i) A[a16_row(g, i)][a16_col(q, i)] = bits_to_f(half_of(s[L2].in[i / 2], i), BF);
+        for (int i = 0; i < 4; ++i)
+            B[2 * q + (i & 1) + (i >= 2 ? 8 : 0)][g] = bits_to_f(half_of(s[L2].in[4 + i / 2], i), BF);
+    }
+    for (int r = 0; r < 16; ++r)
+        for (int c = 0; c < 8; ++c) {
+            float acc = 0;  // products of f16/bf16 are exact in f32
+            for (int k = 0; k < 16; ++k) acc += A[r][k] * B[k][c];
+            D[r][c] = acc;
+        }
+    write_d(s, D);
+}
+
+void compute_16832_s8(Warp& w, unsigned par) {
+    WarpSlot* s = w.slot[par];
+    int A[16][32], B[32][8], D[16][8];
+    for (unsigned L2 = 0; L2 < 32; ++L2) {
+        const unsigned g = L2 >> 2, q = L2 & 3;
+        for (int i = 0; i < 16; ++i) A[a32_row(g, i)][a32_col(q, i)] = byte_of(s[L2].in[i / 4], i);
+        for (int i = 0; i < 8; ++i) B[4 * q + (i & 3) + (i >= 4 ? 16 : 0)][g] = byte_of(s[L2].in[4 + i / 4], i);
+    }
+    for (int r = 0; r < 16; ++r)
+        for (int c = 0; c < 8; ++c) {
+            int acc = 0;
+            for (int k = 0; k < 32; ++k) acc += A[r][k] * B[k][c];
+            D[r][c] = acc;
+        }
+    write_d(s, D);
+}
+
+// The two kept positions of a metadata nibble (ordered_metadata: ascending, first in the low
+// bits); anything else is invalid metadata.
+void nibble(unsigned word, int j, int& p0, int& p1) {
+    const unsigned n = (word >> (4 * j)) & 0xF;
+    p0 = (int)(n & 3);
+    p1 = (int)(n >> 2);
+    if (p0 >= p1) {
+        char b[120];
+        std::snprintf(b, sizeof b, "mma.sp: invalid metadata nibble 0x%x (positions %d, %d; ordered_metadata needs p0 < p1)",
+                      n, p0, p1);
+        fault(b);
+    }
+}
+
+// mma.sp::ordered_metadata m16n8k32 .f16/.bf16, sparsity selector 0: A is 16 rows x 16 kept
+// values (the m16n8k16 A layout), metadata from lanes with q < 2: lane 4g + h covers rows g
+// (nibbles 0..3) and g + 8 (nibbles 4..7), 4-groups 4h .. 4h + 3 of the 32 K. B (32x8): b_i,
+// i = 0..7, row 2q + (i & 1) + 8·(i >> 1), col g.
+template <bool BF> void compute_sp_16832(Warp& w, unsigned par) {
+    WarpSlot* s = w.slot[par];
+    float Ac[16][16], A[16][32] = {}, B[32][8], D[16][8];
+    for (unsigned L2 = 0; L2 < 32; ++L2) {
+        const unsigned g = L2 >> 2, q = L2 & 3;
+        for (int i = 0; i < 8; ++i) Ac[a16_row(g, i)][a16_col(q, i)] = bits_to_f(half_of(s[L2].in[i / 2], i), BF);
+        for (int i = 0; i < 8; ++i)
+            B[2 * q + (i & 1) + 8 * (i >> 1)][g] = bits_to_f(half_of(s[L2].in[4 + i / 2], i), BF);
+    }
+    for (int r = 0; r < 16; ++r)
+        for (int grp = 0; grp < 8; ++grp) {
+            const unsigned word = s[4 * (r % 8) + grp / 4].in[8];
+            int p0, p1;
+            nibble(word, (grp % 4) + 4 * (r / 8), p0, p1);
+            A[r][4 * grp + p0] = Ac[r][2 * grp];
+            A[r][4 * grp + p1] = Ac[r][2 * grp + 1];
+        }
+    for (int r = 0; r < 16; ++r)
+        for (int c = 0; c < 8; ++c) {
+            float acc = 0;
+            for (int k = 0; k < 32; ++k) acc += A[r][k] * B[k][c];
+            D[r][c] = acc;
+        }
+    write_d(s, D);
+}
+
+// mma.sp::ordered_metadata m16n8k64 .s8: A is 16 rows x 32 kept values (the m16n8k32 .s8 A
+// layout); every lane gives metadata: lane 4g + h covers row g + 8·(h & 1), 4-groups
+// 8·(h >> 1) .. + 7 (nibble j = group 8·(h >> 1) + j). B (64x8): b_i, i = 0..15, row
+// 4q + (i & 3) + 16·(i >> 2), col g.
+void compute_sp_16864_s8(Warp& w, unsigned par) {
+    WarpSlot* s = w.slot[par];
+    int Ac[16][32], A[16][64] = {}, B[64][8], D[16][8];
+    for (unsigned L2 = 0; L2 < 32; ++L2) {
+        const unsigned g = L2 >> 2, q = L2 & 3;
+        for (int i = 0; i < 16; ++i) Ac[a32_row(g, i)][a32_col(q, i)] = byte_of(s[L2].in[i / 4], i);
+        for (int i = 0; i < 16; ++i) B[4 * q + (i & 3) + 16 * (i >> 2)][g] = byte_of(s[L2].in[4 + i / 4], i);
+    }
+    for (int r = 0; r < 16; ++r)
+        for (int grp = 0; grp < 16; ++grp) {
+            const unsigned h = (unsigned)(r / 8) + 2u * (unsigned)(grp / 8);
+            const unsigned word = s[4 * (r % 8) + h].in[8];
+            int p0, p1;
+            nibble(word, grp % 8, p0, p1);
+            A[r][4 * grp + p0] = Ac[r][2 * grp];
+            A[r][4 * grp + p1] = Ac[r][2 * grp + 1];
+        }
+    for (int r = 0; r < 16; ++r)
+        for (int c = 0; c < 8; ++c) {
+            int acc = 0;
+            for (int k = 0; k < 64; ++k) acc += A[r][k] * B[k][c];
+            D[r][c] = acc;
+        }
+    write_d(s, D);
+}
+
+void check_shared(const void* p, size_t n, const char* what) {
+    const char* c = static_cast<const char*>(p);
+    if (((uintptr_t)c & 15) != 0) {
+        char b[160];
+        std::snprintf(b, sizeof b, "misaligned address (CUDA_ERROR_MISALIGNED_ADDRESS): %s at %p is not 16-byte aligned",
+                      what, p);
+        fault(b);
+    }
+    if (c < L->smem || c + n > L->smem + L->smem_bytes) {
+        char b[200];
+        std::snprintf(b, sizeof b, "memcheck: %s of %zu bytes at %p outside the %zu bytes of dynamic shared memory at %p",
+                      what, n, p, L->smem_bytes, (void*)L->smem);
+        fault(b);
+    }
+}
+
+template <bool TRANS> void compute_ldmatrix(Warp& w, unsigned par) {
+    WarpSlot* s = w.slot[par];
+    for (unsigned l = 0; l < 32; ++l)
+        for (int j = 0; j < 4; ++j) {
+            unsigned r;
+            if (!TRANS) {
+                std::memcpy(&r, static_cast<const char*>(s[8 * j + l / 4].ptr) + 4 * (l % 4), 4);
+            } else {
+                unsigned short lo, hi;
+                std::memcpy(&lo, static_cast<const char*>(s[8 * j + 2 * (l % 4)].ptr) + 2 * (l / 4), 2);
+                std::memcpy(&hi, static_cast<const char*>(s[8 * j + 2 * (l % 4) + 1].ptr) + 2 * (l / 4), 2);
+                r = (unsigned)lo | ((unsigned)hi << 16);
+            }
+            s[l].out[j] = r;
+        }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults in kernel code (a guard page hit: out-of-bounds global or shared access, or a fiber
+// stack overflow) jump back to the launch, which reports them.
+
+thread_local sigjmp_buf* g_jmp = nullptr;
+thread_local uintptr_t g_fault_addr = 0;
+thread_local bool g_fault_write = false;
+struct sigaction g_prev_segv, g_prev_bus;
+std::once_flag g_sig_once;
+
+void on_fault(int sig, siginfo_t* info, void* uc) {
+    if (g_jmp != nullptr && L != nullptr) {
+        g_fault_addr = (uintptr_t)info->si_addr;
+#if defined(__x86_64__)
+        g_fault_write = (static_cast<ucontext_t*>(uc)->uc_mcontext.gregs[REG_ERR] & 2) != 0;
+#endif
+        siglongjmp(*g_jmp, 1);
+    }
+    struct sigaction& prev = sig == SIGSEGV ? g_prev_segv : g_prev_bus;
+    if (prev.sa_flags & SA_SIGINFO) {
+        prev.sa_sigaction(sig, info, uc);
+    } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
+        prev.sa_handler(sig);
+    } else {
+        signal(sig, SIG_DFL);
+        raise(sig);
+    }
+}
+
+void install_handlers() {
+    std::call_once(g_sig_once, [] {
+        struct sigaction sa;
+        std::memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_fault;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGSEGV, &sa, &g_prev_segv);
+        sigaction(SIGBUS, &sa, &g_prev_bus);
+    });
+}
+
+std::string describe_fault(uintptr_t a) {
+    char b[300];
+    if (a >= (uintptr_t)L->stacks && a < (uintptr_t)L->stacks + L->stacks_len) {
+        std::snprintf(b, sizeof b, "emulator: a CUDA thread overflowed its %zu KiB fiber stack", kStack / 1024);
+        return b;
+    }
+    if (L->smem != nullptr && a >= (uintptr_t)L->smem && a < (uintptr_t)L->smem + round_up(L->smem_bytes, page()) + page()) {
+        std::snprintf(b, sizeof b, "memcheck: invalid shared %s at %p, %zu bytes past the %zu bytes of dynamic shared memory",
+                      g_fault_write ? "write" : "read", (void*)a, (size_t)(a - (uintptr_t)L->smem - L->smem_bytes),
+                      L->smem_bytes);
+        return b;
+    }
+    std::lock_guard<std::mutex> lk(g_alloc_mu);
+    auto it = g_allocs.upper_bound(a);
+    if (it != g_allocs.begin()) {
+        --it;
+        const uintptr_t end = it->first + it->second.size;
+        if (a >= end && a < (uintptr_t)it->second.map + it->second.map_len) {
+            std::snprintf(b, sizeof b, "memcheck: invalid global %s at %p, %zu bytes past the end of an allocation of %zu bytes at %p",
+                          g_fault_write ? "write" : "read", (void*)a, (size_t)(a - end), it->second.size,
+                          (void*)it->first);
+            return b;
+        }
+    }
+    std::snprintf(b, sizeof b, "memcheck: invalid %s at %p (outside every allocation)", g_fault_write ? "write" : "read",
+                  (void*)a);
+    return b;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// The device-side API (emu.h).
+
+void syncthreads() {
+    Fiber& f = L->fibers[L->cur];
+    L->bar_arrived += 1;
+    if (L->bar_arrived == L->live) {
+        L->bar_arrived = 0;
+        L->bar_gen += 1;
+        for (auto& o : L->fibers)
+            if (o.st == St::Bar) o.st = St::Run;
+        yield();
+    } else {
+        f.st = St::Bar;
+        f.gen = L->bar_gen;
+        yield();
+    }
+}
+
+void syncwarp() { collective(1, nullptr, 0, nullptr, nullptr); }
+
+unsigned shfl32(unsigned bits, int mode, int arg) {
+    const unsigned lane = lane_of();
+    const unsigned par = collective(2, &bits, 1, nullptr, nullptr);
+    const unsigned src = mode == 0 ? (lane ^ (unsigned)arg) & 31u : (unsigned)arg & 31u;
+    Warp& w = warp_of();
+    if (src >= w.lanes) return bits;
+    return w.slot[par][src].in[0];
+}
+
+char* dyn_smem() { return L->smem; }
+
+void cp_async16(void* dst, const void* src, bool pred) {
+    check_shared(dst, 16, "cp.async destination");
+    if (pred) {
+        if (((uintptr_t)src & 15) != 0) fault("misaligned address (CUDA_ERROR_MISALIGNED_ADDRESS): cp.async source not 16-byte aligned");
+        if (!in_alloc(src, 16)) {
+            char b[120];
+            std::snprintf(b, sizeof b, "memcheck: cp.async reads 16 bytes at %p outside every allocation", src);
+            fault(b);
+        }
+    }
+    Fiber& f = L->fibers[L->cur];
+    if (f.groups.empty()) f.groups.emplace_back();
+    f.groups.back().push_back({dst, src, pred});
+}
+
+void commit() { L->fibers[L->cur].groups.emplace_back(); }
+
+void wait(int n) {
+    Fiber& f = L->fibers[L->cur];
+    // groups.back() is the open (uncommitted) group; committed ones precede it.
+    int committed = (int)f.groups.size() - (f.groups.empty() ? 0 : 1);
+    while (committed > n) {
+        for (const auto& c : f.groups.front()) land(c);
+        f.groups.pop_front();
+        committed -= 1;
+    }
+}
+
+void ldmatrix_x4(unsigned (&r)[4], const void* p, bool trans) {
+    check_shared(p, 16, "ldmatrix row address");
+    const unsigned par = collective(trans ? 4 : 3, nullptr, 0, p, trans ? compute_ldmatrix<true> : compute_ldmatrix<false>);
+    const WarpSlot& s = warp_of().slot[par][lane_of()];
+    for (int j = 0; j < 4; ++j) r[j] = s.out[j];
+}
+
+namespace {
+template <typename T> void finish(T (&d)[4], unsigned par) {
+    const WarpSlot& s = warp_of().slot[par][lane_of()];
+    for (int i = 0; i < 4; ++i) {
+        T v;
+        std::memcpy(&v, &s.out[i], 4);
+        d[i] += v;  // D = A·B + C, C added in the lane's own order (f32 / exact s32)
+    }
+}
+void check_full_warp() {
+    if (warp_of().lanes != 32) fault("mma/ldmatrix in a warp with fewer than 32 threads");
+}
+}  // namespace
+
+void mma_16816_f16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    check_full_warp();
+    const unsigned in[6] = {a[0], a[1], a[2], a[3], b0, b1};
+    finish(d, collective(5, in, 6, nullptr, compute_16816<false>));
+}
+void mma_16816_bf16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    check_full_warp();
+    const unsigned in[6] = {a[0], a[1], a[2], a[3], b0, b1};
+    finish(d, collective(6, in, 6, nullptr, compute_16816<true>));
+}
+void mma_16832_s8(int (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    check_full_warp();
+    const unsigned in[6] = {a[0], a[1], a[2], a[3], b0, b1};
+    finish(d, collective(7, in, 6, nullptr, compute_16832_s8));
+}
+void mma_sp_16832_f16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[4], unsigned e) {
+    check_full_warp();
+    const unsigned in[9] = {a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], e};
+    finish(d, collective(8, in, 9, nullptr, compute_sp_16832<false>));
+}
+void mma_sp_16832_bf16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[4], unsigned e) {
+    check_full_warp();
+    const unsigned in[9] = {a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], e};
+    finish(d, collective(9, in, 9, nullptr, compute_sp_16832<true>));
+}
+void mma_sp_16864_s8(int (&d)[4], const unsigned (&a)[4], const unsigned (&b)[4], unsigned e) {
+    check_full_warp();
+    const unsigned in[9] = {a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], e};
+    finish(d, collective(10, in, 9, nullptr, compute_sp_16864_s8));
+}
+
+}  // namespace mk_emu
+
+// ---------------------------------------------------------------------------------------------
+// The C interface for src/device/emu.rs.
+
+using namespace mk_emu;
+
+extern "C" const mk_emu::Entry* mk_emu_find(const char* name);  // generated by build.rs
+
+extern "C" void* mk_emu_alloc(size_t bytes) {
+    const size_t user = round_up(bytes == 0 ? 1 : bytes, 256);
+    const size_t body = round_up(user, page());
+    const size_t len = body + page();
+    void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) return nullptr;
+    char* base = static_cast<char*>(m);
+    if (mprotect(base + body, page(), PROT_NONE) != 0) {
+        munmap(m, len);
+        return nullptr;
+    }
+    char* p = base + body - user;
+    std::memset(p, 0xFF, user);
+    std::lock_guard<std::mutex> lk(g_alloc_mu);
+    g_allocs[(uintptr_t)p] = Alloc{base, len, bytes};
+    return p;
+}
+
+extern "C" void mk_emu_free(void* p) {
+    std::lock_guard<std::mutex> lk(g_alloc_mu);
+    auto it = g_allocs.find((uintptr_t)p);
+    if (it == g_allocs.end()) return;
+    munmap(it->second.map, it->second.map_len);
+    g_allocs.erase(it);
+}
+
+// Runs one launch. Returns 0, or -1 with a message in err: a parameter list that does not
+// match the kernel, an unknown kernel, or a fault (kernel, block, thread, address).
+extern "C" int mk_emu_launch(const char* kernel, const unsigned* grid, const unsigned* block, unsigned smem_bytes,
+                             void** args, unsigned nargs, const unsigned* arg_sizes, unsigned long long seed,
+                             char* err, size_t err_len) {
+    auto fail = [&](const std::string& m) {
+        std::snprintf(err, err_len, "%s", m.c_str());
+        return -1;
+    };
+    const Entry* e = mk_emu_find(kernel);
+    if (e == nullptr) return fail(std::string("no emulation entry for kernel ") + kernel);
+    if (e->nparams != nargs) {
+        char b[200];
+        std::snprintf(b, sizeof b, "%s takes %u parameters, the launch passed %u", kernel, e->nparams, nargs);
+        return fail(b);
+    }
+    for (unsigned i = 0; i < nargs; ++i)
+        if (e->sizes[i] != arg_sizes[i]) {
+            char b[200];
+            std::snprintf(b, sizeof b, "%s parameter %u is %u bytes, the launch passed %u", kernel, i, e->sizes[i],
+                          arg_sizes[i]);
+            return fail(b);
+        }
+    const unsigned nt = block[0] * block[1] * block[2];
+    if (nt == 0 || grid[0] * grid[1] * grid[2] == 0) return 0;
+    install_handlers();
+
+    Launch launch;
+    launch.entry = e;
+    launch.args = args;
+    launch.nthreads = nt;
+    launch.rng.seed(seed);
+    launch.smem_bytes = smem_bytes;
+    // Dynamic shared memory: its launched size ends at a guard page.
+    const size_t smem_body = round_up(std::max<size_t>(smem_bytes, 16), page());
+    char* smem_map = static_cast<char*>(
+        mmap(nullptr, smem_body + page(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    if (smem_map == MAP_FAILED) return fail("emulator: cannot map shared memory");
+    mprotect(smem_map + smem_body, page(), PROT_NONE);
+    launch.smem = smem_map + smem_body - round_up(smem_bytes, 16);
+    // Fiber stacks, each with a guard page below it.
+    const size_t slot = kStack + page();
+    launch.stacks_len = slot * nt;
+    launch.stacks = static_cast<char*>(
+        mmap(nullptr, launch.stacks_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+    if (launch.stacks == MAP_FAILED) {
+        munmap(smem_map, smem_body + page());
+        return fail("emulator: cannot map fiber stacks");
+    }
+    for (unsigned t = 0; t < nt; ++t) mprotect(launch.stacks + t * slot, page(), PROT_NONE);
+
+    Launch* prev = L;
+    L = &launch;
+    blockDim = {block[0], block[1], block[2]};
+    gridDim = {grid[0], grid[1], grid[2]};
+    const emu_dim3 saved_tid = threadIdx;
+    sigjmp_buf jb;
+    sigjmp_buf* prev_jmp = g_jmp;
+    int rc = 0;
+    for (unsigned z = 0; z < grid[2] && rc == 0; ++z)
+        for (unsigned y = 0; y < grid[1] && rc == 0; ++y)
+            for (unsigned x = 0; x < grid[0] && rc == 0; ++x) {
+                blockIdx = {x, y, z};
+                std::memset(launch.smem, 0xA5, round_up(smem_bytes, 16));  // garbage, like real smem
+                launch.fibers.assign(nt, Fiber{});
+                launch.warps.assign((nt + 31) / 32, Warp{});
+                for (unsigned w = 0; w < launch.warps.size(); ++w) launch.warps[w].lanes = std::min(32u, nt - 32 * w);
+                launch.live = nt;
+                launch.bar_arrived = 0;
+                for (unsigned t = 0; t < nt; ++t) {
+                    Fiber& f = launch.fibers[t];
+                    f.tid = {t % block[0], (t / block[0]) % block[1], t / (block[0] * block[1])};
+                    // Initial frame for mk_emu_switch: FP control words, six callee-saved
+                    // registers, then the entry as the return address (16-byte aligned + 8
+                    // at entry, as after a call).
+                    uintptr_t top = (uintptr_t)(launch.stacks + (t + 1) * slot);
+                    top &= ~(uintptr_t)15;
+                    void** sp = reinterpret_cast<void**>(top);
+                    *--sp = nullptr;  // alignment padding / fake return of the entry
+                    *--sp = reinterpret_cast<void*>(&mk_emu_fiber_entry);
+                    for (int i = 0; i < 6; ++i) *--sp = nullptr;
+                    --sp;
+                    unsigned fpw[2];
+                    asm volatile("stmxcsr %0" : "=m"(fpw[0]));
+                    asm volatile("fnstcw %0" : "=m"(fpw[1]));
+                    std::memcpy(sp, fpw, 8);
+                    f.sp = sp;
+                }
+                g_jmp = &jb;
+                if (sigsetjmp(jb, 1) != 0) {
+                    rc = -1;
+                    std::string m = describe_fault(g_fault_addr);
+                    launch.error = m + " (" + where() + ")";
+                    break;
+                }
+                bool any = true;
+                while (launch.live > 0 && !launch.failed) {
+                    if (!any) {
+                        rc = -1;
+                        launch.error = std::string("deadlock: threads of kernel ") + e->name +
+                                       " wait at a barrier or warp collective that the rest of the block/warp never reaches";
+                        break;
+                    }
+                    any = false;
+                    for (unsigned t = 0; t < nt && !launch.failed; ++t) {
+                        Fiber& f = launch.fibers[t];
+                        if (f.st != St::Run) continue;
+                        any = true;
+                        launch.cur = t;
+                        threadIdx = f.tid;
+                        mk_emu_switch(&launch.sched_sp, f.sp);
+                    }
+                }
+                if (launch.failed) rc = -1;
+            }
+    g_jmp = prev_jmp;
+    L = prev;
+    threadIdx = saved_tid;
+    munmap(launch.stacks, launch.stacks_len);
+    munmap(smem_map, smem_body + page());
+    if (rc != 0) return fail(launch.error);
+    return 0;
+}
