@@ -317,6 +317,7 @@ fn dicom_12bit_monochrome1_file_window_and_junk_high_bits() {
                 center: 800.0,
                 width: 901.0,
             },
+            ..Default::default()
         },
         "u12_m1_given.dcm",
     );
@@ -324,6 +325,7 @@ fn dicom_12bit_monochrome1_file_window_and_junk_high_bits() {
         &spec,
         dcm::DicomOptions {
             window: dcm::WindowChoice::Full,
+            ..Default::default()
         },
         "u12_m1_full.dcm",
     );
@@ -345,6 +347,7 @@ fn dicom_signed_12bit_rescale_and_window() {
         &spec,
         dcm::DicomOptions {
             window: dcm::WindowChoice::Full,
+            ..Default::default()
         },
         "s12_rescale_full.dcm",
     );
@@ -404,8 +407,11 @@ fn dicom_loaded_through_input_load() {
     assert!(matches!(raw.range, PixelRange::Window { .. }));
 }
 
-fn err_of(r: medkern::Result<impl std::fmt::Debug>) -> String {
-    r.expect_err("expected an error").to_string()
+fn err_of<T>(r: medkern::Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error, got a result"),
+        Err(e) => e.to_string(),
+    }
 }
 
 #[test]
@@ -498,6 +504,7 @@ fn dicom_bad_files_are_errors_naming_the_file() {
                     center: 10.0,
                     width,
                 },
+                ..Default::default()
             },
         ));
         assert!(
@@ -775,6 +782,7 @@ fn dicom_unparseable_number_of_frames_is_an_error() {
 fn dicom_window_width_one_is_a_step() {
     let step = |center: f64| dcm::DicomOptions {
         window: dcm::WindowChoice::Given { center, width: 1.0 },
+        ..Default::default()
     };
     // 16-bit unsigned: threshold at stored 1000 (c − 0.5 = 1000), and between 1000 and 1001.
     let mut w = words(60, 16, 16, 11);
@@ -870,4 +878,332 @@ fn center_crop_square_keeps_the_middle() {
         c.pixels.as_slice::<u16>().expect("u16"),
         &[1002, 1003, 1004, 1005]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile inputs (issue 15): deep nesting, lengths beyond the file, decompression bombs,
+// truncated and corrupted JPEGs, files that are not regular files.
+
+/// Records the largest single allocation request made on the current thread, so that a test
+/// can show that a small hostile file never asks for gigabytes (a request that overcommit
+/// would grant, or that fails cleanly, still counts).
+struct Tracking;
+
+thread_local! {
+    static LARGEST: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn note_allocation(n: usize) {
+    let _ = LARGEST.try_with(|c| {
+        if n > c.get() {
+            c.set(n);
+        }
+    });
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl std::alloc::GlobalAlloc for Tracking {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note_allocation(layout.size());
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note_allocation(layout.size());
+        // SAFETY: as above.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        note_allocation(new);
+        // SAFETY: as above.
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: as above.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Tracking = Tracking;
+
+/// `f()` and the largest single allocation it requested on this thread.
+fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    LARGEST.with(|c| c.set(0));
+    let r = f();
+    (r, LARGEST.with(|c| c.get()))
+}
+
+/// The byte where the data set of a DICOM file starts (after the file meta group, whose
+/// group length (0002,0000) is the UL value at bytes 140..144).
+fn data_set_start(bytes: &[u8]) -> usize {
+    assert_eq!(&bytes[128..132], b"DICM");
+    assert_eq!(&bytes[132..136], &[2, 0, 0, 0], "group length first");
+    144 + u32::from_le_bytes(bytes[140..144].try_into().expect("4 bytes")) as usize
+}
+
+/// A good small DICOM file with `insert` placed at the start of its data set.
+fn dicom_with(name: &str, ts: &'static str, insert: &[u8]) -> PathBuf {
+    let spec = Spec {
+        ts,
+        ..Spec::new(4, 5, 16, 16, words(20, 16, 16, 31))
+    };
+    let p = write_dicom(&spec, name);
+    let mut bytes = std::fs::read(&p).expect("read");
+    let at = data_set_start(&bytes);
+    bytes.splice(at..at, insert.iter().copied());
+    std::fs::write(&p, &bytes).expect("write");
+    p
+}
+
+fn le16(v: u16) -> [u8; 2] {
+    v.to_le_bytes()
+}
+
+fn le32(v: u32) -> [u8; 4] {
+    v.to_le_bytes()
+}
+
+/// A sequence header of (0008,1115) Referenced Series Sequence (SQ in the dictionary, so
+/// implicit VR reads it as a sequence too) with length `len`.
+fn seq_header(explicit: bool, len: u32) -> Vec<u8> {
+    let mut v = [le16(0x0008), le16(0x1115)].concat();
+    if explicit {
+        v.extend_from_slice(b"SQ\0\0");
+    }
+    v.extend_from_slice(&le32(len));
+    v
+}
+
+fn item_header(len: u32) -> Vec<u8> {
+    [le16(0xFFFE).as_slice(), &le16(0xE000), &le32(len)].concat()
+}
+
+/// `depth` nested sequences of undefined length, each with one item of undefined length.
+fn nested_undefined(explicit: bool, depth: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    for _ in 0..depth {
+        v.extend(seq_header(explicit, u32::MAX));
+        v.extend(item_header(u32::MAX));
+    }
+    for _ in 0..depth {
+        v.extend([le16(0xFFFE).as_slice(), &le16(0xE00D), &le32(0)].concat());
+        v.extend([le16(0xFFFE).as_slice(), &le16(0xE0DD), &le32(0)].concat());
+    }
+    v
+}
+
+/// `depth` nested sequences of defined length, each with one item of defined length.
+fn nested_defined(explicit: bool, depth: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = Vec::new();
+    for _ in 0..depth {
+        let mut item = item_header(v.len() as u32);
+        item.extend(&v);
+        let mut seq = seq_header(explicit, item.len() as u32);
+        seq.extend(item);
+        v = seq;
+    }
+    v
+}
+
+/// Issue 15, defect 1: 20,000 nested sequences overflowed the stack inside the DICOM object
+/// builder (abort). Now an error naming the file and the limit; depth up to the limit (64)
+/// still reads, a lower limit can be set, and defined-length nesting is bounded too.
+#[test]
+fn dicom_deep_nesting_is_an_error_not_a_stack_overflow() {
+    for (ts, explicit) in [(dcm::EXPLICIT_VR_LE, true), (dcm::IMPLICIT_VR_LE, false)] {
+        let tag = if explicit { "explicit" } else { "implicit" };
+        let p = dicom_with(
+            &format!("deep_undefined_{tag}.dcm"),
+            ts,
+            &nested_undefined(explicit, 20_000),
+        );
+        let e = err_of(dcm::read(&p, &Default::default()));
+        assert!(
+            e.contains(&format!("deep_undefined_{tag}.dcm"))
+                && e.contains("nested deeper than 64")
+                && e.contains("max_dicom_depth"),
+            "{e}"
+        );
+        // Through input::load as well (what the CLI and the C ABI call).
+        let e = err_of(input::load(&p));
+        assert!(e.contains("nested deeper than 64"), "{e}");
+
+        let p = dicom_with(
+            &format!("deep_defined_{tag}.dcm"),
+            ts,
+            &nested_defined(explicit, 20_000),
+        );
+        let e = err_of(dcm::read(&p, &Default::default()));
+        assert!(
+            e.contains(&format!("deep_defined_{tag}.dcm")) && e.contains("nested deeper than 64"),
+            "{e}"
+        );
+
+        // At the limit: read (on a test thread's 2 MiB stack), and the image is intact.
+        for (name, bytes) in [
+            ("at_limit_undefined", nested_undefined(explicit, 64)),
+            ("at_limit_defined", nested_defined(explicit, 64)),
+        ] {
+            let p = dicom_with(&format!("{name}_{tag}.dcm"), ts, &bytes);
+            let d = dcm::read(&p, &Default::default()).expect("64 levels are read");
+            assert_eq!((d.rows, d.cols), (4, 5));
+            let p = dicom_with(
+                &format!("{name}_plus1_{tag}.dcm"),
+                ts,
+                &if name.contains("undefined") {
+                    nested_undefined(explicit, 65)
+                } else {
+                    nested_defined(explicit, 65)
+                },
+            );
+            let e = err_of(dcm::read(&p, &Default::default()));
+            assert!(e.contains("nested deeper than 64"), "{e}");
+        }
+
+        // A lower limit from the caller.
+        let p = dicom_with(
+            &format!("depth4_{tag}.dcm"),
+            ts,
+            &nested_undefined(explicit, 4),
+        );
+        let opts = dcm::DicomOptions {
+            limits: input::InputLimits {
+                max_dicom_depth: 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = err_of(dcm::read(&p, &opts));
+        assert!(e.contains("nested deeper than 3"), "{e}");
+        dcm::read(&p, &Default::default()).expect("4 levels under the default limit");
+    }
+}
+
+/// Issue 15, defect 2: an element declaring 0xFFFFFFF0 bytes in a file of a few hundred bytes
+/// made the parser ask for 4 GB. Now an error before any allocation: in the data set, inside
+/// a sequence item, and in the file meta group.
+#[test]
+fn dicom_length_beyond_the_file_is_an_error_before_allocating() {
+    for (ts, explicit) in [(dcm::EXPLICIT_VR_LE, true), (dcm::IMPLICIT_VR_LE, false)] {
+        let tag = if explicit { "explicit" } else { "implicit" };
+        // A private OB element of 0xFFFFFFF0 bytes, 8 bytes present.
+        let mut el = [le16(0x0009), le16(0x1010)].concat();
+        if explicit {
+            el.extend_from_slice(b"OB\0\0");
+        }
+        el.extend_from_slice(&le32(0xFFFF_FFF0));
+        el.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        let p = dicom_with(&format!("huge_len_{tag}.dcm"), ts, &el);
+        let (r, largest) = largest_allocation(|| dcm::read(&p, &Default::default()));
+        let e = err_of(r);
+        assert!(
+            e.contains(&format!("huge_len_{tag}.dcm"))
+                && e.contains("(0009,1010)")
+                && e.contains("declares 4294967280 bytes"),
+            "{e}"
+        );
+        let size = std::fs::metadata(&p).expect("meta").len() as usize;
+        assert!(
+            largest <= 4 * size + 64 * 1024,
+            "reading a {size}-byte file asked for {largest} bytes at once"
+        );
+
+        // An item longer than its (defined-length) sequence.
+        let mut seq = seq_header(explicit, 16);
+        seq.extend(item_header(1000));
+        seq.extend([0u8; 8]);
+        let p = dicom_with(&format!("item_past_seq_{tag}.dcm"), ts, &seq);
+        let e = err_of(dcm::read(&p, &Default::default()));
+        assert!(
+            e.contains(&format!("item_past_seq_{tag}.dcm")) && e.contains("declares 1000 bytes"),
+            "{e}"
+        );
+    }
+    // In the file meta group: the Implementation Class UID (0002,0012) given 0xFFFF bytes
+    // (the short 16-bit length of a UI), far more than the file holds... and the largest
+    // 32-bit length, on an OB element (0002,0001) of the meta group.
+    let good = write_dicom(
+        &Spec::new(4, 5, 16, 16, words(20, 16, 16, 32)),
+        "meta_ok.dcm",
+    );
+    let bytes = std::fs::read(&good).expect("read");
+    let at = bytes
+        .windows(4)
+        .position(|w| w == [2, 0, 1, 0])
+        .expect("(0002,0001) in the meta group");
+    assert_eq!(&bytes[at + 4..at + 6], b"OB");
+    let mut bad = bytes.clone();
+    bad[at + 8..at + 12].copy_from_slice(&le32(0xFFFF_FFF0));
+    let p = tmp("meta_huge.dcm");
+    std::fs::write(&p, &bad).expect("write");
+    let (r, largest) = largest_allocation(|| dcm::read(&p, &Default::default()));
+    let e = err_of(r);
+    assert!(
+        e.contains("meta_huge.dcm") && e.contains("meta group") && e.contains("4294967280"),
+        "{e}"
+    );
+    assert!(largest < 1 << 20, "asked for {largest} bytes");
+}
+
+/// A file larger than InputLimits::max_file_bytes is refused before it is read.
+#[test]
+fn input_file_size_limit() {
+    let p = write_dicom(
+        &Spec::new(4, 5, 16, 16, words(20, 16, 16, 33)),
+        "size_limit.dcm",
+    );
+    let size = std::fs::metadata(&p).expect("meta").len();
+    let limits = input::InputLimits {
+        max_file_bytes: size - 1,
+        ..Default::default()
+    };
+    let e = err_of(input::load_with(&p, &limits));
+    assert!(
+        e.contains("size_limit.dcm") && e.contains("max_file_bytes"),
+        "{e}"
+    );
+    input::load_with(
+        &p,
+        &input::InputLimits {
+            max_file_bytes: size,
+            ..Default::default()
+        },
+    )
+    .expect("at the limit");
+}
+
+/// Only regular files are opened: a FIFO made the reader block forever, a folder gave an
+/// I/O error. Both are errors naming what the path is (within a time limit).
+#[cfg(unix)]
+#[test]
+fn fifos_and_folders_are_errors_not_hangs() {
+    let dir = common::TempDir::new("input-fifo");
+    let fifo = dir.path().join("pipe.png");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if made {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((
+                input::load(&f).map(|_| ()).map_err(|e| e.to_string()),
+                dcm::is_dicom(&f).map_err(|e| e.to_string()),
+            ));
+        });
+        let (load, sniff) = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("reading a FIFO hangs");
+        let e = load.expect_err("a FIFO is an error");
+        assert!(e.contains("pipe.png") && e.contains("FIFO"), "{e}");
+        let e = sniff.expect_err("a FIFO is an error");
+        assert!(e.contains("FIFO"), "{e}");
+    } else {
+        println!("SKIP input::fifos_and_folders_are_errors_not_hangs (FIFO part): no mkfifo");
+    }
+    let e = err_of(input::load(dir.path()));
+    assert!(e.contains("a folder"), "{e}");
 }

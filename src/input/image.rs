@@ -31,6 +31,13 @@ pub fn read(path: &Path) -> Result<RawImage> {
 /// Decodes an in-memory PNG / JPEG (`name` is used in messages).
 pub fn decode(bytes: &[u8], name: &str) -> Result<RawImage> {
     let p = Path::new(name);
+    if image::guess_format(bytes).is_err() {
+        return Err(bad_file(
+            p,
+            "not a PNG, JPEG or DICOM file (unrecognised content); expected a PNG or JPEG image \
+             or a DICOM file with the DICM preamble",
+        ));
+    }
     let img = image::load_from_memory(bytes)
         .map_err(|e| bad_file(p, format!("cannot decode the image: {e}")))?;
     from_dynamic(img, name)

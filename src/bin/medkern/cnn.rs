@@ -59,6 +59,7 @@ pub fn read_image(path: &Path, window: Option<(f64, f64)>) -> Result<(RawImage, 
                 Some((center, width)) => dicom::WindowChoice::Given { center, width },
                 None => dicom::WindowChoice::File,
             },
+            ..Default::default()
         };
         let d = dicom::read(path, &opts)?;
         let info = json!({
