@@ -1173,6 +1173,191 @@ fn input_file_size_limit() {
     .expect("at the limit");
 }
 
+/// CRC-32 (IEEE) of a PNG chunk's type and data.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// A small PNG whose IHDR is rewritten to claim `w`×`h` (CRC fixed).
+fn png_claiming(name: &str, w: u32, h: u32) -> PathBuf {
+    let grey = image::GrayImage::from_fn(16, 16, |x, y| image::Luma([(x + y) as u8]));
+    let p = tmp(name);
+    grey.save(&p).expect("save");
+    let mut b = std::fs::read(&p).expect("read");
+    assert_eq!(&b[12..16], b"IHDR");
+    b[16..20].copy_from_slice(&w.to_be_bytes());
+    b[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32(&b[12..29]);
+    b[29..33].copy_from_slice(&crc.to_be_bytes());
+    std::fs::write(&p, &b).expect("write");
+    p
+}
+
+/// A small JPEG whose frame header (SOF0) is rewritten to claim `w`×`h`.
+fn jpeg_claiming(name: &str, w: u16, h: u16) -> PathBuf {
+    let p = tmp(name);
+    gradient_rgb(16, 16).save(&p).expect("save jpeg");
+    let mut b = std::fs::read(&p).expect("read");
+    let sof = b
+        .windows(2)
+        .position(|m| m == [0xFF, 0xC0])
+        .expect("SOF0 marker");
+    // FF C0, length (2), precision (1), height (2), width (2).
+    b[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+    b[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    std::fs::write(&p, &b).expect("write");
+    p
+}
+
+/// Issue 15, defect 3: a small PNG claiming 20000×20000 allocated 400 MB (and 4 GB on the
+/// way to the model); a small JPEG claiming 12000×12000 decoded (grey-filled) at 432 MB. Now
+/// both are errors from the header, naming the limit, without a large allocation; the limits
+/// can be raised or lowered by the caller.
+#[test]
+fn image_dimension_bombs_are_errors_before_allocating() {
+    let p = png_claiming("bomb.png", 20_000, 20_000);
+    let size = std::fs::metadata(&p).expect("meta").len();
+    assert!(size < 1000, "{size}");
+    let (r, largest) = largest_allocation(|| input::load(&p));
+    let e = err_of(r);
+    assert!(
+        e.contains("bomb.png") && e.contains("20000x20000") && e.contains("max_pixels"),
+        "{e}"
+    );
+    assert!(
+        largest < 16 << 20,
+        "a {size}-byte PNG asked for {largest} bytes"
+    );
+
+    let p = jpeg_claiming("bomb.jpg", 12_000, 12_000);
+    let (r, largest) = largest_allocation(|| input::load(&p));
+    let e = err_of(r);
+    assert!(
+        e.contains("bomb.jpg") && e.contains("12000x12000") && e.contains("max_pixels"),
+        "{e}"
+    );
+    assert!(largest < 16 << 20, "a small JPEG asked for {largest} bytes");
+
+    // Within the pixel limit but over the allocation limit (RGB, 3 bytes a pixel).
+    let p = jpeg_claiming("wide.jpg", 8000, 8000);
+    let limits = input::InputLimits {
+        max_alloc_bytes: 100 << 20,
+        ..Default::default()
+    };
+    let e = err_of(input::load_with(&p, &limits));
+    assert!(
+        e.contains("wide.jpg") && e.contains("max_alloc_bytes"),
+        "{e}"
+    );
+
+    // The caller's limits: a 16×16 image is refused under 100 pixels, read by default.
+    let small = tmp("small.png");
+    gradient_rgb(16, 16).save(&small).expect("save");
+    let tiny = input::InputLimits {
+        max_pixels: 100,
+        ..Default::default()
+    };
+    let e = err_of(input::load_with(&small, &tiny));
+    assert!(e.contains("small.png") && e.contains("256 pixels"), "{e}");
+    input::load(&small).expect("16x16 under the default limits");
+    let small = tmp("small.jpg");
+    gradient_rgb(16, 16).save(&small).expect("save");
+    let e = err_of(input::load_with(&small, &tiny));
+    assert!(e.contains("small.jpg") && e.contains("256 pixels"), "{e}");
+    let e = err_of(input::image::decode(
+        &std::fs::read(tmp("bomb.png")).expect("read"),
+        "in-memory.png",
+    ));
+    assert!(
+        e.contains("in-memory.png") && e.contains("max_pixels"),
+        "{e}"
+    );
+}
+
+/// A noisy 128×96 RGB JPEG (so that its scan data are most of the file).
+fn noisy_jpeg(name: &str) -> (PathBuf, Vec<u8>) {
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let img = image::RgbImage::from_fn(128, 96, |x, y| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        let n = (s % 64) as u32;
+        image::Rgb([
+            ((x * 2 + n) % 256) as u8,
+            ((y * 2 + n) % 256) as u8,
+            ((x + y + n) % 256) as u8,
+        ])
+    });
+    let p = tmp(name);
+    img.save(&p).expect("save jpeg");
+    let b = std::fs::read(&p).expect("read");
+    (p, b)
+}
+
+/// Issue 15, defect 4: a truncated JPEG (the first 10% of the file, or half of it) and one
+/// with flipped bytes in its scan data classified with exit 0: the lenient decoder fills the
+/// missing blocks with grey. Now errors naming the file (the lenient decoder of the `image`
+/// crate is shown to accept each of them, so the test checks what it means to).
+#[test]
+fn truncated_or_corrupted_jpegs_are_errors_naming_the_file() {
+    let (_, good) = noisy_jpeg("noisy.jpg");
+    input::image::decode(&good, "noisy.jpg").expect("the intact JPEG decodes");
+    let sos = good
+        .windows(2)
+        .position(|m| m == [0xFF, 0xDA])
+        .expect("SOS marker");
+    assert!(sos < good.len() / 10, "headers {sos} of {}", good.len());
+    for (name, len) in [
+        ("tenth.jpg", good.len() / 10),
+        ("half.jpg", good.len() / 2),
+        ("no_tail.jpg", good.len() - 200),
+    ] {
+        let cut = &good[..len];
+        assert!(
+            image::load_from_memory(cut).is_ok(),
+            "{name}: the lenient decoder accepts it"
+        );
+        let p = tmp(name);
+        std::fs::write(&p, cut).expect("write");
+        let e = err_of(input::load(&p));
+        assert!(e.contains(name) && e.contains("decode"), "{name}: {e}");
+    }
+    // 20 bytes of the scan data XOR-ed with junk. JPEG has no checksum, so only corruption
+    // that breaks its syntax (an invalid Huffman code, a stray marker, a premature end) can be
+    // detected; these two seeds do, and the lenient decoder returns an image for both.
+    for seed in [7u64, 21] {
+        let mut bad = good.clone();
+        let mut r = seed;
+        for _ in 0..20 {
+            r = r
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let at = sos + 20 + (r >> 33) as usize % (good.len() - sos - 22);
+            bad[at] ^= ((r >> 20) as u8) | 1;
+        }
+        assert!(
+            image::load_from_memory(&bad).is_ok(),
+            "seed {seed}: the lenient decoder accepts it"
+        );
+        let name = format!("flipped_{seed}.jpg");
+        let p = tmp(&name);
+        std::fs::write(&p, &bad).expect("write");
+        let e = err_of(input::load(&p));
+        assert!(e.contains(&name) && e.contains("corrupt"), "{e}");
+    }
+}
+
 /// Only regular files are opened: a FIFO made the reader block forever, a folder gave an
 /// I/O error. Both are errors naming what the path is (within a time limit).
 #[cfg(unix)]

@@ -18,6 +18,8 @@
 //! | limit | default | guards |
 //! |---|---|---|
 //! | [`InputLimits::max_file_bytes`] | 1 GiB | the bytes read from one file (read once, whole) |
+//! | [`InputLimits::max_pixels`] | 64 Mpixel (64·2^20) | width × height of a PNG/JPEG, checked from its header before decoding |
+//! | [`InputLimits::max_alloc_bytes`] | 256 MiB | what the PNG/JPEG decoder may allocate |
 //! | [`InputLimits::max_dicom_depth`] | 64 | nesting of DICOM sequences (checked before parsing) |
 //!
 //! A DICOM element whose declared length exceeds the bytes left in the file is always an error
@@ -133,6 +135,10 @@ impl RawImage {
 pub struct InputLimits {
     /// The largest file read, in bytes.
     pub max_file_bytes: u64,
+    /// The largest PNG/JPEG, in pixels (width × height).
+    pub max_pixels: u64,
+    /// The most the PNG/JPEG decoder may allocate, in bytes.
+    pub max_alloc_bytes: u64,
     /// The deepest nesting of DICOM sequences (a sequence inside an item of a sequence is depth
     /// 2). The data set is checked without recursion before it is parsed, so a deeper file is
     /// an error rather than a stack overflow in the parser.
@@ -142,6 +148,10 @@ pub struct InputLimits {
 impl InputLimits {
     /// Default [`InputLimits::max_file_bytes`]: 1 GiB.
     pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
+    /// Default [`InputLimits::max_pixels`]: 64 Mpixel.
+    pub const DEFAULT_MAX_PIXELS: u64 = 64 << 20;
+    /// Default [`InputLimits::max_alloc_bytes`]: 256 MiB.
+    pub const DEFAULT_MAX_ALLOC_BYTES: u64 = 256 << 20;
     /// Default [`InputLimits::max_dicom_depth`]: 64 (radiographs nest a few levels; the parser
     /// recurses once per level, and 64 levels stay well inside a 2 MiB thread stack).
     pub const DEFAULT_MAX_DICOM_DEPTH: usize = 64;
@@ -151,6 +161,8 @@ impl Default for InputLimits {
     fn default() -> Self {
         InputLimits {
             max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
+            max_pixels: Self::DEFAULT_MAX_PIXELS,
+            max_alloc_bytes: Self::DEFAULT_MAX_ALLOC_BYTES,
             max_dicom_depth: Self::DEFAULT_MAX_DICOM_DEPTH,
         }
     }
@@ -172,7 +184,7 @@ pub fn load_with(path: &Path, limits: &InputLimits) -> Result<RawImage> {
         };
         Ok(dicom::from_bytes(&bytes, path, &opts)?.into_raw())
     } else {
-        image::decode(&bytes, &path.display().to_string())
+        image::from_bytes(&bytes, path, limits)
     }
 }
 
