@@ -519,7 +519,18 @@ fn pooling_of(code: i32) -> Result<Pooling> {
 fn embed_rows(m: &MkBert, ids: &[Vec<u32>], pooling: i32, normalize: i32) -> Result<Vec<f32>> {
     let rows = m.model.embed(ids, pooling_of(pooling)?)?;
     let mut flat = Vec::with_capacity(rows.len() * m.dim);
-    for mut r in rows {
+    for (i, mut r) in rows.into_iter().enumerate() {
+        // As the image path: a non-finite output is an error, never written as a result.
+        if let Some(j) = r.iter().position(|v| !v.is_finite()) {
+            return Err(invalid(
+                "weights",
+                format!(
+                    "embedding {i} has a non-finite value {} at {j} (non-finite weights or \
+                     input?)",
+                    r[j]
+                ),
+            ));
+        }
         if normalize != 0 {
             let norm = r.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
             if norm > 0.0 {
@@ -528,6 +539,21 @@ fn embed_rows(m: &MkBert, ids: &[Vec<u32>], pooling: i32, normalize: i32) -> Res
             }
         }
         flat.extend(r);
+    }
+    Ok(flat)
+}
+
+/// The logits of a text batch, flattened; a non-finite one is an error (as the image path).
+fn finite_logits(rows: Vec<Vec<f32>>) -> Result<Vec<f32>> {
+    let flat: Vec<f32> = rows.into_iter().flatten().collect();
+    if let Some(bad) = flat.iter().position(|z| !z.is_finite()) {
+        return Err(invalid(
+            "weights",
+            format!(
+                "logit {bad} is {} (non-finite weights or input?)",
+                flat[bad]
+            ),
+        ));
     }
     Ok(flat)
 }
@@ -618,7 +644,7 @@ pub unsafe extern "C" fn mk_bert_classify(
         )?;
         // SAFETY: forwarded contract.
         let ids = unsafe { encode(m, texts, n) }?;
-        let flat: Vec<f32> = m.model.classify(&ids)?.into_iter().flatten().collect();
+        let flat = finite_logits(m.model.classify(&ids)?)?;
         // SAFETY: forwarded contract.
         unsafe { write_out("mk_bert_classify", &flat, out, out_len) }
     })
@@ -649,7 +675,7 @@ pub unsafe extern "C" fn mk_bert_classify_ids(
         )?;
         // SAFETY: forwarded contract.
         let rows = unsafe { id_rows(ids, lens, n) }?;
-        let flat: Vec<f32> = m.model.classify(&rows)?.into_iter().flatten().collect();
+        let flat = finite_logits(m.model.classify(&rows)?)?;
         // SAFETY: forwarded contract.
         unsafe { write_out("mk_bert_classify_ids", &flat, out, out_len) }
     })

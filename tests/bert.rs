@@ -1597,3 +1597,48 @@ fn gpu_families_match_cpu_f32() {
         }
     }
 }
+
+/// Issue 15, defect 5: all-NaN word embeddings gave `null` embeddings with exit 0, and one NaN
+/// in a query weight a finite, wrong embedding (a row of NaN scores is treated as masked).
+/// Non-finite weights are now refused at load, naming the tensor, as the CNN loaders do.
+#[test]
+fn non_finite_weights_are_errors_at_load() {
+    type Spoil = Box<dyn Fn(&mut Vec<f32>)>;
+    let t = &TINY[1];
+    let cases: [(&str, Spoil); 4] = [
+        (
+            "bert.embeddings.word_embeddings.weight",
+            Box::new(|v| v.iter_mut().for_each(|x| *x = f32::NAN)),
+        ),
+        (
+            "bert.encoder.layer.0.attention.self.query.weight",
+            Box::new(|v| v[17] = f32::NAN),
+        ),
+        (
+            "bert.encoder.layer.1.output.LayerNorm.bias",
+            Box::new(|v| v[0] = f32::INFINITY),
+        ),
+        (
+            "bert.encoder.layer.1.intermediate.dense.bias",
+            Box::new(|v| v[5] = f32::NEG_INFINITY),
+        ),
+    ];
+    for (name, spoil) in cases {
+        let mut w = t.weights();
+        spoil(&mut w.get_mut(name).expect("tensor").1);
+        let e = err_of(BertModel::from_safetensors(
+            t.config(),
+            &safetensors_bytes(&w),
+            &Device::Cpu,
+            DType::F32,
+        ));
+        assert!(e.contains(name) && e.contains("non-finite"), "{name}: {e}");
+    }
+    // Large finite weights still load.
+    let mut w = t.weights();
+    w.get_mut("bert.encoder.layer.0.output.dense.bias")
+        .expect("tensor")
+        .1[0] = 1e30;
+    BertModel::from_safetensors(t.config(), &safetensors_bytes(&w), &Device::Cpu, DType::F32)
+        .expect("finite weights load");
+}

@@ -685,3 +685,53 @@ fn c_program_links_and_runs() {
         "{stdout}"
     );
 }
+
+/// Issue 15, defect 5: MiniLM with all-NaN word embeddings loaded, and `mk_bert_embed`
+/// returned OK with NaN embeddings. The load now fails, naming the tensor; nothing is
+/// returned in the out-pointer.
+#[test]
+fn bert_with_non_finite_weights_is_refused_through_the_abi() {
+    use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+    let test = "bert_with_non_finite_weights_is_refused_through_the_abi";
+    let Some(dir) = model_or_skip(test, "all-MiniLM-L6-v2") else {
+        return;
+    };
+    let out = std::env::temp_dir().join(format!("medkern-capi-nan-{}", std::process::id()));
+    std::fs::create_dir_all(&out).expect("temp dir");
+    let bytes = std::fs::read(dir.join("model.safetensors")).expect("read MiniLM");
+    let st = SafeTensors::deserialize(&bytes).expect("MiniLM safetensors");
+    let name = "embeddings.word_embeddings.weight";
+    let shape = st.tensor(name).expect("word embeddings").shape().to_vec();
+    let nan: Vec<u8> = (0..shape.iter().product::<usize>())
+        .flat_map(|_| f32::NAN.to_le_bytes())
+        .collect();
+    let mut views: Vec<(String, TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != name)
+        .collect();
+    views.push((
+        name.into(),
+        TensorView::new(Dtype::F32, shape, &nan).expect("view"),
+    ));
+    std::fs::write(
+        out.join("model.safetensors"),
+        safetensors::serialize(views, None).expect("serialize"),
+    )
+    .expect("write");
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(dir.join(f), out.join(f)).expect("copy");
+    }
+    let dev = open("cpu");
+    // SAFETY: valid handles, strings and out-pointer.
+    unsafe {
+        let mut m = ptr::null_mut();
+        let st = mk_bert_load(dev, c(out.to_str().expect("utf8")).as_ptr(), 0, 0, &mut m);
+        assert_ne!(st, MkStatus::Ok, "a model with NaN weights loaded");
+        assert!(m.is_null());
+        let e = last_error();
+        assert!(e.contains(name) && e.contains("non-finite"), "{e}");
+        mk_device_free(dev);
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

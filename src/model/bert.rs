@@ -512,7 +512,21 @@ impl Weights<'_> {
             ));
         }
         match (t.dtype(), crate::model::float_values(&t)) {
-            (_, Some(v)) => Ok(v),
+            (_, Some(v)) => {
+                // NaN or ±inf (or a value beyond f32 in an F64 tensor) would flow through
+                // every embedding silently: refused here, as the CNN loaders do.
+                if let Some(i) = v.iter().position(|&x| !(x as f32).is_finite()) {
+                    return Err(invalid(
+                        "weights",
+                        format!(
+                            "tensor {full} holds a non-finite value {} at index {i}; expected \
+                             finite weights (a corrupt or diverged checkpoint?)",
+                            v[i]
+                        ),
+                    ));
+                }
+                Ok(v)
+            }
             (safetensors::Dtype::I8, None) => {
                 Ok(t.data().iter().map(|&b| f64::from(b as i8)).collect())
             }
