@@ -1642,3 +1642,70 @@ fn non_finite_weights_are_errors_at_load() {
     BertModel::from_safetensors(t.config(), &safetensors_bytes(&w), &Device::Cpu, DType::F32)
         .expect("finite weights load");
 }
+
+/// Issue 15, defect 6: a config of fewer layers than the checkpoint ran part of the model
+/// silently. Tensors the configuration does not use are now an error naming one, as
+/// EfficientNet's loader does; pretraining heads, buffers and a sentence encoder's pooler
+/// are still ignored.
+#[test]
+fn tensors_the_config_does_not_use_are_errors() {
+    let t = &TINY[2]; // 3 layers
+    let mut cfg = t.config();
+    cfg.num_hidden_layers = 2;
+    let e = err_of(BertModel::from_safetensors(
+        cfg,
+        &safetensors_bytes(&t.weights()),
+        &Device::Cpu,
+        DType::F32,
+    ));
+    assert!(
+        e.contains("unexpected tensor encoder.layer.2.") && e.contains("2 layers"),
+        "{e}"
+    );
+    // A tensor of no known role.
+    let mut w = t.weights();
+    w.insert("encoder.adapter.weight".into(), (vec![2], vec![0.5, 0.5]));
+    let e = err_of(BertModel::from_safetensors(
+        t.config(),
+        &safetensors_bytes(&w),
+        &Device::Cpu,
+        DType::F32,
+    ));
+    assert!(
+        e.contains("unexpected tensor encoder.adapter.weight"),
+        "{e}"
+    );
+    // Ignored: a pretraining head, the position_ids buffer, and a pooler without a classifier.
+    let h = t.hidden;
+    let mut w = t.weights();
+    w.insert(
+        "cls.predictions.bias".into(),
+        (vec![VOCAB], vec![0.0; VOCAB]),
+    );
+    w.insert(
+        "embeddings.position_ids".into(),
+        (vec![1, MAX_POS], (0..MAX_POS).map(|i| i as f32).collect()),
+    );
+    w.insert(
+        "pooler.dense.weight".into(),
+        (vec![h, h], vec![0.01; h * h]),
+    );
+    w.insert("pooler.dense.bias".into(), (vec![h], vec![0.0; h]));
+    BertModel::from_safetensors(t.config(), &safetensors_bytes(&w), &Device::Cpu, DType::F32)
+        .expect("heads, buffers and an unused pooler are ignored");
+    // An ALBERT checkpoint of 2 layer groups under a config of 1: group 1 is unused.
+    let f = &FAMILIES[4];
+    assert_eq!(f.groups, 2);
+    let mut v = f.config_json();
+    v["num_hidden_groups"] = serde_json::json!(1);
+    let e = err_of(BertModel::from_safetensors(
+        BertConfig::from_value(&v).expect("config"),
+        &safetensors_bytes(&f.weights()),
+        &Device::Cpu,
+        DType::F32,
+    ));
+    assert!(
+        e.contains("unexpected tensor albert.encoder.albert_layer_groups.1."),
+        "{e}"
+    );
+}

@@ -287,10 +287,7 @@ impl BertConfig {
             .strip_prefix(a.prefix())
             .or_else(|| name.strip_prefix("bert."))
             .unwrap_or(name);
-        if name.starts_with("cls.")
-            || name.starts_with("predictions.")
-            || name.contains("position_ids")
-        {
+        if Self::not_the_encoders(name) {
             return None;
         }
         let (stem, suffix) = name.rsplit_once('.')?;
@@ -326,6 +323,22 @@ impl BertConfig {
             return Some(format!("encoder.layer.{idx}.{ours}.{suffix}"));
         }
         Some(name.to_string())
+    }
+    /// True for the tensors of a checkpoint that are not the encoder's or its task head's:
+    /// pretraining heads (BERT's `cls.*`, ALBERT's `predictions.*` and `sop_classifier.*`,
+    /// DistilBERT's `vocab_*`) and buffers (`position_ids`). `name` without a task prefix.
+    fn not_the_encoders(name: &str) -> bool {
+        [
+            "cls.",
+            "predictions.",
+            "sop_classifier.",
+            "vocab_transform.",
+            "vocab_layer_norm.",
+            "vocab_projector.",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+            || name.contains("position_ids")
     }
     /// This family's name for medkern name `name` (for error messages).
     pub fn family_name(&self, name: &str) -> String {
@@ -430,6 +443,8 @@ struct Weights<'a> {
     dtype: DType,
     /// `medkern.linear.<name>` → storage kind, from the file's metadata (compressed models).
     kinds: std::collections::HashMap<String, String>,
+    /// The names in the file of the tensors read so far (what is left over is unexpected).
+    used: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl Weights<'_> {
@@ -502,6 +517,7 @@ impl Weights<'_> {
     fn host(&self, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
         let full = self.names.get(name).ok_or_else(|| self.missing(name))?;
         let t = self.st.tensor(full).map_err(|_| self.missing(name))?;
+        self.used.borrow_mut().insert(full.clone());
         if t.shape() != shape {
             return Err(invalid(
                 "weights",
@@ -535,6 +551,47 @@ impl Weights<'_> {
                 format!("tensor {full} has dtype {other:?}, expected F32, F64, F16, BF16 or I8"),
             )),
         }
+    }
+    /// Every tensor of the file was read, but for pretraining heads and buffers, and the
+    /// pooler of a checkpoint without a classifier (sentence encoders keep it): a tensor the
+    /// configuration does not reach (layers beyond `num_hidden_layers`, another family's
+    /// names) means the config is not the checkpoint's, and running part of it is a silent
+    /// wrong answer.
+    fn check_all_used(&self, has_head: bool) -> Result<()> {
+        let used = self.used.borrow();
+        for n in self.st.names() {
+            if used.contains(n) {
+                continue;
+            }
+            let bare = n
+                .strip_prefix(self.config.arch.prefix())
+                .or_else(|| n.strip_prefix("bert."))
+                .unwrap_or(n);
+            if BertConfig::not_the_encoders(bare) {
+                continue;
+            }
+            let canonical = self.config.canonical_name(n);
+            if !has_head
+                && canonical
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("pooler."))
+            {
+                continue;
+            }
+            let c = self.config;
+            return Err(invalid(
+                "weights",
+                format!(
+                    "unexpected tensor {n}: not used by the configuration ({:?}, {} layers, \
+                     {} stored; hidden {}); is config.json the checkpoint's?",
+                    c.arch,
+                    c.num_hidden_layers,
+                    c.stored_layers(),
+                    c.hidden_size
+                ),
+            ));
+        }
+        Ok(())
     }
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let v = self.host(name, shape)?;
@@ -610,6 +667,7 @@ impl BertModel {
             device,
             dtype,
             kinds,
+            used: Default::default(),
         };
         let c = &config;
         let (h, i, d, e) = (
@@ -744,14 +802,18 @@ impl BertModel {
                 &[c.type_vocab_size, e],
             )?)
         };
+        let word = w.get("embeddings.word_embeddings.weight", &[c.vocab_size, e])?;
+        let position = w.get(
+            "embeddings.position_embeddings.weight",
+            &[c.max_position_embeddings, e],
+        )?;
+        let emb_ln = w.ln("embeddings.LayerNorm", e)?;
+        w.check_all_used(head.is_some())?;
         Ok(BertModel {
-            word: w.get("embeddings.word_embeddings.weight", &[c.vocab_size, e])?,
-            position: w.get(
-                "embeddings.position_embeddings.weight",
-                &[c.max_position_embeddings, e],
-            )?,
+            word,
+            position,
             token_type,
-            emb_ln: w.ln("embeddings.LayerNorm", e)?,
+            emb_ln,
             emb_proj,
             layers,
             schedule: c.schedule(),
