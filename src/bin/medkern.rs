@@ -944,6 +944,8 @@ fn parse_heads(s: &str) -> medkern::Result<std::collections::BTreeMap<usize, Vec
 fn compress(a: CompressArgs) -> medkern::Result<()> {
     use indicatif::{ProgressBar, ProgressStyle};
     use medkern::model::compress::{self, Checkpoint, Rank};
+    // Before any work: the output must not overwrite (or contain) the model.
+    compress::check_out_dir(&a.out, &a.model)?;
     let dev = cnn::device_of(a.device)?;
     let dtype = cnn::dtype_of(a.dtype, &dev);
     let text = match &a.sentences {
