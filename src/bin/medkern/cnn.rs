@@ -37,10 +37,17 @@ pub fn cli_err(arg: &'static str, detail: String) -> Error {
 }
 
 pub fn print_json(v: &Value) -> Result<()> {
-    use std::io::Write;
     let s = serde_json::to_string_pretty(v).map_err(|e| cli_err("output", e.to_string()))?;
-    // A closed pipe (`| head`) is not an error of ours.
-    match writeln!(std::io::stdout().lock(), "{s}") {
+    print_line(&s)
+}
+
+/// Writes `s` and a newline to stdout and flushes. A closed pipe (`| head`) is not an error
+/// of ours: the rest of the output is dropped quietly. Any other failure (`> /dev/full`) is an
+/// error naming stdout, never a panic as `println!` would give.
+pub fn print_line(s: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{s}").and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Io {
             op: "cli",
             path: "stdout".into(),
