@@ -89,3 +89,77 @@ fn embed_onto_a_closed_pipe_or_a_full_device_does_not_panic() {
         common::skip(test, "no /dev/full (full-device part)");
     }
 }
+
+/// Issue 15, defect 9: a folder's dangling links, link loops and FIFOs were dropped silently
+/// ("images": 1, "failed": 0, exit 0), and a FIFO given as an image hung. Each image name in
+/// a folder that is not a regular file is now a failed image with its reason, counted, and the
+/// command fails; a FIFO given directly is an error, not a hang.
+#[cfg(unix)]
+#[test]
+fn classify_reports_links_and_fifos_in_a_folder() {
+    let dir = common::TempDir::new("cli-folder");
+    let d = dir.path();
+    image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, 100]))
+        .save(d.join("good.png"))
+        .expect("save");
+    std::os::unix::fs::symlink(d.join("nowhere.png"), d.join("dangling.png")).expect("link");
+    std::os::unix::fs::symlink(d.join("loop.png"), d.join("loop.png")).expect("link");
+    std::fs::write(d.join("notes.txt"), b"not an image").expect("write");
+    let fifo = Command::new("mkfifo")
+        .arg(d.join("pipe.png"))
+        .status()
+        .is_ok_and(|s| s.success());
+    let run = |arg: &std::path::Path| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_medkern"))
+            .args(["classify", "--model", "sepsis", "--device", "cpu"])
+            .arg(arg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn medkern");
+        let (mut out, mut err) = (String::new(), String::new());
+        let mut so = child.stdout.take().expect("stdout");
+        let mut se = child.stderr.take().expect("stderr");
+        let t = std::thread::spawn(move || {
+            let _ = se.read_to_string(&mut err);
+            err
+        });
+        let _ = so.read_to_string(&mut out);
+        let err = t.join().expect("stderr thread");
+        (child.wait().expect("wait"), out, err)
+    };
+    // Bounded: a hang fails the test instead of blocking it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = d.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send((run(&path), run(&path.join("pipe.png"))));
+    });
+    let ((status, out, err), (fifo_status, fifo_out, fifo_err)) = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("medkern classify hangs");
+    assert_eq!(status.code(), Some(1), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON output");
+    let want = if fifo { 4 } else { 3 };
+    assert_eq!(v["images"], serde_json::json!(want), "{out}");
+    assert_eq!(v["failed"], serde_json::json!(want - 1), "{out}");
+    let errors: Vec<String> = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|r| r["error"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .filter(|e| e.contains("symbolic link that cannot be followed"))
+            .count()
+            == 2,
+        "{errors:?}"
+    );
+    if fifo {
+        assert!(errors.iter().any(|e| e.contains("FIFO")), "{errors:?}");
+        assert_eq!(fifo_status.code(), Some(1), "{fifo_err}");
+        assert!(fifo_out.contains("FIFO"), "{fifo_out}");
+    }
+    assert!(err.contains("3 of 4") || err.contains("2 of 3"), "{err}");
+}

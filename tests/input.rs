@@ -1359,7 +1359,8 @@ fn truncated_or_corrupted_jpegs_are_errors_naming_the_file() {
 }
 
 /// Only regular files are opened: a FIFO made the reader block forever, a folder gave an
-/// I/O error. Both are errors naming what the path is (within a time limit).
+/// I/O error. Both are errors naming what the path is (within a time limit), as are dangling
+/// links and link loops.
 #[cfg(unix)]
 #[test]
 fn fifos_and_folders_are_errors_not_hangs() {
@@ -1391,4 +1392,13 @@ fn fifos_and_folders_are_errors_not_hangs() {
     }
     let e = err_of(input::load(dir.path()));
     assert!(e.contains("a folder"), "{e}");
+    // Links that cannot be followed say so.
+    let dangling = dir.path().join("dangling.png");
+    let looped = dir.path().join("loop.png");
+    std::os::unix::fs::symlink(dir.path().join("nowhere.png"), &dangling).expect("link");
+    std::os::unix::fs::symlink(&looped, &looped).expect("link");
+    for p in [dangling, looped] {
+        let e = err_of(input::load(&p));
+        assert!(e.contains("symbolic link that cannot be followed"), "{e}");
+    }
 }

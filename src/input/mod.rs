@@ -213,7 +213,22 @@ fn file_kind(ft: &std::fs::FileType) -> &'static str {
 /// The metadata of `path` when it is a regular file (following links); an error naming what
 /// it is otherwise.
 pub(crate) fn check_regular_file(path: &Path) -> Result<std::fs::Metadata> {
-    let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            if link {
+                return Err(bad_file(
+                    path,
+                    format!(
+                        "is a symbolic link that cannot be followed (dangling, or a loop): {e}; \
+                         expected a regular file (PNG, JPEG or DICOM)"
+                    ),
+                ));
+            }
+            return Err(io_error(path, e));
+        }
+    };
     if !meta.is_file() {
         return Err(bad_file(
             path,

@@ -179,7 +179,9 @@ pub fn exam(a: ExamArgs) -> Result<()> {
 }
 
 /// The files to process: each file as given, each folder's images (`.png`, `.jpg`, `.jpeg`,
-/// `.dcm`, `.dicom`, any case) sorted by name; true when a folder was among them.
+/// `.dcm`, `.dicom`, any case) sorted by name; true when a folder was among them. An image
+/// name that is not a regular file (a dangling link, a link loop, a FIFO, a folder) is kept,
+/// so that it is reported as a failed image with its reason rather than dropped silently.
 pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, bool)> {
     let mut files = Vec::new();
     let mut folder = false;
@@ -191,18 +193,25 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, bool)> {
                 path: p.display().to_string(),
                 source: e,
             })?;
-            let mut found: Vec<PathBuf> = rd
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| {
-                    f.is_file()
-                        && f.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                            matches!(
-                                e.to_ascii_lowercase().as_str(),
-                                "png" | "jpg" | "jpeg" | "dcm" | "dicom"
-                            )
-                        })
-                })
-                .collect();
+            let mut found = Vec::new();
+            for e in rd {
+                let f = e
+                    .map_err(|e| Error::Io {
+                        op: "medkern",
+                        path: p.display().to_string(),
+                        source: e,
+                    })?
+                    .path();
+                let image_name = f.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    matches!(
+                        e.to_ascii_lowercase().as_str(),
+                        "png" | "jpg" | "jpeg" | "dcm" | "dicom"
+                    )
+                });
+                if image_name {
+                    found.push(f);
+                }
+            }
             found.sort();
             if found.is_empty() {
                 return Err(cli_err(
