@@ -58,7 +58,8 @@ typedef struct mk_exam_output {
     float oxygen_24h;       /* P(more than low-flow oxygen) at 24 h */
     float oxygen_72h;       /* ... at 72 h */
     float ordinal_score;    /* the ordinal score before the cut points */
-    float ordinal_probs[5]; /* room air, low-flow, high-flow, non-invasive, mechanical ventilation */
+    float ordinal_probs[5]; /* P(class k), k = 0..4: room_air, low_flow, high_flow_or_niv,
+                               mechanical_ventilation, death (mk_exam_class_name(k)) */
     uint32_t ordinal_class; /* the most probable class, 0-4 */
 } mk_exam_output;
 
@@ -116,6 +117,10 @@ mk_status mk_exam_load(const mk_device *dev, const char *weights, mk_dtype dtype
 mk_status mk_exam_predict(const mk_exam *m, const char *image_path, const char *emr_json,
                           mk_exam_output *out);
 void mk_exam_free(mk_exam *m);
+/* The name of ordinal class k of mk_exam_output (static string: "room_air", "low_flow",
+ * "high_flow_or_niv", "mechanical_ventilation", "death"); NULL for k >= 5. Use it rather
+ * than hard-coding the order. */
+const char *mk_exam_class_name(size_t k);
 
 #ifdef __cplusplus
 }

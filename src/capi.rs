@@ -967,10 +967,29 @@ pub struct MkExamOutput {
     pub oxygen_72h: f32,
     /// The ordinal score before the cut points.
     pub ordinal_score: f32,
-    /// P(class k): room air, low-flow, high-flow, non-invasive, mechanical ventilation.
+    /// P(class k), in the order of [`crate::model::exam::ORDINAL_CLASSES`]: room_air,
+    /// low_flow, high_flow_or_niv, mechanical_ventilation, death ([`mk_exam_class_name`]).
     pub ordinal_probs: [f32; 5],
     /// The most probable class (0-4).
     pub ordinal_class: u32,
+}
+
+/// [`crate::model::exam::ORDINAL_CLASSES`] as C strings (a test checks they agree).
+static EXAM_CLASS_NAMES: [&CStr; 5] = [
+    c"room_air",
+    c"low_flow",
+    c"high_flow_or_niv",
+    c"mechanical_ventilation",
+    c"death",
+];
+
+/// The name of ordinal class `k` of [`MkExamOutput::ordinal_probs`] (a static string), NULL
+/// for `k >= 5`.
+#[unsafe(no_mangle)]
+pub extern "C" fn mk_exam_class_name(k: usize) -> *const c_char {
+    EXAM_CLASS_NAMES
+        .get(k)
+        .map_or(std::ptr::null(), |s| s.as_ptr())
 }
 
 /// Loads EXAM from a safetensors checkpoint `weights` (NULL: seeded random weights, for

@@ -735,3 +735,35 @@ fn bert_with_non_finite_weights_is_refused_through_the_abi() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Issue 15, defect 10 (class names): the header named EXAM's ordinal classes "room air,
+/// low-flow, high-flow, non-invasive, mechanical ventilation" while the model's are room_air,
+/// low_flow, high_flow_or_niv, mechanical_ventilation, death, so a client reported P(death)
+/// as P(ventilation). `mk_exam_class_name` returns the model's names, and the header agrees.
+#[test]
+fn exam_class_names_come_from_the_model_and_the_header_agrees() {
+    use medkern::model::exam::ORDINAL_CLASSES;
+    for (k, want) in ORDINAL_CLASSES.iter().enumerate() {
+        let p = mk_exam_class_name(k);
+        assert!(!p.is_null(), "class {k}");
+        // SAFETY: a static NUL-terminated string.
+        assert_eq!(unsafe { CStr::from_ptr(p) }.to_str(), Ok(*want));
+    }
+    assert!(mk_exam_class_name(ORDINAL_CLASSES.len()).is_null());
+    assert!(mk_exam_class_name(usize::MAX).is_null());
+    let header = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("include/medkern.h"),
+    )
+    .expect("header");
+    assert!(
+        header.contains("const char *mk_exam_class_name(size_t k);"),
+        "the header declares mk_exam_class_name"
+    );
+    assert!(
+        !header.contains("non-invasive, mechanical ventilation"),
+        "old class list"
+    );
+    let listed = ORDINAL_CLASSES.join(", ");
+    let flat: String = header.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains(&listed), "the header lists {listed}");
+}
