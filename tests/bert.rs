@@ -1709,3 +1709,78 @@ fn tensors_the_config_does_not_use_are_errors() {
         "{e}"
     );
 }
+
+/// The ids of `text` tokenised whole by the `tokenizers` crate, truncated as medkern
+/// documents it (first max_len − 1, then the final [SEP]).
+fn whole_then_truncated(tok: &tokenizers::Tokenizer, text: &str, max_len: usize) -> Vec<u32> {
+    let mut ids = tok.encode(text, true).expect("encode").get_ids().to_vec();
+    if ids.len() > max_len {
+        let last = ids[ids.len() - 1];
+        ids.truncate(max_len - 1);
+        ids.push(last);
+    }
+    ids
+}
+
+/// Issue 15, defects 10 (max_len) and 11: `max_len` 0 or 1 was silently ignored (no
+/// truncation), and an 8 MB text was tokenised whole before its truncation to 512 tokens
+/// (seconds, hundreds of MB). max_len < 2 is now an error; a long text is tokenised by
+/// growing prefixes cut at whitespace, with the same ids as tokenising it whole.
+#[test]
+fn long_texts_are_truncated_without_tokenising_them_whole() {
+    let test = "long_texts_are_truncated_without_tokenising_them_whole";
+    let Some(dir) = minilm_or_skip(test) else {
+        return;
+    };
+    for bad in [0, 1] {
+        let e = BertTokenizer::load(&dir, bad)
+            .err()
+            .expect("max_len < 2")
+            .to_string();
+        assert!(e.contains("max_len") && e.contains("at least 2"), "{e}");
+    }
+    // As BertTokenizer::load configures it: no padding, no truncation of its own.
+    let mut whole =
+        tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer");
+    whole.with_padding(None);
+    whole.with_truncation(None).expect("no truncation");
+    // Texts around the prefix sizes: sentences, runs of spaces and newlines, accents, a
+    // 3000-character word without whitespace, text after a long stretch of whitespace.
+    let mut rng = SeedRng::new(15);
+    let mut texts: Vec<String> = Vec::new();
+    for n in [1usize, 40, 300, 1200, 5000] {
+        let mut t = String::new();
+        for _ in 0..n {
+            t.push_str(SENTENCES[rng.below(SENTENCES.len() as u64) as usize]);
+            t.push_str(["  ", "\n", " ", "\t \n"][rng.below(4) as usize]);
+        }
+        texts.push(t);
+    }
+    texts.push(format!("{} tail words here", "x".repeat(3000)));
+    texts.push(format!("{}{}", " ".repeat(70_000), SENTENCES[0].repeat(50)));
+    texts.push(format!("{} {}", "é".repeat(20_000), SENTENCES[1]));
+    for max_len in [2usize, 3, 16, 128, 512] {
+        let tok = BertTokenizer::load(&dir, max_len).expect("tokenizer");
+        for (i, t) in texts.iter().enumerate() {
+            let got = tok.encode(&[t.as_str()]).expect("encode").remove(0);
+            assert_eq!(
+                got,
+                whole_then_truncated(&whole, t, max_len),
+                "text {i} ({} bytes), max_len {max_len}",
+                t.len()
+            );
+        }
+    }
+    // An 8 MB text: only a prefix is tokenised.
+    let big = SENTENCES[0].repeat(8 * 1024 * 1024 / SENTENCES[0].len());
+    let tok = BertTokenizer::load(&dir, 512).expect("tokenizer");
+    let t0 = std::time::Instant::now();
+    let ids = tok.encode(&[big.as_str()]).expect("encode").remove(0);
+    let took = t0.elapsed();
+    assert_eq!(ids.len(), 512);
+    assert_eq!(ids, whole_then_truncated(&whole, &big[..100_000], 512));
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "an 8 MB text took {took:?} to tokenise to 512 tokens"
+    );
+}
