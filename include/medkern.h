@@ -3,6 +3,7 @@
  * Conventions (the same for every function):
  * - Functions that can fail return mk_status (MK_OK = 0); mk_last_error() is the message of
  *   the calling thread's last failure: it names the op, what was given and what was expected.
+ *   It stays valid until the thread's next failing call.
  * - Objects are opaque handles made by mk_*_open / mk_*_load and released by mk_*_free
  *   (NULL is accepted). A handle is used by one thread at a time; distinct handles may be used
  *   from different threads at once. Models keep their own reference to their device.
@@ -22,7 +23,7 @@ extern "C" {
 #endif
 
 /* Compare with mk_abi_version() at start-up. */
-#define MEDKERN_ABI_VERSION 1u
+#define MEDKERN_ABI_VERSION 2u /* 2: MK_ERR_CORRUPT_INPUT */
 
 typedef enum mk_status {
     MK_OK = 0,
@@ -31,9 +32,13 @@ typedef enum mk_status {
     MK_ERR_DTYPE = 3,            /* an operand of the wrong dtype */
     MK_ERR_DEVICE = 4,           /* no driver, no such GPU, GPU too old, wrong device */
     MK_ERR_CUDA = 5,             /* a CUDA driver call failed */
-    MK_ERR_IO = 6,               /* a file missing, unreadable, or corrupt weights */
+    MK_ERR_IO = 6,               /* a file missing or unreadable */
     MK_ERR_BUFFER_TOO_SMALL = 7, /* the caller's output buffer is too small */
-    MK_ERR_INTERNAL = 8          /* a bug in medkern (caught panic, NVRTC failure) */
+    MK_ERR_INTERNAL = 8,         /* a bug in medkern (caught panic, NVRTC failure) */
+    MK_ERR_CORRUPT_INPUT = 9     /* a file read but unusable: corrupt or non-finite weights,
+                                    tensors not matching the model, a malformed, truncated or
+                                    over-limit image/DICOM, not a regular file; or a
+                                    non-finite result */
 } mk_status;
 
 typedef enum mk_dtype {
@@ -66,7 +71,9 @@ typedef struct mk_exam_output {
 /* Library */
 uint32_t mk_abi_version(void);
 const char *mk_version(void);    /* static string */
-const char *mk_last_error(void); /* "" after a success; valid until this thread's next call */
+/* The message of this thread's last failure, "" when its last call succeeded. A failure's
+ * message stays valid until this thread's next failing call (successes do not free it). */
+const char *mk_last_error(void);
 
 /* Devices. spec: "auto" or NULL (first working GPU, else CPU), "cpu", "gpu", "gpu:N",
  * "cuda", "cuda:N". */

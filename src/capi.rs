@@ -27,8 +27,8 @@ use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 
-/// Bumped on any incompatible change of `include/medkern.h`.
-pub const MK_ABI_VERSION: u32 = 1;
+/// Bumped on any incompatible change of `include/medkern.h` (2: `MK_ERR_CORRUPT_INPUT`).
+pub const MK_ABI_VERSION: u32 = 2;
 
 const OP: &str = "capi";
 
@@ -47,12 +47,16 @@ pub enum MkStatus {
     Device = 4,
     /// A CUDA driver call failed.
     Cuda = 5,
-    /// A file could not be read (missing, unreadable, corrupt weights).
+    /// A file could not be read (missing, unreadable).
     Io = 6,
     /// A caller's output buffer is too small; nothing was written.
     BufferTooSmall = 7,
     /// A bug in medkern (a caught panic, an NVRTC failure at run time).
     Internal = 8,
+    /// A file was read but its content cannot be used: corrupt or non-finite weights, tensors
+    /// that do not match the model, a malformed, truncated or over-limit image or DICOM file,
+    /// a path that is not a regular file; or a non-finite result.
+    CorruptInput = 9,
 }
 
 /// Precision of a model's activations and weights (`mk_dtype`).
@@ -65,7 +69,11 @@ pub const MK_POOLING_MEAN: i32 = 0;
 pub const MK_POOLING_CLS: i32 = 1;
 
 thread_local! {
+    /// The message of this thread's last failure: replaced only by the next failure, so a
+    /// pointer from mk_last_error() stays valid across successful calls.
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    /// Whether this thread's last call succeeded (mk_last_error() then returns "").
+    static LAST_OK: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
 }
 
 fn set_last_error(msg: &str) {
@@ -73,11 +81,14 @@ fn set_last_error(msg: &str) {
     // but a user-supplied name could carry one.
     let c = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
     LAST_ERROR.with(|e| *e.borrow_mut() = c);
+    LAST_OK.with(|ok| ok.set(false));
 }
 
 fn status_of(e: &Error) -> MkStatus {
     match e {
         Error::Invalid { arg, .. } if *arg == "output buffer" => MkStatus::BufferTooSmall,
+        // The content of a file (weights, an image) or a result derived from it.
+        Error::Invalid { arg, .. } if *arg == "weights" || *arg == "file" => MkStatus::CorruptInput,
         Error::Invalid { .. } | Error::UnknownKernel { .. } => MkStatus::InvalidArgument,
         Error::Shape { .. } => MkStatus::Shape,
         Error::DType { .. } => MkStatus::DType,
@@ -95,7 +106,7 @@ fn status_of(e: &Error) -> MkStatus {
 fn guard(f: impl FnOnce() -> Result<()>) -> MkStatus {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => {
-            set_last_error("");
+            LAST_OK.with(|ok| ok.set(true));
             MkStatus::Ok
         }
         Ok(Err(e)) => {
@@ -244,10 +255,14 @@ pub extern "C" fn mk_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
-/// The message of the calling thread's last failure ("" after a success). Valid until the
-/// thread's next medkern call.
+/// The message of the calling thread's last failure, or "" when its last call succeeded.
+/// A pointer to a failure's message stays valid until the thread's next failing call
+/// (successful calls in between do not free it); "" is a static string.
 #[unsafe(no_mangle)]
 pub extern "C" fn mk_last_error() -> *const c_char {
+    if LAST_OK.with(std::cell::Cell::get) {
+        return c"".as_ptr();
+    }
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 

@@ -69,7 +69,7 @@ fn open(spec: &str) -> *mut MkDevice {
 
 #[test]
 fn identity_and_device_handles() {
-    assert_eq!(mk_abi_version(), 1);
+    assert_eq!(mk_abi_version(), 2);
     // SAFETY: a static NUL-terminated string.
     let v = unsafe { CStr::from_ptr(mk_version()) }
         .to_str()
@@ -727,7 +727,7 @@ fn bert_with_non_finite_weights_is_refused_through_the_abi() {
     unsafe {
         let mut m = ptr::null_mut();
         let st = mk_bert_load(dev, c(out.to_str().expect("utf8")).as_ptr(), 0, 0, &mut m);
-        assert_ne!(st, MkStatus::Ok, "a model with NaN weights loaded");
+        assert_eq!(st, MkStatus::CorruptInput, "{}", last_error());
         assert!(m.is_null());
         let e = last_error();
         assert!(e.contains(name) && e.contains("non-finite"), "{e}");
@@ -766,4 +766,67 @@ fn exam_class_names_come_from_the_model_and_the_header_agrees() {
     let listed = ORDINAL_CLASSES.join(", ");
     let flat: String = header.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(flat.contains(&listed), "the header lists {listed}");
+}
+
+/// Issue 15, defect 10 (status and message lifetime): corrupt weights returned
+/// MK_ERR_INVALID_ARGUMENT where the header promised MK_ERR_IO; a file's unusable content now
+/// has its own status, MK_ERR_CORRUPT_INPUT, and a missing file stays MK_ERR_IO. The pointer
+/// from mk_last_error() was freed by the next call, even a successful one; it now stays valid
+/// until the thread's next failing call, while mk_last_error() reads "" after a success.
+#[test]
+fn corrupt_input_status_and_last_error_lifetime() {
+    let mut d = ptr::null_mut();
+    // SAFETY: valid strings and out-pointers; `first` is read while valid per the contract.
+    unsafe {
+        let st = mk_device_open(c("tpu:0").as_ptr(), &mut d);
+        assert_eq!(st, MkStatus::InvalidArgument);
+        let first = mk_last_error();
+        let msg = CStr::from_ptr(first).to_owned();
+        assert!(msg.to_str().is_ok_and(|m| m.contains("tpu:0")), "{msg:?}");
+        // Successful calls: "" now, and the failure's message still readable.
+        let dev = open("cpu");
+        assert_eq!(last_error(), "");
+        let mut img = ptr::null_mut();
+        let st = mk_image_model_load(
+            dev,
+            c("sepsis").as_ptr(),
+            ptr::null(),
+            MK_DTYPE_F32,
+            &mut img,
+        );
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        assert_eq!(CStr::from_ptr(first), msg.as_c_str());
+
+        // A truncated JPEG and a PNG claiming 20000x20000: corrupt input; a missing file: I/O.
+        let dir = std::env::temp_dir().join(format!("medkern-capi-corrupt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let jpg = dir.join("cut.jpg");
+        image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 9]))
+            .save(&jpg)
+            .expect("save");
+        let bytes = std::fs::read(&jpg).expect("read");
+        std::fs::write(&jpg, &bytes[..bytes.len() / 2]).expect("write");
+        let mut out = [f32::NAN; 2];
+        let st = mk_image_classify_file(
+            img,
+            c(jpg.to_str().expect("utf8")).as_ptr(),
+            out.as_mut_ptr(),
+            2,
+        );
+        assert_eq!(st, MkStatus::CorruptInput, "{}", last_error());
+        assert!(last_error().contains("cut.jpg"), "{}", last_error());
+        assert!(out.iter().all(|v| v.is_nan()), "nothing written");
+        let st = mk_image_classify_file(
+            img,
+            c(dir.join("missing.png").to_str().expect("utf8")).as_ptr(),
+            out.as_mut_ptr(),
+            2,
+        );
+        assert_eq!(st, MkStatus::Io, "{}", last_error());
+        // The earlier message was replaced by a failure: a new pointer now.
+        assert!(last_error().contains("missing.png"), "{}", last_error());
+        mk_image_model_free(img);
+        mk_device_free(dev);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
