@@ -1402,3 +1402,83 @@ fn fifos_and_folders_are_errors_not_hangs() {
         assert!(e.contains("symbolic link that cannot be followed"), "{e}");
     }
 }
+
+/// A small deterministic mutation sweep (not coverage-guided fuzzing): valid DICOM (both
+/// transfer syntaxes, with a nested sequence), PNG and JPEG files with bytes flipped, runs of
+/// bytes set to 0xFF or 0x00, 32-bit fields overwritten with large lengths, and truncations.
+/// Every case must return (Ok or Err) without a panic and without asking for more than
+/// 64 MiB at once.
+#[test]
+fn mutated_files_never_panic_nor_allocate_much() {
+    let mut seeds: Vec<(&str, Vec<u8>)> = Vec::new();
+    for (ts, explicit) in [(dcm::EXPLICIT_VR_LE, true), (dcm::IMPLICIT_VR_LE, false)] {
+        let mut nested = nested_undefined(explicit, 3);
+        nested.extend(nested_defined(explicit, 2));
+        let p = dicom_with(&format!("fuzz_seed_{explicit}.dcm"), ts, &nested);
+        seeds.push(("dcm", std::fs::read(&p).expect("read")));
+    }
+    let png = tmp("fuzz_seed.png");
+    gradient_rgb(24, 16).save(&png).expect("save");
+    seeds.push(("png", std::fs::read(&png).expect("read")));
+    let (_, jpg) = noisy_jpeg("fuzz_seed.jpg");
+    seeds.push(("jpg", jpg));
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let mut cases = 0;
+    for (kind, seed) in &seeds {
+        for _ in 0..2000 {
+            let mut b = seed.clone();
+            let n = b.len() as u64;
+            match next() % 5 {
+                0 => {
+                    for _ in 0..1 + next() % 8 {
+                        let at = (next() % n) as usize;
+                        b[at] ^= 1 << (next() % 8);
+                    }
+                }
+                1 => {
+                    let at = (next() % n) as usize;
+                    let len = (1 + next() % 6) as usize;
+                    let v = if next() % 2 == 0 { 0xFF } else { 0x00 };
+                    for x in b.iter_mut().skip(at).take(len) {
+                        *x = v;
+                    }
+                }
+                2 => {
+                    let at = (next() % n.saturating_sub(4).max(1)) as usize;
+                    let v: u32 =
+                        [0xFFFF_FFF0, 0x7FFF_FFFF, 0x0010_0000, 0xFFFF_FFFF][(next() % 4) as usize];
+                    if at + 4 <= b.len() {
+                        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+                3 => b.truncate((next() % n) as usize),
+                _ => {
+                    let at = (next() % n) as usize;
+                    let len = (next() % 64) as usize;
+                    let end = (at + len).min(b.len());
+                    b.drain(at..end);
+                }
+            }
+            cases += 1;
+            let name = format!("mutant.{kind}");
+            let (r, largest) = largest_allocation(|| {
+                std::panic::catch_unwind(|| match *kind {
+                    "dcm" => dcm::from_bytes(&b, std::path::Path::new(&name), &Default::default())
+                        .map(|_| ()),
+                    _ => input::image::decode(&b, &name).map(|_| ()),
+                })
+            });
+            assert!(r.is_ok(), "{kind} case {cases} panicked");
+            assert!(
+                largest <= 64 << 20,
+                "{kind} case {cases} asked for {largest} bytes at once"
+            );
+        }
+    }
+}
