@@ -116,6 +116,13 @@ mk_status mk_image_classify_file(const mk_image_model *m, const char *path, floa
 /* n decoded 8-bit images pixels[n][h][w][channels] (1 grey or 3 RGB); out[n * num_outputs]. */
 mk_status mk_image_classify_u8(const mk_image_model *m, const uint8_t *pixels, size_t n, size_t h,
                                size_t w, size_t channels, float *out, size_t out_len);
+/* Limits of the files mk_image_classify_file reads (checked before allocating): the file's
+ * bytes, a PNG/JPEG's pixels (width x height) and decoder allocation, DICOM sequence nesting.
+ * 0 keeps a limit's default (1 GiB, 64 Mpixel, 256 MiB, 64). A file over a limit gives
+ * MK_ERR_CORRUPT_INPUT naming the limit. */
+mk_status mk_image_model_set_input_limits(mk_image_model *m, uint64_t max_file_bytes,
+                                          uint64_t max_pixels, uint64_t max_alloc_bytes,
+                                          size_t max_dicom_depth);
 void mk_image_model_free(mk_image_model *m);
 
 /* EXAM: chest X-ray + EMR -> oxygen requirement. weights NULL: seeded random (smoke tests). */
@@ -123,6 +130,9 @@ mk_status mk_exam_load(const mk_device *dev, const char *weights, mk_dtype dtype
 /* emr_json: a JSON object with the documented EMR keys (README); missing keys are flagged absent. */
 mk_status mk_exam_predict(const mk_exam *m, const char *image_path, const char *emr_json,
                           mk_exam_output *out);
+/* As mk_image_model_set_input_limits, for the image files of mk_exam_predict. */
+mk_status mk_exam_set_input_limits(mk_exam *m, uint64_t max_file_bytes, uint64_t max_pixels,
+                                   uint64_t max_alloc_bytes, size_t max_dicom_depth);
 void mk_exam_free(mk_exam *m);
 /* The name of ordinal class k of mk_exam_output (static string: "room_air", "low_flow",
  * "high_flow_or_niv", "mechanical_ventilation", "death"); NULL for k >= 5. Use it rather

@@ -747,6 +747,8 @@ pub struct MkImageModel {
     outputs: usize,
     device: Device,
     dtype: DType,
+    /// Limits of the files it reads ([`mk_image_model_set_input_limits`]).
+    limits: input::InputLimits,
 }
 
 /// The seed of the random weights used when no weight file is given.
@@ -829,6 +831,7 @@ pub unsafe extern "C" fn mk_image_model_load(
                     outputs,
                     device,
                     dtype,
+                    limits: input::InputLimits::default(),
                 },
             )
         }
@@ -888,10 +891,52 @@ pub unsafe extern "C" fn mk_image_classify_file(
         // SAFETY: forwarded contract.
         let (m, path) = unsafe { (handle(m, "model")?, text(path, "path")?) };
         check_len("mk_image_classify_file", m.outputs, out, out_len)?;
-        let raw = input::load(std::path::Path::new(path))?;
+        let raw = input::load_with(std::path::Path::new(path), &m.limits)?;
         let v = m.logits(&m.prepare(&raw)?)?;
         // SAFETY: forwarded contract.
         unsafe { write_out("mk_image_classify_file", &v, out, out_len) }
+    })
+}
+
+/// The limits from the C arguments: 0 keeps the default of that limit.
+fn limits_of(
+    max_file_bytes: u64,
+    max_pixels: u64,
+    max_alloc_bytes: u64,
+    max_dicom_depth: usize,
+) -> input::InputLimits {
+    let d = input::InputLimits::default();
+    let or = |v: u64, default: u64| if v == 0 { default } else { v };
+    input::InputLimits {
+        max_file_bytes: or(max_file_bytes, d.max_file_bytes),
+        max_pixels: or(max_pixels, d.max_pixels),
+        max_alloc_bytes: or(max_alloc_bytes, d.max_alloc_bytes),
+        max_dicom_depth: if max_dicom_depth == 0 {
+            d.max_dicom_depth
+        } else {
+            max_dicom_depth
+        },
+    }
+}
+
+/// Sets the limits of the files `m` reads in [`mk_image_classify_file`] (see
+/// [`input::InputLimits`]; 0 keeps a limit's default: 1 GiB, 64 Mpixel, 256 MiB, depth 64).
+///
+/// # Safety
+/// `m` is a live handle not in use by another thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_image_model_set_input_limits(
+    m: *mut MkImageModel,
+    max_file_bytes: u64,
+    max_pixels: u64,
+    max_alloc_bytes: u64,
+    max_dicom_depth: usize,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: per the contract, a non-NULL `m` is a live handle of ours used only here.
+        let m = unsafe { m.as_mut() }.ok_or_else(|| invalid("model", "NULL handle"))?;
+        m.limits = limits_of(max_file_bytes, max_pixels, max_alloc_bytes, max_dicom_depth);
+        Ok(())
     })
 }
 
@@ -971,6 +1016,8 @@ pub struct MkExam {
     model: ExamModel,
     device: Device,
     dtype: DType,
+    /// Limits of the image files it reads ([`mk_exam_set_input_limits`]).
+    limits: input::InputLimits,
 }
 
 /// One patient's EXAM prediction (`mk_exam_output`).
@@ -987,6 +1034,26 @@ pub struct MkExamOutput {
     pub ordinal_probs: [f32; 5],
     /// The most probable class (0-4).
     pub ordinal_class: u32,
+}
+
+/// As [`mk_image_model_set_input_limits`], for the image files of [`mk_exam_predict`].
+///
+/// # Safety
+/// `m` is a live handle not in use by another thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_exam_set_input_limits(
+    m: *mut MkExam,
+    max_file_bytes: u64,
+    max_pixels: u64,
+    max_alloc_bytes: u64,
+    max_dicom_depth: usize,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: per the contract, a non-NULL `m` is a live handle of ours used only here.
+        let m = unsafe { m.as_mut() }.ok_or_else(|| invalid("model", "NULL handle"))?;
+        m.limits = limits_of(max_file_bytes, max_pixels, max_alloc_bytes, max_dicom_depth);
+        Ok(())
+    })
 }
 
 /// [`crate::model::exam::ORDINAL_CLASSES`] as C strings (a test checks they agree).
@@ -1039,6 +1106,7 @@ pub unsafe extern "C" fn mk_exam_load(
                     model,
                     device,
                     dtype,
+                    limits: input::InputLimits::default(),
                 },
             )
         }
@@ -1075,7 +1143,7 @@ pub unsafe extern "C" fn mk_exam_predict(
         let record: serde_json::Value = serde_json::from_str(emr)
             .map_err(|e| invalid("emr_json", format!("not valid JSON: {e}")))?;
         let emr = cfg.encode(&record)?;
-        let raw = input::load(std::path::Path::new(path))?;
+        let raw = input::load_with(std::path::Path::new(path), &m.limits)?;
         let x = raw.to_model_input(&m.device, m.model.trunk.input_size(), m.dtype)?;
         let e = HostTensor::new(&[1, cfg.dim()], emr)?.to_device(&m.device)?;
         let o = m

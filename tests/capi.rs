@@ -830,3 +830,71 @@ fn corrupt_input_status_and_last_error_lifetime() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Input limits are settable per handle through the ABI (0 keeps a default).
+#[test]
+fn input_limits_through_the_abi() {
+    let dir = std::env::temp_dir().join(format!("medkern-capi-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let png = dir.join("small.png");
+    image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8, y as u8, 7]))
+        .save(&png)
+        .expect("save");
+    let pc = c(png.to_str().expect("utf8"));
+    let emr = c(r#"{"age": 63}"#);
+    let dev = open("cpu");
+    // SAFETY: valid handles, strings and buffers throughout.
+    unsafe {
+        let mut m = ptr::null_mut();
+        let st = mk_image_model_load(dev, c("sepsis").as_ptr(), ptr::null(), MK_DTYPE_F32, &mut m);
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        let mut out = [f32::NAN; 2];
+        assert_eq!(
+            mk_image_classify_file(m, pc.as_ptr(), out.as_mut_ptr(), 2),
+            MkStatus::Ok
+        );
+        assert_eq!(
+            mk_image_model_set_input_limits(m, 0, 100, 0, 0),
+            MkStatus::Ok
+        );
+        let st = mk_image_classify_file(m, pc.as_ptr(), out.as_mut_ptr(), 2);
+        assert_eq!(st, MkStatus::CorruptInput, "{}", last_error());
+        assert!(
+            last_error().contains("small.png") && last_error().contains("max_pixels"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            mk_image_model_set_input_limits(m, 100, 0, 0, 0),
+            MkStatus::Ok
+        );
+        let st = mk_image_classify_file(m, pc.as_ptr(), out.as_mut_ptr(), 2);
+        assert_eq!(st, MkStatus::CorruptInput, "{}", last_error());
+        assert!(last_error().contains("max_file_bytes"), "{}", last_error());
+        assert_eq!(mk_image_model_set_input_limits(m, 0, 0, 0, 0), MkStatus::Ok);
+        assert_eq!(
+            mk_image_classify_file(m, pc.as_ptr(), out.as_mut_ptr(), 2),
+            MkStatus::Ok
+        );
+        let st = mk_image_model_set_input_limits(ptr::null_mut(), 0, 0, 0, 0);
+        assert_eq!(st, MkStatus::InvalidArgument);
+        mk_image_model_free(m);
+
+        let mut ex = ptr::null_mut();
+        assert_eq!(
+            mk_exam_load(dev, ptr::null(), MK_DTYPE_F32, &mut ex),
+            MkStatus::Ok
+        );
+        let mut o = MkExamOutput::default();
+        assert_eq!(mk_exam_set_input_limits(ex, 0, 100, 0, 0), MkStatus::Ok);
+        let st = mk_exam_predict(ex, pc.as_ptr(), emr.as_ptr(), &mut o);
+        assert_eq!(st, MkStatus::CorruptInput, "{}", last_error());
+        assert!(last_error().contains("max_pixels"), "{}", last_error());
+        assert_eq!(mk_exam_set_input_limits(ex, 0, 0, 0, 0), MkStatus::Ok);
+        let st = mk_exam_predict(ex, pc.as_ptr(), emr.as_ptr(), &mut o);
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        mk_exam_free(ex);
+        mk_device_free(dev);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -163,3 +163,38 @@ fn classify_reports_links_and_fifos_in_a_folder() {
     }
     assert!(err.contains("3 of 4") || err.contains("2 of 3"), "{err}");
 }
+
+/// The input limits are command-line options (`--max-pixels` etc., on every command).
+#[test]
+fn input_limits_from_the_command_line() {
+    let dir = common::TempDir::new("cli-limits");
+    let png = dir.path().join("small.png");
+    image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8, y as u8, 7]))
+        .save(&png)
+        .expect("save");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_medkern"))
+            .args(["classify", "--model", "sepsis", "--device", "cpu"])
+            .args(extra)
+            .arg(&png)
+            .output()
+            .expect("run medkern")
+    };
+    let out = run(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (flag, value, limit) in [
+        ("--max-pixels", "100", "max_pixels"),
+        ("--max-file-bytes", "100", "max_file_bytes"),
+        ("--max-alloc-bytes", "1000", "max_alloc_bytes"),
+    ] {
+        let out = run(&[flag, value]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{flag}: {stdout}");
+        assert!(stdout.contains(limit), "{flag}: {stdout}");
+    }
+}

@@ -34,6 +34,19 @@ use std::time::Instant;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Input limit: the largest image file read, in bytes (default 1 GiB).
+    #[arg(long, global = true)]
+    max_file_bytes: Option<u64>,
+    /// Input limit: the largest PNG/JPEG in pixels, width x height (default 67108864 = 64
+    /// Mpixel).
+    #[arg(long, global = true)]
+    max_pixels: Option<u64>,
+    /// Input limit: the most a PNG/JPEG decoder may allocate, in bytes (default 256 MiB).
+    #[arg(long, global = true)]
+    max_alloc_bytes: Option<u64>,
+    /// Input limit: the deepest nesting of DICOM sequences (default 64).
+    #[arg(long, global = true)]
+    max_dicom_depth: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -124,6 +137,13 @@ pub(crate) enum DTypeArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let d = medkern::input::InputLimits::default();
+    cnn::set_input_limits(medkern::input::InputLimits {
+        max_file_bytes: cli.max_file_bytes.unwrap_or(d.max_file_bytes),
+        max_pixels: cli.max_pixels.unwrap_or(d.max_pixels),
+        max_alloc_bytes: cli.max_alloc_bytes.unwrap_or(d.max_alloc_bytes),
+        max_dicom_depth: cli.max_dicom_depth.unwrap_or(d.max_dicom_depth),
+    });
     let result = match cli.cmd {
         Cmd::Info => info(),
         Cmd::Demo { cpu, rows } => demo(cpu, rows),

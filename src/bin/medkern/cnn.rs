@@ -57,6 +57,18 @@ pub fn print_line(s: &str) -> Result<()> {
     }
 }
 
+/// The input limits of this run (`--max-file-bytes`, `--max-pixels`, `--max-alloc-bytes`,
+/// `--max-dicom-depth`; the library's defaults otherwise).
+static INPUT_LIMITS: std::sync::OnceLock<input::InputLimits> = std::sync::OnceLock::new();
+
+pub fn set_input_limits(l: input::InputLimits) {
+    let _ = INPUT_LIMITS.set(l);
+}
+
+pub fn input_limits() -> input::InputLimits {
+    INPUT_LIMITS.get().copied().unwrap_or_default()
+}
+
 /// Reads an image file (PNG, JPEG or DICOM by content) with an optional DICOM window, and a
 /// JSON description of what was read.
 pub fn read_image(path: &Path, window: Option<(f64, f64)>) -> Result<(RawImage, Value)> {
@@ -66,7 +78,7 @@ pub fn read_image(path: &Path, window: Option<(f64, f64)>) -> Result<(RawImage, 
                 Some((center, width)) => dicom::WindowChoice::Given { center, width },
                 None => dicom::WindowChoice::File,
             },
-            ..Default::default()
+            limits: input_limits(),
         };
         let d = dicom::read(path, &opts)?;
         let info = json!({
@@ -92,7 +104,7 @@ pub fn read_image(path: &Path, window: Option<(f64, f64)>) -> Result<(RawImage, 
                 ),
             ));
         }
-        let r = input::image::read(path)?;
+        let r = input::image::read_with(path, &input_limits())?;
         let (h, w) = r.size();
         let info = json!({
             "format": "image",
@@ -374,7 +386,7 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
         );
         let one = || -> Result<Value> {
             // ImageNet evaluation: the central square, then the resize.
-            let raw = input::load(f)?.center_crop_square()?;
+            let raw = input::load_with(f, &input_limits())?.center_crop_square()?;
             let p = Preprocess {
                 grey_to_rgb: raw.channels() == 1,
                 ..prep
@@ -520,7 +532,7 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
     let mut failed = 0usize;
     for (i, f) in files.iter().enumerate() {
         let one = || -> Result<(f64, Vec<f64>)> {
-            let raw = input::load(f)?;
+            let raw = input::load_with(f, &input_limits())?;
             let p = Preprocess {
                 out_size: (AE_SIZE, AE_SIZE),
                 range: raw.range,
