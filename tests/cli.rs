@@ -162,6 +162,18 @@ fn classify_reports_links_and_fifos_in_a_folder() {
         assert!(fifo_out.contains("FIFO"), "{fifo_out}");
     }
     assert!(err.contains("3 of 4") || err.contains("2 of 3"), "{err}");
+    // Entries that are not image names are listed as skipped, with the reason.
+    let skipped = v["skipped"].as_array().expect("skipped");
+    assert_eq!(skipped.len(), 1, "{out}");
+    assert!(
+        skipped[0]["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("notes.txt"))
+            && skipped[0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("not an image")),
+        "{out}"
+    );
 }
 
 /// The input limits are command-line options (`--max-pixels` etc., on every command).

@@ -191,12 +191,14 @@ pub fn exam(a: ExamArgs) -> Result<()> {
 }
 
 /// The files to process: each file as given, each folder's images (`.png`, `.jpg`, `.jpeg`,
-/// `.dcm`, `.dicom`, any case) sorted by name; true when a folder was among them. An image
+/// `.dcm`, `.dicom`, any case) sorted by name; true when a folder was among them; and the
+/// folder entries left out, each `{"file", "reason"}` (for the JSON's "skipped"). An image
 /// name that is not a regular file (a dangling link, a link loop, a FIFO, a folder) is kept,
 /// so that it is reported as a failed image with its reason rather than dropped silently.
-pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, bool)> {
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, bool, Vec<Value>)> {
     let mut files = Vec::new();
     let mut folder = false;
+    let mut skipped = Vec::new();
     for p in inputs {
         if p.is_dir() {
             folder = true;
@@ -222,6 +224,11 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, bool)> {
                 });
                 if image_name {
                     found.push(f);
+                } else {
+                    skipped.push(json!({
+                        "file": f.display().to_string(),
+                        "reason": "not an image name (.png, .jpg, .jpeg, .dcm or .dicom)",
+                    }));
                 }
             }
             found.sort();
@@ -239,7 +246,8 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, bool)> {
             files.push(p.clone());
         }
     }
-    Ok((files, folder))
+    skipped.sort_by(|a, b| a["file"].as_str().cmp(&b["file"].as_str()));
+    Ok((files, folder, skipped))
 }
 
 fn progress(n: usize, show: bool) -> indicatif::ProgressBar {
@@ -335,7 +343,7 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
     use medkern::ops::Preprocess;
     let dev = device_of(a.device)?;
     let dtype = dtype_of(a.dtype, &dev);
-    let (files, folder) = expand_inputs(&a.inputs)?;
+    let (files, folder, skipped) = expand_inputs(&a.inputs)?;
     let (model, prep, name): (Classifier, Preprocess<'static>, &str) = match a.model {
         ClassifyModel::Sepsis => {
             let m = match &a.weights {
@@ -456,6 +464,7 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
         "dtype": dtype.to_string(),
         "images": files.len(),
         "failed": failed,
+        "skipped": skipped,
         "results": results,
     });
     report(v, a.weights.is_none(), failed, files.len(), None)
@@ -516,7 +525,7 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
     use medkern::ops::Preprocess;
     let dev = device_of(a.device)?;
     let dtype = dtype_of(a.dtype, &dev);
-    let (files, folder) = expand_inputs(&a.inputs)?;
+    let (files, folder, skipped) = expand_inputs(&a.inputs)?;
     let model = match &a.weights {
         Some(p) => Autoencoder::load(p, &dev, dtype)?,
         None => Autoencoder::from_safetensors(
@@ -570,6 +579,7 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
         "dtype": dtype.to_string(),
         "images": files.len(),
         "failed": failed,
+        "skipped": skipped,
     });
     // A k-means failure (e.g. k above the number of encoded images) is reported with the
     // per-file results rather than instead of them.
