@@ -3,6 +3,7 @@
  * Conventions (the same for every function):
  * - Functions that can fail return mk_status (MK_OK = 0); mk_last_error() is the message of
  *   the calling thread's last failure: it names the op, what was given and what was expected.
+ *   It stays valid until the thread's next failing call.
  * - Objects are opaque handles made by mk_*_open / mk_*_load and released by mk_*_free
  *   (NULL is accepted). A handle is used by one thread at a time; distinct handles may be used
  *   from different threads at once. Models keep their own reference to their device.
@@ -22,7 +23,7 @@ extern "C" {
 #endif
 
 /* Compare with mk_abi_version() at start-up. */
-#define MEDKERN_ABI_VERSION 1u
+#define MEDKERN_ABI_VERSION 2u /* 2: MK_ERR_CORRUPT_INPUT */
 
 typedef enum mk_status {
     MK_OK = 0,
@@ -31,9 +32,13 @@ typedef enum mk_status {
     MK_ERR_DTYPE = 3,            /* an operand of the wrong dtype */
     MK_ERR_DEVICE = 4,           /* no driver, no such GPU, GPU too old, wrong device */
     MK_ERR_CUDA = 5,             /* a CUDA driver call failed */
-    MK_ERR_IO = 6,               /* a file missing, unreadable, or corrupt weights */
+    MK_ERR_IO = 6,               /* a file missing or unreadable */
     MK_ERR_BUFFER_TOO_SMALL = 7, /* the caller's output buffer is too small */
-    MK_ERR_INTERNAL = 8          /* a bug in medkern (caught panic, NVRTC failure) */
+    MK_ERR_INTERNAL = 8,         /* a bug in medkern (caught panic, NVRTC failure) */
+    MK_ERR_CORRUPT_INPUT = 9     /* a file read but unusable: corrupt or non-finite weights,
+                                    tensors not matching the model, a malformed, truncated or
+                                    over-limit image/DICOM, not a regular file; or a
+                                    non-finite result */
 } mk_status;
 
 typedef enum mk_dtype {
@@ -58,14 +63,17 @@ typedef struct mk_exam_output {
     float oxygen_24h;       /* P(more than low-flow oxygen) at 24 h */
     float oxygen_72h;       /* ... at 72 h */
     float ordinal_score;    /* the ordinal score before the cut points */
-    float ordinal_probs[5]; /* room air, low-flow, high-flow, non-invasive, mechanical ventilation */
+    float ordinal_probs[5]; /* P(class k), k = 0..4: room_air, low_flow, high_flow_or_niv,
+                               mechanical_ventilation, death (mk_exam_class_name(k)) */
     uint32_t ordinal_class; /* the most probable class, 0-4 */
 } mk_exam_output;
 
 /* Library */
 uint32_t mk_abi_version(void);
 const char *mk_version(void);    /* static string */
-const char *mk_last_error(void); /* "" after a success; valid until this thread's next call */
+/* The message of this thread's last failure, "" when its last call succeeded. A failure's
+ * message stays valid until this thread's next failing call (successes do not free it). */
+const char *mk_last_error(void);
 
 /* Devices. spec: "auto" or NULL (first working GPU, else CPU), "cpu", "gpu", "gpu:N",
  * "cuda", "cuda:N", or "emu" (the emulated GPU: the GPU path with the kernels run on the CPU
@@ -109,6 +117,13 @@ mk_status mk_image_classify_file(const mk_image_model *m, const char *path, floa
 /* n decoded 8-bit images pixels[n][h][w][channels] (1 grey or 3 RGB); out[n * num_outputs]. */
 mk_status mk_image_classify_u8(const mk_image_model *m, const uint8_t *pixels, size_t n, size_t h,
                                size_t w, size_t channels, float *out, size_t out_len);
+/* Limits of the files mk_image_classify_file reads (checked before allocating): the file's
+ * bytes, a PNG/JPEG's pixels (width x height) and decoder allocation, DICOM sequence nesting.
+ * 0 keeps a limit's default (1 GiB, 64 Mpixel, 256 MiB, 64). A file over a limit gives
+ * MK_ERR_CORRUPT_INPUT naming the limit. */
+mk_status mk_image_model_set_input_limits(mk_image_model *m, uint64_t max_file_bytes,
+                                          uint64_t max_pixels, uint64_t max_alloc_bytes,
+                                          size_t max_dicom_depth);
 void mk_image_model_free(mk_image_model *m);
 
 /* EXAM: chest X-ray + EMR -> oxygen requirement. weights NULL: seeded random (smoke tests). */
@@ -116,7 +131,14 @@ mk_status mk_exam_load(const mk_device *dev, const char *weights, mk_dtype dtype
 /* emr_json: a JSON object with the documented EMR keys (README); missing keys are flagged absent. */
 mk_status mk_exam_predict(const mk_exam *m, const char *image_path, const char *emr_json,
                           mk_exam_output *out);
+/* As mk_image_model_set_input_limits, for the image files of mk_exam_predict. */
+mk_status mk_exam_set_input_limits(mk_exam *m, uint64_t max_file_bytes, uint64_t max_pixels,
+                                   uint64_t max_alloc_bytes, size_t max_dicom_depth);
 void mk_exam_free(mk_exam *m);
+/* The name of ordinal class k of mk_exam_output (static string: "room_air", "low_flow",
+ * "high_flow_or_niv", "mechanical_ventilation", "death"); NULL for k >= 5. Use it rather
+ * than hard-coding the order. */
+const char *mk_exam_class_name(size_t k);
 
 #ifdef __cplusplus
 }

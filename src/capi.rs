@@ -27,8 +27,8 @@ use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 
-/// Bumped on any incompatible change of `include/medkern.h`.
-pub const MK_ABI_VERSION: u32 = 1;
+/// Bumped on any incompatible change of `include/medkern.h` (2: `MK_ERR_CORRUPT_INPUT`).
+pub const MK_ABI_VERSION: u32 = 2;
 
 const OP: &str = "capi";
 
@@ -47,12 +47,16 @@ pub enum MkStatus {
     Device = 4,
     /// A CUDA driver call failed.
     Cuda = 5,
-    /// A file could not be read (missing, unreadable, corrupt weights).
+    /// A file could not be read (missing, unreadable).
     Io = 6,
     /// A caller's output buffer is too small; nothing was written.
     BufferTooSmall = 7,
     /// A bug in medkern (a caught panic, an NVRTC failure at run time).
     Internal = 8,
+    /// A file was read but its content cannot be used: corrupt or non-finite weights, tensors
+    /// that do not match the model, a malformed, truncated or over-limit image or DICOM file,
+    /// a path that is not a regular file; or a non-finite result.
+    CorruptInput = 9,
 }
 
 /// Precision of a model's activations and weights (`mk_dtype`).
@@ -65,7 +69,11 @@ pub const MK_POOLING_MEAN: i32 = 0;
 pub const MK_POOLING_CLS: i32 = 1;
 
 thread_local! {
+    /// The message of this thread's last failure: replaced only by the next failure, so a
+    /// pointer from mk_last_error() stays valid across successful calls.
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    /// Whether this thread's last call succeeded (mk_last_error() then returns "").
+    static LAST_OK: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
 }
 
 fn set_last_error(msg: &str) {
@@ -73,11 +81,14 @@ fn set_last_error(msg: &str) {
     // but a user-supplied name could carry one.
     let c = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
     LAST_ERROR.with(|e| *e.borrow_mut() = c);
+    LAST_OK.with(|ok| ok.set(false));
 }
 
 fn status_of(e: &Error) -> MkStatus {
     match e {
         Error::Invalid { arg, .. } if *arg == "output buffer" => MkStatus::BufferTooSmall,
+        // The content of a file (weights, an image) or a result derived from it.
+        Error::Invalid { arg, .. } if *arg == "weights" || *arg == "file" => MkStatus::CorruptInput,
         Error::Invalid { .. } | Error::UnknownKernel { .. } => MkStatus::InvalidArgument,
         Error::Shape { .. } => MkStatus::Shape,
         Error::DType { .. } => MkStatus::DType,
@@ -95,7 +106,7 @@ fn status_of(e: &Error) -> MkStatus {
 fn guard(f: impl FnOnce() -> Result<()>) -> MkStatus {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => {
-            set_last_error("");
+            LAST_OK.with(|ok| ok.set(true));
             MkStatus::Ok
         }
         Ok(Err(e)) => {
@@ -244,10 +255,14 @@ pub extern "C" fn mk_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
-/// The message of the calling thread's last failure ("" after a success). Valid until the
-/// thread's next medkern call.
+/// The message of the calling thread's last failure, or "" when its last call succeeded.
+/// A pointer to a failure's message stays valid until the thread's next failing call
+/// (successful calls in between do not free it); "" is a static string.
 #[unsafe(no_mangle)]
 pub extern "C" fn mk_last_error() -> *const c_char {
+    if LAST_OK.with(std::cell::Cell::get) {
+        return c"".as_ptr();
+    }
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
@@ -522,7 +537,18 @@ fn pooling_of(code: i32) -> Result<Pooling> {
 fn embed_rows(m: &MkBert, ids: &[Vec<u32>], pooling: i32, normalize: i32) -> Result<Vec<f32>> {
     let rows = m.model.embed(ids, pooling_of(pooling)?)?;
     let mut flat = Vec::with_capacity(rows.len() * m.dim);
-    for mut r in rows {
+    for (i, mut r) in rows.into_iter().enumerate() {
+        // As the image path: a non-finite output is an error, never written as a result.
+        if let Some(j) = r.iter().position(|v| !v.is_finite()) {
+            return Err(invalid(
+                "weights",
+                format!(
+                    "embedding {i} has a non-finite value {} at {j} (non-finite weights or \
+                     input?)",
+                    r[j]
+                ),
+            ));
+        }
         if normalize != 0 {
             let norm = r.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
             if norm > 0.0 {
@@ -531,6 +557,21 @@ fn embed_rows(m: &MkBert, ids: &[Vec<u32>], pooling: i32, normalize: i32) -> Res
             }
         }
         flat.extend(r);
+    }
+    Ok(flat)
+}
+
+/// The logits of a text batch, flattened; a non-finite one is an error (as the image path).
+fn finite_logits(rows: Vec<Vec<f32>>) -> Result<Vec<f32>> {
+    let flat: Vec<f32> = rows.into_iter().flatten().collect();
+    if let Some(bad) = flat.iter().position(|z| !z.is_finite()) {
+        return Err(invalid(
+            "weights",
+            format!(
+                "logit {bad} is {} (non-finite weights or input?)",
+                flat[bad]
+            ),
+        ));
     }
     Ok(flat)
 }
@@ -621,7 +662,7 @@ pub unsafe extern "C" fn mk_bert_classify(
         )?;
         // SAFETY: forwarded contract.
         let ids = unsafe { encode(m, texts, n) }?;
-        let flat: Vec<f32> = m.model.classify(&ids)?.into_iter().flatten().collect();
+        let flat = finite_logits(m.model.classify(&ids)?)?;
         // SAFETY: forwarded contract.
         unsafe { write_out("mk_bert_classify", &flat, out, out_len) }
     })
@@ -652,7 +693,7 @@ pub unsafe extern "C" fn mk_bert_classify_ids(
         )?;
         // SAFETY: forwarded contract.
         let rows = unsafe { id_rows(ids, lens, n) }?;
-        let flat: Vec<f32> = m.model.classify(&rows)?.into_iter().flatten().collect();
+        let flat = finite_logits(m.model.classify(&rows)?)?;
         // SAFETY: forwarded contract.
         unsafe { write_out("mk_bert_classify_ids", &flat, out, out_len) }
     })
@@ -709,6 +750,8 @@ pub struct MkImageModel {
     outputs: usize,
     device: Device,
     dtype: DType,
+    /// Limits of the files it reads ([`mk_image_model_set_input_limits`]).
+    limits: input::InputLimits,
 }
 
 /// The seed of the random weights used when no weight file is given.
@@ -791,6 +834,7 @@ pub unsafe extern "C" fn mk_image_model_load(
                     outputs,
                     device,
                     dtype,
+                    limits: input::InputLimits::default(),
                 },
             )
         }
@@ -850,10 +894,52 @@ pub unsafe extern "C" fn mk_image_classify_file(
         // SAFETY: forwarded contract.
         let (m, path) = unsafe { (handle(m, "model")?, text(path, "path")?) };
         check_len("mk_image_classify_file", m.outputs, out, out_len)?;
-        let raw = input::load(std::path::Path::new(path))?;
+        let raw = input::load_with(std::path::Path::new(path), &m.limits)?;
         let v = m.logits(&m.prepare(&raw)?)?;
         // SAFETY: forwarded contract.
         unsafe { write_out("mk_image_classify_file", &v, out, out_len) }
+    })
+}
+
+/// The limits from the C arguments: 0 keeps the default of that limit.
+fn limits_of(
+    max_file_bytes: u64,
+    max_pixels: u64,
+    max_alloc_bytes: u64,
+    max_dicom_depth: usize,
+) -> input::InputLimits {
+    let d = input::InputLimits::default();
+    let or = |v: u64, default: u64| if v == 0 { default } else { v };
+    input::InputLimits {
+        max_file_bytes: or(max_file_bytes, d.max_file_bytes),
+        max_pixels: or(max_pixels, d.max_pixels),
+        max_alloc_bytes: or(max_alloc_bytes, d.max_alloc_bytes),
+        max_dicom_depth: if max_dicom_depth == 0 {
+            d.max_dicom_depth
+        } else {
+            max_dicom_depth
+        },
+    }
+}
+
+/// Sets the limits of the files `m` reads in [`mk_image_classify_file`] (see
+/// [`input::InputLimits`]; 0 keeps a limit's default: 1 GiB, 64 Mpixel, 256 MiB, depth 64).
+///
+/// # Safety
+/// `m` is a live handle not in use by another thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_image_model_set_input_limits(
+    m: *mut MkImageModel,
+    max_file_bytes: u64,
+    max_pixels: u64,
+    max_alloc_bytes: u64,
+    max_dicom_depth: usize,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: per the contract, a non-NULL `m` is a live handle of ours used only here.
+        let m = unsafe { m.as_mut() }.ok_or_else(|| invalid("model", "NULL handle"))?;
+        m.limits = limits_of(max_file_bytes, max_pixels, max_alloc_bytes, max_dicom_depth);
+        Ok(())
     })
 }
 
@@ -933,6 +1019,8 @@ pub struct MkExam {
     model: ExamModel,
     device: Device,
     dtype: DType,
+    /// Limits of the image files it reads ([`mk_exam_set_input_limits`]).
+    limits: input::InputLimits,
 }
 
 /// One patient's EXAM prediction (`mk_exam_output`).
@@ -944,10 +1032,49 @@ pub struct MkExamOutput {
     pub oxygen_72h: f32,
     /// The ordinal score before the cut points.
     pub ordinal_score: f32,
-    /// P(class k): room air, low-flow, high-flow, non-invasive, mechanical ventilation.
+    /// P(class k), in the order of [`crate::model::exam::ORDINAL_CLASSES`]: room_air,
+    /// low_flow, high_flow_or_niv, mechanical_ventilation, death ([`mk_exam_class_name`]).
     pub ordinal_probs: [f32; 5],
     /// The most probable class (0-4).
     pub ordinal_class: u32,
+}
+
+/// As [`mk_image_model_set_input_limits`], for the image files of [`mk_exam_predict`].
+///
+/// # Safety
+/// `m` is a live handle not in use by another thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_exam_set_input_limits(
+    m: *mut MkExam,
+    max_file_bytes: u64,
+    max_pixels: u64,
+    max_alloc_bytes: u64,
+    max_dicom_depth: usize,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: per the contract, a non-NULL `m` is a live handle of ours used only here.
+        let m = unsafe { m.as_mut() }.ok_or_else(|| invalid("model", "NULL handle"))?;
+        m.limits = limits_of(max_file_bytes, max_pixels, max_alloc_bytes, max_dicom_depth);
+        Ok(())
+    })
+}
+
+/// [`crate::model::exam::ORDINAL_CLASSES`] as C strings (a test checks they agree).
+static EXAM_CLASS_NAMES: [&CStr; 5] = [
+    c"room_air",
+    c"low_flow",
+    c"high_flow_or_niv",
+    c"mechanical_ventilation",
+    c"death",
+];
+
+/// The name of ordinal class `k` of [`MkExamOutput::ordinal_probs`] (a static string), NULL
+/// for `k >= 5`.
+#[unsafe(no_mangle)]
+pub extern "C" fn mk_exam_class_name(k: usize) -> *const c_char {
+    EXAM_CLASS_NAMES
+        .get(k)
+        .map_or(std::ptr::null(), |s| s.as_ptr())
 }
 
 /// Loads EXAM from a safetensors checkpoint `weights` (NULL: seeded random weights, for
@@ -982,6 +1109,7 @@ pub unsafe extern "C" fn mk_exam_load(
                     model,
                     device,
                     dtype,
+                    limits: input::InputLimits::default(),
                 },
             )
         }
@@ -1018,7 +1146,7 @@ pub unsafe extern "C" fn mk_exam_predict(
         let record: serde_json::Value = serde_json::from_str(emr)
             .map_err(|e| invalid("emr_json", format!("not valid JSON: {e}")))?;
         let emr = cfg.encode(&record)?;
-        let raw = input::load(std::path::Path::new(path))?;
+        let raw = input::load_with(std::path::Path::new(path), &m.limits)?;
         let x = raw.to_model_input(&m.device, m.model.trunk.input_size(), m.dtype)?;
         let e = HostTensor::new(&[1, cfg.dim()], emr)?.to_device(&m.device)?;
         let o = m

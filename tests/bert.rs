@@ -1597,3 +1597,190 @@ fn gpu_families_match_cpu_f32() {
         }
     }
 }
+
+/// Issue 15, defect 5: all-NaN word embeddings gave `null` embeddings with exit 0, and one NaN
+/// in a query weight a finite, wrong embedding (a row of NaN scores is treated as masked).
+/// Non-finite weights are now refused at load, naming the tensor, as the CNN loaders do.
+#[test]
+fn non_finite_weights_are_errors_at_load() {
+    type Spoil = Box<dyn Fn(&mut Vec<f32>)>;
+    let t = &TINY[1];
+    let cases: [(&str, Spoil); 4] = [
+        (
+            "bert.embeddings.word_embeddings.weight",
+            Box::new(|v| v.iter_mut().for_each(|x| *x = f32::NAN)),
+        ),
+        (
+            "bert.encoder.layer.0.attention.self.query.weight",
+            Box::new(|v| v[17] = f32::NAN),
+        ),
+        (
+            "bert.encoder.layer.1.output.LayerNorm.bias",
+            Box::new(|v| v[0] = f32::INFINITY),
+        ),
+        (
+            "bert.encoder.layer.1.intermediate.dense.bias",
+            Box::new(|v| v[5] = f32::NEG_INFINITY),
+        ),
+    ];
+    for (name, spoil) in cases {
+        let mut w = t.weights();
+        spoil(&mut w.get_mut(name).expect("tensor").1);
+        let e = err_of(BertModel::from_safetensors(
+            t.config(),
+            &safetensors_bytes(&w),
+            &Device::Cpu,
+            DType::F32,
+        ));
+        assert!(e.contains(name) && e.contains("non-finite"), "{name}: {e}");
+    }
+    // Large finite weights still load.
+    let mut w = t.weights();
+    w.get_mut("bert.encoder.layer.0.output.dense.bias")
+        .expect("tensor")
+        .1[0] = 1e30;
+    BertModel::from_safetensors(t.config(), &safetensors_bytes(&w), &Device::Cpu, DType::F32)
+        .expect("finite weights load");
+}
+
+/// Issue 15, defect 6: a config of fewer layers than the checkpoint ran part of the model
+/// silently. Tensors the configuration does not use are now an error naming one, as
+/// EfficientNet's loader does; pretraining heads, buffers and a sentence encoder's pooler
+/// are still ignored.
+#[test]
+fn tensors_the_config_does_not_use_are_errors() {
+    let t = &TINY[2]; // 3 layers
+    let mut cfg = t.config();
+    cfg.num_hidden_layers = 2;
+    let e = err_of(BertModel::from_safetensors(
+        cfg,
+        &safetensors_bytes(&t.weights()),
+        &Device::Cpu,
+        DType::F32,
+    ));
+    assert!(
+        e.contains("unexpected tensor encoder.layer.2.") && e.contains("2 layers"),
+        "{e}"
+    );
+    // A tensor of no known role.
+    let mut w = t.weights();
+    w.insert("encoder.adapter.weight".into(), (vec![2], vec![0.5, 0.5]));
+    let e = err_of(BertModel::from_safetensors(
+        t.config(),
+        &safetensors_bytes(&w),
+        &Device::Cpu,
+        DType::F32,
+    ));
+    assert!(
+        e.contains("unexpected tensor encoder.adapter.weight"),
+        "{e}"
+    );
+    // Ignored: a pretraining head, the position_ids buffer, and a pooler without a classifier.
+    let h = t.hidden;
+    let mut w = t.weights();
+    w.insert(
+        "cls.predictions.bias".into(),
+        (vec![VOCAB], vec![0.0; VOCAB]),
+    );
+    w.insert(
+        "embeddings.position_ids".into(),
+        (vec![1, MAX_POS], (0..MAX_POS).map(|i| i as f32).collect()),
+    );
+    w.insert(
+        "pooler.dense.weight".into(),
+        (vec![h, h], vec![0.01; h * h]),
+    );
+    w.insert("pooler.dense.bias".into(), (vec![h], vec![0.0; h]));
+    BertModel::from_safetensors(t.config(), &safetensors_bytes(&w), &Device::Cpu, DType::F32)
+        .expect("heads, buffers and an unused pooler are ignored");
+    // An ALBERT checkpoint of 2 layer groups under a config of 1: group 1 is unused.
+    let f = &FAMILIES[4];
+    assert_eq!(f.groups, 2);
+    let mut v = f.config_json();
+    v["num_hidden_groups"] = serde_json::json!(1);
+    let e = err_of(BertModel::from_safetensors(
+        BertConfig::from_value(&v).expect("config"),
+        &safetensors_bytes(&f.weights()),
+        &Device::Cpu,
+        DType::F32,
+    ));
+    assert!(
+        e.contains("unexpected tensor albert.encoder.albert_layer_groups.1."),
+        "{e}"
+    );
+}
+
+/// The ids of `text` tokenised whole by the `tokenizers` crate, truncated as medkern
+/// documents it (first max_len − 1, then the final [SEP]).
+fn whole_then_truncated(tok: &tokenizers::Tokenizer, text: &str, max_len: usize) -> Vec<u32> {
+    let mut ids = tok.encode(text, true).expect("encode").get_ids().to_vec();
+    if ids.len() > max_len {
+        let last = ids[ids.len() - 1];
+        ids.truncate(max_len - 1);
+        ids.push(last);
+    }
+    ids
+}
+
+/// Issue 15, defects 10 (max_len) and 11: `max_len` 0 or 1 was silently ignored (no
+/// truncation), and an 8 MB text was tokenised whole before its truncation to 512 tokens
+/// (seconds, hundreds of MB). max_len < 2 is now an error; a long text is tokenised by
+/// growing prefixes cut at whitespace, with the same ids as tokenising it whole.
+#[test]
+fn long_texts_are_truncated_without_tokenising_them_whole() {
+    let test = "long_texts_are_truncated_without_tokenising_them_whole";
+    let Some(dir) = minilm_or_skip(test) else {
+        return;
+    };
+    for bad in [0, 1] {
+        let e = BertTokenizer::load(&dir, bad)
+            .err()
+            .expect("max_len < 2")
+            .to_string();
+        assert!(e.contains("max_len") && e.contains("at least 2"), "{e}");
+    }
+    // As BertTokenizer::load configures it: no padding, no truncation of its own.
+    let mut whole =
+        tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer");
+    whole.with_padding(None);
+    whole.with_truncation(None).expect("no truncation");
+    // Texts around the prefix sizes: sentences, runs of spaces and newlines, accents, a
+    // 3000-character word without whitespace, text after a long stretch of whitespace.
+    let mut rng = SeedRng::new(15);
+    let mut texts: Vec<String> = Vec::new();
+    for n in [1usize, 40, 300, 1200, 5000] {
+        let mut t = String::new();
+        for _ in 0..n {
+            t.push_str(SENTENCES[rng.below(SENTENCES.len() as u64) as usize]);
+            t.push_str(["  ", "\n", " ", "\t \n"][rng.below(4) as usize]);
+        }
+        texts.push(t);
+    }
+    texts.push(format!("{} tail words here", "x".repeat(3000)));
+    texts.push(format!("{}{}", " ".repeat(70_000), SENTENCES[0].repeat(50)));
+    texts.push(format!("{} {}", "é".repeat(20_000), SENTENCES[1]));
+    for max_len in [2usize, 3, 16, 128, 512] {
+        let tok = BertTokenizer::load(&dir, max_len).expect("tokenizer");
+        for (i, t) in texts.iter().enumerate() {
+            let got = tok.encode(&[t.as_str()]).expect("encode").remove(0);
+            assert_eq!(
+                got,
+                whole_then_truncated(&whole, t, max_len),
+                "text {i} ({} bytes), max_len {max_len}",
+                t.len()
+            );
+        }
+    }
+    // An 8 MB text: only a prefix is tokenised.
+    let big = SENTENCES[0].repeat(8 * 1024 * 1024 / SENTENCES[0].len());
+    let tok = BertTokenizer::load(&dir, 512).expect("tokenizer");
+    let t0 = std::time::Instant::now();
+    let ids = tok.encode(&[big.as_str()]).expect("encode").remove(0);
+    let took = t0.elapsed();
+    assert_eq!(ids.len(), 512);
+    assert_eq!(ids, whole_then_truncated(&whole, &big[..100_000], 512));
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "an 8 MB text took {took:?} to tokenise to 512 tokens"
+    );
+}

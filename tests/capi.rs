@@ -69,7 +69,7 @@ fn open(spec: &str) -> *mut MkDevice {
 
 #[test]
 fn identity_and_device_handles() {
-    assert_eq!(mk_abi_version(), 1);
+    assert_eq!(mk_abi_version(), 2);
     // SAFETY: a static NUL-terminated string.
     let v = unsafe { CStr::from_ptr(mk_version()) }
         .to_str()
@@ -685,4 +685,217 @@ fn c_program_links_and_runs() {
         stdout.lines().filter(|l| l.starts_with("ok: ")).count() >= 20,
         "{stdout}"
     );
+}
+
+/// Issue 15, defect 5: MiniLM with all-NaN word embeddings loaded, and `mk_bert_embed`
+/// returned OK with NaN embeddings. The load now fails, naming the tensor; nothing is
+/// returned in the out-pointer.
+#[test]
+fn bert_with_non_finite_weights_is_refused_through_the_abi() {
+    use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+    let test = "bert_with_non_finite_weights_is_refused_through_the_abi";
+    let Some(dir) = model_or_skip(test, "all-MiniLM-L6-v2") else {
+        return;
+    };
+    let out = std::env::temp_dir().join(format!("medkern-capi-nan-{}", std::process::id()));
+    std::fs::create_dir_all(&out).expect("temp dir");
+    let bytes = std::fs::read(dir.join("model.safetensors")).expect("read MiniLM");
+    let st = SafeTensors::deserialize(&bytes).expect("MiniLM safetensors");
+    let name = "embeddings.word_embeddings.weight";
+    let shape = st.tensor(name).expect("word embeddings").shape().to_vec();
+    let nan: Vec<u8> = (0..shape.iter().product::<usize>())
+        .flat_map(|_| f32::NAN.to_le_bytes())
+        .collect();
+    let mut views: Vec<(String, TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != name)
+        .collect();
+    views.push((
+        name.into(),
+        TensorView::new(Dtype::F32, shape, &nan).expect("view"),
+    ));
+    std::fs::write(
+        out.join("model.safetensors"),
+        safetensors::serialize(views, None).expect("serialize"),
+    )
+    .expect("write");
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(dir.join(f), out.join(f)).expect("copy");
+    }
+    let dev = open("cpu");
+    // SAFETY: valid handles, strings and out-pointer.
+    unsafe {
+        let mut m = ptr::null_mut();
+        let st = mk_bert_load(dev, c(out.to_str().expect("utf8")).as_ptr(), 0, 0, &mut m);
+        assert_eq!(st, MkStatus::CorruptInput, "{}", last_error());
+        assert!(m.is_null());
+        let e = last_error();
+        assert!(e.contains(name) && e.contains("non-finite"), "{e}");
+        mk_device_free(dev);
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Issue 15, defect 10 (class names): the header named EXAM's ordinal classes "room air,
+/// low-flow, high-flow, non-invasive, mechanical ventilation" while the model's are room_air,
+/// low_flow, high_flow_or_niv, mechanical_ventilation, death, so a client reported P(death)
+/// as P(ventilation). `mk_exam_class_name` returns the model's names, and the header agrees.
+#[test]
+fn exam_class_names_come_from_the_model_and_the_header_agrees() {
+    use medkern::model::exam::ORDINAL_CLASSES;
+    for (k, want) in ORDINAL_CLASSES.iter().enumerate() {
+        let p = mk_exam_class_name(k);
+        assert!(!p.is_null(), "class {k}");
+        // SAFETY: a static NUL-terminated string.
+        assert_eq!(unsafe { CStr::from_ptr(p) }.to_str(), Ok(*want));
+    }
+    assert!(mk_exam_class_name(ORDINAL_CLASSES.len()).is_null());
+    assert!(mk_exam_class_name(usize::MAX).is_null());
+    let header = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("include/medkern.h"),
+    )
+    .expect("header");
+    assert!(
+        header.contains("const char *mk_exam_class_name(size_t k);"),
+        "the header declares mk_exam_class_name"
+    );
+    assert!(
+        !header.contains("non-invasive, mechanical ventilation"),
+        "old class list"
+    );
+    let listed = ORDINAL_CLASSES.join(", ");
+    let flat: String = header.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains(&listed), "the header lists {listed}");
+}
+
+/// Issue 15, defect 10 (status and message lifetime): corrupt weights returned
+/// MK_ERR_INVALID_ARGUMENT where the header promised MK_ERR_IO; a file's unusable content now
+/// has its own status, MK_ERR_CORRUPT_INPUT, and a missing file stays MK_ERR_IO. The pointer
+/// from mk_last_error() was freed by the next call, even a successful one; it now stays valid
+/// until the thread's next failing call, while mk_last_error() reads "" after a success.
+#[test]
+fn corrupt_input_status_and_last_error_lifetime() {
+    let mut d = ptr::null_mut();
+    // SAFETY: valid strings and out-pointers; `first` is read while valid per the contract.
+    unsafe {
+        let st = mk_device_open(c("tpu:0").as_ptr(), &mut d);
+        assert_eq!(st, MkStatus::InvalidArgument);
+        let first = mk_last_error();
+        let msg = CStr::from_ptr(first).to_owned();
+        assert!(msg.to_str().is_ok_and(|m| m.contains("tpu:0")), "{msg:?}");
+        // Successful calls: "" now, and the failure's message still readable.
+        let dev = open("cpu");
+        assert_eq!(last_error(), "");
+        let mut img = ptr::null_mut();
+        let st = mk_image_model_load(
+            dev,
+            c("sepsis").as_ptr(),
+            ptr::null(),
+            MK_DTYPE_F32,
+            &mut img,
+        );
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        assert_eq!(CStr::from_ptr(first), msg.as_c_str());
+
+        // A truncated JPEG and a PNG claiming 20000x20000: corrupt input; a missing file: I/O.
+        let dir = std::env::temp_dir().join(format!("medkern-capi-corrupt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let jpg = dir.join("cut.jpg");
+        image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 9]))
+            .save(&jpg)
+            .expect("save");
+        let bytes = std::fs::read(&jpg).expect("read");
+        std::fs::write(&jpg, &bytes[..bytes.len() / 2]).expect("write");
+        let mut out = [f32::NAN; 2];
+        let st = mk_image_classify_file(
+            img,
+            c(jpg.to_str().expect("utf8")).as_ptr(),
+            out.as_mut_ptr(),
+            2,
+        );
+        assert_eq!(st, MkStatus::CorruptInput, "{}", last_error());
+        assert!(last_error().contains("cut.jpg"), "{}", last_error());
+        assert!(out.iter().all(|v| v.is_nan()), "nothing written");
+        let st = mk_image_classify_file(
+            img,
+            c(dir.join("missing.png").to_str().expect("utf8")).as_ptr(),
+            out.as_mut_ptr(),
+            2,
+        );
+        assert_eq!(st, MkStatus::Io, "{}", last_error());
+        // The earlier message was replaced by a failure: a new pointer now.
+        assert!(last_error().contains("missing.png"), "{}", last_error());
+        mk_image_model_free(img);
+        mk_device_free(dev);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Input limits are settable per handle through the ABI (0 keeps a default).
+#[test]
+fn input_limits_through_the_abi() {
+    let dir = std::env::temp_dir().join(format!("medkern-capi-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let png = dir.join("small.png");
+    image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8, y as u8, 7]))
+        .save(&png)
+        .expect("save");
+    let pc = c(png.to_str().expect("utf8"));
+    let emr = c(r#"{"age": 63}"#);
+    let dev = open("cpu");
+    // SAFETY: valid handles, strings and buffers throughout.
+    unsafe {
+        let mut m = ptr::null_mut();
+        let st = mk_image_model_load(dev, c("sepsis").as_ptr(), ptr::null(), MK_DTYPE_F32, &mut m);
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        let mut out = [f32::NAN; 2];
+        assert_eq!(
+            mk_image_classify_file(m, pc.as_ptr(), out.as_mut_ptr(), 2),
+            MkStatus::Ok
+        );
+        assert_eq!(
+            mk_image_model_set_input_limits(m, 0, 100, 0, 0),
+            MkStatus::Ok
+        );
+        let st = mk_image_classify_file(m, pc.as_ptr(), out.as_mut_ptr(), 2);
+        assert_eq!(st, MkStatus::CorruptInput, "{}", last_error());
+        assert!(
+            last_error().contains("small.png") && last_error().contains("max_pixels"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            mk_image_model_set_input_limits(m, 100, 0, 0, 0),
+            MkStatus::Ok
+        );
+        let st = mk_image_classify_file(m, pc.as_ptr(), out.as_mut_ptr(), 2);
+        assert_eq!(st, MkStatus::CorruptInput, "{}", last_error());
+        assert!(last_error().contains("max_file_bytes"), "{}", last_error());
+        assert_eq!(mk_image_model_set_input_limits(m, 0, 0, 0, 0), MkStatus::Ok);
+        assert_eq!(
+            mk_image_classify_file(m, pc.as_ptr(), out.as_mut_ptr(), 2),
+            MkStatus::Ok
+        );
+        let st = mk_image_model_set_input_limits(ptr::null_mut(), 0, 0, 0, 0);
+        assert_eq!(st, MkStatus::InvalidArgument);
+        mk_image_model_free(m);
+
+        let mut ex = ptr::null_mut();
+        assert_eq!(
+            mk_exam_load(dev, ptr::null(), MK_DTYPE_F32, &mut ex),
+            MkStatus::Ok
+        );
+        let mut o = MkExamOutput::default();
+        assert_eq!(mk_exam_set_input_limits(ex, 0, 100, 0, 0), MkStatus::Ok);
+        let st = mk_exam_predict(ex, pc.as_ptr(), emr.as_ptr(), &mut o);
+        assert_eq!(st, MkStatus::CorruptInput, "{}", last_error());
+        assert!(last_error().contains("max_pixels"), "{}", last_error());
+        assert_eq!(mk_exam_set_input_limits(ex, 0, 0, 0, 0), MkStatus::Ok);
+        let st = mk_exam_predict(ex, pc.as_ptr(), emr.as_ptr(), &mut o);
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        mk_exam_free(ex);
+        mk_device_free(dev);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -515,3 +515,119 @@ fn distilbert_and_albert_checkpoints_compress_and_reload() {
         let _ = std::fs::remove_dir_all(&out);
     }
 }
+
+/// Every file of a folder, name → bytes.
+fn snapshot(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| {
+            let e = e.expect("entry");
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Names in `dir` that look like a save's temporary or set-aside folders.
+fn leftovers(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".medkern-tmp-") || n.contains(".medkern-old-"))
+        .collect()
+}
+
+/// Issue 15, defect 7: `compress --out` equal to `--model` emptied the tokenizer files (a copy
+/// onto itself) and overwrote the weights, exit 0. A save now refuses an output that is the
+/// model folder, a link to it, inside it or containing it; it writes into a temporary folder
+/// beside the output and renames it into place, so a failure leaves neither a half-written
+/// model nor temporary files, and an existing folder is replaced only when it holds nothing
+/// but an earlier output.
+#[test]
+fn save_never_overwrites_its_source_nor_leaves_a_half_written_model() {
+    let root = tmpdir("save-safety");
+    let outer = root.join("outer");
+    let model = outer.join("model");
+    let ck = random_checkpoint(11);
+    ck.save(&model, None).unwrap();
+    std::fs::write(model.join("tokenizer.json"), b"{\"tokenizer\": true}").unwrap();
+    std::fs::write(model.join("vocab.txt"), b"[PAD]\n[UNK]\n").unwrap();
+    let before = snapshot(&model);
+    let link = root.join("link-to-model");
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&model, &link).unwrap();
+    let mut outs = vec![
+        (model.clone(), "is the model folder"),
+        (model.join("."), "is the model folder"),
+        (model.join("compressed"), "is inside the model folder"),
+        (outer.clone(), "contains the model folder"),
+        (outer.join("..").join("outer"), "contains the model folder"),
+    ];
+    if cfg!(unix) {
+        outs.push((link.clone(), "is the model folder"));
+    }
+    for (out, why) in outs {
+        let e = ck
+            .save(&out, Some(&model))
+            .expect_err("saving onto the model")
+            .to_string();
+        assert!(e.contains(why), "{}: {e}", out.display());
+        assert!(
+            medkern::model::compress::check_out_dir(&out, &model).is_err(),
+            "{}",
+            out.display()
+        );
+        assert_eq!(
+            snapshot(&model),
+            before,
+            "{}: the model changed",
+            out.display()
+        );
+    }
+    assert!(!model.join("compressed").exists());
+
+    // A normal save beside it copies the tokenizer, and replaces an earlier output.
+    let out = root.join("out");
+    ck.save(&out, Some(&model)).unwrap();
+    assert_eq!(
+        std::fs::read(out.join("tokenizer.json")).unwrap(),
+        b"{\"tokenizer\": true}"
+    );
+    let mut other = random_checkpoint(12);
+    other.metadata.insert("mark".into(), "second".into());
+    other.save(&out, Some(&model)).unwrap();
+    let reloaded = Checkpoint::load(&out).unwrap();
+    assert_eq!(
+        reloaded.metadata.get("mark").map(String::as_str),
+        Some("second")
+    );
+    assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
+
+    // A folder holding anything else is not replaced, and is left as it was.
+    let mine = root.join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), b"keep me").unwrap();
+    let e = ck
+        .save(&mine, Some(&model))
+        .expect_err("a user's folder")
+        .to_string();
+    assert!(e.contains("notes.txt"), "{e}");
+    assert_eq!(std::fs::read(mine.join("notes.txt")).unwrap(), b"keep me");
+    assert_eq!(snapshot(&mine).len(), 1);
+
+    // A failure while writing (a tokenizer file that cannot be copied) leaves the earlier
+    // output intact and no temporary folder.
+    let broken = root.join("broken-model");
+    ck.save(&broken, None).unwrap();
+    std::fs::create_dir(broken.join("tokenizer.json")).unwrap(); // a folder: copy fails
+    let earlier = snapshot(&out);
+    assert!(ck.save(&out, Some(&broken)).is_err());
+    assert_eq!(snapshot(&out), earlier, "the earlier output changed");
+    let fresh = root.join("fresh");
+    assert!(ck.save(&fresh, Some(&broken)).is_err());
+    assert!(!fresh.exists(), "a half-written output was left");
+    assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
+    let _ = std::fs::remove_dir_all(&root);
+}

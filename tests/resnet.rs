@@ -628,6 +628,35 @@ fn kmeans_bad_inputs_are_errors() {
     assert_eq!(r.inertia, 0.0);
 }
 
+/// Issue 15, defect 16: identical frames (fewer distinct points than k) gave
+/// `"converged": false` with inertia 0 after max_iter: an empty cluster took a point that sat
+/// on its centroid, which moved back at the next assignment, forever. Now converged, with
+/// the extra clusters empty.
+#[test]
+fn kmeans_on_identical_or_too_few_distinct_points_converges() {
+    for (pts, k, distinct) in [
+        (vec![vec![0.5, -2.0]; 12], 3, 1),
+        (vec![vec![1.0]; 4], 2, 1),
+        ([vec![vec![0.0]; 5], vec![vec![5.0]; 5]].concat(), 4, 2),
+    ] {
+        for seed in 1..4 {
+            let r = kmeans(&pts, &opts(k, 300, 2, seed)).expect("kmeans");
+            assert!(
+                r.converged,
+                "k={k}: not converged after {} iterations",
+                r.iterations
+            );
+            assert!(r.iterations < 10, "{} iterations", r.iterations);
+            assert_eq!(r.inertia, 0.0);
+            assert_eq!(r.centroids.len(), k);
+            let mut used = r.assignments.clone();
+            used.sort_unstable();
+            used.dedup();
+            assert_eq!(used.len(), distinct, "{:?}", r.assignments);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad weights and inputs
 

@@ -15,6 +15,14 @@ use std::process::ExitCode;
 
 #[path = "medkern/cnn.rs"]
 mod cnn;
+
+/// `println!` that returns an error instead of panicking when stdout fails (`> /dev/full`),
+/// and drops the output quietly when the reader has gone (`| head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        cnn::print_line(&format!($($arg)*))?
+    };
+}
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -26,6 +34,19 @@ use std::time::Instant;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Input limit: the largest image file read, in bytes (default 1 GiB).
+    #[arg(long, global = true)]
+    max_file_bytes: Option<u64>,
+    /// Input limit: the largest PNG/JPEG in pixels, width x height (default 67108864 = 64
+    /// Mpixel).
+    #[arg(long, global = true)]
+    max_pixels: Option<u64>,
+    /// Input limit: the most a PNG/JPEG decoder may allocate, in bytes (default 256 MiB).
+    #[arg(long, global = true)]
+    max_alloc_bytes: Option<u64>,
+    /// Input limit: the deepest nesting of DICOM sequences (default 64).
+    #[arg(long, global = true)]
+    max_dicom_depth: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -119,6 +140,13 @@ pub(crate) enum DTypeArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let d = medkern::input::InputLimits::default();
+    cnn::set_input_limits(medkern::input::InputLimits {
+        max_file_bytes: cli.max_file_bytes.unwrap_or(d.max_file_bytes),
+        max_pixels: cli.max_pixels.unwrap_or(d.max_pixels),
+        max_alloc_bytes: cli.max_alloc_bytes.unwrap_or(d.max_alloc_bytes),
+        max_dicom_depth: cli.max_dicom_depth.unwrap_or(d.max_dicom_depth),
+    });
     let result = match cli.cmd {
         Cmd::Info => info(),
         Cmd::Kernels => {
@@ -168,7 +196,7 @@ fn info() -> medkern::Result<()> {
         Ok(gpus) if !gpus.is_empty() => {
             for g in gpus {
                 let (dmaj, dmin) = g.driver_version();
-                println!(
+                outln!(
                     "GPU {}: {} ({}, {} SMs, {:.1} GiB), CUDA driver {dmaj}.{dmin}",
                     g.ordinal(),
                     g.name(),
@@ -178,25 +206,31 @@ fn info() -> medkern::Result<()> {
                 );
             }
         }
-        Ok(_) => println!("no GPU: the driver reports 0 devices"),
-        Err(e) => println!("no GPU: {e}"),
+        Ok(_) => outln!("no GPU: the driver reports 0 devices"),
+        Err(e) => outln!("no GPU: {e}"),
     }
     match kernels::BUILD_NVRTC {
         Some((a, b)) => {
-            println!(
+            outln!(
                 "kernels precompiled by NVRTC {a}.{b} for {}",
                 kernels::BUILD_TARGETS.join(", ")
             )
         }
-        None => println!("kernels not precompiled: compiled at run time and cached"),
+        None => outln!("kernels not precompiled: compiled at run time and cached"),
     }
     match runtime_compile::nvrtc_version() {
-        Some((a, b)) => println!("runtime NVRTC {a}.{b}"),
-        None => println!("runtime NVRTC: not found"),
+        Some((a, b)) => outln!("runtime NVRTC {a}.{b}"),
+        None => outln!("runtime NVRTC: not found"),
     }
-    println!(
+    outln!(
         "\n{:<24} {:<12} {:<10} {:<16} {:>5} {:>6} {:>6}",
-        "kernel", "module", "min arch", "precompiled", "regs", "smem", "spill"
+        "kernel",
+        "module",
+        "min arch",
+        "precompiled",
+        "regs",
+        "smem",
+        "spill"
     );
     for k in kernels::KERNELS {
         let m = kernels::module(k.module)?;
@@ -222,7 +256,7 @@ fn info() -> medkern::Result<()> {
                 (r.spill_stores + r.spill_loads).to_string(),
             )
         });
-        println!(
+        outln!(
             "{:<24} {:<12} {:<10} {:<16} {regs:>5} {smem:>6} {spill:>6}",
             k.name,
             k.module,
@@ -230,7 +264,7 @@ fn info() -> medkern::Result<()> {
             pre
         );
     }
-    println!("(regs/smem/spill: ptxas report for sm_90)");
+    outln!("(regs/smem/spill: ptxas report for sm_90)");
     Ok(())
 }
 
@@ -290,7 +324,7 @@ fn demo(force_cpu: bool, rows: usize) -> medkern::Result<()> {
     } else {
         Device::best()
     };
-    println!("device: {}", dev.describe());
+    outln!("device: {}", dev.describe());
     let n = 768;
     let dt = DType::F16;
     let h = |shape: &[usize], seed| {
@@ -314,7 +348,7 @@ fn demo(force_cpu: bool, rows: usize) -> medkern::Result<()> {
         let got = f(&xd, &rd, &bd, &gd)?.to_host()?;
         let dt_ms = t0.elapsed().as_secs_f64() * 1e3;
         let want = f(&xc, &rc, &bc, &gc)?.to_host()?;
-        println!(
+        outln!(
             "{name:<34} [{rows}, {n}] f16  {dt_ms:>8.2} ms (incl. first-use load)  max |err| vs reference {:.3e}",
             max_err(&got, &want)
         );
@@ -356,7 +390,7 @@ fn demo(force_cpu: bool, rows: usize) -> medkern::Result<()> {
         let got = f(&xd, &dev)?.to_host()?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let want = f(&xc, &Device::Cpu)?.to_host()?;
-        println!(
+        outln!(
             "{name:<34} [{m}, {n}]x[{n}, {n}] {ms:>8.2} ms (incl. first-use load)  max |err| vs reference {:.3e}",
             max_err(&got, &want)
         );
@@ -402,7 +436,7 @@ fn demo(force_cpu: bool, rows: usize) -> medkern::Result<()> {
         let got = f(&pk_d, &pd_d, &dev)?.to_host()?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let want = f(&pk_c, &pd_c, &Device::Cpu)?.to_host()?;
-        println!(
+        outln!(
             "{name:<34} lens {lens:?} h{heads} d{hd} {ms:>8.2} ms (incl. first-use load)  max |err| vs reference {:.3e}",
             max_err(&got, &want)
         );
@@ -543,7 +577,7 @@ impl ConvDemo {
         let got = run(dev)?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let want = run(&Device::Cpu)?;
-        println!(
+        outln!(
             "{:<34} {:?}->{ys:?} f16 {ms:>8.2} ms (incl. first-use load)  max |err| vs reference {:.3e}",
             self.name,
             self.x,
@@ -577,12 +611,12 @@ fn time_ms(
 fn bench(iters: usize) -> medkern::Result<()> {
     let gpu = medkern::Gpu::new(0)?;
     let dev = Device::Gpu(gpu.clone());
-    println!(
+    outln!(
         "medkern bench on {} ({}), median of {iters}",
         gpu.name(),
         gpu.arch()
     );
-    println!("{:<44} {:>10} {:>14}", "op", "ms", "rate");
+    outln!("{:<44} {:>10} {:>14}", "op", "ms", "rate");
     let h = |shape: &[usize], seed: u64, dt: DType| -> medkern::Result<Tensor> {
         HostTensor::from_f64(shape, &sample(shape.iter().product(), seed), dt)?.to_device(&dev)
     };
@@ -610,7 +644,7 @@ fn bench(iters: usize) -> medkern::Result<()> {
         };
         let ms = time_ms(&gpu, iters, &mut || ops::gemm_into(&x, &w, &g, &mut y))?;
         let tf = 2.0 * (m * n * k) as f64 / ms / 1e9;
-        println!(
+        outln!(
             "{:<44} {ms:>10.4} {tf:>8.1} TFLOP/s",
             format!("gemm f16 bias+gelu {m}x{n}x{k}")
         );
@@ -637,7 +671,7 @@ fn bench(iters: usize) -> medkern::Result<()> {
             ops::gemm_i8_raw_into(&xi, &wi, &mut acc, None)
         })?;
         let tops = 2.0 * (m * n * k) as f64 / ms / 1e9;
-        println!(
+        outln!(
             "{:<44} {ms:>10.4} {tops:>8.1} TOPS",
             format!("gemm_i8 raw {m}x{n}x{k}")
         );
@@ -652,7 +686,7 @@ fn bench(iters: usize) -> medkern::Result<()> {
         let ms = time_ms(&gpu, iters, &mut || {
             ops::layernorm(&x, Some(&r), &g, &g, 1e-12).map(|_| ())
         })?;
-        println!(
+        outln!(
             "{:<44} {ms:>10.4} {:>8.0} GB/s",
             format!("layernorm+residual f16 {rows}x{n}"),
             bytes(3) / ms / 1e6
@@ -660,7 +694,7 @@ fn bench(iters: usize) -> medkern::Result<()> {
         let ms = time_ms(&gpu, iters, &mut || {
             ops::softmax(&x, None, 0.125).map(|_| ())
         })?;
-        println!(
+        outln!(
             "{:<44} {ms:>10.4} {:>8.0} GB/s",
             format!("softmax f16 {rows}x{n}"),
             bytes(2) / ms / 1e6
@@ -672,7 +706,7 @@ fn bench(iters: usize) -> medkern::Result<()> {
             ..Default::default()
         };
         let ms = time_ms(&gpu, iters, &mut || ops::eltwise(&x, &e).map(|_| ()))?;
-        println!(
+        outln!(
             "{:<44} {ms:>10.4} {:>8.0} GB/s",
             format!("bias+gelu+residual f16 {rows}x{n}"),
             bytes(3) / ms / 1e6
@@ -687,14 +721,14 @@ fn bench(iters: usize) -> medkern::Result<()> {
         let (heads, d) = (out.shape()[1], out.shape()[2]);
         let flops = 4.0 * (heads * d * sb.pairs()) as f64;
         let ms = time_ms(&gpu, iters, &mut || ops::attention_into(qkv, sb, &a, out))?;
-        println!(
+        outln!(
             "{:<44} {ms:>10.4} {:>8.1} TFLOP/s",
             format!("attention fused {name}"),
             flops / ms / 1e9
         );
         let plan = ops::UnfusedPlan::new(qkv, sb, &a)?;
         let ms = time_ms(&gpu, iters, &mut || plan.run_into(qkv, sb, &a, out))?;
-        println!(
+        outln!(
             "{:<44} {ms:>10.4} {:>8.1} TFLOP/s",
             format!("attention unfused {name}"),
             flops / ms / 1e9
@@ -753,14 +787,14 @@ fn bench(iters: usize) -> medkern::Result<()> {
         let flops = 2.0 * (n * o * o * oc * k * k * c) as f64;
         let out = n * o * o * oc * if residual { 2 } else { 1 };
         let bytes = (2 * (n * hw * hw * c + oc * k * k * c + out)) as f64;
-        println!(
+        outln!(
             "{:<44} {ms:>10.4} {:>8.1} TFLOP/s {:>6.0} GB/s",
             format!("conv f16 resnet18 {name} b{n}"),
             flops / ms / 1e9,
             bytes / ms / 1e6
         );
     }
-    println!(
+    outln!(
         "(wall time per call incl. launch and sync; criterion benches and gpu-bundle/run give the peer ratios)"
     );
     Ok(())
@@ -868,7 +902,7 @@ fn embed(a: EmbedArgs) -> medkern::Result<()> {
             .map_err(|e| cnn::cli_err("output", e.to_string()))
         })
         .collect::<medkern::Result<_>>()?;
-    println!("[\n{}\n]", rows.join(",\n"));
+    outln!("[\n{}\n]", rows.join(",\n"));
     eprintln!(
         "medkern embed: {} text(s), {} tokens, {} {dtype} on {}",
         texts.len(),
@@ -953,6 +987,8 @@ fn parse_heads(s: &str) -> medkern::Result<std::collections::BTreeMap<usize, Vec
 fn compress(a: CompressArgs) -> medkern::Result<()> {
     use indicatif::{ProgressBar, ProgressStyle};
     use medkern::model::compress::{self, Checkpoint, Rank};
+    // Before any work: the output must not overwrite (or contain) the model.
+    compress::check_out_dir(&a.out, &a.model)?;
     let dev = cnn::device_of(a.device)?;
     let dtype = cnn::dtype_of(a.dtype, &dev);
     let text = match &a.sentences {

@@ -29,13 +29,22 @@
 //! with `u` (MONOCHROME1, or a negative slope, but not both) the data are mirrored,
 //! `u' = 2^bits − 1 − u`, and the window with them; `preprocess` then computes exactly
 //! `clamp((u − lo_u)/(hi_u − lo_u), 0, 1)` = the display value above (in f32).
+//!
+//! Hostile files: the file is read once (at most [`InputLimits::max_file_bytes`]), and before
+//! the DICOM parser sees it, its structure is walked without recursion: every declared length
+//! must fit in the bytes left in the file (and in its enclosing item or sequence), and sequences
+//! may nest at most [`InputLimits::max_dicom_depth`] levels (default 64; the parser recurses
+//! once per level, so an unbounded depth would overflow the stack).
 
-use super::{RawImage, bad_file, io_error};
+use super::{InputLimits, RawImage, bad_file, io_error};
 use crate::error::Result;
 use crate::ops::PixelRange;
 use crate::tensor::HostTensor;
-use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, FileMetaTable, Tag};
+use dicom_core::VR;
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+use dicom_dictionary_std::{StandardDataDictionary, tags};
+use dicom_object::file::ReadPreamble;
+use dicom_object::{DefaultDicomObject, FileMetaTable, OpenFileOptions, Tag};
 use std::io::Read;
 use std::path::Path;
 
@@ -61,6 +70,8 @@ pub enum WindowChoice {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DicomOptions {
     pub window: WindowChoice,
+    /// File size and nesting limits (see [`InputLimits`]).
+    pub limits: InputLimits,
 }
 
 /// A decoded DICOM image and what was read from its header.
@@ -110,8 +121,10 @@ impl DicomImage {
     }
 }
 
-/// True when the file carries the DICOM magic `DICM` at byte 128.
+/// True when the file carries the DICOM magic `DICM` at byte 128. Only a regular file is
+/// opened (a FIFO would block): anything else is an error.
 pub fn is_dicom(path: &Path) -> Result<bool> {
+    super::check_regular_file(path)?;
     let mut f = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
     let mut head = [0u8; 132];
     let mut got = 0;
@@ -122,7 +135,12 @@ pub fn is_dicom(path: &Path) -> Result<bool> {
             Err(e) => return Err(io_error(path, e)),
         }
     }
-    Ok(got == 132 && &head[128..132] == b"DICM")
+    Ok(got == 132 && has_dicom_magic(&head))
+}
+
+/// True when `bytes` carry the DICOM magic `DICM` at byte 128.
+pub fn has_dicom_magic(bytes: &[u8]) -> bool {
+    bytes.get(128..132) == Some(b"DICM".as_slice())
 }
 
 /// The name of a well-known transfer syntax UID (for messages).
@@ -148,9 +166,16 @@ pub fn transfer_syntax_name(uid: &str) -> &'static str {
     }
 }
 
-/// Reads a single-frame grey DICOM image (see the module docs for what is supported).
+/// Reads a single-frame grey DICOM image (see the module docs for what is supported). The
+/// file is read once, under `opts.limits`.
 pub fn read(path: &Path, opts: &DicomOptions) -> Result<DicomImage> {
-    if !is_dicom(path)? {
+    let bytes = super::read_file(path, opts.limits.max_file_bytes)?;
+    from_bytes(&bytes, path, opts)
+}
+
+/// [`read`] of a file already in memory (`path` names it in messages).
+pub fn from_bytes(bytes: &[u8], path: &Path, opts: &DicomOptions) -> Result<DicomImage> {
+    if !has_dicom_magic(bytes) {
         return Err(bad_file(
             path,
             "not a DICOM file: no DICM magic at byte 128 (expected a DICOM Part 10 file with \
@@ -158,8 +183,10 @@ pub fn read(path: &Path, opts: &DicomOptions) -> Result<DicomImage> {
         ));
     }
     // The file meta group first: an unsupported transfer syntax is reported as such even
-    // when the data set parser could not read it.
-    let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    // when the data set parser could not read it. Its lengths are checked before the parser
+    // reads it.
+    let data_set = meta_group_end(bytes)
+        .map_err(|e| bad_file(path, format!("unreadable DICOM file meta group: {e}")))?;
     let meta = FileMetaTable::from_reader(&bytes[128..])
         .map_err(|e| bad_file(path, format!("unreadable DICOM file meta group: {e}")))?;
     let ts = meta.transfer_syntax().to_string();
@@ -174,9 +201,332 @@ pub fn read(path: &Path, opts: &DicomOptions) -> Result<DicomImage> {
             ),
         ));
     }
-    let obj = dicom_object::open_file(path)
+    check_structure(
+        bytes,
+        data_set,
+        ts == EXPLICIT_VR_LE,
+        opts.limits.max_dicom_depth,
+    )
+    .map_err(|e| bad_file(path, format!("malformed DICOM data set: {e}")))?;
+    let obj = OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Always)
+        .from_reader(bytes)
         .map_err(|e| bad_file(path, format!("unreadable DICOM data set: {e}")))?;
     decode(&obj, path, ts, opts)
+}
+
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+const ITEM: (u16, u16) = (0xFFFE, 0xE000);
+const ITEM_END: (u16, u16) = (0xFFFE, 0xE00D);
+const SEQUENCE_END: (u16, u16) = (0xFFFE, 0xE0DD);
+const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// An explicit VR element header at `at`: `(vr, length, header bytes)`, as the parser's
+/// explicit VR little endian decoder reads it (items and delimiters have no VR).
+fn explicit_header(b: &[u8], at: usize) -> Option<(VR, u32, usize)> {
+    let group = u16_at(b, at)?;
+    if group == 0xFFFE {
+        return Some((VR::UN, u32_at(b, at + 4)?, 8));
+    }
+    let vr_bytes: [u8; 2] = b.get(at + 4..at + 6)?.try_into().ok()?;
+    let vr = VR::from_binary(vr_bytes).unwrap_or(VR::UN);
+    let short = matches!(
+        vr,
+        VR::AE
+            | VR::AS
+            | VR::AT
+            | VR::CS
+            | VR::DA
+            | VR::DS
+            | VR::DT
+            | VR::FL
+            | VR::FD
+            | VR::IS
+            | VR::LO
+            | VR::LT
+            | VR::PN
+            | VR::SH
+            | VR::SL
+            | VR::SS
+            | VR::ST
+            | VR::TM
+            | VR::UI
+            | VR::UL
+            | VR::US
+    );
+    if short {
+        Some((vr, u32::from(u16_at(b, at + 6)?), 8))
+    } else {
+        Some((vr, u32_at(b, at + 8)?, 12))
+    }
+}
+
+/// Where the data set starts: the end of the file meta group as the parser finds it (its
+/// group length (0002,0000), then whole elements until that many bytes are read), with every
+/// element length checked against the bytes left.
+fn meta_group_end(b: &[u8]) -> std::result::Result<usize, String> {
+    let truncated = |at: usize| format!("truncated element header at byte {at}");
+    let at = 132;
+    let (g, e) = (
+        u16_at(b, at).ok_or_else(|| truncated(at))?,
+        u16_at(b, at + 2).ok_or_else(|| truncated(at))?,
+    );
+    let (_, len, hlen) = explicit_header(b, at).ok_or_else(|| truncated(at))?;
+    if (g, e) != (0x0002, 0x0000) || len != 4 {
+        return Err(format!(
+            "expected the group length (0002,0000) of 4 bytes at byte {at}, found \
+             ({g:04X},{e:04X}) of {len} bytes"
+        ));
+    }
+    let group_len = u32_at(b, at + hlen).ok_or_else(|| truncated(at))?;
+    let mut pos = at + hlen + 4;
+    let mut read: u32 = 0;
+    while read < group_len {
+        let (_, len, hlen) = explicit_header(b, pos).ok_or_else(|| truncated(pos))?;
+        let left = b.len() - pos - hlen;
+        if len == UNDEFINED || len as usize > left {
+            return Err(length_error(b, pos, len, left, "the file"));
+        }
+        pos += hlen + len as usize;
+        read = read.saturating_add(hlen as u32).saturating_add(len);
+    }
+    Ok(pos)
+}
+
+fn length_error(b: &[u8], at: usize, len: u32, left: usize, container: &str) -> String {
+    let (g, e) = (u16_at(b, at).unwrap_or(0), u16_at(b, at + 2).unwrap_or(0));
+    if len == UNDEFINED {
+        format!(
+            "element ({g:04X},{e:04X}) at byte {at} has an undefined length where a defined one is required"
+        )
+    } else {
+        format!(
+            "element ({g:04X},{e:04X}) at byte {at} declares {len} bytes, but only {left} are \
+             left in {container}"
+        )
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum FrameKind {
+    /// A sequence of items.
+    Sequence,
+    /// Encapsulated pixel data: items of raw bytes.
+    Fragments,
+    /// An item of a sequence: a nested data set.
+    Item,
+}
+
+struct Frame {
+    kind: FrameKind,
+    /// The byte where it ends, for a defined length.
+    end: Option<usize>,
+}
+
+/// Enters a sequence, fragments or item at byte `at`; sequences count towards `max_depth`.
+fn open(
+    stack: &mut Vec<Frame>,
+    depth: &mut usize,
+    max_depth: usize,
+    kind: FrameKind,
+    end: Option<usize>,
+    at: usize,
+) -> std::result::Result<(), String> {
+    if kind != FrameKind::Item {
+        *depth += 1;
+        if *depth > max_depth {
+            return Err(format!(
+                "sequences nested deeper than {max_depth} levels (at byte {at}); the limit is \
+                 InputLimits::max_dicom_depth"
+            ));
+        }
+    }
+    stack.push(Frame { kind, end });
+    Ok(())
+}
+
+/// Walks the data set at `b[start..]` as the parser will (explicit or implicit VR little
+/// endian; in implicit VR an element is a sequence when the standard dictionary says SQ, as
+/// in the parser), with a heap stack instead of recursion. Errors: a declared length beyond the
+/// file or its enclosing item/sequence; sequences nested deeper than `max_depth`; an item
+/// structure the parser could not read (a non-item inside a sequence, a stray delimiter).
+fn check_structure(
+    b: &[u8],
+    start: usize,
+    explicit: bool,
+    max_depth: usize,
+) -> std::result::Result<(), String> {
+    let dict = StandardDataDictionary;
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut depth = 0usize;
+    let mut pos = start;
+    loop {
+        // Close the frames whose defined length ends here.
+        while let Some(f) = stack.last() {
+            match f.end {
+                Some(end) if pos == end => {
+                    if f.kind != FrameKind::Item {
+                        depth = depth.saturating_sub(1);
+                    }
+                    stack.pop();
+                }
+                Some(end) if pos > end => {
+                    return Err(format!(
+                        "the content at byte {pos} runs past the end of its enclosing \
+                         sequence or item (byte {end})"
+                    ));
+                }
+                _ => break,
+            }
+        }
+        // Fewer than 8 bytes cannot hold an element header: the parser stops there.
+        if b.len().saturating_sub(pos) < 8 {
+            return Ok(());
+        }
+        // The innermost defined end bounds every length inside it.
+        let limit = stack
+            .iter()
+            .rev()
+            .find_map(|f| f.end)
+            .unwrap_or(b.len())
+            .min(b.len());
+        let tag = (u16_at(b, pos).unwrap_or(0), u16_at(b, pos + 2).unwrap_or(0));
+        let top = stack.last().map(|f| f.kind);
+        match top {
+            Some(FrameKind::Sequence) | Some(FrameKind::Fragments) => {
+                let len = u32_at(b, pos + 4).unwrap_or(0);
+                let at = pos;
+                pos += 8;
+                if pos > limit {
+                    return Err(format!("truncated item header at byte {at}"));
+                }
+                match tag {
+                    ITEM if len == UNDEFINED && top == Some(FrameKind::Sequence) => {
+                        open(&mut stack, &mut depth, max_depth, FrameKind::Item, None, at)?;
+                    }
+                    ITEM if len != UNDEFINED && len as usize <= limit - pos => {
+                        if top == Some(FrameKind::Fragments) {
+                            pos += len as usize;
+                        } else {
+                            open(
+                                &mut stack,
+                                &mut depth,
+                                max_depth,
+                                FrameKind::Item,
+                                Some(pos + len as usize),
+                                at,
+                            )?;
+                        }
+                    }
+                    ITEM => {
+                        return Err(length_error(
+                            b,
+                            at,
+                            len,
+                            limit - pos,
+                            "the file or its sequence",
+                        ));
+                    }
+                    SEQUENCE_END => {
+                        depth = depth.saturating_sub(1);
+                        stack.pop();
+                    }
+                    (g, e) => {
+                        return Err(format!(
+                            "({g:04X},{e:04X}) at byte {at} inside a sequence; expected an item \
+                             (FFFE,E000) or a sequence delimiter (FFFE,E0DD)"
+                        ));
+                    }
+                }
+            }
+            Some(FrameKind::Item) | None => {
+                if tag.0 == 0xFFFE {
+                    let at = pos;
+                    pos += 8;
+                    match (tag, stack.last()) {
+                        (ITEM_END, Some(Frame { end: None, .. })) => {
+                            stack.pop();
+                        }
+                        // Ignored by the parser outside a sequence.
+                        (ITEM_END, None) => {}
+                        ((g, e), _) => {
+                            return Err(format!(
+                                "unexpected ({g:04X},{e:04X}) at byte {at} among the elements of a data set"
+                            ));
+                        }
+                    }
+                    continue;
+                }
+                let (vr, len, hlen) = if explicit {
+                    explicit_header(b, pos)
+                        .ok_or_else(|| format!("truncated element header at byte {pos}"))?
+                } else {
+                    let vr = if tag == PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
+                        VR::OW
+                    } else {
+                        dict.by_tag(Tag(tag.0, tag.1))
+                            .map(|entry| entry.vr().relaxed())
+                            .unwrap_or(VR::UN)
+                    };
+                    (vr, u32_at(b, pos + 4).unwrap_or(0), 8)
+                };
+                let at = pos;
+                pos += hlen;
+                if pos > limit {
+                    return Err(format!("truncated element header at byte {at}"));
+                }
+                if len == UNDEFINED {
+                    if tag == PIXEL_DATA {
+                        open(
+                            &mut stack,
+                            &mut depth,
+                            max_depth,
+                            FrameKind::Fragments,
+                            None,
+                            at,
+                        )?;
+                    } else {
+                        // The parser reads any other undefined length as a sequence.
+                        open(
+                            &mut stack,
+                            &mut depth,
+                            max_depth,
+                            FrameKind::Sequence,
+                            None,
+                            at,
+                        )?;
+                    }
+                } else if len as usize > limit - pos {
+                    return Err(length_error(
+                        b,
+                        at,
+                        len,
+                        limit - pos,
+                        "the file or its enclosing item",
+                    ));
+                } else if vr == VR::SQ {
+                    open(
+                        &mut stack,
+                        &mut depth,
+                        max_depth,
+                        FrameKind::Sequence,
+                        Some(pos + len as usize),
+                        at,
+                    )?;
+                } else {
+                    pos += len as usize;
+                }
+            }
+        }
+    }
 }
 
 fn uint(obj: &DefaultDicomObject, path: &Path, tag: Tag, name: &str) -> Result<Option<i64>> {

@@ -1,42 +1,164 @@
-//! PNG / JPEG files through the `image` crate into a [`RawImage`]: 8-bit grey stays 1-channel
-//! u8, 16-bit grey (PNG) stays u16 with the full `[0, 65535]` window, everything else
-//! (RGB, RGBA, grey + alpha, palette) becomes 8-bit RGB (alpha dropped, no compositing).
+//! PNG / JPEG files into a [`RawImage`]: 8-bit grey stays 1-channel u8, 16-bit grey (PNG)
+//! stays u16 with the full `[0, 65535]` window, everything else (RGB, RGBA, grey + alpha,
+//! palette) becomes 8-bit RGB (alpha dropped, no compositing).
+//!
+//! PNG goes through the `image` crate, JPEG through `zune-jpeg` in strict mode (the `image`
+//! crate's JPEG decoder is lenient: a truncated or corrupted JPEG decodes to a grey-filled
+//! image without an error). Both under [`InputLimits`]: the dimensions from the header are
+//! checked against [`InputLimits::max_pixels`] and the decoded size against
+//! [`InputLimits::max_alloc_bytes`] before the pixels are allocated.
+//!
+//! A truncated JPEG is always an error. JPEG carries no checksum, so corruption inside the
+//! scan data is an error only where it breaks the syntax (an invalid Huffman code, a stray
+//! marker, data that end early); a corrupted byte that still decodes gives a wrong image, as
+//! with any JPEG reader. PNG chunks are CRC-checked by the decoder.
 
-use super::{RawImage, bad_file, io_error};
+use super::{InputLimits, RawImage, bad_file};
 use crate::error::Result;
 use crate::ops::PixelRange;
 use crate::tensor::HostTensor;
-use image::{DynamicImage, ImageReader};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use std::path::Path;
+use zune_core::bytestream::ZCursor;
+use zune_core::colorspace::ColorSpace;
+use zune_core::options::DecoderOptions;
 
-/// Decodes the image file at `path` (format from its content, not its extension).
+/// Decodes the image file at `path` (format from its content, not its extension) under the
+/// default [`InputLimits`].
 pub fn read(path: &Path) -> Result<RawImage> {
-    let reader = ImageReader::open(path)
-        .map_err(|e| io_error(path, e))?
-        .with_guessed_format()
-        .map_err(|e| io_error(path, e))?;
-    if reader.format().is_none() {
-        return Err(bad_file(
+    read_with(path, &InputLimits::default())
+}
+
+/// [`read`] under the caller's limits. The file is read once.
+pub fn read_with(path: &Path, limits: &InputLimits) -> Result<RawImage> {
+    let bytes = super::read_file(path, limits.max_file_bytes)?;
+    from_bytes(&bytes, path, limits)
+}
+
+/// Decodes an in-memory PNG / JPEG (`name` is used in messages) under the default
+/// [`InputLimits`].
+pub fn decode(bytes: &[u8], name: &str) -> Result<RawImage> {
+    from_bytes(bytes, Path::new(name), &InputLimits::default())
+}
+
+/// Decodes an in-memory PNG / JPEG under `limits` (`path` names it in messages).
+pub fn from_bytes(bytes: &[u8], path: &Path, limits: &InputLimits) -> Result<RawImage> {
+    match image::guess_format(bytes) {
+        Ok(ImageFormat::Jpeg) => decode_jpeg(bytes, path, limits),
+        Ok(ImageFormat::Png) => decode_png(bytes, path, limits),
+        _ => Err(bad_file(
             path,
             "not a PNG, JPEG or DICOM file (unrecognised content); expected a PNG or JPEG image \
              or a DICOM file with the DICM preamble",
+        )),
+    }
+}
+
+/// Checks `width × height` (and the decoded bytes at `bytes_per_pixel`) against `limits`.
+fn check_size(
+    path: &Path,
+    (w, h): (u64, u64),
+    bytes_per_pixel: u64,
+    limits: &InputLimits,
+) -> Result<()> {
+    if w == 0 || h == 0 {
+        return Err(bad_file(
+            path,
+            format!("image is {w}x{h}; expected at least 1x1"),
         ));
     }
-    let img = reader
-        .decode()
-        .map_err(|e| bad_file(path, format!("cannot decode the image: {e}")))?;
+    let pixels = w.saturating_mul(h);
+    if pixels > limits.max_pixels {
+        return Err(bad_file(
+            path,
+            format!(
+                "image is {w}x{h} = {pixels} pixels, more than the limit of {} \
+                 (InputLimits::max_pixels)",
+                limits.max_pixels
+            ),
+        ));
+    }
+    let bytes = pixels.saturating_mul(bytes_per_pixel);
+    if bytes > limits.max_alloc_bytes {
+        return Err(bad_file(
+            path,
+            format!(
+                "image is {w}x{h} at {bytes_per_pixel} byte(s) per pixel = {bytes} bytes \
+                 decoded, more than the limit of {} (InputLimits::max_alloc_bytes)",
+                limits.max_alloc_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn decode_png(bytes: &[u8], path: &Path, limits: &InputLimits) -> Result<RawImage> {
+    let cannot = |e: image::ImageError| bad_file(path, format!("cannot decode the image: {e}"));
+    let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), ImageFormat::Png);
+    let mut l = image::Limits::default();
+    l.max_alloc = Some(limits.max_alloc_bytes);
+    reader.limits(l);
+    let decoder = reader.into_decoder().map_err(cannot)?;
+    let (w, h) = decoder.dimensions();
+    check_size(
+        path,
+        (u64::from(w), u64::from(h)),
+        u64::from(decoder.color_type().bytes_per_pixel()),
+        limits,
+    )?;
+    let img = DynamicImage::from_decoder(decoder).map_err(cannot)?;
     from_dynamic(img, &path.display().to_string())
 }
 
-/// Decodes an in-memory PNG / JPEG (`name` is used in messages).
-pub fn decode(bytes: &[u8], name: &str) -> Result<RawImage> {
-    let p = Path::new(name);
-    let img = image::load_from_memory(bytes)
-        .map_err(|e| bad_file(p, format!("cannot decode the image: {e}")))?;
-    from_dynamic(img, name)
+fn decode_jpeg(bytes: &[u8], path: &Path, limits: &InputLimits) -> Result<RawImage> {
+    let cannot = |e: zune_jpeg::errors::DecodeErrors| {
+        bad_file(
+            path,
+            format!("cannot decode the image: JPEG: {e:?} (a truncated or corrupted JPEG)"),
+        )
+    };
+    // The largest side the pixel limit allows (a JPEG side is at most 65535).
+    let side = usize::try_from(limits.max_pixels)
+        .unwrap_or(usize::MAX)
+        .min(65535);
+    let options = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(side)
+        .set_max_height(side);
+    let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    dec.decode_headers().map_err(cannot)?;
+    let (Some((w, h)), Some(input)) = (dec.dimensions(), dec.input_colorspace()) else {
+        return Err(bad_file(
+            path,
+            "cannot decode the image: JPEG headers without dimensions",
+        ));
+    };
+    let grey = matches!(input, ColorSpace::Luma | ColorSpace::LumaA);
+    let (out, channels) = if grey {
+        (ColorSpace::Luma, 1)
+    } else {
+        (ColorSpace::RGB, 3)
+    };
+    check_size(path, (w as u64, h as u64), channels as u64, limits)?;
+    dec.set_options((*dec.options()).jpeg_set_out_colorspace(out));
+    let pixels = dec.decode().map_err(cannot)?;
+    if pixels.len() != w * h * channels {
+        return Err(bad_file(
+            path,
+            format!(
+                "cannot decode the image: JPEG decoded to {} bytes; expected {w}x{h}x{channels}",
+                pixels.len()
+            ),
+        ));
+    }
+    Ok(RawImage {
+        pixels: HostTensor::new(&[1, h, w, channels], pixels)?,
+        range: PixelRange::Scale(255.0),
+        source: path.display().to_string(),
+    })
 }
 
-/// Converts an already decoded image.
+/// Converts an already decoded image (without copying 8-bit grey, 16-bit grey or 8-bit RGB).
 pub fn from_dynamic(img: DynamicImage, source: &str) -> Result<RawImage> {
     let (w, h) = (img.width() as usize, img.height() as usize);
     if w == 0 || h == 0 {
@@ -58,7 +180,7 @@ pub fn from_dynamic(img: DynamicImage, source: &str) -> Result<RawImage> {
             },
         ),
         other => (
-            HostTensor::new(&[1, h, w, 3], other.to_rgb8().into_raw())?,
+            HostTensor::new(&[1, h, w, 3], other.into_rgb8().into_raw())?,
             PixelRange::Scale(255.0),
         ),
     };

@@ -9,6 +9,23 @@
 //!
 //! [`load`] picks the reader from the file's content (the `DICM` magic at byte 128), not its
 //! name.
+//!
+//! # Resource limits
+//!
+//! Every reader enforces an [`InputLimits`] before the allocation it guards, so that a small
+//! hostile file cannot make it allocate gigabytes, recurse without bound or hang:
+//!
+//! | limit | default | guards |
+//! |---|---|---|
+//! | [`InputLimits::max_file_bytes`] | 1 GiB | the bytes read from one file (read once, whole) |
+//! | [`InputLimits::max_pixels`] | 64 Mpixel (64·2^20) | width × height of a PNG/JPEG, checked from its header before decoding |
+//! | [`InputLimits::max_alloc_bytes`] | 256 MiB | what the PNG/JPEG decoder may allocate |
+//! | [`InputLimits::max_dicom_depth`] | 64 | nesting of DICOM sequences (checked before parsing) |
+//!
+//! A DICOM element whose declared length exceeds the bytes left in the file is always an error
+//! (before anything is allocated for it). Only regular files are opened: a folder, FIFO,
+//! socket or device is an error, not a hang. The `*_with` functions take the limits; the others
+//! use [`InputLimits::default`].
 
 pub mod dicom;
 pub mod image;
@@ -113,14 +130,146 @@ impl RawImage {
     }
 }
 
-/// Reads a PNG, JPEG or DICOM file (chosen by content) with the file's own DICOM window, if
-/// any.
-pub fn load(path: &Path) -> Result<RawImage> {
-    if dicom::is_dicom(path)? {
-        Ok(dicom::read(path, &dicom::DicomOptions::default())?.into_raw())
-    } else {
-        image::read(path)
+/// Resource limits of the readers (see the module docs for the defaults and what each guards).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputLimits {
+    /// The largest file read, in bytes.
+    pub max_file_bytes: u64,
+    /// The largest PNG/JPEG, in pixels (width × height).
+    pub max_pixels: u64,
+    /// The most the PNG/JPEG decoder may allocate, in bytes.
+    pub max_alloc_bytes: u64,
+    /// The deepest nesting of DICOM sequences (a sequence inside an item of a sequence is depth
+    /// 2). The data set is checked without recursion before it is parsed, so a deeper file is
+    /// an error rather than a stack overflow in the parser.
+    pub max_dicom_depth: usize,
+}
+
+impl InputLimits {
+    /// Default [`InputLimits::max_file_bytes`]: 1 GiB.
+    pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
+    /// Default [`InputLimits::max_pixels`]: 64 Mpixel.
+    pub const DEFAULT_MAX_PIXELS: u64 = 64 << 20;
+    /// Default [`InputLimits::max_alloc_bytes`]: 256 MiB.
+    pub const DEFAULT_MAX_ALLOC_BYTES: u64 = 256 << 20;
+    /// Default [`InputLimits::max_dicom_depth`]: 64 (radiographs nest a few levels; the parser
+    /// recurses once per level, and 64 levels stay well inside a 2 MiB thread stack).
+    pub const DEFAULT_MAX_DICOM_DEPTH: usize = 64;
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits {
+            max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
+            max_pixels: Self::DEFAULT_MAX_PIXELS,
+            max_alloc_bytes: Self::DEFAULT_MAX_ALLOC_BYTES,
+            max_dicom_depth: Self::DEFAULT_MAX_DICOM_DEPTH,
+        }
     }
+}
+
+/// Reads a PNG, JPEG or DICOM file (chosen by content) with the file's own DICOM window, if
+/// any, under the default [`InputLimits`].
+pub fn load(path: &Path) -> Result<RawImage> {
+    load_with(path, &InputLimits::default())
+}
+
+/// [`load`] under the caller's limits. The file is read once.
+pub fn load_with(path: &Path, limits: &InputLimits) -> Result<RawImage> {
+    let bytes = read_file(path, limits.max_file_bytes)?;
+    if dicom::has_dicom_magic(&bytes) {
+        let opts = dicom::DicomOptions {
+            limits: *limits,
+            ..Default::default()
+        };
+        Ok(dicom::from_bytes(&bytes, path, &opts)?.into_raw())
+    } else {
+        image::from_bytes(&bytes, path, limits)
+    }
+}
+
+/// What a path that is not a regular file is, for messages.
+fn file_kind(ft: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if ft.is_socket() {
+            return "a socket";
+        }
+        if ft.is_char_device() || ft.is_block_device() {
+            return "a device";
+        }
+    }
+    if ft.is_dir() {
+        "a folder"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// The metadata of `path` when it is a regular file (following links); an error naming what
+/// it is otherwise.
+pub(crate) fn check_regular_file(path: &Path) -> Result<std::fs::Metadata> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            if link {
+                return Err(bad_file(
+                    path,
+                    format!(
+                        "is a symbolic link that cannot be followed (dangling, or a loop): {e}; \
+                         expected a regular file (PNG, JPEG or DICOM)"
+                    ),
+                ));
+            }
+            return Err(io_error(path, e));
+        }
+    };
+    if !meta.is_file() {
+        return Err(bad_file(
+            path,
+            format!(
+                "is {}; expected a regular file (PNG, JPEG or DICOM)",
+                file_kind(&meta.file_type())
+            ),
+        ));
+    }
+    Ok(meta)
+}
+
+/// Reads a whole regular file of at most `max_bytes` bytes. Anything else (a folder, a FIFO,
+/// which would block forever, a device, a larger file) is an error before it is opened.
+pub(crate) fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = check_regular_file(path)?;
+    let too_big = |len: u64| {
+        bad_file(
+            path,
+            format!(
+                "file has {len} bytes, more than the limit of {max_bytes} \
+                 (InputLimits::max_file_bytes)"
+            ),
+        )
+    };
+    if meta.len() > max_bytes {
+        return Err(too_big(meta.len()));
+    }
+    let f = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(meta.len() as usize)
+        .map_err(|e| bad_file(path, format!("cannot allocate {} bytes: {e}", meta.len())))?;
+    f.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error(path, e))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 pub(crate) fn bad_file(path: &Path, detail: impl std::fmt::Display) -> Error {

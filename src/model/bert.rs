@@ -287,10 +287,7 @@ impl BertConfig {
             .strip_prefix(a.prefix())
             .or_else(|| name.strip_prefix("bert."))
             .unwrap_or(name);
-        if name.starts_with("cls.")
-            || name.starts_with("predictions.")
-            || name.contains("position_ids")
-        {
+        if Self::not_the_encoders(name) {
             return None;
         }
         let (stem, suffix) = name.rsplit_once('.')?;
@@ -326,6 +323,22 @@ impl BertConfig {
             return Some(format!("encoder.layer.{idx}.{ours}.{suffix}"));
         }
         Some(name.to_string())
+    }
+    /// True for the tensors of a checkpoint that are not the encoder's or its task head's:
+    /// pretraining heads (BERT's `cls.*`, ALBERT's `predictions.*` and `sop_classifier.*`,
+    /// DistilBERT's `vocab_*`) and buffers (`position_ids`). `name` without a task prefix.
+    fn not_the_encoders(name: &str) -> bool {
+        [
+            "cls.",
+            "predictions.",
+            "sop_classifier.",
+            "vocab_transform.",
+            "vocab_layer_norm.",
+            "vocab_projector.",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+            || name.contains("position_ids")
     }
     /// This family's name for medkern name `name` (for error messages).
     pub fn family_name(&self, name: &str) -> String {
@@ -430,6 +443,8 @@ struct Weights<'a> {
     dtype: DType,
     /// `medkern.linear.<name>` → storage kind, from the file's metadata (compressed models).
     kinds: std::collections::HashMap<String, String>,
+    /// The names in the file of the tensors read so far (what is left over is unexpected).
+    used: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl Weights<'_> {
@@ -502,6 +517,7 @@ impl Weights<'_> {
     fn host(&self, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
         let full = self.names.get(name).ok_or_else(|| self.missing(name))?;
         let t = self.st.tensor(full).map_err(|_| self.missing(name))?;
+        self.used.borrow_mut().insert(full.clone());
         if t.shape() != shape {
             return Err(invalid(
                 "weights",
@@ -512,7 +528,21 @@ impl Weights<'_> {
             ));
         }
         match (t.dtype(), crate::model::float_values(&t)) {
-            (_, Some(v)) => Ok(v),
+            (_, Some(v)) => {
+                // NaN or ±inf (or a value beyond f32 in an F64 tensor) would flow through
+                // every embedding silently: refused here, as the CNN loaders do.
+                if let Some(i) = v.iter().position(|&x| !(x as f32).is_finite()) {
+                    return Err(invalid(
+                        "weights",
+                        format!(
+                            "tensor {full} holds a non-finite value {} at index {i}; expected \
+                             finite weights (a corrupt or diverged checkpoint?)",
+                            v[i]
+                        ),
+                    ));
+                }
+                Ok(v)
+            }
             (safetensors::Dtype::I8, None) => {
                 Ok(t.data().iter().map(|&b| f64::from(b as i8)).collect())
             }
@@ -521,6 +551,47 @@ impl Weights<'_> {
                 format!("tensor {full} has dtype {other:?}, expected F32, F64, F16, BF16 or I8"),
             )),
         }
+    }
+    /// Every tensor of the file was read, but for pretraining heads and buffers, and the
+    /// pooler of a checkpoint without a classifier (sentence encoders keep it): a tensor the
+    /// configuration does not reach (layers beyond `num_hidden_layers`, another family's
+    /// names) means the config is not the checkpoint's, and running part of it is a silent
+    /// wrong answer.
+    fn check_all_used(&self, has_head: bool) -> Result<()> {
+        let used = self.used.borrow();
+        for n in self.st.names() {
+            if used.contains(n) {
+                continue;
+            }
+            let bare = n
+                .strip_prefix(self.config.arch.prefix())
+                .or_else(|| n.strip_prefix("bert."))
+                .unwrap_or(n);
+            if BertConfig::not_the_encoders(bare) {
+                continue;
+            }
+            let canonical = self.config.canonical_name(n);
+            if !has_head
+                && canonical
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("pooler."))
+            {
+                continue;
+            }
+            let c = self.config;
+            return Err(invalid(
+                "weights",
+                format!(
+                    "unexpected tensor {n}: not used by the configuration ({:?}, {} layers, \
+                     {} stored; hidden {}); is config.json the checkpoint's?",
+                    c.arch,
+                    c.num_hidden_layers,
+                    c.stored_layers(),
+                    c.hidden_size
+                ),
+            ));
+        }
+        Ok(())
     }
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let v = self.host(name, shape)?;
@@ -596,6 +667,7 @@ impl BertModel {
             device,
             dtype,
             kinds,
+            used: Default::default(),
         };
         let c = &config;
         let (h, i, d, e) = (
@@ -730,14 +802,18 @@ impl BertModel {
                 &[c.type_vocab_size, e],
             )?)
         };
+        let word = w.get("embeddings.word_embeddings.weight", &[c.vocab_size, e])?;
+        let position = w.get(
+            "embeddings.position_embeddings.weight",
+            &[c.max_position_embeddings, e],
+        )?;
+        let emb_ln = w.ln("embeddings.LayerNorm", e)?;
+        w.check_all_used(head.is_some())?;
         Ok(BertModel {
-            word: w.get("embeddings.word_embeddings.weight", &[c.vocab_size, e])?,
-            position: w.get(
-                "embeddings.position_embeddings.weight",
-                &[c.max_position_embeddings, e],
-            )?,
+            word,
+            position,
             token_type,
-            emb_ln: w.ln("embeddings.LayerNorm", e)?,
+            emb_ln,
             emb_proj,
             layers,
             schedule: c.schedule(),
@@ -1030,8 +1106,18 @@ pub struct BertTokenizer {
 }
 
 impl BertTokenizer {
-    /// Loads `dir/tokenizer.json`; sequences are truncated to `max_len` tokens.
+    /// Loads `dir/tokenizer.json`; sequences are truncated to `max_len` tokens ([CLS] and
+    /// [SEP] included, so `max_len` is at least 2).
     pub fn load(dir: &Path, max_len: usize) -> Result<Self> {
+        if max_len < 2 {
+            return Err(invalid(
+                "max_len",
+                format!(
+                    "{max_len} tokens; expected at least 2 (the [CLS] and [SEP] tokens are \
+                     counted)"
+                ),
+            ));
+        }
         let path = dir.join("tokenizer.json");
         let mut inner = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| invalid("tokenizer", format!("{}: {e}", path.display())))?;
@@ -1045,23 +1131,54 @@ impl BertTokenizer {
 
     /// Token ids (with [CLS]/[SEP]) of each text, truncated to `max_len` (keeping the final
     /// [SEP]).
+    ///
+    /// A long text is not tokenised whole: its prefix up to a whitespace is, first about
+    /// `32·max_len` bytes, four times more while it gives fewer than `max_len` tokens. The
+    /// pre-tokenisers of the BERT family split at whitespace, so a prefix cut there gives the
+    /// same first tokens as the whole text: the result is that of tokenising it all.
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        texts
-            .iter()
-            .map(|t| {
-                let enc = self
-                    .inner
-                    .encode(*t, true)
-                    .map_err(|e| invalid("text", format!("tokenizer: {e}")))?;
-                let mut ids = enc.get_ids().to_vec();
-                if ids.len() > self.max_len && self.max_len >= 2 {
-                    let last = ids[ids.len() - 1];
-                    ids.truncate(self.max_len - 1);
-                    ids.push(last);
+        texts.iter().map(|t| self.encode_one(t)).collect()
+    }
+
+    fn encode_one(&self, text: &str) -> Result<Vec<u32>> {
+        let encode = |t: &str| -> Result<Vec<u32>> {
+            Ok(self
+                .inner
+                .encode(t, true)
+                .map_err(|e| invalid("text", format!("tokenizer: {e}")))?
+                .get_ids()
+                .to_vec())
+        };
+        let truncate = |mut ids: Vec<u32>| {
+            if ids.len() > self.max_len {
+                let last = ids[ids.len() - 1];
+                ids.truncate(self.max_len - 1);
+                ids.push(last);
+            }
+            ids
+        };
+        let mut budget = self.max_len.saturating_mul(32).max(1024);
+        while budget < text.len() {
+            // The last whitespace at or before `budget` (a char boundary by construction).
+            let cut = text
+                .get(..budget)
+                .or_else(|| {
+                    (0..=budget)
+                        .rev()
+                        .find(|&i| text.is_char_boundary(i))
+                        .and_then(|i| text.get(..i))
+                })
+                .and_then(|head| head.rfind(char::is_whitespace));
+            if let Some(cut) = cut {
+                let ids = encode(&text[..cut])?;
+                // More than max_len with [CLS] and [SEP]: the truncation is already known.
+                if ids.len() > self.max_len {
+                    return Ok(truncate(ids));
                 }
-                Ok(ids)
-            })
-            .collect()
+            }
+            budget = budget.saturating_mul(4);
+        }
+        Ok(truncate(encode(text)?))
     }
 }
 

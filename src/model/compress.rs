@@ -38,6 +38,100 @@ pub const SAMPLE_SENTENCES: [&str; 8] = [
     "Troponin negative, ECG sinus rhythm without ST changes.",
 ];
 
+/// The tokenizer files [`Checkpoint::save`] copies from the source folder.
+const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+];
+
+/// `p` with links and `..` resolved, also when it does not exist yet (its nearest existing
+/// ancestor is resolved and the rest appended).
+fn resolved(p: &Path) -> std::path::PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    match (p.parent(), p.file_name()) {
+        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => resolved(parent).join(name),
+        (_, Some(name)) => std::env::current_dir()
+            .map(|d| resolved(&d).join(name))
+            .unwrap_or_else(|_| p.to_path_buf()),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Refuses an output folder `out` that would overwrite or contain the model folder `model`:
+/// the same folder (also through a link), a folder inside it, or one that contains it.
+/// `medkern compress` calls it before any work; [`Checkpoint::save`] calls it too.
+pub fn check_out_dir(out: &Path, model: &Path) -> Result<()> {
+    let (o, m) = (resolved(out), resolved(model));
+    let why = if o == m {
+        "is the model folder"
+    } else if o.starts_with(&m) {
+        "is inside the model folder"
+    } else if m.starts_with(&o) {
+        "contains the model folder"
+    } else {
+        return Ok(());
+    };
+    Err(invalid(
+        "out",
+        format!(
+            "{} {why} {} (resolved: {} and {}); expected a separate folder, so that the \
+             model is not overwritten",
+            out.display(),
+            model.display(),
+            o.display(),
+            m.display()
+        ),
+    ))
+}
+
+/// An existing `dir` may be replaced only when it is a folder that is empty or holds only
+/// the files a save writes.
+fn check_replaceable(dir: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return Ok(());
+    };
+    if !meta.is_dir() {
+        return Err(invalid(
+            "out",
+            format!(
+                "{} exists and is not a folder; expected a new or empty folder",
+                dir.display()
+            ),
+        ));
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::Io {
+        op: OP,
+        path: dir.display().to_string(),
+        source: e,
+    })?;
+    for e in entries {
+        let e = e.map_err(|e| Error::Io {
+            op: OP,
+            path: dir.display().to_string(),
+            source: e,
+        })?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = name == "config.json"
+            || name == "model.safetensors"
+            || TOKENIZER_FILES.contains(&name.as_str());
+        if !ours || !e.file_type().is_ok_and(|t| t.is_file()) {
+            return Err(invalid(
+                "out",
+                format!(
+                    "{} exists and holds {name}, which a save does not write; expected a new \
+                     or empty folder, or an earlier output (nothing else is replaced)",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn invalid(arg: &'static str, detail: String) -> Error {
     Error::Invalid {
         op: OP,
@@ -139,15 +233,72 @@ impl Checkpoint {
         })
     }
 
-    /// Writes `dir/config.json` and `dir/model.safetensors` (with the metadata), creating `dir`,
-    /// and copies the tokenizer files from `tokenizer_from` when given.
+    /// Writes `dir/config.json` and `dir/model.safetensors` (with the metadata), and copies the
+    /// tokenizer files from `tokenizer_from` when given.
+    ///
+    /// Nothing a user had is lost, and a failure never leaves a half-written model: `dir` may
+    /// not be `tokenizer_from`, inside it or contain it (links resolved; see
+    /// [`check_out_dir`]); everything is written into a temporary folder beside `dir` and
+    /// renamed into place. An existing `dir` must be empty or hold only the files a save
+    /// writes (an earlier output); it is then replaced.
     pub fn save(&self, dir: &Path, tokenizer_from: Option<&Path>) -> Result<()> {
         let io = |path: &Path, e: std::io::Error| Error::Io {
             op: OP,
             path: path.display().to_string(),
             source: e,
         };
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        if let Some(src) = tokenizer_from {
+            check_out_dir(dir, src)?;
+        }
+        check_replaceable(dir)?;
+        let name = dir
+            .file_name()
+            .ok_or_else(|| {
+                invalid(
+                    "out",
+                    format!("{}: expected a folder name to write to", dir.display()),
+                )
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| io(&parent, e))?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let tag = format!("{}-{stamp}", std::process::id());
+        let tmp = parent.join(format!(".{name}.medkern-tmp-{tag}"));
+        std::fs::create_dir(&tmp).map_err(|e| io(&tmp, e))?;
+        let written = self.write_files(&tmp, tokenizer_from);
+        let placed = written.and_then(|()| {
+            if !dir.exists() {
+                return std::fs::rename(&tmp, dir).map_err(|e| io(dir, e));
+            }
+            // Replace an earlier output: move it aside, move the new one in, drop the old.
+            let old = parent.join(format!(".{name}.medkern-old-{tag}"));
+            std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
+            if let Err(e) = std::fs::rename(&tmp, dir) {
+                let _ = std::fs::rename(&old, dir);
+                return Err(io(dir, e));
+            }
+            std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))
+        });
+        if placed.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        placed
+    }
+
+    /// The files of a save, into the existing folder `dir`.
+    fn write_files(&self, dir: &Path, tokenizer_from: Option<&Path>) -> Result<()> {
+        let io = |path: &Path, e: std::io::Error| Error::Io {
+            op: OP,
+            path: path.display().to_string(),
+            source: e,
+        };
         let cfg = serde_json::to_vec_pretty(&self.config)
             .map_err(|e| invalid("config", e.to_string()))?;
         std::fs::write(dir.join("config.json"), cfg)
@@ -156,12 +307,7 @@ impl Checkpoint {
         let path = dir.join("model.safetensors");
         std::fs::write(&path, bytes).map_err(|e| io(&path, e))?;
         if let Some(src) = tokenizer_from {
-            for f in [
-                "tokenizer.json",
-                "tokenizer_config.json",
-                "vocab.txt",
-                "special_tokens_map.json",
-            ] {
+            for f in TOKENIZER_FILES {
                 if src.join(f).exists() {
                     std::fs::copy(src.join(f), dir.join(f)).map_err(|e| io(&src.join(f), e))?;
                 }

@@ -76,7 +76,7 @@ pub const ORDINAL_CLASSES: [&str; 5] = [
 pub const CONFIG_KEY: &str = "medkern.exam.config";
 
 /// The image branch: preprocessed NHWC images `[N, H, W, 3]` → features `[N, feature_dim]`.
-pub trait ImageTrunk {
+pub trait ImageTrunk: Send + Sync {
     /// Features of a batch (any float dtype; cast to f32 by the head).
     fn features(&self, x: &Tensor) -> Result<Tensor>;
     fn feature_dim(&self) -> usize;

@@ -590,7 +590,11 @@ fn lloyd(points: &[Vec<f64>], mut centroids: Vec<Vec<f64>>, max_iter: usize) -> 
                 centroids[j] = sums[j].iter().map(|s| s / counts[j] as f64).collect();
             }
         }
-        // Empty clusters take the point farthest from its centroid (from a cluster of >= 2).
+        // Empty clusters take the point farthest from its centroid (from a cluster of >= 2),
+        // if that point is not on its centroid: when every point is (fewer distinct points
+        // than k, e.g. identical frames) moving one cannot lower the inertia, would move
+        // back at the next assignment, and the loop would never converge; the cluster stays
+        // empty instead.
         reseeded = false;
         for j in 0..k {
             if counts[j] == 0 {
@@ -600,7 +604,7 @@ fn lloyd(points: &[Vec<f64>], mut centroids: Vec<Vec<f64>>, max_iter: usize) -> 
                     .filter(|(i, _)| counts[assignments[*i]] > 1)
                     .map(|(i, p)| (i, dist2(p, &centroids[assignments[i]])))
                     .fold(
-                        (None, -1.0),
+                        (None, 0.0),
                         |b, (i, w)| if w > b.1 { (Some(i), w) } else { b },
                     )
                     .0;

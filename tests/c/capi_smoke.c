@@ -35,6 +35,9 @@ int main(int argc, char **argv) {
     }
     CHECK(mk_abi_version() == MEDKERN_ABI_VERSION, "ABI version %u", mk_abi_version());
     CHECK(strlen(mk_version()) > 0, "version %s", mk_version());
+    CHECK(mk_exam_class_name(4) && strcmp(mk_exam_class_name(4), "death") == 0 &&
+              mk_exam_class_name(5) == NULL,
+          "EXAM class 4 is %s", mk_exam_class_name(4));
 
     mk_device *dev = NULL;
     mk_status st = mk_device_open("tpu:0", &dev);

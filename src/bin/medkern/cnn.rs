@@ -37,10 +37,17 @@ pub fn cli_err(arg: &'static str, detail: String) -> Error {
 }
 
 pub fn print_json(v: &Value) -> Result<()> {
-    use std::io::Write;
     let s = serde_json::to_string_pretty(v).map_err(|e| cli_err("output", e.to_string()))?;
-    // A closed pipe (`| head`) is not an error of ours.
-    match writeln!(std::io::stdout().lock(), "{s}") {
+    print_line(&s)
+}
+
+/// Writes `s` and a newline to stdout and flushes. A closed pipe (`| head`) is not an error
+/// of ours: the rest of the output is dropped quietly. Any other failure (`> /dev/full`) is an
+/// error naming stdout, never a panic as `println!` would give.
+pub fn print_line(s: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{s}").and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Io {
             op: "cli",
             path: "stdout".into(),
@@ -48,6 +55,18 @@ pub fn print_json(v: &Value) -> Result<()> {
         }),
         _ => Ok(()),
     }
+}
+
+/// The input limits of this run (`--max-file-bytes`, `--max-pixels`, `--max-alloc-bytes`,
+/// `--max-dicom-depth`; the library's defaults otherwise).
+static INPUT_LIMITS: std::sync::OnceLock<input::InputLimits> = std::sync::OnceLock::new();
+
+pub fn set_input_limits(l: input::InputLimits) {
+    let _ = INPUT_LIMITS.set(l);
+}
+
+pub fn input_limits() -> input::InputLimits {
+    INPUT_LIMITS.get().copied().unwrap_or_default()
 }
 
 /// Reads an image file (PNG, JPEG or DICOM by content) with an optional DICOM window, and a
@@ -59,6 +78,7 @@ pub fn read_image(path: &Path, window: Option<(f64, f64)>) -> Result<(RawImage, 
                 Some((center, width)) => dicom::WindowChoice::Given { center, width },
                 None => dicom::WindowChoice::File,
             },
+            limits: input_limits(),
         };
         let d = dicom::read(path, &opts)?;
         let info = json!({
@@ -84,7 +104,7 @@ pub fn read_image(path: &Path, window: Option<(f64, f64)>) -> Result<(RawImage, 
                 ),
             ));
         }
-        let r = input::image::read(path)?;
+        let r = input::image::read_with(path, &input_limits())?;
         let (h, w) = r.size();
         let info = json!({
             "format": "image",
@@ -171,10 +191,14 @@ pub fn exam(a: ExamArgs) -> Result<()> {
 }
 
 /// The files to process: each file as given, each folder's images (`.png`, `.jpg`, `.jpeg`,
-/// `.dcm`, `.dicom`, any case) sorted by name; true when a folder was among them.
-pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, bool)> {
+/// `.dcm`, `.dicom`, any case) sorted by name; true when a folder was among them; and the
+/// folder entries left out, each `{"file", "reason"}` (for the JSON's "skipped"). An image
+/// name that is not a regular file (a dangling link, a link loop, a FIFO, a folder) is kept,
+/// so that it is reported as a failed image with its reason rather than dropped silently.
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, bool, Vec<Value>)> {
     let mut files = Vec::new();
     let mut folder = false;
+    let mut skipped = Vec::new();
     for p in inputs {
         if p.is_dir() {
             folder = true;
@@ -183,18 +207,30 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, bool)> {
                 path: p.display().to_string(),
                 source: e,
             })?;
-            let mut found: Vec<PathBuf> = rd
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| {
-                    f.is_file()
-                        && f.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                            matches!(
-                                e.to_ascii_lowercase().as_str(),
-                                "png" | "jpg" | "jpeg" | "dcm" | "dicom"
-                            )
-                        })
-                })
-                .collect();
+            let mut found = Vec::new();
+            for e in rd {
+                let f = e
+                    .map_err(|e| Error::Io {
+                        op: "medkern",
+                        path: p.display().to_string(),
+                        source: e,
+                    })?
+                    .path();
+                let image_name = f.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    matches!(
+                        e.to_ascii_lowercase().as_str(),
+                        "png" | "jpg" | "jpeg" | "dcm" | "dicom"
+                    )
+                });
+                if image_name {
+                    found.push(f);
+                } else {
+                    skipped.push(json!({
+                        "file": f.display().to_string(),
+                        "reason": "not an image name (.png, .jpg, .jpeg, .dcm or .dicom)",
+                    }));
+                }
+            }
             found.sort();
             if found.is_empty() {
                 return Err(cli_err(
@@ -210,7 +246,8 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, bool)> {
             files.push(p.clone());
         }
     }
-    Ok((files, folder))
+    skipped.sort_by(|a, b| a["file"].as_str().cmp(&b["file"].as_str()));
+    Ok((files, folder, skipped))
 }
 
 fn progress(n: usize, show: bool) -> indicatif::ProgressBar {
@@ -306,7 +343,7 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
     use medkern::ops::Preprocess;
     let dev = device_of(a.device)?;
     let dtype = dtype_of(a.dtype, &dev);
-    let (files, folder) = expand_inputs(&a.inputs)?;
+    let (files, folder, skipped) = expand_inputs(&a.inputs)?;
     let (model, prep, name): (Classifier, Preprocess<'static>, &str) = match a.model {
         ClassifyModel::Sepsis => {
             let m = match &a.weights {
@@ -357,7 +394,7 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
         );
         let one = || -> Result<Value> {
             // ImageNet evaluation: the central square, then the resize.
-            let raw = input::load(f)?.center_crop_square()?;
+            let raw = input::load_with(f, &input_limits())?.center_crop_square()?;
             let p = Preprocess {
                 grey_to_rgb: raw.channels() == 1,
                 ..prep
@@ -427,6 +464,7 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
         "dtype": dtype.to_string(),
         "images": files.len(),
         "failed": failed,
+        "skipped": skipped,
         "results": results,
     });
     report(v, a.weights.is_none(), failed, files.len(), None)
@@ -487,7 +525,7 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
     use medkern::ops::Preprocess;
     let dev = device_of(a.device)?;
     let dtype = dtype_of(a.dtype, &dev);
-    let (files, folder) = expand_inputs(&a.inputs)?;
+    let (files, folder, skipped) = expand_inputs(&a.inputs)?;
     let model = match &a.weights {
         Some(p) => Autoencoder::load(p, &dev, dtype)?,
         None => Autoencoder::from_safetensors(
@@ -503,7 +541,7 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
     let mut failed = 0usize;
     for (i, f) in files.iter().enumerate() {
         let one = || -> Result<(f64, Vec<f64>)> {
-            let raw = input::load(f)?;
+            let raw = input::load_with(f, &input_limits())?;
             let p = Preprocess {
                 out_size: (AE_SIZE, AE_SIZE),
                 range: raw.range,
@@ -541,6 +579,7 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
         "dtype": dtype.to_string(),
         "images": files.len(),
         "failed": failed,
+        "skipped": skipped,
     });
     // A k-means failure (e.g. k above the number of encoded images) is reported with the
     // per-file results rather than instead of them.

@@ -1,0 +1,212 @@
+//! The `medkern` command line as a user runs it: output onto a closed pipe or a full device
+//! ends cleanly, with a message and an exit status, never a panic.
+
+mod common;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("MEDKERN_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".models"))
+}
+
+/// The installed MiniLM folder, or None after a counted SKIP with `MEDKERN_SKIP_MODELS=1`.
+fn minilm_or_skip(test: &str) -> Option<PathBuf> {
+    let p = models_dir().join("all-MiniLM-L6-v2");
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("MEDKERN_SKIP_MODELS").is_ok_and(|v| v == "1") {
+        common::skip(
+            test,
+            &format!("{} missing (MEDKERN_SKIP_MODELS=1)", p.display()),
+        );
+        return None;
+    }
+    panic!(
+        "{test}: {} is not installed: run scripts/setup-models (or MEDKERN_SKIP_MODELS=1)",
+        p.display()
+    );
+}
+
+fn embed_cmd(model: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_medkern"));
+    c.args(["embed", "--device", "cpu", "--model"])
+        .arg(model)
+        .args(["Chest pain radiating to the left arm.", "No fever."]);
+    c
+}
+
+/// Issue 15, defect 8: `medkern embed … | head -c5` and `medkern embed … > /dev/full`
+/// panicked in `println!` (exit 101). A closed pipe now ends quietly with status 0; a full
+/// device is an error naming stdout, status 1.
+#[test]
+fn embed_onto_a_closed_pipe_or_a_full_device_does_not_panic() {
+    let test = "cli::embed_onto_a_closed_pipe_or_a_full_device_does_not_panic";
+    let Some(model) = minilm_or_skip(test) else {
+        return;
+    };
+    // A reader that has gone before anything is written (what `| head -c5` becomes).
+    let mut child = embed_cmd(&model)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn medkern");
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    let status = child.wait().expect("wait");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "closed pipe: {status}; stderr: {err}"
+    );
+
+    // A full device.
+    if std::path::Path::new("/dev/full").exists() {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("open /dev/full");
+        let out = embed_cmd(&model)
+            .stdout(Stdio::from(full))
+            .output()
+            .expect("run medkern");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(out.status.code(), Some(1), "/dev/full: {err}");
+        assert!(err.contains("stdout"), "{err}");
+    } else {
+        common::skip(test, "no /dev/full (full-device part)");
+    }
+}
+
+/// Issue 15, defect 9: a folder's dangling links, link loops and FIFOs were dropped silently
+/// ("images": 1, "failed": 0, exit 0), and a FIFO given as an image hung. Each image name in
+/// a folder that is not a regular file is now a failed image with its reason, counted, and the
+/// command fails; a FIFO given directly is an error, not a hang.
+#[cfg(unix)]
+#[test]
+fn classify_reports_links_and_fifos_in_a_folder() {
+    let dir = common::TempDir::new("cli-folder");
+    let d = dir.path();
+    image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, 100]))
+        .save(d.join("good.png"))
+        .expect("save");
+    std::os::unix::fs::symlink(d.join("nowhere.png"), d.join("dangling.png")).expect("link");
+    std::os::unix::fs::symlink(d.join("loop.png"), d.join("loop.png")).expect("link");
+    std::fs::write(d.join("notes.txt"), b"not an image").expect("write");
+    let fifo = Command::new("mkfifo")
+        .arg(d.join("pipe.png"))
+        .status()
+        .is_ok_and(|s| s.success());
+    let run = |arg: &std::path::Path| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_medkern"))
+            .args(["classify", "--model", "sepsis", "--device", "cpu"])
+            .arg(arg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn medkern");
+        let (mut out, mut err) = (String::new(), String::new());
+        let mut so = child.stdout.take().expect("stdout");
+        let mut se = child.stderr.take().expect("stderr");
+        let t = std::thread::spawn(move || {
+            let _ = se.read_to_string(&mut err);
+            err
+        });
+        let _ = so.read_to_string(&mut out);
+        let err = t.join().expect("stderr thread");
+        (child.wait().expect("wait"), out, err)
+    };
+    // Bounded: a hang fails the test instead of blocking it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = d.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send((run(&path), run(&path.join("pipe.png"))));
+    });
+    let ((status, out, err), (fifo_status, fifo_out, fifo_err)) = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("medkern classify hangs");
+    assert_eq!(status.code(), Some(1), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON output");
+    let want = if fifo { 4 } else { 3 };
+    assert_eq!(v["images"], serde_json::json!(want), "{out}");
+    assert_eq!(v["failed"], serde_json::json!(want - 1), "{out}");
+    let errors: Vec<String> = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|r| r["error"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .filter(|e| e.contains("symbolic link that cannot be followed"))
+            .count()
+            == 2,
+        "{errors:?}"
+    );
+    if fifo {
+        assert!(errors.iter().any(|e| e.contains("FIFO")), "{errors:?}");
+        assert_eq!(fifo_status.code(), Some(1), "{fifo_err}");
+        assert!(fifo_out.contains("FIFO"), "{fifo_out}");
+    }
+    assert!(err.contains("3 of 4") || err.contains("2 of 3"), "{err}");
+    // Entries that are not image names are listed as skipped, with the reason.
+    let skipped = v["skipped"].as_array().expect("skipped");
+    assert_eq!(skipped.len(), 1, "{out}");
+    assert!(
+        skipped[0]["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("notes.txt"))
+            && skipped[0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("not an image")),
+        "{out}"
+    );
+}
+
+/// The input limits are command-line options (`--max-pixels` etc., on every command).
+#[test]
+fn input_limits_from_the_command_line() {
+    let dir = common::TempDir::new("cli-limits");
+    let png = dir.path().join("small.png");
+    image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8, y as u8, 7]))
+        .save(&png)
+        .expect("save");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_medkern"))
+            .args(["classify", "--model", "sepsis", "--device", "cpu"])
+            .args(extra)
+            .arg(&png)
+            .output()
+            .expect("run medkern")
+    };
+    let out = run(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (flag, value, limit) in [
+        ("--max-pixels", "100", "max_pixels"),
+        ("--max-file-bytes", "100", "max_file_bytes"),
+        ("--max-alloc-bytes", "1000", "max_alloc_bytes"),
+    ] {
+        let out = run(&[flag, value]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{flag}: {stdout}");
+        assert!(stdout.contains(limit), "{flag}: {stdout}");
+    }
+}

@@ -1,0 +1,121 @@
+//! Thread safety (issue 15): every public model and handle type is Send + Sync (checked at
+//! compile time), and 8 threads sharing one model on the CPU backend get results
+//! bit-identical to a serial run.
+
+mod common;
+
+use medkern::capi::{MkBert, MkDevice, MkExam, MkImageModel};
+use medkern::input::{InputLimits, RawImage};
+use medkern::model::bert::{BertConfig, BertModel, BertTokenizer, Pooling};
+use medkern::model::compress::Checkpoint;
+use medkern::model::efficientnet::EfficientNet;
+use medkern::model::exam::{ExamHead, ExamModel, ResNetTrunk};
+use medkern::model::resnet::ResNet;
+use medkern::model::sepsis::{Autoencoder, SepsisNet};
+use medkern::{DType, Device, DeviceTensor, Gpu, HostTensor, Tensor};
+use std::path::PathBuf;
+
+const fn send_sync<T: Send + Sync>() {}
+
+/// Compile-time: a type that stops being Send + Sync breaks the build here.
+const _: () = {
+    send_sync::<Device>();
+    send_sync::<Gpu>();
+    send_sync::<Tensor>();
+    send_sync::<DeviceTensor>();
+    send_sync::<HostTensor>();
+    send_sync::<BertConfig>();
+    send_sync::<BertModel>();
+    send_sync::<BertTokenizer>();
+    send_sync::<Checkpoint>();
+    send_sync::<EfficientNet>();
+    send_sync::<ResNet>();
+    send_sync::<SepsisNet>();
+    send_sync::<Autoencoder>();
+    send_sync::<ExamHead>();
+    send_sync::<ResNetTrunk>();
+    send_sync::<ExamModel>();
+    send_sync::<RawImage>();
+    send_sync::<InputLimits>();
+    send_sync::<MkDevice>();
+    send_sync::<MkBert>();
+    send_sync::<MkImageModel>();
+    send_sync::<MkExam>();
+    send_sync::<medkern::Error>();
+};
+
+fn minilm_or_skip(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("MEDKERN_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".models"))
+        .join("all-MiniLM-L6-v2");
+    if dir.join("model.safetensors").is_file() {
+        return Some(dir);
+    }
+    if std::env::var("MEDKERN_SKIP_MODELS").is_ok_and(|v| v == "1") {
+        common::skip(
+            test,
+            &format!("{} missing (MEDKERN_SKIP_MODELS=1)", dir.display()),
+        );
+        return None;
+    }
+    panic!(
+        "{test}: {} is not installed: run scripts/setup-models (or MEDKERN_SKIP_MODELS=1)",
+        dir.display()
+    );
+}
+
+/// 8 threads share one MiniLM (CPU backend), each embedding the texts in its own order,
+/// several times: every embedding is bit-identical to the serial run's.
+#[test]
+fn eight_threads_share_one_bert_bit_identically() {
+    let Some(dir) = minilm_or_skip("threads::eight_threads_share_one_bert_bit_identically") else {
+        return;
+    };
+    let model = BertModel::load(&dir, &Device::Cpu, DType::F32).expect("load");
+    let tok = BertTokenizer::load(&dir, 128).expect("tokenizer");
+    let texts = [
+        "Fever and productive cough for three days.",
+        "Chest X-ray: bilateral infiltrates.",
+        "SpO2 88% on room air.",
+        "No acute distress.",
+        "Lactate 4.2 mmol/L, MAP 58 mmHg.",
+        "a",
+    ];
+    let ids = tok.encode(&texts).expect("encode");
+    let serial: Vec<Vec<f32>> = ids
+        .iter()
+        .map(|one| {
+            model
+                .embed(std::slice::from_ref(one), Pooling::Mean)
+                .expect("embed")
+                .remove(0)
+        })
+        .collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let (model, ids, serial) = (&model, &ids, &serial);
+                s.spawn(move || {
+                    for round in 0..2 {
+                        for k in 0..ids.len() {
+                            let i = (k + t + round) % ids.len();
+                            let got = model
+                                .embed(std::slice::from_ref(&ids[i]), Pooling::Mean)
+                                .expect("embed")
+                                .remove(0);
+                            let same = got
+                                .iter()
+                                .zip(&serial[i])
+                                .all(|(a, b)| a.to_bits() == b.to_bits());
+                            assert!(same, "thread {t}, round {round}, text {i} differs");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread");
+        }
+    });
+}
