@@ -404,7 +404,9 @@ fn every_length_and_head_dim() {
                 scale: None,
                 alibi: None,
                 bias: None,
-                block_rows: Some(BLOCK_ROWS[(i + j) % 2]),
+                // Not (i + j) % 2 like the dtype: that paired f16 with 64-row and bf16 with
+                // 128-row CTAs only, so f16 m128 and bf16 m64 never ran here.
+                block_rows: Some(BLOCK_ROWS[i % 2]),
             };
             let x = case.data(&mut rng);
             let got = case.run(&dev, &x, false).unwrap();

@@ -271,7 +271,8 @@ struct Case {
     residual: bool,
 }
 
-fn random_case(rng: &mut SeedRng, di: usize) -> Case {
+/// `variant` < 4 forces the fast k3/k5 × stride 1/2 kernels, 4 the general one, else random.
+fn random_case(rng: &mut SeedRng, di: usize, variant: usize) -> Case {
     const SIZES: [usize; 7] = [1, 2, 7, 8, 13, 33, 0];
     const CHANNELS: [usize; 10] = [1, 3, 8, 16, 20, 32, 33, 40, 64, 72];
     let size = |rng: &mut SeedRng| match SIZES[rng.below(7) as usize] {
@@ -285,10 +286,26 @@ fn random_case(rng: &mut SeedRng, di: usize) -> Case {
         CHANNELS[rng.below(10) as usize]
     };
     // Half the cases take a fast variant (square k3/k5, stride 1/2, no dilation).
-    let (k, stride, dil) = if rng.below(2) == 0 {
-        let k = [3, 5][rng.below(2) as usize];
-        let s = 1 + rng.below(2) as usize;
+    let fast = match variant {
+        0..4 => true,
+        4 => false,
+        _ => rng.below(2) == 0,
+    };
+    let (k, stride, dil) = if fast {
+        let k = [3, 5][if variant < 4 {
+            variant / 2
+        } else {
+            rng.below(2) as usize
+        }];
+        let s = 1 + if variant < 4 {
+            variant % 2
+        } else {
+            rng.below(2) as usize
+        };
         ((k, k), (s, s), (1, 1))
+    } else if variant == 4 {
+        // Dilation 2 never takes a fast variant.
+        ((3, 3), (1, 1), (2, 2))
     } else {
         let mut d = || 1 + rng.below(3) as usize;
         let (sh, sw, dh, dw) = (d(), d(), d(), d());
@@ -334,8 +351,10 @@ fn depthwise_gpu_matches_reference() {
     let mut runner = TestRunner::new(cases(96));
     runner
         .run(&(any::<u64>(), 0..3usize), |(seed, di)| {
+            static COVER: common::Cover = common::Cover::new();
+            let [di, v] = COVER.pick([di, 5], [3, 5]);
             let mut rng = SeedRng::new(seed);
-            let mut k = random_case(&mut rng, di);
+            let mut k = random_case(&mut rng, di, v);
             let win = match Window::new("t", (k.h, k.w), k.k, k.stride, k.dil, k.padding) {
                 Ok(w) => w,
                 Err(_) => {

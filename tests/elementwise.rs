@@ -121,7 +121,7 @@ fn eltwise_gpu_matches_reference() {
     let strategy = (
         any::<u64>(),
         0..3usize,
-        0..7usize,
+        0..8usize,
         any::<bool>(),
         any::<bool>(),
         -2.0f32..2.0,
@@ -129,6 +129,8 @@ fn eltwise_gpu_matches_reference() {
     let mut runner = TestRunner::new(cases(96));
     runner
         .run(&strategy, |(seed, di, ai, with_bias, with_res, alpha)| {
+            static COVER: common::Cover = common::Cover::new();
+            let [di, ai] = COVER.pick([di, ai], [3, 8]);
             let mut rng = SeedRng::new(seed);
             let (dt, act) = (DType::FLOATS[di], Activation::ALL[ai]);
             let rows = interesting_len(&mut rng, 300);
@@ -188,6 +190,8 @@ fn cast_gpu_matches_reference() {
     let mut runner = TestRunner::new(cases(48));
     runner
         .run(&(any::<u64>(), 0..3usize, 0..3usize), |(seed, si, di)| {
+            static COVER: common::Cover = common::Cover::new();
+            let [si, di] = COVER.pick([si, di], [3, 3]);
             let (from, to) = (DType::FLOATS[si], DType::FLOATS[di]);
             if from == to {
                 return Ok(());

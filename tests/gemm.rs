@@ -144,13 +144,16 @@ fn gemm_gpu_matches_reference() {
         any::<u64>(),
         0..3usize,
         any::<bool>(),
-        0..7usize,
+        0..8usize,
         any::<(bool, bool, bool)>(),
         0..4usize,
     );
     let mut runner = TestRunner::new(cases(128));
     runner
         .run(&strategy, |(seed, di, out32, ai, (with_bias, with_res, batched), ti)| {
+            static COVER: common::Cover = common::Cover::new();
+            let [di, o, ti] = COVER.pick([di, usize::from(out32), ti], [3, 2, 4]);
+            let out32 = o == 1;
             let mut rng = SeedRng::new(seed);
             let dt = DType::FLOATS[di];
             let odt = if out32 { DType::F32 } else { dt };

@@ -212,13 +212,15 @@ fn gemm_i8_dequant_gpu_matches_reference() {
     let strategy = (
         any::<u64>(),
         0..4usize,
-        0..7usize,
+        0..8usize,
         any::<(bool, bool, bool, bool, bool)>(),
         0..3usize,
     );
     let mut runner = TestRunner::new(cases(128));
     runner
         .run(&strategy, |(seed, oi, ai, (per_token, grouped, with_bias, with_res, batched), ti)| {
+            static COVER: common::Cover = common::Cover::new();
+            let [oi, ti] = COVER.pick([oi, ti], [4, 3]);
             let mut rng = SeedRng::new(seed);
             let odt = [DType::F16, DType::BF16, DType::F32, DType::I8][oi];
             let act = Activation::ALL[ai];

@@ -192,7 +192,7 @@ fn gemm_sparse_gpu_matches_reference() {
         any::<u64>(),
         0..2usize,
         any::<bool>(),
-        0..7usize,
+        0..8usize,
         any::<(bool, bool, bool)>(),
     );
     let mut runner = TestRunner::new(cases(96));
@@ -200,12 +200,23 @@ fn gemm_sparse_gpu_matches_reference() {
         .run(
             &strategy,
             |(seed, di, out32, ai, (with_bias, with_res, big))| {
+                static COVER: common::Cover = common::Cover::new();
+                let [di, o, b] = COVER.pick([di, usize::from(out32), usize::from(big)], [2, 2, 2]);
+                let (out32, big) = (o == 1, b == 1);
+                // Big cases reach the large tile: on the emulated GPU through a one-SM device.
+                let dev = if big {
+                    common::few_sm(&dev)
+                } else {
+                    dev.clone()
+                };
                 let mut rng = SeedRng::new(seed);
                 let dt = [DType::F16, DType::BF16][di];
                 let odt = if out32 { DType::F32 } else { dt };
                 let act = Activation::ALL[ai];
-                let (m, n) = if big {
-                    (gemm_len(&mut rng, 8, 1200), gemm_len(&mut rng, 8, 1200))
+                // On a GPU the large tile needs >= one block of 128x128 per SM (1700² gives up to
+                // 196 blocks); the emulated one-SM device takes it at any size.
+                let (m, n) = if big && !common::emulated() {
+                    (gemm_len(&mut rng, 8, 1700), gemm_len(&mut rng, 8, 1700))
                 } else {
                     (gemm_len(&mut rng, 8, 200), gemm_len(&mut rng, 8, 200))
                 };
@@ -353,9 +364,17 @@ fn gemm_sparse_i8_gpu_is_exact_and_dequantises() {
         .run(
             &(any::<u64>(), 0..5usize, any::<(bool, bool, bool)>()),
             |(seed, oi, (big, per_token, with_bias))| {
+                static COVER: common::Cover = common::Cover::new();
+                let [oi, b] = COVER.pick([oi, usize::from(big)], [5, 2]);
+                let big = b == 1;
+                let dev = if big {
+                    common::few_sm(&dev)
+                } else {
+                    dev.clone()
+                };
                 let mut rng = SeedRng::new(seed);
-                let (m, n) = if big {
-                    (gemm_len(&mut rng, 16, 1100), gemm_len(&mut rng, 16, 1100))
+                let (m, n) = if big && !common::emulated() {
+                    (gemm_len(&mut rng, 16, 1700), gemm_len(&mut rng, 16, 1700))
                 } else {
                     (gemm_len(&mut rng, 16, 200), gemm_len(&mut rng, 16, 200))
                 };

@@ -223,6 +223,9 @@ fn squeeze_excite_gpu_matches_reference() {
         .run(
             &(any::<u64>(), 0..3usize, any::<bool>()),
             |(seed, di, w_f32)| {
+                static COVER: common::Cover = common::Cover::new();
+                let [di, wf] = COVER.pick([di, usize::from(w_f32)], [3, 2]);
+                let w_f32 = wf == 1;
                 let mut rng = SeedRng::new(seed);
                 let dt = DType::FLOATS[di];
                 let wdt = if w_f32 { DType::F32 } else { dt };

@@ -18,8 +18,17 @@ template <int A> __device__ __forceinline__ float act(float x) {
     if constexpr (A == SILU) return x / (1.f + expf(-x));
     if constexpr (A == SIGMOID) return 1.f / (1.f + expf(-x));
     // 1 - 2/(e^{2|x|} + 1) with x's sign: far smaller code than tanhf (which made the int8
-    // GEMM epilogues spill on sm_80); absolute error ~1e-7.
-    if constexpr (A == TANH) return copysignf(1.f - 2.f / (expf(2.f * fabsf(x)) + 1.f), x);
+    // GEMM epilogues spill on sm_80); absolute error ~1e-7. Below |x| = 0.1 that difference
+    // cancels to nothing (12% off at 6e-7, found on the emulated GPU), so the odd series
+    // x - x³/3 + 2x⁵/15 - 17x⁷/315 (next term < 2e-10 relative) takes over.
+    if constexpr (A == TANH) {
+        const float a = fabsf(x);
+        if (a < 0.1f) {
+            const float x2 = x * x;
+            return x * (1.f + x2 * (-0.333333333f + x2 * (0.133333333f - x2 * 0.0539682540f)));
+        }
+        return copysignf(1.f - 2.f / (expf(2.f * a) + 1.f), x);
+    }
     return x;
 }
 

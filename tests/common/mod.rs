@@ -263,3 +263,38 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Walks a property test's first cases through every kernel variant: case `c < Π radix` takes
+/// the mixed-radix digits of `c`, later cases keep what the strategy drew. Every variant then
+/// runs at any case count >= Π radix (CI's counts included), on the GPU and the emulated GPU.
+pub struct Cover(AtomicUsize);
+impl Cover {
+    pub const fn new() -> Self {
+        Cover(AtomicUsize::new(0))
+    }
+    pub fn pick<const N: usize>(&self, drawn: [usize; N], radix: [usize; N]) -> [usize; N] {
+        let c = self.0.fetch_add(1, Ordering::SeqCst);
+        let total: usize = radix.iter().product();
+        if c >= total {
+            return drawn;
+        }
+        let mut rest = c;
+        let mut out = [0; N];
+        for (o, r) in out.iter_mut().zip(radix) {
+            *o = rest % r;
+            rest /= r;
+        }
+        out
+    }
+}
+
+/// The device for cases that must reach the large-tile kernels: on the emulated GPU, one that
+/// reports a single SM (so the tile choice takes the large tile at small shapes); elsewhere `dev`.
+pub fn few_sm(dev: &Device) -> Device {
+    match dev {
+        Device::Gpu(g) if g.is_emulated() => {
+            Device::Gpu(Gpu::emulated_as(g.arch(), 1).expect("emulated GPU"))
+        }
+        d => d.clone(),
+    }
+}
