@@ -440,7 +440,44 @@ fn build_emu(root: &Path, out: &Path, incs: &[PathBuf], require: bool) {
     for i in incs {
         b.include(i);
     }
-    b.files(&sources);
-    b.compile("medkern_emu");
+    // Objects are cached by the hash of everything they include, so a change to one kernel
+    // (or a planted bug, scripts/emu-mutants) recompiles one translation unit, not all.
+    let mut shared = 0xcbf2_9ce4_8422_2325u64;
+    for f in sorted_files(&root.join("kernels/common"), "cuh")
+        .into_iter()
+        .chain([root.join("emu/emu.h")])
+    {
+        fnv1a(&mut shared, &std::fs::read(&f).unwrap_or_default());
+    }
+    let cache = edir.join("cache");
+    std::fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("mkdir {}: {e}", cache.display()));
+    let mut objects = Vec::new();
+    let mut todo = Vec::new();
+    for src in &sources {
+        let mut h = shared;
+        fnv1a(&mut h, &std::fs::read(src).unwrap_or_default());
+        let stem = src.file_stem().and_then(|s| s.to_str()).unwrap_or("tu");
+        if let Some((_, names)) = table.iter().find(|(m, _)| m == stem) {
+            let cu = root.join("kernels").join(format!("{stem}.cu"));
+            fnv1a(&mut h, &std::fs::read(&cu).unwrap_or_default());
+            fnv1a(&mut h, names.join(",").as_bytes());
+        }
+        let obj = cache.join(format!("{stem}-{h:016x}.o"));
+        if !obj.exists() {
+            todo.push((src.clone(), obj.clone()));
+        }
+        objects.push(obj);
+    }
+    if !todo.is_empty() {
+        let srcs: Vec<&PathBuf> = todo.iter().map(|(s, _)| s).collect();
+        let built = b.clone().files(srcs).compile_intermediates();
+        for ((_, obj), o) in todo.iter().zip(built) {
+            std::fs::copy(&o, obj).unwrap_or_else(|e| panic!("copy {}: {e}", o.display()));
+        }
+    }
+    cc::Build::new()
+        .cpp(true)
+        .objects(&objects)
+        .compile("medkern_emu");
     println!("cargo:rustc-cfg=medkern_emu");
 }
