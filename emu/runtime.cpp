@@ -10,6 +10,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <algorithm>
 #include <random>
 #include <string>
 #include <vector>
@@ -746,22 +747,33 @@ extern "C" int mk_emu_launch(const char* kernel, const unsigned* grid, const uns
                     launch.error = m + " (" + where() + ")";
                     break;
                 }
-                bool any = true;
+                // Warps are independent between barriers, so the scheduler does not keep them
+                // in step: every sweep visits the warps in a random order and gives each 0 to 3
+                // turns (a turn runs each runnable lane to its next yield). A warp that stalls
+                // while another runs ahead opens the windows that a missing barrier leaves (a
+                // prefetch overwriting a stage still being read, shared scratch reused early).
+                std::vector<unsigned> order(launch.warps.size());
+                for (unsigned w = 0; w < order.size(); ++w) order[w] = w;
                 while (launch.live > 0 && !launch.failed) {
-                    if (!any) {
+                    bool runnable = false;
+                    for (const auto& f : launch.fibers) runnable |= f.st == St::Run;
+                    if (!runnable) {
                         rc = -1;
                         launch.error = std::string("deadlock: threads of kernel ") + e->name +
                                        " wait at a barrier or warp collective that the rest of the block/warp never reaches";
                         break;
                     }
-                    any = false;
-                    for (unsigned t = 0; t < nt && !launch.failed; ++t) {
-                        Fiber& f = launch.fibers[t];
-                        if (f.st != St::Run) continue;
-                        any = true;
-                        launch.cur = t;
-                        threadIdx = f.tid;
-                        mk_emu_switch(&launch.sched_sp, f.sp);
+                    std::shuffle(order.begin(), order.end(), launch.rng);
+                    for (unsigned w : order) {
+                        const unsigned turns = order.size() == 1 ? 1 : unsigned(launch.rng() % 4);
+                        for (unsigned k = 0; k < turns && !launch.failed; ++k)
+                            for (unsigned t = 32 * w; t < std::min(nt, 32 * w + 32) && !launch.failed; ++t) {
+                                Fiber& f = launch.fibers[t];
+                                if (f.st != St::Run) continue;
+                                launch.cur = t;
+                                threadIdx = f.tid;
+                                mk_emu_switch(&launch.sched_sp, f.sp);
+                            }
                     }
                 }
                 if (launch.failed) rc = -1;

@@ -48,7 +48,7 @@ struct AttnParams {
 
 constexpr float LOG2E = 1.4426950408889634f;
 
-// MK_EMU: the CPU emulation of scripts/cuda-emu (mma.h) replaces each instruction.
+// MK_EMU: the emulated GPU (emu/emu.h, emu/runtime.cpp) replaces each instruction.
 __device__ __forceinline__ float ex2(float x) {
 #ifdef MK_EMU
     return exp2f(x);

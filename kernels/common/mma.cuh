@@ -21,7 +21,7 @@ __device__ __forceinline__ unsigned smem_addr(const void* p) {
 
 // 16-byte async copy global -> shared; when !pred the destination is zero-filled and nothing
 // is read (the source must still be a valid address, so callers pass the tensor base).
-// MK_EMU: the CPU emulation of scripts/cuda-emu (mma.h) replaces each instruction.
+// MK_EMU: the emulated GPU (emu/emu.h, emu/runtime.cpp) replaces each instruction.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
 #ifdef MK_EMU
     mk_emu::cp_async16(smem, gmem, pred);

@@ -67,8 +67,12 @@ enum Cmd {
     /// device and compare with the CPU reference.
     Demo {
         /// Force the CPU backend even when a GPU is present.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "device")]
         cpu: bool,
+        /// Where to run it; default: the first GPU if there is one, else the CPU. `emu`
+        /// (the emulated GPU) is slow: use it with a few --rows, e.g. 64.
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
         /// Rows of the demo tensors (the columns are BERT-base's 768).
         #[arg(long, default_value_t = 4096)]
         rows: usize,
@@ -123,6 +127,8 @@ enum Cmd {
 pub(crate) enum DeviceArg {
     Cpu,
     Gpu,
+    /// The emulated GPU: the GPU path with the kernels run on the CPU (slow; for checking).
+    Emu,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -155,7 +161,9 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Cmd::Demo { cpu, rows } => demo(cpu, rows),
+        Cmd::Demo { cpu, device, rows } => {
+            demo(if cpu { Some(DeviceArg::Cpu) } else { device }, rows)
+        }
         Cmd::Bench { iters } => bench(iters),
         Cmd::Embed(a) => embed(a),
         Cmd::Compress(a) => compress(a),
@@ -318,12 +326,8 @@ fn max_err(a: &HostTensor, b: &HostTensor) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn demo(force_cpu: bool, rows: usize) -> medkern::Result<()> {
-    let dev = if force_cpu {
-        Device::Cpu
-    } else {
-        Device::best()
-    };
+fn demo(device: Option<DeviceArg>, rows: usize) -> medkern::Result<()> {
+    let dev = cnn::device_of(device)?;
     outln!("device: {}", dev.describe());
     let n = 768;
     let dt = DType::F16;

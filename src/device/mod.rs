@@ -339,7 +339,8 @@ fn image_for(m: &kernels::EmbeddedModule, arch: Arch) -> Result<cudarc::nvrtc::P
 }
 
 /// With `MEDKERN_EMU_COVERAGE=DIR`, the first emulated launch of each kernel in this process
-/// appends its name to `DIR/<pid>.txt` (scripts/test counts the kernels the suite ran).
+/// appends its name to `DIR/<program>.<pid>.txt` (scripts/test counts the kernels the suite
+/// ran and lists which test binaries ran each).
 fn record_coverage(kernel: &'static str) {
     use std::collections::HashSet;
     use std::io::Write;
@@ -351,7 +352,18 @@ fn record_coverage(kernel: &'static str) {
     };
     let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
     if seen.get_or_insert_with(HashSet::new).insert(kernel) {
-        let path = dir.join(format!("{}.txt", std::process::id()));
+        // Test binaries are named `<stem>-<hash>`: keep the stem.
+        let program = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .map(|s| match s.rsplit_once('-') {
+                Some((stem, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => {
+                    stem.to_owned()
+                }
+                _ => s,
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let path = dir.join(format!("{program}.{}.txt", std::process::id()));
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

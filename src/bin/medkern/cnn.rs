@@ -15,6 +15,7 @@ pub fn device_of(d: Option<DeviceArg>) -> Result<Device> {
         None => Device::best(),
         Some(DeviceArg::Cpu) => Device::Cpu,
         Some(DeviceArg::Gpu) => Device::gpu(0)?,
+        Some(DeviceArg::Emu) => Device::emulated()?,
     })
 }
 
