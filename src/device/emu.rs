@@ -4,7 +4,9 @@
 //! check, grid/block/shared-memory computation, the parameter bytes — is the GPU path itself.
 
 use crate::error::{Error, Result};
-use std::ffi::{CStr, CString, c_char, c_void};
+use std::ffi::c_void;
+#[cfg(medkern_emu)]
+use std::ffi::{CStr, CString, c_char};
 use std::ptr::NonNull;
 
 #[cfg(medkern_emu)]
@@ -164,6 +166,7 @@ pub unsafe fn launch(
 
 /// The kernels the emulator was built with (one per row of the kernel table).
 pub fn kernel_names() -> Vec<&'static str> {
+    #[cfg_attr(not(medkern_emu), allow(unused_mut))]
     let mut v = Vec::new();
     #[cfg(medkern_emu)]
     for i in 0u32.. {
