@@ -34,7 +34,13 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+// build.rs preprocesses each module once with MK_EMU_SCAN to read every kernel's
+// __launch_bounds__ (a launch with more threads is refused, as the driver refuses it).
+#ifdef MK_EMU_SCAN
+#define __launch_bounds__(...) MK_EMU_LB(__VA_ARGS__)
+#else
 #define __launch_bounds__(...)
+#endif
 // Function-scope __shared__ arrays: one instance per OS thread, shared by the fibers of the
 // block that thread is running (blocks run one at a time per OS thread).
 #define __shared__ static thread_local
@@ -84,14 +90,16 @@ struct Entry {
     void (*invoke)(void**);
     unsigned nparams;
     unsigned sizes[24];
+    unsigned max_threads;  // __launch_bounds__'s first argument, else the 1024 of every kernel
 };
 template <typename... A, std::size_t... I>
 inline void call_with(void (*f)(A...), void** args, std::index_sequence<I...>) {
     f(*static_cast<std::remove_cv_t<A>*>(args[I])...);
 }
-template <auto F, typename... A> constexpr Entry entry_of(const char* name, void (*)(A...)) {
+template <auto F, typename... A> constexpr Entry entry_of(const char* name, void (*)(A...), unsigned max_threads) {
     static_assert(sizeof...(A) <= 24, "mk_emu: at most 24 kernel parameters");
-    Entry e{name, [](void** args) { call_with(F, args, std::index_sequence_for<A...>{}); }, sizeof...(A), {}};
+    Entry e{name, [](void** args) { call_with(F, args, std::index_sequence_for<A...>{}); }, sizeof...(A), {},
+            max_threads};
     unsigned i = 0;
     ((e.sizes[i++] = (unsigned)sizeof(A)), ...);
     return e;
@@ -99,7 +107,7 @@ template <auto F, typename... A> constexpr Entry entry_of(const char* name, void
 
 }  // namespace mk_emu
 
-#define MK_EMU_ENTRY(k) ::mk_emu::entry_of<&k>(#k, &k)
+#define MK_EMU_ENTRY(k, max_threads) ::mk_emu::entry_of<&k>(#k, &k, (max_threads))
 
 inline void __syncthreads() { mk_emu::syncthreads(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { mk_emu::syncwarp(); }

@@ -676,6 +676,14 @@ extern "C" int mk_emu_launch(const char* kernel, const unsigned* grid, const uns
             return fail(b);
         }
     const unsigned nt = block[0] * block[1] * block[2];
+    if (nt > e->max_threads) {
+        char b[240];
+        std::snprintf(b, sizeof b,
+                      "%s: block of %u threads above its __launch_bounds__(%u): too many resources requested "
+                      "for launch (CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES)",
+                      kernel, nt, e->max_threads);
+        return fail(b);
+    }
     if (nt == 0 || grid[0] * grid[1] * grid[2] == 0) return 0;
     install_handlers();
 

@@ -192,6 +192,55 @@ impl Sparse24 {
         (self.n.div_ceil(16) * 16, self.k.div_ceil(kp) * kp)
     }
 
+    /// Checks that the public fields agree: a dtype the kernels take, N and K ≥ 1, values of
+    /// `[N16, KP/2]`, `N16·KP/32` metadata words, every nibble two ascending positions. The
+    /// kernels index by N and K alone, so a mismatch would read out of bounds; hand-made or
+    /// deserialised weights go through this before they reach a device.
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        layout(op, self.dtype())?;
+        if self.n == 0 || self.k == 0 {
+            return Err(Error::Shape {
+                op,
+                arg: "sparse weight",
+                got: vec![self.n, self.k],
+                expected: "N and K of at least 1".into(),
+            });
+        }
+        let (n16, k32) = self.padded();
+        let words = n16.checked_mul(k32).map(|v| v / 32);
+        if words != Some(self.meta.len()) || self.values.shape() != [n16, k32 / 2] {
+            return Err(Error::Shape {
+                op,
+                arg: "sparse weight",
+                got: self.values.shape().to_vec(),
+                expected: format!(
+                    "for N {} K {}: values [{n16}, {}] and {} metadata words (got {})",
+                    self.n,
+                    self.k,
+                    k32 / 2,
+                    n16 * k32 / 32,
+                    self.meta.len()
+                ),
+            });
+        }
+        for (i, &w) in self.meta.iter().enumerate() {
+            for j in 0..8 {
+                let nb = (w >> (4 * j)) & 0xf;
+                if nb & 3 >= nb >> 2 {
+                    return Err(Error::Invalid {
+                        op,
+                        arg: "meta",
+                        detail: format!(
+                            "word {i} nibble {j} = {nb:#x}: the two kept positions must ascend \
+                             (ordered metadata)"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The dense `[N, K]` weight back, exactly (the inverse of [`compress`]).
     pub fn decompress(&self) -> Result<HostTensor> {
         let (n16, k32) = self.padded();

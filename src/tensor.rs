@@ -30,7 +30,15 @@ impl Device {
     }
     /// The first GPU when one works, else the CPU.
     pub fn best() -> Device {
-        Gpu::new(0).map(Device::Gpu).unwrap_or(Device::Cpu)
+        Self::best_or_why().0
+    }
+    /// GPU 0 if it starts, else the CPU together with why the GPU did not start (no driver, no
+    /// device, a context error...), so a caller can say why it runs on the CPU.
+    pub fn best_or_why() -> (Device, Option<Error>) {
+        match Gpu::new(0) {
+            Ok(g) => (Device::Gpu(g), None),
+            Err(e) => (Device::Cpu, Some(e)),
+        }
     }
     pub fn describe(&self) -> String {
         match self {

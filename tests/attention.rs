@@ -221,33 +221,57 @@ fn max_err(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// FlashAttention's criterion: error against the f64 reference at most twice that of the naive
-/// input-precision computation, plus half an output ulp of the largest value.
+/// FlashAttention's criterion, per output row (one token of one head): the row's error against
+/// the f64 reference at most twice that of the naive input-precision computation of the same
+/// row, plus half an output ulp of the row's largest value. Taken over the whole output instead,
+/// the largest rows' error budget hid a dropped key in a small row.
 fn check_fa_bound(case: &Case, x: &Data, got: &[f64], what: &str) -> Result<(), String> {
     let want = case.reference(x, None);
     let dt = case.dt;
     let naive = case.reference(x, Some(&|v| dt.round(v)));
-    let (err, naive_err) = (max_err(got, &want), max_err(&naive, &want));
-    let peak = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let bound = 2.0 * naive_err + dt.unit_roundoff() * peak + min_step(dt);
-    if err <= bound {
-        Ok(())
-    } else {
-        let worst = got
-            .iter()
-            .zip(&want)
-            .position(|(g, w)| (g - w).abs().is_nan() || (g - w).abs() > err * 0.999)
-            .unwrap_or(0);
-        Err(format!(
-            "{what}: error {err:e} > bound {bound:e} (naive {naive_err:e}); worst element {worst}: got {} want {}; case {:?}",
-            got[worst],
-            want[worst],
-            Case {
-                bias: case.bias.as_ref().map(|(_, s)| (vec![], *s)),
-                ..case.clone()
-            }
-        ))
+    let d = case.d;
+    // (ratio err/bound, row, err, bound, naive err) of the worst row.
+    let mut worst = (0.0f64, 0usize, 0.0f64, 0.0f64, 0.0f64);
+    for (r, ((g, w), n)) in got
+        .chunks(d)
+        .zip(want.chunks(d))
+        .zip(naive.chunks(d))
+        .enumerate()
+    {
+        let (err, naive_err) = (max_err(g, w), max_err(n, w));
+        let peak = w.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let bound = 2.0 * naive_err + dt.unit_roundoff() * peak + min_step(dt);
+        let ratio = if err.is_nan() {
+            f64::INFINITY
+        } else {
+            err / bound
+        };
+        if ratio > worst.0 {
+            worst = (ratio, r, err, bound, naive_err);
+        }
     }
+    if worst.0 <= 1.0 {
+        return Ok(());
+    }
+    let (_, r, err, bound, naive_err) = worst;
+    let row = |v: &[f64]| {
+        v[r * d..(r + 1) * d]
+            .iter()
+            .take(4)
+            .copied()
+            .collect::<Vec<_>>()
+    };
+    let (heads, tok) = (case.heads, r / case.heads);
+    Err(format!(
+        "{what}: row {r} (token {tok}, head {}): error {err:e} > bound {bound:e} (naive {naive_err:e}); got {:?}.. want {:?}..; case {:?}",
+        r % heads,
+        row(got),
+        row(&want),
+        Case {
+            bias: case.bias.as_ref().map(|(_, s)| (vec![], *s)),
+            ..case.clone()
+        }
+    ))
 }
 
 /// Random case within a work budget (the f64 reference runs on the CPU).
@@ -576,12 +600,20 @@ fn unfused_pipeline_on_cpu_matches_reference() {
 #[test]
 fn cpu_backend_layouts_agree() {
     // Runs everywhere: the CPU path through the op's own offset handling, packed QKV vs separate.
-    let mut rng = SeedRng::new(77);
-    let mut case = random_case(&mut rng, 1 << 18);
+    for seed in 77..81 {
+        cpu_layouts_case(seed);
+    }
+}
+
+fn cpu_layouts_case(seed: u64) {
+    let mut rng = SeedRng::new(seed);
+    let mut case = random_case(&mut rng, 1 << 16);
+    case.causal = seed % 2 == 0;
     case.k_lens = case.q_lens.clone();
     case.padded = None;
     case.qkv_packed = true;
     case.bias = None;
+    case.alibi = None;
     let x = case.data(&mut rng);
     let got = case.run(&Device::Cpu, &x, false).unwrap();
     // Split the packed QKV into separate tensors and run again.
@@ -600,13 +632,43 @@ fn cpu_backend_layouts_agree() {
     case2.qkv_packed = false;
     let got2 = case2.run(&Device::Cpu, &sep, false).unwrap();
     assert_eq!(got, got2);
-    // And it is the reference rounded to the dtype.
-    let want: Vec<f64> = case
-        .reference(&x, None)
-        .iter()
-        .map(|&v| case.dt.round(v))
-        .collect();
-    assert_eq!(got, want);
+    // And it is softmax(scale·QKᵀ)·V, computed here from the packed layout directly (not through
+    // the library's reference, which the CPU backend itself runs), rounded once to the dtype.
+    let (h, d, dt) = (case.heads, case.d, case.dt);
+    let scale = case.scale();
+    let mut want = vec![0.0; t * hd];
+    let mut start = 0;
+    for &len in &case.q_lens {
+        for head in 0..h {
+            let at = |tok: usize, part: usize| (start + tok) * 3 * hd + part * hd + head * d;
+            for i in 0..len {
+                let keys = if case.causal { i + 1 } else { len };
+                let s: Vec<f64> = (0..keys)
+                    .map(|j| {
+                        let (qi, kj) = (at(i, 0), at(j, 1));
+                        scale * (0..d).map(|c| x.q[qi + c] * x.q[kj + c]).sum::<f64>()
+                    })
+                    .collect();
+                let m = s.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for c in 0..d {
+                    let o: f64 = (0..keys).map(|j| e[j] * x.q[at(j, 2) + c]).sum();
+                    want[(start + i) * hd + head * d + c] = dt.round(o / z);
+                }
+            }
+        }
+        start += len;
+    }
+    // Both sides round an f64 value once: at most one ulp apart at a rounding boundary.
+    check_close(
+        "attention cpu vs direct",
+        &got,
+        &want,
+        &|_| min_step(dt),
+        2.0 * dt.unit_roundoff(),
+    )
+    .unwrap();
 }
 
 #[test]

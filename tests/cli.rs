@@ -210,3 +210,42 @@ fn input_limits_from_the_command_line() {
         assert!(stdout.contains(limit), "{flag}: {stdout}");
     }
 }
+
+#[test]
+fn without_device_the_cli_says_why_it_runs_on_the_cpu() {
+    let dir = common::TempDir::new("cli-why-cpu");
+    let img = dir.path().join("one.png");
+    image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, 100]))
+        .save(&img)
+        .expect("save");
+    let out = Command::new(env!("CARGO_BIN_EXE_medkern"))
+        .args(["classify", "--model", "sepsis"])
+        .arg(&img)
+        .output()
+        .expect("run medkern");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    if medkern::Gpu::new(0).is_ok() {
+        assert!(!err.contains("running on the CPU"), "{err}");
+    } else {
+        // The reason is the driver's, not a generic line.
+        assert!(
+            err.contains("running on the CPU") && err.contains("GPU did not start: "),
+            "{err}"
+        );
+    }
+    // And --device gpu without one fails loudly, naming the cause.
+    if medkern::Gpu::new(0).is_err() {
+        let out = Command::new(env!("CARGO_BIN_EXE_medkern"))
+            .args(["classify", "--model", "sepsis", "--device", "gpu"])
+            .arg(&img)
+            .output()
+            .expect("run medkern");
+        assert!(!out.status.success());
+        assert!(!String::from_utf8_lossy(&out.stderr).trim().is_empty());
+    }
+}

@@ -95,6 +95,76 @@ struct Run {
     want: Vec<f64>,
     /// The same convolution on |x|, |w|, |scale|, |bias|, |residual|: the error scale.
     mag: Vec<f64>,
+    /// On the CPU device only: the convolution computed here, independently of the library.
+    direct: Option<Vec<f64>>,
+}
+
+/// The convolution written out over an explicitly zero-padded NHWC input and an OHWI weight,
+/// with the epilogue act(acc·scale + bias + residual): the CPU backend's own oracle is the
+/// library's reference, so its test needs this one.
+#[allow(clippy::too_many_arguments)]
+fn direct_conv(
+    case: &Case,
+    win: &Window,
+    x: &[f64],
+    w: &[f64],
+    sc: &[f64],
+    bi: &[f64],
+    res: &[f64],
+) -> Vec<f64> {
+    let (n, c, oc, g) = (case.n, case.c, case.oc, case.groups);
+    let (cg, ocg) = (c / g, oc / g);
+    let (ph, pw) = (win.pad_top, win.pad_left);
+    let (hp, wp) = (
+        (win.out_h - 1) * win.stride_h + (win.k_h - 1) * win.dil_h + 1,
+        (win.out_w - 1) * win.stride_w + (win.k_w - 1) * win.dil_w + 1,
+    );
+    let (hp, wp) = (hp.max(ph + case.h), wp.max(pw + case.w));
+    let mut xp = vec![0.0; n * hp * wp * c];
+    for b in 0..n {
+        for i in 0..case.h {
+            for j in 0..case.w {
+                let src = ((b * case.h + i) * case.w + j) * c;
+                let dst = ((b * hp + i + ph) * wp + j + pw) * c;
+                xp[dst..dst + c].copy_from_slice(&x[src..src + c]);
+            }
+        }
+    }
+    let mut y = Vec::with_capacity(n * win.out_h * win.out_w * oc);
+    for b in 0..n {
+        for oh in 0..win.out_h {
+            for ow in 0..win.out_w {
+                for o in 0..oc {
+                    let c0 = (o / ocg) * cg;
+                    let mut acc = 0.0;
+                    for kh in 0..win.k_h {
+                        for kw in 0..win.k_w {
+                            let (ih, iw) = (
+                                oh * win.stride_h + kh * win.dil_h,
+                                ow * win.stride_w + kw * win.dil_w,
+                            );
+                            for ci in 0..cg {
+                                acc += xp[((b * hp + ih) * wp + iw) * c + c0 + ci]
+                                    * w[((o * win.k_h + kh) * win.k_w + kw) * cg + ci];
+                            }
+                        }
+                    }
+                    let mut v = acc;
+                    if case.scale {
+                        v *= sc[o];
+                    }
+                    if case.bias {
+                        v += bi[o];
+                    }
+                    if case.residual {
+                        v += res[y.len()];
+                    }
+                    y.push(medkern::reference::elementwise::activation(case.act, v));
+                }
+            }
+        }
+    }
+    y
 }
 
 fn run_case(case: &Case, dev: &Device, rng: &mut SeedRng) -> Result<Run, Error> {
@@ -164,7 +234,14 @@ fn run_case(case: &Case, dev: &Device, rng: &mut SeedRng) -> Result<Run, Error> 
         case.residual.then_some(&ar[..]),
         Activation::Identity,
     );
-    Ok(Run { got, want, mag })
+    let direct =
+        matches!(dev, Device::Cpu).then(|| direct_conv(case, &win, &x, &wv, &sc, &bi, &res));
+    Ok(Run {
+        got,
+        want,
+        mag,
+        direct,
+    })
 }
 
 fn check(case: &Case, r: &Run) -> Result<(), String> {
@@ -320,7 +397,9 @@ fn cpu_backend_runs_random_cases() {
     let mut rng = SeedRng::new(99);
     for _ in 0..10 {
         let case = random_case(&mut rng);
-        let r = run_case(&case, &Device::Cpu, &mut rng).unwrap();
+        let mut r = run_case(&case, &Device::Cpu, &mut rng).unwrap();
+        // Against the direct convolution above, not the reference the CPU path itself calls.
+        r.want = r.direct.take().unwrap();
         check(&case, &r).unwrap();
     }
 }

@@ -263,8 +263,13 @@ fn gemm_i8_dequant_gpu_matches_reference() {
             let pre = reference::gemm_i8(&x, &w, d, &I8Epilogue { act: Activation::Identity, residual: None, out_scale: None, ..epi });
             let what = format!("gemm_i8 ->{odt} {act:?} b{batch} m{m} n{n} k{k} group {group} per_token={per_token} bias={with_bias} res={with_res}");
             if odt == DType::I8 {
-                // Requantisation rounds once more: allow one step at a rounding boundary.
-                check_close(&what, &got, &want, &|_| 1.0, 0.0).map_err(TestCaseError::fail)
+                // Requantisation must round to nearest: within half a step (plus the f32
+                // epilogue's error) of the exact v / out_scale, clamped. A ±1 tolerance around
+                // the rounded reference let floor or truncation pass.
+                let v = reference::gemm_i8(&x, &w, d, &I8Epilogue { out_scale: None, ..epi });
+                let exact: Vec<f64> = v.iter().map(|&v| (v / out_scale).clamp(-128.0, 127.0)).collect();
+                let atol = |i: usize| 0.5 + (16.0 * U_F32 * (v[i].abs() + b[i % n].abs() + 1e-3) + 8.0 * U_F32 * pre[i].abs()) / out_scale + 2.0 * U_F32 * exact[i].abs();
+                check_close(&what, &got, &exact, &atol, 0.0).map_err(TestCaseError::fail)
             } else {
                 let atol = |i: usize| min_step(odt) + 16.0 * U_F32 * (want[i].abs() + b[i % n].abs() + r[i].abs() + 1e-3) + 8.0 * U_F32 * pre[i].abs();
                 check_close(&what, &got, &want, &atol, 2.0 * odt.unit_roundoff() + 16.0 * U_F32).map_err(TestCaseError::fail)

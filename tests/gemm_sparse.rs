@@ -468,7 +468,27 @@ fn gemm_sparse_i8_gpu_is_exact_and_dequantises() {
                 let got = out.to_host().unwrap().to_f64();
                 let what = format!("gemm_sparse_i8 ->{odt} m{m} n{n} k{k}");
                 if odt == DType::I8 {
-                    check_close(&what, &got, &want, &|_| 1.0, 0.0).map_err(TestCaseError::fail)
+                    // Round to nearest: within half a step (plus the f32 epilogue's error) of
+                    // the exact v / out_scale, clamped; ±1 around the rounded value let floor pass.
+                    let os = f64::from(out_scale);
+                    let v = ref8::gemm_i8(
+                        &x,
+                        &wv,
+                        d,
+                        &I8Epilogue {
+                            out_scale: None,
+                            ..epi
+                        },
+                    );
+                    let exact: Vec<f64> =
+                        v.iter().map(|&v| (v / os).clamp(-128.0, 127.0)).collect();
+                    let atol = |i: usize| {
+                        0.5 + (16.0 * U_F32 * (v[i].abs() + b[i % n].abs() + 1e-3)
+                            + 8.0 * U_F32 * pre[i].abs())
+                            / os
+                            + 2.0 * U_F32 * exact[i].abs()
+                    };
+                    check_close(&what, &got, &exact, &atol, 0.0).map_err(TestCaseError::fail)
                 } else {
                     let atol = |i: usize| {
                         min_step(odt)
@@ -487,4 +507,36 @@ fn gemm_sparse_i8_gpu_is_exact_and_dequantises() {
             },
         )
         .unwrap();
+}
+
+#[test]
+fn inconsistent_compressed_weights_are_refused() {
+    // Sparse24's fields are public: a weight whose sizes disagree with N and K would make the
+    // kernel read out of bounds, so SparseWeight::new refuses it before any upload.
+    let cpu = Device::Cpu;
+    let w = HostTensor::from_f64(&[20, 72], &vec![1.0; 1440], DType::F16).unwrap();
+    let good = compress(&prune_2_4(&w).unwrap().0).unwrap();
+    SparseWeight::new(&good, &cpu).unwrap();
+    let refused = |s: &medkern::sparse::Sparse24, what: &str| {
+        let e = SparseWeight::new(s, &cpu).unwrap_err();
+        assert!(e.to_string().contains("SparseWeight::new"), "{what}: {e}");
+    };
+    let mut s = good.clone();
+    s.n = 40;
+    refused(&s, "N beyond the values");
+    let mut s = good.clone();
+    s.k = 200;
+    refused(&s, "K beyond the values");
+    let mut s = good.clone();
+    s.meta.pop();
+    refused(&s, "a metadata word short");
+    let mut s = good.clone();
+    s.meta[3] = 0x1111_1111; // positions 1, 0: not ascending
+    refused(&s, "unordered metadata");
+    let mut s = good.clone();
+    s.n = 0;
+    refused(&s, "N = 0");
+    let mut s = good;
+    s.values = HostTensor::from_f64(&[32, 64], &vec![0.0; 32 * 64], DType::F32).unwrap();
+    refused(&s, "f32 values");
 }

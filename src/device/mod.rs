@@ -4,6 +4,9 @@
 //! [`Error`], never a panic (cudarc itself panics when libcuda is absent, so we probe first).
 
 pub mod emu;
+#[cfg(all(test, medkern_emu))]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod emu_tests;
 pub mod kernels;
 #[allow(dead_code)]
 pub(crate) mod nvrtc_compile;

@@ -28,6 +28,7 @@ pub struct SparseWeight {
 impl SparseWeight {
     /// Uploads a compressed weight to `device`.
     pub fn new(s: &Sparse24, device: &Device) -> Result<Self> {
+        s.validate("SparseWeight::new")?;
         let meta: Vec<i32> = s.meta.iter().map(|&w| w as i32).collect();
         let len = meta.len();
         Ok(SparseWeight {

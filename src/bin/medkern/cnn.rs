@@ -12,7 +12,16 @@ pub const RANDOM_SEED: u64 = 0;
 
 pub fn device_of(d: Option<DeviceArg>) -> Result<Device> {
     Ok(match d {
-        None => Device::best(),
+        None => {
+            // No --device: GPU 0 when it starts; otherwise say why before running on the CPU.
+            let (dev, why) = Device::best_or_why();
+            if let Some(e) = why {
+                eprintln!(
+                    "medkern: running on the CPU (no --device given, and the GPU did not start: {e})"
+                );
+            }
+            dev
+        }
         Some(DeviceArg::Cpu) => Device::Cpu,
         Some(DeviceArg::Gpu) => Device::gpu(0)?,
         Some(DeviceArg::Emu) => Device::emulated()?,

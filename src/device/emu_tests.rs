@@ -1,0 +1,122 @@
+//! The emulated GPU refuses what the driver refuses and reports faults with kernel, block and
+//! thread: launches assembled by hand (the ops never build these), through the same `Launch`.
+
+use super::*;
+use crate::{DType, DeviceTensor};
+
+/// `eltwise_relu_f32(y, x, bias, res, alpha, total, n, vec_ok)` over `len` f32 buffers, told
+/// to cover `total` elements, with the given block and dynamic shared memory.
+fn relu(
+    gpu: &Arc<Gpu>,
+    len: usize,
+    total: i64,
+    block: u32,
+    smem: u32,
+    drop_last: bool,
+) -> Result<()> {
+    let x = DeviceTensor::alloc(gpu, &[len], DType::F32)?;
+    let mut y = DeviceTensor::alloc(gpu, &[len], DType::F32)?;
+    let (null, alpha, n, vec_ok) = (0u64, 1.0f32, total, 0i32);
+    let mut b = gpu.launcher("eltwise_relu_f32");
+    b.arg(y.buffer_mut())
+        .arg(x.buffer())
+        .arg(&null)
+        .arg(&null)
+        .arg(&alpha)
+        .arg(&total)
+        .arg(&n);
+    if !drop_last {
+        b.arg(&vec_ok);
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    // SAFETY: the emulated GPU checks every access against the live allocations; these
+    // launches are meant to fault or be refused, and host memory stays untouched.
+    unsafe { b.launch(cfg) }
+}
+
+fn err_text(r: Result<()>) -> String {
+    match r {
+        Ok(()) => panic!("the launch was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_correct_launch_runs() {
+    let gpu = Gpu::emulated().unwrap();
+    relu(&gpu, 300, 300, 256, 0, false).unwrap();
+}
+
+/// `transpose_small_b4(y, x, batch, rows, cols)`, declared `__launch_bounds__(256)`.
+fn transpose(gpu: &Arc<Gpu>, block: u32) -> Result<()> {
+    let x = DeviceTensor::alloc(gpu, &[8, 8], DType::F32)?;
+    let mut y = DeviceTensor::alloc(gpu, &[8, 8], DType::F32)?;
+    let (batch, rows, cols) = (1i64, 8i32, 8i32);
+    let mut b = gpu.launcher("transpose_small_b4");
+    b.arg(y.buffer_mut())
+        .arg(x.buffer())
+        .arg(&batch)
+        .arg(&rows)
+        .arg(&cols);
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: as in `relu`: 64 elements each, the emulated GPU checks every access.
+    unsafe { b.launch(cfg) }
+}
+
+#[test]
+fn launch_bounds_are_enforced() {
+    let gpu = Gpu::emulated().unwrap();
+    transpose(&gpu, 256).unwrap();
+    // build.rs read __launch_bounds__(256) from kernels/layout.cu; the driver refuses 512.
+    let e = err_text(transpose(&gpu, 512));
+    assert!(
+        e.contains("__launch_bounds__(256)") && e.contains("CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"),
+        "{e}"
+    );
+    // A kernel without bounds takes up to 1024 threads, never more.
+    relu(&gpu, 300, 300, 1024, 0, false).unwrap();
+    let e = err_text(relu(&gpu, 300, 300, 2048, 0, false));
+    assert!(e.contains("CUDA_ERROR_INVALID_VALUE"), "{e}");
+}
+
+#[test]
+fn shared_memory_above_the_arch_opt_in_is_refused() {
+    // sm_86 blocks may opt in to 99 KiB, H100 to 227 KiB.
+    let ampere = Gpu::emulated_as(Arch::new(8, 6), 1).unwrap();
+    let e = err_text(relu(&ampere, 64, 64, 256, 120 * 1024, false));
+    assert!(e.contains(&format!("{} bytes", 99 * 1024)), "{e}");
+    let hopper = Gpu::emulated().unwrap();
+    relu(&hopper, 64, 64, 256, 120 * 1024, false).unwrap();
+}
+
+#[test]
+fn out_of_bounds_global_access_names_kernel_block_thread() {
+    let gpu = Gpu::emulated().unwrap();
+    // 64 elements allocated, the kernel told 2000: thread 64 + 256·k reads past the end.
+    let e = err_text(relu(&gpu, 64, 2000, 256, 0, false));
+    assert!(
+        e.contains("memcheck")
+            && e.contains("eltwise_relu_f32")
+            && e.contains("block (")
+            && e.contains("thread ("),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_wrong_parameter_list_is_refused() {
+    let gpu = Gpu::emulated().unwrap();
+    let e = err_text(relu(&gpu, 64, 64, 256, 0, true));
+    assert!(
+        e.contains("takes 8 parameters") && e.contains("passed 7"),
+        "{e}"
+    );
+}
