@@ -249,3 +249,114 @@ fn without_device_the_cli_says_why_it_runs_on_the_cpu() {
         assert!(!String::from_utf8_lossy(&out.stderr).trim().is_empty());
     }
 }
+
+fn medkern_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_medkern"))
+        .args(args)
+        .output()
+        .expect("run medkern");
+    assert!(
+        out.status.success(),
+        "medkern {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    // `embed` prints a JSON array of one object per line, `classify` one document.
+    serde_json::from_str::<serde_json::Value>(&text)
+        .map(|v| match v {
+            serde_json::Value::Array(a) => a,
+            v => vec![v],
+        })
+        .expect("JSON")
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+/// The acceptance check: the CLI on the emulated GPU in f16 agrees with the CPU within
+/// the GPU tests' bounds (tests/bert.rs `min_cosine`: embedding cosine ≥ 0.999 in f16;
+/// tests/efficientnet.rs `low_precision_rel`: max |Δlogit| ≤ 0.02·max |logit| in f16).
+#[test]
+fn embed_and_classify_on_the_emulated_gpu_agree_with_the_cpu() {
+    if medkern::Gpu::emulated().is_err() {
+        common::skip(
+            "embed_and_classify_on_the_emulated_gpu_agree_with_the_cpu",
+            "this build has no emulated GPU",
+        );
+        return;
+    }
+    let Some(minilm) = minilm_or_skip("embed_and_classify_on_the_emulated_gpu_agree_with_the_cpu")
+    else {
+        return;
+    };
+    let texts = [
+        "Chest pain radiating to the left arm.",
+        "No fever.",
+        "Patient denies shortness of breath.",
+    ];
+    let embed = |device: &str, dtype: &str| {
+        let mut a = vec!["embed", "--device", device, "--dtype", dtype, "--model"];
+        a.push(minilm.to_str().expect("path"));
+        a.extend(texts);
+        medkern_json(&a)
+    };
+    let (cpu, emu) = (embed("cpu", "f32"), embed("emu", "f16"));
+    assert_eq!(cpu.len(), 3);
+    for (c, e) in cpu.iter().zip(&emu) {
+        let (c, e) = (floats(&c["embedding"]), floats(&e["embedding"]));
+        let dot: f64 = c.iter().zip(&e).map(|(a, b)| a * b).sum();
+        let n = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let cos = dot / (n(&c) * n(&e));
+        assert!(cos >= 0.999, "embed emu f16 vs cpu: cosine {cos}");
+    }
+    let lite0 = models_dir().join("efficientnet-lite0/model.safetensors");
+    let photo = models_dir().join("images/chelsea.png");
+    if !lite0.exists() || !photo.exists() {
+        common::skip(
+            "embed_and_classify_on_the_emulated_gpu_agree_with_the_cpu",
+            "Lite0 weights or photographs missing (scripts/setup-models)",
+        );
+        return;
+    }
+    let classify = |device: &str, dtype: &str| {
+        let w = lite0.to_str().expect("path");
+        let p = photo.to_str().expect("path");
+        let a = [
+            "classify",
+            "--model",
+            "lite0",
+            "--weights",
+            w,
+            "--top",
+            "1000",
+        ];
+        let mut a = a.to_vec();
+        a.extend(["--device", device, "--dtype", dtype, p]);
+        let doc = medkern_json(&a).remove(0);
+        let mut logits = vec![f64::NAN; 1000];
+        for t in doc["results"][0]["top"].as_array().expect("top") {
+            let c = t["class"].as_u64().expect("class") as usize;
+            logits[c] = t["logit"].as_f64().expect("logit");
+        }
+        logits
+    };
+    let (cpu, emu) = (classify("cpu", "f32"), classify("emu", "f16"));
+    let peak = cpu.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let worst = cpu
+        .iter()
+        .zip(&emu)
+        .map(|(a, b)| (a - b).abs())
+        .fold(
+            0.0f64,
+            |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+        );
+    assert!(
+        worst <= 0.02 * peak,
+        "classify lite0 emu f16 vs cpu: max |Δlogit| {worst} > 0.02·{peak}"
+    );
+}
