@@ -162,5 +162,33 @@ fn runtime_compile_produces_and_caches_a_cubin() {
         runtime_compile::cubin_cached_in(m, Arch::new(8, 6), Some(dir.clone())).unwrap(),
         cubin
     );
+    // A cache file with one flipped byte, or cut short, is not loaded: recompiled and rewritten.
+    let path = dir.join(&files[0]);
+    let good = std::fs::read(&path).unwrap();
+    assert!(
+        good.len() > cubin.len(),
+        "the file carries the CUBIN's hash"
+    );
+    for bad in [
+        {
+            let mut b = good.clone();
+            let i = b.len() - 100;
+            b[i] ^= 0x40;
+            b
+        },
+        good[..good.len() / 2].to_vec(),
+        cubin.clone(),
+    ] {
+        std::fs::write(&path, &bad).unwrap();
+        assert_eq!(
+            runtime_compile::cubin_cached_in(m, Arch::new(8, 6), Some(dir.clone())).unwrap(),
+            cubin
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            good,
+            "the cache is rewritten"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

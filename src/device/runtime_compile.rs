@@ -8,16 +8,15 @@ use crate::error::{Error, Result};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-/// Finds and loads NVRTC once: `MEDKERN_NVRTC_LIB`, the build's value of it, CUDA_HOME,
-/// CUDA_PATH, /usr/local/cuda, then the system loader. Returns the library dir if known.
+/// Finds and loads NVRTC once: `MEDKERN_NVRTC_LIB` at run time, CUDA_HOME, CUDA_PATH,
+/// /usr/local/cuda, then the system loader. Returns the library dir if known. No path of the
+/// build machine is compiled in: on a deployment host, whoever could write to that path (often
+/// under /tmp) would get their library loaded.
 pub fn load_nvrtc() -> Result<Option<PathBuf>> {
     static FOUND: OnceLock<Option<Option<PathBuf>>> = OnceLock::new();
     let found = FOUND.get_or_init(|| {
         let mut dirs: Vec<PathBuf> = Vec::new();
         if let Some(d) = std::env::var_os("MEDKERN_NVRTC_LIB") {
-            dirs.push(d.into());
-        }
-        if let Some(d) = option_env!("MEDKERN_NVRTC_LIB") {
             dirs.push(d.into());
         }
         for var in ["CUDA_HOME", "CUDA_PATH"] {
@@ -54,9 +53,6 @@ pub fn nvrtc_version() -> Option<(i32, i32)> {
 fn include_dirs(lib: Option<&PathBuf>) -> Vec<PathBuf> {
     let mut roots: Vec<PathBuf> = Vec::new();
     if let Some(d) = std::env::var_os("MEDKERN_CUDA_INCLUDE") {
-        roots.push(d.into());
-    }
-    if let Some(d) = option_env!("MEDKERN_CUDA_INCLUDE") {
         roots.push(d.into());
     }
     if let Some(l) = lib {
@@ -110,8 +106,12 @@ pub fn cubin_cached_in(
         module.name, module.source_hash, arch.major, arch.minor
     );
     let cached = cache.map(|d| d.join(&file));
-    if let Some(bytes) = cached.as_ref().and_then(|p| std::fs::read(p).ok()) {
-        return Ok(bytes);
+    if let Some(image) = cached
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|bytes| verified(&bytes).map(<[u8]>::to_vec))
+    {
+        return Ok(image);
     }
     let target = format!("sm_{}{}", arch.major, arch.minor);
     let compiled = nvrtc_compile::compile(
@@ -128,9 +128,34 @@ pub fn cubin_cached_in(
             let _ = std::fs::create_dir_all(parent);
         }
         let tmp = p.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, &compiled.image).is_ok() {
+        if std::fs::write(&tmp, sealed(&compiled.image)).is_ok() {
             let _ = std::fs::rename(&tmp, &p);
         }
     }
     Ok(compiled.image)
+}
+
+/// A cache file: this magic, the SHA-256 of the CUBIN, the CUBIN.
+const CACHE_MAGIC: &[u8; 8] = b"MKCUBIN1";
+
+fn sealed(image: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut out = Vec::with_capacity(40 + image.len());
+    out.extend_from_slice(CACHE_MAGIC);
+    out.extend_from_slice(&Sha256::digest(image));
+    out.extend_from_slice(image);
+    out
+}
+
+/// The CUBIN of a cache file whose hash matches; None for a truncated, corrupted or foreign
+/// file (recompiled and rewritten then), so the driver never loads bytes the compiler did
+/// not produce for this key.
+fn verified(file: &[u8]) -> Option<&[u8]> {
+    use sha2::{Digest, Sha256};
+    let rest = file.strip_prefix(CACHE_MAGIC.as_slice())?;
+    if rest.len() < 32 {
+        return None;
+    }
+    let (hash, image) = rest.split_at(32);
+    (Sha256::digest(image).as_slice() == hash && !image.is_empty()).then_some(image)
 }
