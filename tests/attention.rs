@@ -563,6 +563,57 @@ fn fully_masked_rows_are_zero() {
 }
 
 #[test]
+fn nan_scores_give_nan_rows() {
+    // A NaN in one query makes that query's row NaN (not "fully masked" zeros); a NaN in a key
+    // reaches only the rows that see that key: causally masked rows stay finite. The CPU
+    // backend (the f64 reference) always, and the test device when there is one.
+    let mut devs = vec![Device::Cpu];
+    devs.extend(test_device("nan_scores_give_nan_rows"));
+    let (h, d, len) = (2, 64, 40);
+    let case = Case {
+        dt: DType::F16,
+        d,
+        heads: h,
+        q_lens: vec![len],
+        k_lens: vec![len],
+        padded: None,
+        qkv_packed: false,
+        causal: true,
+        scale: None,
+        alibi: None,
+        bias: None,
+        block_rows: None,
+    };
+    let mut x = case.data(&mut SeedRng::new(41));
+    x.q[(5 * h) * d] = f64::NAN; // token 5, head 0
+    x.k[(30 * h + 1) * d + 3] = f64::NAN; // token 30, head 1: seen by rows 30.. only
+    let expect_nan = |tok: usize, head: usize| (tok == 5 && head == 0) || (head == 1 && tok >= 30);
+    let want = case.reference(&x, None);
+    for dev in &devs {
+        let got = case.run(dev, &x, false).unwrap();
+        for (r, (g, w)) in got.chunks(d).zip(want.chunks(d)).enumerate() {
+            let (tok, head) = (r / h, r % h);
+            let what = format!("{}: token {tok} head {head}", dev.describe());
+            if expect_nan(tok, head) {
+                assert!(
+                    g.iter().all(|v| v.is_nan()),
+                    "{what}: want NaN, got {:?}",
+                    &g[..4]
+                );
+                assert!(w.iter().all(|v| v.is_nan()), "reference {what}");
+            } else {
+                for (a, b) in g.iter().zip(w) {
+                    assert!(
+                        (a - b).abs() <= 0.01 * (1.0 + b.abs()),
+                        "{what}: got {a} want {b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn unfused_path_matches_reference() {
     let Some(dev) = test_device("unfused_path_matches_reference") else {
         return;

@@ -85,14 +85,29 @@ fn run(q: &[f64], k: &[f64], v: &[f64], p: &AttnProblem, round: &dyn Fn(f64) -> 
                 let qrow = &q[(s.q_start + i) * p.q.tok + h * p.q.head..][..dn];
                 scores.clear();
                 let mut max = f64::NEG_INFINITY;
+                let mut nan = false;
                 for j in 0..s.k_len {
-                    let krow = &k[(s.k_start + j) * p.k.tok + h * p.k.head..][..dn];
-                    let dot: f64 = qrow.iter().zip(krow).map(|(a, b)| a * b).sum();
-                    let x = round(dot * p.scale) + mask_term(p, b, h, i, j);
+                    // A masked key takes no part, whatever its values (NaN included), as in
+                    // the kernel, which sets its score to -inf.
+                    let t = mask_term(p, b, h, i, j);
+                    let x = if t == f64::NEG_INFINITY {
+                        t
+                    } else {
+                        let krow = &k[(s.k_start + j) * p.k.tok + h * p.k.head..][..dn];
+                        let dot: f64 = qrow.iter().zip(krow).map(|(a, b)| a * b).sum();
+                        round(dot * p.scale) + t
+                    };
+                    nan |= x.is_nan();
                     max = max.max(x);
                     scores.push(x);
                 }
                 let orow = &mut out[((s.q_start + i) * hn + h) * dn..][..dn];
+                if nan {
+                    // A NaN score makes the whole softmax row NaN (f64::max would drop it and
+                    // a row of NaN scores would pass for fully masked).
+                    orow.fill(f64::NAN);
+                    continue;
+                }
                 if max == f64::NEG_INFINITY {
                     continue; // no key left: zeros
                 }
