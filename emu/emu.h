@@ -82,6 +82,15 @@ template <typename H> inline void mma_16816(float (&d)[4], const unsigned (&a)[4
     else mma_16816_bf16(d, a, b0, b1);
 }
 
+// One field of a kernel parameter struct (build.rs's table, checked against Rust's layout).
+struct Field {
+    const char* strct;
+    const char* field;
+    std::size_t offset;
+    std::size_t size;
+    std::size_t nfields;
+};
+
 // The kernel-parameter trampoline: cuLaunchKernel's `void** kernelParams` (one pointer per
 // parameter, to bytes laid out as the parameter's type) unpacked into the typed call. The
 // parameter count and sizes are recorded so a launch with the wrong list fails.

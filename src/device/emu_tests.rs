@@ -120,3 +120,68 @@ fn a_wrong_parameter_list_is_refused() {
         "{e}"
     );
 }
+
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/param_fields_gen.rs"));
+}
+
+#[cfg(medkern_emu)]
+unsafe extern "C" {
+    fn mk_emu_param_field(k: u32) -> *const CField;
+}
+
+/// emu.h's `mk_emu::Field`.
+#[repr(C)]
+struct CField {
+    strct: *const std::ffi::c_char,
+    field: *const std::ffi::c_char,
+    offset: usize,
+    size: usize,
+    nfields: usize,
+}
+
+#[test]
+fn parameter_structs_have_one_layout_in_rust_and_c() {
+    // Every struct a launcher passes by value: the same size, field count, field order (names
+    // equal but for case and underscores) and offsets in Rust (offset_of!) and in C (offsetof, compiled from
+    // kernels/ by build.rs). A field added, moved or retyped on one side only fails here.
+    let mut c = Vec::new();
+    for k in 0u32.. {
+        // SAFETY: returns a pointer into a static table, or null past its end.
+        let p = unsafe { mk_emu_param_field(k) };
+        if p.is_null() {
+            break;
+        }
+        // SAFETY: a static entry with NUL-terminated static strings.
+        let f = unsafe { &*p };
+        let s = |p| {
+            unsafe { std::ffi::CStr::from_ptr(p) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        c.push((s(f.strct), s(f.field), f.offset, f.size, f.nfields));
+    }
+    let rust = generated::RUST_PARAM_FIELDS;
+    assert_eq!(c.len(), rust.len(), "C {c:?}\nRust {rust:?}");
+    let structs: std::collections::BTreeSet<&str> = rust.iter().map(|r| r.0).collect();
+    assert_eq!(structs.len(), 6, "{structs:?}");
+    for (c, r) in c.iter().zip(rust) {
+        assert_eq!(c.0, r.0);
+        // Rust spells C's `W` (beside `w`) as `w_`, `Cin` as `c_in`.
+        let norm = |s: &str| s.replace('_', "").to_ascii_lowercase();
+        assert!(
+            norm(&c.1) == norm(r.1),
+            "{}: C field {} vs Rust {}",
+            c.0,
+            c.1,
+            r.1
+        );
+        assert_eq!(
+            (c.2, c.3, c.4),
+            (r.2, r.3, r.4),
+            "{}.{}: C (offset, size, fields) vs Rust",
+            c.0,
+            c.1
+        );
+    }
+}

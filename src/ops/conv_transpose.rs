@@ -323,25 +323,25 @@ pub fn conv_transpose2d_into(
 /// (kernels/conv_transpose.cu) field for field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-struct CtParams {
-    x: u64,
-    w: u64,
-    bias: u64,
-    y: u64,
-    n: i32,
-    h: i32,
-    w_: i32,
-    c_in: i32,
-    c_out: i32,
-    oh: i32,
-    ow: i32,
-    kh: i32,
-    kw: i32,
-    sh: i32,
-    sw: i32,
-    ph: i32,
-    pw: i32,
-    act: i32,
+pub(crate) struct CtParams {
+    pub(crate) x: u64,
+    pub(crate) w: u64,
+    pub(crate) bias: u64,
+    pub(crate) y: u64,
+    pub(crate) n: i32,
+    pub(crate) h: i32,
+    pub(crate) w_: i32,
+    pub(crate) c_in: i32,
+    pub(crate) c_out: i32,
+    pub(crate) oh: i32,
+    pub(crate) ow: i32,
+    pub(crate) kh: i32,
+    pub(crate) kw: i32,
+    pub(crate) sh: i32,
+    pub(crate) sw: i32,
+    pub(crate) ph: i32,
+    pub(crate) pw: i32,
+    pub(crate) act: i32,
 }
 // SAFETY: plain-old-data with the exact C layout of mk::CtParams (four 8-byte pointers, then
 // 14 4-byte fields, no padding: 88 bytes, asserted below).

@@ -151,19 +151,19 @@ pub fn upsample_into(x: &Tensor, mode: UpsampleMode, out: &mut Tensor) -> Result
 /// (kernels/upsample.cu) field for field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-struct UpParams {
-    x: u64,
-    y: u64,
-    n: i32,
-    h: i32,
-    w: i32,
-    c: i32,
-    oh: i32,
-    ow: i32,
-    scale_h: f32,
-    scale_w: f32,
-    mode: i32,
-    vec_ok: i32,
+pub(crate) struct UpParams {
+    pub(crate) x: u64,
+    pub(crate) y: u64,
+    pub(crate) n: i32,
+    pub(crate) h: i32,
+    pub(crate) w: i32,
+    pub(crate) c: i32,
+    pub(crate) oh: i32,
+    pub(crate) ow: i32,
+    pub(crate) scale_h: f32,
+    pub(crate) scale_w: f32,
+    pub(crate) mode: i32,
+    pub(crate) vec_ok: i32,
 }
 // SAFETY: plain-old-data with the exact C layout of mk::UpParams (two 8-byte pointers, then
 // ten 4-byte fields, no padding: 56 bytes, asserted below).
