@@ -185,3 +185,49 @@ fn parameter_structs_have_one_layout_in_rust_and_c() {
         );
     }
 }
+
+#[test]
+fn misaligned_cp_async_is_a_misaligned_address_error() {
+    // gemm_f16_f16_s loads X with 16-byte cp.async; an X two bytes off the allocation's
+    // alignment is what CUDA_ERROR_MISALIGNED_ADDRESS reports on a GPU. (The op itself refuses
+    // such operands before launching; this launch is assembled by hand.)
+    use crate::ops::gemm::{GemmParams, Tile};
+    let gpu = Gpu::emulated().unwrap();
+    let (m, n, k) = (32usize, 64usize, 64usize);
+    let x = DeviceTensor::alloc(&gpu, &[m * k + 8], DType::F16).unwrap();
+    let w = DeviceTensor::alloc(&gpu, &[n, k], DType::F16).unwrap();
+    let y = DeviceTensor::alloc(&gpu, &[m, n], DType::F16).unwrap();
+    let run = |x_offset: u64| {
+        let p = GemmParams {
+            x: x.addr() + x_offset,
+            w: w.addr(),
+            y: y.addr(),
+            stride_x: (m * k) as i64,
+            stride_w: 0,
+            stride_y: (m * n) as i64,
+            m: m as i32,
+            n: n as i32,
+            k: k as i32,
+            alpha: 1.0,
+            ..GemmParams::default()
+        };
+        let mut b = gpu.launcher("gemm_f16_f16_s");
+        b.arg(&p);
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (Tile::S.dims().2, 1, 1),
+            shared_mem_bytes: Tile::S.smem(),
+        };
+        // SAFETY: every address lies in a live allocation of the emulated GPU, which checks
+        // each access; X has 8 spare elements for the offset.
+        unsafe { b.launch(cfg) }
+    };
+    run(0).unwrap();
+    let e = err_text(run(2));
+    assert!(
+        e.contains("CUDA_ERROR_MISALIGNED_ADDRESS")
+            && e.contains("gemm_f16_f16_s")
+            && e.contains("thread ("),
+        "{e}"
+    );
+}
