@@ -231,3 +231,65 @@ fn misaligned_cp_async_is_a_misaligned_address_error() {
         "{e}"
     );
 }
+
+#[test]
+fn invalid_sparse_metadata_is_an_error() {
+    // gemm_sp_f16_f16_s with the metadata compress() produced runs; with fresh (0xFF-poisoned)
+    // metadata every nibble names position 3 twice, which ordered mma.sp metadata forbids.
+    use crate::HostTensor;
+    use crate::ops::gemm::GemmParams;
+    let gpu = Gpu::emulated().unwrap();
+    let (m, n, k) = (32usize, 64usize, 64usize);
+    let dense: Vec<f64> = (0..n * k)
+        .map(|i| if i % 4 < 2 { 1.0 + (i % 7) as f64 } else { 0.0 })
+        .collect();
+    let s = crate::sparse::compress(&HostTensor::from_f64(&[n, k], &dense, DType::F16).unwrap())
+        .unwrap();
+    let values = DeviceTensor::upload(&gpu, &s.values).unwrap();
+    let words: Vec<i32> = s.meta.iter().map(|&w| w as i32).collect();
+    let good = DeviceTensor::upload(
+        &gpu,
+        &HostTensor::new(&[words.len()], words.clone()).unwrap(),
+    )
+    .unwrap();
+    let poisoned = DeviceTensor::alloc(&gpu, &[words.len()], DType::I32).unwrap();
+    let x = DeviceTensor::upload(
+        &gpu,
+        &HostTensor::from_f64(&[m, k], &vec![0.5; m * k], DType::F16).unwrap(),
+    )
+    .unwrap();
+    let y = DeviceTensor::alloc(&gpu, &[m, n], DType::F16).unwrap();
+    let run = |meta: &DeviceTensor| {
+        let p = GemmParams {
+            x: x.addr(),
+            w: values.addr(),
+            y: y.addr(),
+            meta: meta.addr(),
+            stride_x: (m * k) as i64,
+            stride_y: (m * n) as i64,
+            m: m as i32,
+            n: n as i32,
+            k: k as i32,
+            alpha: 1.0,
+            ..GemmParams::default()
+        };
+        let mut b = gpu.launcher("gemm_sp_f16_f16_s");
+        b.arg(&p);
+        // The small sparse tile (src/ops/gemm_sparse.rs `geometry`): 128 threads, 3 stages of
+        // 64·80 + 32·144 + 4·128 bytes.
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 3 * (64 * 80 + 32 * 144 + 4 * 128),
+        };
+        // SAFETY: every address lies in a live allocation sized for (m, n, k); the emulated
+        // GPU checks each access.
+        unsafe { b.launch(cfg) }
+    };
+    run(&good).unwrap();
+    let e = err_text(run(&poisoned));
+    assert!(
+        e.contains("invalid metadata") && e.contains("gemm_sp_f16_f16_s"),
+        "{e}"
+    );
+}
