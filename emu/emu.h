@@ -65,6 +65,9 @@ void syncwarp();
 unsigned shfl32(unsigned bits, int mode, int arg);
 // Dynamic shared memory of the running launch (16-byte aligned, poisoned before each block).
 char* dyn_smem();
+// A static shared array (MK_STATIC_SMEM, kernels/common/types.cuh) reached by a thread of the
+// running block: filled with 0xFF bytes (NaN) at its first use in each block.
+void static_smem(void* p, std::size_t n);
 // Tensor-core and async-copy instructions (PTX ISA semantics; see runtime.cpp).
 void cp_async16(void* dst, const void* src, bool pred);
 void commit();

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <random>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <sys/mman.h>
@@ -437,6 +438,11 @@ template <bool TRANS> void compute_ldmatrix(Warp& w, unsigned par) {
 // Faults in kernel code (a guard page hit: out-of-bounds global or shared access, or a fiber
 // stack overflow) jump back to the launch, which reports them.
 
+// The block this OS thread is running (a new number per block), and for each static shared
+// array the block that last refilled it.
+thread_local unsigned long long g_block_gen = 0;
+thread_local std::unordered_map<void*, unsigned long long> g_static_gen;
+
 thread_local sigjmp_buf* g_jmp = nullptr;
 thread_local uintptr_t g_fault_addr = 0;
 thread_local bool g_fault_write = false;
@@ -536,6 +542,15 @@ unsigned shfl32(unsigned bits, int mode, int arg) {
 }
 
 char* dyn_smem() { return L->smem; }
+void static_smem(void* p, std::size_t n) {
+    unsigned long long& gen = g_static_gen[p];
+    if (gen != g_block_gen) {
+        // 0xFF bytes: NaN as f32/f16/bf16, -1 as an integer, so a read of an element the block
+        // never wrote poisons the result even when it is multiplied by zero.
+        std::memset(p, 0xFF, n);
+        gen = g_block_gen;
+    }
+}
 
 void cp_async16(void* dst, const void* src, bool pred) {
     check_shared(dst, 16, "cp.async destination");
@@ -724,6 +739,7 @@ extern "C" int mk_emu_launch(const char* kernel, const unsigned* grid, const uns
             for (unsigned x = 0; x < grid[0] && rc == 0; ++x) {
                 blockIdx = {x, y, z};
                 std::memset(launch.smem, 0xA5, round_up(smem_bytes, 16));  // garbage, like real smem
+                ++g_block_gen;  // static shared arrays are refilled at their first use below
                 launch.fibers.assign(nt, Fiber{});
                 launch.warps.assign((nt + 31) / 32, Warp{});
                 for (unsigned w = 0; w < launch.warps.size(); ++w) launch.warps[w].lanes = std::min(32u, nt - 32 * w);

@@ -44,7 +44,8 @@ __device__ __forceinline__ void gemm_tc(const GemmParams& p) {
 // f32 path (no tensor cores): 64x64 tile, 16-deep K slices, 4x4 outputs per thread.
 __device__ __forceinline__ void gemm_simt_f32(const GemmParams& p) {
     constexpr int BM = 64, BN = 64, BK = 16;
-    __shared__ float As[BK][BM + 4], Ws[BK][BN + 4];
+    MK_STATIC_SMEM(float, As, [BK][BM + 4]);
+    MK_STATIC_SMEM(float, Ws, [BK][BN + 4]);
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     const long long b = blockIdx.z;

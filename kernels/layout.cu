@@ -10,6 +10,7 @@
 // image, images); the reads of a warp fall in at most 8 short runs (rows ≤ 8) or one span of
 // ≤ 8·32 elements (cols ≤ 8).
 // Launcher: src/ops/layout.rs; reference: src/reference/layout.rs.
+#include "common/types.cuh"
 
 namespace mk {
 
@@ -19,7 +20,7 @@ constexpr int TILE_ROWS = 8;
 template <typename T>
 __device__ __forceinline__ void transpose_tiled(T* __restrict__ y, const T* __restrict__ x,
                                                 long long batch, int rows, int cols) {
-    __shared__ T tile[TILE][TILE + 1];
+    MK_STATIC_SMEM(T, tile, [TILE][TILE + 1]);
     const long long tr = (rows + TILE - 1) / TILE, tc = (cols + TILE - 1) / TILE;
     const long long tiles = batch * tr * tc;
     const long long plane = (long long)rows * cols;

@@ -105,7 +105,7 @@ MK_POOL_ALL(mk::bf16, bf16)
 #define MK_GAP(T, TN, O, ON)                                                                     \
     extern "C" __global__ void __launch_bounds__(256)                                            \
         gap_##TN##_##ON(O* y, const T* x, int HW, int C, int lanes, int vec_ok) {                \
-        __shared__ float scratch[256 * mk::VEC];                                                 \
+        MK_STATIC_SMEM(float, scratch, [256 * mk::VEC]);                                         \
         if (vec_ok) mk::gap<T, O, mk::VEC>(y, x, HW, C, lanes, scratch);                         \
         else mk::gap<T, O, 1>(y, x, HW, C, lanes, scratch);                                      \
     }

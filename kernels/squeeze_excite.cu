@@ -122,9 +122,9 @@ __device__ __forceinline__ void se_scale(T* __restrict__ y, const T* __restrict_
     extern "C" __global__ void __launch_bounds__(mk::SE_THREADS) se_excite_##TN##_##WN(          \
         float* s, const T* x, const float* partials, const W* w1, const W* b1, const W* w2,      \
         const W* b2, int HW, int C, int Cse, int splits, int lanes, int vec_ok) {                \
-        __shared__ float pooled[mk::SE_MAX_C];                                                   \
-        __shared__ float hidden[mk::SE_MAX_HIDDEN];                                              \
-        __shared__ float scratch[mk::SE_THREADS * mk::VEC];                                      \
+        MK_STATIC_SMEM(float, pooled, [mk::SE_MAX_C]);                                           \
+        MK_STATIC_SMEM(float, hidden, [mk::SE_MAX_HIDDEN]);                                      \
+        MK_STATIC_SMEM(float, scratch, [mk::SE_THREADS * mk::VEC]);                              \
         if (vec_ok)                                                                              \
             mk::se_excite<T, W, mk::VEC>(s, x, partials, w1, b1, w2, b2, HW, C, Cse, splits,     \
                                          lanes, pooled, hidden, scratch);                        \
@@ -141,7 +141,7 @@ MK_SE_EXCITE(mk::bf16, bf16, float, f32)
 #define MK_SE_POOL(T, TN)                                                                        \
     extern "C" __global__ void __launch_bounds__(256)                                            \
         se_pool_##TN(float* partials, const T* x, int HW, int C, int lanes, int vec_ok) {        \
-        __shared__ float scratch[256 * mk::VEC];                                                 \
+        MK_STATIC_SMEM(float, scratch, [256 * mk::VEC]);                                         \
         if (vec_ok) mk::se_pool<T, mk::VEC>(partials, x, HW, C, lanes, scratch);                 \
         else mk::se_pool<T, 1>(partials, x, HW, C, lanes, scratch);                              \
     }

@@ -69,7 +69,7 @@ __device__ __forceinline__ S group_allreduce(S v, F merge) {
     v = shfl_from(v, 0);
     if constexpr (TPR > 32) {
         constexpr int W = TPR / 32;
-        __shared__ S sh[W];
+        MK_STATIC_SMEM(S, sh, [W]);
         const int w = threadIdx.x / 32;
         if (threadIdx.x % 32 == 0) sh[w] = v;
         __syncthreads();

@@ -11,6 +11,18 @@
 #define MK_DYN_SMEM(T, name) extern __shared__ __align__(16) T name[]
 #endif
 
+// A static shared array, e.g. MK_STATIC_SMEM(float, tile, [32][33]). Under MK_EMU it is one
+// instance per OS thread (blocks run one at a time per thread) refilled with 0xFF bytes (NaN) at
+// its first use in every block, standing in for a fresh block's undefined shared memory: a read
+// before the block's first write shows instead of finding zeros or the previous block's values.
+#ifdef MK_EMU
+#define MK_STATIC_SMEM(T, name, dims) \
+    __shared__ T name dims;           \
+    ::mk_emu::static_smem(&name, sizeof(name))
+#else
+#define MK_STATIC_SMEM(T, name, dims) __shared__ T name dims
+#endif
+
 namespace mk {
 
 typedef __half f16;
