@@ -293,3 +293,48 @@ fn invalid_sparse_metadata_is_an_error() {
         "{e}"
     );
 }
+
+/// Launches one of emu/selftest.cu's wrong kernels on a 64-element f32 buffer.
+fn selftest(kernel: &'static str, grid: u32, block: u32) -> (Result<()>, Vec<f32>) {
+    let gpu = Gpu::emulated().unwrap();
+    let y = DeviceTensor::alloc(&gpu, &[64 * grid as usize], DType::F32).unwrap();
+    let mut addr = y.addr();
+    let mut params = [(&mut addr as *mut u64).cast::<std::ffi::c_void>()];
+    // SAFETY: the self-test kernels take one f32 pointer and touch y[0 .. 64·grid).
+    let r = unsafe { emu::launch(kernel, (grid, 1, 1), (block, 1, 1), 0, &mut params, &[8], 7) };
+    let host = crate::Tensor::Device(y).to_host().unwrap();
+    let v: Vec<f32> = host.to_f64().iter().map(|&v| v as f32).collect();
+    (r, v)
+}
+
+#[test]
+fn static_shared_memory_reads_before_any_write_show_as_nan() {
+    // Threads 32..63 read what nobody wrote in this block: NaN, in every block (not zeros in
+    // the first and the previous block's values after it).
+    let (r, y) = selftest("mk_selftest_static_smem", 3, 64);
+    r.unwrap();
+    for b in 0..3 {
+        let row = &y[b * 64..(b + 1) * 64];
+        assert!(
+            row[..32].iter().all(|&v| v == 1.0 + b as f32),
+            "block {b}: {row:?}"
+        );
+        assert!(row[32..].iter().all(|v| v.is_nan()), "block {b}: {row:?}");
+    }
+}
+
+#[test]
+fn divergent_warp_collectives_and_deadlocks_are_errors() {
+    let (r, _) = selftest("mk_selftest_divergence", 1, 32);
+    let e = err_text(r);
+    assert!(
+        e.contains("warp divergence") && e.contains("mk_selftest_divergence"),
+        "{e}"
+    );
+    let (r, _) = selftest("mk_selftest_deadlock", 1, 64);
+    let e = err_text(r);
+    assert!(
+        e.contains("deadlock") && e.contains("mk_selftest_deadlock"),
+        "{e}"
+    );
+}
