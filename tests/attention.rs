@@ -223,24 +223,30 @@ fn max_err(a: &[f64], b: &[f64]) -> f64 {
 
 /// FlashAttention's criterion, per output row (one token of one head): the row's error against
 /// the f64 reference at most twice that of the naive input-precision computation of the same
-/// row, plus half an output ulp of the row's largest value. Taken over the whole output instead,
+/// row, plus half an output ulp of the row's largest value and one rounding of P (u·Σ p_j|v_j|). Taken over the whole output instead,
 /// the largest rows' error budget hid a dropped key in a small row.
 fn check_fa_bound(case: &Case, x: &Data, got: &[f64], what: &str) -> Result<(), String> {
     let want = case.reference(x, None);
     let dt = case.dt;
     let naive = case.reference(x, Some(&|v| dt.round(v)));
+    // Σ_j p_j·|v_j|: the scale of the error of rounding P to the dtype before P·V. In a row
+    // with few keys the naive computation's own P rounding can be near zero by chance, so
+    // twice it is no bound there; u times this is (the kernel rounds P once, as naive does).
+    let mag = case.reference(&abs_v(case, x), None);
     let d = case.d;
     // (ratio err/bound, row, err, bound, naive err) of the worst row.
     let mut worst = (0.0f64, 0usize, 0.0f64, 0.0f64, 0.0f64);
-    for (r, ((g, w), n)) in got
+    for (r, (((g, w), n), a)) in got
         .chunks(d)
         .zip(want.chunks(d))
         .zip(naive.chunks(d))
+        .zip(mag.chunks(d))
         .enumerate()
     {
         let (err, naive_err) = (max_err(g, w), max_err(n, w));
         let peak = w.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let bound = 2.0 * naive_err + dt.unit_roundoff() * peak + min_step(dt);
+        let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let bound = 2.0 * naive_err + dt.unit_roundoff() * (peak + scale) + min_step(dt);
         let ratio = if err.is_nan() {
             f64::INFINITY
         } else {
@@ -272,6 +278,29 @@ fn check_fa_bound(case: &Case, x: &Data, got: &[f64], what: &str) -> Result<(), 
             ..case.clone()
         }
     ))
+}
+
+/// The same inputs with V replaced by |V| (in the packed layout, the V third of each token).
+fn abs_v(case: &Case, x: &Data) -> Data {
+    let hd = case.heads * case.d;
+    if case.qkv_packed {
+        let q =
+            x.q.iter()
+                .enumerate()
+                .map(|(i, v)| if (i / hd) % 3 == 2 { v.abs() } else { *v })
+                .collect();
+        Data {
+            q,
+            k: vec![],
+            v: vec![],
+        }
+    } else {
+        Data {
+            q: x.q.clone(),
+            k: x.k.clone(),
+            v: x.v.iter().map(|v| v.abs()).collect(),
+        }
+    }
 }
 
 /// Random case within a work budget (the f64 reference runs on the CPU).
@@ -397,6 +426,23 @@ fn fused_matches_reference_within_fa_bound() {
             Ok(())
         })
         .unwrap();
+}
+
+/// Seeds that failed once, kept. 820666393878681772 (f16, d 32, causal, token 3 of 216 seeing
+/// four keys): the kernel's P rounding gave 7.6e-3 where the naive computation's happened to
+/// give 4e-4, over the bound without its u·Σp|v| term.
+#[test]
+fn fused_failing_seeds_stay_fixed() {
+    let Some(dev) = test_device("fused_failing_seeds_stay_fixed") else {
+        return;
+    };
+    for seed in [820_666_393_878_681_772u64] {
+        let mut rng = SeedRng::new(seed);
+        let case = random_case(&mut rng, 1 << 23);
+        let x = case.data(&mut rng);
+        let got = case.run(&dev, &x, false).unwrap();
+        check_fa_bound(&case, &x, &got, &format!("seed {seed}")).unwrap();
+    }
 }
 
 #[test]
