@@ -436,7 +436,8 @@ fn fused_failing_seeds_stay_fixed() {
     let Some(dev) = test_device("fused_failing_seeds_stay_fixed") else {
         return;
     };
-    for seed in [820_666_393_878_681_772u64] {
+    let seeds: &[u64] = &[820_666_393_878_681_772];
+    for &seed in seeds {
         let mut rng = SeedRng::new(seed);
         let case = random_case(&mut rng, 1 << 23);
         let x = case.data(&mut rng);
