@@ -291,3 +291,86 @@ impl Sparse24 {
         HostTensor::from_f64(&[self.n, self.k], &d, self.dtype())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod cute_layouts {
+    //! The metadata layout of `cell` (what `compress` writes and the kernels hand to `mma.sp`)
+    //! against an independent source: CUTLASS CuTe's metadata layouts (ELayout), copied from
+    //! NVIDIA/cutlass 7107b05535f8977f5ecb9d01ee203205b1fd9bc4 and evaluated here as CuTe does.
+    use super::cell;
+
+    /// A CuTe layout `((thread modes), (value modes)) : ((strides), (strides))` evaluated at
+    /// (thread, value): each index split colexicographically over its modes, then Σ coord·stride.
+    fn eval(
+        t_shape: &[usize],
+        t_stride: &[usize],
+        v_shape: &[usize],
+        v_stride: &[usize],
+        t: usize,
+        v: usize,
+    ) -> usize {
+        let part = |mut i: usize, shape: &[usize], stride: &[usize]| {
+            let mut off = 0;
+            for (&n, &d) in shape.iter().zip(stride) {
+                off += (i % n) * d;
+                i /= n;
+            }
+            off
+        };
+        part(t, t_shape, t_stride) + part(v, v_shape, v_stride)
+    }
+
+    /// For every lane that supplies metadata and every nibble: the (row, 4-group) CuTe gives
+    /// (all four bits of the nibble must name one row and one aligned 4-group of K) must be
+    /// `cell`'s.
+    fn check(
+        q: usize,
+        step: usize,
+        lanes: impl Iterator<Item = usize>,
+        m: usize,
+        layout: &dyn Fn(usize, usize) -> usize,
+    ) {
+        for lane in lanes {
+            let (g, h) = (lane / 4, lane % 4);
+            for j in 0..8 {
+                let at = |bit: usize| {
+                    let idx = layout(lane, 4 * j + bit);
+                    (idx % m, idx / m)
+                };
+                let (row, k) = at(0);
+                assert_eq!(
+                    k % 4,
+                    0,
+                    "lane {lane} nibble {j}: K {k} not at a 4-group start"
+                );
+                for bit in 1..4 {
+                    assert_eq!(at(bit), (row, k + bit), "lane {lane} nibble {j} bit {bit}");
+                }
+                let ours = cell(q, step, 0, 0, g * q + h, j);
+                assert_eq!(
+                    ours,
+                    (row, k / 4),
+                    "lane {lane} (g {g}, h {h}) nibble {j}: cell vs CuTe"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn f16_metadata_matches_cute_sm90_elayout_64x32() {
+        // GMMA::ELayout_64x32 = ((2,2,8,4),(16,2)) : ((1024,0,1,16),(64,8)) over (M64, K32),
+        // 128 threads; warp 0 is m16n8k32. Sparsity selector 0: lanes with (lane % 4) < 2.
+        let layout =
+            |t: usize, v: usize| eval(&[2, 2, 8, 4], &[1024, 0, 1, 16], &[16, 2], &[64, 8], t, v);
+        check(2, 32, (0..32).filter(|l| l % 4 < 2), 64, &layout);
+    }
+
+    #[test]
+    fn int8_metadata_matches_cute_sm120_sparse_16x8x64() {
+        // SM120_SPARSE_16x8x64_TN ELayout = ((2,2,8),32) : ((8,512,1),16) over (M16, K64);
+        // every lane supplies metadata.
+        let layout = |t: usize, v: usize| eval(&[2, 2, 8], &[8, 512, 1], &[32], &[16], t, v);
+        check(4, 64, 0..32, 16, &layout);
+    }
+}
