@@ -87,11 +87,22 @@ fn layout_gpu_matches_reference() {
         .run(
             &(any::<u64>(), 0..dtypes.len(), any::<bool>()),
             |(seed, di, to_nhwc)| {
+                // The first cases walk every (dtype, kernel) pair: the tiled kernel runs when
+                // both C and H·W exceed 8 (src/ops/layout.rs), the small one otherwise; drawn
+                // freely, u8 (transpose_*_b1) met the tiled kernel too rarely to count on.
+                static COVER: common::Cover = common::Cover::new();
                 let mut rng = SeedRng::new(seed);
+                let tiled_drawn = usize::from(rng.below(2) == 0);
+                let [di, tiled] = COVER.pick([di, tiled_drawn], [dtypes.len(), 2]);
                 let dt = dtypes[di];
                 let n = 1 + rng.below(3) as usize;
                 const C: [usize; 9] = [1, 3, 4, 8, 9, 13, 32, 64, 144];
-                let c = C[rng.below(C.len() as u64) as usize];
+                // C[..4] are at most 8 (the small kernel), C[4..] above.
+                let c = if tiled == 1 {
+                    C[4 + rng.below(5) as usize]
+                } else {
+                    C[rng.below(4) as usize]
+                };
                 let side = |rng: &mut SeedRng| match rng.below(6) {
                     0 => 1,
                     1 => 7,
@@ -99,7 +110,10 @@ fn layout_gpu_matches_reference() {
                     3 if rng.below(4) == 0 => 225,
                     _ => 1 + rng.below(60) as usize,
                 };
-                let (h, w) = (side(&mut rng), side(&mut rng));
+                let (h, mut w) = (side(&mut rng), side(&mut rng));
+                if tiled == 1 && h * w <= 8 {
+                    w = 9;
+                }
                 let len = n * c * h * w;
                 let x = if dt.is_float() {
                     random_values(&mut rng, len, 3.0, dt)
