@@ -186,41 +186,61 @@ fn parameter_structs_have_one_layout_in_rust_and_c() {
     }
 }
 
+/// One block of a tensor-core GEMM kernel over `[x, w, y, meta]` (device addresses, meta 0 for
+/// dense) for (m, n, k), launched by hand with the op's tile geometry.
+fn gemm_launch(
+    gpu: &Arc<Gpu>,
+    kernel: &'static str,
+    [x, w, y, meta]: [u64; 4],
+    (m, n, k): (usize, usize, usize),
+    g: &crate::ops::gemm::Geometry,
+) -> Result<()> {
+    let p = crate::ops::gemm::GemmParams {
+        x,
+        w,
+        y,
+        meta,
+        stride_x: (m * k) as i64,
+        stride_y: (m * n) as i64,
+        m: m as i32,
+        n: n as i32,
+        k: k as i32,
+        alpha: 1.0,
+        ..Default::default()
+    };
+    let mut b = gpu.launcher(kernel);
+    b.arg(&p);
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (g.threads, 1, 1),
+        shared_mem_bytes: g.smem,
+    };
+    // SAFETY: the callers' buffers are live allocations of the emulated GPU sized for (m, n, k)
+    // (plus any offset they test); the emulator checks each access.
+    unsafe { b.launch(cfg) }
+}
+
 #[test]
 fn misaligned_cp_async_is_a_misaligned_address_error() {
     // gemm_f16_f16_s loads X with 16-byte cp.async; an X two bytes off the allocation's
     // alignment is what CUDA_ERROR_MISALIGNED_ADDRESS reports on a GPU. (The op itself refuses
     // such operands before launching; this launch is assembled by hand.)
-    use crate::ops::gemm::{GemmParams, Tile};
+    use crate::ops::gemm::Tile;
     let gpu = Gpu::emulated().unwrap();
     let (m, n, k) = (32usize, 64usize, 64usize);
     let x = DeviceTensor::alloc(&gpu, &[m * k + 8], DType::F16).unwrap();
     let w = DeviceTensor::alloc(&gpu, &[n, k], DType::F16).unwrap();
     let y = DeviceTensor::alloc(&gpu, &[m, n], DType::F16).unwrap();
+    let g = Tile::S.geometry();
+    // X has 8 spare elements, so the offset read stays inside its allocation.
     let run = |x_offset: u64| {
-        let p = GemmParams {
-            x: x.addr() + x_offset,
-            w: w.addr(),
-            y: y.addr(),
-            stride_x: (m * k) as i64,
-            stride_w: 0,
-            stride_y: (m * n) as i64,
-            m: m as i32,
-            n: n as i32,
-            k: k as i32,
-            alpha: 1.0,
-            ..GemmParams::default()
-        };
-        let mut b = gpu.launcher("gemm_f16_f16_s");
-        b.arg(&p);
-        let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (Tile::S.dims().2, 1, 1),
-            shared_mem_bytes: Tile::S.smem(),
-        };
-        // SAFETY: every address lies in a live allocation of the emulated GPU, which checks
-        // each access; X has 8 spare elements for the offset.
-        unsafe { b.launch(cfg) }
+        gemm_launch(
+            &gpu,
+            "gemm_f16_f16_s",
+            [x.addr() + x_offset, w.addr(), y.addr(), 0],
+            (m, n, k),
+            &g,
+        )
     };
     run(0).unwrap();
     let e = err_text(run(2));
@@ -237,7 +257,6 @@ fn invalid_sparse_metadata_is_an_error() {
     // gemm_sp_f16_f16_s with the metadata compress() produced runs; with fresh (0xFF-poisoned)
     // metadata every nibble names position 3 twice, which ordered mma.sp metadata forbids.
     use crate::HostTensor;
-    use crate::ops::gemm::GemmParams;
     let gpu = Gpu::emulated().unwrap();
     let (m, n, k) = (32usize, 64usize, 64usize);
     let dense: Vec<f64> = (0..n * k)
@@ -259,32 +278,16 @@ fn invalid_sparse_metadata_is_an_error() {
     )
     .unwrap();
     let y = DeviceTensor::alloc(&gpu, &[m, n], DType::F16).unwrap();
+    // The launcher's own small sparse tile (src/ops/gemm_sparse.rs `geometry`).
+    let (g, _) = crate::ops::gemm_sparse::geometry(false, false);
     let run = |meta: &DeviceTensor| {
-        let p = GemmParams {
-            x: x.addr(),
-            w: values.addr(),
-            y: y.addr(),
-            meta: meta.addr(),
-            stride_x: (m * k) as i64,
-            stride_y: (m * n) as i64,
-            m: m as i32,
-            n: n as i32,
-            k: k as i32,
-            alpha: 1.0,
-            ..GemmParams::default()
-        };
-        let mut b = gpu.launcher("gemm_sp_f16_f16_s");
-        b.arg(&p);
-        // The small sparse tile (src/ops/gemm_sparse.rs `geometry`): 128 threads, 3 stages of
-        // 64·80 + 32·144 + 4·128 bytes.
-        let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 3 * (64 * 80 + 32 * 144 + 4 * 128),
-        };
-        // SAFETY: every address lies in a live allocation sized for (m, n, k); the emulated
-        // GPU checks each access.
-        unsafe { b.launch(cfg) }
+        gemm_launch(
+            &gpu,
+            "gemm_sp_f16_f16_s",
+            [x.addr(), values.addr(), y.addr(), meta.addr()],
+            (m, n, k),
+            &g,
+        )
     };
     run(&good).unwrap();
     let e = err_text(run(&poisoned));

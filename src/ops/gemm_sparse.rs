@@ -63,7 +63,7 @@ impl SparseWeight {
 
 /// Sparse tile shapes (block: rows of W × rows of X, threads, smem) — SpS / SpL in the kernel;
 /// the metadata per 16-row tile per stage is 128 bytes for f16/bf16 and 256 for int8.
-fn geometry(large: bool, int8: bool) -> (Geometry, &'static str) {
+pub(crate) fn geometry(large: bool, int8: bool) -> (Geometry, &'static str) {
     let meta = if int8 { 256 } else { 128 };
     let smem = |bn: usize, bm: usize| (3 * (bn * 80 + bm * 144 + (bn / 16) * meta)) as u32;
     if large {
