@@ -192,35 +192,33 @@ impl Sparse24 {
         (self.n.div_ceil(16) * 16, self.k.div_ceil(kp) * kp)
     }
 
-    /// Checks that the public fields agree: a dtype the kernels take, N and K ≥ 1, values of
-    /// `[N16, KP/2]`, `N16·KP/32` metadata words, every nibble two ascending positions. The
-    /// kernels index by N and K alone, so a mismatch would read out of bounds; hand-made or
-    /// deserialised weights go through this before they reach a device.
+    /// Checks that the public fields agree: a dtype the kernels take, values of `[N16, KP/2]`
+    /// and `N16·KP/32` metadata words for N and K (padded to 16 rows and KP = 64 or 128), every
+    /// nibble two ascending positions. The kernels index by N and K alone, so a mismatch would
+    /// read out of bounds; hand-made or deserialised weights go through this before use.
     pub fn validate(&self, op: &'static str) -> Result<()> {
-        layout(op, self.dtype())?;
-        if self.n == 0 || self.k == 0 {
-            return Err(Error::Shape {
-                op,
-                arg: "sparse weight",
-                got: vec![self.n, self.k],
-                expected: "N and K of at least 1".into(),
-            });
-        }
-        let (n16, k32) = self.padded();
-        let words = n16.checked_mul(k32).map(|v| v / 32);
-        if words != Some(self.meta.len()) || self.values.shape() != [n16, k32 / 2] {
+        let (kp, _, _) = layout(op, self.dtype())?;
+        let n16 = self.n.checked_next_multiple_of(16);
+        let k32 = self.k.checked_next_multiple_of(kp);
+        let sizes = n16
+            .zip(k32)
+            .and_then(|(n16, k32)| Some((n16, k32 / 2, n16.checked_mul(k32)? / 32)));
+        if sizes.is_none_or(|(rows, cols, words)| {
+            self.values.shape() != [rows, cols] || self.meta.len() != words
+        }) {
             return Err(Error::Shape {
                 op,
                 arg: "sparse weight",
                 got: self.values.shape().to_vec(),
-                expected: format!(
-                    "for N {} K {}: values [{n16}, {}] and {} metadata words (got {})",
-                    self.n,
-                    self.k,
-                    k32 / 2,
-                    n16 * k32 / 32,
-                    self.meta.len()
-                ),
+                expected: match sizes {
+                    Some((rows, cols, words)) => format!(
+                        "for N {} K {}: values [{rows}, {cols}] and {words} metadata words (got {})",
+                        self.n,
+                        self.k,
+                        self.meta.len()
+                    ),
+                    None => format!("N {} and K {} small enough to pad", self.n, self.k),
+                },
             });
         }
         for (i, &w) in self.meta.iter().enumerate() {
@@ -243,19 +241,8 @@ impl Sparse24 {
 
     /// The dense `[N, K]` weight back, exactly (the inverse of [`compress`]).
     pub fn decompress(&self) -> Result<HostTensor> {
+        self.validate("decompress")?;
         let (n16, k32) = self.padded();
-        if self.meta.len() != n16 * k32 / 32 || self.values.shape() != [n16, k32 / 2] {
-            return Err(Error::Shape {
-                op: "decompress",
-                arg: "sparse weight",
-                got: self.values.shape().to_vec(),
-                expected: format!(
-                    "values [{n16}, {}] and {} metadata words",
-                    k32 / 2,
-                    n16 * k32 / 32
-                ),
-            });
-        }
         let (_, step, q) = layout("decompress", self.dtype())?;
         let v = self.values.to_f64();
         let mut d = vec![0.0; self.n * self.k];
@@ -267,16 +254,8 @@ impl Sparse24 {
                         for j in 0..8 {
                             let (row, grp) = cell(q, step, t, s, lane, j);
                             let nb = (word >> (4 * j)) & 0xf;
+                            // Ascending, checked by validate.
                             let (p0, p1) = ((nb & 3) as usize, (nb >> 2) as usize);
-                            if p0 >= p1 {
-                                return Err(Error::Invalid {
-                                    op: "decompress",
-                                    arg: "meta",
-                                    detail: format!(
-                                        "row {row} group {grp}: positions {p0}, {p1} not ascending"
-                                    ),
-                                });
-                            }
                             for (slot, p) in [(0, p0), (1, p1)] {
                                 let c = 4 * grp + p;
                                 if row < self.n && c < self.k {
