@@ -362,6 +362,13 @@ fn kernel_table(root: &Path) -> Vec<(String, Vec<String>)> {
 /// The emulated GPU (feature `emu`): every `kernels/*.cu`, unchanged, compiled by the host C++
 /// compiler under `emu/emu.h`, one translation unit per module wrapped in its own namespace,
 /// plus a registry of one trampoline per kernel of the table (emu/runtime.cpp).
+/// GCC flags that instrument the emulated kernels' memory accesses (see build_emu).
+const TSAN_FLAGS: [&str; 3] = [
+    "-fsanitize=thread",
+    "--param=tsan-instrument-func-entry-exit=0",
+    "--param=tsan-distinguish-volatile=0",
+];
+
 fn build_emu(root: &Path, out: &Path, incs: &[PathBuf], require: bool) {
     println!("cargo:rerun-if-changed=emu");
     println!("cargo:rerun-if-changed=src/device/kernels.rs");
@@ -395,6 +402,10 @@ fn build_emu(root: &Path, out: &Path, incs: &[PathBuf], require: bool) {
             "mk_selftest_static_smem",
             "mk_selftest_divergence",
             "mk_selftest_deadlock",
+            "mk_selftest_race_raw",
+            "mk_selftest_race_war",
+            "mk_selftest_cp_async_early_read",
+            "mk_selftest_cp_async_waited",
         ]
         .map(String::from)
         .to_vec(),
@@ -426,6 +437,7 @@ fn build_emu(root: &Path, out: &Path, incs: &[PathBuf], require: bool) {
     // Objects are cached by the hash of everything they include, so a change to one kernel
     // (or a planted bug, scripts/emu-mutants) recompiles one translation unit, not all.
     let mut shared = 0xcbf2_9ce4_8422_2325u64;
+    fnv1a(&mut shared, TSAN_FLAGS.join(" ").as_bytes());
     for f in sorted_files(&root.join("kernels/common"), "cuh")
         .into_iter()
         .chain([root.join("emu/emu.h")])
@@ -531,10 +543,24 @@ fn build_emu(root: &Path, out: &Path, incs: &[PathBuf], require: bool) {
         }
         objects.push(obj);
     }
-    if !todo.is_empty() {
-        let srcs: Vec<&PathBuf> = todo.iter().map(|(s, _)| s).collect();
-        let built = b.clone().files(srcs).compile_intermediates();
-        for ((_, obj), o) in todo.iter().zip(built) {
+    // The kernel translation units get GCC's ThreadSanitizer instrumentation (a call before
+    // every load and store) without its runtime: emu/runtime.cpp implements the hooks as the
+    // emulator's memcheck/initcheck/racecheck. The runtime and the registry stay plain.
+    let (plain, instrumented): (Vec<_>, Vec<_>) = todo.iter().partition(|(s, _)| {
+        s.file_stem()
+            .is_some_and(|n| n == "runtime" || n == "registry")
+    });
+    for (group, flags) in [(plain, &[][..]), (instrumented, &TSAN_FLAGS[..])] {
+        if group.is_empty() {
+            continue;
+        }
+        let mut bb = b.clone();
+        for f in flags {
+            bb.flag(f);
+        }
+        let srcs: Vec<&PathBuf> = group.iter().map(|(s, _)| s).collect();
+        let built = bb.files(srcs).compile_intermediates();
+        for ((_, obj), o) in group.iter().zip(built) {
             std::fs::copy(&o, obj).unwrap_or_else(|e| panic!("copy {}: {e}", o.display()));
         }
     }

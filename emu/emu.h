@@ -6,11 +6,19 @@
 // points rather than OS-thread barriers.
 //
 // What it checks (runtime.cpp): out-of-bounds global and dynamic-shared accesses (guard pages
-// after every allocation and after the launched dynamic shared size), cp.async / ldmatrix
-// address alignment and bounds, warp collectives reached by only some lanes (divergence),
-// barriers never reached (deadlock), invalid mma.sp metadata. cp.async copies land at a seeded
-// random yield point between issue and their wait_group, so a read of a stage still in flight,
-// or a prefetch that overwrites a stage another warp still reads, changes the result.
+// after every allocation and after the launched dynamic shared size, and, through the shadow
+// memory below, each allocation's exact end), cp.async / ldmatrix address alignment and
+// bounds, warp collectives reached by only some lanes (divergence), barriers never reached
+// (deadlock), invalid mma.sp metadata. cp.async copies land at a seeded random yield point
+// between issue and their wait_group, so a read of a stage still in flight, or a prefetch that
+// overwrites a stage another warp still reads, changes the result.
+//
+// Shadow memory (build.rs compiles the kernels with GCC's -fsanitize=thread instrumentation,
+// runtime.cpp implements its hooks): racecheck (shared-memory accesses of two threads, one a
+// write, with no barrier — or within a warp no warp collective — between; a cp.async
+// destination touched before its wait_group), initcheck (reads of device memory neither the
+// host nor a kernel wrote since allocation; reads of shared memory the block never wrote) and
+// exact-end memcheck. MEDKERN_EMU_CHECKS=none|all|memcheck,initcheck,racecheck (default all).
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>

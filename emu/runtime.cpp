@@ -9,8 +9,10 @@
 #include <cstdlib>
 #include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <algorithm>
+#include <atomic>
 #include <random>
 #include <string>
 #include <unordered_map>
@@ -41,6 +43,8 @@ struct Alloc {
     char* map;
     size_t map_len;
     size_t size;
+    // initcheck: one bit per byte, set when the host (upload, fill) or a kernel writes it.
+    unsigned char* init;
 };
 std::mutex g_alloc_mu;
 std::map<uintptr_t, Alloc> g_allocs;  // by user address
@@ -99,11 +103,16 @@ struct Fiber {
     St st = St::Run;
     unsigned gen = 0;  // barrier or warp generation waited on
     emu_dim3 tid{};
+    // Synchronisation counts for racecheck: block barriers passed and warp collectives passed
+    // (__syncwarp, shuffles, ldmatrix, mma). Two shared accesses of different threads are
+    // ordered only when a barrier, or for lanes of one warp a warp collective, lies between.
+    unsigned bar = 0, wsync = 0;
     // cp.async: copies issued and not yet landed, by commit group (the back one is open).
     struct Copy {
         void* dst;
         const void* src;
         bool fill;
+        bool landed;  // the data is in shared memory (the shadow still counts it in flight until retired)
     };
     std::deque<std::vector<Copy>> groups;
 };
@@ -125,6 +134,18 @@ struct Warp {
 
 using Compute = void (*)(Warp&, unsigned par);
 
+// The shadow record of one byte of shared memory for racecheck and initcheck: its last writer
+// and last reader (thread, barrier count, warp-collective count), in the block `stamp`.
+enum : uint8_t { kWritten = 1, kInflight = 2, kRead = 4, kRMulti = 8, kRMultiWarp = 16 };
+struct Sh {
+    uint32_t stamp;
+    uint16_t wt, rt;
+    uint32_t wbar, wwarp, rbar, rwarp;
+    uint8_t flags;
+};
+// Checks on by default (MEDKERN_EMU_CHECKS): exact allocation ends, initcheck, racecheck.
+enum : unsigned { kMemcheck = 1, kInitcheck = 2, kRacecheck = 4 };
+
 struct Launch {
     const Entry* entry = nullptr;
     void** args = nullptr;
@@ -141,6 +162,23 @@ struct Launch {
     std::mt19937_64 rng;
     std::string error;
     bool failed = false;
+    // Shadow memory (see "Shadow memory" below): which checks run, one record per byte of
+    // dynamic shared memory and of each static shared array, and the allocations recently hit.
+    unsigned checks = 0;
+    uint32_t stamp = 0;  // the running block's number, low 32 bits (records of older blocks are stale)
+    Sh* dyn_shadow = nullptr;
+    struct StaticArr {
+        uintptr_t lo;
+        size_t n;
+        std::vector<Sh> sh;
+    };
+    std::deque<StaticArr> statics;
+    struct GRange {
+        uintptr_t lo = 0, end = 0, slack = 0;  // [lo, end) the allocation, [end, slack) its 256-byte rounding
+        unsigned char* init = nullptr;
+    };
+    GRange gcache[4];
+    unsigned gnext = 0;
 };
 
 thread_local Launch* L = nullptr;
@@ -163,6 +201,204 @@ std::string where() {
     back_to_scheduler_dead();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Shadow memory: the checks compute-sanitizer makes. The kernel translation units are compiled
+// with GCC's ThreadSanitizer instrumentation (build.rs), which calls __tsan_readN/__tsan_writeN
+// before every load and store that may touch memory other than the thread's own locals; this
+// runtime implements those hooks (no TSan runtime is linked) and classifies each address:
+//  - a fiber stack (the CUDA thread's locals): nothing to check;
+//  - dynamic or static shared memory: racecheck (the access conflicts with another thread's
+//    access to the byte, at least one a write, with no __syncthreads — or, within a warp, no
+//    warp collective — between; a cp.async destination read or written before the issuing
+//    thread's wait_group), initcheck (a read of a byte this block never wrote), and memcheck
+//    (an access running past the launched dynamic size);
+//  - a device allocation: memcheck against its exact byte size (the guard page only catches
+//    accesses past the 256-byte rounding and the page) and initcheck (a read of a byte neither
+//    the host nor a kernel wrote since allocation);
+//  - anything else (the launch's parameter array): not device memory, nothing to check.
+
+std::string hex(uintptr_t a) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%p", (void*)a);
+    return b;
+}
+
+std::string thread_name(unsigned t) {
+    const emu_dim3 d = L->fibers[t].tid;
+    char b[64];
+    std::snprintf(b, sizeof b, "thread (%u,%u,%u)", d.x, d.y, d.z);
+    return b;
+}
+
+// `where` names the region and offset of the byte; `prev` the earlier access's thread.
+[[noreturn]] void race(const char* kind, const std::string& where, unsigned prev, const char* prev_what) {
+    fault(std::string("racecheck: ") + kind + " hazard on " + where + ": " + prev_what + " by " + thread_name(prev) +
+          " with no __syncthreads (or, within a warp, no __syncwarp/shuffle) in between");
+}
+
+void shared_access(Sh* e, size_t n, bool write, const char* region, size_t off) {
+    const unsigned t = L->cur;
+    const Fiber& f = L->fibers[t];
+    const uint32_t B = f.bar, W = f.wsync, tw = t >> 5;
+    auto ordered = [&](unsigned p, uint32_t pbar, uint32_t pw) {
+        return p == t || pbar != B || ((p >> 5) == tw && pw != W);
+    };
+    auto at = [&](size_t i) {
+        char b[96];
+        std::snprintf(b, sizeof b, "%s shared memory byte %zu", region, off + i);
+        return std::string(b);
+    };
+    const bool rc = L->checks & kRacecheck;
+    for (size_t i = 0; i < n; ++i) {
+        Sh& s = e[i];
+        if (s.stamp != L->stamp) s = Sh{L->stamp, 0, 0, 0, 0, 0, 0, 0};
+        if (rc && (s.flags & kInflight))
+            race(write ? "write-after-write" : "read-after-write", at(i), s.wt,
+                 "it is the destination of a cp.async still in flight (before the issuing thread's cp.async.wait_group), issued");
+        if (!write) {
+            if (!(s.flags & kWritten)) {
+                if (L->checks & kInitcheck)
+                    fault("initcheck: read of " + at(i) + ", which no thread of this block has written");
+            } else if (rc && !ordered(s.wt, s.wbar, s.wwarp)) {
+                race("read-after-write", at(i), s.wt, "written");
+            }
+            if ((s.flags & kRead) && s.rbar == B) {
+                if (s.rt != t) {
+                    s.flags |= kRMulti;
+                    if ((unsigned)(s.rt >> 5) != tw) s.flags |= kRMultiWarp;
+                }
+            } else {
+                s.flags = (uint8_t)((s.flags & ~(kRMulti | kRMultiWarp)) | kRead);
+            }
+            s.rt = (uint16_t)t;
+            s.rbar = B;
+            s.rwarp = W;
+        } else {
+            if (rc && (s.flags & kWritten) && !ordered(s.wt, s.wbar, s.wwarp))
+                race("write-after-write", at(i), s.wt, "written");
+            if (rc && (s.flags & kRead) && s.rbar == B &&
+                ((s.flags & kRMultiWarp) || (unsigned)(s.rt >> 5) != tw ||
+                 (s.rwarp == W && (s.rt != t || (s.flags & kRMulti)))))
+                race("write-after-read", at(i), s.rt, "read");
+            s.flags = kWritten;
+            s.wt = (uint16_t)t;
+            s.wbar = B;
+            s.wwarp = W;
+        }
+    }
+}
+
+// The shadow of the shared byte at `a`, or null when `a` is not shared memory.
+Sh* shared_shadow(uintptr_t a, size_t n, const char*& region, size_t& off) {
+    const uintptr_t sm = (uintptr_t)L->smem;
+    if (L->smem != nullptr && a - sm < round_up(L->smem_bytes, 16)) {
+        if (a + n > sm + L->smem_bytes) {
+            char b[200];
+            std::snprintf(b, sizeof b, "memcheck: invalid shared access of %zu bytes at %p, past the %zu bytes of dynamic shared memory",
+                          n, (void*)a, L->smem_bytes);
+            fault(b);
+        }
+        region = "dynamic";
+        off = a - sm;
+        return L->dyn_shadow + off;
+    }
+    for (auto& st : L->statics)
+        if (a - st.lo < st.n) {
+            region = "static";
+            off = a - st.lo;
+            return st.sh.data() + off;
+        }
+    return nullptr;
+}
+
+// The allocation holding `a` (cached per launch), or null when `a` is not device memory.
+Launch::GRange* global_range(uintptr_t a) {
+    for (auto& r : L->gcache)
+        if (a - r.lo < r.slack - r.lo) return &r;
+    std::lock_guard<std::mutex> lk(g_alloc_mu);
+    auto it = g_allocs.upper_bound(a);
+    if (it == g_allocs.begin()) return nullptr;
+    --it;
+    const uintptr_t slack = it->first + round_up(it->second.size == 0 ? 1 : it->second.size, 256);
+    if (a >= slack) return nullptr;
+    Launch::GRange& r = L->gcache[L->gnext++ % 4];
+    r = {it->first, it->first + it->second.size, slack, it->second.init};
+    return &r;
+}
+
+bool init_bit(const unsigned char* bits, size_t i) { return (bits[i >> 3] >> (i & 7)) & 1; }
+void set_init(unsigned char* bits, size_t i, size_t n) {
+    for (size_t k = i; k < i + n; ++k) {
+        const unsigned char m = (unsigned char)(1u << (k & 7));
+        if (!(bits[k >> 3] & m)) std::atomic_ref<unsigned char>(bits[k >> 3]).fetch_or(m, std::memory_order_relaxed);
+    }
+}
+
+void global_access(uintptr_t a, size_t n, bool write) {
+    Launch::GRange* r = global_range(a);
+    if (r == nullptr) return;
+    if ((L->checks & kMemcheck) && a + n > r->end) {
+        char b[240];
+        std::snprintf(b, sizeof b,
+                      "memcheck: invalid global %s of %zu bytes at %p, %zu bytes past the end of an allocation of %zu bytes at %p",
+                      write ? "write" : "read", n, (void*)a, (size_t)(a + n - r->end), (size_t)(r->end - r->lo),
+                      (void*)r->lo);
+        fault(b);
+    }
+    if (!(L->checks & kInitcheck) || r->init == nullptr) return;
+    const size_t off = a - r->lo, m = std::min(n, (size_t)(r->end - a));
+    if (write) {
+        set_init(r->init, off, m);
+        return;
+    }
+    for (size_t i = 0; i < m; ++i)
+        if (!init_bit(r->init, off + i)) {
+            char b[240];
+            std::snprintf(b, sizeof b,
+                          "initcheck: global read of %zu bytes at %p (byte %zu of an allocation of %zu bytes at %p) that "
+                          "neither the host nor a kernel has written since allocation",
+                          n, (void*)a, off + i, (size_t)(r->end - r->lo), (void*)r->lo);
+            fault(b);
+        }
+}
+
+void shadow_access(const void* p, size_t n, bool write) {
+    if (L == nullptr || L->checks == 0 || L->entry == nullptr) return;
+    const uintptr_t a = (uintptr_t)p;
+    if (a - (uintptr_t)L->stacks < L->stacks_len) return;
+    const char* region;
+    size_t off;
+    if (Sh* e = shared_shadow(a, n, region, off)) {
+        if (L->checks & (kRacecheck | kInitcheck)) shared_access(e, n, write, region, off);
+        return;
+    }
+    global_access(a, n, write);
+}
+
+// cp.async: the destination counts as written (and in flight) from issue until the issuing
+// thread's wait_group retires the copy; then it is a write of that thread at that point.
+void copy_issued(void* dst) {
+    const char* region;
+    size_t off;
+    Sh* e = shared_shadow((uintptr_t)dst, 16, region, off);
+    if (e == nullptr || !(L->checks & (kRacecheck | kInitcheck))) return;
+    shared_access(e, 16, true, region, off);
+    for (int i = 0; i < 16; ++i) e[i].flags |= kInflight;
+}
+void copy_retired(const void* dst) {
+    const char* region;
+    size_t off;
+    Sh* e = shared_shadow((uintptr_t)dst, 16, region, off);
+    if (e == nullptr) return;
+    const Fiber& f = L->fibers[L->cur];
+    for (int i = 0; i < 16; ++i)
+        if (e[i].stamp == L->stamp && (e[i].flags & kInflight) && e[i].wt == L->cur) {
+            e[i].flags = kWritten;
+            e[i].wbar = f.bar;
+            e[i].wwarp = f.wsync;
+        }
+}
+
 void land(const Fiber::Copy& c) {
     if (c.fill) std::memcpy(c.dst, c.src, 16);
     else std::memset(c.dst, 0, 16);
@@ -171,14 +407,12 @@ void land(const Fiber::Copy& c) {
 // At every yield of a thread, each of its copies still in flight lands with probability 1/2:
 // a copy may complete at any point between issue and wait_group.
 void land_some(Fiber& f) {
-    for (auto& g : f.groups) {
-        std::vector<Fiber::Copy> keep;
-        for (const auto& c : g) {
-            if (L->rng() & 1) land(c);
-            else keep.push_back(c);
-        }
-        g.swap(keep);
-    }
+    for (auto& g : f.groups)
+        for (auto& c : g)
+            if (!c.landed && (L->rng() & 1)) {
+                land(c);
+                c.landed = true;
+            }
 }
 
 void yield() {
@@ -204,7 +438,10 @@ void thread_main() {
     Fiber& g = L->fibers[L->cur];
     // Copies still in flight complete before the thread retires (the kernels wait for them).
     for (auto& grp : g.groups)
-        for (const auto& c : grp) land(c);
+        for (const auto& c : grp) {
+            if (!c.landed) land(c);
+            copy_retired(c.dst);
+        }
     g.groups.clear();
     g.st = St::Done;
     L->live -= 1;
@@ -230,6 +467,7 @@ Warp& warp_of() { return L->warps[L->cur / 32]; }
 unsigned collective(int op, const unsigned* in, unsigned nin, const void* ptr, Compute compute) {
     Warp& w = warp_of();
     const unsigned par = w.gen & 1, lane = lane_of();
+    L->fibers[L->cur].wsync += 1;  // racecheck: a warp collective orders the warp's accesses
     if (w.arrived == 0) w.op = op;
     else if (w.op != op) fault("warp divergence: lanes of one warp reached different warp-synchronous instructions");
     WarpSlot& s = w.slot[par][lane];
@@ -516,6 +754,7 @@ std::string describe_fault(uintptr_t a) {
 
 void syncthreads() {
     Fiber& f = L->fibers[L->cur];
+    f.bar += 1;  // racecheck: accesses after this call are ordered after every thread's before it
     L->bar_arrived += 1;
     if (L->bar_arrived == L->live) {
         L->bar_arrived = 0;
@@ -550,6 +789,11 @@ void static_smem(void* p, std::size_t n) {
         std::memset(p, 0xFF, n);
         gen = g_block_gen;
     }
+    if (L != nullptr) {
+        for (const auto& st : L->statics)
+            if (st.lo == (uintptr_t)p) return;
+        L->statics.push_back({(uintptr_t)p, n, std::vector<Sh>(n)});
+    }
 }
 
 void cp_async16(void* dst, const void* src, bool pred) {
@@ -561,10 +805,12 @@ void cp_async16(void* dst, const void* src, bool pred) {
             std::snprintf(b, sizeof b, "memcheck: cp.async reads 16 bytes at %p outside every allocation", src);
             fault(b);
         }
+        global_access((uintptr_t)src, 16, false);
     }
+    copy_issued(dst);
     Fiber& f = L->fibers[L->cur];
     if (f.groups.empty()) f.groups.emplace_back();
-    f.groups.back().push_back({dst, src, pred});
+    f.groups.back().push_back({dst, src, pred, false});
 }
 
 void commit() { L->fibers[L->cur].groups.emplace_back(); }
@@ -574,7 +820,10 @@ void wait(int n) {
     // groups.back() is the open (uncommitted) group; committed ones precede it.
     int committed = (int)f.groups.size() - (f.groups.empty() ? 0 : 1);
     while (committed > n) {
-        for (const auto& c : f.groups.front()) land(c);
+        for (const auto& c : f.groups.front()) {
+            if (!c.landed) land(c);
+            copy_retired(c.dst);
+        }
         f.groups.pop_front();
         committed -= 1;
     }
@@ -582,6 +831,7 @@ void wait(int n) {
 
 void ldmatrix_x4(unsigned (&r)[4], const void* p, bool trans) {
     check_shared(p, 16, "ldmatrix row address");
+    shadow_access(p, 16, false);  // each lane reads its 16-byte row (runtime code is not instrumented)
     const unsigned par = collective(trans ? 4 : 3, nullptr, 0, p, trans ? compute_ldmatrix<true> : compute_ldmatrix<false>);
     const WarpSlot& s = warp_of().slot[par][lane_of()];
     for (int j = 0; j < 4; ++j) r[j] = s.out[j];
@@ -654,8 +904,13 @@ extern "C" void* mk_emu_alloc(size_t bytes) {
     }
     char* p = base + body - user;
     std::memset(p, 0xFF, user);
+    unsigned char* init = static_cast<unsigned char*>(std::calloc(user / 8, 1));
+    if (init == nullptr) {
+        munmap(m, len);
+        return nullptr;
+    }
     std::lock_guard<std::mutex> lk(g_alloc_mu);
-    g_allocs[(uintptr_t)p] = Alloc{base, len, bytes};
+    g_allocs[(uintptr_t)p] = Alloc{base, len, bytes, init};
     return p;
 }
 
@@ -664,8 +919,70 @@ extern "C" void mk_emu_free(void* p) {
     auto it = g_allocs.find((uintptr_t)p);
     if (it == g_allocs.end()) return;
     munmap(it->second.map, it->second.map_len);
+    std::free(it->second.init);
     g_allocs.erase(it);
 }
+
+// initcheck: the host wrote [p, p + n) of an allocation (an upload or a fill).
+extern "C" void mk_emu_mark_init(void* p, size_t n) {
+    std::lock_guard<std::mutex> lk(g_alloc_mu);
+    auto it = g_allocs.upper_bound((uintptr_t)p);
+    if (it == g_allocs.begin()) return;
+    --it;
+    const size_t off = (uintptr_t)p - it->first;
+    if (off > it->second.size) return;
+    n = std::min(n, it->second.size - off);
+    size_t i = off;
+    for (; i < off + n && (i & 7); ++i) it->second.init[i >> 3] |= (unsigned char)(1u << (i & 7));
+    if (off + n - i >= 8) {
+        std::memset(it->second.init + (i >> 3), 0xFF, (off + n - i) / 8);
+        i += (off + n - i) / 8 * 8;
+    }
+    for (; i < off + n; ++i) it->second.init[i >> 3] |= (unsigned char)(1u << (i & 7));
+}
+
+// The checks of MEDKERN_EMU_CHECKS: unset or "all" for every one, "none" for none, or a comma
+// list of memcheck, initcheck, racecheck.
+static unsigned checks_from_env() {
+    const char* v = std::getenv("MEDKERN_EMU_CHECKS");
+    if (v == nullptr || std::strcmp(v, "all") == 0) return kMemcheck | kInitcheck | kRacecheck;
+    std::string s(v);
+    unsigned c = 0;
+    if (s.find("memcheck") != std::string::npos) c |= kMemcheck;
+    if (s.find("initcheck") != std::string::npos) c |= kInitcheck;
+    if (s.find("racecheck") != std::string::npos) c |= kRacecheck;
+    if (c == 0 && s != "none") {
+        std::fprintf(stderr, "medkern emu: MEDKERN_EMU_CHECKS=%s names no check (all, none, or memcheck,initcheck,racecheck); running all\n", v);
+        c = kMemcheck | kInitcheck | kRacecheck;
+    }
+    return c;
+}
+
+// The checks of this OS thread's next launches: a mask of kMemcheck | kInitcheck | kRacecheck,
+// or -1 for MEDKERN_EMU_CHECKS (tests switch a check off to observe what a GPU would compute).
+static thread_local int g_checks_override = -1;
+extern "C" void mk_emu_set_checks(int mask) { g_checks_override = mask; }
+
+// ThreadSanitizer's instrumentation entry points (build.rs compiles the kernels with
+// -fsanitize=thread and no TSan runtime): every load and store of kernel code lands here.
+#define MK_TSAN_RW(N)                                                                 \
+    extern "C" void __tsan_read##N(void* p) { shadow_access(p, N, false); }                \
+    extern "C" void __tsan_write##N(void* p) { shadow_access(p, N, true); }                \
+    extern "C" void __tsan_unaligned_read##N(void* p) { shadow_access(p, N, false); }      \
+    extern "C" void __tsan_unaligned_write##N(void* p) { shadow_access(p, N, true); }      \
+    extern "C" void __tsan_volatile_read##N(void* p) { shadow_access(p, N, false); }       \
+    extern "C" void __tsan_volatile_write##N(void* p) { shadow_access(p, N, true); }
+MK_TSAN_RW(1)
+MK_TSAN_RW(2)
+MK_TSAN_RW(4)
+MK_TSAN_RW(8)
+MK_TSAN_RW(16)
+#undef MK_TSAN_RW
+extern "C" void __tsan_read_range(void* p, size_t n) { shadow_access(p, n, false); }
+extern "C" void __tsan_write_range(void* p, size_t n) { shadow_access(p, n, true); }
+extern "C" void __tsan_init() {}
+extern "C" void __tsan_func_entry(void*) {}
+extern "C" void __tsan_func_exit() {}
 
 // Runs one launch. Returns 0, or -1 with a message in err: a parameter list that does not
 // match the kernel, an unknown kernel, or a fault (kernel, block, thread, address).
@@ -708,6 +1025,12 @@ extern "C" int mk_emu_launch(const char* kernel, const unsigned* grid, const uns
     launch.nthreads = nt;
     launch.rng.seed(seed);
     launch.smem_bytes = smem_bytes;
+    static const unsigned checks = checks_from_env();
+    launch.checks = g_checks_override >= 0 ? (unsigned)g_checks_override : checks;
+    std::unique_ptr<Sh, decltype(&std::free)> dyn_shadow(
+        static_cast<Sh*>(std::calloc(std::max<size_t>(smem_bytes, 1), sizeof(Sh))), &std::free);
+    if (!dyn_shadow) return fail("emulator: cannot allocate the shared-memory shadow");
+    launch.dyn_shadow = dyn_shadow.get();
     // Dynamic shared memory: its launched size ends at a guard page.
     const size_t smem_body = round_up(std::max<size_t>(smem_bytes, 16), page());
     char* smem_map = static_cast<char*>(
@@ -740,6 +1063,7 @@ extern "C" int mk_emu_launch(const char* kernel, const unsigned* grid, const uns
                 blockIdx = {x, y, z};
                 std::memset(launch.smem, 0xA5, round_up(smem_bytes, 16));  // garbage, like real smem
                 ++g_block_gen;  // static shared arrays are refilled at their first use below
+                launch.stamp = (uint32_t)g_block_gen == 0 ? 1 : (uint32_t)g_block_gen;  // shadow records of older blocks go stale
                 launch.fibers.assign(nt, Fiber{});
                 launch.warps.assign((nt + 31) / 32, Warp{});
                 for (unsigned w = 0; w < launch.warps.size(); ++w) launch.warps[w].lanes = std::min(32u, nt - 32 * w);

@@ -27,3 +27,45 @@ extern "C" __global__ void mk_selftest_deadlock(float* y) {
     else v = __shfl_xor_sync(0xffffffffu, v, 1);
     y[threadIdx.x] = v;
 }
+
+// racecheck: lane 0 of warp 0 rewrites an element that lane 0 of warp 1 reads, with no barrier
+// between (whichever runs first, the second access is the hazard).
+extern "C" __global__ void mk_selftest_race_raw(float* y) {
+    MK_STATIC_SMEM(float, s, [64]);
+    s[threadIdx.x] = (float)threadIdx.x;
+    __syncthreads();
+    if (threadIdx.x == 0) s[0] = 5.f;
+    if (threadIdx.x == 32) y[0] = s[0];
+    __syncthreads();
+    y[threadIdx.x] = s[63 - threadIdx.x];
+}
+
+// racecheck: warp 1 overwrites elements warp 0 reads, with no barrier between the read and the
+// write (the reads are ordered after the first writes by the barrier).
+extern "C" __global__ void mk_selftest_race_war(float* y) {
+    MK_STATIC_SMEM(float, s, [64]);
+    s[threadIdx.x] = (float)threadIdx.x;
+    __syncthreads();
+    const float v = s[(threadIdx.x + 1) % 64];
+    if (threadIdx.x >= 32) s[threadIdx.x - 32] = 0.f;
+    y[threadIdx.x] = v;
+}
+
+// racecheck: a thread reads its own cp.async destination before cp.async.wait_group.
+extern "C" __global__ void mk_selftest_cp_async_early_read(float* y) {
+    MK_DYN_SMEM(float, s);
+    mk_emu::cp_async16(s + 4 * threadIdx.x, y + 4 * threadIdx.x, true);
+    mk_emu::commit();
+    const float v = s[4 * threadIdx.x];
+    mk_emu::wait(0);
+    y[4 * threadIdx.x] = v + s[4 * threadIdx.x + 1];
+}
+
+// The same, correctly ordered: wait_group before the read (racecheck stays quiet).
+extern "C" __global__ void mk_selftest_cp_async_waited(float* y) {
+    MK_DYN_SMEM(float, s);
+    mk_emu::cp_async16(s + 4 * threadIdx.x, y + 4 * threadIdx.x, true);
+    mk_emu::commit();
+    mk_emu::wait(0);
+    y[4 * threadIdx.x] = s[4 * threadIdx.x] + s[4 * threadIdx.x + 1];
+}

@@ -310,7 +310,7 @@ impl DeviceTensor {
                         .memcpy_htod(bytes, &mut view)
                         .map_err(driver("DeviceTensor::upload"))?;
                 }
-                DevBuf::Emu(e) => e.as_mut_slice()[..bytes.len()].copy_from_slice(bytes),
+                DevBuf::Emu(e) => e.write_prefix(bytes),
             }
         }
         Ok(t)
@@ -348,7 +348,7 @@ impl DeviceTensor {
                     .map_err(driver("DeviceTensor::fill_bytes"))
             }
             DevBuf::Emu(e) => {
-                e.as_mut_slice().fill(byte);
+                e.fill(byte);
                 Ok(())
             }
         }

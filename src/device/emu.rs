@@ -13,6 +13,8 @@ use std::ptr::NonNull;
 unsafe extern "C" {
     fn mk_emu_alloc(bytes: usize) -> *mut c_void;
     fn mk_emu_free(p: *mut c_void);
+    fn mk_emu_mark_init(p: *mut c_void, n: usize);
+    fn mk_emu_set_checks(mask: i32);
     fn mk_emu_launch(
         kernel: *const c_char,
         grid: *const u32,
@@ -90,9 +92,29 @@ impl EmuBuf {
         // SAFETY: the mapping holds at least `len` readable bytes for the life of self.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and &mut self is exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    /// Copies `bytes` to the start of the buffer (an upload). Those bytes count as written
+    /// for the emulator's initcheck.
+    pub fn write_prefix(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(self.len);
+        self.mark_init(n);
+        // SAFETY: the mapping holds at least `len` writable bytes, &mut self is exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), n) }
+            .copy_from_slice(&bytes[..n]);
+    }
+    /// Sets every byte (a fill); all of them count as written for initcheck.
+    pub fn fill(&mut self, byte: u8) {
+        self.mark_init(self.len);
+        // SAFETY: as in write_prefix.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }.fill(byte);
+    }
+    fn mark_init(&mut self, n: usize) {
+        #[cfg(medkern_emu)]
+        // SAFETY: [ptr, ptr + n) lies inside this live allocation.
+        unsafe {
+            mk_emu_mark_init(self.ptr.as_ptr().cast(), n)
+        };
+        #[cfg(not(medkern_emu))]
+        let _ = n;
     }
 }
 
@@ -162,6 +184,45 @@ pub unsafe fn launch(
         let _ = (grid, block, smem, params, sizes, seed, kernel);
         Err(unavailable("emu::launch"))
     }
+}
+
+/// The emulator's shadow-memory checks (emu/runtime.cpp): all on unless `MEDKERN_EMU_CHECKS`
+/// says otherwise (`none`, or a comma list of `memcheck,initcheck,racecheck`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checks(pub i32);
+impl Checks {
+    /// Accesses past an allocation's exact end or the launched dynamic shared size.
+    pub const MEMCHECK: Checks = Checks(1);
+    /// Reads of device memory nobody wrote since allocation, and of shared memory the block
+    /// never wrote.
+    pub const INITCHECK: Checks = Checks(2);
+    /// Shared-memory accesses of two threads, one a write, with no barrier between, and
+    /// cp.async destinations touched before their wait_group.
+    pub const RACECHECK: Checks = Checks(4);
+}
+
+/// Runs `f` with only `checks` on for the emulated launches this thread makes (then back to
+/// `MEDKERN_EMU_CHECKS`): tests switch a check off to see what a GPU would compute.
+pub fn with_checks<R>(checks: Checks, f: impl FnOnce() -> R) -> R {
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            #[cfg(medkern_emu)]
+            // SAFETY: sets a thread-local integer.
+            unsafe {
+                mk_emu_set_checks(-1)
+            };
+        }
+    }
+    #[cfg(medkern_emu)]
+    // SAFETY: as above.
+    unsafe {
+        mk_emu_set_checks(checks.0)
+    };
+    #[cfg(not(medkern_emu))]
+    let _ = checks;
+    let _restore = Restore;
+    f()
 }
 
 /// The kernels the emulator was built with: one per row of the kernel table, then the

@@ -14,7 +14,8 @@ fn relu(
     smem: u32,
     drop_last: bool,
 ) -> Result<()> {
-    let x = DeviceTensor::alloc(gpu, &[len], DType::F32)?;
+    let mut x = DeviceTensor::alloc(gpu, &[len], DType::F32)?;
+    x.fill_bytes(0x3F)?; // initcheck: the inputs are written before the launch reads them
     let mut y = DeviceTensor::alloc(gpu, &[len], DType::F32)?;
     let (null, alpha, n, vec_ok) = (0u64, 1.0f32, total, 0i32);
     let mut b = gpu.launcher("eltwise_relu_f32");
@@ -53,7 +54,8 @@ fn a_correct_launch_runs() {
 
 /// `transpose_small_b4(y, x, batch, rows, cols)`, declared `__launch_bounds__(256)`.
 fn transpose(gpu: &Arc<Gpu>, block: u32) -> Result<()> {
-    let x = DeviceTensor::alloc(gpu, &[8, 8], DType::F32)?;
+    let mut x = DeviceTensor::alloc(gpu, &[8, 8], DType::F32)?;
+    x.fill_bytes(0x3F)?;
     let mut y = DeviceTensor::alloc(gpu, &[8, 8], DType::F32)?;
     let (batch, rows, cols) = (1i64, 8i32, 8i32);
     let mut b = gpu.launcher("transpose_small_b4");
@@ -228,8 +230,10 @@ fn misaligned_cp_async_is_a_misaligned_address_error() {
     use crate::ops::gemm::Tile;
     let gpu = Gpu::emulated().unwrap();
     let (m, n, k) = (32usize, 64usize, 64usize);
-    let x = DeviceTensor::alloc(&gpu, &[m * k + 8], DType::F16).unwrap();
-    let w = DeviceTensor::alloc(&gpu, &[n, k], DType::F16).unwrap();
+    let mut x = DeviceTensor::alloc(&gpu, &[m * k + 8], DType::F16).unwrap();
+    let mut w = DeviceTensor::alloc(&gpu, &[n, k], DType::F16).unwrap();
+    x.fill_bytes(0x3C).unwrap();
+    w.fill_bytes(0x3C).unwrap();
     let y = DeviceTensor::alloc(&gpu, &[m, n], DType::F16).unwrap();
     let g = Tile::S.geometry();
     // X has 8 spare elements, so the offset read stays inside its allocation.
@@ -254,7 +258,7 @@ fn misaligned_cp_async_is_a_misaligned_address_error() {
 
 #[test]
 fn invalid_sparse_metadata_is_an_error() {
-    // gemm_sp_f16_f16_s with the metadata compress() produced runs; with fresh (0xFF-poisoned)
+    // gemm_sp_f16_f16_s with the metadata compress() produced runs; with 0xFF-filled
     // metadata every nibble names position 3 twice, which ordered mma.sp metadata forbids.
     use crate::HostTensor;
     let gpu = Gpu::emulated().unwrap();
@@ -271,7 +275,8 @@ fn invalid_sparse_metadata_is_an_error() {
         &HostTensor::new(&[words.len()], words.clone()).unwrap(),
     )
     .unwrap();
-    let poisoned = DeviceTensor::alloc(&gpu, &[words.len()], DType::I32).unwrap();
+    let mut poisoned = DeviceTensor::alloc(&gpu, &[words.len()], DType::I32).unwrap();
+    poisoned.fill_bytes(0xFF).unwrap(); // written (so initcheck passes), but invalid
     let x = DeviceTensor::upload(
         &gpu,
         &HostTensor::from_f64(&[m, k], &vec![0.5; m * k], DType::F16).unwrap(),
@@ -299,22 +304,53 @@ fn invalid_sparse_metadata_is_an_error() {
 
 /// Launches one of emu/selftest.cu's wrong kernels on a 64-element f32 buffer.
 fn selftest(kernel: &'static str, grid: u32, block: u32) -> (Result<()>, Vec<f32>) {
+    selftest_smem(kernel, grid, block, 0)
+}
+
+/// As `selftest`, with `smem` bytes of dynamic shared memory and a 256-element buffer.
+fn selftest_smem(kernel: &'static str, grid: u32, block: u32, smem: u32) -> (Result<()>, Vec<f32>) {
     let gpu = Gpu::emulated().unwrap();
-    let y = DeviceTensor::alloc(&gpu, &[64 * grid as usize], DType::F32).unwrap();
+    let mut y = DeviceTensor::alloc(&gpu, &[256 * grid as usize], DType::F32).unwrap();
+    y.fill_bytes(0x3F).unwrap();
     let mut addr = y.addr();
     let mut params = [(&mut addr as *mut u64).cast::<std::ffi::c_void>()];
-    // SAFETY: the self-test kernels take one f32 pointer and touch y[0 .. 64·grid).
-    let r = unsafe { emu::launch(kernel, (grid, 1, 1), (block, 1, 1), 0, &mut params, &[8], 7) };
+    // SAFETY: the self-test kernels take one f32 pointer and touch y[0 .. 256·grid).
+    let r = unsafe {
+        emu::launch(
+            kernel,
+            (grid, 1, 1),
+            (block, 1, 1),
+            smem,
+            &mut params,
+            &[8],
+            7,
+        )
+    };
     let host = crate::Tensor::Device(y).to_host().unwrap();
     let v: Vec<f32> = host.to_f64().iter().map(|&v| v as f32).collect();
     (r, v)
 }
 
 #[test]
+fn static_shared_memory_reads_before_any_write_are_initcheck_errors() {
+    let (r, _) = selftest("mk_selftest_static_smem", 3, 64);
+    let e = err_text(r);
+    assert!(
+        e.contains("initcheck: read of static shared memory byte 128")
+            && e.contains("mk_selftest_static_smem")
+            && e.contains("thread (32,0,0)"),
+        "{e}"
+    );
+}
+
+#[test]
 fn static_shared_memory_reads_before_any_write_show_as_nan() {
-    // Threads 32..63 read what nobody wrote in this block: NaN, in every block (not zeros in
-    // the first and the previous block's values after it).
-    let (r, y) = selftest("mk_selftest_static_smem", 3, 64);
+    // With initcheck off (as a GPU would run it), threads 32..63 read what nobody wrote in
+    // this block: NaN, in every block (not zeros in the first and the previous block's values
+    // after it).
+    let (r, y) = emu::with_checks(emu::Checks::MEMCHECK, || {
+        selftest("mk_selftest_static_smem", 3, 64)
+    });
     r.unwrap();
     for b in 0..3 {
         let row = &y[b * 64..(b + 1) * 64];
@@ -338,6 +374,75 @@ fn divergent_warp_collectives_and_deadlocks_are_errors() {
     let e = err_text(r);
     assert!(
         e.contains("deadlock") && e.contains("mk_selftest_deadlock"),
+        "{e}"
+    );
+}
+
+#[test]
+fn shared_memory_races_are_racecheck_errors() {
+    // Every seed of the warp order: the second of the two unordered accesses is reported.
+    for kernel in ["mk_selftest_race_raw", "mk_selftest_race_war"] {
+        let (r, _) = selftest(kernel, 2, 64);
+        let e = err_text(r);
+        assert!(
+            e.contains("racecheck: ")
+                && e.contains("hazard on static shared memory byte")
+                && e.contains(kernel),
+            "{e}"
+        );
+    }
+    let (r, _) = selftest_smem("mk_selftest_cp_async_early_read", 1, 64, 1024);
+    let e = err_text(r);
+    assert!(
+        e.contains("racecheck: read-after-write hazard on dynamic shared memory byte")
+            && e.contains("cp.async still in flight"),
+        "{e}"
+    );
+    // The same copies read after their wait_group: no report, and the values arrived.
+    let (r, y) = selftest_smem("mk_selftest_cp_async_waited", 1, 64, 1024);
+    r.unwrap();
+    let fill = f32::from_bits(0x3F3F_3F3F);
+    assert!(
+        y[..256].chunks(4).all(|c| c[0] == 2.0 * fill),
+        "{:?}",
+        &y[..8]
+    );
+}
+
+#[test]
+fn uninitialised_and_past_the_end_global_accesses_are_reported() {
+    let gpu = Gpu::emulated().unwrap();
+    // relu over 300 f32 (1200 bytes; the allocation is rounded to 1280, so the guard page
+    // alone misses element 300): told 301 elements, the exact-end memcheck reports it.
+    let e = err_text(relu(&gpu, 300, 301, 256, 0, false));
+    assert!(
+        e.contains("memcheck: invalid global read of 4 bytes")
+            && e.contains("4 bytes past the end of an allocation of 1200 bytes"),
+        "{e}"
+    );
+    // An input the host never wrote: initcheck.
+    let x = DeviceTensor::alloc(&gpu, &[64], DType::F32).unwrap();
+    let mut y = DeviceTensor::alloc(&gpu, &[64], DType::F32).unwrap();
+    let (null, alpha, total, vec_ok) = (0u64, 1.0f32, 64i64, 0i32);
+    let mut b = gpu.launcher("eltwise_relu_f32");
+    b.arg(y.buffer_mut())
+        .arg(x.buffer())
+        .arg(&null)
+        .arg(&null)
+        .arg(&alpha)
+        .arg(&total)
+        .arg(&total)
+        .arg(&vec_ok);
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (64, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: 64 elements each; the emulated GPU checks every access.
+    let e = err_text(unsafe { b.launch(cfg) });
+    assert!(
+        e.contains("initcheck: global read of 4 bytes")
+            && e.contains("neither the host nor a kernel has written"),
         "{e}"
     );
 }
