@@ -388,13 +388,19 @@ fn build_emu(root: &Path, out: &Path, incs: &[PathBuf], require: bool) {
     let cache = edir.join("cache");
     std::fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("mkdir {}: {e}", cache.display()));
     let mut table = kernel_table(root);
-    // emu/selftest.cu: deliberately wrong kernels the emulator must report (emu_tests).
+    // emu/selftest.cu: deliberately wrong kernels the emulator must report (emu_tests) and
+    // tensor-core layout probes (emu_layout_tests).
     table.push((
         "selftest".to_string(),
         [
             "mk_selftest_static_smem",
             "mk_selftest_divergence",
             "mk_selftest_deadlock",
+            "mk_selftest_mma_f16",
+            "mk_selftest_mma_bf16",
+            "mk_selftest_mma_s8",
+            "mk_selftest_ldmatrix",
+            "mk_selftest_ldmatrix_trans",
         ]
         .map(String::from)
         .to_vec(),
