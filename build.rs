@@ -395,7 +395,8 @@ fn build_emu(root: &Path, out: &Path, incs: &[PathBuf], require: bool) {
     let cache = edir.join("cache");
     std::fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("mkdir {}: {e}", cache.display()));
     let mut table = kernel_table(root);
-    // emu/selftest.cu: deliberately wrong kernels the emulator must report (emu_tests).
+    // emu/selftest.cu: deliberately wrong kernels the emulator must report (emu_tests) and
+    // tensor-core layout probes (emu_layout_tests).
     table.push((
         "selftest".to_string(),
         [
@@ -406,6 +407,11 @@ fn build_emu(root: &Path, out: &Path, incs: &[PathBuf], require: bool) {
             "mk_selftest_race_war",
             "mk_selftest_cp_async_early_read",
             "mk_selftest_cp_async_waited",
+            "mk_selftest_mma_f16",
+            "mk_selftest_mma_bf16",
+            "mk_selftest_mma_s8",
+            "mk_selftest_ldmatrix",
+            "mk_selftest_ldmatrix_trans",
         ]
         .map(String::from)
         .to_vec(),

@@ -1,6 +1,11 @@
-// Deliberately wrong kernels, compiled only into the emulated GPU (never by NVRTC, not in the
-// kernel table): src/device/emu_tests.rs launches each and requires the emulator to report it.
+// Self-test kernels, compiled only into the emulated GPU (never by NVRTC, not in the kernel
+// table). Most are deliberately wrong (a static shared read before any write, divergence, a
+// deadlock, races, an early cp.async read): src/device/emu_tests.rs launches each and requires
+// the emulator to report it. The mk_selftest_mma_* / mk_selftest_ldmatrix* probes run
+// one tensor-core instruction through kernels/common/mma.cuh for one warp, so that
+// src/device/emu_layout_tests.rs can check the emulator's register layouts against CuTe's.
 #include "common/types.cuh"
+#include "common/mma.cuh"
 
 // Threads 32..63 read elements of a static shared array that no thread of the block wrote.
 extern "C" __global__ void mk_selftest_static_smem(float* y) {
@@ -68,4 +73,44 @@ extern "C" __global__ void mk_selftest_cp_async_waited(float* y) {
     mk_emu::commit();
     mk_emu::wait(0);
     y[4 * threadIdx.x] = s[4 * threadIdx.x] + s[4 * threadIdx.x + 1];
+}
+
+// One mma.sync per lane of a single warp through mk::Mma<E> (the GEMMs' wrapper): lane l reads
+// in[10l .. 10l+10) = a0..a3, b0, b1, c0..c3 (raw 32-bit words; C as f32 or s32 bits) and
+// writes d0..d3 to out[4l .. 4l+4).
+template <typename E> __device__ __forceinline__ void selftest_mma(const unsigned* in, unsigned* out) {
+    typedef typename mk::Mma<E>::Acc Acc;
+    const unsigned* p = in + 10 * (threadIdx.x & 31);
+    const unsigned a[4] = {p[0], p[1], p[2], p[3]};
+    Acc d[4];
+    for (int i = 0; i < 4; ++i) memcpy(&d[i], &p[6 + i], 4);
+    mk::Mma<E>::run(d, a, p[4], p[5]);
+    for (int i = 0; i < 4; ++i) memcpy(&out[4 * (threadIdx.x & 31) + i], &d[i], 4);
+}
+extern "C" __global__ void mk_selftest_mma_f16(const unsigned* in, unsigned* out) { selftest_mma<mk::f16>(in, out); }
+extern "C" __global__ void mk_selftest_mma_bf16(const unsigned* in, unsigned* out) { selftest_mma<mk::bf16>(in, out); }
+extern "C" __global__ void mk_selftest_mma_s8(const unsigned* in, unsigned* out) { selftest_mma<signed char>(in, out); }
+
+// One ldmatrix.x4 for a single warp: the block copies `words` 32-bit words from `image` into
+// dynamic shared memory, then lane l passes row address smem + offs[l] bytes and writes its
+// four registers to out[4l .. 4l+4). The non-transposed form goes through mk::ldmatrix_x4 (the
+// GEMMs' wrapper); no kernel loads with .trans, so that form calls the emulator directly.
+__device__ __forceinline__ void selftest_ldmatrix(const unsigned* image, int words, const int* offs, unsigned* out,
+                                                  bool trans) {
+    MK_DYN_SMEM(unsigned, s);
+    for (int i = threadIdx.x; i < words; i += blockDim.x) s[i] = image[i];
+    __syncthreads();
+    const int l = threadIdx.x & 31;
+    unsigned r[4];
+    const char* row = reinterpret_cast<const char*>(s) + offs[l];
+    if (trans) mk_emu::ldmatrix_x4(r, row, true);
+    else mk::ldmatrix_x4(r, row);
+    for (int j = 0; j < 4; ++j) out[4 * l + j] = r[j];
+}
+extern "C" __global__ void mk_selftest_ldmatrix(const unsigned* image, int words, const int* offs, unsigned* out) {
+    selftest_ldmatrix(image, words, offs, out, false);
+}
+extern "C" __global__ void mk_selftest_ldmatrix_trans(const unsigned* image, int words, const int* offs,
+                                                      unsigned* out) {
+    selftest_ldmatrix(image, words, offs, out, true);
 }

@@ -226,7 +226,7 @@ pub fn with_checks<R>(checks: Checks, f: impl FnOnce() -> R) -> R {
 }
 
 /// The kernels the emulator was built with: one per row of the kernel table, then the
-/// deliberately wrong kernels of emu/selftest.cu (names starting `mk_selftest_`).
+/// self-test kernels of emu/selftest.cu (names starting `mk_selftest_`).
 pub fn kernel_names() -> Vec<&'static str> {
     #[cfg_attr(not(medkern_emu), allow(unused_mut))]
     let mut v = Vec::new();

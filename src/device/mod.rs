@@ -6,6 +6,9 @@
 pub mod emu;
 #[cfg(all(test, medkern_emu))]
 #[allow(clippy::unwrap_used, clippy::panic)]
+mod emu_layout_tests;
+#[cfg(all(test, medkern_emu))]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod emu_tests;
 pub mod kernels;
 #[allow(dead_code)]
