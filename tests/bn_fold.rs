@@ -10,7 +10,6 @@ use medkern::ops::bn_fold::{
 };
 use medkern::{DType, Error, HostTensor};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 
 fn t(shape: &[usize], v: &[f64], dt: DType) -> HostTensor {
     host(shape, v, dt)
@@ -169,71 +168,76 @@ fn conv(
 
 #[test]
 fn folded_conv_equals_conv_then_batchnorm() {
-    let mut runner = TestRunner::new(cases(48));
-    runner
-        .run(
-            &(any::<u64>(), 0..3usize, any::<bool>()),
-            |(seed, di, with_bias)| {
-                let mut rng = SeedRng::new(seed);
-                let dt = DType::FLOATS[di];
-                let (oc, ic) = (1 + rng.below(9) as usize, 1 + rng.below(7) as usize);
-                let (kh, kw) = (1 + rng.below(3) as usize, 1 + rng.below(3) as usize);
-                let (h, w) = (kh + rng.below(5) as usize, kw + rng.below(5) as usize);
-                let x = random_values(&mut rng, h * w * ic, 1.0, DType::F32);
-                let wv = random_values(&mut rng, oc * kh * kw * ic, 0.5, dt);
-                let bv = random_values(&mut rng, oc, 0.5, DType::F32);
-                let gamma = random_values(&mut rng, oc, 1.0, DType::F32);
-                let beta = random_values(&mut rng, oc, 1.0, DType::F32);
-                let mean = random_values(&mut rng, oc, 1.0, DType::F32);
-                // Variances from tiny (ε matters) to large.
-                let var: Vec<f64> = (0..oc)
-                    .map(|_| DType::F32.round(10f64.powf(rng.uniform() * 8.0 - 6.0)))
-                    .collect();
-                let eps = 1e-5;
-                let ht = |v: &[f64]| host(&[oc], v, DType::F32);
-                let (gt, bt, mt, vt, biast) = (ht(&gamma), ht(&beta), ht(&mean), ht(&var), ht(&bv));
-                let bn = BatchNorm {
-                    gamma: &gt,
-                    beta: &bt,
-                    running_mean: &mt,
-                    running_var: &vt,
-                    eps,
-                };
-                let wt = host(&[oc, kh, kw, ic], &wv, dt);
-                let bias = with_bias.then_some(&biast);
-                let f = fold_batchnorm(&wt, bias, &bn, DType::F32)
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                prop_assert_eq!(f.weight.shape(), wt.shape());
-                let b_opt = with_bias.then_some(bv.as_slice());
-                let want = batchnorm_channels_last(
-                    &conv(&x, (h, w, ic), &wv, (oc, kh, kw), b_opt),
-                    &gamma,
-                    &beta,
-                    &mean,
-                    &var,
-                    eps,
-                );
-                let wf = f.weight.to_f64();
-                let got = conv(&x, (h, w, ic), &wf, (oc, kh, kw), Some(&f.bias.to_f64()));
-                // Rounding w' (dt) and b' (f32) once: |Δ| <= u_dt·Σ|x·w'| + u_f32·|b'|.
-                let absx: Vec<f64> = x.iter().map(|v| v.abs()).collect();
-                let absw: Vec<f64> = wf.iter().map(|v| v.abs()).collect();
-                let mag = conv(&absx, (h, w, ic), &absw, (oc, kh, kw), None);
-                let bfold = f.bias.to_f64();
-                check_close(
-                    &format!("bn fold {dt} oc {oc} ic {ic} k {kh}x{kw} bias {with_bias}"),
-                    &got,
-                    &want,
-                    &|i| {
-                        1.01 * (dt.unit_roundoff() * mag[i]
-                            + DType::F32.unit_roundoff() * bfold[i % oc].abs())
-                            + 1e-12
-                    },
-                    1e-12,
-                )
-                .map_err(TestCaseError::fail)?;
-                Ok(())
-            },
-        )
-        .unwrap();
+    // The input is (kh + dh) × (kw + dw).
+    let strategy = (
+        value_seed(),
+        0..3usize,
+        any::<bool>(),
+        (1..=9usize, 1..=7usize),
+        (1..=3usize, 1..=3usize, 0..5usize, 0..5usize),
+    );
+    check(
+        file!(),
+        48,
+        &strategy,
+        |(seed, di, with_bias, (oc, ic), (kh, kw, dh, dw))| {
+            let mut rng = SeedRng::new(seed);
+            let dt = DType::FLOATS[di];
+            let (h, w) = (kh + dh, kw + dw);
+            let x = random_values(&mut rng, h * w * ic, 1.0, DType::F32);
+            let wv = random_values(&mut rng, oc * kh * kw * ic, 0.5, dt);
+            let bv = random_values(&mut rng, oc, 0.5, DType::F32);
+            let gamma = random_values(&mut rng, oc, 1.0, DType::F32);
+            let beta = random_values(&mut rng, oc, 1.0, DType::F32);
+            let mean = random_values(&mut rng, oc, 1.0, DType::F32);
+            // Variances from tiny (ε matters) to large.
+            let var: Vec<f64> = (0..oc)
+                .map(|_| DType::F32.round(10f64.powf(rng.uniform() * 8.0 - 6.0)))
+                .collect();
+            let eps = 1e-5;
+            let ht = |v: &[f64]| host(&[oc], v, DType::F32);
+            let (gt, bt, mt, vt, biast) = (ht(&gamma), ht(&beta), ht(&mean), ht(&var), ht(&bv));
+            let bn = BatchNorm {
+                gamma: &gt,
+                beta: &bt,
+                running_mean: &mt,
+                running_var: &vt,
+                eps,
+            };
+            let wt = host(&[oc, kh, kw, ic], &wv, dt);
+            let bias = with_bias.then_some(&biast);
+            let f = fold_batchnorm(&wt, bias, &bn, DType::F32)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(f.weight.shape(), wt.shape());
+            let b_opt = with_bias.then_some(bv.as_slice());
+            let want = batchnorm_channels_last(
+                &conv(&x, (h, w, ic), &wv, (oc, kh, kw), b_opt),
+                &gamma,
+                &beta,
+                &mean,
+                &var,
+                eps,
+            );
+            let wf = f.weight.to_f64();
+            let got = conv(&x, (h, w, ic), &wf, (oc, kh, kw), Some(&f.bias.to_f64()));
+            // Rounding w' (dt) and b' (f32) once: |Δ| <= u_dt·Σ|x·w'| + u_f32·|b'|.
+            let absx: Vec<f64> = x.iter().map(|v| v.abs()).collect();
+            let absw: Vec<f64> = wf.iter().map(|v| v.abs()).collect();
+            let mag = conv(&absx, (h, w, ic), &absw, (oc, kh, kw), None);
+            let bfold = f.bias.to_f64();
+            check_close(
+                &format!("bn fold {dt} oc {oc} ic {ic} k {kh}x{kw} bias {with_bias}"),
+                &got,
+                &want,
+                &|i| {
+                    1.01 * (dt.unit_roundoff() * mag[i]
+                        + DType::F32.unit_roundoff() * bfold[i % oc].abs())
+                        + 1e-12
+                },
+                1e-12,
+            )
+            .map_err(TestCaseError::fail)?;
+            Ok(())
+        },
+    );
 }

@@ -10,7 +10,6 @@ use medkern::ops::{self, Activation};
 use medkern::reference::conv_transpose::{self as reference, TransposeGeom};
 use medkern::{DType, Device, Error, HostTensor, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 
 const U_F32: f64 = f32::EPSILON as f64 / 2.0;
 
@@ -271,35 +270,37 @@ fn conv_transpose_gpu_matches_reference() {
     let Some(dev) = test_device("conv_transpose_gpu_matches_reference") else {
         return;
     };
-    let mut runner = TestRunner::new(cases(96));
-    runner
-        .run(&(any::<u64>(), 0..3usize), |(seed, di)| {
+    let size = || Dim::default().sizes(1, &[1, 2, 7, 8, 13]).uniform(1, 1, 20);
+    let channels = || {
+        Dim::default()
+            .sizes(1, &[1, 3, 8, 16, 24, 32, 33])
+            .uniform(1, 1, 40)
+    };
+    // Padding below the kernel size and output padding below the stride: u mod k (u in 0..60,
+    // k in 1..=5) and u mod s (u in 0..6, s in 1..=3), uniform and shrinking toward 0.
+    let strategy = (
+        value_seed(),
+        0..3usize,
+        (1..=2usize, size(), size(), channels(), channels()),
+        (1..=5usize, 1..=5usize, 1..=3usize, 1..=3usize),
+        (0..60usize, 0..60usize, 0..6usize, 0..6usize),
+        (any::<bool>(), 0..Activation::ALL.len()),
+    );
+    check(
+        file!(),
+        96,
+        &strategy,
+        |(seed, di, (n, h, w, ci, co), (kh, kw, sh, sw), (ph, pw, oph, opw), (with_bias, ai))| {
             let mut rng = SeedRng::new(seed);
             let dt = DType::FLOATS[di];
-            const SIZES: [usize; 6] = [1, 2, 7, 8, 13, 0];
-            const CHANNELS: [usize; 8] = [1, 3, 8, 16, 24, 32, 33, 0];
-            let mut pick = |set: &[usize], max: u64| match set[rng.below(set.len() as u64) as usize]
-            {
-                0 => 1 + rng.below(max) as usize,
-                v => v,
-            };
-            let (h, w, ci, co) = (
-                pick(&SIZES, 20),
-                pick(&SIZES, 20),
-                pick(&CHANNELS, 40),
-                pick(&CHANNELS, 40),
-            );
-            let (kh, kw) = (1 + rng.below(5) as usize, 1 + rng.below(5) as usize);
-            let (sh, sw) = (1 + rng.below(3) as usize, 1 + rng.below(3) as usize);
-            let n = 1 + rng.below(2) as usize;
-            let bias = (rng.below(2) == 0).then(|| random_values(&mut rng, co, 1.0, DType::F32));
+            let bias = with_bias.then(|| random_values(&mut rng, co, 1.0, DType::F32));
             let bt = bias.as_ref().map(|b| upload(&dev, &[co], b, DType::F32));
             let mut ct = ConvTranspose {
                 stride: (sh, sw),
-                padding: (rng.below(kh as u64) as usize, rng.below(kw as u64) as usize),
-                output_padding: (rng.below(sh as u64) as usize, rng.below(sw as u64) as usize),
+                padding: (ph % kh, pw % kw),
+                output_padding: (oph % sh, opw % sw),
                 bias: bt.as_ref(),
-                act: Activation::ALL[rng.below(Activation::ALL.len() as u64) as usize],
+                act: Activation::ALL[ai],
             };
             let g = match ctr::geometry(&[n, h, w, ci], &[kh, kw, ci, co], &ct) {
                 Ok(g) => g,
@@ -344,6 +345,6 @@ fn conv_transpose_gpu_matches_reference() {
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(again.to_host().unwrap(), out.to_host().unwrap());
             Ok(())
-        })
-        .unwrap();
+        },
+    );
 }

@@ -10,7 +10,6 @@ use medkern::ops::{self, Activation, Padding, Window};
 use medkern::reference::depthwise as reference;
 use medkern::{DType, Device, Error, HostTensor, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 
 const U_F32: f64 = f32::EPSILON as f64 / 2.0;
 
@@ -255,6 +254,7 @@ fn operands_on_different_devices_are_errors() {
 }
 
 /// One random depthwise problem.
+#[derive(Clone, Debug)]
 struct Case {
     dt: DType,
     n: usize,
@@ -271,76 +271,83 @@ struct Case {
     residual: bool,
 }
 
-/// `variant` < 4 forces the fast k3/k5 × stride 1/2 kernels, 4 the general one, else random.
-fn random_case(rng: &mut SeedRng, di: usize, variant: usize) -> Case {
-    const SIZES: [usize; 7] = [1, 2, 7, 8, 13, 33, 0];
-    const CHANNELS: [usize; 10] = [1, 3, 8, 16, 20, 32, 33, 40, 64, 72];
-    let size = |rng: &mut SeedRng| match SIZES[rng.below(7) as usize] {
-        0 => 1 + rng.below(40) as usize,
-        s => s,
-    };
-    let (h, w) = (size(rng), size(rng));
-    let c = if rng.below(3) == 0 {
-        1 + rng.below(80) as usize
-    } else {
-        CHANNELS[rng.below(10) as usize]
-    };
-    // Half the cases take a fast variant (square k3/k5, stride 1/2, no dilation).
-    let fast = match variant {
-        0..4 => true,
-        4 => false,
-        _ => rng.below(2) == 0,
-    };
-    let (k, stride, dil) = if fast {
-        let k = [3, 5][if variant < 4 {
-            variant / 2
-        } else {
-            rng.below(2) as usize
-        }];
-        let s = 1 + if variant < 4 {
-            variant % 2
-        } else {
-            rng.below(2) as usize
-        };
-        ((k, k), (s, s), (1, 1))
-    } else if variant == 4 {
-        // Dilation 2 never takes a fast variant.
-        ((3, 3), (1, 1), (2, 2))
-    } else {
-        let mut d = || 1 + rng.below(3) as usize;
-        let (sh, sw, dh, dw) = (d(), d(), d(), d());
-        let k = (1 + rng.below(7) as usize, 1 + rng.below(7) as usize);
-        (k, (sh, sw), (dh, dw))
-    };
-    let padding = match rng.below(4) {
-        0 => Padding::Same,
-        1 => Padding::Valid,
-        2 => Padding::symmetric(dil.0 * (k.0 / 2), dil.1 * (k.1 / 2)),
-        _ => {
-            let mut p = || rng.below(4) as usize;
-            Padding::Explicit {
-                top: p(),
-                bottom: p(),
-                left: p(),
-                right: p(),
-            }
+impl Case {
+    /// The kernel variant the launcher takes (src/ops/depthwise.rs): 0..4 the fast k3s1, k3s2,
+    /// k5s1, k5s2 (square kernel and stride, no dilation), 4 the general one.
+    fn variant(&self) -> usize {
+        let fast = self.k.0 == self.k.1 && self.stride.0 == self.stride.1 && self.dil == (1, 1);
+        match (fast, self.k.0, self.stride.0) {
+            (true, 3, 1) => 0,
+            (true, 3, 2) => 1,
+            (true, 5, 1) => 2,
+            (true, 5, 2) => 3,
+            _ => 4,
         }
-    };
-    Case {
-        dt: DType::FLOATS[di],
-        n: 1 + rng.below(2) as usize,
-        h,
-        w,
-        c,
-        k,
-        stride,
-        dil,
-        padding,
-        act: Activation::ALL[rng.below(Activation::ALL.len() as u64) as usize],
-        scale: rng.below(2) == 0,
-        bias: rng.below(2) == 0,
-        residual: rng.below(2) == 0,
     }
+}
+
+/// Random cases: half take a fast variant's shape (square k3/k5, stride 1/2, no dilation),
+/// half a general one (k 1..7, stride and dilation 1..3 per axis); every padding mode and
+/// epilogue.
+fn depthwise_case() -> impl Strategy<Value = Case> {
+    let size = || {
+        Dim::default()
+            .sizes(1, &[1, 2, 7, 8, 13, 33])
+            .uniform(1, 1, 40)
+    };
+    let channels = Dim::default()
+        .sizes(1, &[1, 3, 8, 16, 20, 32, 33, 40, 64, 72])
+        .uniform(5, 1, 80);
+    let window = (
+        (any::<bool>(), any::<bool>(), 1..=2usize),
+        (
+            (1..=7usize, 1..=7usize),
+            (1..=3usize, 1..=3usize),
+            (1..=3usize, 1..=3usize),
+        ),
+    );
+    (
+        (0..3usize, 1..=2usize, size(), size(), channels),
+        window,
+        (0..4usize, (0..4usize, 0..4usize, 0..4usize, 0..4usize)),
+        (0..Activation::ALL.len(), any::<(bool, bool, bool)>()),
+    )
+        .prop_map(
+            |((di, n, h, w, c), ((fast, k5, s), general), (pad_kind, pads), (ai, flags))| {
+                let (k, stride, dil) = if fast {
+                    let k = if k5 { 5 } else { 3 };
+                    ((k, k), (s, s), (1, 1))
+                } else {
+                    general
+                };
+                let padding = match pad_kind {
+                    0 => Padding::Same,
+                    1 => Padding::Valid,
+                    2 => Padding::symmetric(dil.0 * (k.0 / 2), dil.1 * (k.1 / 2)),
+                    _ => Padding::Explicit {
+                        top: pads.0,
+                        bottom: pads.1,
+                        left: pads.2,
+                        right: pads.3,
+                    },
+                };
+                Case {
+                    dt: DType::FLOATS[di],
+                    n,
+                    h,
+                    w,
+                    c,
+                    k,
+                    stride,
+                    dil,
+                    padding,
+                    act: Activation::ALL[ai],
+                    scale: flags.0,
+                    bias: flags.1,
+                    residual: flags.2,
+                }
+            },
+        )
 }
 
 #[test]
@@ -348,13 +355,15 @@ fn depthwise_gpu_matches_reference() {
     let Some(dev) = test_device("depthwise_gpu_matches_reference") else {
         return;
     };
-    let mut runner = TestRunner::new(cases(96));
-    runner
-        .run(&(any::<u64>(), 0..3usize), |(seed, di)| {
-            static COVER: common::Cover = common::Cover::new();
-            let [di, v] = COVER.pick([di, 5], [3, 5]);
+    check_covering(
+        file!(),
+        96,
+        &(value_seed(), depthwise_case()),
+        |(seed, mut k), cover| {
+            // The first cases walk every (dtype, kernel variant) pair.
+            let di = DType::FLOATS.iter().position(|&d| d == k.dt).unwrap();
+            cover.admit([di, k.variant()], [3, 5])?;
             let mut rng = SeedRng::new(seed);
-            let mut k = random_case(&mut rng, di, v);
             let win = match Window::new("t", (k.h, k.w), k.k, k.stride, k.dil, k.padding) {
                 Ok(w) => w,
                 Err(_) => {
@@ -369,9 +378,11 @@ fn depthwise_gpu_matches_reference() {
             let olen = oshape.iter().product::<usize>();
             let x = random_values(&mut rng, n * k.h * k.w * c, 1.0, dt);
             let w = random_values(&mut rng, k.k.0 * k.k.1 * c, 0.5, dt);
-            let scale: Option<Vec<f64>> = k
-                .scale
-                .then(|| (0..c).map(|_| DType::F32.round(0.25 + rng.uniform())).collect());
+            let scale: Option<Vec<f64>> = k.scale.then(|| {
+                (0..c)
+                    .map(|_| DType::F32.round(0.25 + rng.uniform()))
+                    .collect()
+            });
             let bias = k.bias.then(|| random_values(&mut rng, c, 1.0, DType::F32));
             let res = k.residual.then(|| random_values(&mut rng, olen, 1.0, dt));
             let xt = upload(&dev, &[n, k.h, k.w, c], &x, dt);
@@ -442,6 +453,6 @@ fn depthwise_gpu_matches_reference() {
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(again.to_host().unwrap(), out.to_host().unwrap());
             Ok(())
-        })
-        .unwrap();
+        },
+    );
 }

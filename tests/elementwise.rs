@@ -7,7 +7,6 @@ use medkern::ops::{self, Activation, Eltwise};
 use medkern::reference::elementwise as reference;
 use medkern::{DType, Device, Error, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 
 const U_F32: f64 = f32::EPSILON as f64 / 2.0;
 
@@ -118,23 +117,23 @@ fn eltwise_gpu_matches_reference() {
     let Some(dev) = test_device("eltwise_gpu_matches_reference") else {
         return;
     };
+    // (dtype, activation) are the kernel variants.
     let strategy = (
-        any::<u64>(),
-        0..3usize,
-        0..8usize,
+        value_seed(),
+        (0..3usize, 0..8usize),
         any::<bool>(),
         any::<bool>(),
         -2.0f32..2.0,
+        (interesting_dim(300), interesting_dim(3000)),
     );
-    let mut runner = TestRunner::new(cases(96));
-    runner
-        .run(&strategy, |(seed, di, ai, with_bias, with_res, alpha)| {
-            static COVER: common::Cover = common::Cover::new();
-            let [di, ai] = COVER.pick([di, ai], [3, 8]);
+    check_covering(
+        file!(),
+        96,
+        &strategy,
+        |(seed, (di, ai), with_bias, with_res, alpha, (rows, n)), cover| {
+            cover.admit([di, ai], [3, 8])?;
             let mut rng = SeedRng::new(seed);
             let (dt, act) = (DType::FLOATS[di], Activation::ALL[ai]);
-            let rows = interesting_len(&mut rng, 300);
-            let n = interesting_len(&mut rng, 3000);
             let shape = [rows, n];
             let len = rows * n;
             let x = random_values(&mut rng, len, 2.0, dt);
@@ -178,8 +177,8 @@ fn eltwise_gpu_matches_reference() {
                 rtol,
             )
             .map_err(TestCaseError::fail)
-        })
-        .unwrap();
+        },
+    );
 }
 
 #[test]
@@ -187,35 +186,36 @@ fn cast_gpu_matches_reference() {
     let Some(dev) = test_device("cast_gpu_matches_reference") else {
         return;
     };
-    let mut runner = TestRunner::new(cases(48));
-    runner
-        .run(&(any::<u64>(), 0..3usize, 0..3usize), |(seed, si, di)| {
-            static COVER: common::Cover = common::Cover::new();
-            let [si, di] = COVER.pick([si, di], [3, 3]);
-            let (from, to) = (DType::FLOATS[si], DType::FLOATS[di]);
-            if from == to {
-                return Ok(());
-            }
-            let mut rng = SeedRng::new(seed);
-            let len = interesting_len(&mut rng, 100_000);
-            // Wide dynamic range so rounding, not just copying, is exercised.
-            let x: Vec<f64> = (0..len)
-                .map(|_| from.round(rng.normal() * 10f64.powi(rng.below(9) as i32 - 4)))
-                .collect();
-            let xt = upload(&dev, &[len], &x, from);
-            let mut out = poisoned(&dev, &[len], to);
-            ops::cast_into(&xt, &mut out).map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let got = out.to_host().unwrap().to_f64();
-            // Round-to-nearest-even is exact: compare bit for bit with the reference rounding.
-            let want: Vec<f64> = x.iter().map(|&v| to.round(v)).collect();
-            check_close(
-                &format!("cast {from}->{to} len {len}"),
-                &got,
-                &want,
-                &|_| 0.0,
-                0.0,
-            )
-            .map_err(TestCaseError::fail)
-        })
-        .unwrap();
+    // (from, to) are the kernel variants.
+    let strategy = (
+        value_seed(),
+        (0..3usize, 0..3usize),
+        interesting_dim(100_000),
+    );
+    check_covering(file!(), 48, &strategy, |(seed, (si, di), len), cover| {
+        cover.admit([si, di], [3, 3])?;
+        let (from, to) = (DType::FLOATS[si], DType::FLOATS[di]);
+        if from == to {
+            return Ok(());
+        }
+        let mut rng = SeedRng::new(seed);
+        // Wide dynamic range so rounding, not just copying, is exercised.
+        let x: Vec<f64> = (0..len)
+            .map(|_| from.round(rng.normal() * 10f64.powi(rng.below(9) as i32 - 4)))
+            .collect();
+        let xt = upload(&dev, &[len], &x, from);
+        let mut out = poisoned(&dev, &[len], to);
+        ops::cast_into(&xt, &mut out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let got = out.to_host().unwrap().to_f64();
+        // Round-to-nearest-even is exact: compare bit for bit with the reference rounding.
+        let want: Vec<f64> = x.iter().map(|&v| to.round(v)).collect();
+        check_close(
+            &format!("cast {from}->{to} len {len}"),
+            &got,
+            &want,
+            &|_| 0.0,
+            0.0,
+        )
+        .map_err(TestCaseError::fail)
+    });
 }

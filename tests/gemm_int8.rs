@@ -9,7 +9,6 @@ use medkern::reference::gemm::GemmDims;
 use medkern::reference::gemm_int8::{self as reference, I8Epilogue};
 use medkern::{DType, Device, Error, HostTensor, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 
 const U_F32: f64 = f32::EPSILON as f64 / 2.0;
 
@@ -141,67 +140,68 @@ fn gemm_i8_raw_gpu_is_exact() {
     let Some(dev) = test_device("gemm_i8_raw_gpu_is_exact") else {
         return;
     };
-    let mut runner = TestRunner::new(cases(96));
-    runner
-        .run(
-            &(any::<u64>(), 0..3usize, any::<bool>()),
-            |(seed, ti, batched)| {
-                let mut rng = SeedRng::new(seed);
-                let (m, n) = (gemm_len(&mut rng, 16, 300), gemm_len(&mut rng, 16, 300));
-                let k = 16 * gemm_len(&mut rng, 1, 64);
-                let batch = if batched {
-                    1 + rng.below(3) as usize
-                } else {
-                    1
-                };
-                let (xs, ws, ys) = if batched {
-                    (vec![batch, m, k], vec![batch, n, k], vec![batch, m, n])
-                } else {
-                    (vec![m, k], vec![n, k], vec![m, n])
-                };
-                let x = random_i8(&mut rng, batch * m * k);
-                let w = random_i8(&mut rng, ws.iter().product());
-                let mut out = poisoned(&dev, &ys, DType::I32);
-                ops::gemm_i8_raw_into(
-                    &i8t(&dev, &xs, x.clone()),
-                    &i8t(&dev, &ws, w.clone()),
-                    &mut out,
-                    Some(Tile::ALL[ti]),
-                )
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                let got: Vec<i64> = out
-                    .to_host()
-                    .unwrap()
-                    .as_slice::<i32>()
-                    .unwrap()
-                    .iter()
-                    .map(|&v| i64::from(v))
-                    .collect();
-                let want = reference::gemm_i8_acc(
-                    &x,
-                    &w,
-                    GemmDims {
-                        batch,
-                        m,
-                        n,
-                        k,
-                        shared_w: !batched,
-                    },
-                );
-                prop_assert!(
-                    got == want,
-                    "int32 accumulators differ: b{} m{} n{} k{} tile {:?}; first mismatch {:?}",
+    // k = 16·k16; batch counts only when batched.
+    let strategy = (
+        value_seed(),
+        0..3usize,
+        (any::<bool>(), 1..=3usize),
+        (gemm_dim(16, 300), gemm_dim(16, 300), gemm_dim(1, 64)),
+    );
+    check(
+        file!(),
+        96,
+        &strategy,
+        |(seed, ti, (batched, batch), (m, n, k16))| {
+            let mut rng = SeedRng::new(seed);
+            let k = 16 * k16;
+            let batch = if batched { batch } else { 1 };
+            let (xs, ws, ys) = if batched {
+                (vec![batch, m, k], vec![batch, n, k], vec![batch, m, n])
+            } else {
+                (vec![m, k], vec![n, k], vec![m, n])
+            };
+            let x = random_i8(&mut rng, batch * m * k);
+            let w = random_i8(&mut rng, ws.iter().product());
+            let mut out = poisoned(&dev, &ys, DType::I32);
+            ops::gemm_i8_raw_into(
+                &i8t(&dev, &xs, x.clone()),
+                &i8t(&dev, &ws, w.clone()),
+                &mut out,
+                Some(Tile::ALL[ti]),
+            )
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let got: Vec<i64> = out
+                .to_host()
+                .unwrap()
+                .as_slice::<i32>()
+                .unwrap()
+                .iter()
+                .map(|&v| i64::from(v))
+                .collect();
+            let want = reference::gemm_i8_acc(
+                &x,
+                &w,
+                GemmDims {
                     batch,
                     m,
                     n,
                     k,
-                    Tile::ALL[ti],
-                    got.iter().zip(&want).position(|(a, b)| a != b)
-                );
-                Ok(())
-            },
-        )
-        .unwrap();
+                    shared_w: !batched,
+                },
+            );
+            prop_assert!(
+                got == want,
+                "int32 accumulators differ: b{} m{} n{} k{} tile {:?}; first mismatch {:?}",
+                batch,
+                m,
+                n,
+                k,
+                Tile::ALL[ti],
+                got.iter().zip(&want).position(|(a, b)| a != b)
+            );
+            Ok(())
+        },
+    );
 }
 
 #[test]
@@ -209,38 +209,76 @@ fn gemm_i8_dequant_gpu_matches_reference() {
     let Some(dev) = test_device("gemm_i8_dequant_gpu_matches_reference") else {
         return;
     };
+    // (output dtype, tile) are the kernel variants. k: 64·k64, less 16·k_cut when not grouped;
+    // the group 64·g64; batch counts only when batched.
     let strategy = (
-        any::<u64>(),
-        0..4usize,
+        value_seed(),
+        (0..4usize, 0..3usize),
         0..8usize,
-        any::<(bool, bool, bool, bool, bool)>(),
-        0..3usize,
+        any::<(bool, bool, bool, bool)>(),
+        (any::<bool>(), 1..=3usize),
+        (
+            gemm_dim(16, 260),
+            gemm_dim(16, 260),
+            1..=8usize,
+            0..3usize,
+            1..=3usize,
+        ),
     );
-    let mut runner = TestRunner::new(cases(128));
-    runner
-        .run(&strategy, |(seed, oi, ai, (per_token, grouped, with_bias, with_res, batched), ti)| {
-            static COVER: common::Cover = common::Cover::new();
-            let [oi, ti] = COVER.pick([oi, ti], [4, 3]);
+    check_covering(
+        file!(),
+        128,
+        &strategy,
+        |(
+            seed,
+            (oi, ti),
+            ai,
+            (per_token, grouped, with_bias, with_res),
+            (batched, batch),
+            (m, n, k64, k_cut, g64),
+        ),
+         cover| {
+            cover.admit([oi, ti], [4, 3])?;
             let mut rng = SeedRng::new(seed);
             let odt = [DType::F16, DType::BF16, DType::F32, DType::I8][oi];
             let act = Activation::ALL[ai];
-            let (m, n) = (gemm_len(&mut rng, 16, 260), gemm_len(&mut rng, 16, 260));
-            let k = 64 * (1 + rng.below(8) as usize) - if grouped { 0 } else { 16 * rng.below(3) as usize };
-            let group = if grouped { 64 * (1 + rng.below(3) as usize) } else { 0 };
+            let k = 64 * k64 - if grouped { 0 } else { 16 * k_cut };
+            let group = if grouped { 64 * g64 } else { 0 };
             let groups = if grouped { k.div_ceil(group) } else { 1 };
             let with_res = with_res && odt != DType::I8;
-            let batch = if batched { 1 + rng.below(3) as usize } else { 1 };
-            let (xs, ws, ys) = if batched { (vec![batch, m, k], vec![batch, n, k], vec![batch, m, n]) } else { (vec![m, k], vec![n, k], vec![m, n]) };
+            let batch = if batched { batch } else { 1 };
+            let (xs, ws, ys) = if batched {
+                (vec![batch, m, k], vec![batch, n, k], vec![batch, m, n])
+            } else {
+                (vec![m, k], vec![n, k], vec![m, n])
+            };
             let x = random_i8(&mut rng, batch * m * k);
             let w = random_i8(&mut rng, ws.iter().product());
-            let sx: Vec<f64> = (0..if per_token { batch * m } else { 1 }).map(|_| f64::from((0.01 + rng.uniform() * 0.05) as f32)).collect();
-            let sw: Vec<f64> = (0..n * groups).map(|_| f64::from((0.001 + rng.uniform() * 0.01) as f32)).collect();
+            let sx: Vec<f64> = (0..if per_token { batch * m } else { 1 })
+                .map(|_| f64::from((0.01 + rng.uniform() * 0.05) as f32))
+                .collect();
+            let sw: Vec<f64> = (0..n * groups)
+                .map(|_| f64::from((0.001 + rng.uniform() * 0.01) as f32))
+                .collect();
             let b = random_values(&mut rng, n, 1.0, DType::F32);
-            let r = random_values(&mut rng, batch * m * n, 1.0, if odt == DType::I8 { DType::F32 } else { odt });
+            let r = random_values(
+                &mut rng,
+                batch * m * n,
+                1.0,
+                if odt == DType::I8 { DType::F32 } else { odt },
+            );
             let out_scale = f64::from((0.02 + rng.uniform() * 0.1) as f32);
             let sw_shape = if grouped { vec![n, groups] } else { vec![n] };
             let (sxt, swt) = (f32t(&dev, &[sx.len()], &sx), f32t(&dev, &sw_shape, &sw));
-            let (bt, rt) = (f32t(&dev, &[n], &b), upload(&dev, &ys, &r, if odt == DType::I8 { DType::F32 } else { odt }));
+            let (bt, rt) = (
+                f32t(&dev, &[n], &b),
+                upload(
+                    &dev,
+                    &ys,
+                    &r,
+                    if odt == DType::I8 { DType::F32 } else { odt },
+                ),
+            );
             let spec = GemmI8 {
                 group_size: group,
                 alpha: 1.0,
@@ -252,30 +290,89 @@ fn gemm_i8_dequant_gpu_matches_reference() {
                 ..GemmI8::new(&sxt, &swt, odt)
             };
             let mut out = poisoned(&dev, &ys, odt);
-            ops::gemm_i8_into(&i8t(&dev, &xs, x.clone()), &i8t(&dev, &ws, w.clone()), &spec, &mut out)
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            ops::gemm_i8_into(
+                &i8t(&dev, &xs, x.clone()),
+                &i8t(&dev, &ws, w.clone()),
+                &spec,
+                &mut out,
+            )
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let got = out.to_host().unwrap().to_f64();
-            let d = GemmDims { batch, m, n, k, shared_w: !batched };
-            let epi = I8Epilogue { sx: &sx, sw: &sw, group_size: group, alpha: 1.0, bias: with_bias.then_some(&b[..]), act, residual: with_res.then_some(&r[..]), out_scale: (odt == DType::I8).then_some(out_scale) };
+            let d = GemmDims {
+                batch,
+                m,
+                n,
+                k,
+                shared_w: !batched,
+            };
+            let epi = I8Epilogue {
+                sx: &sx,
+                sw: &sw,
+                group_size: group,
+                alpha: 1.0,
+                bias: with_bias.then_some(&b[..]),
+                act,
+                residual: with_res.then_some(&r[..]),
+                out_scale: (odt == DType::I8).then_some(out_scale),
+            };
             let want = reference::gemm_i8(&x, &w, d, &epi);
             // The activation's input: GELU/SiLU-style 1 + erf / 1 + e^-x cancel for x < 0, so f32
             // arithmetic errs by ~2U·|x| there, whatever the size of the result.
-            let pre = reference::gemm_i8(&x, &w, d, &I8Epilogue { act: Activation::Identity, residual: None, out_scale: None, ..epi });
-            let what = format!("gemm_i8 ->{odt} {act:?} b{batch} m{m} n{n} k{k} group {group} per_token={per_token} bias={with_bias} res={with_res}");
+            let pre = reference::gemm_i8(
+                &x,
+                &w,
+                d,
+                &I8Epilogue {
+                    act: Activation::Identity,
+                    residual: None,
+                    out_scale: None,
+                    ..epi
+                },
+            );
+            let what = format!(
+                "gemm_i8 ->{odt} {act:?} b{batch} m{m} n{n} k{k} group {group} per_token={per_token} bias={with_bias} res={with_res}"
+            );
             if odt == DType::I8 {
                 // Requantisation must round to nearest: within half a step (plus the f32
                 // epilogue's error) of the exact v / out_scale, clamped. A ±1 tolerance around
                 // the rounded reference let floor or truncation pass.
-                let v = reference::gemm_i8(&x, &w, d, &I8Epilogue { out_scale: None, ..epi });
-                let exact: Vec<f64> = v.iter().map(|&v| (v / out_scale).clamp(-128.0, 127.0)).collect();
-                let atol = |i: usize| 0.5 + (16.0 * U_F32 * (v[i].abs() + b[i % n].abs() + 1e-3) + 8.0 * U_F32 * pre[i].abs()) / out_scale + 2.0 * U_F32 * exact[i].abs();
+                let v = reference::gemm_i8(
+                    &x,
+                    &w,
+                    d,
+                    &I8Epilogue {
+                        out_scale: None,
+                        ..epi
+                    },
+                );
+                let exact: Vec<f64> = v
+                    .iter()
+                    .map(|&v| (v / out_scale).clamp(-128.0, 127.0))
+                    .collect();
+                let atol = |i: usize| {
+                    0.5 + (16.0 * U_F32 * (v[i].abs() + b[i % n].abs() + 1e-3)
+                        + 8.0 * U_F32 * pre[i].abs())
+                        / out_scale
+                        + 2.0 * U_F32 * exact[i].abs()
+                };
                 check_close(&what, &got, &exact, &atol, 0.0).map_err(TestCaseError::fail)
             } else {
-                let atol = |i: usize| min_step(odt) + 16.0 * U_F32 * (want[i].abs() + b[i % n].abs() + r[i].abs() + 1e-3) + 8.0 * U_F32 * pre[i].abs();
-                check_close(&what, &got, &want, &atol, 2.0 * odt.unit_roundoff() + 16.0 * U_F32).map_err(TestCaseError::fail)
+                let atol = |i: usize| {
+                    min_step(odt)
+                        + 16.0 * U_F32 * (want[i].abs() + b[i % n].abs() + r[i].abs() + 1e-3)
+                        + 8.0 * U_F32 * pre[i].abs()
+                };
+                check_close(
+                    &what,
+                    &got,
+                    &want,
+                    &atol,
+                    2.0 * odt.unit_roundoff() + 16.0 * U_F32,
+                )
+                .map_err(TestCaseError::fail)
             }
-        })
-        .unwrap();
+        },
+    );
 }
 
 #[test]

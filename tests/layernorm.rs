@@ -8,7 +8,6 @@ use medkern::ops;
 use medkern::reference::layernorm as reference;
 use medkern::{DType, Device, Error, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 
 const U_F32: f64 = f32::EPSILON as f64 / 2.0;
 
@@ -90,88 +89,95 @@ fn layernorm_gpu_matches_reference() {
     let Some(dev) = test_device("layernorm_gpu_matches_reference") else {
         return;
     };
-    let mut runner = TestRunner::new(cases(96));
-    runner
-        .run(
-            &(any::<u64>(), 0..3usize, any::<bool>(), any::<bool>()),
-            |(seed, di, with_res, want_h)| {
-                let mut rng = SeedRng::new(seed);
-                let dt = DType::FLOATS[di];
-                let rows = interesting_len(&mut rng, 200);
-                let n = interesting_len(&mut rng, 5000);
-                let shape = [rows, n];
-                // A per-row offset far from zero tests the stability of the variance.
-                let offset = dt.round(rng.normal() * 50.0);
-                let x: Vec<f64> = random_values(&mut rng, rows * n, 2.0, dt)
-                    .into_iter()
-                    .map(|v| dt.round(v + offset))
-                    .collect();
-                let r = random_values(&mut rng, rows * n, 1.0, dt);
-                let g = random_values(&mut rng, n, 1.0, dt);
-                let b = random_values(&mut rng, n, 0.5, dt);
-                let eps = 1e-5f32;
-                let (xt, rt) = (upload(&dev, &shape, &x, dt), upload(&dev, &shape, &r, dt));
-                let (gt, bt) = (upload(&dev, &[n], &g, dt), upload(&dev, &[n], &b, dt));
-                let mut y = poisoned(&dev, &shape, dt);
-                let mut h = poisoned(&dev, &shape, dt);
-                let want_h = with_res && want_h;
-                ops::layernorm_into(
-                    &xt,
-                    with_res.then_some(&rt),
-                    &gt,
-                    &bt,
-                    eps,
-                    &mut y,
-                    want_h.then_some(&mut h),
-                )
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                let (wy, wh) = reference::layernorm(
-                    &x,
-                    with_res.then_some(&r[..]),
-                    &g,
-                    &b,
-                    f64::from(eps),
-                    n,
-                    dt,
-                );
-                // Normalised values z carry f32 statistics error scaled by |z|+1 and the row offset.
-                let atol = |i: usize| {
-                    let c = i % n;
-                    let z = if g[c] != 0.0 {
-                        ((wy[i] - b[c]) / g[c]).abs()
-                    } else {
-                        0.0
-                    };
-                    min_step(dt)
-                        + 256.0
-                            * U_F32
-                            * (g[c].abs() * (z + 1.0) * (1.0 + offset.abs() / 8.0) + b[c].abs())
+    let strategy = (
+        value_seed(),
+        0..3usize,
+        any::<bool>(),
+        any::<bool>(),
+        (interesting_dim(200), interesting_dim(5000)),
+    );
+    check_covering(
+        file!(),
+        96,
+        &strategy,
+        |(seed, di, with_res, want_h, (rows, n)), cover| {
+            // (dtype, kernel) are the variants: rows longer than 1024 take the block kernel,
+            // shorter ones the warp kernel (src/ops/layernorm.rs).
+            cover.admit([di, usize::from(n > 1024)], [3, 2])?;
+            let mut rng = SeedRng::new(seed);
+            let dt = DType::FLOATS[di];
+            let shape = [rows, n];
+            // A per-row offset far from zero tests the stability of the variance.
+            let offset = dt.round(rng.normal() * 50.0);
+            let x: Vec<f64> = random_values(&mut rng, rows * n, 2.0, dt)
+                .into_iter()
+                .map(|v| dt.round(v + offset))
+                .collect();
+            let r = random_values(&mut rng, rows * n, 1.0, dt);
+            let g = random_values(&mut rng, n, 1.0, dt);
+            let b = random_values(&mut rng, n, 0.5, dt);
+            let eps = 1e-5f32;
+            let (xt, rt) = (upload(&dev, &shape, &x, dt), upload(&dev, &shape, &r, dt));
+            let (gt, bt) = (upload(&dev, &[n], &g, dt), upload(&dev, &[n], &b, dt));
+            let mut y = poisoned(&dev, &shape, dt);
+            let mut h = poisoned(&dev, &shape, dt);
+            let want_h = with_res && want_h;
+            ops::layernorm_into(
+                &xt,
+                with_res.then_some(&rt),
+                &gt,
+                &bt,
+                eps,
+                &mut y,
+                want_h.then_some(&mut h),
+            )
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let (wy, wh) = reference::layernorm(
+                &x,
+                with_res.then_some(&r[..]),
+                &g,
+                &b,
+                f64::from(eps),
+                n,
+                dt,
+            );
+            // Normalised values z carry f32 statistics error scaled by |z|+1 and the row offset.
+            let atol = |i: usize| {
+                let c = i % n;
+                let z = if g[c] != 0.0 {
+                    ((wy[i] - b[c]) / g[c]).abs()
+                } else {
+                    0.0
                 };
-                let rtol = 2.0 * dt.unit_roundoff();
-                let gy = y.to_host().unwrap().to_f64();
+                min_step(dt)
+                    + 256.0
+                        * U_F32
+                        * (g[c].abs() * (z + 1.0) * (1.0 + offset.abs() / 8.0) + b[c].abs())
+            };
+            let rtol = 2.0 * dt.unit_roundoff();
+            let gy = y.to_host().unwrap().to_f64();
+            check_close(
+                &format!("layernorm {dt} {shape:?} res={with_res}"),
+                &gy,
+                &wy,
+                &atol,
+                rtol,
+            )
+            .map_err(TestCaseError::fail)?;
+            check_row_scale(&gy, &wy, &b, n, dt, offset).map_err(TestCaseError::fail)?;
+            if want_h {
                 check_close(
-                    &format!("layernorm {dt} {shape:?} res={with_res}"),
-                    &gy,
-                    &wy,
-                    &atol,
-                    rtol,
+                    "layernorm h_out",
+                    &h.to_host().unwrap().to_f64(),
+                    &wh,
+                    &|_| 0.0,
+                    0.0,
                 )
                 .map_err(TestCaseError::fail)?;
-                check_row_scale(&gy, &wy, &b, n, dt, offset).map_err(TestCaseError::fail)?;
-                if want_h {
-                    check_close(
-                        "layernorm h_out",
-                        &h.to_host().unwrap().to_f64(),
-                        &wh,
-                        &|_| 0.0,
-                        0.0,
-                    )
-                    .map_err(TestCaseError::fail)?;
-                }
-                Ok(())
-            },
-        )
-        .unwrap();
+            }
+            Ok(())
+        },
+    );
 }
 
 /// A systematic scale error per row (the variance divided by n − 1 instead of n scales every

@@ -8,7 +8,6 @@ use medkern::ops;
 use medkern::reference::layout as reference;
 use medkern::{DType, Device, Error, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 
 #[test]
 fn reference_hand_computed() {
@@ -82,87 +81,88 @@ fn layout_gpu_matches_reference() {
         return;
     };
     let dtypes = [DType::F32, DType::F16, DType::BF16, DType::U8, DType::I32];
-    let mut runner = TestRunner::new(cases(64));
-    runner
-        .run(
-            &(any::<u64>(), 0..dtypes.len(), any::<bool>()),
-            |(seed, di, to_nhwc)| {
-                // The first cases walk every (dtype, kernel) pair: the tiled kernel runs when
-                // both C and H·W exceed 8 (src/ops/layout.rs), the small one otherwise; drawn
-                // freely, u8 (transpose_*_b1) met the tiled kernel too rarely to count on.
-                static COVER: common::Cover = common::Cover::new();
-                let mut rng = SeedRng::new(seed);
-                let tiled_drawn = usize::from(rng.below(2) == 0);
-                let [di, tiled] = COVER.pick([di, tiled_drawn], [dtypes.len(), 2]);
-                let dt = dtypes[di];
-                let n = 1 + rng.below(3) as usize;
-                const C: [usize; 9] = [1, 3, 4, 8, 9, 13, 32, 64, 144];
-                // C[..4] are at most 8 (the small kernel), C[4..] above.
-                let c = if tiled == 1 {
-                    C[4 + rng.below(5) as usize]
-                } else {
-                    C[rng.below(4) as usize]
-                };
-                let side = |rng: &mut SeedRng| match rng.below(6) {
-                    0 => 1,
-                    1 => 7,
-                    2 => 33,
-                    3 if rng.below(4) == 0 => 225,
-                    _ => 1 + rng.below(60) as usize,
-                };
-                let (h, mut w) = (side(&mut rng), side(&mut rng));
-                if tiled == 1 && h * w <= 8 {
-                    w = 9;
-                }
-                let len = n * c * h * w;
-                let x = if dt.is_float() {
-                    random_values(&mut rng, len, 3.0, dt)
-                } else {
-                    (0..len)
-                        .map(|_| {
-                            dt.round(
-                                rng.below(256) as f64 - if dt == DType::U8 { 0.0 } else { 128.0 },
-                            )
-                        })
-                        .collect()
-                };
-                let (xs, ys) = if to_nhwc {
-                    ([n, c, h, w], [n, h, w, c])
-                } else {
-                    ([n, h, w, c], [n, c, h, w])
-                };
-                let xt = upload(&dev, &xs, &x, dt);
-                let mut out = poisoned(&dev, &ys, dt);
-                if to_nhwc {
-                    ops::nchw_to_nhwc_into(&xt, &mut out)
-                } else {
-                    ops::nhwc_to_nchw_into(&xt, &mut out)
-                }
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                let want = if to_nhwc {
-                    reference::nchw_to_nhwc(&x, (n, c, h, w))
-                } else {
-                    reference::nhwc_to_nchw(&x, (n, h, w, c))
-                };
-                let got = out.to_host().unwrap().to_f64();
-                check_close(
-                    &format!("layout {dt} {xs:?} to_nhwc {to_nhwc}"),
-                    &got,
-                    &want,
-                    &|_| 0.0,
-                    0.0,
-                )
-                .map_err(TestCaseError::fail)?;
-                // And back: the round trip is the identity.
-                let back = if to_nhwc {
-                    ops::nhwc_to_nchw(&out)
-                } else {
-                    ops::nchw_to_nhwc(&out)
-                }
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                prop_assert_eq!(back.to_host().unwrap(), xt.to_host().unwrap());
-                Ok(())
-            },
-        )
-        .unwrap();
+    // The tiled kernel runs when both C and H·W exceed 8 (src/ops/layout.rs), the small one
+    // otherwise: C is drawn above 8 for the tiled cases, at most 8 for the others.
+    let tiled_c = any::<bool>().prop_flat_map(|tiled| {
+        let c = if tiled {
+            Dim::default().sizes(1, &[9, 13, 32, 64, 144])
+        } else {
+            Dim::default().sizes(1, &[1, 3, 4, 8])
+        };
+        (Just(tiled), c)
+    });
+    let side = || {
+        Dim::default()
+            .uniform(11, 1, 60)
+            .sizes(4, &[1, 7, 33])
+            .sizes(1, &[225])
+    };
+    let strategy = (
+        value_seed(),
+        0..dtypes.len(),
+        tiled_c,
+        any::<bool>(),
+        (1..=3usize, side(), side()),
+    );
+    check_covering(
+        file!(),
+        64,
+        &strategy,
+        |(seed, di, (tiled, c), to_nhwc, (n, h, mut w)), cover| {
+            // The first cases walk every (dtype, kernel) pair: drawn freely, u8
+            // (transpose_*_b1) met the tiled kernel too rarely to count on.
+            cover.admit([di, usize::from(tiled)], [dtypes.len(), 2])?;
+            let mut rng = SeedRng::new(seed);
+            let dt = dtypes[di];
+            if tiled && h * w <= 8 {
+                w = 9;
+            }
+            let len = n * c * h * w;
+            let x = if dt.is_float() {
+                random_values(&mut rng, len, 3.0, dt)
+            } else {
+                (0..len)
+                    .map(|_| {
+                        dt.round(rng.below(256) as f64 - if dt == DType::U8 { 0.0 } else { 128.0 })
+                    })
+                    .collect()
+            };
+            let (xs, ys) = if to_nhwc {
+                ([n, c, h, w], [n, h, w, c])
+            } else {
+                ([n, h, w, c], [n, c, h, w])
+            };
+            let xt = upload(&dev, &xs, &x, dt);
+            let mut out = poisoned(&dev, &ys, dt);
+            if to_nhwc {
+                ops::nchw_to_nhwc_into(&xt, &mut out)
+            } else {
+                ops::nhwc_to_nchw_into(&xt, &mut out)
+            }
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let want = if to_nhwc {
+                reference::nchw_to_nhwc(&x, (n, c, h, w))
+            } else {
+                reference::nhwc_to_nchw(&x, (n, h, w, c))
+            };
+            let got = out.to_host().unwrap().to_f64();
+            check_close(
+                &format!("layout {dt} {xs:?} to_nhwc {to_nhwc}"),
+                &got,
+                &want,
+                &|_| 0.0,
+                0.0,
+            )
+            .map_err(TestCaseError::fail)?;
+            // And back: the round trip is the identity.
+            let back = if to_nhwc {
+                ops::nhwc_to_nchw(&out)
+            } else {
+                ops::nchw_to_nhwc(&out)
+            }
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(back.to_host().unwrap(), xt.to_host().unwrap());
+            Ok(())
+        },
+    );
 }

@@ -8,7 +8,6 @@ use medkern::ops::{self, Padding, Pool2d};
 use medkern::reference::pool as reference;
 use medkern::{DType, Device, Error, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 
 /// 4×4 single-channel image holding 1..16 row-major, times `sign`.
 fn ramp(sign: f64) -> Vec<f64> {
@@ -155,54 +154,55 @@ fn bad_inputs_are_errors() {
 }
 
 /// Spatial sizes the brief names (1, 7, 33, 225 rarely: the f64 reference is slow) and others.
-fn spatial(rng: &mut SeedRng) -> usize {
-    match rng.below(8) {
-        0 => 1,
-        1 => 7,
-        2 => 33,
-        3 if rng.below(6) == 0 => 225,
-        4 => 56,
-        _ => 1 + rng.below(40) as usize,
-    }
+fn spatial() -> Dim {
+    Dim::default()
+        .uniform(23, 1, 40)
+        .sizes(6, &[1, 7, 33, 56])
+        .sizes(1, &[225])
 }
 
 /// Channel counts: multiples of 8 (vector path) and not.
-fn channels(rng: &mut SeedRng) -> usize {
-    const C: [usize; 8] = [1, 3, 8, 13, 16, 24, 64, 71];
-    C[rng.below(C.len() as u64) as usize]
-}
+const CHANNELS: [usize; 8] = [1, 3, 8, 13, 16, 24, 64, 71];
 
-fn random_pool(rng: &mut SeedRng, max: bool) -> Pool2d {
-    let k = (1 + rng.below(4) as usize, 1 + rng.below(4) as usize);
-    let stride = (1 + rng.below(2) as usize, 1 + rng.below(2) as usize);
-    let dilation = if max && rng.below(3) == 0 {
-        (1 + rng.below(2) as usize, 1 + rng.below(2) as usize)
-    } else {
-        (1, 1)
-    };
-    let span = |k: usize, d: usize| d * (k - 1) + 1;
-    let (sh, sw) = (span(k.0, dilation.0), span(k.1, dilation.1));
-    let padding = match rng.below(4) {
-        0 => Padding::Valid,
-        1 => Padding::Same,
-        2 => Padding::symmetric(
-            rng.below(sh as u64 / 2 + 1) as usize,
-            rng.below(sw as u64 / 2 + 1) as usize,
-        ),
-        _ => Padding::Explicit {
-            top: rng.below(sh as u64 / 2 + 1) as usize,
-            bottom: rng.below(sh as u64 / 2 + 1) as usize,
-            left: rng.below(sw as u64 / 2 + 1) as usize,
-            right: rng.below(sw as u64 / 2 + 1) as usize,
-        },
-    };
-    Pool2d {
-        kernel: k,
-        stride,
-        dilation,
-        padding,
-        count_include_pad: rng.below(2) == 0,
-    }
+/// A pooling window for a max (`true`) or average pool: kernel 1..4, stride 1..2, dilation 2
+/// in a third of the max pools, every padding mode.
+fn pool2d() -> impl Strategy<Value = (bool, Pool2d)> {
+    // Explicit paddings draw u in 0..12 and take u mod (span/2 + 1): uniform in 0..=span/2
+    // (span/2 + 1 is 1..4, each dividing 12), shrinking toward 0.
+    let pads = (0..12usize, 0..12usize, 0..12usize, 0..12usize);
+    (
+        any::<bool>(),
+        (1..=4usize, 1..=4usize, 1..=2usize, 1..=2usize),
+        (prop::bool::weighted(1.0 / 3.0), 1..=2usize, 1..=2usize),
+        (0..4usize, pads),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(max, (kh, kw, sh, sw), (dilated, dh, dw), (pad_kind, (t, b, l, r)), count_pad)| {
+                let dilation = if max && dilated { (dh, dw) } else { (1, 1) };
+                let span = |k: usize, d: usize| d * (k - 1) + 1;
+                let (ph, pw) = (span(kh, dilation.0) / 2 + 1, span(kw, dilation.1) / 2 + 1);
+                let padding = match pad_kind {
+                    0 => Padding::Valid,
+                    1 => Padding::Same,
+                    2 => Padding::symmetric(t % ph, l % pw),
+                    _ => Padding::Explicit {
+                        top: t % ph,
+                        bottom: b % ph,
+                        left: l % pw,
+                        right: r % pw,
+                    },
+                };
+                let p = Pool2d {
+                    kernel: (kh, kw),
+                    stride: (sh, sw),
+                    dilation,
+                    padding,
+                    count_include_pad: count_pad,
+                };
+                (max, p)
+            },
+        )
 }
 
 #[test]
@@ -210,70 +210,73 @@ fn pool_gpu_matches_reference() {
     let Some(dev) = test_device("pool_gpu_matches_reference") else {
         return;
     };
-    let mut runner = TestRunner::new(cases(64));
-    runner
-        .run(
-            &(any::<u64>(), 0..3usize, any::<bool>()),
-            |(seed, di, max)| {
-                let mut rng = SeedRng::new(seed);
-                let dt = DType::FLOATS[di];
-                let (n, h, w, c) = (
-                    1 + rng.below(3) as usize,
-                    spatial(&mut rng),
-                    spatial(&mut rng),
-                    channels(&mut rng),
-                );
-                let p = random_pool(&mut rng, max);
-                let Ok(win) = p.window("t", h, w) else {
-                    // Too small an input for the window, or a window all in padding: an error.
-                    let x = upload(&dev, &[n, h, w, c], &vec![0.0; n * h * w * c], dt);
-                    prop_assert!(ops::max_pool2d(&x, &p).is_err());
-                    return Ok(());
-                };
-                let x = random_values(&mut rng, n * h * w * c, 2.0, dt);
-                let xt = upload(&dev, &[n, h, w, c], &x, dt);
-                let shape = [n, win.out_h, win.out_w, c];
-                let run = |out: &mut Tensor| {
-                    if max {
-                        ops::max_pool2d_into(&xt, &p, out)
-                    } else {
-                        ops::avg_pool2d_into(&xt, &p, out)
-                    }
-                    .map_err(|e| TestCaseError::fail(e.to_string()))
-                };
-                let mut out = poisoned(&dev, &shape, dt);
-                run(&mut out)?;
-                let got = out.to_host().unwrap().to_f64();
-                let what = format!(
-                    "{} {dt} x[{n},{h},{w},{c}] {p:?}",
-                    if max { "max" } else { "avg" }
-                );
+    let strategy = (
+        value_seed(),
+        0..3usize,
+        pool2d(),
+        (
+            1..=3usize,
+            spatial(),
+            spatial(),
+            Dim::default().sizes(1, &CHANNELS),
+        ),
+    );
+    check(
+        file!(),
+        64,
+        &strategy,
+        |(seed, di, (max, p), (n, h, w, c))| {
+            let mut rng = SeedRng::new(seed);
+            let dt = DType::FLOATS[di];
+            let Ok(win) = p.window("t", h, w) else {
+                // Too small an input for the window, or a window all in padding: an error.
+                let x = upload(&dev, &[n, h, w, c], &vec![0.0; n * h * w * c], dt);
+                prop_assert!(ops::max_pool2d(&x, &p).is_err());
+                return Ok(());
+            };
+            let x = random_values(&mut rng, n * h * w * c, 2.0, dt);
+            let xt = upload(&dev, &[n, h, w, c], &x, dt);
+            let shape = [n, win.out_h, win.out_w, c];
+            let run = |out: &mut Tensor| {
                 if max {
-                    // A max only selects: exact.
-                    let want = reference::max_pool(&x, n, c, &win);
-                    check_close(&what, &got, &want, &|_| 0.0, 0.0).map_err(TestCaseError::fail)?;
+                    ops::max_pool2d_into(&xt, &p, out)
                 } else {
-                    let want = reference::avg_pool(&x, n, c, &win, p.count_include_pad);
-                    // f32 sum of <= KH·KW terms, one division: bounded by the window's |x| average.
-                    let absx: Vec<f64> = x.iter().map(|v| v.abs()).collect();
-                    let mag = reference::avg_pool(&absx, n, c, &win, p.count_include_pad);
-                    let kk = (win.k_h * win.k_w) as f64;
-                    check_close(
-                        &what,
-                        &got,
-                        &want,
-                        &|i| (kk + 2.0) * 2f64.powi(-24) * mag[i] + min_step(dt),
-                        dt.unit_roundoff(),
-                    )
-                    .map_err(TestCaseError::fail)?;
+                    ops::avg_pool2d_into(&xt, &p, out)
                 }
-                let mut again = poisoned(&dev, &shape, dt);
-                run(&mut again)?;
-                prop_assert_eq!(again.to_host().unwrap(), out.to_host().unwrap());
-                Ok(())
-            },
-        )
-        .unwrap();
+                .map_err(|e| TestCaseError::fail(e.to_string()))
+            };
+            let mut out = poisoned(&dev, &shape, dt);
+            run(&mut out)?;
+            let got = out.to_host().unwrap().to_f64();
+            let what = format!(
+                "{} {dt} x[{n},{h},{w},{c}] {p:?}",
+                if max { "max" } else { "avg" }
+            );
+            if max {
+                // A max only selects: exact.
+                let want = reference::max_pool(&x, n, c, &win);
+                check_close(&what, &got, &want, &|_| 0.0, 0.0).map_err(TestCaseError::fail)?;
+            } else {
+                let want = reference::avg_pool(&x, n, c, &win, p.count_include_pad);
+                // f32 sum of <= KH·KW terms, one division: bounded by the window's |x| average.
+                let absx: Vec<f64> = x.iter().map(|v| v.abs()).collect();
+                let mag = reference::avg_pool(&absx, n, c, &win, p.count_include_pad);
+                let kk = (win.k_h * win.k_w) as f64;
+                check_close(
+                    &what,
+                    &got,
+                    &want,
+                    &|i| (kk + 2.0) * 2f64.powi(-24) * mag[i] + min_step(dt),
+                    dt.unit_roundoff(),
+                )
+                .map_err(TestCaseError::fail)?;
+            }
+            let mut again = poisoned(&dev, &shape, dt);
+            run(&mut again)?;
+            prop_assert_eq!(again.to_host().unwrap(), out.to_host().unwrap());
+            Ok(())
+        },
+    );
 }
 
 #[test]
@@ -281,50 +284,48 @@ fn global_avg_pool_gpu_matches_reference() {
     let Some(dev) = test_device("global_avg_pool_gpu_matches_reference") else {
         return;
     };
-    let mut runner = TestRunner::new(cases(64));
-    runner
-        .run(&(any::<u64>(), 0..5usize), |(seed, pair)| {
-            let mut rng = SeedRng::new(seed);
-            let (dt, od) = [
-                (DType::F32, DType::F32),
-                (DType::F16, DType::F16),
-                (DType::F16, DType::F32),
-                (DType::BF16, DType::BF16),
-                (DType::BF16, DType::F32),
-            ][pair];
-            let n = 1 + rng.below(4) as usize;
-            let (h, w) = (spatial(&mut rng), spatial(&mut rng));
-            let c = if rng.below(3) == 0 {
-                [512, 1280, 1152][rng.below(3) as usize]
-            } else {
-                channels(&mut rng)
-            };
-            let hw = h * w;
-            let x = random_values(&mut rng, n * hw * c, 2.0, dt);
-            let xt = upload(&dev, &[n, h, w, c], &x, dt);
-            let mut out = poisoned(&dev, &[n, c], od);
-            ops::global_avg_pool_into(&xt, &mut out)
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let got = out.to_host().unwrap().to_f64();
-            let want = reference::global_avg_pool(&x, n, hw, c);
-            let absx: Vec<f64> = x.iter().map(|v| v.abs()).collect();
-            let mag = reference::global_avg_pool(&absx, n, hw, c);
-            // Each thread adds ceil(HW/slices) positions (slices >= 8), then up to 256 slice
-            // partials are added: f32 recursive-summation bound over that depth.
-            let depth = hw.div_ceil(8) as f64 + 258.0;
-            check_close(
-                &format!("gap {dt}->{od} [{n},{h},{w},{c}]"),
-                &got,
-                &want,
-                &|i| depth * 2f64.powi(-24) * mag[i] + min_step(od),
-                od.unit_roundoff(),
-            )
-            .map_err(TestCaseError::fail)?;
-            let mut again = poisoned(&dev, &[n, c], od);
-            ops::global_avg_pool_into(&xt, &mut again)
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            prop_assert_eq!(again.to_host().unwrap(), out.to_host().unwrap());
-            Ok(())
-        })
-        .unwrap();
+    // A third of the channel counts are the wide ones of the CNNs' last layers.
+    let c = Dim::default()
+        .sizes(3, &CHANNELS)
+        .sizes(4, &[512, 1280, 1152]);
+    let strategy = (
+        value_seed(),
+        0..5usize,
+        (1..=4usize, spatial(), spatial(), c),
+    );
+    check(file!(), 64, &strategy, |(seed, pair, (n, h, w, c))| {
+        let mut rng = SeedRng::new(seed);
+        let (dt, od) = [
+            (DType::F32, DType::F32),
+            (DType::F16, DType::F16),
+            (DType::F16, DType::F32),
+            (DType::BF16, DType::BF16),
+            (DType::BF16, DType::F32),
+        ][pair];
+        let hw = h * w;
+        let x = random_values(&mut rng, n * hw * c, 2.0, dt);
+        let xt = upload(&dev, &[n, h, w, c], &x, dt);
+        let mut out = poisoned(&dev, &[n, c], od);
+        ops::global_avg_pool_into(&xt, &mut out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let got = out.to_host().unwrap().to_f64();
+        let want = reference::global_avg_pool(&x, n, hw, c);
+        let absx: Vec<f64> = x.iter().map(|v| v.abs()).collect();
+        let mag = reference::global_avg_pool(&absx, n, hw, c);
+        // Each thread adds ceil(HW/slices) positions (slices >= 8), then up to 256 slice
+        // partials are added: f32 recursive-summation bound over that depth.
+        let depth = hw.div_ceil(8) as f64 + 258.0;
+        check_close(
+            &format!("gap {dt}->{od} [{n},{h},{w},{c}]"),
+            &got,
+            &want,
+            &|i| depth * 2f64.powi(-24) * mag[i] + min_step(od),
+            od.unit_roundoff(),
+        )
+        .map_err(TestCaseError::fail)?;
+        let mut again = poisoned(&dev, &[n, c], od);
+        ops::global_avg_pool_into(&xt, &mut again)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(again.to_host().unwrap(), out.to_host().unwrap());
+        Ok(())
+    });
 }

@@ -9,7 +9,6 @@ use medkern::quant::{Clip, quantize_weight};
 use medkern::reference::{layernorm, quantize as reference};
 use medkern::{DType, Device, Error, HostTensor, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 
 const U_F32: f64 = f32::EPSILON as f64 / 2.0;
 
@@ -112,17 +111,24 @@ fn quantize_gpu_matches_reference() {
     let Some(dev) = test_device("quantize_gpu_matches_reference") else {
         return;
     };
-    let mut runner = TestRunner::new(cases(64));
-    runner
-        .run(&(any::<u64>(), 0..3usize), |(seed, di)| {
+    let strategy = (
+        value_seed(),
+        0..3usize,
+        (interesting_dim(200), interesting_dim(4000)),
+        prop::bool::weighted(0.25),
+    );
+    check_covering(
+        file!(),
+        64,
+        &strategy,
+        |(seed, di, (rows, n), zero_row), cover| {
+            // (dtype, kernel) are the variants: rows longer than 1024 take the block kernel, shorter
+            // ones the warp kernel (src/ops/quantize.rs).
+            cover.admit([di, usize::from(n > 1024)], [3, 2])?;
             let mut rng = SeedRng::new(seed);
             let dt = DType::FLOATS[di];
-            let (rows, n) = (
-                interesting_len(&mut rng, 200),
-                interesting_len(&mut rng, 4000),
-            );
             let mut x = random_values(&mut rng, rows * n, 1.0, dt);
-            if rng.below(4) == 0 {
+            if zero_row {
                 x[..n].fill(0.0); // an all-zero row gets scale 1
             }
             let xt = upload(&dev, &[rows, n], &x, dt);
@@ -153,8 +159,8 @@ fn quantize_gpu_matches_reference() {
                 2.0 * dt.unit_roundoff(),
             )
             .map_err(TestCaseError::fail)
-        })
-        .unwrap();
+        },
+    );
 }
 
 #[test]
@@ -162,59 +168,61 @@ fn layernorm_quantize_gpu_matches_reference() {
     let Some(dev) = test_device("layernorm_quantize_gpu_matches_reference") else {
         return;
     };
-    let mut runner = TestRunner::new(cases(48));
-    runner
-        .run(
-            &(any::<u64>(), 0..3usize, any::<bool>()),
-            |(seed, di, with_res)| {
-                let mut rng = SeedRng::new(seed);
-                let dt = DType::FLOATS[di];
-                let (rows, n) = (
-                    interesting_len(&mut rng, 100),
-                    interesting_len(&mut rng, 3000),
-                );
-                let x = random_values(&mut rng, rows * n, 2.0, dt);
-                let r = random_values(&mut rng, rows * n, 1.0, dt);
-                let g = random_values(&mut rng, n, 1.0, dt);
-                let b = random_values(&mut rng, n, 0.2, dt);
-                let (xt, rt, gt, bt) = (
-                    upload(&dev, &[rows, n], &x, dt),
-                    upload(&dev, &[rows, n], &r, dt),
-                    upload(&dev, &[n], &g, dt),
-                    upload(&dev, &[n], &b, dt),
-                );
-                let ln = LnParams {
-                    residual: with_res.then_some(&rt),
-                    gamma: &gt,
-                    beta: &bt,
-                    eps: 1e-5,
-                };
-                let (q, s) = ops::layernorm_quantize(&xt, &ln)
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                let y = layernorm::layernorm(&x, with_res.then_some(&r[..]), &g, &b, 1e-5, n, dt).0;
-                let (_, ws) = reference::quantize_rows(&y, n);
-                let gs: Vec<f64> = s.to_host().unwrap().to_f64();
-                let wsf: Vec<f64> = ws.iter().map(|&v| f64::from(v)).collect();
-                check_close("layernorm_quantize scale", &gs, &wsf, &|_| 0.0, 1e-4)
-                    .map_err(TestCaseError::fail)?;
-                // Round to nearest against the row's own scale: within half a step of y / s plus
-                // the f32 normalisation's error (as in the LayerNorm test) in steps. A ±1 band
-                // around the rounded reference let floor or truncation pass.
-                let gq: Vec<f64> = q.to_host().unwrap().to_f64();
-                let exact: Vec<f64> = y
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &v)| (v / gs[i / n]).clamp(-128.0, 127.0))
-                    .collect();
-                let atol = |i: usize| {
-                    let c = i % n;
-                    0.5 + 256.0 * U_F32 * ((y[i] - b[c]).abs() + g[c].abs() + b[c].abs())
-                        / gs[i / n]
-                        + 2.0 * U_F32 * exact[i].abs()
-                };
-                check_close("layernorm_quantize q", &gq, &exact, &atol, 0.0)
-                    .map_err(TestCaseError::fail)
-            },
-        )
-        .unwrap();
+    let strategy = (
+        value_seed(),
+        0..3usize,
+        any::<bool>(),
+        (interesting_dim(100), interesting_dim(3000)),
+    );
+    check_covering(
+        file!(),
+        48,
+        &strategy,
+        |(seed, di, with_res, (rows, n)), cover| {
+            // (dtype, kernel) are the variants, as in quantize_gpu_matches_reference.
+            cover.admit([di, usize::from(n > 1024)], [3, 2])?;
+            let mut rng = SeedRng::new(seed);
+            let dt = DType::FLOATS[di];
+            let x = random_values(&mut rng, rows * n, 2.0, dt);
+            let r = random_values(&mut rng, rows * n, 1.0, dt);
+            let g = random_values(&mut rng, n, 1.0, dt);
+            let b = random_values(&mut rng, n, 0.2, dt);
+            let (xt, rt, gt, bt) = (
+                upload(&dev, &[rows, n], &x, dt),
+                upload(&dev, &[rows, n], &r, dt),
+                upload(&dev, &[n], &g, dt),
+                upload(&dev, &[n], &b, dt),
+            );
+            let ln = LnParams {
+                residual: with_res.then_some(&rt),
+                gamma: &gt,
+                beta: &bt,
+                eps: 1e-5,
+            };
+            let (q, s) = ops::layernorm_quantize(&xt, &ln)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let y = layernorm::layernorm(&x, with_res.then_some(&r[..]), &g, &b, 1e-5, n, dt).0;
+            let (_, ws) = reference::quantize_rows(&y, n);
+            let gs: Vec<f64> = s.to_host().unwrap().to_f64();
+            let wsf: Vec<f64> = ws.iter().map(|&v| f64::from(v)).collect();
+            check_close("layernorm_quantize scale", &gs, &wsf, &|_| 0.0, 1e-4)
+                .map_err(TestCaseError::fail)?;
+            // Round to nearest against the row's own scale: within half a step of y / s plus
+            // the f32 normalisation's error (as in the LayerNorm test) in steps. A ±1 band
+            // around the rounded reference let floor or truncation pass.
+            let gq: Vec<f64> = q.to_host().unwrap().to_f64();
+            let exact: Vec<f64> = y
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (v / gs[i / n]).clamp(-128.0, 127.0))
+                .collect();
+            let atol = |i: usize| {
+                let c = i % n;
+                0.5 + 256.0 * U_F32 * ((y[i] - b[c]).abs() + g[c].abs() + b[c].abs()) / gs[i / n]
+                    + 2.0 * U_F32 * exact[i].abs()
+            };
+            check_close("layernorm_quantize q", &gq, &exact, &atol, 0.0)
+                .map_err(TestCaseError::fail)
+        },
+    );
 }

@@ -8,7 +8,6 @@ use medkern::ops;
 use medkern::reference::softmax as reference;
 use medkern::{DType, Device, Error, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 
 #[test]
 fn reference_properties() {
@@ -80,63 +79,69 @@ fn softmax_gpu_matches_reference() {
     let Some(dev) = test_device("softmax_gpu_matches_reference") else {
         return;
     };
-    let mut runner = TestRunner::new(cases(96));
-    runner
-        .run(
-            &(any::<u64>(), 0..3usize, 0..3usize),
-            |(seed, di, mask_kind)| {
-                let mut rng = SeedRng::new(seed);
-                let dt = DType::FLOATS[di];
-                let groups = 1 + rng.below(4) as usize;
-                let per = interesting_len(&mut rng, 64);
-                let rows = groups * per;
-                let n = interesting_len(&mut rng, 4096);
-                let scale = 0.05 + rng.uniform();
-                let x = random_values(&mut rng, rows * n, 3.0, dt);
-                // mask_kind 0: none; 1: one padding mask per group of rows, some rows fully masked;
-                // 2: a finite additive bias per group (ALiBi-like).
-                let mask: Option<Vec<f64>> = match mask_kind {
-                    0 => None,
-                    1 => Some(
-                        (0..groups)
-                            .flat_map(|g| {
-                                let valid = if g == 0 && rng.below(2) == 0 {
-                                    0
-                                } else {
-                                    1 + rng.below(n as u64) as usize
-                                };
-                                (0..n).map(move |c| if c < valid { 0.0 } else { f64::NEG_INFINITY })
-                            })
-                            .collect(),
-                    ),
-                    _ => Some(random_values(&mut rng, groups * n, 2.0, DType::F32)),
-                };
-                let xt = upload(&dev, &[rows, n], &x, dt);
-                let mt = mask
-                    .as_ref()
-                    .map(|m| upload(&dev, &[groups, n], m, DType::F32));
-                let mut out = poisoned(&dev, &[rows, n], dt);
-                ops::softmax_into(&xt, mt.as_ref(), scale as f32, &mut out)
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                let got = out.to_host().unwrap().to_f64();
-                let want = reference::softmax(&x, n, mask.as_deref(), f64::from(scale as f32));
-                // Inputs reach |x·scale| ≈ 120: exp's argument carries that many f32 ulps.
-                let rtol = 2.0 * dt.unit_roundoff() + 2e-5;
-                check_close(
-                    &format!("softmax {dt} [{rows},{n}] mask {mask_kind}"),
-                    &got,
-                    &want,
-                    &|_| min_step(dt) + 1e-7,
-                    rtol,
-                )
-                .map_err(TestCaseError::fail)?;
-                // Deterministic: a second launch is bit-identical.
-                let mut again = poisoned(&dev, &[rows, n], dt);
-                ops::softmax_into(&xt, mt.as_ref(), scale as f32, &mut again)
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                prop_assert_eq!(again.to_host().unwrap(), out.to_host().unwrap());
-                Ok(())
-            },
-        )
-        .unwrap();
+    // Rows come in `groups` of `per` (one mask row per group).
+    let strategy = (
+        value_seed(),
+        0..3usize,
+        0..3usize,
+        (1..=4usize, interesting_dim(64), interesting_dim(4096)),
+    );
+    check_covering(
+        file!(),
+        96,
+        &strategy,
+        |(seed, di, mask_kind, (groups, per, n)), cover| {
+            // (dtype, kernel) are the variants: rows longer than 1024 take the block kernel,
+            // shorter ones the warp kernel (src/ops/softmax.rs).
+            cover.admit([di, usize::from(n > 1024)], [3, 2])?;
+            let mut rng = SeedRng::new(seed);
+            let dt = DType::FLOATS[di];
+            let rows = groups * per;
+            let scale = 0.05 + rng.uniform();
+            let x = random_values(&mut rng, rows * n, 3.0, dt);
+            // mask_kind 0: none; 1: one padding mask per group of rows, some rows fully masked;
+            // 2: a finite additive bias per group (ALiBi-like).
+            let mask: Option<Vec<f64>> = match mask_kind {
+                0 => None,
+                1 => Some(
+                    (0..groups)
+                        .flat_map(|g| {
+                            let valid = if g == 0 && rng.below(2) == 0 {
+                                0
+                            } else {
+                                1 + rng.below(n as u64) as usize
+                            };
+                            (0..n).map(move |c| if c < valid { 0.0 } else { f64::NEG_INFINITY })
+                        })
+                        .collect(),
+                ),
+                _ => Some(random_values(&mut rng, groups * n, 2.0, DType::F32)),
+            };
+            let xt = upload(&dev, &[rows, n], &x, dt);
+            let mt = mask
+                .as_ref()
+                .map(|m| upload(&dev, &[groups, n], m, DType::F32));
+            let mut out = poisoned(&dev, &[rows, n], dt);
+            ops::softmax_into(&xt, mt.as_ref(), scale as f32, &mut out)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let got = out.to_host().unwrap().to_f64();
+            let want = reference::softmax(&x, n, mask.as_deref(), f64::from(scale as f32));
+            // Inputs reach |x·scale| ≈ 120: exp's argument carries that many f32 ulps.
+            let rtol = 2.0 * dt.unit_roundoff() + 2e-5;
+            check_close(
+                &format!("softmax {dt} [{rows},{n}] mask {mask_kind}"),
+                &got,
+                &want,
+                &|_| min_step(dt) + 1e-7,
+                rtol,
+            )
+            .map_err(TestCaseError::fail)?;
+            // Deterministic: a second launch is bit-identical.
+            let mut again = poisoned(&dev, &[rows, n], dt);
+            ops::softmax_into(&xt, mt.as_ref(), scale as f32, &mut again)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(again.to_host().unwrap(), out.to_host().unwrap());
+            Ok(())
+        },
+    );
 }

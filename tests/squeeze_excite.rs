@@ -11,7 +11,6 @@ use medkern::reference::pool::global_avg_pool;
 use medkern::reference::squeeze_excite as reference;
 use medkern::{DType, Device, Error, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 
 #[test]
 fn reference_hand_computed() {
@@ -157,14 +156,11 @@ fn bad_inputs_are_errors() {
 }
 
 /// Channel widths: EfficientNet-B0's SE inputs (32, 96, 144, 240, 480, 672, 1152), B7's widest
-/// (3840, rarely) and odd ones.
-fn se_channels(rng: &mut SeedRng) -> usize {
-    const C: [usize; 12] = [1, 3, 13, 32, 71, 96, 144, 240, 480, 672, 1152, 8];
-    if rng.below(20) == 0 {
-        3840
-    } else {
-        C[rng.below(C.len() as u64) as usize]
-    }
+/// (3840, 1 in 20) and odd ones.
+fn se_channels() -> Dim {
+    Dim::default()
+        .sizes(19, &[1, 3, 13, 32, 71, 96, 144, 240, 480, 672, 1152, 8])
+        .sizes(12, &[3840])
 }
 
 /// Error bound of the GPU's f32 arithmetic for one image's scale vector, propagated through
@@ -218,77 +214,72 @@ fn squeeze_excite_gpu_matches_reference() {
     let Some(dev) = test_device("squeeze_excite_gpu_matches_reference") else {
         return;
     };
-    let mut runner = TestRunner::new(cases(64));
-    runner
-        .run(
-            &(any::<u64>(), 0..3usize, any::<bool>()),
-            |(seed, di, w_f32)| {
-                static COVER: common::Cover = common::Cover::new();
-                let [di, wf] = COVER.pick([di, usize::from(w_f32)], [3, 2]);
-                let w_f32 = wf == 1;
-                let mut rng = SeedRng::new(seed);
-                let dt = DType::FLOATS[di];
-                let wdt = if w_f32 { DType::F32 } else { dt };
-                let c = se_channels(&mut rng);
-                let n = 1 + rng.below(3) as usize;
-                let side = |rng: &mut SeedRng| {
-                    [1, 7, 14, 33, 56][rng.below(5) as usize].min(if c > 1000 { 14 } else { 56 })
-                };
-                let (h, w) = (side(&mut rng), side(&mut rng));
-                let hw = h * w;
-                let cse = (1 + rng.below(48) as usize).min(c.max(1));
-                let splits = match rng.below(3) {
-                    0 => None,
-                    1 => Some(1),
-                    _ => Some(2 + rng.below(9) as usize),
-                };
-                let x = random_values(&mut rng, n * hw * c, 2.0, dt);
-                let w1 = random_values(&mut rng, cse * c, 1.0 / (c as f64).sqrt(), wdt);
-                let b1 = random_values(&mut rng, cse, 0.5, wdt);
-                let w2 = random_values(&mut rng, c * cse, 1.0 / (cse as f64).sqrt(), wdt);
-                let b2 = random_values(&mut rng, c, 0.5, wdt);
-                let xt = upload(&dev, &[n, h, w, c], &x, dt);
-                let (w1t, b1t, w2t, b2t) = (
-                    upload(&dev, &[cse, c], &w1, wdt),
-                    upload(&dev, &[cse], &b1, wdt),
-                    upload(&dev, &[c, cse], &w2, wdt),
-                    upload(&dev, &[c], &b2, wdt),
-                );
-                let mut se = SqueezeExcite::new(&w1t, &b1t, &w2t, &b2t);
-                se.spatial_splits = splits;
-                let run = || -> Result<(Tensor, Tensor), TestCaseError> {
-                    let mut y = poisoned(&dev, &[n, h, w, c], dt);
-                    let mut s = poisoned(&dev, &[n, c], DType::F32);
-                    ops::squeeze_excite_into(&xt, &se, &mut y, Some(&mut s))
-                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                    Ok((y, s))
-                };
-                let (y, s) = run()?;
-                let want_s = reference::se_scale_vector(&x, (n, hw, c), &w1, &b1, &w2, &b2);
-                let bound = scale_bound(&x, (n, hw, c), &w1, &b1, &w2);
-                let what =
-                    format!("se {dt} w {wdt} x[{n},{h},{w},{c}] cse {cse} splits {splits:?}");
-                let got_s = s.to_host().unwrap().to_f64();
-                check_close(&format!("{what} s"), &got_s, &want_s, &|i| bound[i], 0.0)
-                    .map_err(TestCaseError::fail)?;
-                let want_y = reference::channel_scale(&x, (n, hw, c), &want_s);
-                let got_y = y.to_host().unwrap().to_f64();
-                let per = hw * c;
-                check_close(
-                    &format!("{what} y"),
-                    &got_y,
-                    &want_y,
-                    &|i| {
-                        x[i].abs() * (bound[(i / per) * c + i % c] + 2f64.powi(-24)) + min_step(dt)
-                    },
-                    dt.unit_roundoff(),
-                )
+    // (dtype, f32 weights) are the kernel variants. Sides stop at 14 when C > 1000; the squeezed
+    // width is at most C; spatial splits: the launcher's choice, 1, or 2..10.
+    let side = || Dim::default().sizes(1, &[1, 7, 14, 33, 56]);
+    let splits = prop_oneof![Just(None), Just(Some(1)), (2..=10usize).prop_map(Some)];
+    let strategy = (
+        value_seed(),
+        (0..3usize, any::<bool>()),
+        (se_channels(), 1..=3usize, side(), side(), 1..=48usize),
+        splits,
+    );
+    check_covering(
+        file!(),
+        64,
+        &strategy,
+        |(seed, (di, w_f32), (c, n, h, w, cse), splits), cover| {
+            cover.admit([di, usize::from(w_f32)], [3, 2])?;
+            let mut rng = SeedRng::new(seed);
+            let dt = DType::FLOATS[di];
+            let wdt = if w_f32 { DType::F32 } else { dt };
+            let side_max = if c > 1000 { 14 } else { 56 };
+            let (h, w) = (h.min(side_max), w.min(side_max));
+            let hw = h * w;
+            let cse = cse.min(c.max(1));
+            let x = random_values(&mut rng, n * hw * c, 2.0, dt);
+            let w1 = random_values(&mut rng, cse * c, 1.0 / (c as f64).sqrt(), wdt);
+            let b1 = random_values(&mut rng, cse, 0.5, wdt);
+            let w2 = random_values(&mut rng, c * cse, 1.0 / (cse as f64).sqrt(), wdt);
+            let b2 = random_values(&mut rng, c, 0.5, wdt);
+            let xt = upload(&dev, &[n, h, w, c], &x, dt);
+            let (w1t, b1t, w2t, b2t) = (
+                upload(&dev, &[cse, c], &w1, wdt),
+                upload(&dev, &[cse], &b1, wdt),
+                upload(&dev, &[c, cse], &w2, wdt),
+                upload(&dev, &[c], &b2, wdt),
+            );
+            let mut se = SqueezeExcite::new(&w1t, &b1t, &w2t, &b2t);
+            se.spatial_splits = splits;
+            let run = || -> Result<(Tensor, Tensor), TestCaseError> {
+                let mut y = poisoned(&dev, &[n, h, w, c], dt);
+                let mut s = poisoned(&dev, &[n, c], DType::F32);
+                ops::squeeze_excite_into(&xt, &se, &mut y, Some(&mut s))
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                Ok((y, s))
+            };
+            let (y, s) = run()?;
+            let want_s = reference::se_scale_vector(&x, (n, hw, c), &w1, &b1, &w2, &b2);
+            let bound = scale_bound(&x, (n, hw, c), &w1, &b1, &w2);
+            let what = format!("se {dt} w {wdt} x[{n},{h},{w},{c}] cse {cse} splits {splits:?}");
+            let got_s = s.to_host().unwrap().to_f64();
+            check_close(&format!("{what} s"), &got_s, &want_s, &|i| bound[i], 0.0)
                 .map_err(TestCaseError::fail)?;
-                let (y2, s2) = run()?;
-                prop_assert_eq!(s2.to_host().unwrap(), s.to_host().unwrap());
-                prop_assert_eq!(y2.to_host().unwrap(), y.to_host().unwrap());
-                Ok(())
-            },
-        )
-        .unwrap();
+            let want_y = reference::channel_scale(&x, (n, hw, c), &want_s);
+            let got_y = y.to_host().unwrap().to_f64();
+            let per = hw * c;
+            check_close(
+                &format!("{what} y"),
+                &got_y,
+                &want_y,
+                &|i| x[i].abs() * (bound[(i / per) * c + i % c] + 2f64.powi(-24)) + min_step(dt),
+                dt.unit_roundoff(),
+            )
+            .map_err(TestCaseError::fail)?;
+            let (y2, s2) = run()?;
+            prop_assert_eq!(s2.to_host().unwrap(), s.to_host().unwrap());
+            prop_assert_eq!(y2.to_host().unwrap(), y.to_host().unwrap());
+            Ok(())
+        },
+    );
 }

@@ -8,7 +8,6 @@ use medkern::ops::{self, UpsampleMode};
 use medkern::reference::upsample as reference;
 use medkern::{DType, Device, Error, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 
 const U_F32: f64 = f32::EPSILON as f64 / 2.0;
 const MODES: [UpsampleMode; 4] = [
@@ -145,27 +144,38 @@ fn upsample_gpu_matches_reference() {
     let Some(dev) = test_device("upsample_gpu_matches_reference") else {
         return;
     };
-    let mut runner = TestRunner::new(cases(128));
-    runner
-        .run(&(any::<u64>(), 0..3usize, 0..4usize), |(seed, di, mi)| {
+    let size = || {
+        Dim::default()
+            .sizes(1, &[1, 2, 7, 8, 13, 33])
+            .uniform(1, 1, 40)
+    };
+    let channels = Dim::default()
+        .sizes(1, &[1, 3, 8, 16, 20, 32, 33])
+        .uniform(1, 1, 48);
+    // An output side: an integer factor (kind 0), a fractional one (1), or any size, so
+    // downsampling too (2).
+    let out = || (0..3usize, 1..=4usize, 0.5f64..3.5, 1..=70usize);
+    let out_side = |input: usize, (kind, factor, scale, any): (usize, usize, f64, usize)| match kind
+    {
+        0 => input * factor,
+        1 => ops::scaled_size(input, scale).max(1),
+        _ => any,
+    };
+    let strategy = (
+        value_seed(),
+        0..3usize,
+        0..4usize,
+        (1..=2usize, size(), size(), channels),
+        (out(), out()),
+    );
+    check(
+        file!(),
+        128,
+        &strategy,
+        |(seed, di, mi, (n, h, w, c), (out_h, out_w))| {
             let mut rng = SeedRng::new(seed);
             let (dt, mode) = (DType::FLOATS[di], MODES[mi]);
-            const SIZES: [usize; 7] = [1, 2, 7, 8, 13, 33, 0];
-            const CHANNELS: [usize; 8] = [1, 3, 8, 16, 20, 32, 33, 0];
-            let mut pick = |set: &[usize], max: u64| match set[rng.below(set.len() as u64) as usize]
-            {
-                0 => 1 + rng.below(max) as usize,
-                v => v,
-            };
-            let (h, w, c) = (pick(&SIZES, 40), pick(&SIZES, 40), pick(&CHANNELS, 48));
-            // Integer factors, fractional factors, and downsampling.
-            let mut out = |input: usize| match rng.below(3) {
-                0 => input * (1 + rng.below(4) as usize),
-                1 => ops::scaled_size(input, 0.5 + 3.0 * rng.uniform()).max(1),
-                _ => 1 + rng.below(70) as usize,
-            };
-            let (oh, ow) = (out(h), out(w));
-            let n = 1 + rng.below(2) as usize;
+            let (oh, ow) = (out_side(h, out_h), out_side(w, out_w));
             let x = random_values(&mut rng, n * h * w * c, 1.0, dt);
             let xt = upload(&dev, &[n, h, w, c], &x, dt);
             let oshape = [n, oh, ow, c];
@@ -208,6 +218,6 @@ fn upsample_gpu_matches_reference() {
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(again.to_host().unwrap(), y.to_host().unwrap());
             Ok(())
-        })
-        .unwrap();
+        },
+    );
 }

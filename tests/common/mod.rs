@@ -1,9 +1,46 @@
 //! Shared test harness: GPU acquisition with counted SKIPs, seeded random inputs with planted
-//! outliers, output poisoning, and `tol + |ref|·eps(dtype)` comparison.
+//! outliers, output poisoning, `tol + |ref|·eps(dtype)` comparison, and the property-test runner.
+//!
+//! # Property tests
+//!
+//! A property test draws its *shapes* (sizes, channel counts, kernel windows) and its discrete
+//! choices (dtype, activation, flags, tile) as proptest values, through [`Dim`] and proptest's
+//! own strategies, plus one seed ([`value_seed`]) that only drives the element *values*
+//! ([`SeedRng`], [`random_values`]). Run it through [`check`] (or [`check_covering`] when it
+//! must reach every kernel variant), passing `file!()`:
+//!
+//! ```ignore
+//! let strategy = (value_seed(), 0..3usize, interesting_dim(200));
+//! check(file!(), 64, &strategy, |(seed, di, rows)| {
+//!     let mut rng = SeedRng::new(seed);
+//!     // ...
+//!     Ok(())
+//! });
+//! ```
+//!
+//! A failing case then shrinks: proptest retries it with smaller shapes (and simpler choices)
+//! while it still fails, and reports the smallest as `minimal failing input: ...`. It is also
+//! saved: proptest appends its seed to `tests/<file>.proptest-regressions`, next to the test
+//! source, and every later run of that test binary replays the saved cases first, before the
+//! fresh draws. Commit a regression file that appears (with the fix, or with the bug report):
+//! it keeps the case failing until fixed and checked afterwards. Delete an entry only when the
+//! strategy it was drawn from changes (the seed then decodes to another case). A run without a
+//! failure writes nothing. `PROPTEST_DISABLE_FAILURE_PERSISTENCE=1` turns saving and replay off
+//! (scripts/emu-mutants does, as its planted bugs are meant to fail); so does running a test
+//! binary from a directory without its `tests/<file>.rs` (the GPU bundle; cargo runs tests from
+//! the package root). `PROPTEST_RNG_SEED` fixes the fresh draws (scripts/test's emulated-GPU
+//! gate), `MEDKERN_CASES` their number.
 #![allow(dead_code)]
 
 use medkern::{DType, Device, Gpu, HostTensor, Tensor};
+use proptest::prelude::Rng;
+use proptest::strategy::{NewTree, Strategy, ValueTree};
+use proptest::test_runner::{
+    Config, FailurePersistence, FileFailurePersistence, TestCaseError, TestCaseResult, TestRunner,
+};
+use std::cell::{Cell, RefCell};
 use std::io::Write;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -181,16 +218,6 @@ pub fn check_close(
     }
 }
 
-/// Row lengths and counts tests draw from: the tail sizes the brief names plus random ones.
-pub fn interesting_len(rng: &mut SeedRng, max: usize) -> usize {
-    const TAILS: [usize; 9] = [1, 7, 8, 33, 64, 257, 768, 1025, 2048];
-    if rng.below(2) == 0 {
-        TAILS[rng.below(TAILS.len() as u64) as usize].min(max)
-    } else {
-        1 + rng.below(max as u64) as usize
-    }
-}
-
 /// Int8 values: mostly small (|v| ≤ 16, as quantised activations are), 1 in 50 a planted
 /// extreme (±100..127 or -128).
 pub fn random_i8(rng: &mut SeedRng, len: usize) -> Vec<i8> {
@@ -209,8 +236,63 @@ pub fn random_i8(rng: &mut SeedRng, len: usize) -> Vec<i8> {
         .collect()
 }
 
-/// GEMM sizes in CUTLASS's testbed manner: multiples of the alignment, just off them, tails.
-pub fn gemm_len(rng: &mut SeedRng, align: usize, max: usize) -> usize {
+/// A dimension (size, length, channel count) as a proptest value: a weighted mix of uniform
+/// ranges and listed sizes (the tails worth drawing often). It shrinks by binary search toward
+/// the smallest size it can draw, so a failure reports the smallest dimension that still fails.
+/// Built as `Dim::default().uniform(w, lo, hi).sizes(w, &[...])`; weights are relative.
+#[derive(Clone, Debug, Default)]
+pub struct Dim(Vec<(u32, usize, usize)>);
+
+impl Dim {
+    /// Also draws uniformly from `lo..=hi`, with weight `weight`.
+    pub fn uniform(mut self, weight: u32, lo: usize, hi: usize) -> Dim {
+        assert!(weight > 0 && lo <= hi, "Dim::uniform({weight}, {lo}, {hi})");
+        self.0.push((weight, lo, hi));
+        self
+    }
+    /// Also draws each of `sizes`, each with weight `weight` (a size listed twice, twice as often).
+    pub fn sizes(mut self, weight: u32, sizes: &[usize]) -> Dim {
+        assert!(weight > 0, "Dim::sizes: weight 0");
+        self.0.extend(sizes.iter().map(|&s| (weight, s, s)));
+        self
+    }
+}
+
+impl Strategy for Dim {
+    type Tree = proptest::num::usize::BinarySearch;
+    type Value = usize;
+    fn new_tree(&self, runner: &mut TestRunner) -> NewTree<Self> {
+        let total: u64 = self.0.iter().map(|a| u64::from(a.0)).sum();
+        assert!(total > 0, "Dim with nothing to draw");
+        let rng = runner.rng();
+        let mut w = rng.next_u64() % total;
+        let &(_, lo, hi) = self
+            .0
+            .iter()
+            .find(|a| {
+                let hit = w < u64::from(a.0);
+                w = w.wrapping_sub(u64::from(a.0));
+                hit
+            })
+            .expect("weights sum to total");
+        let v = lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize;
+        let floor = self.0.iter().map(|a| a.1).min().expect("not empty");
+        Ok(proptest::num::usize::BinarySearch::new_above(floor, v))
+    }
+}
+
+/// Row lengths and counts: half the time one of the tail sizes (capped at `max`), else uniform
+/// in `1..=max`.
+pub fn interesting_dim(max: usize) -> Dim {
+    const TAILS: [usize; 9] = [1, 7, 8, 33, 64, 257, 768, 1025, 2048];
+    Dim::default()
+        .uniform(9, 1, max)
+        .sizes(1, &TAILS.map(|t| t.min(max)))
+}
+
+/// GEMM sizes in CUTLASS's testbed manner: multiples of the alignment, just off them, tails
+/// (two thirds of the draws, each clamped to `1..=max`), else uniform in `1..=max`.
+pub fn gemm_dim(align: usize, max: usize) -> Dim {
     let choices = [
         align,
         2 * align,
@@ -222,26 +304,94 @@ pub fn gemm_len(rng: &mut SeedRng, align: usize, max: usize) -> usize {
         33,
         257,
     ];
-    let v = if rng.below(3) == 0 {
-        1 + rng.below(max as u64) as usize
-    } else {
-        choices[rng.below(choices.len() as u64) as usize]
-    };
-    v.clamp(1, max)
+    Dim::default()
+        .uniform(9, 1, max)
+        .sizes(2, &choices.map(|v| v.clamp(1, max)))
 }
 
-/// Proptest config with `default` cases, overridable by `MEDKERN_CASES` (the CPU self-check in
-/// scripts/test runs a few; a GPU session can run many).
-pub fn cases(default: u32) -> proptest::test_runner::Config {
+/// The seed of a property test's element values: drawn, never shrunk (a smaller seed is not a
+/// simpler case, only another one).
+pub fn value_seed() -> impl Strategy<Value = u64> {
+    proptest::prelude::any::<u64>().no_shrink()
+}
+
+/// Proptest config for the property tests in `source` (`file!()`): `default` cases, overridable
+/// by `MEDKERN_CASES` (the CPU self-check in scripts/test runs a few; a GPU session can run
+/// many), and failure persistence in `<source without .rs>.proptest-regressions` (see the module
+/// doc). The rest, `PROPTEST_RNG_SEED` included, comes from proptest's environment variables.
+pub fn cases(source: &'static str, default: u32) -> Config {
     let n = std::env::var("MEDKERN_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default);
-    proptest::test_runner::Config {
+    let base = Config::default();
+    // None under PROPTEST_DISABLE_FAILURE_PERSISTENCE; a binary run away from its sources (the
+    // GPU bundle) has no file to put next to them.
+    let persist = base.failure_persistence.is_some() && std::path::Path::new(source).is_file();
+    Config {
         cases: n,
-        failure_persistence: None,
-        ..Default::default()
+        source_file: Some(source),
+        failure_persistence: persist.then(|| {
+            Box::new(FileFailurePersistence::WithSource("proptest-regressions"))
+                as Box<dyn FailurePersistence>
+        }),
+        // Cover's rejections (cheap: no kernel runs) must not abort the run.
+        max_global_rejects: 1 << 16,
+        ..base
     }
+}
+
+/// Runs a property test: `test` on `cases(source, default_cases)` values of `strategy`, saved
+/// regressions first; a failure shrinks, is saved, and panics with proptest's report (the
+/// reason and the minimal failing input).
+pub fn check<S: Strategy>(
+    source: &'static str,
+    default_cases: u32,
+    strategy: &S,
+    test: impl Fn(S::Value) -> TestCaseResult,
+) {
+    check_covering(source, default_cases, strategy, |v, _| test(v));
+}
+
+/// [`check`] for a test that must run every kernel variant: `test` gets a [`Cover`] and calls
+/// [`Cover::admit`] with the case's variant before any work.
+pub fn check_covering<S: Strategy>(
+    source: &'static str,
+    default_cases: u32,
+    strategy: &S,
+    test: impl Fn(S::Value, &Cover) -> TestCaseResult,
+) {
+    let config = cases(source, default_cases);
+    let replays = config
+        .failure_persistence
+        .as_ref()
+        .map_or(0, |p| p.load_persisted_failures2(config.source_file).len());
+    let cover = Cover::default();
+    let calls = Cell::new(0usize);
+    let mut runner = TestRunner::new(config);
+    let result = runner.run(strategy, |v| {
+        // Proptest replays the saved cases first, then draws; after a failure every call is a
+        // shrinking step.
+        cover.replaying.set(calls.get() < replays);
+        calls.set(calls.get() + 1);
+        let r = panic::catch_unwind(AssertUnwindSafe(|| test(v, &cover)));
+        if !matches!(r, Ok(Ok(()) | Err(TestCaseError::Reject(_)))) {
+            cover.shrinking.set(true);
+        }
+        r.unwrap_or_else(|p| panic::resume_unwind(p))
+    });
+    if let Err(e) = result {
+        panic!("{source}: {e}");
+    }
+}
+
+/// `n` values of `strategy` from proptest's deterministic RNG: the same draws on every run, for
+/// the tests that run a few random cases everywhere.
+pub fn sample<S: Strategy>(strategy: &S, n: usize) -> Vec<S::Value> {
+    let mut runner = TestRunner::deterministic();
+    (0..n)
+        .map(|_| strategy.new_tree(&mut runner).expect("strategy").current())
+        .collect()
 }
 
 /// A fresh folder `<tmp>/medkern-<what>-<pid>`, removed with its contents when dropped (also
@@ -264,27 +414,48 @@ impl Drop for TempDir {
     }
 }
 
-/// Walks a property test's first cases through every kernel variant: case `c < Π radix` takes
-/// the mixed-radix digits of `c`, later cases keep what the strategy drew. Every variant then
+/// Walks a property test's first cases through every kernel variant (a [`check_covering`]
+/// test's mixed-radix `digits`, e.g. dtype × tile): while some variant has not run yet, a drawn
+/// case of one that has is rejected and proptest draws another (a rejection costs no kernel
+/// run and is no case), so the first Π radix cases run each variant once. Every variant then
 /// runs at any case count >= Π radix (CI's counts included), on the GPU and the emulated GPU.
-pub struct Cover(AtomicUsize);
+/// Each case's variant is part of its drawn value, so the case shrinks and replays as drawn
+/// (forcing the variant by case number would change it under shrinking and on replay). Saved
+/// cases being replayed and shrinking steps are always admitted.
+#[derive(Default)]
+pub struct Cover {
+    seen: RefCell<Vec<bool>>,
+    replaying: Cell<bool>,
+    shrinking: Cell<bool>,
+}
+
 impl Cover {
-    pub const fn new() -> Self {
-        Cover(AtomicUsize::new(0))
-    }
-    pub fn pick<const N: usize>(&self, drawn: [usize; N], radix: [usize; N]) -> [usize; N] {
-        let c = self.0.fetch_add(1, Ordering::SeqCst);
-        let total: usize = radix.iter().product();
-        if c >= total {
-            return drawn;
+    /// Ok to run this case of variant `digits` (each below its `radix`), or a rejection.
+    pub fn admit<const N: usize>(
+        &self,
+        digits: [usize; N],
+        radix: [usize; N],
+    ) -> Result<(), TestCaseError> {
+        let index = digits.iter().zip(radix).fold(0, |i, (&d, r)| {
+            assert!(d < r, "variant digit {d} not below its radix {r}");
+            i * r + d
+        });
+        let mut seen = self.seen.borrow_mut();
+        if seen.is_empty() {
+            seen.resize(radix.iter().product(), false);
         }
-        let mut rest = c;
-        let mut out = [0; N];
-        for (o, r) in out.iter_mut().zip(radix) {
-            *o = rest % r;
-            rest /= r;
+        assert_eq!(
+            seen.len(),
+            radix.iter().product::<usize>(),
+            "one radix per test"
+        );
+        if seen[index] && !self.replaying.get() && !self.shrinking.get() && seen.contains(&false) {
+            return Err(TestCaseError::reject(
+                "variant already run while others have not",
+            ));
         }
-        out
+        seen[index] = true;
+        Ok(())
     }
 }
 
