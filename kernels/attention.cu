@@ -82,11 +82,14 @@ template <> __device__ __forceinline__ unsigned pack2<bf16>(float lo, float hi) 
 
 // WARPS warps of 16 query rows each share every K/V block: 4 (64 rows) for short or few
 // sequences, 8 (128 rows) to halve the K/V traffic per query when there are enough rows.
+// Rows, keys per block and the launcher's shared memory: common/consts.cuh ATTN_*.
+static_assert(ATTN_WARP_ROWS == 16, "a warp's query rows are one m16 MMA tile");
 template <int D, int WARPS> struct AttnCfg {
-    static constexpr int BR = 16 * WARPS, BC = 64, THREADS = 32 * WARPS;
+    static constexpr int BR = ATTN_WARP_ROWS * WARPS, BC = ATTN_BLOCK_KEYS, THREADS = 32 * WARPS;
     static constexpr int ROW = D * 2 + 16;  // padded shared row (bytes): conflict-free ldmatrix
     static constexpr int TILE = BC * ROW;   // one K or V block
     static constexpr int SMEM = BR * ROW + 4 * TILE;  // Q + 2 stages x (K, V)
+    static_assert(SMEM == ATTN_SMEM(BR, D), "AttnCfg vs common/consts.cuh ATTN_SMEM");
     static constexpr int KS = D / 16;       // k-steps of Q·Kᵀ
     static constexpr int NT = BC / 8;       // 8-key score tiles per warp
     static constexpr int DT = D / 8;        // 8-column output tiles per warp
@@ -323,12 +326,32 @@ __device__ __forceinline__ void attention_scatter(T* out, const T* src, const in
 
 }  // namespace mk
 
-#define MK_ATTN_W(T, TN, D, W, R)                                                                         \
-    extern "C" __global__ void __launch_bounds__(32 * W) attention_##TN##_d##D##_m##R(const mk::AttnParams p) { \
-        mk::attention_fwd<T, D, W>(p);                                                                    \
+// The head dims D and query rows R per CTA instantiated: one kernel per (D, R), R / 16 warps.
+// They must be common/consts.cuh ATTN_HEAD_DIMS and ATTN_BLOCK_ROWS (the launcher's lists), in
+// order: checked below.
+#define MK_ATTN_DIMS(X, ...) X(__VA_ARGS__, 32) X(__VA_ARGS__, 64) X(__VA_ARGS__, 80) X(__VA_ARGS__, 96) X(__VA_ARGS__, 128)
+#define MK_ATTN_ROWS(X, ...) X(__VA_ARGS__, 64) X(__VA_ARGS__, 128)
+#define MK_ATTN_ITEM(_, V) V,
+namespace mk {
+template <int N, int M> __host__ __device__ constexpr bool same_list(const int (&a)[N], const int (&b)[M]) {
+    if (N != M) return false;
+    for (int i = 0; i < N; ++i)
+        if (a[i] != b[i]) return false;
+    return true;
+}
+constexpr int ATTN_DIMS_BUILT[] = {MK_ATTN_DIMS(MK_ATTN_ITEM, _)};
+constexpr int ATTN_ROWS_BUILT[] = {MK_ATTN_ROWS(MK_ATTN_ITEM, _)};
+static_assert(same_list(ATTN_DIMS_BUILT, ATTN_HEAD_DIMS), "MK_ATTN_DIMS vs common/consts.cuh ATTN_HEAD_DIMS");
+static_assert(same_list(ATTN_ROWS_BUILT, ATTN_BLOCK_ROWS), "MK_ATTN_ROWS vs common/consts.cuh ATTN_BLOCK_ROWS");
+}  // namespace mk
+
+#define MK_ATTN_W(T, TN, D, R)                                                                            \
+    extern "C" __global__ void __launch_bounds__(32 * (R / mk::ATTN_WARP_ROWS))                           \
+        attention_##TN##_d##D##_m##R(const mk::AttnParams p) {                                            \
+        mk::attention_fwd<T, D, R / mk::ATTN_WARP_ROWS>(p);                                               \
     }
-#define MK_ATTN(T, TN, D) MK_ATTN_W(T, TN, D, 4, 64) MK_ATTN_W(T, TN, D, 8, 128)
-#define MK_ATTN_ALL(T, TN) MK_ATTN(T, TN, 32) MK_ATTN(T, TN, 64) MK_ATTN(T, TN, 80) MK_ATTN(T, TN, 96) MK_ATTN(T, TN, 128)
+#define MK_ATTN(T, TN, D) MK_ATTN_ROWS(MK_ATTN_W, T, TN, D)
+#define MK_ATTN_ALL(T, TN) MK_ATTN_DIMS(MK_ATTN, T, TN)
 MK_ATTN_ALL(mk::f16, f16)
 MK_ATTN_ALL(mk::bf16, bf16)
 

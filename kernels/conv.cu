@@ -199,4 +199,6 @@ __device__ __forceinline__ void conv_direct_f32(const ConvParams& p) {
 MK_CONV_ALL(mk::f16, f16)
 MK_CONV_ALL(mk::bf16, bf16)
 
-extern "C" __global__ void __launch_bounds__(256) conv2d_f32(const mk::ConvParams p) { mk::conv_direct_f32(p); }
+extern "C" __global__ void __launch_bounds__(mk::CONV_F32_THREADS) conv2d_f32(const mk::ConvParams p) {
+    mk::conv_direct_f32(p);
+}

@@ -116,7 +116,7 @@ __device__ __forceinline__ void conv_transpose(const CtParams& p) {
 }  // namespace mk
 
 #define MK_CT(NAME, V, T, TN)                                                                       \
-    extern "C" __global__ void __launch_bounds__(256, 1) conv_transpose_##NAME##_##TN(const mk::CtParams p) { \
+    extern "C" __global__ void __launch_bounds__(mk::CT_THREADS, 1) conv_transpose_##NAME##_##TN(const mk::CtParams p) { \
         mk::conv_transpose<T, V>(p);                                                                \
     }
 #define MK_CT_ALL(T, TN) MK_CT(vec, true, T, TN) MK_CT(any, false, T, TN)

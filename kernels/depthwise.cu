@@ -223,12 +223,13 @@ __device__ __forceinline__ void depthwise(const DwParams& p) {
 }  // namespace mk
 
 #define MK_DW(NAME, K, S, R, T, TN)                                                                   \
-    extern "C" __global__ void __launch_bounds__(256, 1) depthwise_##NAME##_##TN(const mk::DwParams p) { \
+    extern "C" __global__ void __launch_bounds__(mk::DW_MAX_THREADS, 1) depthwise_##NAME##_##TN(const mk::DwParams p) { \
         mk::depthwise<T, K, S, R>(p);                                                                 \
     }
-#define MK_DW_ALL(T, TN)                                                                   \
-    MK_DW(k3s1, 3, 1, 4, T, TN) MK_DW(k3s2, 3, 2, 2, T, TN) MK_DW(k5s1, 5, 1, 4, T, TN) \
-    MK_DW(k5s2, 5, 2, 2, T, TN) MK_DW(any, 0, 1, 1, T, TN)
+#define MK_DW_ALL(T, TN)                                                                          \
+    MK_DW(k3s1, 3, 1, mk::DW_R_K3S1, T, TN) MK_DW(k3s2, 3, 2, mk::DW_R_K3S2, T, TN)               \
+    MK_DW(k5s1, 5, 1, mk::DW_R_K5S1, T, TN) MK_DW(k5s2, 5, 2, mk::DW_R_K5S2, T, TN)               \
+    MK_DW(any, 0, 1, mk::DW_R_ANY, T, TN)
 MK_DW_ALL(float, f32)
 MK_DW_ALL(mk::f16, f16)
 MK_DW_ALL(mk::bf16, bf16)

@@ -41,9 +41,11 @@ __device__ __forceinline__ void gemm_tc(const GemmParams& p) {
     });
 }
 
-// f32 path (no tensor cores): 64x64 tile, 16-deep K slices, 4x4 outputs per thread.
+// f32 path (no tensor cores): 64x64 tile, 16-deep K slices, 4x4 outputs per thread (256 threads).
 __device__ __forceinline__ void gemm_simt_f32(const GemmParams& p) {
-    constexpr int BM = 64, BN = 64, BK = 16;
+    constexpr int BM = GEMM_SIMT_BM, BN = GEMM_SIMT_BN, BK = 16;
+    static_assert(BM == 64 && BN == 64 && GEMM_SIMT_THREADS == 256,
+                  "the indexing below is written for a 64x64 tile of 16x16 threads");
     MK_STATIC_SMEM(float, As, [BK][BM + 4]);
     MK_STATIC_SMEM(float, Ws, [BK][BN + 4]);
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -55,7 +57,7 @@ __device__ __forceinline__ void gemm_simt_f32(const GemmParams& p) {
     for (int k0 = 0; k0 < p.K; k0 += BK) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const int idx = tid + i * 256, r = idx / BK, k = idx % BK;
+            const int idx = tid + i * GEMM_SIMT_THREADS, r = idx / BK, k = idx % BK;
             const bool kin = k0 + k < p.K;
             As[k][r] = (m0 + r < p.M && kin) ? X[(long long)(m0 + r) * p.K + k0 + k] : 0.f;
             Ws[k][r] = (n0 + r < p.N && kin) ? W[(long long)(n0 + r) * p.K + k0 + k] : 0.f;
@@ -111,4 +113,6 @@ MK_GEMM_CFGS(mk::f16, f16, float, f32)
 MK_GEMM_CFGS(mk::bf16, bf16, mk::bf16, bf16)
 MK_GEMM_CFGS(mk::bf16, bf16, float, f32)
 
-extern "C" __global__ void __launch_bounds__(256) gemm_f32_f32(const mk::GemmParams p) { mk::gemm_simt_f32(p); }
+extern "C" __global__ void __launch_bounds__(mk::GEMM_SIMT_THREADS) gemm_f32_f32(const mk::GemmParams p) {
+    mk::gemm_simt_f32(p);
+}

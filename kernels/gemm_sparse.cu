@@ -58,10 +58,11 @@ template <> struct MmaSp<signed char> {
 // BN rows of W x BM rows of X per block, warp tile WN x WM; per stage 64 bytes of compressed W
 // and 128 bytes of X per row (64 logical K of f16/bf16, 128 of int8) in two mma steps. MW is
 // the metadata words per 16-row tile per step: 16 (f16/bf16, selector 0) or 32 (int8).
+// The shapes and the launchers' block size and shared memory: common/consts.cuh GEMM_SP_*.
 template <int BN_, int BM_, int WN_, int WM_, int STAGES_, int MW_> struct SpCfg {
     static constexpr int BN = BN_, BM = BM_, WN = WN_, WM = WM_, STAGES = STAGES_, MW = MW_;
-    static constexpr int W_ROW = 64 + 16;   // compressed bytes + pad
-    static constexpr int X_ROW = 128 + 16;  // dense bytes + pad
+    static constexpr int W_ROW = GEMM_SP_W_ROW;  // compressed bytes (64) + pad
+    static constexpr int X_ROW = GEMM_SP_X_ROW;  // dense bytes (128) + pad
     static constexpr int META = (BN / 16) * 2 * MW;  // words per stage
     static constexpr int WARPS_M = BM / WM;
     static constexpr int THREADS = (BN / WN) * (BM / WM) * 32;
@@ -69,8 +70,18 @@ template <int BN_, int BM_, int WN_, int WM_, int STAGES_, int MW_> struct SpCfg
     static constexpr int STAGE_BYTES = BN * W_ROW + BM * X_ROW + META * 4;
     static constexpr int SMEM = STAGES * STAGE_BYTES;
 };
-template <int MW> using SpS = SpCfg<64, 32, 32, 16, 3, MW>;    // 4 warps
-template <int MW> using SpL = SpCfg<128, 128, 64, 32, 3, MW>;  // 8 warps
+template <int MW>
+using SpS = SpCfg<GEMM_SP_S_BN, GEMM_SP_S_BM, GEMM_SP_S_WN, GEMM_SP_S_WM, GEMM_SP_STAGES, MW>;  // 4 warps
+template <int MW>
+using SpL = SpCfg<GEMM_SP_L_BN, GEMM_SP_L_BM, GEMM_SP_L_WN, GEMM_SP_L_WM, GEMM_SP_STAGES, MW>;  // 8 warps
+static_assert(SpS<GEMM_SP_MW_F16>::THREADS == GEMM_SP_S_THREADS && SpS<GEMM_SP_MW_I8>::THREADS == GEMM_SP_S_THREADS,
+              "SpS vs common/consts.cuh");
+static_assert(SpL<GEMM_SP_MW_F16>::THREADS == GEMM_SP_L_THREADS && SpL<GEMM_SP_MW_I8>::THREADS == GEMM_SP_L_THREADS,
+              "SpL vs common/consts.cuh");
+static_assert(SpS<GEMM_SP_MW_F16>::SMEM == GEMM_SP_S_SMEM_F16 && SpS<GEMM_SP_MW_I8>::SMEM == GEMM_SP_S_SMEM_I8,
+              "SpS vs common/consts.cuh");
+static_assert(SpL<GEMM_SP_MW_F16>::SMEM == GEMM_SP_L_SMEM_F16 && SpL<GEMM_SP_MW_I8>::SMEM == GEMM_SP_L_SMEM_I8,
+              "SpL vs common/consts.cuh");
 
 // acc[i][j] += W[n0 + wn·WN + 16i ..] · X[m0 + wm·WM + 8j ..]ᵀ over all of K.
 template <typename E, typename Cfg, typename Acc>
@@ -145,7 +156,7 @@ __device__ __forceinline__ void sp_mainloop(const GemmParams& p, char* smem, Acc
                 // f16/bf16: lanes 4g, 4g+1 hold rows g and g+8 for K halves 0, 1 (selector 0);
                 // int8: lane 4g+h holds row g + 8(h&1), K half h>>1 (src/sparse.rs).
                 const unsigned* mw = M_s + i * 2 * Cfg::MW + step * Cfg::MW;
-                e[i] = Cfg::MW == 32 ? mw[lane] : (tig < 2 ? mw[g * 2 + tig] : 0u);
+                e[i] = Cfg::MW == GEMM_SP_MW_I8 ? mw[lane] : (tig < 2 ? mw[g * 2 + tig] : 0u);
                 // Tiles past the padded N hold zero-filled metadata, and an all-zero nibble is
                 // an invalid index pair: use positions (0, 1) there (the values are zeros).
                 if (n0 + wn * Cfg::WN + i * 16 >= n16) e[i] = 0x44444444u;
@@ -250,8 +261,10 @@ __device__ __forceinline__ void gemm_sp_i8(const GemmParams& p) {
         gemm_sp_i8_##ON##_##CN(const mk::GemmParams p) {                                     \
         mk::gemm_sp_i8<O, mk::CFG>(p);                                                       \
     }
-#define MK_GEMM_SP_I8_CFGS(O, ON) MK_GEMM_SP_I8(O, ON, SpS<32>, s) MK_GEMM_SP_I8(O, ON, SpL<32>, l)
-#define MK_GEMM_SP_CFGS(T, TN, O, ON) MK_GEMM_SP(T, TN, O, ON, SpS<16>, s) MK_GEMM_SP(T, TN, O, ON, SpL<16>, l)
+#define MK_GEMM_SP_I8_CFGS(O, ON) \
+    MK_GEMM_SP_I8(O, ON, SpS<mk::GEMM_SP_MW_I8>, s) MK_GEMM_SP_I8(O, ON, SpL<mk::GEMM_SP_MW_I8>, l)
+#define MK_GEMM_SP_CFGS(T, TN, O, ON) \
+    MK_GEMM_SP(T, TN, O, ON, SpS<mk::GEMM_SP_MW_F16>, s) MK_GEMM_SP(T, TN, O, ON, SpL<mk::GEMM_SP_MW_F16>, l)
 MK_GEMM_SP_CFGS(mk::f16, f16, mk::f16, f16)
 MK_GEMM_SP_CFGS(mk::f16, f16, float, f32)
 MK_GEMM_SP_CFGS(mk::bf16, bf16, mk::bf16, bf16)

@@ -56,12 +56,12 @@ __device__ __forceinline__ void layernorm_rows(T* __restrict__ y, T* __restrict_
 }  // namespace mk
 
 #define MK_LAYERNORM(MODE, TPR, T, TN)                                                           \
-    extern "C" __global__ void __launch_bounds__(256)                                            \
+    extern "C" __global__ void __launch_bounds__(mk::ROW_THREADS)                                \
         layernorm_##MODE##_##TN(T* y, T* h_out, const T* x, const T* res, const T* gamma,        \
                                 const T* beta, float eps, int rows, int n, int vec_ok) {         \
         mk::layernorm_rows<T, TPR>(y, h_out, x, res, gamma, beta, eps, rows, n, vec_ok);         \
     }
-#define MK_LAYERNORM_ALL(T, TN) MK_LAYERNORM(warp, 32, T, TN) MK_LAYERNORM(block, 256, T, TN)
+#define MK_LAYERNORM_ALL(T, TN) MK_LAYERNORM(warp, 32, T, TN) MK_LAYERNORM(block, mk::ROW_THREADS, T, TN)
 MK_LAYERNORM_ALL(float, f32)
 MK_LAYERNORM_ALL(mk::f16, f16)
 MK_LAYERNORM_ALL(mk::bf16, bf16)

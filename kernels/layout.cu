@@ -5,17 +5,18 @@
 // transpose_tiled_{b1,b2,b4}: 32×32 tiles through shared memory (a 33-element row pitch keeps
 // the column reads free of bank conflicts), 32×8 threads, 4 rows each; global reads and writes
 // both run along rows of 32 consecutive elements. Grid stride over batch·row tiles·col tiles.
-// transpose_small_{b1,b2,b4}: when rows or cols ≤ 8 (3-channel images) a tile would be mostly
-// empty: one thread per output element in output order (coalesced writes), grid (blocks per
-// image, images); the reads of a warp fall in at most 8 short runs (rows ≤ 8) or one span of
-// ≤ 8·32 elements (cols ≤ 8).
+// transpose_small_{b1,b2,b4}: when rows or cols ≤ 8 (LAYOUT_SMALL, 3-channel images) a tile
+// would be mostly empty: one thread per output element in output order (coalesced writes), grid
+// (blocks per image, images); the reads of a warp fall in at most 8 short runs (rows ≤ 8) or one
+// span of ≤ 8·32 elements (cols ≤ 8). Tile and block sizes: common/consts.cuh LAYOUT_*.
 // Launcher: src/ops/layout.rs; reference: src/reference/layout.rs.
 #include "common/types.cuh"
 
 namespace mk {
 
-constexpr int TILE = 32;
-constexpr int TILE_ROWS = 8;
+constexpr int TILE = LAYOUT_TILE;            // common/consts.cuh
+constexpr int TILE_ROWS = LAYOUT_TILE_ROWS;  // blocks are TILE x TILE_ROWS threads
+static_assert(TILE * TILE_ROWS == LAYOUT_THREADS, "a block is TILE x TILE_ROWS threads");
 
 template <typename T>
 __device__ __forceinline__ void transpose_tiled(T* __restrict__ y, const T* __restrict__ x,
@@ -67,11 +68,11 @@ __device__ __forceinline__ void transpose_small(T* __restrict__ y, const T* __re
 }  // namespace mk
 
 #define MK_TRANSPOSE(T, TN)                                                                      \
-    extern "C" __global__ void __launch_bounds__(256)                                            \
+    extern "C" __global__ void __launch_bounds__(mk::LAYOUT_THREADS)                             \
         transpose_tiled_##TN(T* y, const T* x, long long batch, int rows, int cols) {            \
         mk::transpose_tiled<T>(y, x, batch, rows, cols);                                         \
     }                                                                                            \
-    extern "C" __global__ void __launch_bounds__(256)                                            \
+    extern "C" __global__ void __launch_bounds__(mk::LAYOUT_THREADS)                             \
         transpose_small_##TN(T* y, const T* x, long long batch, int rows, int cols) {            \
         mk::transpose_small<T>(y, x, batch, rows, cols);                                         \
     }

@@ -90,7 +90,7 @@ __device__ __forceinline__ void gap(O* __restrict__ y, const T* __restrict__ x, 
 }  // namespace mk
 
 #define MK_POOL(MODE, ISMAX, T, TN)                                                              \
-    extern "C" __global__ void __launch_bounds__(256) pool_##MODE##_##TN(                        \
+    extern "C" __global__ void __launch_bounds__(mk::POOL_THREADS) pool_##MODE##_##TN(           \
         T* y, const T* x, int N, int H, int W, int C, int OH, int OW, int KH, int KW, int SH,    \
         int SW, int DH, int DW, int PT, int PL, int include_pad, int vec_ok) {                   \
         const mk::PoolGeom g = {N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL};             \
@@ -103,9 +103,9 @@ MK_POOL_ALL(mk::f16, f16)
 MK_POOL_ALL(mk::bf16, bf16)
 
 #define MK_GAP(T, TN, O, ON)                                                                     \
-    extern "C" __global__ void __launch_bounds__(256)                                            \
+    extern "C" __global__ void __launch_bounds__(mk::POOL_THREADS)                               \
         gap_##TN##_##ON(O* y, const T* x, int HW, int C, int lanes, int vec_ok) {                \
-        MK_STATIC_SMEM(float, scratch, [256 * mk::VEC]);                                         \
+        MK_STATIC_SMEM(float, scratch, [mk::POOL_THREADS * mk::VEC]);                            \
         if (vec_ok) mk::gap<T, O, mk::VEC>(y, x, HW, C, lanes, scratch);                         \
         else mk::gap<T, O, 1>(y, x, HW, C, lanes, scratch);                                      \
     }

@@ -62,7 +62,7 @@ __device__ __forceinline__ void preprocess(O* __restrict__ y, const S* __restric
 }  // namespace mk
 
 #define MK_PREPROCESS(S, SN, O, ON)                                                              \
-    extern "C" __global__ void __launch_bounds__(256) preprocess_##SN##_##ON(                    \
+    extern "C" __global__ void __launch_bounds__(mk::PRE_THREADS) preprocess_##SN##_##ON(        \
         O* y, const S* x, int N, int Hin, int Win, int Cin, int Hout, int Wout, int Cout,        \
         float scale_h, float scale_w, float lo, float range, int clamp01, float m0, float m1,     \
         float m2, float s0, float s1, float s2) {                                                \

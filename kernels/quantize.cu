@@ -84,17 +84,17 @@ __device__ __forceinline__ void dequantize_rows(T* __restrict__ y, const signed 
 }  // namespace mk
 
 #define MK_QUANT(MODE, TPR, T, TN)                                                                    \
-    extern "C" __global__ void __launch_bounds__(256)                                                 \
+    extern "C" __global__ void __launch_bounds__(mk::ROW_THREADS)                                     \
         quantize_rows_##MODE##_##TN(signed char* q, float* scale, const T* x, int rows, int n, int vec_ok) { \
         mk::quantize_rows<T, TPR, false>(q, scale, x, nullptr, nullptr, nullptr, 0.f, rows, n, vec_ok); \
     }                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256) layernorm_quant_##MODE##_##TN(                  \
+    extern "C" __global__ void __launch_bounds__(mk::ROW_THREADS) layernorm_quant_##MODE##_##TN(      \
         signed char* q, float* scale, const T* x, const T* res, const T* gamma, const T* beta, float eps, \
         int rows, int n, int vec_ok) {                                                                \
         mk::quantize_rows<T, TPR, true>(q, scale, x, res, gamma, beta, eps, rows, n, vec_ok);         \
     }
 #define MK_QUANT_ALL(T, TN)                                                                           \
-    MK_QUANT(warp, 32, T, TN) MK_QUANT(block, 256, T, TN)                                             \
+    MK_QUANT(warp, 32, T, TN) MK_QUANT(block, mk::ROW_THREADS, T, TN)                                 \
     extern "C" __global__ void dequantize_rows_##TN(T* y, const signed char* q, const float* s,      \
                                                     long long total, long long n, int per_row) {     \
         mk::dequantize_rows<T>(y, q, s, total, n, per_row);                                           \

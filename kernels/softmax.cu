@@ -5,7 +5,7 @@
 // never NaN. The mask is f32 and additive (0 keeps, -inf drops); mask_div broadcasts one mask
 // row over mask_div consecutive rows (key padding over heads and queries).
 // Kernels: softmax_{warp,block}_{f32,f16,bf16}: warp = one warp per row (8 rows per 256-thread
-// block, for short rows), block = one 256-thread block per row.
+// block, for short rows), block = one 256-thread block per row (common/consts.cuh ROW_*).
 // Launcher: src/ops/softmax.rs; reference: src/reference/softmax.rs.
 #include "common/types.cuh"
 #include "common/reduce.cuh"
@@ -58,12 +58,12 @@ __device__ __forceinline__ void softmax_rows(T* __restrict__ y, const T* __restr
 }  // namespace mk
 
 #define MK_SOFTMAX(MODE, TPR, T, TN)                                                          \
-    extern "C" __global__ void __launch_bounds__(256)                                         \
+    extern "C" __global__ void __launch_bounds__(mk::ROW_THREADS)                             \
         softmax_##MODE##_##TN(T* y, const T* x, const float* mask, float scale, int rows, int n, \
                               int mask_div, int vec_ok) {                                     \
         mk::softmax_rows<T, TPR>(y, x, mask, scale, rows, n, mask_div, vec_ok);               \
     }
-#define MK_SOFTMAX_ALL(T, TN) MK_SOFTMAX(warp, 32, T, TN) MK_SOFTMAX(block, 256, T, TN)
+#define MK_SOFTMAX_ALL(T, TN) MK_SOFTMAX(warp, 32, T, TN) MK_SOFTMAX(block, mk::ROW_THREADS, T, TN)
 MK_SOFTMAX_ALL(float, f32)
 MK_SOFTMAX_ALL(mk::f16, f16)
 MK_SOFTMAX_ALL(mk::bf16, bf16)

@@ -6,7 +6,8 @@
 // the image, common/spatial.cuh, or the sum of `splits` partial sums from se_pool), then FC1
 // (one warp per hidden unit, lanes over C, xor-butterfly sum) + SiLU into shared memory, then
 // FC2 (one thread per channel, sequential over Cse) + sigmoid → s [N, C] f32. Everything in
-// a fixed order: deterministic. Shared: pooled C ≤ 4096 floats, hidden Cse ≤ 512 floats.
+// a fixed order: deterministic. Shared: pooled C ≤ 4096 floats, hidden Cse ≤ 512 floats
+// (SE_MAX_CHANNELS, SE_MAX_HIDDEN and the block sizes: common/consts.cuh).
 // se_pool_{x}: the squeeze split over `splits` position ranges per image for small batches
 // with large H·W (one block per image would use one SM): grid (splits, N), partial sums
 // [N, splits, C] f32.
@@ -18,10 +19,6 @@
 #include "common/spatial.cuh"
 
 namespace mk {
-
-constexpr int SE_MAX_C = 4096;
-constexpr int SE_MAX_HIDDEN = 512;
-constexpr int SE_THREADS = 512;
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -122,7 +119,7 @@ __device__ __forceinline__ void se_scale(T* __restrict__ y, const T* __restrict_
     extern "C" __global__ void __launch_bounds__(mk::SE_THREADS) se_excite_##TN##_##WN(          \
         float* s, const T* x, const float* partials, const W* w1, const W* b1, const W* w2,      \
         const W* b2, int HW, int C, int Cse, int splits, int lanes, int vec_ok) {                \
-        MK_STATIC_SMEM(float, pooled, [mk::SE_MAX_C]);                                           \
+        MK_STATIC_SMEM(float, pooled, [mk::SE_MAX_CHANNELS]);                                    \
         MK_STATIC_SMEM(float, hidden, [mk::SE_MAX_HIDDEN]);                                      \
         MK_STATIC_SMEM(float, scratch, [mk::SE_THREADS * mk::VEC]);                              \
         if (vec_ok)                                                                              \
@@ -139,14 +136,14 @@ MK_SE_EXCITE(mk::bf16, bf16, mk::bf16, bf16)
 MK_SE_EXCITE(mk::bf16, bf16, float, f32)
 
 #define MK_SE_POOL(T, TN)                                                                        \
-    extern "C" __global__ void __launch_bounds__(256)                                            \
+    extern "C" __global__ void __launch_bounds__(mk::SE_POOL_THREADS)                            \
         se_pool_##TN(float* partials, const T* x, int HW, int C, int lanes, int vec_ok) {        \
-        MK_STATIC_SMEM(float, scratch, [256 * mk::VEC]);                                         \
+        MK_STATIC_SMEM(float, scratch, [mk::SE_POOL_THREADS * mk::VEC]);                         \
         if (vec_ok) mk::se_pool<T, mk::VEC>(partials, x, HW, C, lanes, scratch);                 \
         else mk::se_pool<T, 1>(partials, x, HW, C, lanes, scratch);                              \
     }
 #define MK_SE_SCALE(T, TN)                                                                       \
-    extern "C" __global__ void __launch_bounds__(256)                                            \
+    extern "C" __global__ void __launch_bounds__(mk::SE_SCALE_THREADS)                           \
         se_scale_##TN(T* y, const T* x, const float* s, long long per_image, int C, int vec_ok) { \
         if (vec_ok) mk::se_scale<T, mk::VEC>(y, x, s, per_image, C);                             \
         else mk::se_scale<T, 1>(y, x, s, per_image, C);                                          \

@@ -104,7 +104,7 @@ __device__ __forceinline__ void upsample(const UpParams& p) {
 }  // namespace mk
 
 #define MK_UP(NAME, B, T, TN)                                                                   \
-    extern "C" __global__ void __launch_bounds__(256, 1) upsample_##NAME##_##TN(const mk::UpParams p) { \
+    extern "C" __global__ void __launch_bounds__(mk::UP_THREADS, 1) upsample_##NAME##_##TN(const mk::UpParams p) { \
         mk::upsample<T, B>(p);                                                                  \
     }
 #define MK_UP_ALL(T, TN) MK_UP(nearest, false, T, TN) MK_UP(bilinear, true, T, TN)

@@ -98,12 +98,13 @@ template <> struct Mma<signed char> {
 };
 
 // Tile configuration: block tile BM x BN, warp tile WM x WN, STAGES-deep cp.async pipeline,
-// 64 bytes of K per stage. Shared rows are padded by 16 bytes (80-byte stride) so the eight
-// 16-byte rows an ldmatrix phase reads fall in distinct banks.
+// GEMM_KB = 64 bytes of K per stage. Shared rows are padded by 16 bytes (GEMM_ROW = 80-byte
+// stride) so the eight 16-byte rows an ldmatrix phase reads fall in distinct banks.
 template <int BM_, int BN_, int WM_, int WN_, int STAGES_> struct TileCfg {
     static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_, STAGES = STAGES_;
-    static constexpr int KB = 64;           // bytes of K per stage
-    static constexpr int ROW = KB + 16;     // padded shared row, bytes
+    static constexpr int KB = GEMM_KB;      // bytes of K per stage
+    static constexpr int ROW = GEMM_ROW;    // padded shared row, bytes
+    static_assert(KB == 64 && ROW >= KB && ROW % 16 == 0, "k-tiles are 4 16-byte chunks per row");
     static constexpr int WARPS_N = BN / WN;
     static constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
     static constexpr int MT = WM / 16, NT = WN / 8;
@@ -211,9 +212,13 @@ __device__ __forceinline__ void for_each_pair(int m0, int n0, F f) {
             }
 }
 
-// The three tile shapes the launchers choose between by problem size.
-typedef TileCfg<32, 64, 32, 16, 4> CfgS;    // 4 warps: small M (batch-1 inference)
-typedef TileCfg<64, 128, 32, 32, 4> CfgM;   // 8 warps: medium
-typedef TileCfg<128, 128, 64, 32, 4> CfgL;  // 8 warps: large M, throughput
+// The three tile shapes the launchers choose between by problem size (common/consts.cuh; the
+// launchers' block size and shared memory are the GEMM_*_THREADS and GEMM_*_SMEM there).
+typedef TileCfg<GEMM_S_BM, GEMM_S_BN, GEMM_S_WM, GEMM_S_WN, GEMM_STAGES> CfgS;  // 4 warps: small M
+typedef TileCfg<GEMM_M_BM, GEMM_M_BN, GEMM_M_WM, GEMM_M_WN, GEMM_STAGES> CfgM;  // 8 warps: medium
+typedef TileCfg<GEMM_L_BM, GEMM_L_BN, GEMM_L_WM, GEMM_L_WN, GEMM_STAGES> CfgL;  // 8 warps: large M
+static_assert(CfgS::THREADS == GEMM_S_THREADS && CfgS::SMEM == GEMM_S_SMEM, "CfgS vs common/consts.cuh");
+static_assert(CfgM::THREADS == GEMM_M_THREADS && CfgM::SMEM == GEMM_M_SMEM, "CfgM vs common/consts.cuh");
+static_assert(CfgL::THREADS == GEMM_L_THREADS && CfgL::SMEM == GEMM_L_SMEM, "CfgL vs common/consts.cuh");
 
 }  // namespace mk

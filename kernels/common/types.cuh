@@ -2,6 +2,7 @@
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#include "common/consts.cuh"
 
 // Dynamic shared memory (the launch's shared-memory size), 16-byte aligned. Under MK_EMU (the
 // emulated GPU, emu/emu.h) it is the emulator's per-launch buffer, bounded by a guard page.
@@ -44,9 +45,8 @@ template <> __device__ __forceinline__ float from_f32<float>(float x) { return x
 template <> __device__ __forceinline__ f16 from_f32<f16>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) { return __float2bfloat16_rn(x); }
 
-// Memory-bound kernels move VEC elements per access: 16 bytes for f16/bf16, 2 x 16 for f32.
-constexpr int VEC = 8;
-
+// Memory-bound kernels move VEC elements per access (common/consts.cuh): 16 bytes for f16/bf16,
+// 2 x 16 for f32.
 template <typename T> struct alignas(sizeof(T) * VEC) Pack { T v[VEC]; };
 
 // Loads VEC elements at p (aligned to sizeof(T)*VEC) widened to f32.

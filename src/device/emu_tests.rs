@@ -52,7 +52,8 @@ fn a_correct_launch_runs() {
     relu(&gpu, 300, 300, 256, 0, false).unwrap();
 }
 
-/// `transpose_small_b4(y, x, batch, rows, cols)`, declared `__launch_bounds__(256)`.
+/// `transpose_small_b4(y, x, batch, rows, cols)`, declared `__launch_bounds__(mk::LAYOUT_THREADS)`
+/// (256, common/consts.cuh).
 fn transpose(gpu: &Arc<Gpu>, block: u32) -> Result<()> {
     let mut x = DeviceTensor::alloc(gpu, &[8, 8], DType::F32)?;
     x.fill_bytes(0x3F)?;
@@ -76,11 +77,13 @@ fn transpose(gpu: &Arc<Gpu>, block: u32) -> Result<()> {
 #[test]
 fn launch_bounds_are_enforced() {
     let gpu = Gpu::emulated().unwrap();
-    transpose(&gpu, 256).unwrap();
+    let bound = crate::ops::consts::LAYOUT_THREADS as u32;
+    transpose(&gpu, bound).unwrap();
     // build.rs read __launch_bounds__(256) from kernels/layout.cu; the driver refuses 512.
-    let e = err_text(transpose(&gpu, 512));
+    let e = err_text(transpose(&gpu, 2 * bound));
     assert!(
-        e.contains("__launch_bounds__(256)") && e.contains("CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"),
+        e.contains(&format!("__launch_bounds__({bound})"))
+            && e.contains("CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"),
         "{e}"
     );
     // A kernel without bounds takes up to 1024 threads, never more.

@@ -11,7 +11,7 @@
 //! (pruned layers keep whatever heads are left). [`attention_unfused`] runs the same math as
 //! GEMM → softmax → GEMM with the library's other kernels, for comparison.
 
-use super::{Backend, Gemm, backend, dev, dev_mut, host, kernel_name, softmax_into};
+use super::{Backend, Gemm, backend, consts, dev, dev_mut, host, kernel_name, softmax_into};
 use crate::device::Gpu;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -22,12 +22,11 @@ use std::sync::Arc;
 
 const OP: &str = "attention";
 
-/// Head dimensions the fused kernel is instantiated for.
-pub const HEAD_DIMS: [usize; 5] = [32, 64, 80, 96, 128];
-/// Query rows per CTA the kernel is instantiated for (kernels/attention.cu `AttnCfg::BR`).
-pub const BLOCK_ROWS: [usize; 2] = [64, 128];
-/// Keys per K/V block (`AttnCfg::BC`).
-const BLOCK_KEYS: usize = 64;
+/// Head dimensions the fused kernel is instantiated for (common/consts.cuh `ATTN_HEAD_DIMS`).
+pub const HEAD_DIMS: [usize; consts::ATTN_HEAD_DIMS.len()] = consts::ATTN_HEAD_DIMS;
+/// Query rows per CTA the kernel is instantiated for (kernels/attention.cu `AttnCfg::BR`,
+/// common/consts.cuh `ATTN_BLOCK_ROWS`), in increasing order.
+pub const BLOCK_ROWS: [usize; consts::ATTN_BLOCK_ROWS.len()] = consts::ATTN_BLOCK_ROWS;
 
 fn invalid(arg: &'static str, detail: String) -> Error {
     Error::Invalid {
@@ -626,16 +625,17 @@ fn launch_fused(
         // 128 rows share each K/V block between 8 warps (half the K/V traffic per query) when
         // sequences are long enough to fill them and there are still CTAs for every SM.
         None => {
-            let ctas = rows.div_ceil(128) * g.heads * batch.batch();
-            if batch.max_q_len() > 64 && ctas >= gpu.sm_count() as usize {
-                128
+            let [small, large] = BLOCK_ROWS;
+            let ctas = rows.div_ceil(large) * g.heads * batch.batch();
+            if batch.max_q_len() > small && ctas >= gpu.sm_count() as usize {
+                large
             } else {
-                64
+                small
             }
         }
     };
     let kernel = kernel_name(OP, format!("attention_{}_d{}_m{br}", g.dtype, g.d))?;
-    let smem = ((br + 4 * BLOCK_KEYS) * (2 * g.d + 16)) as u32;
+    let smem = consts::ATTN_SMEM(br, g.d) as u32;
     let [q, k, v] = qkv.tensors();
     let es = g.dtype.size() as u64;
     let pq = dev(OP, "q", q)?.addr();
@@ -692,7 +692,7 @@ fn launch_fused(
         .map_err(|_| invalid("lens", format!("{rows} query rows exceed the grid limit")))?;
     let cfg = LaunchConfig {
         grid_dim: (grid_x, g.heads as u32, batch.batch() as u32),
-        block_dim: (2 * br as u32, 1, 1),
+        block_dim: ((br / consts::ATTN_WARP_ROWS * 32) as u32, 1, 1),
         shared_mem_bytes: smem,
     };
     let mut b = gpu.launcher(kernel);
@@ -914,10 +914,13 @@ fn scatter_host(o: &[f64], batch: &SeqBatch, g: &Geo, sq: usize) -> Vec<f64> {
 }
 
 fn move_grid(gpu: &Gpu, total: usize) -> LaunchConfig {
-    let blocks = total.div_ceil(256).clamp(1, gpu.sm_count() as usize * 32) as u32;
+    let threads = consts::ATTN_MOVE_THREADS;
+    let blocks = total
+        .div_ceil(threads)
+        .clamp(1, gpu.sm_count() as usize * 32) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
-        block_dim: (256, 1, 1),
+        block_dim: (threads as u32, 1, 1),
         shared_mem_bytes: 0,
     }
 }

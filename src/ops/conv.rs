@@ -7,6 +7,7 @@
 //! channels per group are a multiple of 8 (16-byte gathers), the `any` kernels otherwise (e.g.
 //! the 3-channel first layer). f32 runs a direct SIMT kernel.
 
+use super::consts;
 use super::conv_geom::{Padding, Window};
 use super::gemm::Tile;
 use super::{Activation, Backend, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name};
@@ -340,9 +341,12 @@ pub fn conv2d_into(x: &Tensor, w: &ConvWeight, c: &Conv2d, out: &mut Tensor) -> 
                     .max(win.out_w * win.stride_w + win.k_w * win.dil_w + win.pad_left),
             )?;
             let (kernel, grid, block, smem) = if dt == DType::F32 {
-                let total = m * w.oc;
-                let blocks = total.div_ceil(256).clamp(1, gpu.sm_count() as usize * 64);
-                ("conv2d_f32".to_string(), (blocks as u32, 1, 1), 256, 0)
+                let (total, threads) = (m * w.oc, consts::CONV_F32_THREADS);
+                let blocks = total
+                    .div_ceil(threads)
+                    .clamp(1, gpu.sm_count() as usize * 64);
+                let block = threads as u32;
+                ("conv2d_f32".to_string(), (blocks as u32, 1, 1), block, 0)
             } else {
                 let vec = w.cg % 8 == 0 && s.c % 8 == 0;
                 let mut t = c

@@ -7,6 +7,7 @@
 //! thread accumulates are one 16-byte vector per input channel and tap. PyTorch's
 //! `[C_in, C_out, k_h, k_w]` converts with [`weights_from_pytorch`].
 
+use super::consts;
 use super::{
     Activation, Backend, aligned16, as_i32, backend, dev, dev_mut, float_dtype, host, host_f64,
     kernel_name,
@@ -252,8 +253,9 @@ pub fn conv_transpose2d_into(
             let wd = dev(OP, "w", w)?;
             let bd = ct.bias.map(|t| dev(OP, "bias", t)).transpose()?;
             let yd = dev_mut(OP, "out", out)?;
-            let vec =
-                g.c_in % 8 == 0 && g.c_out % 8 == 0 && aligned16(&[Some(xd), Some(wd), Some(&*yd)]);
+            let vec = g.c_in % consts::VEC == 0
+                && g.c_out % consts::VEC == 0
+                && aligned16(&[Some(xd), Some(wd), Some(&*yd)]);
             let kernel = kernel_name(
                 OP,
                 format!("conv_transpose_{}_{dt}", if vec { "vec" } else { "any" }),
@@ -270,13 +272,13 @@ pub fn conv_transpose2d_into(
                         g.stride_h, g.stride_w
                     ),
                 })?;
-            // Work items of the largest phase: one per output pixel × 8 output channels.
+            // Work items of the largest phase: one per output pixel × VEC output channels.
             let items = g.n
                 * g.out_h.div_ceil(g.stride_h)
                 * g.out_w.div_ceil(g.stride_w)
-                * g.c_out.div_ceil(8);
+                * g.c_out.div_ceil(consts::VEC);
             let cap = (gpu.sm_count() as usize * 16).div_ceil(phases).max(1);
-            let grid_x = items.div_ceil(256).clamp(1, cap) as u32;
+            let grid_x = items.div_ceil(consts::CT_THREADS).clamp(1, cap) as u32;
             let px = xd.addr();
             let pw = wd.addr();
             let gb = bd.map(|t| t.addr());
@@ -304,7 +306,7 @@ pub fn conv_transpose2d_into(
             };
             let cfg = LaunchConfig {
                 grid_dim: (grid_x, grid_y, 1),
-                block_dim: (256, 1, 1),
+                block_dim: (consts::CT_THREADS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
             let mut b = gpu.launcher(kernel);

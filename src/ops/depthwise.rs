@@ -5,10 +5,12 @@
 //! channels innermost, as in the NHWC activations, so one tap of 8 channels is one 16-byte
 //! vector in both. PyTorch's `[C, 1, k_h, k_w]` converts with [`weights_from_pytorch`].
 
+use super::consts;
 use super::{
     Activation, Backend, Padding, Window, aligned16, as_i32, backend, dev, dev_mut, float_dtype,
     host, host_f64, kernel_name,
 };
+use crate::device::DEFAULT_DYNAMIC_SMEM;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::reference;
@@ -17,10 +19,10 @@ use cudarc::driver::LaunchConfig;
 
 const OP: &str = "depthwise";
 /// Threads per CTA at most (the kernels' `__launch_bounds__`).
-const MAX_THREADS: usize = 256;
+const MAX_THREADS: usize = consts::DW_MAX_THREADS;
 /// Shared memory a plan aims under (no opt-in needed), and the most it may take (opt-in; every
 /// sm_80+ GPU allows at least 99 KiB per block).
-const SMEM_TARGET: usize = 48 * 1024;
+const SMEM_TARGET: usize = DEFAULT_DYNAMIC_SMEM as usize;
 const SMEM_MAX: usize = 96 * 1024;
 
 /// Options of [`depthwise`]: window geometry and the fused epilogue
@@ -223,7 +225,7 @@ pub fn depthwise_into(x: &Tensor, w: &Tensor, d: &Depthwise, out: &mut Tensor) -
             let bd = d.bias.map(|t| dev(OP, "bias", t)).transpose()?;
             let rd = d.residual.map(|t| dev(OP, "residual", t)).transpose()?;
             let yd = dev_mut(OP, "out", out)?;
-            let vec_ok = c % 8 == 0 && aligned16(&[Some(xd), rd, Some(&*yd)]);
+            let vec_ok = c % consts::VEC == 0 && aligned16(&[Some(xd), rd, Some(&*yd)]);
             let px = xd.addr();
             let pw = wd.addr();
             let gs = sd.map(|t| t.addr());
@@ -354,14 +356,14 @@ impl Plan {
         let square = win.k_h == win.k_w && win.stride_h == win.stride_w;
         let unit = win.dil_h == 1 && win.dil_w == 1;
         let (variant, r) = match (square && unit, win.k_h, win.stride_h) {
-            (true, 3, 1) => ("k3s1", 4),
-            (true, 3, 2) => ("k3s2", 2),
-            (true, 5, 1) => ("k5s1", 4),
-            (true, 5, 2) => ("k5s2", 2),
-            _ => ("any", 1),
+            (true, 3, 1) => ("k3s1", consts::DW_R_K3S1),
+            (true, 3, 2) => ("k3s2", consts::DW_R_K3S2),
+            (true, 5, 1) => ("k5s1", consts::DW_R_K5S1),
+            (true, 5, 2) => ("k5s2", consts::DW_R_K5S2),
+            _ => ("any", consts::DW_R_ANY),
         };
         let strips = win.out_w.div_ceil(r);
-        let mut ncv = c.div_ceil(8).min(4);
+        let mut ncv = c.div_ceil(consts::VEC).min(4);
         let mut twg = strips.min(32 / r);
         twg = strips.div_ceil(strips.div_ceil(twg));
         let mut th = win.out_h.min((MAX_THREADS / ncv / twg).max(1));
@@ -422,7 +424,7 @@ impl Plan {
         th: usize,
         twg: usize,
     ) -> Plan {
-        let cb = ncv * 8;
+        let cb = ncv * consts::VEC;
         let in_rows = (th - 1) * win.stride_h + (win.k_h - 1) * win.dil_h + 1;
         let in_cols = (twg * r - 1) * win.stride_w + (win.k_w - 1) * win.dil_w + 1;
         let threads = ncv * th * twg;
@@ -479,7 +481,7 @@ fn wavefronts(
     threads: usize,
     elem: usize,
 ) -> usize {
-    let words = (8 * elem) / 16;
+    let words = (consts::VEC * elem) / 16;
     let mut total = 0;
     for q0 in (0..threads).step_by(8) {
         for word in 0..words {
@@ -488,7 +490,10 @@ fn wavefronts(
             let mut count = [0usize; 8];
             for t in q0..(q0 + 8).min(threads) {
                 let (cv, gy, gx) = (t % ncv, (t / ncv) % th, t / (ncv * th));
-                let a = gy * stride_h * row_bytes + gx * strip_bytes + cv * 8 * elem + word * 16;
+                let a = gy * stride_h * row_bytes
+                    + gx * strip_bytes
+                    + cv * consts::VEC * elem
+                    + word * 16;
                 let g = (a / 16) % 8;
                 if !seen[g][..count[g]].contains(&a) {
                     seen[g][count[g]] = a;
@@ -534,7 +539,7 @@ mod tests {
         for (c, w) in cases {
             for elem in [2, 4] {
                 let p = Plan::new(2, c, &w, elem).unwrap();
-                let cb = p.ncv * 8;
+                let cb = p.ncv * consts::VEC;
                 assert!(p.threads as usize <= MAX_THREADS && p.threads > 0, "{p:?}");
                 assert_eq!(p.threads as usize, p.ncv * p.th * p.twg);
                 assert!(p.tiles_w * p.twg * p.r >= w.out_w && p.tiles_h * p.th >= w.out_h);

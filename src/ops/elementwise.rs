@@ -2,6 +2,7 @@
 //! tests `tests/elementwise.rs`, bench `benches/elementwise.rs`.
 
 use super::aligned16;
+use super::consts;
 use super::host_f64;
 use super::{
     Activation, Backend, backend, dev, dev_mut, float_dtype, host, kernel_name, row_len,
@@ -152,12 +153,13 @@ pub fn eltwise_into(x: &Tensor, e: &Eltwise, out: &mut Tensor) -> Result<()> {
             let yd = dev_mut(OP, "out", out)?;
             // A bias row must not straddle a vector, and every buffer must be 16-byte aligned.
             let vec_ok = i32::from(
-                (e.bias.is_none() || n % 8 == 0) && aligned16(&[Some(xd), bd, rd, Some(&*yd)]),
+                (e.bias.is_none() || n % consts::VEC == 0)
+                    && aligned16(&[Some(xd), bd, rd, Some(&*yd)]),
             );
             let (total_i, n_i, null) = (total as i64, n as i64, 0u64);
             let cfg = LaunchConfig {
-                grid_dim: (stride_grid(&gpu, total, 256), 1, 1),
-                block_dim: (256, 1, 1),
+                grid_dim: (stride_grid(&gpu, total, consts::ELT_THREADS), 1, 1),
+                block_dim: (consts::ELT_THREADS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
             let mut b = gpu.launcher(kernel);
@@ -218,8 +220,8 @@ pub fn cast_into(x: &Tensor, out: &mut Tensor) -> Result<()> {
             let yd = dev_mut(OP, "out", out)?;
             let (total_i, vec_ok) = (total as i64, i32::from(aligned16(&[Some(xd), Some(&*yd)])));
             let cfg = LaunchConfig {
-                grid_dim: (stride_grid(&gpu, total, 256), 1, 1),
-                block_dim: (256, 1, 1),
+                grid_dim: (stride_grid(&gpu, total, consts::ELT_THREADS), 1, 1),
+                block_dim: (consts::ELT_THREADS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
             let mut b = gpu.launcher(kernel);

@@ -1,6 +1,7 @@
 //! Embedding lookup with BERT's sum of word, position and token-type rows: kernel
 //! `kernels/embedding.cu`, reference `src/reference/embedding.rs`, tests `tests/bert.rs`.
 
+use super::consts;
 use super::{Backend, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name};
 use crate::error::{Error, Result};
 use crate::reference;
@@ -98,7 +99,7 @@ pub fn embedding(word: Lookup, extra: &[Lookup]) -> Result<Tensor> {
             let e1 = extra.get(1).map(|l| up(l.ids)).transpose()?;
             let kernel = kernel_name(OP, format!("embedding_{dt}"))?;
             let (tok, hi) = (as_i32(OP, "tokens", tokens)?, as_i32(OP, "h", h)?);
-            let vec_ok = i32::from(h % 8 == 0);
+            let vec_ok = i32::from(h % consts::VEC == 0);
             let null = 0u64;
             let idd = dev(OP, "ids", &ids)?;
             let wd = dev(OP, "table", word.table)?;
@@ -133,10 +134,14 @@ pub fn embedding(word: Lookup, extra: &[Lookup]) -> Result<Tensor> {
                 None => b.arg(&null),
             };
             b.arg(&tok).arg(&hi).arg(&vec_ok);
-            let blocks = tokens.div_ceil(8).clamp(1, gpu.sm_count() as usize * 32) as u32;
+            // One warp per token row.
+            let threads = consts::EMB_THREADS;
+            let blocks = tokens
+                .div_ceil(threads / 32)
+                .clamp(1, gpu.sm_count() as usize * 32) as u32;
             let cfg = LaunchConfig {
                 grid_dim: (blocks, 1, 1),
-                block_dim: (256, 1, 1),
+                block_dim: (threads as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: matches embedding_*(y, ids, pos, types, word, posw, typew, tokens, h,

@@ -5,6 +5,7 @@
 //! `[B, M, K]` with W `[B, N, K]` (strided-batched, e.g. per-head Q·Kᵀ). f16/bf16 run on tensor
 //! cores and need K % 8 == 0; f32 runs on a SIMT kernel with any K.
 
+use super::consts;
 use super::host_f64;
 use super::{
     Activation, Backend, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name, same_dtype,
@@ -31,12 +32,14 @@ pub enum Tile {
 
 impl Tile {
     pub const ALL: [Tile; 3] = [Tile::S, Tile::M, Tile::L];
+    /// Block tile rows (M) and columns (N) and threads: common/consts.cuh GEMM_{S,M,L}_*.
     pub(crate) fn dims(self) -> (usize, usize, u32) {
-        match self {
-            Tile::S => (32, 64, 128),
-            Tile::M => (64, 128, 256),
-            Tile::L => (128, 128, 256),
-        }
+        let (bm, bn, threads) = match self {
+            Tile::S => (consts::GEMM_S_BM, consts::GEMM_S_BN, consts::GEMM_S_THREADS),
+            Tile::M => (consts::GEMM_M_BM, consts::GEMM_M_BN, consts::GEMM_M_THREADS),
+            Tile::L => (consts::GEMM_L_BM, consts::GEMM_L_BN, consts::GEMM_L_THREADS),
+        };
+        (bm, bn, threads as u32)
     }
     pub(crate) fn suffix(self) -> &'static str {
         match self {
@@ -45,10 +48,14 @@ impl Tile {
             Tile::L => "l",
         }
     }
-    /// Dynamic shared memory: 4 stages of (BM + BN) rows of 80 bytes (common/mma.cuh).
+    /// Dynamic shared memory: GEMM_STAGES stages of (BM + BN) padded rows (common/consts.cuh).
     pub(crate) fn smem(self) -> u32 {
-        let (bm, bn, _) = self.dims();
-        (4 * (bm + bn) * 80) as u32
+        let smem = match self {
+            Tile::S => consts::GEMM_S_SMEM,
+            Tile::M => consts::GEMM_M_SMEM,
+            Tile::L => consts::GEMM_L_SMEM,
+        };
+        smem as u32
     }
     pub(crate) fn geometry(self) -> Geometry {
         let (bm, bn, threads) = self.dims();
@@ -66,7 +73,7 @@ impl Tile {
             m.div_ceil(bm) * n.div_ceil(bn) * batch
         };
         let sms = sm_count as usize;
-        if m <= 32 {
+        if m <= consts::GEMM_S_BM {
             Tile::S
         } else if blocks(Tile::L) >= sms {
             Tile::L
@@ -415,7 +422,8 @@ impl<'a> Operands<'a> {
     }
 }
 
-/// Fills the pointers and sizes of `p` and makes the one launch. `geo` None = the SIMT kernel.
+/// Fills the pointers and sizes of `p` and makes the one launch. `geo` None = the SIMT kernel
+/// (`gemm_f32_f32`, its tile and block from common/consts.cuh GEMM_SIMT_*).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch_gemm(
     gpu: &Arc<Gpu>,
@@ -433,9 +441,9 @@ pub(crate) fn launch_gemm(
         threads,
         smem,
     } = geo.unwrap_or(Geometry {
-        bm: 64,
-        bn: 64,
-        threads: 256,
+        bm: consts::GEMM_SIMT_BM,
+        bn: consts::GEMM_SIMT_BN,
+        threads: consts::GEMM_SIMT_THREADS as u32,
         smem: 0,
     });
     let grid_y = u32::try_from(d.m.div_ceil(bm))

@@ -8,7 +8,7 @@
 //! and writes f16/bf16/f32, or requantises to int8 for the next int8 layer.
 
 use super::gemm::{GemmParams, Operands, Tile, gemm_dims, launch_gemm};
-use super::{Activation, Backend, backend, dev, dev_mut, host, host_f64, kernel_name};
+use super::{Activation, Backend, backend, consts, dev, dev_mut, host, host_f64, kernel_name};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::reference;
@@ -25,7 +25,8 @@ pub struct GemmI8<'a> {
     pub x_scale: &'a Tensor,
     /// f32 weight scales: `[N]` per channel, or `[N, ceil(K / group_size)]` per group.
     pub w_scale: &'a Tensor,
-    /// K values per weight-scale group (a multiple of 64), or 0 for per-channel scales.
+    /// K values per weight-scale group (a multiple of the 64-value k-tile), or 0 for per-channel
+    /// scales.
     pub group_size: usize,
     pub alpha: f32,
     /// f32 `[N]`, added after dequantisation.
@@ -282,11 +283,12 @@ pub(crate) fn check_epilogue(
         }
     };
     let groups = if e.group_size > 0 {
-        if e.group_size % 64 != 0 || e.group_size >= 1 << 17 {
+        // The kernel folds a group's scale after whole k-tiles of GEMM_KB int8 values.
+        if e.group_size % consts::GEMM_KB != 0 || e.group_size >= 1 << 17 {
             return Err(Error::Invalid {
                 op,
                 arg: "group_size",
-                detail: format!("{} is not a multiple of 64", e.group_size),
+                detail: format!("{} is not a multiple of {}", e.group_size, consts::GEMM_KB),
             });
         }
         d.k.div_ceil(e.group_size)

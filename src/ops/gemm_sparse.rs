@@ -5,7 +5,7 @@
 use super::gemm::{Gemm, GemmParams, Geometry, Operands, check_epilogue, launch_gemm};
 use super::gemm_int8::GemmI8;
 use super::host_f64;
-use super::{Backend, backend, dev, dev_mut, float_dtype, host, kernel_name, same_dtype};
+use super::{Backend, backend, consts, dev, dev_mut, float_dtype, host, kernel_name, same_dtype};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::reference;
@@ -61,32 +61,43 @@ impl SparseWeight {
     }
 }
 
-/// Sparse tile shapes (block: rows of W × rows of X, threads, smem) — SpS / SpL in the kernel;
-/// the metadata per 16-row tile per stage is 128 bytes for f16/bf16 and 256 for int8.
+/// Sparse tile shapes (block: rows of X × rows of W, threads, smem) — SpS / SpL in the kernel,
+/// common/consts.cuh GEMM_SP_* (the shared memory differs by the metadata of f16/bf16 and int8).
 pub(crate) fn geometry(large: bool, int8: bool) -> (Geometry, &'static str) {
-    let meta = if int8 { 256 } else { 128 };
-    let smem = |bn: usize, bm: usize| (3 * (bn * 80 + bm * 144 + (bn / 16) * meta)) as u32;
     if large {
         (
             Geometry {
-                bm: 128,
-                bn: 128,
-                threads: 256,
-                smem: smem(128, 128),
+                bm: consts::GEMM_SP_L_BM,
+                bn: consts::GEMM_SP_L_BN,
+                threads: consts::GEMM_SP_L_THREADS as u32,
+                smem: if int8 {
+                    consts::GEMM_SP_L_SMEM_I8
+                } else {
+                    consts::GEMM_SP_L_SMEM_F16
+                } as u32,
             },
             "l",
         )
     } else {
         (
             Geometry {
-                bm: 32,
-                bn: 64,
-                threads: 128,
-                smem: smem(64, 32),
+                bm: consts::GEMM_SP_S_BM,
+                bn: consts::GEMM_SP_S_BN,
+                threads: consts::GEMM_SP_S_THREADS as u32,
+                smem: if int8 {
+                    consts::GEMM_SP_S_SMEM_I8
+                } else {
+                    consts::GEMM_SP_S_SMEM_F16
+                } as u32,
             },
             "s",
         )
     }
+}
+
+/// The large tile when it still gives every SM a block.
+fn large_tile(m: usize, n: usize, sm_count: u32) -> bool {
+    m.div_ceil(consts::GEMM_SP_L_BM) * n.div_ceil(consts::GEMM_SP_L_BN) >= sm_count as usize
 }
 
 /// `act(alpha·x·Wᵀ + bias) + residual` with a 2:4-sparse W; `g.tile` is ignored (the sparse
@@ -181,7 +192,7 @@ pub fn gemm_sparse_into(x: &Tensor, w: &SparseWeight, g: &Gemm, out: &mut Tensor
                 return Ok(());
             }
             let gpu = gpu.clone();
-            let large = m.div_ceil(128) * n.div_ceil(128) >= gpu.sm_count() as usize;
+            let large = large_tile(m, n, gpu.sm_count());
             let (geo, suffix) = geometry(large, false);
             let kernel = kernel_name(OP, format!("gemm_sp_{dt}_{odt}_{suffix}"))?;
             let p = GemmParams {
@@ -341,7 +352,7 @@ fn sparse_i8_into(
                 return Ok(());
             }
             let gpu = gpu.clone();
-            let large = d.m.div_ceil(128) * d.n.div_ceil(128) >= gpu.sm_count() as usize;
+            let large = large_tile(d.m, d.n, gpu.sm_count());
             let (geo, suffix) = geometry(large, true);
             let kernel = kernel_name(OP8, format!("gemm_sp_i8_{odt}_{suffix}"))?;
             let p = GemmParams {

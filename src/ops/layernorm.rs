@@ -2,6 +2,7 @@
 //! `src/reference/layernorm.rs`, tests `tests/layernorm.rs`, bench `benches/layernorm.rs`.
 
 use super::aligned16;
+use super::consts;
 use super::{
     Backend, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name, row_len, same_dtype,
     same_shape,
@@ -12,7 +13,6 @@ use crate::tensor::{HostTensor, Tensor};
 use cudarc::driver::LaunchConfig;
 
 const OP: &str = "layernorm";
-const WARP_MAX_N: usize = 1024;
 
 /// `LayerNorm(x + residual)` over the last dimension (residual optional).
 pub fn layernorm(
@@ -129,13 +129,17 @@ pub fn layernorm_into(
                 return Ok(());
             }
             let gpu = gpu.clone();
-            let warp = n <= WARP_MAX_N;
+            let warp = n <= consts::ROW_WARP_MAX_N;
             let kernel = kernel_name(
                 OP,
                 format!("layernorm_{}_{dt}", if warp { "warp" } else { "block" }),
             )?;
             let (rows_i, n_i) = (as_i32(OP, "rows", rows)?, as_i32(OP, "n", n)?);
-            let grid = if warp { rows.div_ceil(8) } else { rows };
+            let grid = if warp {
+                rows.div_ceil(consts::ROW_WARP_ROWS)
+            } else {
+                rows
+            };
             let grid = u32::try_from(grid).map_err(|_| Error::Invalid {
                 op: OP,
                 arg: "rows",
@@ -150,7 +154,7 @@ pub fn layernorm_into(
                 None => None,
             };
             let all = [Some(xd), rd, Some(gd), Some(bd), Some(&*yd), hd.as_deref()];
-            let (null, vec_ok) = (0u64, i32::from(n % 8 == 0 && aligned16(&all)));
+            let (null, vec_ok) = (0u64, i32::from(n % consts::VEC == 0 && aligned16(&all)));
             let mut b = gpu.launcher(kernel);
             b.arg(yd.buffer_mut());
             match hd {
@@ -170,7 +174,7 @@ pub fn layernorm_into(
                 .arg(&vec_ok);
             let cfg = LaunchConfig {
                 grid_dim: (grid, 1, 1),
-                block_dim: (256, 1, 1),
+                block_dim: (consts::ROW_THREADS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: matches `layernorm_{warp,block}_*(y, h_out, x, res, gamma, beta, eps, rows,

@@ -4,15 +4,12 @@
 //! Both directions are batched 2-D transposes (`[N][C][H·W]` ↔ `[N][H·W][C]`), a pure copy:
 //! every dtype works (the kernels go by element size).
 
+use super::consts;
 use super::{Backend, as_i32, backend, dev, dev_mut, host, kernel_name, stride_grid};
 use crate::error::{Error, Result};
 use crate::reference;
 use crate::tensor::{HostTensor, Tensor};
 use cudarc::driver::LaunchConfig;
-
-/// Below this many rows or columns a 32×32 tile would be mostly empty: one thread per output
-/// element instead (`transpose_small_*`).
-const SMALL: usize = 8;
 
 /// `[N, C, H, W]` → `[N, H, W, C]`.
 pub fn nchw_to_nhwc(x: &Tensor) -> Result<Tensor> {
@@ -97,7 +94,7 @@ fn transpose_into(
                 return Ok(());
             }
             let gpu = gpu.clone();
-            let small = rows.min(cols) <= SMALL;
+            let small = rows.min(cols) <= consts::LAYOUT_SMALL;
             let kernel = kernel_name(
                 op,
                 format!(
@@ -115,17 +112,19 @@ fn transpose_into(
             let cfg = if small {
                 // (blocks per image, images): the kernel loops over images beyond 65535.
                 let images = batch.min(65_535);
-                let per_image = (stride_grid(&gpu, total, 256) as usize).div_ceil(images);
+                let threads = consts::LAYOUT_THREADS;
+                let per_image = (stride_grid(&gpu, total, threads) as usize).div_ceil(images);
                 LaunchConfig {
                     grid_dim: (per_image.max(1) as u32, images as u32, 1),
-                    block_dim: (256, 1, 1),
+                    block_dim: (threads as u32, 1, 1),
                     shared_mem_bytes: 0,
                 }
             } else {
-                let tiles = batch * rows.div_ceil(32) * cols.div_ceil(32);
+                let tile = consts::LAYOUT_TILE;
+                let tiles = batch * rows.div_ceil(tile) * cols.div_ceil(tile);
                 LaunchConfig {
                     grid_dim: (tiles.min(1 << 30) as u32, 1, 1),
-                    block_dim: (32, 8, 1),
+                    block_dim: (tile as u32, consts::LAYOUT_TILE_ROWS as u32, 1),
                     shared_mem_bytes: 0,
                 }
             };

@@ -1,6 +1,7 @@
 //! Pooling over NHWC activations (max, average, global average): kernel `kernels/pool.cu`,
 //! reference `src/reference/pool.rs`, tests `tests/pool.rs`, bench `benches/pool.rs`.
 
+use super::consts;
 use super::conv_geom::{Padding, Window};
 use super::{
     Backend, aligned16, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name, same_dtype,
@@ -190,11 +191,12 @@ fn pool_into(x: &Tensor, p: &Pool2d, max: bool, out: &mut Tensor) -> Result<()> 
             )?;
             let xd = dev(op, "x", x)?;
             let yd = dev_mut(op, "out", out)?;
-            let vec_ok = i32::from(c % 8 == 0 && aligned16(&[Some(xd), Some(&*yd)]));
+            let vec_ok = i32::from(c % consts::VEC == 0 && aligned16(&[Some(xd), Some(&*yd)]));
             let include_pad = i32::from(p.count_include_pad);
+            let threads = consts::POOL_THREADS;
             let cfg = LaunchConfig {
-                grid_dim: (stride_grid(&gpu, total, 256), 1, 1),
-                block_dim: (256, 1, 1),
+                grid_dim: (stride_grid(&gpu, total, threads), 1, 1),
+                block_dim: (threads as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
             let mut b = gpu.launcher(kernel);
@@ -261,7 +263,7 @@ pub fn global_avg_pool_into(x: &Tensor, out: &mut Tensor) -> Result<()> {
             let kernel = kernel_name(OP, format!("gap_{dt}_{od}"))?;
             let xd = dev(OP, "x", x)?;
             let yd = dev_mut(OP, "out", out)?;
-            let vec = c % 8 == 0 && aligned16(&[Some(xd), Some(&*yd)]);
+            let vec = c % consts::VEC == 0 && aligned16(&[Some(xd), Some(&*yd)]);
             let (lanes, chunks) = channel_lanes(c, vec);
             let grid_y = u32::try_from(n)
                 .ok()
@@ -279,7 +281,7 @@ pub fn global_avg_pool_into(x: &Tensor, out: &mut Tensor) -> Result<()> {
             );
             let cfg = LaunchConfig {
                 grid_dim: (chunks, grid_y, 1),
-                block_dim: (256, 1, 1),
+                block_dim: (consts::POOL_THREADS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
             let mut b = gpu.launcher(kernel);
@@ -302,7 +304,13 @@ pub fn global_avg_pool_into(x: &Tensor, out: &mut Tensor) -> Result<()> {
 /// Channel lanes of a block for `common/spatial.cuh`'s `channel_sums` (a power of two <= 32,
 /// so it divides the block) and the number of channel chunks of `lanes·V` channels.
 pub(crate) fn channel_lanes(c: usize, vec: bool) -> (usize, u32) {
-    let v = if vec { 8 } else { 1 };
+    // Every block that runs channel_sums (gap_*, se_pool_*, se_excite_*) is whole warps.
+    const _: () = assert!(
+        consts::POOL_THREADS % 32 == 0
+            && consts::SE_POOL_THREADS % 32 == 0
+            && consts::SE_THREADS % 32 == 0
+    );
+    let v = if vec { consts::VEC } else { 1 };
     let units = c.div_ceil(v).max(1);
     let lanes = units.next_power_of_two().min(32);
     (lanes, units.div_ceil(lanes) as u32)

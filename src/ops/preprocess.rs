@@ -2,6 +2,7 @@
 //! float tensor, in one kernel: `kernels/preprocess.cu`, reference `src/reference/preprocess.rs`,
 //! tests `tests/preprocess.rs`, bench `benches/preprocess.rs`.
 
+use super::consts;
 use super::{Backend, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name, stride_grid};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -236,9 +237,11 @@ pub fn preprocess_into(x: &Tensor, p: &Preprocess, out: &mut Tensor) -> Result<(
             let (mean, std) = (pad3(p.mean, 0.0), pad3(p.std, 1.0));
             let xd = dev(OP, "x", x)?;
             let yd = dev_mut(OP, "out", out)?;
+            let threads = consts::PRE_THREADS;
             let cfg = LaunchConfig {
-                grid_dim: (stride_grid(&gpu, pixels * 8, 256), 1, 1),
-                block_dim: (256, 1, 1),
+                // One thread per output pixel (stride_grid counts VEC-element vectors).
+                grid_dim: (stride_grid(&gpu, pixels * consts::VEC, threads), 1, 1),
+                block_dim: (threads as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
             let mut b = gpu.launcher(kernel);

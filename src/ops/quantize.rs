@@ -1,6 +1,7 @@
 //! Activation quantisation: kernel `kernels/quantize.cu`, reference `src/reference/quantize.rs`,
 //! tests `tests/quantize.rs`, bench `benches/quantize.rs`.
 
+use super::consts;
 use super::{
     Backend, aligned16, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name, row_len,
     same_dtype, same_shape, stride_grid,
@@ -10,8 +11,6 @@ use crate::error::{Error, Result};
 use crate::reference;
 use crate::tensor::{HostTensor, Tensor};
 use cudarc::driver::LaunchConfig;
-
-const WARP_MAX_N: usize = 1024;
 
 /// Per-token dynamic int8 quantisation of `x [..., n]`: returns `(q i8, scale f32 [rows])` with
 /// `x ≈ q · scale[row]`.
@@ -117,7 +116,7 @@ fn quantize_impl(op: &'static str, x: &Tensor, ln: Option<&LnParams>) -> Result<
             if rows == 0 {
                 return Ok((q, s));
             }
-            let warp = n <= WARP_MAX_N;
+            let warp = n <= consts::ROW_WARP_MAX_N;
             let stem = if ln.is_some() {
                 "layernorm_quant"
             } else {
@@ -128,12 +127,15 @@ fn quantize_impl(op: &'static str, x: &Tensor, ln: Option<&LnParams>) -> Result<
                 format!("{stem}_{}_{dt}", if warp { "warp" } else { "block" }),
             )?;
             let (rows_i, n_i) = (as_i32(op, "rows", rows)?, as_i32(op, "n", n)?);
-            let grid = u32::try_from(if warp { rows.div_ceil(8) } else { rows }).map_err(|_| {
-                Error::Invalid {
-                    op,
-                    arg: "rows",
-                    detail: format!("{rows} rows exceed the grid limit"),
-                }
+            let grid = if warp {
+                rows.div_ceil(consts::ROW_WARP_ROWS)
+            } else {
+                rows
+            };
+            let grid = u32::try_from(grid).map_err(|_| Error::Invalid {
+                op,
+                arg: "rows",
+                detail: format!("{rows} rows exceed the grid limit"),
             })?;
             let xd = dev(op, "x", x)?;
             let rd = ln
@@ -144,7 +146,8 @@ fn quantize_impl(op: &'static str, x: &Tensor, ln: Option<&LnParams>) -> Result<
             let bd = ln.map(|l| dev(op, "beta", l.beta)).transpose()?;
             let qd = dev_mut(op, "q", &mut q)?;
             let sd = dev_mut(op, "scale", &mut s)?;
-            let vec_ok = i32::from(n % 8 == 0 && aligned16(&[Some(xd), rd, gd, bd, Some(&*qd)]));
+            let vec_ok =
+                i32::from(n % consts::VEC == 0 && aligned16(&[Some(xd), rd, gd, bd, Some(&*qd)]));
             let (null, eps) = (0u64, ln.map_or(0.0, |l| l.eps));
             let mut b = gpu.launcher(kernel);
             b.arg(qd.buffer_mut()).arg(sd.buffer_mut()).arg(xd.buffer());
@@ -160,7 +163,7 @@ fn quantize_impl(op: &'static str, x: &Tensor, ln: Option<&LnParams>) -> Result<
             b.arg(&rows_i).arg(&n_i).arg(&vec_ok);
             let cfg = LaunchConfig {
                 grid_dim: (grid, 1, 1),
-                block_dim: (256, 1, 1),
+                block_dim: (consts::ROW_THREADS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: matches quantize_rows_*(q, scale, x, rows, n, vec_ok) or layernorm_quant_*(q,
@@ -232,8 +235,8 @@ pub fn dequantize_rows(q: &Tensor, scale: &Tensor, dtype: DType) -> Result<Tenso
                 .arg(&n_i)
                 .arg(&pr);
             let cfg = LaunchConfig {
-                grid_dim: (stride_grid(&gpu, total, 256), 1, 1),
-                block_dim: (256, 1, 1),
+                grid_dim: (stride_grid(&gpu, total, consts::ELT_THREADS), 1, 1),
+                block_dim: (consts::ELT_THREADS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: matches dequantize_rows_*(y, q, s, total, n, per_row); q and y hold `total`

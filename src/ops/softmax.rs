@@ -2,6 +2,7 @@
 //! tests `tests/softmax.rs`, bench `benches/softmax.rs`.
 
 use super::aligned16;
+use super::consts;
 use super::{
     Backend, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name, row_len, same_dtype,
     same_shape,
@@ -13,8 +14,6 @@ use crate::tensor::{HostTensor, Tensor};
 use cudarc::driver::LaunchConfig;
 
 const OP: &str = "softmax";
-/// Rows up to this length use one warp per row; longer rows use a 256-thread block.
-const WARP_MAX_N: usize = 1024;
 
 /// `softmax(x·scale + mask)` over the last dimension. `mask` is f32 `[mask_rows, n]` (any
 /// leading shape), additive (`-inf` drops a key), and row `r` of x uses mask row
@@ -99,7 +98,7 @@ pub fn softmax_into(x: &Tensor, mask: Option<&Tensor>, scale: f32, out: &mut Ten
                 return Ok(());
             }
             let gpu = gpu.clone();
-            let warp = n <= WARP_MAX_N;
+            let warp = n <= consts::ROW_WARP_MAX_N;
             let kernel = kernel_name(
                 OP,
                 format!("softmax_{}_{dt}", if warp { "warp" } else { "block" }),
@@ -109,7 +108,11 @@ pub fn softmax_into(x: &Tensor, mask: Option<&Tensor>, scale: f32, out: &mut Ten
                 as_i32(OP, "n", n)?,
                 as_i32(OP, "mask rows", mask_div)?,
             );
-            let grid = if warp { rows.div_ceil(8) } else { rows };
+            let grid = if warp {
+                rows.div_ceil(consts::ROW_WARP_ROWS)
+            } else {
+                rows
+            };
             let grid = u32::try_from(grid).map_err(|_| Error::Invalid {
                 op: OP,
                 arg: "rows",
@@ -120,7 +123,7 @@ pub fn softmax_into(x: &Tensor, mask: Option<&Tensor>, scale: f32, out: &mut Ten
             let yd = dev_mut(OP, "out", out)?;
             let (null, vec_ok) = (
                 0u64,
-                i32::from(n % 8 == 0 && aligned16(&[Some(xd), md, Some(&*yd)])),
+                i32::from(n % consts::VEC == 0 && aligned16(&[Some(xd), md, Some(&*yd)])),
             );
             let mut b = gpu.launcher(kernel);
             b.arg(yd.buffer_mut()).arg(xd.buffer());
@@ -135,7 +138,7 @@ pub fn softmax_into(x: &Tensor, mask: Option<&Tensor>, scale: f32, out: &mut Ten
                 .arg(&vec_ok);
             let cfg = LaunchConfig {
                 grid_dim: (grid, 1, 1),
-                block_dim: (256, 1, 1),
+                block_dim: (consts::ROW_THREADS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: matches `softmax_{warp,block}_*(y, x, mask, scale, rows, n, mask_div,

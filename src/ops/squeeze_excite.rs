@@ -7,6 +7,7 @@
 //! position ranges by `se_pool`) writes `s [N, C]` f32, and [`channel_scale`] writes
 //! `y = x ⊙ s`. The scale vector is public so a following op can fuse the channel scale.
 
+use super::consts;
 use super::pool::{channel_lanes, nhwc_dims};
 use super::{
     Backend, aligned16, as_i32, backend, dev, dev_mut, float_dtype, host, host_f64, kernel_name,
@@ -21,10 +22,11 @@ use cudarc::driver::LaunchConfig;
 use std::sync::Arc;
 
 const OP: &str = "squeeze_excite";
-/// Most channels the kernel's shared memory holds (EfficientNet-B7's widest SE has 3840).
-pub const SE_MAX_CHANNELS: usize = 4096;
-/// Most hidden units (Cse) the kernel holds.
-pub const SE_MAX_HIDDEN: usize = 512;
+/// Most channels the kernel's shared memory holds (EfficientNet-B7's widest SE has 3840;
+/// common/consts.cuh).
+pub const SE_MAX_CHANNELS: usize = consts::SE_MAX_CHANNELS;
+/// Most hidden units (Cse) the kernel holds (common/consts.cuh).
+pub const SE_MAX_HIDDEN: usize = consts::SE_MAX_HIDDEN;
 
 /// The SE block's parameters, PyTorch Linear layout (timm's 1×1 `conv_reduce` / `conv_expand`
 /// weights squeezed to 2-D): `w1 [Cse, C]`, `b1 [Cse]`, `w2 [C, Cse]`, `b2 [C]`. All four share
@@ -221,7 +223,7 @@ pub fn se_scale_vector_into(x: &Tensor, se: &SqueezeExcite, s: &mut Tensor) -> R
                 })
                 .min(hw);
             let xd = dev(OP, "x", x)?;
-            let vec = c % 8 == 0 && aligned16(&[Some(xd)]);
+            let vec = c % consts::VEC == 0 && aligned16(&[Some(xd)]);
             let dims = SeDims {
                 n,
                 hw: as_i32(OP, "H·W", hw)?,
@@ -271,7 +273,7 @@ fn launch_pool(
     let (lanes_i, vec_ok) = (lanes as i32, i32::from(d.vec));
     let cfg = LaunchConfig {
         grid_dim: (d.splits as u32, d.n as u32, 1),
-        block_dim: (256, 1, 1),
+        block_dim: (consts::SE_POOL_THREADS as u32, 1, 1),
         shared_mem_bytes: 0,
     };
     let mut b = gpu.launcher(kernel);
@@ -303,7 +305,7 @@ fn launch_excite(
     let (lanes_i, vec_ok, null) = (lanes as i32, i32::from(d.vec), 0u64);
     let cfg = LaunchConfig {
         grid_dim: (d.n as u32, 1, 1),
-        block_dim: (512, 1, 1),
+        block_dim: (consts::SE_THREADS as u32, 1, 1),
         shared_mem_bytes: 0,
     };
     let mut b = gpu.launcher(kernel);
@@ -388,18 +390,20 @@ pub fn channel_scale_into(x: &Tensor, s: &Tensor, y: &mut Tensor) -> Result<()> 
             let gpu = gpu.clone();
             let kernel = kernel_name(OP, format!("se_scale_{dt}"))?;
             let per_image = hw * c;
-            let blocks = (stride_grid(&gpu, x.len(), 256) as usize)
+            let threads = consts::SE_SCALE_THREADS;
+            let blocks = (stride_grid(&gpu, x.len(), threads) as usize)
                 .div_ceil(n)
                 .max(1);
             let xd = dev(OP, "x", x)?;
             let sd = dev(OP, "s", s)?;
             let yd = dev_mut(OP, "y", y)?;
-            let vec_ok = i32::from(c % 8 == 0 && aligned16(&[Some(xd), Some(sd), Some(&*yd)]));
+            let vec_ok =
+                i32::from(c % consts::VEC == 0 && aligned16(&[Some(xd), Some(sd), Some(&*yd)]));
             as_i32(OP, "H·W·C", per_image)?; // 32-bit channel index in the kernel
             let (per_i, c_i) = (per_image as i64, as_i32(OP, "C", c)?);
             let cfg = LaunchConfig {
                 grid_dim: (blocks as u32, n as u32, 1),
-                block_dim: (256, 1, 1),
+                block_dim: (threads as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
             let mut b = gpu.launcher(kernel);

@@ -7,6 +7,7 @@
 //! `1/s` unless `recompute_scale_factor=True`, which differs from `in/size` only when `in·s`
 //! is not an integer.
 
+use super::consts;
 use super::{Backend, aligned16, as_i32, backend, dev, dev_mut, float_dtype, host, kernel_name};
 use crate::error::{Error, Result};
 use crate::reference;
@@ -111,9 +112,11 @@ pub fn upsample_into(x: &Tensor, mode: UpsampleMode, out: &mut Tensor) -> Result
             let kernel = kernel_name(OP, format!("upsample_{name}_{dt}"))?;
             let xd = dev(OP, "x", x)?;
             let yd = dev_mut(OP, "out", out)?;
-            let vec_ok = c % 8 == 0 && aligned16(&[Some(xd), Some(&*yd)]);
-            let items = n * oh * ow * c.div_ceil(8);
-            let grid = items.div_ceil(256).clamp(1, gpu.sm_count() as usize * 16) as u32;
+            let vec_ok = c % consts::VEC == 0 && aligned16(&[Some(xd), Some(&*yd)]);
+            let items = n * oh * ow * c.div_ceil(consts::VEC);
+            let grid = items
+                .div_ceil(consts::UP_THREADS)
+                .clamp(1, gpu.sm_count() as usize * 16) as u32;
             let px = xd.addr();
             let py = yd.addr();
             let i = |arg, v| as_i32(OP, arg, v);
@@ -133,7 +136,7 @@ pub fn upsample_into(x: &Tensor, mode: UpsampleMode, out: &mut Tensor) -> Result
             };
             let cfg = LaunchConfig {
                 grid_dim: (grid, 1, 1),
-                block_dim: (256, 1, 1),
+                block_dim: (consts::UP_THREADS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
             let mut b = gpu.launcher(kernel);
