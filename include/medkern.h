@@ -80,7 +80,8 @@ const char *mk_last_error(void);
  * under memory checks; for testing; mk_device_is_gpu says 1). */
 mk_status mk_device_open(const char *spec, mk_device **out);
 int mk_device_is_gpu(const mk_device *dev);
-/* Writes a description with its NUL into buf[cap]; *needed (if not NULL) gets the size. */
+/* Writes a description with its NUL into buf[cap]; *needed (if not NULL) gets the size. For
+ * "auto" on the CPU it says why the GPU was not used: "cpu (auto: the GPU did not start: ...)". */
 mk_status mk_device_describe(const mk_device *dev, char *buf, size_t cap, size_t *needed);
 void mk_device_free(mk_device *dev);
 

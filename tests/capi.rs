@@ -120,6 +120,45 @@ fn identity_and_device_handles() {
     }
 }
 
+/// Issue 15: "auto" fell back to the CPU without a trace of why the GPU was not used. The
+/// handle keeps the reason and mk_device_describe reports it; a GPU, or "cpu" asked for, says
+/// nothing of the kind.
+#[test]
+fn auto_device_keeps_why_the_gpu_was_not_used() {
+    let describe = |d: *mut MkDevice| {
+        let mut need = 0usize;
+        // SAFETY: live handle; NULL buffer with cap 0, then a buffer of `need` bytes.
+        unsafe {
+            mk_device_describe(d, ptr::null_mut(), 0, &mut need);
+            let mut buf = vec![0 as c_char; need];
+            let st = mk_device_describe(d, buf.as_mut_ptr(), need, ptr::null_mut());
+            assert_eq!(st, MkStatus::Ok, "{}", last_error());
+            CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+        }
+    };
+    let auto = open("auto");
+    let desc = describe(auto);
+    match Device::best_or_why() {
+        (Device::Cpu, Some(why)) => {
+            // SAFETY: live handle.
+            assert_eq!(unsafe { mk_device_is_gpu(auto) }, 0);
+            assert_eq!(
+                desc,
+                format!("cpu (auto: the GPU did not start: {why})"),
+                "the reason, as the Rust API gives it"
+            );
+        }
+        (dev, _) => assert_eq!(desc, dev.describe()),
+    }
+    let cpu = open("cpu");
+    assert_eq!(describe(cpu), "cpu");
+    // SAFETY: live handles, freed once.
+    unsafe {
+        mk_device_free(auto);
+        mk_device_free(cpu);
+    }
+}
+
 #[test]
 fn bad_arguments_are_errors_naming_them() {
     let mut d = ptr::null_mut();
@@ -898,4 +937,69 @@ fn input_limits_through_the_abi() {
         mk_device_free(dev);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 15: the status was picked from the error's argument name ("weights", "file"), so a
+/// bad config inside an EXAM checkpoint's metadata (argument "config") came back as
+/// MK_ERR_INVALID_ARGUMENT, not the MK_ERR_CORRUPT_INPUT the header documents for a file that
+/// was read but cannot be used. The error's variant now decides: a config that does not parse
+/// or does not validate is corrupt input, while a weights path that is not UTF-8 (the caller's
+/// argument) is MK_ERR_INVALID_ARGUMENT.
+#[test]
+fn corrupt_config_in_exam_weights_is_corrupt_input() {
+    use medkern::model::exam::{CONFIG_KEY, ExamConfig, ExamModel};
+    use safetensors::tensor::SafeTensors;
+    let dir = common::TempDir::new("capi-exam-config");
+    let good = ExamModel::random_checkpoint(&ExamConfig::default(), 0).expect("checkpoint");
+    let st = SafeTensors::deserialize(&good).expect("safetensors");
+    let config = serde_json::to_value(ExamConfig::default()).expect("config json");
+    let edit = |k: &str, v: serde_json::Value| {
+        let mut c = config.clone();
+        c[k] = v;
+        c.to_string()
+    };
+    let cases = [
+        ("not JSON", "{\"cross_layers\": 3,".to_string(), CONFIG_KEY),
+        ("no deep layer", edit("deep", serde_json::json!([])), "deep"),
+        (
+            "too wide",
+            edit("fusion", serde_json::json!(1u64 << 40)),
+            "fusion",
+        ),
+        (
+            "not ResNet-34's",
+            edit("image_features", serde_json::json!(100)),
+            "512",
+        ),
+    ];
+    let dev = open("cpu");
+    for (what, text, named) in cases {
+        let meta = std::collections::HashMap::from([(CONFIG_KEY.to_string(), text)]);
+        let bytes = safetensors::serialize(st.tensors(), Some(meta)).expect("serialize");
+        let path = dir.path().join("exam.safetensors");
+        std::fs::write(&path, bytes).expect("write");
+        let mut ex = ptr::null_mut();
+        // SAFETY: valid handle, strings and out-pointer.
+        let status = unsafe {
+            mk_exam_load(
+                dev,
+                c(path.to_str().expect("utf8")).as_ptr(),
+                MK_DTYPE_F32,
+                &mut ex,
+            )
+        };
+        assert_eq!(status, MkStatus::CorruptInput, "{what}: {}", last_error());
+        assert!(ex.is_null(), "{what}");
+        let e = last_error();
+        assert!(e.contains("config") && e.contains(named), "{what}: {e}");
+    }
+    // The caller's own bad string stays an invalid argument.
+    let not_utf8 = CString::new(vec![0xffu8, 0xfe]).expect("no NUL");
+    let mut ex = ptr::null_mut();
+    // SAFETY: valid handle, NUL-terminated string and out-pointer.
+    let status = unsafe { mk_exam_load(dev, not_utf8.as_ptr(), MK_DTYPE_F32, &mut ex) };
+    assert_eq!(status, MkStatus::InvalidArgument, "{}", last_error());
+    assert!(last_error().contains("weights"), "{}", last_error());
+    // SAFETY: a handle from mk_device_open, freed once.
+    unsafe { mk_device_free(dev) };
 }

@@ -275,7 +275,7 @@ pub fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
 }
 
 pub(crate) fn bad_file(path: &Path, detail: impl std::fmt::Display) -> Error {
-    Error::Invalid {
+    Error::Corrupt {
         op: OP,
         arg: "file",
         detail: format!("{}: {detail}", path.display()),

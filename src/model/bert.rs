@@ -17,6 +17,15 @@ use std::path::Path;
 
 const OP: &str = "bert";
 
+/// A file's unusable content (weights, a config read from a file): [`Error::Corrupt`].
+fn corrupt(arg: &'static str, detail: String) -> Error {
+    Error::Corrupt {
+        op: OP,
+        arg,
+        detail,
+    }
+}
+
 fn invalid(arg: &'static str, detail: String) -> Error {
     Error::Invalid {
         op: OP,
@@ -456,7 +465,7 @@ impl Weights<'_> {
         } else {
             self.prefix
         };
-        invalid("weights", format!("missing tensor {prefix}{theirs}"))
+        corrupt("weights", format!("missing tensor {prefix}{theirs}"))
     }
     fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
         self.names
@@ -474,7 +483,7 @@ impl Weights<'_> {
             .get(&format!("medkern.linear.{name}"))
             .map_or("dense", String::as_str);
         let kind = LinearKind::from_tag(tag).ok_or_else(|| {
-            invalid(
+            corrupt(
                 "weights",
                 format!("{name}: unknown storage kind {tag:?} in the metadata"),
             )
@@ -519,7 +528,7 @@ impl Weights<'_> {
         let t = self.st.tensor(full).map_err(|_| self.missing(name))?;
         self.used.borrow_mut().insert(full.clone());
         if t.shape() != shape {
-            return Err(invalid(
+            return Err(corrupt(
                 "weights",
                 format!(
                     "tensor {full} has shape {:?}, expected {shape:?}",
@@ -532,7 +541,7 @@ impl Weights<'_> {
                 // NaN or ±inf (or a value beyond f32 in an F64 tensor) would flow through
                 // every embedding silently: refused here, as the CNN loaders do.
                 if let Some(i) = v.iter().position(|&x| !(x as f32).is_finite()) {
-                    return Err(invalid(
+                    return Err(corrupt(
                         "weights",
                         format!(
                             "tensor {full} holds a non-finite value {} at index {i}; expected \
@@ -546,7 +555,7 @@ impl Weights<'_> {
             (safetensors::Dtype::I8, None) => {
                 Ok(t.data().iter().map(|&b| f64::from(b as i8)).collect())
             }
-            (other, None) => Err(invalid(
+            (other, None) => Err(corrupt(
                 "weights",
                 format!("tensor {full} has dtype {other:?}, expected F32, F64, F16, BF16 or I8"),
             )),
@@ -579,7 +588,7 @@ impl Weights<'_> {
                 continue;
             }
             let c = self.config;
-            return Err(invalid(
+            return Err(corrupt(
                 "weights",
                 format!(
                     "unexpected tensor {n}: not used by the configuration ({:?}, {} layers, \
@@ -627,7 +636,8 @@ impl BertModel {
                 source: e,
             })
         };
-        let cfg = BertConfig::from_json(&String::from_utf8_lossy(&read("config.json")?))?;
+        let cfg = BertConfig::from_json(&String::from_utf8_lossy(&read("config.json")?))
+            .map_err(Error::into_corrupt)?;
         Self::from_safetensors(cfg, &read("model.safetensors")?, device, dtype)
     }
 
@@ -641,7 +651,7 @@ impl BertModel {
         dtype: DType,
     ) -> Result<Self> {
         let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| invalid("weights", format!("not a safetensors file: {e}")))?;
+            .map_err(|e| corrupt("weights", format!("not a safetensors file: {e}")))?;
         let kinds = SafeTensors::read_metadata(bytes)
             .ok()
             .and_then(|(_, m)| m.metadata().clone())
@@ -698,7 +708,7 @@ impl BertModel {
             let q = w.linear(&format!("{p}.attention.self.query"), None, h)?;
             let rows = q.w_shape[0];
             if rows == 0 || rows % d != 0 {
-                return Err(invalid(
+                return Err(corrupt(
                     "weights",
                     format!(
                         "{p}.attention.self.query has {rows} rows, not a multiple of head_dim {d}"
@@ -1078,7 +1088,7 @@ fn pad_heads_in(mut x: LinearHost, d: usize, dp: usize, layer: &str) -> Result<L
             x.extra_shape = vec![r, k / d * dp];
         }
         LinearKind::Sparse24 | LinearKind::Sparse24Int8 => {
-            return Err(invalid(
+            return Err(corrupt(
                 "weights",
                 format!(
                     "{layer}.attention.output.dense is 2:4 sparse with head_dim {d}: padding \
