@@ -1003,3 +1003,101 @@ fn corrupt_config_in_exam_weights_is_corrupt_input() {
     // SAFETY: a handle from mk_device_open, freed once.
     unsafe { mk_device_free(dev) };
 }
+
+/// A raw handle moved between threads: the ABI's handles are documented as usable from any
+/// thread (their Rust types are Send + Sync: tests/threads.rs).
+struct Sent<T>(*mut T);
+// SAFETY: only the handles of this file, whose pointees are Send + Sync.
+unsafe impl<T> Send for Sent<T> {}
+
+/// Issue 15: a handle created on one thread, used on others (4 at once) and freed on a third
+/// works, with results bit-identical to those on the creating thread; and mk_last_error is
+/// per thread: two threads failing differently at the same time each read their own message,
+/// and a thread whose last call succeeded reads "".
+#[test]
+fn handles_cross_threads_and_last_error_is_per_thread() {
+    let (h, w) = (20, 24);
+    let pixels: Vec<u8> = (0..h * w * 3).map(|i| (i * 37 % 251) as u8).collect();
+    let classify = |m: *mut MkImageModel| {
+        let mut out = [f32::NAN; 2];
+        // SAFETY: a live handle; pixels holds h·w·3 bytes; out holds 2 floats.
+        let st =
+            unsafe { mk_image_classify_u8(m, pixels.as_ptr(), 1, h, w, 3, out.as_mut_ptr(), 2) };
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        out.map(f32::to_bits)
+    };
+    // Created on one thread (with its own result)...
+    let (dev, model, want) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let dev = open("cpu");
+            let mut m = ptr::null_mut();
+            // SAFETY: valid handle, strings and out-pointer.
+            let st = unsafe {
+                mk_image_model_load(dev, c("sepsis").as_ptr(), ptr::null(), MK_DTYPE_F32, &mut m)
+            };
+            assert_eq!(st, MkStatus::Ok, "{}", last_error());
+            (Sent(dev), Sent(m), classify(m))
+        })
+        .join()
+        .expect("creating thread")
+    });
+    // ...used on four others at once...
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let m = Sent(model.0);
+                let classify = &classify;
+                s.spawn(move || {
+                    let m = m;
+                    (0..2).all(|_| classify(m.0) == want)
+                })
+            })
+            .collect();
+        for h in hs {
+            assert!(h.join().expect("using thread"), "a result differs");
+        }
+    });
+    // ...and freed on a third.
+    std::thread::spawn(move || {
+        let (dev, model) = (dev, model);
+        // SAFETY: live handles from the creating thread, freed once.
+        unsafe {
+            mk_image_model_free(model.0);
+            mk_device_free(dev.0);
+        }
+    })
+    .join()
+    .expect("freeing thread");
+
+    // Two threads fail differently at the same time; a third succeeds.
+    let barrier = std::sync::Barrier::new(3);
+    std::thread::scope(|s| {
+        let fail = |spec: &'static str| {
+            let barrier = &barrier;
+            s.spawn(move || {
+                let mut d = ptr::null_mut();
+                // SAFETY: valid string and out-pointer.
+                let st = unsafe { mk_device_open(c(spec).as_ptr(), &mut d) };
+                assert_eq!(st, MkStatus::InvalidArgument);
+                barrier.wait(); // both have failed before either reads
+                barrier.wait(); // the succeeding thread has run
+                last_error()
+            })
+        };
+        let a = fail("tpu:0");
+        let b = fail("gpu:banana");
+        let ok = s.spawn(|| {
+            barrier.wait();
+            let d = open("cpu");
+            // SAFETY: a live handle, freed once.
+            unsafe { mk_device_free(d) };
+            let e = last_error();
+            barrier.wait();
+            e
+        });
+        let (ea, eb) = (a.join().expect("a"), b.join().expect("b"));
+        assert!(ea.contains("tpu:0") && !ea.contains("banana"), "{ea}");
+        assert!(eb.contains("gpu:banana") && !eb.contains("tpu"), "{eb}");
+        assert_eq!(ok.join().expect("ok"), "");
+    });
+}
