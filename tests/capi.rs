@@ -6,8 +6,9 @@
 //!   (which tests/bert.rs and tests/efficientnet.rs check against candle), row layout and
 //!   normalisation included; the random-weight sepsis net and EXAM through the ABI;
 //! - a C program (tests/c/capi_smoke.c) compiled with `cc -std=c11 -Wall -Wextra -Werror
-//!   -pedantic` against the header, linked to `libmedkern.so`, and run; the header also
-//!   compiles as C++.
+//!   -pedantic` against the header, linked to `libmedkern.so`, and run, also under valgrind
+//!   (no memory error, no definite leak; a counted SKIP without valgrind, a failure with
+//!   MEDKERN_REQUIRE_VALGRIND=1); the header also compiles as C++.
 //!
 //! Real-model tests need scripts/setup-models (`MEDKERN_SKIP_MODELS=1`: counted SKIP).
 
@@ -640,6 +641,24 @@ fn cc_or_skip(test: &str) -> Option<String> {
     }
 }
 
+/// `valgrind` when `valgrind --version` runs; otherwise None after a counted SKIP, or a failure
+/// with MEDKERN_REQUIRE_VALGRIND=1 (scripts/test sets it: the CI machines have valgrind).
+fn valgrind_or_skip(test: &str) -> Option<&'static str> {
+    let vg = "valgrind";
+    match std::process::Command::new(vg).arg("--version").output() {
+        Ok(o) if o.status.success() => return Some(vg),
+        _ => {}
+    }
+    if std::env::var("MEDKERN_REQUIRE_VALGRIND").is_ok_and(|v| v == "1") {
+        panic!("{test}: MEDKERN_REQUIRE_VALGRIND=1 but `valgrind --version` does not run");
+    }
+    skip(test, "no valgrind (the C program's run under valgrind)");
+    None
+}
+
+/// The C program compiled against the header and linked to libmedkern.so, run as a C user
+/// runs it; then (issue 15) under valgrind on the CPU, the full run (status 0) and an early
+/// exit (a missing MiniLM folder: status 1), each with no memory error and no definite leak.
 #[test]
 fn c_program_links_and_runs() {
     let test = "c_program_links_and_runs";
@@ -715,7 +734,6 @@ fn c_program_links_and_runs() {
         .args(["657", "744", "812"])
         .output()
         .expect("run the C program");
-    let _ = std::fs::remove_file(&out);
     let stdout = String::from_utf8_lossy(&run.stdout);
     println!("{stdout}{}", String::from_utf8_lossy(&run.stderr));
     assert!(run.status.success(), "the C program failed:\n{stdout}");
@@ -724,6 +742,48 @@ fn c_program_links_and_runs() {
         stdout.lines().filter(|l| l.starts_with("ok: ")).count() >= 20,
         "{stdout}"
     );
+
+    if let Some(vg) = valgrind_or_skip(test) {
+        let missing = PathBuf::from("/nonexistent/all-MiniLM-L6-v2");
+        for (minilm, want) in [(&minilm, 0), (&missing, 1)] {
+            let run = std::process::Command::new(vg)
+                .args([
+                    "--error-exitcode=99",
+                    "--leak-check=full",
+                    "--errors-for-leak-kinds=definite",
+                ])
+                .arg(&out)
+                .env("LD_LIBRARY_PATH", &lib_dir)
+                .arg("cpu")
+                .arg(minilm)
+                .arg(&w)
+                .arg(imgs.join("rocket.jpg"))
+                .args(["657", "744", "812"])
+                .output()
+                .expect("run valgrind");
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&run.stdout),
+                String::from_utf8_lossy(&run.stderr),
+            );
+            let what = format!("under valgrind with {}", minilm.display());
+            assert_eq!(
+                run.status.code(),
+                Some(want),
+                "{what} (99: valgrind found errors):\n{stdout}\n{stderr}"
+            );
+            assert!(
+                stderr.contains("ERROR SUMMARY: 0 errors"),
+                "{what}:\n{stderr}"
+            );
+            if want == 1 {
+                assert!(
+                    stdout.contains("FAIL") && stdout.contains(&*missing.to_string_lossy()),
+                    "{what}: the failed load is reported\n{stdout}"
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&out);
 }
 
 /// Issue 15, defect 5: MiniLM with all-NaN word embeddings loaded, and `mk_bert_embed`
