@@ -80,7 +80,8 @@ const char *mk_last_error(void);
  * under memory checks; for testing; mk_device_is_gpu says 1). */
 mk_status mk_device_open(const char *spec, mk_device **out);
 int mk_device_is_gpu(const mk_device *dev);
-/* Writes a description with its NUL into buf[cap]; *needed (if not NULL) gets the size. */
+/* Writes a description with its NUL into buf[cap]; *needed (if not NULL) gets the size. For
+ * "auto" on the CPU it says why the GPU was not used: "cpu (auto: the GPU did not start: ...)". */
 mk_status mk_device_describe(const mk_device *dev, char *buf, size_t cap, size_t *needed);
 void mk_device_free(mk_device *dev);
 
@@ -91,7 +92,8 @@ mk_status mk_bert_load(const mk_device *dev, const char *dir, mk_dtype dtype, si
 size_t mk_bert_dim(const mk_bert *m);        /* embedding width */
 size_t mk_bert_num_labels(const mk_bert *m); /* 0 without a classification head */
 mk_status mk_bert_label(const mk_bert *m, size_t i, char *buf, size_t cap, size_t *needed);
-/* out[n * dim], row-major; normalize != 0 gives unit L2 rows. */
+/* out[n * dim], row-major; normalize != 0 gives unit L2 rows. A text over 1 MiB whose first
+ * MiB has no word break (nothing to truncate at) is MK_ERR_INVALID_ARGUMENT. */
 mk_status mk_bert_embed(const mk_bert *m, const char *const *texts, size_t n, mk_pooling pooling,
                         int normalize, float *out, size_t out_len);
 /* Pre-tokenised input: sequence i is ids[sum(lens[0..i]) ..][0..lens[i]], with [CLS]/[SEP]. */

@@ -2,8 +2,10 @@
 //
 // Online softmax (running max and sum, one read), then a second read that writes
 // exp(v - max) / sum. A row whose every entry is -inf (fully masked) is written as zeros,
-// never NaN. The mask is f32 and additive (0 keeps, -inf drops); mask_div broadcasts one mask
-// row over mask_div consecutive rows (key padding over heads and queries).
+// never NaN; a row with a NaN score is written as NaN (never zeros: NaN is not "masked"). The
+// mask is f32 and additive (0 keeps, -inf drops the entry whatever x holds, NaN included, as
+// in the fused attention); mask_div broadcasts one mask row over mask_div consecutive rows
+// (key padding over heads and queries).
 // Kernels: softmax_{warp,block}_{f32,f16,bf16}: warp = one warp per row (8 rows per 256-thread
 // block, for short rows), block = one 256-thread block per row (common/consts.cuh ROW_*).
 // Launcher: src/ops/softmax.rs; reference: src/reference/softmax.rs.
@@ -11,6 +13,12 @@
 #include "common/reduce.cuh"
 
 namespace mk {
+
+// The score of one entry: -inf where the mask drops it (x, NaN included, takes no part),
+// else x·scale + mask.
+__device__ __forceinline__ float softmax_score(float x, float scale, float m) {
+    return m == neg_inf() ? m : x * scale + m;
+}
 
 template <typename T, int TPR>
 __device__ __forceinline__ void softmax_rows(T* __restrict__ y, const T* __restrict__ x,
@@ -31,13 +39,15 @@ __device__ __forceinline__ void softmax_rows(T* __restrict__ y, const T* __restr
         float m[VEC];
         if (mr) load_vec<float>(mr + c * VEC, m);
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) maxsum_push(st, v[k] * scale + (mr ? m[k] : 0.f));
+        for (int k = 0; k < VEC; ++k) maxsum_push(st, softmax_score(v[k], scale, mr ? m[k] : 0.f));
     }
     for (int i = nvec * VEC + lane; i < n; i += TPR)
-        maxsum_push(st, to_f32<T>(xr[i]) * scale + (mr ? mr[i] : 0.f));
+        maxsum_push(st, softmax_score(to_f32<T>(xr[i]), scale, mr ? mr[i] : 0.f));
     st = group_allreduce<TPR>(st, merge_maxsum);
 
-    const bool empty = st.m == neg_inf();
+    // Empty: nothing was pushed (every score -inf). A NaN score leaves m at -inf when every
+    // score is NaN, but makes s NaN, so that row is not empty: inv and every output are NaN.
+    const bool empty = st.m == neg_inf() && st.s == 0.f;
     const float inv = empty ? 0.f : 1.f / st.s;
     for (int c = lane; c < nvec; c += TPR) {
         float v[VEC];
@@ -46,11 +56,11 @@ __device__ __forceinline__ void softmax_rows(T* __restrict__ y, const T* __restr
         if (mr) load_vec<float>(mr + c * VEC, m);
 #pragma unroll
         for (int k = 0; k < VEC; ++k)
-            v[k] = empty ? 0.f : expf(v[k] * scale + (mr ? m[k] : 0.f) - st.m) * inv;
+            v[k] = empty ? 0.f : expf(softmax_score(v[k], scale, mr ? m[k] : 0.f) - st.m) * inv;
         store_vec<T>(yr + c * VEC, v);
     }
     for (int i = nvec * VEC + lane; i < n; i += TPR) {
-        const float v = to_f32<T>(xr[i]) * scale + (mr ? mr[i] : 0.f);
+        const float v = softmax_score(to_f32<T>(xr[i]), scale, mr ? mr[i] : 0.f);
         yr[i] = from_f32<T>(empty ? 0.f : expf(v - st.m) * inv);
     }
 }

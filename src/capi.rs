@@ -87,8 +87,9 @@ fn set_last_error(msg: &str) {
 fn status_of(e: &Error) -> MkStatus {
     match e {
         Error::Invalid { arg, .. } if *arg == "output buffer" => MkStatus::BufferTooSmall,
-        // The content of a file (weights, an image) or a result derived from it.
-        Error::Invalid { arg, .. } if *arg == "weights" || *arg == "file" => MkStatus::CorruptInput,
+        // The content of a file (weights, a config read from one, an image) or a result
+        // derived from it: the variant says so, whatever the message.
+        Error::Corrupt { .. } => MkStatus::CorruptInput,
         Error::Invalid { .. } | Error::UnknownKernel { .. } => MkStatus::InvalidArgument,
         Error::Shape { .. } => MkStatus::Shape,
         Error::DType { .. } => MkStatus::DType,
@@ -122,6 +123,15 @@ fn guard(f: impl FnOnce() -> Result<()>) -> MkStatus {
             set_last_error(&format!("medkern: internal error (panic): {what}"));
             MkStatus::Internal
         }
+    }
+}
+
+/// Unusable content of a file, or a non-finite result computed from one: [`Error::Corrupt`].
+fn corrupt(arg: &'static str, detail: impl Into<String>) -> Error {
+    Error::Corrupt {
+        op: OP,
+        arg,
+        detail: detail.into(),
     }
 }
 
@@ -269,11 +279,13 @@ pub extern "C" fn mk_last_error() -> *const c_char {
 // ---------------------------------------------------------------------------------------------
 // Devices
 
-/// A device handle (`mk_device`).
-pub struct MkDevice(Device);
+/// A device handle (`mk_device`) and, for `"auto"` on the CPU, why the GPU was not used (kept
+/// for mk_device_describe: a client otherwise cannot tell "no GPU" from "the GPU failed").
+pub struct MkDevice(Device, Option<String>);
 
-/// Opens a device: `"auto"` (or NULL: the first GPU if one works, else the CPU), `"cpu"`,
-/// `"gpu"`/`"cuda"` (ordinal 0) or `"gpu:N"`/`"cuda:N"`.
+/// Opens a device: `"auto"` (or NULL: the first GPU if one works, else the CPU, with the
+/// reason kept for mk_device_describe), `"cpu"`, `"gpu"`/`"cuda"` (ordinal 0) or
+/// `"gpu:N"`/`"cuda:N"`.
 ///
 /// # Safety
 /// `spec` is NULL or a NUL-terminated string; `out` is valid for one write.
@@ -286,8 +298,13 @@ pub unsafe extern "C" fn mk_device_open(spec: *const c_char, out: *mut *mut MkDe
             // SAFETY: forwarded contract.
             unsafe { text(spec, "spec") }?
         };
+        let mut why = None;
         let dev = match s {
-            "auto" => Device::best(),
+            "auto" => {
+                let (dev, e) = Device::best_or_why();
+                why = e.map(|e| e.to_string());
+                dev
+            }
             "cpu" => Device::Cpu,
             "gpu" | "cuda" => Device::gpu(0)?,
             "emu" => Device::emulated()?,
@@ -308,7 +325,7 @@ pub unsafe extern "C" fn mk_device_open(spec: *const c_char, out: *mut *mut MkDe
             }
         };
         // SAFETY: forwarded contract.
-        unsafe { put(out, MkDevice(dev)) }
+        unsafe { put(out, MkDevice(dev, why)) }
     })
 }
 
@@ -326,7 +343,9 @@ pub unsafe extern "C" fn mk_device_is_gpu(dev: *const MkDevice) -> i32 {
 }
 
 /// A description of the device (name, compute capability, memory) into `buf[..cap]`;
-/// `*needed` gets the bytes required (with the NUL) even when `buf` is too small.
+/// `*needed` gets the bytes required (with the NUL) even when `buf` is too small. A device
+/// opened as `"auto"` that fell back to the CPU reads `cpu (auto: the GPU did not start:
+/// <reason>)`.
 ///
 /// # Safety
 /// `dev` is NULL or a live handle; `buf` is valid for `cap` writes; `needed` NULL or writable.
@@ -340,8 +359,12 @@ pub unsafe extern "C" fn mk_device_describe(
     guard(|| {
         // SAFETY: forwarded contract.
         let d = unsafe { handle(dev, "dev") }?;
+        let text = match &d.1 {
+            Some(why) => format!("{} (auto: the GPU did not start: {why})", d.0.describe()),
+            None => d.0.describe(),
+        };
         // SAFETY: forwarded contract.
-        unsafe { write_str(&d.0.describe(), buf, cap, needed) }
+        unsafe { write_str(&text, buf, cap, needed) }
     })
 }
 
@@ -540,7 +563,7 @@ fn embed_rows(m: &MkBert, ids: &[Vec<u32>], pooling: i32, normalize: i32) -> Res
     for (i, mut r) in rows.into_iter().enumerate() {
         // As the image path: a non-finite output is an error, never written as a result.
         if let Some(j) = r.iter().position(|v| !v.is_finite()) {
-            return Err(invalid(
+            return Err(corrupt(
                 "weights",
                 format!(
                     "embedding {i} has a non-finite value {} at {j} (non-finite weights or \
@@ -565,7 +588,7 @@ fn embed_rows(m: &MkBert, ids: &[Vec<u32>], pooling: i32, normalize: i32) -> Res
 fn finite_logits(rows: Vec<Vec<f32>>) -> Result<Vec<f32>> {
     let flat: Vec<f32> = rows.into_iter().flatten().collect();
     if let Some(bad) = flat.iter().position(|z| !z.is_finite()) {
-        return Err(invalid(
+        return Err(corrupt(
             "weights",
             format!(
                 "logit {bad} is {} (non-finite weights or input?)",
@@ -859,7 +882,7 @@ impl MkImageModel {
             ImageNet::Effnet(m) => m.logits(x)?.into_iter().flatten().collect(),
         };
         if let Some(bad) = v.iter().position(|z| !z.is_finite()) {
-            return Err(invalid(
+            return Err(corrupt(
                 "weights",
                 format!("logit {bad} is {} (non-finite weights or input?)", v[bad]),
             ));
@@ -1164,7 +1187,7 @@ pub unsafe extern "C" fn mk_exam_predict(
         };
         let vals = [r.oxygen_24h, r.oxygen_72h, r.ordinal_score];
         if vals.iter().chain(&r.ordinal_probs).any(|v| !v.is_finite()) {
-            return Err(invalid("weights", format!("non-finite prediction {r:?}")));
+            return Err(corrupt("weights", format!("non-finite prediction {r:?}")));
         }
         // SAFETY: non-NULL and writable per the contract.
         unsafe { *out = r };

@@ -58,6 +58,18 @@ pub enum Error {
         arg: &'static str,
         detail: String,
     },
+    /// A file was read but its content cannot be used: corrupt or non-finite weights, tensors
+    /// that do not match the model, a config inside a checkpoint or model folder that does not
+    /// parse or validate, a malformed or over-limit image, a path that is not a regular file;
+    /// or a non-finite result computed from such a file. Apart from [`Error::Invalid`] (the
+    /// caller's own arguments) so that callers, such as the C ABI's MK_ERR_CORRUPT_INPUT, tell
+    /// them apart without reading messages. The message reads as [`Error::Invalid`]'s.
+    #[error("{op}: invalid {arg}: {detail}")]
+    Corrupt {
+        op: &'static str,
+        arg: &'static str,
+        detail: String,
+    },
     /// A CUDA driver call failed.
     #[error("{op}: CUDA driver error: {source}")]
     Driver {
@@ -91,4 +103,16 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Wraps a driver error with the op that hit it: `.map_err(driver("softmax"))`.
 pub fn driver(op: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
     move |source| Error::Driver { op, source }
+}
+
+impl Error {
+    /// This error as found in a file's content: [`Error::Invalid`] becomes [`Error::Corrupt`]
+    /// (a config read from a file fails the same checks as one the caller built); any other
+    /// error is returned as it is.
+    pub fn into_corrupt(self) -> Error {
+        match self {
+            Error::Invalid { op, arg, detail } => Error::Corrupt { op, arg, detail },
+            e => e,
+        }
+    }
 }

@@ -769,7 +769,9 @@ fn fully_masked_rows_are_zero() {
 fn nan_scores_give_nan_rows() {
     // A NaN in one query makes that query's row NaN (not "fully masked" zeros); a NaN in a key
     // reaches only the rows that see that key: causally masked rows stay finite. The CPU
-    // backend (the f64 reference) always, and the test device when there is one.
+    // backend (the f64 reference) always, and the test device when there is one; the fused
+    // op and the unfused path (whose softmax drops a masked key whatever its score, NaN
+    // included: issue 15).
     let mut devs = vec![Device::Cpu];
     devs.extend(test_device("nan_scores_give_nan_rows"));
     let (h, d, len) = (2, 64, 40);
@@ -792,11 +794,14 @@ fn nan_scores_give_nan_rows() {
     x.k[(30 * h + 1) * d + 3] = f64::NAN; // token 30, head 1: seen by rows 30.. only
     let expect_nan = |tok: usize, head: usize| (tok == 5 && head == 0) || (head == 1 && tok >= 30);
     let want = case.reference(&x, None);
-    for dev in &devs {
-        let got = case.run(dev, &x, false).unwrap();
+    for (dev, unfused) in devs.iter().flat_map(|d| [(d, false), (d, true)]) {
+        let got = case.run(dev, &x, unfused).unwrap();
         for (r, (g, w)) in got.chunks(d).zip(want.chunks(d)).enumerate() {
             let (tok, head) = (r / h, r % h);
-            let what = format!("{}: token {tok} head {head}", dev.describe());
+            let what = format!(
+                "{} unfused {unfused}: token {tok} head {head}",
+                dev.describe()
+            );
             if expect_nan(tok, head) {
                 assert!(
                     g.iter().all(|v| v.is_nan()),

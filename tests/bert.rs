@@ -17,7 +17,7 @@ use candle_core::{DType as CDType, Device as CDevice, Tensor as CTensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert as cbert;
 use common::*;
-use medkern::model::bert::{BertConfig, BertModel, BertTokenizer, Pooling};
+use medkern::model::bert::{BertConfig, BertModel, BertTokenizer, DEFAULT_MAX_TEXT_BYTES, Pooling};
 use medkern::ops::embedding::{Lookup, embedding};
 use medkern::reference::embedding as reference;
 use medkern::{DType, Device};
@@ -1759,6 +1759,11 @@ fn long_texts_are_truncated_without_tokenising_them_whole() {
     texts.push(format!("{} tail words here", "x".repeat(3000)));
     texts.push(format!("{}{}", " ".repeat(70_000), SENTENCES[0].repeat(50)));
     texts.push(format!("{} {}", "é".repeat(20_000), SENTENCES[1]));
+    // Word breaks without whitespace (issue 15): punctuation, CJK characters (each a word),
+    // combining accents that a cut may separate from their letter.
+    texts.push("x,".repeat(30_000));
+    texts.push("患者胸痛发热三天".repeat(6_000));
+    texts.push("e\u{301}t\u{301}e\u{301};".repeat(12_000));
     for max_len in [2usize, 3, 16, 128, 512] {
         let tok = BertTokenizer::load(&dir, max_len).expect("tokenizer");
         for (i, t) in texts.iter().enumerate() {
@@ -1782,5 +1787,72 @@ fn long_texts_are_truncated_without_tokenising_them_whole() {
     assert!(
         took < std::time::Duration::from_secs(2),
         "an 8 MB text took {took:?} to tokenise to 512 tokens"
+    );
+}
+
+/// Issue 15: a text without whitespace (8 MB of "x") was tokenised whole, since the prefixes
+/// were cut at whitespace only. Prefixes are now cut at any char boundary and only the words
+/// before the last count, so texts broken by punctuation or CJK characters stop early; a text
+/// whose prefix of `max_text_bytes` (default 1 MiB) has no word break is an error naming that
+/// limit, returned at once; one within the limit is still tokenised whole.
+#[test]
+fn text_bytes_are_bounded_before_tokenising() {
+    let test = "text_bytes_are_bounded_before_tokenising";
+    let Some(dir) = minilm_or_skip(test) else {
+        return;
+    };
+    let mut whole =
+        tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer");
+    whole.with_padding(None);
+    whole.with_truncation(None).expect("no truncation");
+    let tok = BertTokenizer::load(&dir, 512).expect("tokenizer");
+    assert_eq!(tok.max_text_bytes(), DEFAULT_MAX_TEXT_BYTES);
+    let timed = |tok: &BertTokenizer, t: &str| {
+        let t0 = std::time::Instant::now();
+        let r = tok.encode(&[t]).map(|mut v| v.remove(0));
+        let took = t0.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(2),
+            "{} bytes took {took:?}",
+            t.len()
+        );
+        r
+    };
+    let mb8 = 8 * 1024 * 1024;
+    let e = timed(&tok, &"x".repeat(mb8)).expect_err("8 MB without a break");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("max_text_bytes") && msg.contains(&DEFAULT_MAX_TEXT_BYTES.to_string()),
+        "{msg}"
+    );
+    assert!(msg.contains(&mb8.to_string()), "{msg}");
+    // Without whitespace but with word breaks: only a prefix is tokenised, same ids.
+    for unit in ["x,", "患者胸痛", "a.b-"] {
+        let big = unit.repeat(mb8 / unit.len());
+        let ids = timed(&tok, &big).expect("encode");
+        assert_eq!(ids.len(), 512);
+        assert_eq!(
+            ids,
+            whole_then_truncated(&whole, &big[..60_000], 512),
+            "{unit}"
+        );
+    }
+    // Within the limit, a text without a break is tokenised whole: [CLS] [UNK] [SEP].
+    let t = "x".repeat(DEFAULT_MAX_TEXT_BYTES);
+    assert_eq!(
+        timed(&tok, &t).expect("1 MiB"),
+        whole_then_truncated(&whole, &t, 512)
+    );
+    // A lower limit, settable on the tokenizer: the same text is now an error, a long text
+    // with words is not.
+    let tok = tok.with_max_text_bytes(4096);
+    let e = tok
+        .encode(&[&"x".repeat(5000)])
+        .expect_err("over 4096 bytes");
+    assert!(e.to_string().contains("at most 4096 bytes"), "{e}");
+    let long = SENTENCES[2].repeat(1000);
+    assert_eq!(
+        tok.encode(&[&long]).expect("long text").remove(0),
+        whole_then_truncated(&whole, &long, 512)
     );
 }

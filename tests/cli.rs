@@ -90,6 +90,57 @@ fn embed_onto_a_closed_pipe_or_a_full_device_does_not_panic() {
     }
 }
 
+/// Issue 15: `medkern kernels > /dev/full` panicked in `println!` (exit 101). It now prints
+/// through the same writer as `embed`: a full device is an error naming stdout (status 1), a
+/// reader that has gone ends quietly (status 0).
+#[test]
+fn kernels_onto_a_closed_pipe_or_a_full_device_does_not_panic() {
+    let test = "cli::kernels_onto_a_closed_pipe_or_a_full_device_does_not_panic";
+    let kernels = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_medkern"));
+        c.arg("kernels");
+        c
+    };
+    let mut child = kernels()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn medkern");
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    let status = child.wait().expect("wait");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "closed pipe: {status}; stderr: {err}"
+    );
+    assert!(err.is_empty(), "closed pipe should end quietly: {err}");
+
+    if std::path::Path::new("/dev/full").exists() {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("open /dev/full");
+        let out = kernels()
+            .stdout(Stdio::from(full))
+            .output()
+            .expect("run medkern");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(out.status.code(), Some(1), "/dev/full: {err}");
+        assert!(err.contains("stdout"), "{err}");
+    } else {
+        common::skip(test, "no /dev/full (full-device part)");
+    }
+}
+
 /// Issue 15, defect 9: a folder's dangling links, link loops and FIFOs were dropped silently
 /// ("images": 1, "failed": 0, exit 0), and a FIFO given as an image hung. Each image name in
 /// a folder that is not a regular file is now a failed image with its reason, counted, and the

@@ -1486,3 +1486,82 @@ fn mutated_files_never_panic_nor_allocate_much() {
         }
     }
 }
+
+/// Issue 15: `medkern exam` opened the image twice (the DICOM check, then the decoder). It
+/// now reads the bytes once under the input limits and decodes those: a DICOM (with the
+/// file's window or the given one) and a PNG both go through, the window options stay
+/// DICOM-only, and --max-file-bytes applies to either format.
+#[test]
+fn cli_exam_reads_a_dicom_or_a_png() {
+    let (r, c) = (24, 20);
+    let spec = Spec {
+        window: Some((1500.0, 2000.0)),
+        ..Spec::new(r, c, 16, 12, words(r * c, 12, 16, 15))
+    };
+    let dcm_path = write_dicom(&spec, "exam-cli.dcm");
+    let png_path = tmp("exam-cli.png");
+    image::GrayImage::from_fn(c as u32, r as u32, |x, y| {
+        image::Luma([(x * 7 + y * 3) as u8])
+    })
+    .save(&png_path)
+    .expect("png");
+    let emr = tmp("exam-cli-emr.json");
+    std::fs::write(&emr, r#"{"age": 64, "spo2": 93}"#).expect("emr");
+    let run = |image: &std::path::Path, extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_medkern"))
+            .args(["exam", "--device", "cpu", "--image"])
+            .arg(image)
+            .arg("--emr")
+            .arg(&emr)
+            .args(extra)
+            .output()
+            .expect("run medkern");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let json = out
+            .status
+            .success()
+            .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json"));
+        (json, stderr)
+    };
+    let (v, err) = run(&dcm_path, &[]);
+    let v = v.unwrap_or_else(|| panic!("dicom: {err}"));
+    let info = &v["image_input"];
+    assert_eq!(info["format"], "dicom", "{v}");
+    assert_eq!(
+        (info["rows"].as_u64(), info["columns"].as_u64()),
+        (Some(24), Some(20))
+    );
+    assert_eq!(info["window"]["center"], 1500.0);
+    assert!(v["oxygen_24h"].as_f64().is_some_and(f64::is_finite), "{v}");
+    let (v, err) = run(
+        &dcm_path,
+        &["--window-center", "800", "--window-width", "901"],
+    );
+    let v = v.unwrap_or_else(|| panic!("dicom, given window: {err}"));
+    assert_eq!(v["image_input"]["window"]["width"], 901.0);
+
+    let (v, err) = run(&png_path, &[]);
+    let v = v.unwrap_or_else(|| panic!("png: {err}"));
+    let info = &v["image_input"];
+    assert_eq!(info["format"], "image", "{v}");
+    assert_eq!(
+        (info["height"].as_u64(), info["width"].as_u64()),
+        (Some(24), Some(20))
+    );
+    assert!(v["oxygen_24h"].as_f64().is_some_and(f64::is_finite), "{v}");
+    let (v, err) = run(
+        &png_path,
+        &["--window-center", "800", "--window-width", "901"],
+    );
+    assert!(v.is_none() && err.contains("DICOM files only"), "{err}");
+
+    for p in [&dcm_path, &png_path] {
+        let (v, err) = run(p, &["--max-file-bytes", "100"]);
+        assert!(v.is_none(), "{}: over --max-file-bytes", p.display());
+        assert!(
+            err.contains("max_file_bytes") && err.contains(&p.display().to_string()),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

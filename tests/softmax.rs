@@ -145,3 +145,103 @@ fn softmax_gpu_matches_reference() {
         },
     );
 }
+
+/// Issue 15: a row of NaN scores came out as zeros (taken for fully masked) from the reference,
+/// the CPU backend and both kernels, since the running max drops NaN. A row with any NaN score
+/// is now all NaN; a fully masked row stays zeros; an entry the mask drops takes no part
+/// whatever x holds there (as in the fused attention). Every float dtype, with and without a
+/// mask, at lengths for the warp kernel (vector and scalar tails) and the block kernel.
+#[test]
+fn nan_rows_are_nan_and_fully_masked_rows_are_zero() {
+    let mut devs = vec![Device::Cpu];
+    devs.extend(test_device(
+        "nan_rows_are_nan_and_fully_masked_rows_are_zero",
+    ));
+    let (nan, ninf) = (f64::NAN, f64::NEG_INFINITY);
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Want {
+        Finite,
+        Nan,
+        Zero,
+    }
+    use Want::*;
+    for n in [8, 37, 1024, 1031, 2048] {
+        let mut rng = SeedRng::new(n as u64);
+        // (x row, mask row, expected without the mask, expected with it); x starts random and
+        // the mask keeps every entry.
+        let mut rows: Vec<(Vec<f64>, Vec<f64>, [Want; 2])> = Vec::new();
+        let mut add = |f: &dyn Fn(&mut Vec<f64>, &mut Vec<f64>), want: [Want; 2]| {
+            let mut x = random_values(&mut rng, n, 2.0, DType::F16);
+            let mut m = vec![0.0; n];
+            f(&mut x, &mut m);
+            rows.push((x, m, want));
+        };
+        add(&|_, _| {}, [Finite, Finite]);
+        add(&|x, _| x.fill(nan), [Nan, Nan]);
+        add(&|x, _| x[n - 1] = nan, [Nan, Nan]); // the scalar tail when n % 8 != 0
+        add(&|x, _| x[1] = nan, [Nan, Nan]);
+        add(&|x, _| x.fill(ninf), [Zero, Zero]); // fully masked through x
+        add(&|_, m| m.fill(ninf), [Finite, Zero]); // fully masked through the mask
+        // NaN only where the mask drops every entry.
+        let all_nan_dropped = |x: &mut Vec<f64>, m: &mut Vec<f64>| {
+            x.fill(nan);
+            m.fill(ninf);
+        };
+        add(&all_nan_dropped, [Nan, Zero]);
+        // A NaN the mask drops takes no part.
+        add(
+            &|x, m| {
+                x[2] = nan;
+                m[2] = ninf;
+            },
+            [Nan, Finite],
+        );
+        // The only entry kept is NaN.
+        add(
+            &|x, m| {
+                x[0] = nan;
+                m[1..].fill(ninf);
+            },
+            [Nan, Nan],
+        );
+        let r = rows.len();
+        let x: Vec<f64> = rows.iter().flat_map(|(x, _, _)| x.clone()).collect();
+        let m: Vec<f64> = rows.iter().flat_map(|(_, m, _)| m.clone()).collect();
+        for dt in DType::FLOATS {
+            for masked in [false, true] {
+                let mask = masked.then_some(&m[..]);
+                // The reference sees x as uploaded (rounded to dt).
+                let xr = host(&[r, n], &x, dt).to_f64();
+                let want = reference::softmax(&xr, n, mask, f64::from(0.7f32));
+                for dev in &devs {
+                    let what = format!("{} {dt} n {n} mask {masked}", dev.describe());
+                    let xt = upload(dev, &[r, n], &x, dt);
+                    let mt = mask.map(|m| upload(dev, &[r, n], m, DType::F32));
+                    let mut out = poisoned(dev, &[r, n], dt);
+                    ops::softmax_into(&xt, mt.as_ref(), 0.7, &mut out).unwrap();
+                    let got = out.to_host().unwrap().to_f64();
+                    for (i, (_, _, w)) in rows.iter().enumerate() {
+                        let w = w[usize::from(masked)];
+                        let (g, wr) = (&got[i * n..][..n], &want[i * n..][..n]);
+                        let what = format!("{what} row {i} ({w:?})");
+                        match w {
+                            Nan => {
+                                assert!(g.iter().all(|v| v.is_nan()), "{what}: got {:?}", &g[..3]);
+                                assert!(wr.iter().all(|v| v.is_nan()), "reference {what}");
+                            }
+                            Zero => {
+                                assert!(g.iter().all(|&v| v == 0.0), "{what}: got {:?}", &g[..3]);
+                                assert!(wr.iter().all(|&v| v == 0.0), "reference {what}");
+                            }
+                            Finite => {
+                                assert!(wr.iter().all(|v| v.is_finite()), "reference {what}");
+                                let rtol = 2.0 * dt.unit_roundoff() + 2e-5;
+                                check_close(&what, g, wr, &|_| min_step(dt) + 1e-7, rtol).unwrap();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Thread safety (issue 15): every public model and handle type is Send + Sync (checked at
-//! compile time), and 8 threads sharing one model on the CPU backend get results
-//! bit-identical to a serial run.
+//! compile time), and 8 threads sharing one model get results bit-identical to a serial run:
+//! MiniLM on the CPU backend, a CNN on the CPU backend and on the test device. The C ABI's
+//! handles across threads and its per-thread last error: tests/capi.rs.
 
 mod common;
 
@@ -118,4 +119,71 @@ fn eight_threads_share_one_bert_bit_identically() {
             h.join().expect("thread");
         }
     });
+}
+
+/// The bits of a tensor's values (f32, f16 or bf16), for bit-for-bit comparison.
+fn bits(t: &Tensor) -> Vec<u64> {
+    t.to_host()
+        .expect("to host")
+        .to_f64()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+/// 8 threads share one CNN (the sepsis classifier, ResNet-18 layers 1-2, seeded random
+/// weights), each running the images in its own order, twice: logits, probabilities and
+/// features are bit-identical to a serial run. On the CPU backend always, and on the test
+/// device (the emulated GPU under MEDKERN_TEST_DEVICE=emu: its launches from 8 threads
+/// interleave on one device under the memory checks) when there is one.
+#[test]
+fn eight_threads_share_one_cnn_bit_identically() {
+    let test = "threads::eight_threads_share_one_cnn_bit_identically";
+    let weights = medkern::model::sepsis::random_sepsis(7)
+        .to_safetensors()
+        .expect("weights");
+    let mut devs = vec![(Device::Cpu, DType::F32)];
+    devs.extend(common::test_device(test).map(|d| (d, DType::F16)));
+    for (dev, dt) in devs {
+        let model = SepsisNet::from_safetensors(&weights, &dev, dt).expect("model");
+        let mut rng = common::SeedRng::new(15);
+        let shape = [1, 40, 36, 3];
+        let images: Vec<Tensor> = (0..4)
+            .map(|_| {
+                let x = common::random_values(&mut rng, shape.iter().product(), 1.0, dt);
+                common::upload(&dev, &shape, &x, dt)
+            })
+            .collect();
+        let run = |x: &Tensor| {
+            let o = model.forward(x).expect("forward");
+            [bits(&o.logits), bits(&o.probs), bits(&o.features)]
+        };
+        let serial: Vec<_> = images.iter().map(run).collect();
+        assert!(
+            serial.windows(2).all(|w| w[0][0] != w[1][0]),
+            "distinct images give distinct logits"
+        );
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|t| {
+                    let (images, serial, run, dev) = (&images, &serial, &run, &dev);
+                    s.spawn(move || {
+                        for round in 0..2 {
+                            for k in 0..images.len() {
+                                let i = (k + t + round) % images.len();
+                                assert!(
+                                    run(&images[i]) == serial[i],
+                                    "{}: thread {t}, round {round}, image {i} differs",
+                                    dev.describe()
+                                );
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().expect("thread");
+            }
+        });
+    }
 }

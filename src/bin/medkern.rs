@@ -155,12 +155,7 @@ fn main() -> ExitCode {
     });
     let result = match cli.cmd {
         Cmd::Info => info(),
-        Cmd::Kernels => {
-            for k in medkern::device::kernels::KERNELS {
-                println!("{}", k.name);
-            }
-            Ok(())
-        }
+        Cmd::Kernels => list_kernels(),
         Cmd::Demo { cpu, device, rows } => {
             demo(if cpu { Some(DeviceArg::Cpu) } else { device }, rows)
         }
@@ -193,6 +188,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `medkern kernels`: one kernel name per line, through `outln!` so that a full stdout is an
+/// error and a closed pipe ends quietly instead of panicking.
+fn list_kernels() -> medkern::Result<()> {
+    for k in medkern::device::kernels::KERNELS {
+        outln!("{}", k.name);
+    }
+    Ok(())
 }
 
 fn info() -> medkern::Result<()> {

@@ -241,9 +241,11 @@ pub(crate) fn check_regular_file(path: &Path) -> Result<std::fs::Metadata> {
     Ok(meta)
 }
 
-/// Reads a whole regular file of at most `max_bytes` bytes. Anything else (a folder, a FIFO,
-/// which would block forever, a device, a larger file) is an error before it is opened.
-pub(crate) fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
+/// Reads a whole regular file of at most `max_bytes` bytes ([`InputLimits::max_file_bytes`]).
+/// Anything else (a folder, a FIFO, which would block forever, a device, a larger file) is an
+/// error before it is opened. Public so that a caller who picks the decoder itself reads the
+/// file once, then calls [`dicom::from_bytes`] or [`image::from_bytes`].
+pub fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     use std::io::Read;
     let meta = check_regular_file(path)?;
     let too_big = |len: u64| {
@@ -273,7 +275,7 @@ pub(crate) fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
 }
 
 pub(crate) fn bad_file(path: &Path, detail: impl std::fmt::Display) -> Error {
-    Error::Invalid {
+    Error::Corrupt {
         op: OP,
         arg: "file",
         detail: format!("{}: {detail}", path.display()),

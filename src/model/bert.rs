@@ -17,6 +17,15 @@ use std::path::Path;
 
 const OP: &str = "bert";
 
+/// A file's unusable content (weights, a config read from a file): [`Error::Corrupt`].
+fn corrupt(arg: &'static str, detail: String) -> Error {
+    Error::Corrupt {
+        op: OP,
+        arg,
+        detail,
+    }
+}
+
 fn invalid(arg: &'static str, detail: String) -> Error {
     Error::Invalid {
         op: OP,
@@ -456,7 +465,7 @@ impl Weights<'_> {
         } else {
             self.prefix
         };
-        invalid("weights", format!("missing tensor {prefix}{theirs}"))
+        corrupt("weights", format!("missing tensor {prefix}{theirs}"))
     }
     fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
         self.names
@@ -474,7 +483,7 @@ impl Weights<'_> {
             .get(&format!("medkern.linear.{name}"))
             .map_or("dense", String::as_str);
         let kind = LinearKind::from_tag(tag).ok_or_else(|| {
-            invalid(
+            corrupt(
                 "weights",
                 format!("{name}: unknown storage kind {tag:?} in the metadata"),
             )
@@ -519,7 +528,7 @@ impl Weights<'_> {
         let t = self.st.tensor(full).map_err(|_| self.missing(name))?;
         self.used.borrow_mut().insert(full.clone());
         if t.shape() != shape {
-            return Err(invalid(
+            return Err(corrupt(
                 "weights",
                 format!(
                     "tensor {full} has shape {:?}, expected {shape:?}",
@@ -532,7 +541,7 @@ impl Weights<'_> {
                 // NaN or ±inf (or a value beyond f32 in an F64 tensor) would flow through
                 // every embedding silently: refused here, as the CNN loaders do.
                 if let Some(i) = v.iter().position(|&x| !(x as f32).is_finite()) {
-                    return Err(invalid(
+                    return Err(corrupt(
                         "weights",
                         format!(
                             "tensor {full} holds a non-finite value {} at index {i}; expected \
@@ -546,7 +555,7 @@ impl Weights<'_> {
             (safetensors::Dtype::I8, None) => {
                 Ok(t.data().iter().map(|&b| f64::from(b as i8)).collect())
             }
-            (other, None) => Err(invalid(
+            (other, None) => Err(corrupt(
                 "weights",
                 format!("tensor {full} has dtype {other:?}, expected F32, F64, F16, BF16 or I8"),
             )),
@@ -579,7 +588,7 @@ impl Weights<'_> {
                 continue;
             }
             let c = self.config;
-            return Err(invalid(
+            return Err(corrupt(
                 "weights",
                 format!(
                     "unexpected tensor {n}: not used by the configuration ({:?}, {} layers, \
@@ -627,7 +636,8 @@ impl BertModel {
                 source: e,
             })
         };
-        let cfg = BertConfig::from_json(&String::from_utf8_lossy(&read("config.json")?))?;
+        let cfg = BertConfig::from_json(&String::from_utf8_lossy(&read("config.json")?))
+            .map_err(Error::into_corrupt)?;
         Self::from_safetensors(cfg, &read("model.safetensors")?, device, dtype)
     }
 
@@ -641,7 +651,7 @@ impl BertModel {
         dtype: DType,
     ) -> Result<Self> {
         let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| invalid("weights", format!("not a safetensors file: {e}")))?;
+            .map_err(|e| corrupt("weights", format!("not a safetensors file: {e}")))?;
         let kinds = SafeTensors::read_metadata(bytes)
             .ok()
             .and_then(|(_, m)| m.metadata().clone())
@@ -698,7 +708,7 @@ impl BertModel {
             let q = w.linear(&format!("{p}.attention.self.query"), None, h)?;
             let rows = q.w_shape[0];
             if rows == 0 || rows % d != 0 {
-                return Err(invalid(
+                return Err(corrupt(
                     "weights",
                     format!(
                         "{p}.attention.self.query has {rows} rows, not a multiple of head_dim {d}"
@@ -1078,7 +1088,7 @@ fn pad_heads_in(mut x: LinearHost, d: usize, dp: usize, layer: &str) -> Result<L
             x.extra_shape = vec![r, k / d * dp];
         }
         LinearKind::Sparse24 | LinearKind::Sparse24Int8 => {
-            return Err(invalid(
+            return Err(corrupt(
                 "weights",
                 format!(
                     "{layer}.attention.output.dense is 2:4 sparse with head_dim {d}: padding \
@@ -1099,10 +1109,14 @@ pub enum Pooling {
     Cls,
 }
 
+/// The default of [`BertTokenizer::with_max_text_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_TEXT_BYTES: usize = 1 << 20;
+
 /// WordPiece tokenisation from a `tokenizer.json` (the `tokenizers` crate).
 pub struct BertTokenizer {
     inner: tokenizers::Tokenizer,
     max_len: usize,
+    max_text_bytes: usize,
 }
 
 impl BertTokenizer {
@@ -1126,28 +1140,47 @@ impl BertTokenizer {
         inner
             .with_truncation(None)
             .map_err(|e| invalid("tokenizer", format!("{}: {e}", path.display())))?;
-        Ok(BertTokenizer { inner, max_len })
+        Ok(BertTokenizer {
+            inner,
+            max_len,
+            max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
+        })
+    }
+
+    /// Sets the most bytes of one text that are ever tokenised (default
+    /// [`DEFAULT_MAX_TEXT_BYTES`]): it bounds the time and memory one hostile text can take. A
+    /// longer text still encodes when a prefix within the limit settles its first `max_len`
+    /// tokens (any text with words in it); otherwise (e.g. megabytes without a word break)
+    /// [`encode`](Self::encode) returns an error naming the limit.
+    pub fn with_max_text_bytes(mut self, bytes: usize) -> Self {
+        self.max_text_bytes = bytes;
+        self
+    }
+
+    /// The limit set by [`with_max_text_bytes`](Self::with_max_text_bytes).
+    pub fn max_text_bytes(&self) -> usize {
+        self.max_text_bytes
     }
 
     /// Token ids (with [CLS]/[SEP]) of each text, truncated to `max_len` (keeping the final
     /// [SEP]).
     ///
-    /// A long text is not tokenised whole: its prefix up to a whitespace is, first about
-    /// `32·max_len` bytes, four times more while it gives fewer than `max_len` tokens. The
-    /// pre-tokenisers of the BERT family split at whitespace, so a prefix cut there gives the
-    /// same first tokens as the whole text: the result is that of tokenising it all.
+    /// A long text is not tokenised whole: a prefix is, first about `32·max_len` bytes, four
+    /// times more while its tokens before its last word (which the cut may split) number fewer
+    /// than `max_len`. The pre-tokenisers of the BERT family decide word breaks char by char,
+    /// so the words before the last one give the same first tokens as the whole text: the
+    /// result is that of tokenising it all. A text longer than
+    /// [`max_text_bytes`](Self::max_text_bytes) whose prefix of that size does not settle is
+    /// an error.
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
         texts.iter().map(|t| self.encode_one(t)).collect()
     }
 
     fn encode_one(&self, text: &str) -> Result<Vec<u32>> {
-        let encode = |t: &str| -> Result<Vec<u32>> {
-            Ok(self
-                .inner
+        let encode = |t: &str| {
+            self.inner
                 .encode(t, true)
-                .map_err(|e| invalid("text", format!("tokenizer: {e}")))?
-                .get_ids()
-                .to_vec())
+                .map_err(|e| invalid("text", format!("tokenizer: {e}")))
         };
         let truncate = |mut ids: Vec<u32>| {
             if ids.len() > self.max_len {
@@ -1157,28 +1190,45 @@ impl BertTokenizer {
             }
             ids
         };
+        let cap = self.max_text_bytes;
         let mut budget = self.max_len.saturating_mul(32).max(1024);
-        while budget < text.len() {
-            // The last whitespace at or before `budget` (a char boundary by construction).
-            let cut = text
-                .get(..budget)
-                .or_else(|| {
-                    (0..=budget)
-                        .rev()
-                        .find(|&i| text.is_char_boundary(i))
-                        .and_then(|i| text.get(..i))
-                })
-                .and_then(|head| head.rfind(char::is_whitespace));
-            if let Some(cut) = cut {
-                let ids = encode(&text[..cut])?;
-                // More than max_len with [CLS] and [SEP]: the truncation is already known.
-                if ids.len() > self.max_len {
-                    return Ok(truncate(ids));
-                }
+        loop {
+            if text.len() <= budget.min(cap) {
+                return Ok(truncate(encode(text)?.get_ids().to_vec()));
+            }
+            // The last char boundary at or before the budget (0 always is one).
+            let cut = (0..=budget.min(cap))
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
+            let enc = encode(&text[..cut])?;
+            // Tokens before the prefix's last word are those of the whole text; with
+            // max_len of them (more than the max_len - 1 kept, so the whole text has more
+            // than max_len tokens with its [SEP]) the truncation is known.
+            let words = enc.get_word_ids();
+            let settled = words
+                .iter()
+                .flatten()
+                .max()
+                .and_then(|last| words.iter().position(|w| *w == Some(*last)))
+                .unwrap_or(0);
+            if settled >= self.max_len {
+                return Ok(truncate(enc.get_ids().to_vec()));
+            }
+            if budget >= cap {
+                return Err(invalid(
+                    "text",
+                    format!(
+                        "{} bytes whose first {cut} bytes do not settle the first {} tokens \
+                         (no word break); expected at most {cap} bytes (the tokenizer's \
+                         max_text_bytes limit)",
+                        text.len(),
+                        self.max_len
+                    ),
+                ));
             }
             budget = budget.saturating_mul(4);
         }
-        Ok(truncate(encode(text)?))
     }
 }
 

@@ -132,6 +132,15 @@ fn check_replaceable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A file's unusable content (weights, a config read from a file): [`Error::Corrupt`].
+fn corrupt(arg: &'static str, detail: String) -> Error {
+    Error::Corrupt {
+        op: OP,
+        arg,
+        detail,
+    }
+}
+
 fn invalid(arg: &'static str, detail: String) -> Error {
     Error::Invalid {
         op: OP,
@@ -185,7 +194,7 @@ impl Checkpoint {
         let arch = BertConfig::from_value(&config)?;
         let bytes = read("model.safetensors")?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| invalid("weights", format!("not a safetensors file: {e}")))?;
+            .map_err(|e| corrupt("weights", format!("not a safetensors file: {e}")))?;
         let metadata: BTreeMap<String, String> = safetensors::SafeTensors::read_metadata(&bytes)
             .ok()
             .and_then(|(_, m)| m.metadata().clone())

@@ -33,6 +33,15 @@ use std::path::Path;
 
 const OP: &str = "efficientnet";
 
+/// A file's unusable content (weights, a config read from a file): [`Error::Corrupt`].
+fn corrupt(arg: &'static str, detail: String) -> Error {
+    Error::Corrupt {
+        op: OP,
+        arg,
+        detail,
+    }
+}
+
 fn invalid(arg: &'static str, detail: String) -> Error {
     Error::Invalid {
         op: OP,
@@ -592,13 +601,13 @@ impl Weights<'_> {
         let want = self
             .expected
             .get(name)
-            .ok_or_else(|| invalid("weights", format!("internal: {name} is not expected")))?;
+            .ok_or_else(|| corrupt("weights", format!("internal: {name} is not expected")))?;
         let t = self
             .st
             .tensor(name)
-            .map_err(|_| invalid("weights", format!("missing tensor {name}")))?;
+            .map_err(|_| corrupt("weights", format!("missing tensor {name}")))?;
         if t.shape() != want.as_slice() {
-            return Err(invalid(
+            return Err(corrupt(
                 "weights",
                 format!("tensor {name} has shape {:?}, expected {want:?}", t.shape()),
             ));
@@ -606,7 +615,7 @@ impl Weights<'_> {
         let v: Vec<f32> = crate::model::float_values(&t)
             .filter(|_| t.dtype() != safetensors::Dtype::F64)
             .ok_or_else(|| {
-                invalid(
+                corrupt(
                     "weights",
                     format!(
                         "tensor {name} has dtype {:?}, expected F32, F16 or BF16",
@@ -618,7 +627,7 @@ impl Weights<'_> {
             .map(|x| x as f32)
             .collect();
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(invalid(
+            return Err(corrupt(
                 "weights",
                 format!("tensor {name} holds a non-finite value at {i}"),
             ));
@@ -641,7 +650,7 @@ impl Weights<'_> {
             eps: self.eps,
         };
         let f = fold_batchnorm(&w, None, &bn, DType::F32).map_err(|e| {
-            invalid(
+            corrupt(
                 "weights",
                 format!("folding BatchNorm {p}.1 into {p}.0: {e}"),
             )
@@ -734,14 +743,14 @@ impl EfficientNet {
             ));
         }
         let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| invalid("weights", format!("not a safetensors file: {e}")))?;
+            .map_err(|e| corrupt("weights", format!("not a safetensors file: {e}")))?;
         let expected: BTreeMap<String, Vec<usize>> = config.tensor_shapes().into_iter().collect();
         let names: BTreeSet<String> = st.names().into_iter().map(|n| n.to_string()).collect();
         if let Some(extra) = names
             .iter()
             .find(|n| !expected.contains_key(*n) && !n.ends_with("num_batches_tracked"))
         {
-            return Err(invalid(
+            return Err(corrupt(
                 "weights",
                 format!(
                     "unexpected tensor {extra} for EfficientNet-{} (is the configuration right?)",

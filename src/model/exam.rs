@@ -55,6 +55,15 @@ use std::path::Path;
 
 const OP: &str = "exam";
 
+/// A file's unusable content (weights, a config read from a file): [`Error::Corrupt`].
+fn corrupt(arg: &'static str, detail: String) -> Error {
+    Error::Corrupt {
+        op: OP,
+        arg,
+        detail,
+    }
+}
+
 fn invalid(arg: &'static str, detail: String) -> Error {
     Error::Invalid {
         op: OP,
@@ -276,7 +285,7 @@ pub(crate) struct TensorFile {
 impl TensorFile {
     pub(crate) fn parse(bytes: &[u8]) -> Result<TensorFile> {
         let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| invalid("weights", format!("not a safetensors file: {e}")))?;
+            .map_err(|e| corrupt("weights", format!("not a safetensors file: {e}")))?;
         let metadata = SafeTensors::read_metadata(bytes)
             .ok()
             .and_then(|(_, m)| m.metadata().clone())
@@ -293,7 +302,7 @@ impl TensorFile {
                 continue;
             };
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                return Err(invalid(
+                return Err(corrupt(
                     "weights",
                     format!(
                         "tensor {name} has a non-finite value {} at index {i}; expected finite \
@@ -313,7 +322,7 @@ impl TensorFile {
 
     pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<&[f64]> {
         if let Some(dt) = self.bad_dtype.get(name) {
-            return Err(invalid(
+            return Err(corrupt(
                 "weights",
                 format!("tensor {name} has dtype {dt}, expected F32, F16 or BF16"),
             ));
@@ -321,9 +330,9 @@ impl TensorFile {
         let (s, v) = self
             .tensors
             .get(name)
-            .ok_or_else(|| invalid("weights", format!("missing tensor {name}")))?;
+            .ok_or_else(|| corrupt("weights", format!("missing tensor {name}")))?;
         if s != shape {
-            return Err(invalid(
+            return Err(corrupt(
                 "weights",
                 format!("tensor {name} has shape {s:?}, expected {shape:?}"),
             ));
@@ -348,11 +357,11 @@ pub fn to_safetensors(
     let mut views = Vec::with_capacity(tensors.len());
     for ((name, shape, _), b) in tensors.iter().zip(&bytes) {
         let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-            .map_err(|e| invalid("weights", format!("{name}: {e}")))?;
+            .map_err(|e| corrupt("weights", format!("{name}: {e}")))?;
         views.push((name.clone(), view));
     }
     safetensors::serialize(views, Some(metadata))
-        .map_err(|e| invalid("weights", format!("serialize: {e}")))
+        .map_err(|e| corrupt("weights", format!("serialize: {e}")))
 }
 
 /// SplitMix64 (the deterministic random weights).
@@ -404,14 +413,15 @@ pub fn random_head_tensors(config: &ExamConfig, seed: u64) -> Vec<(String, Vec<u
         .collect()
 }
 
-/// The validated [`ExamConfig`] of a file's metadata (else [`ExamConfig::default`]).
+/// The validated [`ExamConfig`] of a file's metadata (else [`ExamConfig::default`]). Its
+/// errors are the file's ([`Error::Corrupt`]), not the caller's.
 fn config_of(metadata: &HashMap<String, String>) -> Result<ExamConfig> {
     let config = match metadata.get(CONFIG_KEY) {
         Some(text) => serde_json::from_str::<ExamConfig>(text)
-            .map_err(|e| invalid("config", format!("{CONFIG_KEY} metadata: {e}")))?,
+            .map_err(|e| corrupt("config", format!("{CONFIG_KEY} metadata: {e}")))?,
         None => ExamConfig::default(),
     };
-    config.validate()?;
+    config.validate().map_err(Error::into_corrupt)?;
     Ok(config)
 }
 
@@ -447,7 +457,7 @@ impl ExamHead {
                 .any(|p| n.starts_with(p))
                 && !known.contains(n.as_str())
         }) {
-            return Err(invalid(
+            return Err(corrupt(
                 "weights",
                 format!(
                     "unexpected tensor {extra} (the config has {} cross layers, deep {:?}); \
@@ -497,7 +507,7 @@ impl ExamHead {
         let thresholds = file.get("head.ordinal.thresholds", &ts)?.to_vec();
         if !thresholds.iter().all(|t| t.is_finite()) || thresholds.windows(2).any(|w| w[0] >= w[1])
         {
-            return Err(invalid(
+            return Err(corrupt(
                 "weights",
                 format!(
                     "head.ordinal.thresholds {thresholds:?}; expected finite, strictly increasing \
@@ -791,14 +801,14 @@ impl ExamModel {
         // The config first: a head the ResNet-34 trunk cannot feed is refused before its
         // tensors are read.
         let metadata = SafeTensors::read_metadata(bytes)
-            .map_err(|e| invalid("weights", format!("not a safetensors file: {e}")))?
+            .map_err(|e| corrupt("weights", format!("not a safetensors file: {e}")))?
             .1
             .metadata()
             .clone()
             .unwrap_or_default();
         let config = config_of(&metadata)?;
         if config.image_features != crate::model::resnet::WIDTHS[3] {
-            return Err(invalid(
+            return Err(corrupt(
                 "config",
                 format!(
                     "image_features {}; the ResNet-34 trunk gives 512",
@@ -809,18 +819,18 @@ impl ExamModel {
         let head = ExamHead::from_safetensors(bytes, device)?;
         // The `image.` tensors, prefix stripped, as the ResNet loader's own file.
         let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| invalid("weights", format!("not a safetensors file: {e}")))?;
+            .map_err(|e| corrupt("weights", format!("not a safetensors file: {e}")))?;
         let mut views = Vec::new();
         for (name, t) in st.tensors() {
             if let Some(rest) = name.strip_prefix("image.") {
                 let v =
                     safetensors::tensor::TensorView::new(t.dtype(), t.shape().to_vec(), t.data())
-                        .map_err(|e| invalid("weights", format!("{name}: {e}")))?;
+                        .map_err(|e| corrupt("weights", format!("{name}: {e}")))?;
                 views.push((rest.to_string(), v));
             }
         }
         if views.is_empty() {
-            return Err(invalid(
+            return Err(corrupt(
                 "weights",
                 "no image.* tensors; expected a torchvision ResNet-34 state dict under the prefix image. (image.conv1.weight, image.layer1.0.conv1.weight, ...)"
                     .into(),
@@ -829,9 +839,9 @@ impl ExamModel {
         let classes = st
             .tensor("image.fc.weight")
             .map(|t| t.shape().first().copied().unwrap_or(0))
-            .map_err(|_| invalid("weights", "missing tensor image.fc.weight".into()))?;
+            .map_err(|_| corrupt("weights", "missing tensor image.fc.weight".into()))?;
         let sub = safetensors::serialize(views, None)
-            .map_err(|e| invalid("weights", format!("serialize: {e}")))?;
+            .map_err(|e| corrupt("weights", format!("serialize: {e}")))?;
         let net = ResNet::from_safetensors(&sub, ResNetConfig::resnet34(classes), device, dtype)?;
         Self::new(
             Box::new(ResNetTrunk {

@@ -38,6 +38,11 @@ pub const BN_EPS: f64 = 1e-5;
 /// Output channels of layer1..layer4.
 pub const WIDTHS: [usize; 4] = [64, 128, 256, 512];
 
+/// A file's unusable content (weights): [`Error::Corrupt`].
+pub(crate) fn corrupt(op: &'static str, arg: &'static str, detail: String) -> Error {
+    Error::Corrupt { op, arg, detail }
+}
+
 pub(crate) fn invalid(op: &'static str, arg: &'static str, detail: String) -> Error {
     Error::Invalid { op, arg, detail }
 }
@@ -60,7 +65,7 @@ pub(crate) struct StWeights<'a> {
 impl<'a> StWeights<'a> {
     pub(crate) fn parse(op: &'static str, bytes: &'a [u8]) -> Result<Self> {
         let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| invalid(op, "weights", format!("not a safetensors file: {e}")))?;
+            .map_err(|e| corrupt(op, "weights", format!("not a safetensors file: {e}")))?;
         Ok(StWeights { st, op })
     }
 
@@ -70,9 +75,9 @@ impl<'a> StWeights<'a> {
         let t = self
             .st
             .tensor(name)
-            .map_err(|_| invalid(op, "weights", format!("missing tensor {name}")))?;
+            .map_err(|_| corrupt(op, "weights", format!("missing tensor {name}")))?;
         if t.shape() != shape {
-            return Err(invalid(
+            return Err(corrupt(
                 op,
                 "weights",
                 format!(
@@ -82,7 +87,7 @@ impl<'a> StWeights<'a> {
             ));
         }
         let v = crate::model::float_values(&t).ok_or_else(|| {
-            invalid(
+            corrupt(
                 op,
                 "weights",
                 format!(
@@ -92,7 +97,7 @@ impl<'a> StWeights<'a> {
             )
         })?;
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(invalid(
+            return Err(corrupt(
                 op,
                 "weights",
                 format!("tensor {name} has a non-finite value {} at {i}", v[i]),
@@ -186,7 +191,7 @@ impl ConvBn {
             },
             DType::F32,
         )
-        .map_err(|e| invalid(w.op, "weights", format!("{bn}: {e}")))?;
+        .map_err(|e| corrupt(w.op, "weights", format!("{bn}: {e}")))?;
         let wt = HostTensor::from_f64(&[oc, ic, k, k], &f.weight.to_f64(), dtype)?;
         Ok(ConvBn {
             w: ConvWeight::from_pytorch(&wt, 1, device)?,

@@ -16,12 +16,14 @@ use cudarc::driver::LaunchConfig;
 const OP: &str = "softmax";
 
 /// `softmax(x·scale + mask)` over the last dimension. `mask` is f32 `[mask_rows, n]` (any
-/// leading shape), additive (`-inf` drops a key), and row `r` of x uses mask row
-/// `r / (rows / mask_rows)`: a `[batch, seq_k]` padding mask covers `[batch, heads, seq_q,
-/// seq_k]` scores. Fully masked rows come out as zeros. The mask broadcasts over *outer*
-/// rows only: a `[seq_q, seq_k]` causal mask over `[batch, heads, seq_q, seq_k]` scores needs
-/// to be expanded to one mask row per score row. Arithmetic is f32 like the kernel: inputs
-/// whose `x·scale` overflows f32, and +inf entries, give NaN rows (the f64 reference may not).
+/// leading shape), additive (`-inf` drops a key whatever x holds there, NaN included, as in the
+/// fused attention), and row `r` of x uses mask row `r / (rows / mask_rows)`: a `[batch,
+/// seq_k]` padding mask covers `[batch, heads, seq_q, seq_k]` scores. Fully masked rows come
+/// out as zeros; a row with a NaN score comes out all NaN, so that NaN never passes for
+/// masking. The mask broadcasts over *outer* rows only: a `[seq_q, seq_k]` causal mask over
+/// `[batch, heads, seq_q, seq_k]` scores needs to be expanded to one mask row per score row.
+/// Arithmetic is f32 like the kernel: inputs whose `x·scale` overflows f32, and +inf entries,
+/// give NaN rows (the f64 reference may not).
 pub fn softmax(x: &Tensor, mask: Option<&Tensor>, scale: f32) -> Result<Tensor> {
     let mut out = Tensor::empty(&x.device(), x.shape(), x.dtype())?;
     softmax_into(x, mask, scale, &mut out)?;

@@ -1,6 +1,7 @@
-/* A C user of libmedkern (include/medkern.h), built and run by tests/capi.rs:
+/* A C user of libmedkern (include/medkern.h), built and run by tests/capi.rs (also under
+ * valgrind, where every handle must be freed, on the early exits too):
  *   capi_smoke <device spec> <MiniLM folder> <EfficientNet-Lite0 weights> <photo> <class ids...>
- * Exits 0 when every check passes, printing one line per check. */
+ * Exits 0 when every check passes, 1 when one fails, printing one line per check. */
 #include "medkern.h"
 
 #include <math.h>
@@ -48,6 +49,18 @@ int main(int argc, char **argv) {
     if (st != MK_OK) return 1;
     CHECK(strlen(mk_last_error()) == 0, "last error cleared by a success");
 
+    /* Model files that are not there: an I/O error naming them, nothing returned. */
+    mk_bert *missing = NULL;
+    st = mk_bert_load(dev, "/nonexistent/minilm", MK_DTYPE_DEFAULT, 0, &missing);
+    CHECK(st == MK_ERR_IO && missing == NULL && strstr(mk_last_error(), "/nonexistent/minilm"),
+          "missing model folder: %s", mk_last_error());
+    mk_image_model *missing_img = NULL;
+    st = mk_image_model_load(dev, "lite0", "/nonexistent/lite0.safetensors", MK_DTYPE_DEFAULT,
+                             &missing_img);
+    CHECK(st == MK_ERR_IO && missing_img == NULL &&
+              strstr(mk_last_error(), "/nonexistent/lite0.safetensors"),
+          "missing weights file: %s", mk_last_error());
+
     /* The two-call string protocol: ask for the size, then fetch. */
     size_t need = 0;
     st = mk_device_describe(dev, NULL, 0, &need);
@@ -61,7 +74,10 @@ int main(int argc, char **argv) {
     mk_bert *bert = NULL;
     st = mk_bert_load(dev, argv[2], MK_DTYPE_DEFAULT, 0, &bert);
     CHECK(st == MK_OK, "MiniLM loaded (%s)", mk_last_error());
-    if (st != MK_OK) return 1;
+    if (st != MK_OK) {
+        mk_device_free(dev);
+        return 1;
+    }
     size_t dim = mk_bert_dim(bert);
     CHECK(dim == 384, "embedding width %zu", dim);
     const char *texts[3] = {"The patient has a fever and a cough.",
@@ -89,7 +105,10 @@ int main(int argc, char **argv) {
     mk_image_model *img = NULL;
     st = mk_image_model_load(dev, "lite0", argv[3], MK_DTYPE_DEFAULT, &img);
     CHECK(st == MK_OK, "Lite0 loaded (%s)", mk_last_error());
-    if (st != MK_OK) return 1;
+    if (st != MK_OK) {
+        mk_device_free(dev);
+        return 1;
+    }
     size_t k = mk_image_model_num_outputs(img);
     CHECK(k == 1000, "%zu ImageNet logits", k);
     float *logits = malloc(k * sizeof(float));

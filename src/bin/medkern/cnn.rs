@@ -80,17 +80,21 @@ pub fn input_limits() -> input::InputLimits {
 }
 
 /// Reads an image file (PNG, JPEG or DICOM by content) with an optional DICOM window, and a
-/// JSON description of what was read.
+/// JSON description of what was read. The file is read once, under the input limits, and
+/// decoded from those bytes: opening it again to decode could read another file (replaced in
+/// between) than the one whose format was checked.
 pub fn read_image(path: &Path, window: Option<(f64, f64)>) -> Result<(RawImage, Value)> {
-    if dicom::is_dicom(path)? {
+    let limits = input_limits();
+    let bytes = input::read_file(path, limits.max_file_bytes)?;
+    if dicom::has_dicom_magic(&bytes) {
         let opts = dicom::DicomOptions {
             window: match window {
                 Some((center, width)) => dicom::WindowChoice::Given { center, width },
                 None => dicom::WindowChoice::File,
             },
-            limits: input_limits(),
+            limits,
         };
-        let d = dicom::read(path, &opts)?;
+        let d = dicom::from_bytes(&bytes, path, &opts)?;
         let info = json!({
             "format": "dicom",
             "transfer_syntax": d.transfer_syntax,
@@ -114,7 +118,7 @@ pub fn read_image(path: &Path, window: Option<(f64, f64)>) -> Result<(RawImage, 
                 ),
             ));
         }
-        let r = input::image::read_with(path, &input_limits())?;
+        let r = input::image::from_bytes(&bytes, path, &limits)?;
         let (h, w) = r.size();
         let info = json!({
             "format": "image",
@@ -137,6 +141,8 @@ pub struct ExamArgs {
 }
 
 pub fn exam(a: ExamArgs) -> Result<()> {
+    // The image first: a bad or over-limit file fails before the model is built.
+    let (raw, image_info) = read_image(&a.image, a.window)?;
     let dev = device_of(a.device)?;
     let dtype = dtype_of(a.dtype, &dev);
     let model = match &a.weights {
@@ -166,7 +172,6 @@ pub fn exam(a: ExamArgs) -> Result<()> {
         .map(|f| f.key.as_str())
         .filter(|k| !present.contains(k))
         .collect();
-    let (raw, image_info) = read_image(&a.image, a.window)?;
     let x = raw.to_model_input(&dev, model.trunk.input_size(), dtype)?;
     let emr_t = medkern::HostTensor::new(&[1, emr_cfg.dim()], emr)?.to_device(&dev)?;
     let out = model.forward(&x, &emr_t)?;
