@@ -644,6 +644,19 @@ fn cc_or_skip(test: &str) -> Option<String> {
 /// `valgrind` when `valgrind --version` runs; otherwise None after a counted SKIP, or a failure
 /// with MEDKERN_REQUIRE_VALGRIND=1 (scripts/test sets it: the CI machines have valgrind).
 fn valgrind_or_skip(test: &str) -> Option<&'static str> {
+    // The valgrind run uses the CPU device whatever the test device, so the plain run (no
+    // MEDKERN_TEST_DEVICE / MEDKERN_TEST_BACKEND) makes it once; scripts/test's emulated and
+    // CPU self-check passes would only repeat it (about 40 s each).
+    if ["MEDKERN_TEST_DEVICE", "MEDKERN_TEST_BACKEND"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+    {
+        skip(
+            test,
+            "valgrind runs in the plain run only (it uses the CPU device whatever the test device)",
+        );
+        return None;
+    }
     let vg = "valgrind";
     match std::process::Command::new(vg).arg("--version").output() {
         Ok(o) if o.status.success() => return Some(vg),
