@@ -556,6 +556,7 @@ fn build_emu(root: &Path, out: &Path, incs: &[PathBuf], require: bool) {
             "mk_selftest_static_smem",
             "mk_selftest_divergence",
             "mk_selftest_deadlock",
+            "mk_selftest_static_oob",
             "mk_selftest_race_raw",
             "mk_selftest_race_war",
             "mk_selftest_cp_async_early_read",

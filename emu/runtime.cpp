@@ -288,6 +288,25 @@ void shared_access(Sh* e, size_t n, bool write, const char* region, size_t off) 
     }
 }
 
+// threadIdx, blockIdx, blockDim, gridDim: host thread_locals the kernels read, which may lie
+// next to a static shared array.
+bool builtin(uintptr_t a) {
+    for (const emu_dim3* d : {&threadIdx, &blockIdx, &blockDim, &gridDim})
+        if (a - (uintptr_t)d < sizeof(emu_dim3)) return true;
+    return false;
+}
+
+[[noreturn]] void static_oob(uintptr_t a, size_t n, uintptr_t lo, size_t len) {
+    char b[240];
+    if (a < lo)
+        std::snprintf(b, sizeof b, "memcheck: invalid static shared access of %zu bytes at %p, %zu bytes before a static shared array of %zu bytes",
+                      n, (void*)a, (size_t)(lo - a), len);
+    else
+        std::snprintf(b, sizeof b, "memcheck: invalid static shared access of %zu bytes at %p, %zu bytes past the end of a static shared array of %zu bytes",
+                      n, (void*)a, (size_t)(a + n - lo - len), len);
+    fault(b);
+}
+
 // The shadow of the shared byte at `a`, or null when `a` is not shared memory.
 Sh* shared_shadow(uintptr_t a, size_t n, const char*& region, size_t& off) {
     const uintptr_t sm = (uintptr_t)L->smem;
@@ -304,10 +323,17 @@ Sh* shared_shadow(uintptr_t a, size_t n, const char*& region, size_t& off) {
     }
     for (auto& st : L->statics)
         if (a - st.lo < st.n) {
+            if (a + n > st.lo + st.n) static_oob(a, n, st.lo, st.n);
             region = "static";
             off = a - st.lo;
             return st.sh.data() + off;
         }
+    // A static array has no guard page (it is a host thread_local): an access within a red zone
+    // around one of this launch's arrays, and inside no other array nor a built-in index
+    // variable, is an index past its bounds.
+    constexpr uintptr_t kRed = 256;
+    for (auto& st : L->statics)
+        if (a + n > st.lo - kRed && a < st.lo + st.n + kRed && !builtin(a)) static_oob(a, n, st.lo, st.n);
     return nullptr;
 }
 

@@ -33,6 +33,14 @@ extern "C" __global__ void mk_selftest_deadlock(float* y) {
     y[threadIdx.x] = v;
 }
 
+// memcheck: the last thread writes one element past a static shared array.
+extern "C" __global__ void mk_selftest_static_oob(float* y) {
+    MK_STATIC_SMEM(float, s, [64]);
+    s[threadIdx.x + (threadIdx.x == 63 ? 1 : 0)] = (float)threadIdx.x;
+    __syncthreads();
+    y[threadIdx.x] = s[threadIdx.x];
+}
+
 // racecheck: lane 0 of warp 0 rewrites an element that lane 0 of warp 1 reads, with no barrier
 // between (whichever runs first, the second access is the hazard).
 extern "C" __global__ void mk_selftest_race_raw(float* y) {

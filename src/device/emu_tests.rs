@@ -449,3 +449,15 @@ fn uninitialised_and_past_the_end_global_accesses_are_reported() {
         "{e}"
     );
 }
+
+#[test]
+fn static_shared_array_overruns_are_memcheck_errors() {
+    let (r, _) = selftest("mk_selftest_static_oob", 1, 64);
+    let e = err_text(r);
+    assert!(
+        e.contains("memcheck: invalid static shared access of 4 bytes")
+            && e.contains("past the end of a static shared array of 256 bytes")
+            && e.contains("thread (63,0,0)"),
+        "{e}"
+    );
+}
