@@ -343,7 +343,8 @@ pub fn cases(source: &'static str, default: u32) -> Config {
 
 /// Runs a property test: `test` on `cases(source, default_cases)` values of `strategy`, saved
 /// regressions first; a failure shrinks, is saved, and panics with proptest's report (the
-/// reason and the minimal failing input).
+/// reason and the minimal failing input), located at the caller.
+#[track_caller]
 pub fn check<S: Strategy>(
     source: &'static str,
     default_cases: u32,
@@ -355,6 +356,7 @@ pub fn check<S: Strategy>(
 
 /// [`check`] for a test that must run every kernel variant: `test` gets a [`Cover`] and calls
 /// [`Cover::admit`] with the case's variant before any work.
+#[track_caller]
 pub fn check_covering<S: Strategy>(
     source: &'static str,
     default_cases: u32,
