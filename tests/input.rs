@@ -1565,3 +1565,40 @@ fn cli_exam_reads_a_dicom_or_a_png() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// Issue 15: the CPU preprocessing resamples straight from the u8 pixels. It converted the whole
+/// image to f64 first (8 bytes per pixel byte: 96 MB for this 12 MB image) before shrinking it
+/// to the model's 224 x 224.
+#[test]
+fn cpu_preprocess_makes_no_f64_copy_of_the_whole_image() {
+    let (h, w) = (2000usize, 2000usize);
+    let px: Vec<u8> = (0..h * w * 3).map(|i| (i * 7 % 251) as u8).collect();
+    let x = medkern::Tensor::new(&Device::Cpu, &[1, h, w, 3], px).expect("tensor");
+    let p = Preprocess::imagenet((224, 224));
+    let (y, largest) = largest_allocation(|| medkern::ops::preprocess(&x, &p, DType::F32));
+    let y = y.expect("preprocess").to_host().expect("host");
+    assert_eq!(y.shape(), &[1, 224, 224, 3]);
+    assert!(
+        largest < h * w * 3,
+        "largest allocation {largest} bytes: a copy of the whole {}-byte image or more",
+        h * w * 3
+    );
+    // The values are the reference's, computed here from the same pixels widened to f64.
+    let xs: Vec<f64> = x.to_host().expect("host").to_f64();
+    let want = medkern::reference::preprocess::preprocess(
+        &xs,
+        (1, h, w, 3),
+        (224, 224, 3),
+        medkern::reference::preprocess::ValueMap {
+            lo: 0.0,
+            range: 255.0,
+            clamp01: false,
+        },
+        &p.mean.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+        &p.std.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+    );
+    let got = y.to_f64();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(*g, (*w as f32) as f64, "pixel value {i}");
+    }
+}

@@ -32,8 +32,8 @@ impl ValueMap {
 /// `x [n, hin, win, cin]` raw pixels → `[n, hout, wout, cout]`: per source pixel `t = map(v)`,
 /// bilinear resize, then `(r − mean[c]) / std[c]`. Output channel `c` reads input channel
 /// `c` (colour; RGBA's alpha is never read) or 0 (grey, replicated when `cout == 3`).
-pub fn preprocess(
-    x: &[f64],
+pub fn preprocess<T: Copy + Into<f64>>(
+    x: &[T],
     (n, hin, win, cin): (usize, usize, usize, usize),
     (hout, wout, cout): (usize, usize, usize),
     map: ValueMap,
@@ -48,8 +48,9 @@ pub fn preprocess(
                 let (x0, x1, wx0, wx1) = bilinear_taps(ow, win, wout);
                 for c in 0..cout {
                     let ci = if cin == 1 { 0 } else { c };
-                    let t =
-                        |yy: usize, xx: usize| map.apply(x[((b * hin + yy) * win + xx) * cin + ci]);
+                    let t = |yy: usize, xx: usize| {
+                        map.apply(x[((b * hin + yy) * win + xx) * cin + ci].into())
+                    };
                     let r = wy0 * (wx0 * t(y0, x0) + wx1 * t(y0, x1))
                         + wy1 * (wx0 * t(y1, x0) + wx1 * t(y1, x1));
                     y[((b * hout + oh) * wout + ow) * cout + c] = (r - mean[c]) / std[c];
