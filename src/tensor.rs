@@ -269,6 +269,17 @@ impl std::fmt::Debug for DeviceTensor {
     }
 }
 
+impl Drop for DeviceTensor {
+    /// The buffer is freed on its GPU's stream by cudarc, which does not make that GPU's context
+    /// current: on a thread where another GPU's context (or none) is current, the free would go
+    /// to the wrong context or fail. Bind ours first; the fields drop after this.
+    fn drop(&mut self) {
+        if matches!(self.buf, DevBuf::Cuda(_)) {
+            self.gpu.bind_to_thread();
+        }
+    }
+}
+
 impl DeviceTensor {
     /// Allocates without initialising (every kernel writes all of its output; the emulated
     /// GPU fills new memory with 0xFF so a read of an unwritten element shows).

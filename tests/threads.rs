@@ -187,3 +187,37 @@ fn eight_threads_share_one_cnn_bit_identically() {
         });
     }
 }
+
+/// Issue 15 item 13: a device tensor dropped on a thread where its GPU's context is not
+/// current is freed in that context (DeviceTensor's Drop binds it), and the GPU keeps working
+/// from both threads afterwards.
+#[test]
+fn device_tensors_dropped_on_other_threads_free_in_their_context() {
+    let Some(dev) = common::test_device("threads::device_tensors_dropped_on_other_threads") else {
+        return;
+    };
+    let values: Vec<f32> = (0..4096).map(|i| i as f32 * 0.5 - 7.0).collect();
+    for _ in 0..4 {
+        let t = Tensor::new(&dev, &[4096], values.clone()).expect("upload");
+        std::thread::spawn(move || drop(t))
+            .join()
+            .expect("drop on another thread");
+    }
+    let back = std::thread::spawn({
+        let dev = dev.clone();
+        let values = values.clone();
+        move || {
+            Tensor::new(&dev, &[4096], values)
+                .and_then(|t| t.to_host())
+                .expect("a new thread uses the GPU")
+        }
+    })
+    .join()
+    .expect("thread");
+    let here = Tensor::new(&dev, &[4096], values.clone())
+        .and_then(|t| t.to_host())
+        .expect("this thread uses the GPU");
+    let want: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
+    assert_eq!(back.to_f64(), want);
+    assert_eq!(here.to_f64(), want);
+}

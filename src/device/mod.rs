@@ -239,6 +239,14 @@ impl Gpu {
             .new_stream()
             .map_err(driver("Gpu::new_stream"))
     }
+    /// Makes this GPU's context current on the calling thread (nothing for the emulated GPU):
+    /// a [`crate::DeviceTensor`] dropped on another thread frees its buffer in the right context.
+    pub(crate) fn bind_to_thread(&self) {
+        if let Backend::Cuda(c) = &self.backend {
+            // A failure here leaves the free to report its own error (cudarc records it).
+            let _ = c.ctx.bind_to_thread();
+        }
+    }
     /// Waits for all queued work (the emulated GPU runs each launch to completion).
     pub fn synchronize(&self) -> Result<()> {
         match &self.backend {
