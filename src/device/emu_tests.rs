@@ -16,6 +16,19 @@ fn relu(
 ) -> Result<()> {
     let mut x = DeviceTensor::alloc(gpu, &[len], DType::F32)?;
     x.fill_bytes(0x3F)?; // initcheck: the inputs are written before the launch reads them
+    relu_on(gpu, &x, total, block, smem, drop_last)
+}
+
+/// `relu` over a given input `x` (which the caller may leave unwritten).
+fn relu_on(
+    gpu: &Arc<Gpu>,
+    x: &DeviceTensor,
+    total: i64,
+    block: u32,
+    smem: u32,
+    drop_last: bool,
+) -> Result<()> {
+    let len = x.len();
     let mut y = DeviceTensor::alloc(gpu, &[len], DType::F32)?;
     let (null, alpha, n, vec_ok) = (0u64, 1.0f32, total, 0i32);
     let mut b = gpu.launcher("eltwise_relu_f32");
@@ -425,24 +438,7 @@ fn uninitialised_and_past_the_end_global_accesses_are_reported() {
     );
     // An input the host never wrote: initcheck.
     let x = DeviceTensor::alloc(&gpu, &[64], DType::F32).unwrap();
-    let mut y = DeviceTensor::alloc(&gpu, &[64], DType::F32).unwrap();
-    let (null, alpha, total, vec_ok) = (0u64, 1.0f32, 64i64, 0i32);
-    let mut b = gpu.launcher("eltwise_relu_f32");
-    b.arg(y.buffer_mut())
-        .arg(x.buffer())
-        .arg(&null)
-        .arg(&null)
-        .arg(&alpha)
-        .arg(&total)
-        .arg(&total)
-        .arg(&vec_ok);
-    let cfg = LaunchConfig {
-        grid_dim: (1, 1, 1),
-        block_dim: (64, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    // SAFETY: 64 elements each; the emulated GPU checks every access.
-    let e = err_text(unsafe { b.launch(cfg) });
+    let e = err_text(relu_on(&gpu, &x, 64, 64, 0, false));
     assert!(
         e.contains("initcheck: global read of 4 bytes")
             && e.contains("neither the host nor a kernel has written"),
