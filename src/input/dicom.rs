@@ -521,11 +521,31 @@ fn check_structure(
                         Some(pos + len as usize),
                         at,
                     )?;
+                } else if len as usize % value_size(vr) != 0 {
+                    // The parser reads binary numbers whole and would leave the remainder
+                    // unread, then take the next element header from the wrong byte.
+                    return Err(format!(
+                        "element ({:04X},{:04X}) at byte {at} of VR {vr:?} declares {len} \
+                         bytes, not a multiple of its value size {}",
+                        tag.0,
+                        tag.1,
+                        value_size(vr)
+                    ));
                 } else {
                     pos += len as usize;
                 }
             }
         }
+    }
+}
+
+/// The size of one value of a binary numeric VR (1 for bytes and text).
+fn value_size(vr: VR) -> usize {
+    match vr {
+        VR::US | VR::SS | VR::OW => 2,
+        VR::UL | VR::SL | VR::FL | VR::AT | VR::OF | VR::OL => 4,
+        VR::FD | VR::OD | VR::SV | VR::UV | VR::OV => 8,
+        _ => 1,
     }
 }
 

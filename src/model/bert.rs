@@ -982,9 +982,12 @@ impl BertModel {
             .forward(&pooled, Activation::Identity, None)?;
         let n = head.classifier.out_features();
         let v = logits.to_host()?.to_f64();
-        Ok(v.chunks(n.max(1))
-            .map(|r| r.iter().map(|&x| x as f32).collect())
-            .collect())
+        finite_rows(
+            "logits",
+            v.chunks(n.max(1))
+                .map(|r| r.iter().map(|&x| x as f32).collect())
+                .collect(),
+        )
     }
 
     /// Label names of the classifier's outputs (`id2label`, else `LABEL_i`).
@@ -1016,7 +1019,7 @@ impl BertModel {
         let (x, cu) = self.forward(ids, None)?;
         let h = self.config.hidden_size;
         let v = x.to_host()?.to_f64();
-        Ok(cu
+        let rows = cu
             .windows(2)
             .map(|w| {
                 let rows = &v[w[0] * h..w[1] * h];
@@ -1030,8 +1033,28 @@ impl BertModel {
                     }
                 }
             })
-            .collect())
+            .collect();
+        finite_rows("embedding", rows)
     }
+}
+
+/// The rows of a result, or an error when one holds a non-finite value: the loader refuses
+/// non-finite weights, so this is finite weights large enough to overflow (a corrupt or
+/// hostile checkpoint), and a NaN row returned as a result would be a silent wrong answer.
+fn finite_rows(what: &str, rows: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>> {
+    for (i, r) in rows.iter().enumerate() {
+        if let Some(j) = r.iter().position(|x| !x.is_finite()) {
+            return Err(corrupt(
+                "weights",
+                format!(
+                    "{what} {i} has a non-finite value {} at {j}: the weights overflow f32 \
+                     (expected a checkpoint whose activations stay finite)",
+                    r[j]
+                ),
+            ));
+        }
+    }
+    Ok(rows)
 }
 
 /// Zero-pads each head's `d` output rows of a q/k/v projection to `dp` (weights, bias and

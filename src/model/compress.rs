@@ -189,13 +189,18 @@ impl Checkpoint {
                 source: e,
             })
         };
-        let config: serde_json::Value = serde_json::from_slice(&read("config.json")?)
+        Self::from_bytes(&read("config.json")?, &read("model.safetensors")?)
+    }
+
+    /// [`Checkpoint::load`] from the bytes of `config.json` and `model.safetensors`.
+    pub fn from_bytes(config_json: &[u8], weights: &[u8]) -> Result<Self> {
+        let config: serde_json::Value = serde_json::from_slice(config_json)
             .map_err(|e| invalid("config", format!("config.json: {e}")))?;
         let arch = BertConfig::from_value(&config)?;
-        let bytes = read("model.safetensors")?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
+        let bytes = weights;
+        let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| corrupt("weights", format!("not a safetensors file: {e}")))?;
-        let metadata: BTreeMap<String, String> = safetensors::SafeTensors::read_metadata(&bytes)
+        let metadata: BTreeMap<String, String> = safetensors::SafeTensors::read_metadata(bytes)
             .ok()
             .and_then(|(_, m)| m.metadata().clone())
             .unwrap_or_default()
