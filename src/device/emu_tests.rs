@@ -457,3 +457,28 @@ fn static_shared_array_overruns_are_memcheck_errors() {
         "{e}"
     );
 }
+
+/// Threads that need the same module at once load it once (the others wait for that load),
+/// and all of them launch.
+#[test]
+fn threads_needing_one_module_load_it_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let gpu = Gpu::emulated().unwrap();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let counted = loads.clone();
+    gpu.set_load_hook(move |module| {
+        if module == "elementwise" {
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    });
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| relu(&gpu, 64, 64, 256, 0, false)))
+            .collect();
+        for h in hs {
+            h.join().unwrap().unwrap();
+        }
+    });
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+}

@@ -75,9 +75,42 @@ enum Backend {
 struct CudaParts {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    functions: Mutex<HashMap<&'static str, CudaFunction>>,
 }
+
+/// A kernel ready to launch: its function, or None on the emulated GPU (which runs kernels by
+/// name).
+#[derive(Clone)]
+struct Fetched {
+    f: Option<CudaFunction>,
+}
+
+/// Values loaded once per key (a module, a kernel) and shared by every later caller.
+struct OnceMap<V> {
+    map: Mutex<HashMap<&'static str, V>>,
+}
+
+impl<V: Clone> OnceMap<V> {
+    fn new() -> Self {
+        OnceMap {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The value for `key`, loading it first if no caller has; a failed load is not kept.
+    fn get_or_load(&self, key: &'static str, load: impl FnOnce() -> Result<V>) -> Result<V> {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = m.get(key) {
+            return Ok(v.clone());
+        }
+        let v = load()?;
+        m.insert(key, v.clone());
+        Ok(v)
+    }
+}
+
+/// Test hook: called with the module's name as each module load starts.
+#[cfg(test)]
+type LoadHook = Arc<dyn Fn(&'static str) + Send + Sync>;
 
 /// One GPU (or the emulated GPU): its properties, default stream, and the kernels loaded so far.
 pub struct Gpu {
@@ -88,6 +121,12 @@ pub struct Gpu {
     driver_version: (i32, i32),
     sm_count: u32,
     backend: Backend,
+    /// Loaded modules by file stem (None on the emulated GPU, whose kernels are linked in).
+    modules: OnceMap<Option<Arc<CudaModule>>>,
+    /// Fetched kernels by name.
+    functions: OnceMap<Fetched>,
+    #[cfg(test)]
+    load_hook: Mutex<Option<LoadHook>>,
 }
 
 impl fmt::Debug for Gpu {
@@ -146,12 +185,11 @@ impl Gpu {
             total_memory,
             driver_version: (v / 1000, (v % 1000) / 10),
             sm_count: sm_count.max(1) as u32,
-            backend: Backend::Cuda(CudaParts {
-                ctx,
-                stream,
-                modules: Mutex::new(HashMap::new()),
-                functions: Mutex::new(HashMap::new()),
-            }),
+            backend: Backend::Cuda(CudaParts { ctx, stream }),
+            modules: OnceMap::new(),
+            functions: OnceMap::new(),
+            #[cfg(test)]
+            load_hook: Mutex::new(None),
         }))
     }
 
@@ -187,6 +225,10 @@ impl Gpu {
                 opted_in: Mutex::new(HashMap::new()),
                 seed: std::sync::atomic::AtomicU64::new(seed),
             },
+            modules: OnceMap::new(),
+            functions: OnceMap::new(),
+            #[cfg(test)]
+            load_hook: Mutex::new(None),
         }))
     }
 
@@ -270,9 +312,15 @@ impl Gpu {
                 ),
             });
         }
+        let fetched = self.fetch(kernel)?;
         match &self.backend {
-            Backend::Cuda(c) => {
-                let f = c.function(kernel, self.arch)?;
+            Backend::Cuda(_) => {
+                let Some(f) = fetched.f else {
+                    return Err(Error::Launch {
+                        kernel,
+                        detail: "no function loaded".into(),
+                    });
+                };
                 if dynamic_smem > DEFAULT_DYNAMIC_SMEM {
                     f.set_attribute(
                         sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -304,32 +352,55 @@ impl Gpu {
     }
 }
 
-impl CudaParts {
-    fn function(&self, kernel: &'static str, arch: Arch) -> Result<CudaFunction> {
+impl Gpu {
+    /// `kernel` ready to launch, its module loaded on first use. Both backends take this path,
+    /// so the emulated GPU exercises the CUDA path's caching and locking.
+    fn fetch(&self, kernel: &'static str) -> Result<Fetched> {
         let info = kernels::kernel_info(kernel)?;
-        let mut fns = self.functions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = fns.get(kernel) {
-            return Ok(f.clone());
-        }
-        let module = self.module(info.module, arch)?;
-        let f = module.load_function(info.name).map_err(|e| Error::Driver {
-            op: info.name,
-            source: e,
-        })?;
-        fns.insert(info.name, f.clone());
-        Ok(f)
+        self.functions.get_or_load(info.name, || {
+            let module = self
+                .modules
+                .get_or_load(info.module, || self.load_module(info.module))?;
+            let f = module
+                .map(|m| m.load_function(info.name))
+                .transpose()
+                .map_err(|e| Error::Driver {
+                    op: info.name,
+                    source: e,
+                })?;
+            Ok(Fetched { f })
+        })
     }
 
-    fn module(&self, name: &'static str, arch: Arch) -> Result<Arc<CudaModule>> {
-        let mut mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = mods.get(name) {
-            return Ok(m.clone());
+    /// Loads module `name` (a driver JIT or an NVRTC compile when no CUBIN fits: seconds);
+    /// nothing to load on the emulated GPU.
+    fn load_module(&self, name: &'static str) -> Result<Option<Arc<CudaModule>>> {
+        #[cfg(test)]
+        {
+            let hook = self
+                .load_hook
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(h) = hook {
+                h(name);
+            }
         }
-        let embedded = kernels::module(name)?;
-        let image = image_for(embedded, arch)?;
-        let m = self.ctx.load_module(image).map_err(driver(embedded.name))?;
-        mods.insert(embedded.name, m.clone());
-        Ok(m)
+        match &self.backend {
+            Backend::Cuda(c) => {
+                let embedded = kernels::module(name)?;
+                let image = image_for(embedded, self.arch)?;
+                let m = c.ctx.load_module(image).map_err(driver(embedded.name))?;
+                Ok(Some(m))
+            }
+            Backend::Emu { .. } => Ok(None),
+        }
+    }
+
+    /// Test hook: `hook` runs at the start of every module load of this GPU.
+    #[cfg(test)]
+    pub(crate) fn set_load_hook(&self, hook: impl Fn(&'static str) + Send + Sync + 'static) {
+        *self.load_hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
     }
 }
 
