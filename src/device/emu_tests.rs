@@ -458,6 +458,52 @@ fn static_shared_array_overruns_are_memcheck_errors() {
     );
 }
 
+/// Issue 15 item 13: while one module's load is in progress (held open by the test hook, as a
+/// slow JIT or NVRTC compile would), a launch of a kernel whose module is already loaded, and
+/// the first load of a third module, both complete.
+#[test]
+fn a_slow_module_load_holds_up_no_other_module() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let gpu = Gpu::emulated().unwrap();
+    relu(&gpu, 64, 64, 256, 0, false).unwrap(); // `elementwise` is loaded
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    gpu.set_load_hook(move |module| {
+        if module == "layout" {
+            let _ = entered_tx.send(());
+            let rx = release_rx.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = rx.recv_timeout(Duration::from_secs(60));
+        }
+    });
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| transpose(&gpu, 256));
+        // The layout module's load has started (and waits for the release below).
+        entered_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        let (done_tx, done_rx) = mpsc::channel();
+        let other = done_tx.clone();
+        let g = &gpu;
+        s.spawn(move || done_tx.send(("relu launch", relu(g, 64, 64, 256, 0, false))));
+        s.spawn(move || other.send(("softmax load", g.fetch("softmax_warp_f32").map(|_| ()))));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let got: Vec<_> = (0..2)
+            .map(|_| {
+                done_rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            })
+            .collect();
+        // Let the held load finish before asserting, so every thread joins either way.
+        release_tx.send(()).unwrap();
+        for r in got {
+            match r {
+                Ok((what, r)) => assert!(r.is_ok(), "{what}: {r:?}"),
+                Err(_) => panic!("a launch waited on another module's load"),
+            }
+        }
+        slow.join().unwrap().unwrap();
+    });
+}
+
 /// Threads that need the same module at once load it once (the others wait for that load),
 /// and all of them launch.
 #[test]

@@ -19,7 +19,7 @@ use crate::error::{Error, Result, driver};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, sys};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A compute capability, e.g. 9.0 for H100/H200.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -84,9 +84,18 @@ struct Fetched {
     f: Option<CudaFunction>,
 }
 
-/// Values loaded once per key (a module, a kernel) and shared by every later caller.
+/// Values loaded once per key (a module, a kernel) and shared by every later caller. Each key
+/// has its own slot, loaded outside the map's lock: a slow load (a driver JIT or NVRTC compile
+/// of one module) never holds up a lookup of another key, and callers wanting the key being
+/// loaded wait on its slot, so it loads once.
 struct OnceMap<V> {
-    map: Mutex<HashMap<&'static str, V>>,
+    map: Mutex<HashMap<&'static str, Arc<Slot<V>>>>,
+}
+
+struct Slot<V> {
+    value: OnceLock<V>,
+    /// Held while loading: one load per key at a time.
+    loading: Mutex<()>,
 }
 
 impl<V: Clone> OnceMap<V> {
@@ -96,15 +105,27 @@ impl<V: Clone> OnceMap<V> {
         }
     }
 
-    /// The value for `key`, loading it first if no caller has; a failed load is not kept.
+    /// The value for `key`, loading it first if no caller has; a failed load is not kept (the
+    /// next caller retries).
     fn get_or_load(&self, key: &'static str, load: impl FnOnce() -> Result<V>) -> Result<V> {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(v) = m.get(key) {
+        let slot = {
+            let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(m.entry(key).or_insert_with(|| {
+                Arc::new(Slot {
+                    value: OnceLock::new(),
+                    loading: Mutex::new(()),
+                })
+            }))
+        };
+        if let Some(v) = slot.value.get() {
+            return Ok(v.clone());
+        }
+        let _loading = slot.loading.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = slot.value.get() {
             return Ok(v.clone());
         }
         let v = load()?;
-        m.insert(key, v.clone());
-        Ok(v)
+        Ok(slot.value.get_or_init(|| v).clone())
     }
 }
 
