@@ -65,9 +65,8 @@ pub fn gpu_count() -> Result<usize> {
 enum Backend {
     Cuda(CudaParts),
     /// The emulated GPU: kernels compiled for the CPU (build.rs, emu/), run from the same
-    /// launchers; `opted_in` records the >48 KiB shared-memory attribute as the driver would.
+    /// launchers.
     Emu {
-        opted_in: Mutex<HashMap<&'static str, u32>>,
         seed: std::sync::atomic::AtomicU64,
     },
 }
@@ -78,10 +77,14 @@ struct CudaParts {
 }
 
 /// A kernel ready to launch: its function, or None on the emulated GPU (which runs kernels by
-/// name).
+/// name), and the dynamic shared memory it was opted in to at its first fetch.
 #[derive(Clone)]
 struct Fetched {
     f: Option<CudaFunction>,
+    /// The block's opt-in limit less the kernel's static shared memory: the most a launch may
+    /// ask for (the driver refuses more).
+    max_dynamic_smem: u32,
+    static_smem: u32,
 }
 
 /// Values loaded once per key (a module, a kernel) and shared by every later caller. Each key
@@ -141,6 +144,9 @@ pub struct Gpu {
     total_memory: usize,
     driver_version: (i32, i32),
     sm_count: u32,
+    /// Shared memory one block may opt in to (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
+    /// [`max_dynamic_smem`] of the arch on the emulated GPU), static and dynamic together.
+    smem_optin: u32,
     backend: Backend,
     /// Loaded modules by file stem (None on the emulated GPU, whose kernels are linked in).
     modules: OnceMap<Option<Arc<CudaModule>>>,
@@ -193,6 +199,11 @@ impl Gpu {
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(driver("Gpu::new"))?;
+        let smem_optin = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(driver("Gpu::new"))?;
         let mut v = 0i32;
         // SAFETY: out-pointer to a local; the driver is loaded (gpu_count succeeded).
         unsafe { sys::cuDriverGetVersion(&mut v) }
@@ -206,6 +217,7 @@ impl Gpu {
             total_memory,
             driver_version: (v / 1000, (v % 1000) / 10),
             sm_count: sm_count.max(1) as u32,
+            smem_optin: u32::try_from(smem_optin).unwrap_or(0),
             backend: Backend::Cuda(CudaParts { ctx, stream }),
             modules: OnceMap::new(),
             functions: OnceMap::new(),
@@ -242,8 +254,8 @@ impl Gpu {
             total_memory: 16 << 30,
             driver_version: (0, 0),
             sm_count: sm_count.max(1),
+            smem_optin: max_dynamic_smem(arch),
             backend: Backend::Emu {
-                opted_in: Mutex::new(HashMap::new()),
                 seed: std::sync::atomic::AtomicU64::new(seed),
             },
             modules: OnceMap::new(),
@@ -318,47 +330,29 @@ impl Gpu {
         }
     }
 
-    /// Checks the arch and, on a CUDA GPU, loads the function for `kernel` (its module on
-    /// first use); a launch with more than 48 KiB of dynamic shared memory opts in first.
+    /// Checks the arch and the dynamic shared memory against what `kernel` was opted in to at
+    /// its first fetch; returns its function (None on the emulated GPU). Nothing is set here:
+    /// a per-launch opt-in raced with other threads launching the same kernel at other sizes.
     fn prepare(&self, kernel: &'static str, dynamic_smem: u32) -> Result<Option<CudaFunction>> {
         kernels::check_arch(kernel, self.arch)?;
-        let limit = max_dynamic_smem(self.arch);
-        if dynamic_smem > limit {
+        let fetched = self.fetch(kernel)?;
+        if dynamic_smem > fetched.max_dynamic_smem {
             return Err(Error::Launch {
                 kernel,
                 detail: format!(
-                    "{dynamic_smem} bytes of dynamic shared memory exceed the {limit} bytes a \
-                     {} block may opt in to (CUDA_ERROR_INVALID_VALUE)",
-                    self.arch
+                    "{dynamic_smem} bytes of dynamic shared memory exceed the {} bytes this \
+                     kernel may use: the {} bytes a {} block may opt in to less its {} bytes of \
+                     static shared memory (CUDA_ERROR_INVALID_VALUE)",
+                    fetched.max_dynamic_smem, self.smem_optin, self.arch, fetched.static_smem
                 ),
             });
         }
-        let fetched = self.fetch(kernel)?;
-        match &self.backend {
-            Backend::Cuda(_) => {
-                let Some(f) = fetched.f else {
-                    return Err(Error::Launch {
-                        kernel,
-                        detail: "no function loaded".into(),
-                    });
-                };
-                if dynamic_smem > DEFAULT_DYNAMIC_SMEM {
-                    f.set_attribute(
-                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        dynamic_smem as i32,
-                    )
-                    .map_err(driver(kernel))?;
-                }
-                Ok(Some(f))
-            }
-            Backend::Emu { opted_in, .. } => {
-                if dynamic_smem > DEFAULT_DYNAMIC_SMEM {
-                    let mut m = opted_in.lock().unwrap_or_else(|p| p.into_inner());
-                    let e = m.entry(kernel).or_insert(0);
-                    *e = (*e).max(dynamic_smem);
-                }
-                Ok(None)
-            }
+        match (&self.backend, fetched.f) {
+            (Backend::Cuda(_), None) => Err(Error::Launch {
+                kernel,
+                detail: "no function loaded".into(),
+            }),
+            (_, f) => Ok(f),
         }
     }
 
@@ -389,7 +383,31 @@ impl Gpu {
                     op: info.name,
                     source: e,
                 })?;
-            Ok(Fetched { f })
+            // Opt in once, to all the kernel may take: launches only compare against it.
+            let static_smem = match &f {
+                Some(f) => {
+                    let n = f
+                        .get_attribute(
+                            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+                        )
+                        .map_err(driver(info.name))?;
+                    u32::try_from(n).unwrap_or(0)
+                }
+                None => reported_static_smem(info, self.arch)?,
+            };
+            let max_dynamic_smem = self.smem_optin.saturating_sub(static_smem);
+            if let Some(f) = &f {
+                f.set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    i32::try_from(max_dynamic_smem).unwrap_or(i32::MAX),
+                )
+                .map_err(driver(info.name))?;
+            }
+            Ok(Fetched {
+                f,
+                max_dynamic_smem,
+                static_smem,
+            })
         })
     }
 
@@ -423,6 +441,18 @@ impl Gpu {
     pub(crate) fn set_load_hook(&self, hook: impl Fn(&'static str) + Send + Sync + 'static) {
         *self.load_hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
     }
+}
+
+/// `kernel`'s static shared memory as ptxas reported it at build time for the newest arch not
+/// newer than `arch` (what the emulated GPU counts; 0 when build.rs had no NVRTC).
+fn reported_static_smem(kernel: &kernels::KernelInfo, arch: Arch) -> Result<u32> {
+    let own = arch.major * 10 + arch.minor;
+    Ok(kernels::module(kernel.module)?
+        .resources
+        .iter()
+        .filter(|r| r.kernel == kernel.name && r.arch <= own)
+        .max_by_key(|r| r.arch)
+        .map_or(0, |r| r.shared_bytes))
 }
 
 /// Picks the best image: a CUBIN of the same major arch not newer than the GPU, else the
@@ -599,17 +629,7 @@ impl Launch<'_> {
                 }
                 .map_err(driver(kernel))
             }
-            (Backend::Emu { opted_in, seed }, _) => {
-                if cfg.shared_mem_bytes > DEFAULT_DYNAMIC_SMEM {
-                    let m = opted_in.lock().unwrap_or_else(|p| p.into_inner());
-                    if m.get(kernel).copied().unwrap_or(0) < cfg.shared_mem_bytes {
-                        return refuse(format!(
-                            "{} bytes of dynamic shared memory without opting in \
-                             (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) above the default {}",
-                            cfg.shared_mem_bytes, DEFAULT_DYNAMIC_SMEM
-                        ));
-                    }
-                }
+            (Backend::Emu { seed }, _) => {
                 record_coverage(kernel);
                 let sizes: Vec<u32> = self.spans.iter().map(|&(_, n)| n as u32).collect();
                 let s = seed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
