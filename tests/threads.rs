@@ -221,3 +221,64 @@ fn device_tensors_dropped_on_other_threads_free_in_their_context() {
     assert_eq!(back.to_f64(), want);
     assert_eq!(here.to_f64(), want);
 }
+
+/// Issue 15 item 13: one kernel (`depthwise_any_f32`) launched from 6 threads at once with 5
+/// dynamic shared-memory sizes, from 4.2 KiB to 76.6 KiB (two of them above the 48 KiB that
+/// needs the opt-in; the dilations' plans, checked in `ops::depthwise`'s unit tests), every
+/// launch succeeds and is bit-identical to the serial run. When each launch set the opt-in
+/// attribute to its own size, a thread could lower it between another's setting and launch.
+#[test]
+fn one_kernel_launched_with_several_dynamic_shared_sizes_from_threads() {
+    use medkern::ops::{self, depthwise::Depthwise};
+    let Some(dev) =
+        common::test_device("threads::one_kernel_launched_with_several_dynamic_shared_sizes")
+    else {
+        return;
+    };
+    let mut rng = common::SeedRng::new(13);
+    let (k, c) = (7, 8);
+    let w = common::upload(
+        &dev,
+        &[k, k, c],
+        &common::random_values(&mut rng, k * k * c, 1.0, DType::F32),
+        DType::F32,
+    );
+    let cases: Vec<(usize, Tensor)> = [1, 4, 6, 7, 8]
+        .iter()
+        .map(|&d| {
+            let hw = (k - 1) * d + 3;
+            let x = common::random_values(&mut rng, hw * hw * c, 1.0, DType::F32);
+            (d, common::upload(&dev, &[1, hw, hw, c], &x, DType::F32))
+        })
+        .collect();
+    let run = |(d, x): &(usize, Tensor)| {
+        let opts = Depthwise {
+            dilation: (*d, *d),
+            ..Depthwise::default()
+        };
+        bits(&ops::depthwise(x, &w, &opts).expect("depthwise"))
+    };
+    let serial: Vec<_> = cases.iter().map(run).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|t| {
+                let (cases, serial, run) = (&cases, &serial, &run);
+                s.spawn(move || {
+                    for round in 0..4 {
+                        for j in 0..cases.len() {
+                            let i = (j + t + round) % cases.len();
+                            assert!(
+                                run(&cases[i]) == serial[i],
+                                "thread {t}, round {round}, dilation {} differs",
+                                cases[i].0
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread");
+        }
+    });
+}

@@ -19,7 +19,7 @@ use crate::error::{Error, Result, driver};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, sys};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A compute capability, e.g. 9.0 for H100/H200.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -65,9 +65,8 @@ pub fn gpu_count() -> Result<usize> {
 enum Backend {
     Cuda(CudaParts),
     /// The emulated GPU: kernels compiled for the CPU (build.rs, emu/), run from the same
-    /// launchers; `opted_in` records the >48 KiB shared-memory attribute as the driver would.
+    /// launchers.
     Emu {
-        opted_in: Mutex<HashMap<&'static str, u32>>,
         seed: std::sync::atomic::AtomicU64,
     },
 }
@@ -75,9 +74,67 @@ enum Backend {
 struct CudaParts {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    functions: Mutex<HashMap<&'static str, CudaFunction>>,
 }
+
+/// A kernel ready to launch: its function, or None on the emulated GPU (which runs kernels by
+/// name), and the dynamic shared memory it was opted in to at its first fetch.
+#[derive(Clone)]
+struct Fetched {
+    f: Option<CudaFunction>,
+    /// The block's opt-in limit less the kernel's static shared memory: the most a launch may
+    /// ask for (the driver refuses more).
+    max_dynamic_smem: u32,
+    static_smem: u32,
+}
+
+/// Values loaded once per key (a module, a kernel) and shared by every later caller. Each key
+/// has its own slot, loaded outside the map's lock: a slow load (a driver JIT or NVRTC compile
+/// of one module) never holds up a lookup of another key, and callers wanting the key being
+/// loaded wait on its slot, so it loads once.
+struct OnceMap<V> {
+    map: Mutex<HashMap<&'static str, Arc<Slot<V>>>>,
+}
+
+struct Slot<V> {
+    value: OnceLock<V>,
+    /// Held while loading: one load per key at a time.
+    loading: Mutex<()>,
+}
+
+impl<V: Clone> OnceMap<V> {
+    fn new() -> Self {
+        OnceMap {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The value for `key`, loading it first if no caller has; a failed load is not kept (the
+    /// next caller retries).
+    fn get_or_load(&self, key: &'static str, load: impl FnOnce() -> Result<V>) -> Result<V> {
+        let slot = {
+            let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(m.entry(key).or_insert_with(|| {
+                Arc::new(Slot {
+                    value: OnceLock::new(),
+                    loading: Mutex::new(()),
+                })
+            }))
+        };
+        if let Some(v) = slot.value.get() {
+            return Ok(v.clone());
+        }
+        let _loading = slot.loading.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = slot.value.get() {
+            return Ok(v.clone());
+        }
+        let v = load()?;
+        Ok(slot.value.get_or_init(|| v).clone())
+    }
+}
+
+/// Test hook: called with the module's name as each module load starts.
+#[cfg(test)]
+type LoadHook = Arc<dyn Fn(&'static str) + Send + Sync>;
 
 /// One GPU (or the emulated GPU): its properties, default stream, and the kernels loaded so far.
 pub struct Gpu {
@@ -87,7 +144,16 @@ pub struct Gpu {
     total_memory: usize,
     driver_version: (i32, i32),
     sm_count: u32,
+    /// Shared memory one block may opt in to (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
+    /// [`max_dynamic_smem`] of the arch on the emulated GPU), static and dynamic together.
+    smem_optin: u32,
     backend: Backend,
+    /// Loaded modules by file stem (None on the emulated GPU, whose kernels are linked in).
+    modules: OnceMap<Option<Arc<CudaModule>>>,
+    /// Fetched kernels by name.
+    functions: OnceMap<Fetched>,
+    #[cfg(test)]
+    load_hook: Mutex<Option<LoadHook>>,
 }
 
 impl fmt::Debug for Gpu {
@@ -133,6 +199,11 @@ impl Gpu {
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(driver("Gpu::new"))?;
+        let smem_optin = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(driver("Gpu::new"))?;
         let mut v = 0i32;
         // SAFETY: out-pointer to a local; the driver is loaded (gpu_count succeeded).
         unsafe { sys::cuDriverGetVersion(&mut v) }
@@ -146,12 +217,12 @@ impl Gpu {
             total_memory,
             driver_version: (v / 1000, (v % 1000) / 10),
             sm_count: sm_count.max(1) as u32,
-            backend: Backend::Cuda(CudaParts {
-                ctx,
-                stream,
-                modules: Mutex::new(HashMap::new()),
-                functions: Mutex::new(HashMap::new()),
-            }),
+            smem_optin: u32::try_from(smem_optin).unwrap_or(0),
+            backend: Backend::Cuda(CudaParts { ctx, stream }),
+            modules: OnceMap::new(),
+            functions: OnceMap::new(),
+            #[cfg(test)]
+            load_hook: Mutex::new(None),
         }))
     }
 
@@ -183,10 +254,14 @@ impl Gpu {
             total_memory: 16 << 30,
             driver_version: (0, 0),
             sm_count: sm_count.max(1),
+            smem_optin: max_dynamic_smem(arch),
             backend: Backend::Emu {
-                opted_in: Mutex::new(HashMap::new()),
                 seed: std::sync::atomic::AtomicU64::new(seed),
             },
+            modules: OnceMap::new(),
+            functions: OnceMap::new(),
+            #[cfg(test)]
+            load_hook: Mutex::new(None),
         }))
     }
 
@@ -255,41 +330,29 @@ impl Gpu {
         }
     }
 
-    /// Checks the arch and, on a CUDA GPU, loads the function for `kernel` (its module on
-    /// first use); a launch with more than 48 KiB of dynamic shared memory opts in first.
+    /// Checks the arch and the dynamic shared memory against what `kernel` was opted in to at
+    /// its first fetch; returns its function (None on the emulated GPU). Nothing is set here:
+    /// a per-launch opt-in raced with other threads launching the same kernel at other sizes.
     fn prepare(&self, kernel: &'static str, dynamic_smem: u32) -> Result<Option<CudaFunction>> {
         kernels::check_arch(kernel, self.arch)?;
-        let limit = max_dynamic_smem(self.arch);
-        if dynamic_smem > limit {
+        let fetched = self.fetch(kernel)?;
+        if dynamic_smem > fetched.max_dynamic_smem {
             return Err(Error::Launch {
                 kernel,
                 detail: format!(
-                    "{dynamic_smem} bytes of dynamic shared memory exceed the {limit} bytes a \
-                     {} block may opt in to (CUDA_ERROR_INVALID_VALUE)",
-                    self.arch
+                    "{dynamic_smem} bytes of dynamic shared memory exceed the {} bytes this \
+                     kernel may use: the {} bytes a {} block may opt in to less its {} bytes of \
+                     static shared memory (CUDA_ERROR_INVALID_VALUE)",
+                    fetched.max_dynamic_smem, self.smem_optin, self.arch, fetched.static_smem
                 ),
             });
         }
-        match &self.backend {
-            Backend::Cuda(c) => {
-                let f = c.function(kernel, self.arch)?;
-                if dynamic_smem > DEFAULT_DYNAMIC_SMEM {
-                    f.set_attribute(
-                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        dynamic_smem as i32,
-                    )
-                    .map_err(driver(kernel))?;
-                }
-                Ok(Some(f))
-            }
-            Backend::Emu { opted_in, .. } => {
-                if dynamic_smem > DEFAULT_DYNAMIC_SMEM {
-                    let mut m = opted_in.lock().unwrap_or_else(|p| p.into_inner());
-                    let e = m.entry(kernel).or_insert(0);
-                    *e = (*e).max(dynamic_smem);
-                }
-                Ok(None)
-            }
+        match (&self.backend, fetched.f) {
+            (Backend::Cuda(_), None) => Err(Error::Launch {
+                kernel,
+                detail: "no function loaded".into(),
+            }),
+            (_, f) => Ok(f),
         }
     }
 
@@ -304,33 +367,92 @@ impl Gpu {
     }
 }
 
-impl CudaParts {
-    fn function(&self, kernel: &'static str, arch: Arch) -> Result<CudaFunction> {
+impl Gpu {
+    /// `kernel` ready to launch, its module loaded on first use. Both backends take this path,
+    /// so the emulated GPU exercises the CUDA path's caching and locking.
+    fn fetch(&self, kernel: &'static str) -> Result<Fetched> {
         let info = kernels::kernel_info(kernel)?;
-        let mut fns = self.functions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = fns.get(kernel) {
-            return Ok(f.clone());
-        }
-        let module = self.module(info.module, arch)?;
-        let f = module.load_function(info.name).map_err(|e| Error::Driver {
-            op: info.name,
-            source: e,
-        })?;
-        fns.insert(info.name, f.clone());
-        Ok(f)
+        self.functions.get_or_load(info.name, || {
+            let module = self
+                .modules
+                .get_or_load(info.module, || self.load_module(info.module))?;
+            let f = module
+                .map(|m| m.load_function(info.name))
+                .transpose()
+                .map_err(|e| Error::Driver {
+                    op: info.name,
+                    source: e,
+                })?;
+            // Opt in once, to all the kernel may take: launches only compare against it.
+            let static_smem = match &f {
+                Some(f) => {
+                    let n = f
+                        .get_attribute(
+                            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+                        )
+                        .map_err(driver(info.name))?;
+                    u32::try_from(n).unwrap_or(0)
+                }
+                None => reported_static_smem(info, self.arch)?,
+            };
+            let max_dynamic_smem = self.smem_optin.saturating_sub(static_smem);
+            if let Some(f) = &f {
+                f.set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    i32::try_from(max_dynamic_smem).unwrap_or(i32::MAX),
+                )
+                .map_err(driver(info.name))?;
+            }
+            Ok(Fetched {
+                f,
+                max_dynamic_smem,
+                static_smem,
+            })
+        })
     }
 
-    fn module(&self, name: &'static str, arch: Arch) -> Result<Arc<CudaModule>> {
-        let mut mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = mods.get(name) {
-            return Ok(m.clone());
+    /// Loads module `name` (a driver JIT or an NVRTC compile when no CUBIN fits: seconds);
+    /// nothing to load on the emulated GPU.
+    fn load_module(&self, name: &'static str) -> Result<Option<Arc<CudaModule>>> {
+        #[cfg(test)]
+        {
+            let hook = self
+                .load_hook
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(h) = hook {
+                h(name);
+            }
         }
-        let embedded = kernels::module(name)?;
-        let image = image_for(embedded, arch)?;
-        let m = self.ctx.load_module(image).map_err(driver(embedded.name))?;
-        mods.insert(embedded.name, m.clone());
-        Ok(m)
+        match &self.backend {
+            Backend::Cuda(c) => {
+                let embedded = kernels::module(name)?;
+                let image = image_for(embedded, self.arch)?;
+                let m = c.ctx.load_module(image).map_err(driver(embedded.name))?;
+                Ok(Some(m))
+            }
+            Backend::Emu { .. } => Ok(None),
+        }
     }
+
+    /// Test hook: `hook` runs at the start of every module load of this GPU.
+    #[cfg(test)]
+    pub(crate) fn set_load_hook(&self, hook: impl Fn(&'static str) + Send + Sync + 'static) {
+        *self.load_hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
+    }
+}
+
+/// `kernel`'s static shared memory as ptxas reported it at build time for the newest arch not
+/// newer than `arch` (what the emulated GPU counts; 0 when build.rs had no NVRTC).
+fn reported_static_smem(kernel: &kernels::KernelInfo, arch: Arch) -> Result<u32> {
+    let own = arch.major * 10 + arch.minor;
+    Ok(kernels::module(kernel.module)?
+        .resources
+        .iter()
+        .filter(|r| r.kernel == kernel.name && r.arch <= own)
+        .max_by_key(|r| r.arch)
+        .map_or(0, |r| r.shared_bytes))
 }
 
 /// Picks the best image: a CUBIN of the same major arch not newer than the GPU, else the
@@ -507,17 +629,7 @@ impl Launch<'_> {
                 }
                 .map_err(driver(kernel))
             }
-            (Backend::Emu { opted_in, seed }, _) => {
-                if cfg.shared_mem_bytes > DEFAULT_DYNAMIC_SMEM {
-                    let m = opted_in.lock().unwrap_or_else(|p| p.into_inner());
-                    if m.get(kernel).copied().unwrap_or(0) < cfg.shared_mem_bytes {
-                        return refuse(format!(
-                            "{} bytes of dynamic shared memory without opting in \
-                             (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) above the default {}",
-                            cfg.shared_mem_bytes, DEFAULT_DYNAMIC_SMEM
-                        ));
-                    }
-                }
+            (Backend::Emu { seed }, _) => {
                 record_coverage(kernel);
                 let sizes: Vec<u32> = self.spans.iter().map(|&(_, n)| n as u32).collect();
                 let s = seed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

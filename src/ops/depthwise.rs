@@ -558,6 +558,23 @@ mod tests {
         }
     }
 
+    /// tests/threads.rs launches the general kernel at these dilations (7x7 window, 8 f32
+    /// channels, valid, 6d+3 square input) from several threads: five distinct dynamic
+    /// shared-memory sizes, two of them above the 48 KiB that needs the opt-in.
+    #[test]
+    fn the_thread_test_shapes_span_the_opt_in() {
+        let smem: Vec<usize> = [1, 4, 6, 7, 8]
+            .iter()
+            .map(|&d| {
+                let p = Plan::new(1, 8, &win(6 * d + 3, 7, 1, d, Padding::Valid), 4).unwrap();
+                assert_eq!(p.variant, "any");
+                p.smem as usize
+            })
+            .collect();
+        assert!(smem.windows(2).all(|w| w[0] < w[1]), "{smem:?}");
+        assert!(smem[2] <= SMEM_TARGET && smem[3] > SMEM_TARGET, "{smem:?}");
+    }
+
     #[test]
     fn fast_variants_and_bank_padding() {
         let p = Plan::new(32, 32, &win(112, 3, 1, 1, Padding::symmetric(1, 1)), 2).unwrap();
