@@ -86,7 +86,7 @@ fn set_last_error(msg: &str) {
 
 fn status_of(e: &Error) -> MkStatus {
     match e {
-        Error::Invalid { arg, .. } if *arg == "output buffer" => MkStatus::BufferTooSmall,
+        Error::BufferTooSmall { .. } => MkStatus::BufferTooSmall,
         // The content of a file (weights, a config read from one, an image) or a result
         // derived from it: the variant says so, whatever the message.
         Error::Corrupt { .. } => MkStatus::CorruptInput,
@@ -144,10 +144,12 @@ fn invalid(arg: &'static str, detail: impl Into<String>) -> Error {
 }
 
 fn too_small(func: &str, needed: usize, given: usize) -> Error {
-    Error::Invalid {
+    Error::BufferTooSmall {
         op: OP,
-        arg: "output buffer",
-        detail: format!("{func}: holds {given} elements, needs {needed}"),
+        what: func.into(),
+        given,
+        needed,
+        unit: "elements",
     }
 }
 
@@ -203,21 +205,30 @@ unsafe fn write_out(func: &str, values: &[f32], out: *mut f32, len: usize) -> Re
     Ok(())
 }
 
-/// Copies `s` and a NUL into `buf[..cap]`; `*needed` (if not NULL) gets `s.len() + 1`.
+/// Copies `s` and a NUL into `buf[..cap]` for `func`; `*needed` (if not NULL) gets
+/// `s.len() + 1`.
 ///
 /// # Safety
 /// `buf` is NULL (with `cap == 0`) or valid for `cap` writes; `needed` is NULL or writable.
-unsafe fn write_str(s: &str, buf: *mut c_char, cap: usize, needed: *mut usize) -> Result<()> {
+unsafe fn write_str(
+    func: &str,
+    s: &str,
+    buf: *mut c_char,
+    cap: usize,
+    needed: *mut usize,
+) -> Result<()> {
     let n = s.len() + 1;
     if !needed.is_null() {
         // SAFETY: writable per the contract.
         unsafe { *needed = n };
     }
     if cap < n || buf.is_null() {
-        return Err(Error::Invalid {
+        return Err(Error::BufferTooSmall {
             op: OP,
-            arg: "output buffer",
-            detail: format!("string of {n} bytes (with the NUL), buffer holds {cap}"),
+            what: format!("{func} (a string of {n} bytes with its NUL)"),
+            given: cap,
+            needed: n,
+            unit: "bytes",
         });
     }
     // SAFETY: `buf` is valid for `cap >= n` writes.
@@ -364,7 +375,7 @@ pub unsafe extern "C" fn mk_device_describe(
             None => d.0.describe(),
         };
         // SAFETY: forwarded contract.
-        unsafe { write_str(&text, buf, cap, needed) }
+        unsafe { write_str("mk_device_describe", &text, buf, cap, needed) }
     })
 }
 
@@ -484,7 +495,7 @@ pub unsafe extern "C" fn mk_bert_label(
             )
         })?;
         // SAFETY: forwarded contract.
-        unsafe { write_str(l, buf, cap, needed) }
+        unsafe { write_str("mk_bert_label", l, buf, cap, needed) }
     })
 }
 
@@ -1204,5 +1215,38 @@ pub unsafe extern "C" fn mk_exam_free(m: *mut MkExam) {
     if !m.is_null() {
         // SAFETY: a Box we made, freed once per the contract.
         drop(unsafe { Box::from_raw(m) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15: MK_ERR_BUFFER_TOO_SMALL was picked by matching the argument name "output
+    /// buffer" of an Error::Invalid, so any invalid argument of that name (from any op) read as
+    /// a short buffer. The Error::BufferTooSmall variant decides now.
+    #[test]
+    fn buffer_status_comes_from_the_variant_not_the_argument_name() {
+        let named = Error::Invalid {
+            op: "some_op",
+            arg: "output buffer",
+            detail: "not aligned".into(),
+        };
+        assert_eq!(status_of(&named), MkStatus::InvalidArgument);
+        let short = too_small("mk_bert_embed", 768, 10);
+        assert!(matches!(
+            short,
+            Error::BufferTooSmall {
+                given: 10,
+                needed: 768,
+                ..
+            }
+        ));
+        assert_eq!(status_of(&short), MkStatus::BufferTooSmall);
+        let msg = short.to_string();
+        assert!(
+            msg.contains("mk_bert_embed") && msg.contains("holds 10") && msg.contains("768"),
+            "{msg}"
+        );
     }
 }
