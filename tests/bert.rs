@@ -745,6 +745,70 @@ fn bad_configs_are_errors() {
     assert!(e.contains("head_dim") && e.contains("160"), "{e}");
 }
 
+/// Issue 15: the checks of `BertModel::from_safetensors` that refuse a checkpoint's config
+/// (an activation medkern has no kernel for, a head dim past the attention kernel's) returned
+/// `Error::Invalid`, the caller's-argument error, so the C ABI said MK_ERR_INVALID_ARGUMENT
+/// for a model folder it could not use. They are `Error::Corrupt` now, as the CNN loaders' and
+/// `BertModel::load`'s config.json parse errors.
+#[test]
+fn config_checks_of_from_safetensors_are_corrupt() {
+    let t = &TINY[0];
+    let mut c = t.config();
+    c.hidden_act = "mish".into();
+    let e = BertModel::from_safetensors(
+        c,
+        &safetensors_bytes(&t.weights()),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .err()
+    .expect("mish refused");
+    assert!(
+        matches!(&e, medkern::Error::Corrupt { arg: "config", .. })
+            && e.to_string().contains("mish"),
+        "{e:?}"
+    );
+    let t1 = Tiny {
+        name: "h160-1head",
+        hidden: 160,
+        heads: 1,
+        layers: 1,
+        inter: 128,
+        act: "gelu",
+        prefix: "",
+        eps: 1e-12,
+        seed: 4,
+    };
+    let e = BertModel::from_safetensors(
+        t1.config(),
+        &safetensors_bytes(&t1.weights()),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .err()
+    .expect("head_dim 160 refused");
+    assert!(
+        matches!(&e, medkern::Error::Corrupt { arg: "config", .. })
+            && e.to_string().contains("head_dim 160"),
+        "{e:?}"
+    );
+    // The same from a folder (config.json + model.safetensors).
+    let dir = temp_dir("mish-folder");
+    let json = t.config_json().replace("\"gelu\"", "\"mish\"");
+    assert!(json.contains("mish"), "{json}");
+    std::fs::write(dir.join("config.json"), json).expect("config");
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors_bytes(&t.weights()),
+    )
+    .expect("weights");
+    let e = BertModel::load(&dir, &Device::Cpu, DType::F32)
+        .err()
+        .expect("mish folder refused");
+    assert!(matches!(&e, medkern::Error::Corrupt { .. }), "{e:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bad_token_inputs_are_errors() {
     let t = &TINY[0];

@@ -1077,6 +1077,48 @@ fn corrupt_config_in_exam_weights_is_corrupt_input() {
     unsafe { mk_device_free(dev) };
 }
 
+/// Issue 15: a BERT folder whose config.json the model cannot use (an activation without a
+/// kernel, a head dim past the attention kernel's) was MK_ERR_INVALID_ARGUMENT, as if the
+/// caller had passed a bad argument; it is MK_ERR_CORRUPT_INPUT, as for the CNN checkpoints.
+#[test]
+fn unusable_bert_config_is_corrupt_input() {
+    let test = "unusable_bert_config_is_corrupt_input";
+    let Some(minilm) = model_or_skip(test, "all-MiniLM-L6-v2") else {
+        return;
+    };
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(minilm.join("config.json")).expect("MiniLM config"))
+            .expect("MiniLM config JSON");
+    let dev = open("cpu");
+    for (what, key, value, named) in [
+        ("mish", "hidden_act", serde_json::json!("mish"), "mish"),
+        (
+            "one head of 384",
+            "num_attention_heads",
+            serde_json::json!(1),
+            "head_dim 384",
+        ),
+    ] {
+        let dir = common::TempDir::new(&format!("capi-bert-config-{key}"));
+        let mut cfg = config.clone();
+        cfg[key] = value;
+        std::fs::write(dir.path().join("config.json"), cfg.to_string()).expect("config");
+        for f in ["model.safetensors", "tokenizer.json"] {
+            std::os::unix::fs::symlink(minilm.join(f), dir.path().join(f)).expect("link");
+        }
+        let mut m = ptr::null_mut();
+        let p = c(dir.path().to_str().expect("utf8"));
+        // SAFETY: valid handle, string and out-pointer.
+        let st = unsafe { mk_bert_load(dev, p.as_ptr(), MK_DTYPE_F32, 0, &mut m) };
+        assert_eq!(st, MkStatus::CorruptInput, "{what}: {}", last_error());
+        assert!(m.is_null(), "{what}");
+        let e = last_error();
+        assert!(e.contains("config") && e.contains(named), "{what}: {e}");
+    }
+    // SAFETY: a handle from mk_device_open, freed once.
+    unsafe { mk_device_free(dev) };
+}
+
 /// A raw handle moved between threads: the ABI's handles are documented as usable from any
 /// thread (their Rust types are Send + Sync: tests/threads.rs).
 struct Sent<T>(*mut T);

@@ -643,7 +643,8 @@ impl BertModel {
 
     /// Builds the model from a config and the bytes of a safetensors file (names of the
     /// config's family, with or without a task prefix, or medkern's own as
-    /// [`crate::model::compress::Checkpoint`] saves them).
+    /// [`crate::model::compress::Checkpoint`] saves them). A config the model cannot run
+    /// (activation, head dim) or that does not match the tensors is [`Error::Corrupt`].
     pub fn from_safetensors(
         config: BertConfig,
         bytes: &[u8],
@@ -693,7 +694,7 @@ impl BertModel {
             .copied()
             .find(|&x| x >= d)
             .ok_or_else(|| {
-                invalid(
+                corrupt(
                     "config",
                     format!(
                         "head_dim {d}; expected at most {}",
@@ -701,7 +702,9 @@ impl BertModel {
                     ),
                 )
             })?;
-        let act = c.activation()?;
+        // A config this model cannot run is the checkpoint's fault (it describes the tensors),
+        // as are the tensor checks below: Error::Corrupt, as the CNN loaders' config errors.
+        let act = c.activation().map_err(Error::into_corrupt)?;
         let mut layers = Vec::with_capacity(c.stored_layers());
         for l in 0..c.stored_layers() {
             let p = format!("encoder.layer.{l}");

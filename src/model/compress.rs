@@ -189,9 +189,10 @@ impl Checkpoint {
                 source: e,
             })
         };
+        // The folder's config is the file's content: its errors are Error::Corrupt.
         let config: serde_json::Value = serde_json::from_slice(&read("config.json")?)
-            .map_err(|e| invalid("config", format!("config.json: {e}")))?;
-        let arch = BertConfig::from_value(&config)?;
+            .map_err(|e| corrupt("config", format!("config.json: {e}")))?;
+        let arch = BertConfig::from_value(&config).map_err(Error::into_corrupt)?;
         let bytes = read("model.safetensors")?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| corrupt("weights", format!("not a safetensors file: {e}")))?;
