@@ -902,7 +902,7 @@ impl MkImageModel {
     }
 
     /// Centre square, resize and normalise (ImageNet evaluation), as `medkern classify`.
-    fn prepare(&self, raw: &RawImage) -> Result<Tensor> {
+    fn prepare(&self, raw: RawImage) -> Result<Tensor> {
         let raw = raw.center_crop_square()?;
         let p = Preprocess {
             grey_to_rgb: raw.channels() == 1,
@@ -929,7 +929,7 @@ pub unsafe extern "C" fn mk_image_classify_file(
         let (m, path) = unsafe { (handle(m, "model")?, text(path, "path")?) };
         check_len("mk_image_classify_file", m.outputs, out, out_len)?;
         let raw = input::load_with(std::path::Path::new(path), &m.limits)?;
-        let v = m.logits(&m.prepare(&raw)?)?;
+        let v = m.logits(&m.prepare(raw)?)?;
         // SAFETY: forwarded contract.
         unsafe { write_out("mk_image_classify_file", &v, out, out_len) }
     })
@@ -1026,7 +1026,7 @@ pub unsafe extern "C" fn mk_image_classify_u8(
                 range: PixelRange::Scale(255.0),
                 source: format!("pixels[{i}]"),
             };
-            logits.extend(m.logits(&m.prepare(&raw)?)?);
+            logits.extend(m.logits(&m.prepare(raw)?)?);
         }
         // SAFETY: forwarded contract.
         unsafe { write_out("mk_image_classify_u8", &logits, out, out_len) }
@@ -1182,7 +1182,7 @@ pub unsafe extern "C" fn mk_exam_predict(
         let emr = cfg.encode(&record)?;
         let raw = input::load_with(std::path::Path::new(path), &m.limits)?;
         let x = raw.to_model_input(&m.device, m.model.trunk.input_size(), m.dtype)?;
-        let e = HostTensor::new(&[1, cfg.dim()], emr)?.to_device(&m.device)?;
+        let e = HostTensor::new(&[1, cfg.dim()], emr)?.into_device(&m.device)?;
         let o = m
             .model
             .forward(&x, &e)?

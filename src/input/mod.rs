@@ -84,49 +84,38 @@ impl RawImage {
     }
 
     /// The central square of the image (side `min(H, W)`), as ImageNet evaluation crops
-    /// before resizing so that objects keep their aspect ratio.
-    pub fn center_crop_square(&self) -> Result<RawImage> {
+    /// before resizing so that objects keep their aspect ratio. Made in place (the image is
+    /// taken, not copied: [`HostTensor::crop_nhwc`]); a square image comes back as it is.
+    pub fn center_crop_square(self) -> Result<RawImage> {
         let (h, w) = self.size();
-        let c = self.channels();
+        if h == w {
+            return Ok(self);
+        }
         let side = h.min(w);
         let (top, left) = ((h - side) / 2, (w - side) / 2);
-        let elem = self.pixels.dtype().size();
-        let row = w * c * elem;
-        let bytes = self.pixels.bytes();
-        let mut out = Vec::with_capacity(side * side * c * elem);
-        for y in top..top + side {
-            let start = y * row + left * c * elem;
-            out.extend_from_slice(&bytes[start..start + side * c * elem]);
-        }
-        let shape = [1, side, side, c];
-        let pixels = match self.pixels.dtype() {
-            DType::U16 => HostTensor::new(
-                &shape,
-                out.chunks_exact(2)
-                    .map(|b| u16::from_ne_bytes([b[0], b[1]]))
-                    .collect::<Vec<u16>>(),
-            )?,
-            _ => HostTensor::new(&shape, out)?,
-        };
         Ok(RawImage {
-            pixels,
+            pixels: self.pixels.crop_nhwc(top, left, side, side)?,
             range: self.range,
-            source: self.source.clone(),
+            source: self.source,
         })
     }
 
     /// [`ops::preprocess()`] of this image on `device` with the caller's parameters (its
     /// `range` replaces `p.range`).
+    /// On the CPU the pixels are read where they are (no copy of the image).
     pub fn preprocess(&self, device: &Device, p: &Preprocess, dtype: DType) -> Result<Tensor> {
-        let x = self.pixels.to_device(device)?;
-        ops::preprocess(
-            &x,
-            &Preprocess {
-                range: self.range,
-                ..*p
-            },
-            dtype,
-        )
+        let p = Preprocess {
+            range: self.range,
+            ..*p
+        };
+        match device {
+            Device::Cpu => Ok(Tensor::Host(ops::preprocess::preprocess_host(
+                &self.pixels,
+                &p,
+                dtype,
+            )?)),
+            Device::Gpu(_) => ops::preprocess(&self.pixels.to_device(device)?, &p, dtype),
+        }
     }
 }
 

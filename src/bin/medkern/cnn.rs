@@ -173,7 +173,7 @@ pub fn exam(a: ExamArgs) -> Result<()> {
         .filter(|k| !present.contains(k))
         .collect();
     let x = raw.to_model_input(&dev, model.trunk.input_size(), dtype)?;
-    let emr_t = medkern::HostTensor::new(&[1, emr_cfg.dim()], emr)?.to_device(&dev)?;
+    let emr_t = medkern::HostTensor::new(&[1, emr_cfg.dim()], emr)?.into_device(&dev)?;
     let out = model.forward(&x, &emr_t)?;
     let o = &out[0];
     let mut v = json!({
