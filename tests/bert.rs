@@ -809,6 +809,63 @@ fn config_checks_of_from_safetensors_are_corrupt() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Issue 15: the number of sequences in one call was not bounded: 4097 sequences (one more
+/// than the default limit) are refused before anything is computed, naming the limit and the
+/// count given.
+#[test]
+fn batch_size_is_bounded() {
+    let t = &TINY[0];
+    let model = BertModel::from_safetensors(
+        t.config(),
+        &safetensors_bytes(&t.weights()),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .expect("model");
+    let over = vec![vec![1u32, 2]; 4097];
+    for (what, r) in [
+        ("embed", model.embed(&over, Pooling::Mean).map(|_| ())),
+        ("forward", model.forward(&over, None).map(|_| ())),
+    ] {
+        let e = r.expect_err(what);
+        let msg = e.to_string();
+        assert!(
+            matches!(e, medkern::Error::Invalid { .. })
+                && msg.contains("4097")
+                && msg.contains("4096")
+                && msg.contains("max_batch"),
+            "{what}: {msg}"
+        );
+    }
+    // A limit set by the caller, for the model and the tokenizer's texts.
+    let mut model = model.with_max_batch(2);
+    assert_eq!(model.max_batch(), 2);
+    let three = vec![vec![1u32, 2]; 3];
+    let e = model
+        .embed(&three, Pooling::Mean)
+        .expect_err("3 over 2")
+        .to_string();
+    assert!(
+        e.contains("3 in one batch") && e.contains("at most 2"),
+        "{e}"
+    );
+    model.set_max_batch(3);
+    model.embed(&three, Pooling::Mean).expect("3 within 3");
+    // max_len: the model's positions (MAX_POS) at most.
+    let c = model.config.clone();
+    assert_eq!(c.max_len(None).expect("default"), MAX_POS);
+    assert_eq!(c.max_len(Some(MAX_POS)).expect("all"), MAX_POS);
+    for bad in [0, 1, MAX_POS + 1, usize::MAX] {
+        let e = c.max_len(Some(bad)).expect_err("refused").to_string();
+        assert!(
+            e.contains("max_len")
+                && e.contains(&bad.to_string())
+                && e.contains("max_position_embeddings"),
+            "{bad}: {e}"
+        );
+    }
+}
+
 #[test]
 fn bad_token_inputs_are_errors() {
     let t = &TINY[0];
@@ -1919,4 +1976,24 @@ fn text_bytes_are_bounded_before_tokenising() {
         tok.encode(&[&long]).expect("long text").remove(0),
         whole_then_truncated(&whole, &long, 512)
     );
+}
+
+/// Issue 15: `BertTokenizer::encode` takes at most `max_batch` texts (default 4096): more is an
+/// error naming the limit and the count, before any text is tokenised.
+#[test]
+fn tokenizer_bounds_its_batch() {
+    let Some(dir) = minilm_or_skip("tokenizer_bounds_its_batch") else {
+        return;
+    };
+    let tok = BertTokenizer::load(&dir, 512).expect("tokenizer");
+    assert_eq!(tok.max_batch(), medkern::input::DEFAULT_MAX_BATCH);
+    let many = vec!["a"; 4097];
+    let e = tok.encode(&many).expect_err("4097 texts").to_string();
+    assert!(
+        e.contains("texts") && e.contains("4097") && e.contains("4096") && e.contains("max_batch"),
+        "{e}"
+    );
+    let tok = tok.with_max_batch(2);
+    assert!(tok.encode(&["a", "b", "c"]).is_err());
+    assert_eq!(tok.encode(&["a", "b"]).expect("2 texts").len(), 2);
 }

@@ -1680,3 +1680,102 @@ fn crop_nhwc_crops_each_image_in_place() {
         assert!(e.contains("crop_nhwc") && e.contains("4 x 5"), "{e}");
     }
 }
+
+/// Issue 15: the image models bound the images of one call (default 4096,
+/// `with_max_batch`), before anything is allocated for them: an error naming max_batch and
+/// the count, for the CNNs, their u8 entry points and EXAM; a batch within the limit runs.
+#[test]
+fn image_models_bound_their_batch() {
+    use medkern::model::efficientnet::{self as en, EfficientNet, EfficientNetConfig};
+    use medkern::model::exam::{ExamConfig, ExamModel};
+    use medkern::model::resnet::{self, ResNet, ResNetConfig};
+    use medkern::model::sepsis::{self, Autoencoder, SepsisNet};
+    let dev = Device::Cpu;
+    let f32x = |n: usize, s: usize| {
+        medkern::Tensor::new(&dev, &[n, s, s, 3], vec![0.5f32; n * s * s * 3]).expect("x")
+    };
+    let u8x =
+        |n: usize| medkern::Tensor::new(&dev, &[n, 8, 8, 3], vec![9u8; n * 8 * 8 * 3]).expect("u8");
+    let refused = |what: &str, r: medkern::Result<()>| {
+        let e = r
+            .err()
+            .unwrap_or_else(|| panic!("{what}: 3 images over max_batch 2"));
+        let msg = e.to_string();
+        assert!(
+            matches!(e, medkern::Error::Invalid { .. })
+                && msg.contains("max_batch")
+                && msg.contains("3 in one batch")
+                && msg.contains("at most 2"),
+            "{what}: {msg}"
+        );
+    };
+    let s = SepsisNet::from_safetensors(
+        &sepsis::random_sepsis(1).to_safetensors().expect("bytes"),
+        &dev,
+        DType::F32,
+    )
+    .expect("sepsis");
+    assert_eq!(s.max_batch(), medkern::input::DEFAULT_MAX_BATCH);
+    let s = s.with_max_batch(2);
+    refused("sepsis", s.forward(&f32x(3, 8)).map(|_| ()));
+    refused("sepsis u8", s.classify_u8(&u8x(3), (8, 8)).map(|_| ()));
+    s.forward(&f32x(2, 8)).expect("2 images run");
+    let r = ResNet::from_safetensors(
+        &resnet::random_resnet(&ResNetConfig::resnet18(4), 1)
+            .to_safetensors()
+            .expect("bytes"),
+        ResNetConfig::resnet18(4),
+        &dev,
+        DType::F32,
+    )
+    .expect("resnet")
+    .with_max_batch(2);
+    refused("resnet", r.forward(&f32x(3, 8)).map(|_| ()));
+    refused("resnet u8", r.classify_u8(&u8x(3), (8, 8)).map(|_| ()));
+    let ae = Autoencoder::from_safetensors(
+        &sepsis::random_autoencoder(1)
+            .to_safetensors()
+            .expect("bytes"),
+        &dev,
+        DType::F32,
+    )
+    .expect("autoencoder")
+    .with_max_batch(2);
+    refused("autoencoder", ae.forward(&f32x(3, 8)).map(|_| ()));
+    let cfg = EfficientNetConfig::lite(0).expect("lite0");
+    let e = EfficientNet::from_bytes(
+        &en::to_safetensors(&en::random_weights(&cfg, 1).expect("weights")).expect("bytes"),
+        cfg,
+        &dev,
+        DType::F32,
+    )
+    .expect("lite0")
+    .with_max_batch(2);
+    refused("efficientnet", e.forward(&f32x(3, 8)).map(|_| ()));
+    let x = ExamModel::random(&ExamConfig::default(), 1, &dev, DType::F32)
+        .expect("exam")
+        .with_max_batch(2);
+    assert_eq!(x.max_batch(), 2);
+    let emr = medkern::Tensor::new(
+        &dev,
+        &[3, x.head.config.emr.dim()],
+        vec![0f32; 3 * x.head.config.emr.dim()],
+    )
+    .expect("emr");
+    refused("exam", x.forward(&f32x(3, 8), &emr).map(|_| ()));
+}
+
+/// The default batch limit is documented, and `InputLimits::max_batch` defaults to it.
+#[test]
+fn batch_limit_default_is_4096() {
+    assert_eq!(medkern::input::DEFAULT_MAX_BATCH, 4096);
+    assert_eq!(input::InputLimits::default().max_batch, 4096);
+    medkern::input::check_batch("op", "images", 4096, 4096).expect("at the limit");
+    let e = medkern::input::check_batch("op", "images", 4097, 4096)
+        .expect_err("over")
+        .to_string();
+    assert_eq!(
+        e,
+        "op: invalid images: 4097 in one batch; expected at most 4096 (the max_batch limit)"
+    );
+}

@@ -21,6 +21,7 @@
 //! | [`InputLimits::max_pixels`] | 64 Mpixel (64·2^20) | width × height of a PNG/JPEG, checked from its header before decoding |
 //! | [`InputLimits::max_alloc_bytes`] | 256 MiB | what the PNG/JPEG decoder may allocate |
 //! | [`InputLimits::max_dicom_depth`] | 64 | nesting of DICOM sequences (checked before parsing) |
+//! | [`InputLimits::max_batch`] | 4096 | images in one batch call (C ABI, CLI); the models' own limit, [`DEFAULT_MAX_BATCH`], bounds their batches |
 //!
 //! A DICOM element whose declared length exceeds the bytes left in the file is always an error
 //! (before anything is allocated for it). Only regular files are opened: a folder, FIFO,
@@ -132,6 +133,9 @@ pub struct InputLimits {
     /// 2). The data set is checked without recursion before it is parsed, so a deeper file is
     /// an error rather than a stack overflow in the parser.
     pub max_dicom_depth: usize,
+    /// The most images (or files) one batch call takes, checked before anything is read or
+    /// allocated for them (the C ABI's `mk_image_classify_u8`, the CLI's file lists).
+    pub max_batch: usize,
 }
 
 impl InputLimits {
@@ -144,6 +148,27 @@ impl InputLimits {
     /// Default [`InputLimits::max_dicom_depth`]: 64 (radiographs nest a few levels; the parser
     /// recurses once per level, and 64 levels stay well inside a 2 MiB thread stack).
     pub const DEFAULT_MAX_DICOM_DEPTH: usize = 64;
+    /// Default [`InputLimits::max_batch`]: [`DEFAULT_MAX_BATCH`].
+    pub const DEFAULT_MAX_BATCH: usize = DEFAULT_MAX_BATCH;
+}
+
+/// The default batch limit of every batch entry point (texts of a BERT call, images of a CNN
+/// or EXAM call, [`InputLimits::max_batch`]): 4096 items, well past a useful GPU batch, and
+/// far below what a count read from a request could ask for.
+pub const DEFAULT_MAX_BATCH: usize = 4096;
+
+/// An [`Error::Invalid`] of `op` naming the limit and the count when a batch of `n` items
+/// (`arg`: "texts", "images"...) exceeds `max`. Called before anything is allocated for them,
+/// so that a count from a request cannot make a call allocate without bound.
+pub fn check_batch(op: &'static str, arg: &'static str, n: usize, max: usize) -> Result<()> {
+    if n > max {
+        return Err(Error::Invalid {
+            op,
+            arg,
+            detail: format!("{n} in one batch; expected at most {max} (the max_batch limit)"),
+        });
+    }
+    Ok(())
 }
 
 impl Default for InputLimits {
@@ -153,6 +178,7 @@ impl Default for InputLimits {
             max_pixels: Self::DEFAULT_MAX_PIXELS,
             max_alloc_bytes: Self::DEFAULT_MAX_ALLOC_BYTES,
             max_dicom_depth: Self::DEFAULT_MAX_DICOM_DEPTH,
+            max_batch: Self::DEFAULT_MAX_BATCH,
         }
     }
 }

@@ -380,7 +380,12 @@ impl Checkpoint {
         }
         let c = self.bert_config()?;
         let d = c.head_dim();
-        let reference = self.model(device, dtype)?.embed(ids, Pooling::Mean)?;
+        // The batch is the caller's ids, already in memory: bound it where it is made
+        // (BertTokenizer::with_max_batch); the models here take it whole.
+        let reference = self
+            .model(device, dtype)?
+            .with_max_batch(ids.len())
+            .embed(ids, Pooling::Mean)?;
         let mut work = Checkpoint {
             config: self.config.clone(),
             tensors: self.tensors.clone(),
@@ -418,7 +423,10 @@ impl Checkpoint {
                 }
                 work.tensors
                     .insert(o.clone(), HostTensor::from_f64(&[n, k], &z, DType::F32)?);
-                let emb = work.model(device, dtype)?.embed(ids, Pooling::Mean)?;
+                let emb = work
+                    .model(device, dtype)?
+                    .with_max_batch(ids.len())
+                    .embed(ids, Pooling::Mean)?;
                 let cos = emb
                     .iter()
                     .zip(&reference)
@@ -849,7 +857,8 @@ pub fn quality(
     reference: &[Vec<f32>],
     runs: usize,
 ) -> Result<Quality> {
-    let model = BertModel::load(dir, device, dtype)?;
+    // The caller's ids, already in memory, are taken whole (as in head_importance).
+    let model = BertModel::load(dir, device, dtype)?.with_max_batch(ids.len());
     let mut emb = model.embed(ids, Pooling::Mean)?;
     let mut times = Vec::with_capacity(runs.max(1));
     for _ in 0..runs.max(1) {
