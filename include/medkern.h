@@ -23,7 +23,8 @@ extern "C" {
 #endif
 
 /* Compare with mk_abi_version() at start-up. */
-#define MEDKERN_ABI_VERSION 2u /* 2: MK_ERR_CORRUPT_INPUT */
+#define MEDKERN_ABI_VERSION 3u /* 2: MK_ERR_CORRUPT_INPUT; 3: max_batch in
+                                  mk_image_model_set_input_limits */
 
 typedef enum mk_status {
     MK_OK = 0,
@@ -86,17 +87,26 @@ mk_status mk_device_describe(const mk_device *dev, char *buf, size_t cap, size_t
 void mk_device_free(mk_device *dev);
 
 /* BERT / DistilBERT / ALBERT encoders from a Hugging Face folder (config.json,
- * model.safetensors, tokenizer.json for text input). max_len 0: the model's maximum. */
+ * model.safetensors, tokenizer.json for text input). max_len: tokens kept per text, [CLS] and
+ * [SEP] included; 0: the model's max_position_embeddings, more than it is
+ * MK_ERR_INVALID_ARGUMENT. A config.json the model cannot use is MK_ERR_CORRUPT_INPUT. */
 mk_status mk_bert_load(const mk_device *dev, const char *dir, mk_dtype dtype, size_t max_len,
                        mk_bert **out);
+/* Limits of m's calls, checked before any text or id is read: the most texts or id sequences
+ * in one call (max_batch, default 4096; more is MK_ERR_INVALID_ARGUMENT naming max_batch and
+ * the count) and the bytes of one text searched for max_len tokens (max_text_bytes, default
+ * 1 MiB). 0 keeps a limit's default. */
+mk_status mk_bert_set_input_limits(mk_bert *m, size_t max_batch, size_t max_text_bytes);
 size_t mk_bert_dim(const mk_bert *m);        /* embedding width */
 size_t mk_bert_num_labels(const mk_bert *m); /* 0 without a classification head */
 mk_status mk_bert_label(const mk_bert *m, size_t i, char *buf, size_t cap, size_t *needed);
-/* out[n * dim], row-major; normalize != 0 gives unit L2 rows. A text over 1 MiB whose first
- * MiB has no word break (nothing to truncate at) is MK_ERR_INVALID_ARGUMENT. */
+/* out[n * dim], row-major; normalize != 0 gives unit L2 rows. A text over max_text_bytes
+ * (1 MiB) whose first max_text_bytes have no word break (nothing to truncate at) is
+ * MK_ERR_INVALID_ARGUMENT, as is n over max_batch (mk_bert_set_input_limits). */
 mk_status mk_bert_embed(const mk_bert *m, const char *const *texts, size_t n, mk_pooling pooling,
                         int normalize, float *out, size_t out_len);
-/* Pre-tokenised input: sequence i is ids[sum(lens[0..i]) ..][0..lens[i]], with [CLS]/[SEP]. */
+/* Pre-tokenised input: sequence i is ids[sum(lens[0..i]) ..][0..lens[i]], with [CLS]/[SEP];
+ * lens[i] at most the model's max_position_embeddings. */
 mk_status mk_bert_embed_ids(const mk_bert *m, const uint32_t *ids, const size_t *lens, size_t n,
                             mk_pooling pooling, int normalize, float *out, size_t out_len);
 /* out[n * num_labels] logits. */
@@ -116,16 +126,18 @@ size_t mk_image_model_num_outputs(const mk_image_model *m);
 /* PNG, JPEG or uncompressed DICOM, chosen by content; out[num_outputs]. */
 mk_status mk_image_classify_file(const mk_image_model *m, const char *path, float *out,
                                  size_t out_len);
-/* n decoded 8-bit images pixels[n][h][w][channels] (1 grey or 3 RGB); out[n * num_outputs]. */
+/* n decoded 8-bit images pixels[n][h][w][channels] (1 grey or 3 RGB); out[n * num_outputs].
+ * n over max_batch (mk_image_model_set_input_limits) is MK_ERR_INVALID_ARGUMENT. */
 mk_status mk_image_classify_u8(const mk_image_model *m, const uint8_t *pixels, size_t n, size_t h,
                                size_t w, size_t channels, float *out, size_t out_len);
 /* Limits of the files mk_image_classify_file reads (checked before allocating): the file's
- * bytes, a PNG/JPEG's pixels (width x height) and decoder allocation, DICOM sequence nesting.
- * 0 keeps a limit's default (1 GiB, 64 Mpixel, 256 MiB, 64). A file over a limit gives
- * MK_ERR_CORRUPT_INPUT naming the limit. */
+ * bytes, a PNG/JPEG's pixels (width x height) and decoder allocation, DICOM sequence nesting;
+ * and max_batch, the most images one mk_image_classify_u8 takes. 0 keeps a limit's default
+ * (1 GiB, 64 Mpixel, 256 MiB, 64, 4096). A file over a limit gives MK_ERR_CORRUPT_INPUT naming
+ * the limit; a batch over max_batch MK_ERR_INVALID_ARGUMENT naming it. */
 mk_status mk_image_model_set_input_limits(mk_image_model *m, uint64_t max_file_bytes,
                                           uint64_t max_pixels, uint64_t max_alloc_bytes,
-                                          size_t max_dicom_depth);
+                                          size_t max_dicom_depth, size_t max_batch);
 void mk_image_model_free(mk_image_model *m);
 
 /* EXAM: chest X-ray + EMR -> oxygen requirement. weights NULL: seeded random (smoke tests). */
@@ -133,7 +145,8 @@ mk_status mk_exam_load(const mk_device *dev, const char *weights, mk_dtype dtype
 /* emr_json: a JSON object with the documented EMR keys (README); missing keys are flagged absent. */
 mk_status mk_exam_predict(const mk_exam *m, const char *image_path, const char *emr_json,
                           mk_exam_output *out);
-/* As mk_image_model_set_input_limits, for the image files of mk_exam_predict. */
+/* As mk_image_model_set_input_limits, for the image files of mk_exam_predict (one patient a
+ * call: no max_batch). */
 mk_status mk_exam_set_input_limits(mk_exam *m, uint64_t max_file_bytes, uint64_t max_pixels,
                                    uint64_t max_alloc_bytes, size_t max_dicom_depth);
 void mk_exam_free(mk_exam *m);

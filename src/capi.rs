@@ -27,8 +27,9 @@ use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 
-/// Bumped on any incompatible change of `include/medkern.h` (2: `MK_ERR_CORRUPT_INPUT`).
-pub const MK_ABI_VERSION: u32 = 2;
+/// Bumped on any incompatible change of `include/medkern.h` (2: `MK_ERR_CORRUPT_INPUT`; 3:
+/// `mk_image_model_set_input_limits` takes `max_batch`).
+pub const MK_ABI_VERSION: u32 = 3;
 
 const OP: &str = "capi";
 
@@ -86,7 +87,7 @@ fn set_last_error(msg: &str) {
 
 fn status_of(e: &Error) -> MkStatus {
     match e {
-        Error::Invalid { arg, .. } if *arg == "output buffer" => MkStatus::BufferTooSmall,
+        Error::BufferTooSmall { .. } => MkStatus::BufferTooSmall,
         // The content of a file (weights, a config read from one, an image) or a result
         // derived from it: the variant says so, whatever the message.
         Error::Corrupt { .. } => MkStatus::CorruptInput,
@@ -144,10 +145,12 @@ fn invalid(arg: &'static str, detail: impl Into<String>) -> Error {
 }
 
 fn too_small(func: &str, needed: usize, given: usize) -> Error {
-    Error::Invalid {
+    Error::BufferTooSmall {
         op: OP,
-        arg: "output buffer",
-        detail: format!("{func}: holds {given} elements, needs {needed}"),
+        what: func.into(),
+        given,
+        needed,
+        unit: "elements",
     }
 }
 
@@ -203,21 +206,30 @@ unsafe fn write_out(func: &str, values: &[f32], out: *mut f32, len: usize) -> Re
     Ok(())
 }
 
-/// Copies `s` and a NUL into `buf[..cap]`; `*needed` (if not NULL) gets `s.len() + 1`.
+/// Copies `s` and a NUL into `buf[..cap]` for `func`; `*needed` (if not NULL) gets
+/// `s.len() + 1`.
 ///
 /// # Safety
 /// `buf` is NULL (with `cap == 0`) or valid for `cap` writes; `needed` is NULL or writable.
-unsafe fn write_str(s: &str, buf: *mut c_char, cap: usize, needed: *mut usize) -> Result<()> {
+unsafe fn write_str(
+    func: &str,
+    s: &str,
+    buf: *mut c_char,
+    cap: usize,
+    needed: *mut usize,
+) -> Result<()> {
     let n = s.len() + 1;
     if !needed.is_null() {
         // SAFETY: writable per the contract.
         unsafe { *needed = n };
     }
     if cap < n || buf.is_null() {
-        return Err(Error::Invalid {
+        return Err(Error::BufferTooSmall {
             op: OP,
-            arg: "output buffer",
-            detail: format!("string of {n} bytes (with the NUL), buffer holds {cap}"),
+            what: format!("{func} (a string of {n} bytes with its NUL)"),
+            given: cap,
+            needed: n,
+            unit: "bytes",
         });
     }
     // SAFETY: `buf` is valid for `cap >= n` writes.
@@ -364,7 +376,7 @@ pub unsafe extern "C" fn mk_device_describe(
             None => d.0.describe(),
         };
         // SAFETY: forwarded contract.
-        unsafe { write_str(&text, buf, cap, needed) }
+        unsafe { write_str("mk_device_describe", &text, buf, cap, needed) }
     })
 }
 
@@ -410,11 +422,9 @@ pub unsafe extern "C" fn mk_bert_load(
         let dir = PathBuf::from(dir);
         let dtype = dtype_of(dtype, &d.0)?;
         let model = BertModel::load(&dir, &d.0, dtype)?;
-        let max_len = if max_len == 0 {
-            model.config.max_position_embeddings
-        } else {
-            max_len
-        };
+        // Past the model's positions a text's tokens could not run: refused here, not at
+        // the first long text.
+        let max_len = model.config.max_len((max_len != 0).then_some(max_len))?;
         let tokenizer = if dir.join("tokenizer.json").is_file() {
             Some(BertTokenizer::load(&dir, max_len)?)
         } else {
@@ -433,6 +443,39 @@ pub unsafe extern "C" fn mk_bert_load(
             )
         }
     })
+}
+
+/// Sets the limits of `m`'s calls: the most texts or id sequences one call takes
+/// (`max_batch`, default [`input::DEFAULT_MAX_BATCH`]) and the most bytes of one text that
+/// are tokenised (`max_text_bytes`, default [`bert::DEFAULT_MAX_TEXT_BYTES`]); 0 keeps a
+/// limit's default.
+///
+/// # Safety
+/// `m` is a live handle not in use by another thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mk_bert_set_input_limits(
+    m: *mut MkBert,
+    max_batch: usize,
+    max_text_bytes: usize,
+) -> MkStatus {
+    guard(|| {
+        // SAFETY: per the contract, a non-NULL `m` is a live handle of ours used only here.
+        let m = unsafe { m.as_mut() }.ok_or_else(|| invalid("model", "NULL handle"))?;
+        let or = |v: usize, default: usize| if v == 0 { default } else { v };
+        let max_batch = or(max_batch, input::DEFAULT_MAX_BATCH);
+        let max_text_bytes = or(max_text_bytes, bert::DEFAULT_MAX_TEXT_BYTES);
+        m.model.set_max_batch(max_batch);
+        m.tokenizer = m.tokenizer.take().map(|t| {
+            t.with_max_batch(max_batch)
+                .with_max_text_bytes(max_text_bytes)
+        });
+        Ok(())
+    })
+}
+
+/// The batch limit of `m`'s calls, before any text or id is read.
+fn bert_batch(m: &MkBert, n: usize) -> Result<()> {
+    input::check_batch(OP, "n", n, m.model.max_batch())
 }
 
 /// Width of an embedding (the hidden size), 0 for a NULL handle.
@@ -484,7 +527,7 @@ pub unsafe extern "C" fn mk_bert_label(
             )
         })?;
         // SAFETY: forwarded contract.
-        unsafe { write_str(l, buf, cap, needed) }
+        unsafe { write_str("mk_bert_label", l, buf, cap, needed) }
     })
 }
 
@@ -515,11 +558,17 @@ unsafe fn encode(m: &MkBert, texts: *const *const c_char, n: usize) -> Result<Ve
     tok.encode(&strs)
 }
 
-/// `n` id sequences given as one concatenated array and their lengths.
+/// `n` id sequences given as one concatenated array and their lengths, each at most
+/// `max_tokens` long (checked before any is copied).
 ///
 /// # Safety
 /// `lens` is valid for `n` reads, `ids` for their sum.
-unsafe fn id_rows(ids: *const u32, lens: *const usize, n: usize) -> Result<Vec<Vec<u32>>> {
+unsafe fn id_rows(
+    ids: *const u32,
+    lens: *const usize,
+    n: usize,
+    max_tokens: usize,
+) -> Result<Vec<Vec<u32>>> {
     if n == 0 {
         return Err(invalid("n", "0 sequences"));
     }
@@ -528,6 +577,15 @@ unsafe fn id_rows(ids: *const u32, lens: *const usize, n: usize) -> Result<Vec<V
     }
     // SAFETY: valid for n reads per the contract.
     let lens = unsafe { std::slice::from_raw_parts(lens, n) };
+    if let Some((i, l)) = lens.iter().enumerate().find(|(_, l)| **l > max_tokens) {
+        return Err(invalid(
+            "lens",
+            format!(
+                "sequence {i} has {l} tokens; expected at most {max_tokens} (the model's \
+                 max_position_embeddings)"
+            ),
+        ));
+    }
     let total = lens
         .iter()
         .try_fold(0usize, |a, &l| a.checked_add(l))
@@ -618,6 +676,7 @@ pub unsafe extern "C" fn mk_bert_embed(
     guard(|| {
         // SAFETY: forwarded contract.
         let m = unsafe { handle(m, "model") }?;
+        bert_batch(m, n)?;
         check_len("mk_bert_embed", product("n", &[n, m.dim])?, out, out_len)?;
         // SAFETY: forwarded contract.
         let ids = unsafe { encode(m, texts, n) }?;
@@ -647,6 +706,7 @@ pub unsafe extern "C" fn mk_bert_embed_ids(
     guard(|| {
         // SAFETY: forwarded contract.
         let m = unsafe { handle(m, "model") }?;
+        bert_batch(m, n)?;
         check_len(
             "mk_bert_embed_ids",
             product("n", &[n, m.dim])?,
@@ -654,7 +714,7 @@ pub unsafe extern "C" fn mk_bert_embed_ids(
             out_len,
         )?;
         // SAFETY: forwarded contract.
-        let rows = unsafe { id_rows(ids, lens, n) }?;
+        let rows = unsafe { id_rows(ids, lens, n, m.model.config.max_position_embeddings) }?;
         let flat = embed_rows(m, &rows, pooling, normalize)?;
         // SAFETY: forwarded contract.
         unsafe { write_out("mk_bert_embed_ids", &flat, out, out_len) }
@@ -676,6 +736,7 @@ pub unsafe extern "C" fn mk_bert_classify(
     guard(|| {
         // SAFETY: forwarded contract.
         let m = unsafe { handle(m, "model") }?;
+        bert_batch(m, n)?;
         let labels = head_labels(m)?;
         check_len(
             "mk_bert_classify",
@@ -707,6 +768,7 @@ pub unsafe extern "C" fn mk_bert_classify_ids(
     guard(|| {
         // SAFETY: forwarded contract.
         let m = unsafe { handle(m, "model") }?;
+        bert_batch(m, n)?;
         let labels = head_labels(m)?;
         check_len(
             "mk_bert_classify_ids",
@@ -715,7 +777,7 @@ pub unsafe extern "C" fn mk_bert_classify_ids(
             out_len,
         )?;
         // SAFETY: forwarded contract.
-        let rows = unsafe { id_rows(ids, lens, n) }?;
+        let rows = unsafe { id_rows(ids, lens, n, m.model.config.max_position_embeddings) }?;
         let flat = finite_logits(m.model.classify(&rows)?)?;
         // SAFETY: forwarded contract.
         unsafe { write_out("mk_bert_classify_ids", &flat, out, out_len) }
@@ -891,7 +953,7 @@ impl MkImageModel {
     }
 
     /// Centre square, resize and normalise (ImageNet evaluation), as `medkern classify`.
-    fn prepare(&self, raw: &RawImage) -> Result<Tensor> {
+    fn prepare(&self, raw: RawImage) -> Result<Tensor> {
         let raw = raw.center_crop_square()?;
         let p = Preprocess {
             grey_to_rgb: raw.channels() == 1,
@@ -918,7 +980,7 @@ pub unsafe extern "C" fn mk_image_classify_file(
         let (m, path) = unsafe { (handle(m, "model")?, text(path, "path")?) };
         check_len("mk_image_classify_file", m.outputs, out, out_len)?;
         let raw = input::load_with(std::path::Path::new(path), &m.limits)?;
-        let v = m.logits(&m.prepare(&raw)?)?;
+        let v = m.logits(&m.prepare(raw)?)?;
         // SAFETY: forwarded contract.
         unsafe { write_out("mk_image_classify_file", &v, out, out_len) }
     })
@@ -930,23 +992,23 @@ fn limits_of(
     max_pixels: u64,
     max_alloc_bytes: u64,
     max_dicom_depth: usize,
+    max_batch: usize,
 ) -> input::InputLimits {
     let d = input::InputLimits::default();
     let or = |v: u64, default: u64| if v == 0 { default } else { v };
+    let or_usize = |v: usize, default: usize| if v == 0 { default } else { v };
     input::InputLimits {
         max_file_bytes: or(max_file_bytes, d.max_file_bytes),
         max_pixels: or(max_pixels, d.max_pixels),
         max_alloc_bytes: or(max_alloc_bytes, d.max_alloc_bytes),
-        max_dicom_depth: if max_dicom_depth == 0 {
-            d.max_dicom_depth
-        } else {
-            max_dicom_depth
-        },
+        max_dicom_depth: or_usize(max_dicom_depth, d.max_dicom_depth),
+        max_batch: or_usize(max_batch, d.max_batch),
     }
 }
 
-/// Sets the limits of the files `m` reads in [`mk_image_classify_file`] (see
-/// [`input::InputLimits`]; 0 keeps a limit's default: 1 GiB, 64 Mpixel, 256 MiB, depth 64).
+/// Sets the limits of the files `m` reads in [`mk_image_classify_file`] and the most images
+/// one [`mk_image_classify_u8`] takes (see [`input::InputLimits`]; 0 keeps a limit's default:
+/// 1 GiB, 64 Mpixel, 256 MiB, depth 64, 4096 images).
 ///
 /// # Safety
 /// `m` is a live handle not in use by another thread.
@@ -957,11 +1019,18 @@ pub unsafe extern "C" fn mk_image_model_set_input_limits(
     max_pixels: u64,
     max_alloc_bytes: u64,
     max_dicom_depth: usize,
+    max_batch: usize,
 ) -> MkStatus {
     guard(|| {
         // SAFETY: per the contract, a non-NULL `m` is a live handle of ours used only here.
         let m = unsafe { m.as_mut() }.ok_or_else(|| invalid("model", "NULL handle"))?;
-        m.limits = limits_of(max_file_bytes, max_pixels, max_alloc_bytes, max_dicom_depth);
+        m.limits = limits_of(
+            max_file_bytes,
+            max_pixels,
+            max_alloc_bytes,
+            max_dicom_depth,
+            max_batch,
+        );
         Ok(())
     })
 }
@@ -987,6 +1056,7 @@ pub unsafe extern "C" fn mk_image_classify_u8(
     guard(|| {
         // SAFETY: forwarded contract.
         let m = unsafe { handle(m, "model") }?;
+        input::check_batch(OP, "n", n, m.limits.max_batch)?;
         if n == 0 || h == 0 || w == 0 || !(channels == 1 || channels == 3) {
             return Err(Error::Shape {
                 op: OP,
@@ -1015,7 +1085,7 @@ pub unsafe extern "C" fn mk_image_classify_u8(
                 range: PixelRange::Scale(255.0),
                 source: format!("pixels[{i}]"),
             };
-            logits.extend(m.logits(&m.prepare(&raw)?)?);
+            logits.extend(m.logits(&m.prepare(raw)?)?);
         }
         // SAFETY: forwarded contract.
         unsafe { write_out("mk_image_classify_u8", &logits, out, out_len) }
@@ -1062,7 +1132,8 @@ pub struct MkExamOutput {
     pub ordinal_class: u32,
 }
 
-/// As [`mk_image_model_set_input_limits`], for the image files of [`mk_exam_predict`].
+/// As [`mk_image_model_set_input_limits`], for the image files of [`mk_exam_predict`] (one
+/// patient per call: there is no batch to limit).
 ///
 /// # Safety
 /// `m` is a live handle not in use by another thread.
@@ -1077,7 +1148,13 @@ pub unsafe extern "C" fn mk_exam_set_input_limits(
     guard(|| {
         // SAFETY: per the contract, a non-NULL `m` is a live handle of ours used only here.
         let m = unsafe { m.as_mut() }.ok_or_else(|| invalid("model", "NULL handle"))?;
-        m.limits = limits_of(max_file_bytes, max_pixels, max_alloc_bytes, max_dicom_depth);
+        m.limits = limits_of(
+            max_file_bytes,
+            max_pixels,
+            max_alloc_bytes,
+            max_dicom_depth,
+            0,
+        );
         Ok(())
     })
 }
@@ -1171,7 +1248,7 @@ pub unsafe extern "C" fn mk_exam_predict(
         let emr = cfg.encode(&record)?;
         let raw = input::load_with(std::path::Path::new(path), &m.limits)?;
         let x = raw.to_model_input(&m.device, m.model.trunk.input_size(), m.dtype)?;
-        let e = HostTensor::new(&[1, cfg.dim()], emr)?.to_device(&m.device)?;
+        let e = HostTensor::new(&[1, cfg.dim()], emr)?.into_device(&m.device)?;
         let o = m
             .model
             .forward(&x, &e)?
@@ -1204,5 +1281,38 @@ pub unsafe extern "C" fn mk_exam_free(m: *mut MkExam) {
     if !m.is_null() {
         // SAFETY: a Box we made, freed once per the contract.
         drop(unsafe { Box::from_raw(m) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15: MK_ERR_BUFFER_TOO_SMALL was picked by matching the argument name "output
+    /// buffer" of an Error::Invalid, so any invalid argument of that name (from any op) read as
+    /// a short buffer. The Error::BufferTooSmall variant decides now.
+    #[test]
+    fn buffer_status_comes_from_the_variant_not_the_argument_name() {
+        let named = Error::Invalid {
+            op: "some_op",
+            arg: "output buffer",
+            detail: "not aligned".into(),
+        };
+        assert_eq!(status_of(&named), MkStatus::InvalidArgument);
+        let short = too_small("mk_bert_embed", 768, 10);
+        assert!(matches!(
+            short,
+            Error::BufferTooSmall {
+                given: 10,
+                needed: 768,
+                ..
+            }
+        ));
+        assert_eq!(status_of(&short), MkStatus::BufferTooSmall);
+        let msg = short.to_string();
+        assert!(
+            msg.contains("mk_bert_embed") && msg.contains("holds 10") && msg.contains("768"),
+            "{msg}"
+        );
     }
 }

@@ -70,6 +70,19 @@ pub enum Error {
         arg: &'static str,
         detail: String,
     },
+    /// A caller's output buffer cannot hold the result; nothing was written to it. A variant
+    /// of its own so that callers (the C ABI's MK_ERR_BUFFER_TOO_SMALL) tell it from other
+    /// invalid arguments without reading messages.
+    #[error("{op}: {what}: output buffer holds {given} {unit}, needs {needed}")]
+    BufferTooSmall {
+        op: &'static str,
+        /// The function whose output it is.
+        what: String,
+        given: usize,
+        needed: usize,
+        /// What `given` and `needed` count ("elements", "bytes").
+        unit: &'static str,
+    },
     /// A CUDA driver call failed.
     #[error("{op}: CUDA driver error: {source}")]
     Driver {

@@ -202,6 +202,58 @@ impl HostTensor {
     }
 }
 
+impl HostTensor {
+    /// The window of `rows × cols` pixels at `(top, left)` of each image of an NHWC tensor
+    /// `[N, H, W, C]`, made in place: the window's rows move forward inside this tensor's own
+    /// buffer, which is then truncated (its capacity is kept), so that cropping a large image
+    /// costs no second copy of it.
+    pub fn crop_nhwc(
+        mut self,
+        top: usize,
+        left: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<HostTensor> {
+        const OP: &str = "HostTensor::crop_nhwc";
+        let (n, h, w, c) = match *self.shape() {
+            [n, h, w, c] => (n, h, w, c),
+            _ => {
+                return Err(Error::Shape {
+                    op: OP,
+                    arg: "tensor",
+                    got: self.shape.clone(),
+                    expected: "[N, H, W, C] (NHWC images)".into(),
+                });
+            }
+        };
+        let fits = |a: usize, b: usize, whole: usize| a.checked_add(b).is_some_and(|e| e <= whole);
+        if !fits(top, rows, h) || !fits(left, cols, w) {
+            return Err(Error::Invalid {
+                op: OP,
+                arg: "window",
+                detail: format!(
+                    "{rows} x {cols} at ({top}, {left}); expected it inside the {h} x {w} image"
+                ),
+            });
+        }
+        let row = cols * c;
+        // Destination offsets never pass the source's (rows <= h, cols <= w) and rows go in
+        // increasing order, so a row is moved before anything overwrites it.
+        each_data!(&mut self.data, |v| {
+            for img in 0..n {
+                for y in 0..rows {
+                    let src = ((img * h + top + y) * w + left) * c;
+                    let dst = (img * rows + y) * row;
+                    v.copy_within(src..src + row, dst);
+                }
+            }
+            v.truncate(n * rows * row);
+        });
+        self.shape = vec![n, rows, cols, c];
+        Ok(self)
+    }
+}
+
 fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<()> {
     match numel(shape) {
         Some(n) if n == len => Ok(()),
@@ -492,6 +544,14 @@ impl HostTensor {
         match device {
             Device::Cpu => Ok(Tensor::Host(self.clone())),
             Device::Gpu(g) => Ok(Tensor::Device(DeviceTensor::upload(g, self)?)),
+        }
+    }
+
+    /// Onto `device`: moved (no copy) for the CPU, uploaded for a GPU.
+    pub fn into_device(self, device: &Device) -> Result<Tensor> {
+        match device {
+            Device::Cpu => Ok(Tensor::Host(self)),
+            Device::Gpu(g) => Ok(Tensor::Device(DeviceTensor::upload(g, &self)?)),
         }
     }
 }

@@ -745,6 +745,127 @@ fn bad_configs_are_errors() {
     assert!(e.contains("head_dim") && e.contains("160"), "{e}");
 }
 
+/// Issue 15: the checks of `BertModel::from_safetensors` that refuse a checkpoint's config
+/// (an activation medkern has no kernel for, a head dim past the attention kernel's) returned
+/// `Error::Invalid`, the caller's-argument error, so the C ABI said MK_ERR_INVALID_ARGUMENT
+/// for a model folder it could not use. They are `Error::Corrupt` now, as the CNN loaders' and
+/// `BertModel::load`'s config.json parse errors.
+#[test]
+fn config_checks_of_from_safetensors_are_corrupt() {
+    let t = &TINY[0];
+    let mut c = t.config();
+    c.hidden_act = "mish".into();
+    let e = BertModel::from_safetensors(
+        c,
+        &safetensors_bytes(&t.weights()),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .err()
+    .expect("mish refused");
+    assert!(
+        matches!(&e, medkern::Error::Corrupt { arg: "config", .. })
+            && e.to_string().contains("mish"),
+        "{e:?}"
+    );
+    let t1 = Tiny {
+        name: "h160-1head",
+        hidden: 160,
+        heads: 1,
+        layers: 1,
+        inter: 128,
+        act: "gelu",
+        prefix: "",
+        eps: 1e-12,
+        seed: 4,
+    };
+    let e = BertModel::from_safetensors(
+        t1.config(),
+        &safetensors_bytes(&t1.weights()),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .err()
+    .expect("head_dim 160 refused");
+    assert!(
+        matches!(&e, medkern::Error::Corrupt { arg: "config", .. })
+            && e.to_string().contains("head_dim 160"),
+        "{e:?}"
+    );
+    // The same from a folder (config.json + model.safetensors).
+    let dir = temp_dir("mish-folder");
+    let json = t.config_json().replace("\"gelu\"", "\"mish\"");
+    assert!(json.contains("mish"), "{json}");
+    std::fs::write(dir.join("config.json"), json).expect("config");
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors_bytes(&t.weights()),
+    )
+    .expect("weights");
+    let e = BertModel::load(&dir, &Device::Cpu, DType::F32)
+        .err()
+        .expect("mish folder refused");
+    assert!(matches!(&e, medkern::Error::Corrupt { .. }), "{e:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 15: the number of sequences in one call was not bounded: 4097 sequences (one more
+/// than the default limit) are refused before anything is computed, naming the limit and the
+/// count given.
+#[test]
+fn batch_size_is_bounded() {
+    let t = &TINY[0];
+    let model = BertModel::from_safetensors(
+        t.config(),
+        &safetensors_bytes(&t.weights()),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .expect("model");
+    let over = vec![vec![1u32, 2]; 4097];
+    for (what, r) in [
+        ("embed", model.embed(&over, Pooling::Mean).map(|_| ())),
+        ("forward", model.forward(&over, None).map(|_| ())),
+    ] {
+        let e = r.expect_err(what);
+        let msg = e.to_string();
+        assert!(
+            matches!(e, medkern::Error::Invalid { .. })
+                && msg.contains("4097")
+                && msg.contains("4096")
+                && msg.contains("max_batch"),
+            "{what}: {msg}"
+        );
+    }
+    // A limit set by the caller, for the model and the tokenizer's texts.
+    let mut model = model.with_max_batch(2);
+    assert_eq!(model.max_batch(), 2);
+    let three = vec![vec![1u32, 2]; 3];
+    let e = model
+        .embed(&three, Pooling::Mean)
+        .expect_err("3 over 2")
+        .to_string();
+    assert!(
+        e.contains("3 in one batch") && e.contains("at most 2"),
+        "{e}"
+    );
+    model.set_max_batch(3);
+    model.embed(&three, Pooling::Mean).expect("3 within 3");
+    // max_len: the model's positions (MAX_POS) at most.
+    let c = model.config.clone();
+    assert_eq!(c.max_len(None).expect("default"), MAX_POS);
+    assert_eq!(c.max_len(Some(MAX_POS)).expect("all"), MAX_POS);
+    for bad in [0, 1, MAX_POS + 1, usize::MAX] {
+        let e = c.max_len(Some(bad)).expect_err("refused").to_string();
+        assert!(
+            e.contains("max_len")
+                && e.contains(&bad.to_string())
+                && e.contains("max_position_embeddings"),
+            "{bad}: {e}"
+        );
+    }
+}
+
 #[test]
 fn bad_token_inputs_are_errors() {
     let t = &TINY[0];
@@ -1855,4 +1976,24 @@ fn text_bytes_are_bounded_before_tokenising() {
         tok.encode(&[&long]).expect("long text").remove(0),
         whole_then_truncated(&whole, &long, 512)
     );
+}
+
+/// Issue 15: `BertTokenizer::encode` takes at most `max_batch` texts (default 4096): more is an
+/// error naming the limit and the count, before any text is tokenised.
+#[test]
+fn tokenizer_bounds_its_batch() {
+    let Some(dir) = minilm_or_skip("tokenizer_bounds_its_batch") else {
+        return;
+    };
+    let tok = BertTokenizer::load(&dir, 512).expect("tokenizer");
+    assert_eq!(tok.max_batch(), medkern::input::DEFAULT_MAX_BATCH);
+    let many = vec!["a"; 4097];
+    let e = tok.encode(&many).expect_err("4097 texts").to_string();
+    assert!(
+        e.contains("texts") && e.contains("4097") && e.contains("4096") && e.contains("max_batch"),
+        "{e}"
+    );
+    let tok = tok.with_max_batch(2);
+    assert!(tok.encode(&["a", "b", "c"]).is_err());
+    assert_eq!(tok.encode(&["a", "b"]).expect("2 texts").len(), 2);
 }

@@ -70,7 +70,7 @@ fn open(spec: &str) -> *mut MkDevice {
 
 #[test]
 fn identity_and_device_handles() {
-    assert_eq!(mk_abi_version(), 2);
+    assert_eq!(mk_abi_version(), 3);
     // SAFETY: a static NUL-terminated string.
     let v = unsafe { CStr::from_ptr(mk_version()) }
         .to_str()
@@ -967,7 +967,7 @@ fn input_limits_through_the_abi() {
             MkStatus::Ok
         );
         assert_eq!(
-            mk_image_model_set_input_limits(m, 0, 100, 0, 0),
+            mk_image_model_set_input_limits(m, 0, 100, 0, 0, 0),
             MkStatus::Ok
         );
         let st = mk_image_classify_file(m, pc.as_ptr(), out.as_mut_ptr(), 2);
@@ -978,18 +978,21 @@ fn input_limits_through_the_abi() {
             last_error()
         );
         assert_eq!(
-            mk_image_model_set_input_limits(m, 100, 0, 0, 0),
+            mk_image_model_set_input_limits(m, 100, 0, 0, 0, 0),
             MkStatus::Ok
         );
         let st = mk_image_classify_file(m, pc.as_ptr(), out.as_mut_ptr(), 2);
         assert_eq!(st, MkStatus::CorruptInput, "{}", last_error());
         assert!(last_error().contains("max_file_bytes"), "{}", last_error());
-        assert_eq!(mk_image_model_set_input_limits(m, 0, 0, 0, 0), MkStatus::Ok);
+        assert_eq!(
+            mk_image_model_set_input_limits(m, 0, 0, 0, 0, 0),
+            MkStatus::Ok
+        );
         assert_eq!(
             mk_image_classify_file(m, pc.as_ptr(), out.as_mut_ptr(), 2),
             MkStatus::Ok
         );
-        let st = mk_image_model_set_input_limits(ptr::null_mut(), 0, 0, 0, 0);
+        let st = mk_image_model_set_input_limits(ptr::null_mut(), 0, 0, 0, 0, 0);
         assert_eq!(st, MkStatus::InvalidArgument);
         mk_image_model_free(m);
 
@@ -1075,6 +1078,245 @@ fn corrupt_config_in_exam_weights_is_corrupt_input() {
     assert!(last_error().contains("weights"), "{}", last_error());
     // SAFETY: a handle from mk_device_open, freed once.
     unsafe { mk_device_free(dev) };
+}
+
+/// Issue 15: a BERT folder whose config.json the model cannot use (an activation without a
+/// kernel, a head dim past the attention kernel's) was MK_ERR_INVALID_ARGUMENT, as if the
+/// caller had passed a bad argument; it is MK_ERR_CORRUPT_INPUT, as for the CNN checkpoints.
+#[test]
+fn unusable_bert_config_is_corrupt_input() {
+    let test = "unusable_bert_config_is_corrupt_input";
+    let Some(minilm) = model_or_skip(test, "all-MiniLM-L6-v2") else {
+        return;
+    };
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(minilm.join("config.json")).expect("MiniLM config"))
+            .expect("MiniLM config JSON");
+    let dev = open("cpu");
+    for (what, key, value, named) in [
+        ("mish", "hidden_act", serde_json::json!("mish"), "mish"),
+        (
+            "one head of 384",
+            "num_attention_heads",
+            serde_json::json!(1),
+            "head_dim 384",
+        ),
+    ] {
+        let dir = common::TempDir::new(&format!("capi-bert-config-{key}"));
+        let mut cfg = config.clone();
+        cfg[key] = value;
+        std::fs::write(dir.path().join("config.json"), cfg.to_string()).expect("config");
+        for f in ["model.safetensors", "tokenizer.json"] {
+            std::os::unix::fs::symlink(minilm.join(f), dir.path().join(f)).expect("link");
+        }
+        let mut m = ptr::null_mut();
+        let p = c(dir.path().to_str().expect("utf8"));
+        // SAFETY: valid handle, string and out-pointer.
+        let st = unsafe { mk_bert_load(dev, p.as_ptr(), MK_DTYPE_F32, 0, &mut m) };
+        assert_eq!(st, MkStatus::CorruptInput, "{what}: {}", last_error());
+        assert!(m.is_null(), "{what}");
+        let e = last_error();
+        assert!(e.contains("config") && e.contains(named), "{what}: {e}");
+    }
+    // SAFETY: a handle from mk_device_open, freed once.
+    unsafe { mk_device_free(dev) };
+}
+
+/// Issue 15: the batch of one call (texts, id sequences, images) was not bounded, nor was
+/// `max_len` by the model's positions. Over the limit, the call fails before it reads the
+/// texts or ids (MK_ERR_INVALID_ARGUMENT naming max_batch and the count given); a `max_len`
+/// over the model's max_position_embeddings fails at load.
+#[test]
+fn batch_and_max_len_limits_through_the_abi() {
+    let test = "batch_and_max_len_limits_through_the_abi";
+    let Some(dir) = model_or_skip(test, "all-MiniLM-L6-v2") else {
+        return;
+    };
+    let dev = open("cpu");
+    let p = c(dir.to_str().expect("utf8"));
+    // SAFETY: valid handles, strings and buffers of the stated lengths throughout.
+    unsafe {
+        let mut m = ptr::null_mut();
+        let st = mk_bert_load(dev, p.as_ptr(), MK_DTYPE_F32, 100_000, &mut m);
+        assert_eq!(st, MkStatus::InvalidArgument, "{}", last_error());
+        assert!(m.is_null());
+        let e = last_error();
+        assert!(
+            e.contains("max_len") && e.contains("100000") && e.contains("512"),
+            "{e}"
+        );
+        let st = mk_bert_load(dev, p.as_ptr(), MK_DTYPE_F32, 512, &mut m);
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        let dim = mk_bert_dim(m);
+        let n = 4097;
+        let mut out = vec![f32::NAN; n * dim];
+        // Texts: the last pointer is NULL, which is never read.
+        let a = c("a");
+        let mut texts = vec![a.as_ptr(); n];
+        texts[n - 1] = ptr::null();
+        let st = mk_bert_embed(
+            m,
+            texts.as_ptr(),
+            n,
+            MK_POOLING_MEAN,
+            0,
+            out.as_mut_ptr(),
+            out.len(),
+        );
+        assert_eq!(st, MkStatus::InvalidArgument, "{}", last_error());
+        let e = last_error();
+        assert!(
+            e.contains("max_batch") && e.contains("4097") && e.contains("4096"),
+            "{e}"
+        );
+        // Ids: empty sequences, refused for the count before they are read.
+        let lens = vec![0usize; n];
+        let ids = [0u32; 1];
+        let st = mk_bert_embed_ids(
+            m,
+            ids.as_ptr(),
+            lens.as_ptr(),
+            n,
+            MK_POOLING_MEAN,
+            0,
+            out.as_mut_ptr(),
+            out.len(),
+        );
+        assert_eq!(st, MkStatus::InvalidArgument, "{}", last_error());
+        assert!(last_error().contains("max_batch"), "{}", last_error());
+        assert!(out.iter().all(|v| v.is_nan()), "nothing written");
+        // An id sequence past the model's 512 positions, refused before it is copied.
+        let long = vec![101u32; 513];
+        let st = mk_bert_embed_ids(
+            m,
+            long.as_ptr(),
+            [513usize].as_ptr(),
+            1,
+            MK_POOLING_MEAN,
+            0,
+            out.as_mut_ptr(),
+            out.len(),
+        );
+        assert_eq!(st, MkStatus::InvalidArgument, "{}", last_error());
+        assert!(
+            last_error().contains("513") && last_error().contains("max_position_embeddings"),
+            "{}",
+            last_error()
+        );
+
+        // mk_bert_set_input_limits: 2 texts a call, then 16 bytes a text; 0 keeps a default.
+        let texts = [c("a"), c("b"), c("c")];
+        let ptrs: Vec<*const c_char> = texts.iter().map(|t| t.as_ptr()).collect();
+        assert_eq!(mk_bert_set_input_limits(m, 2, 0), MkStatus::Ok);
+        let st = mk_bert_embed(
+            m,
+            ptrs.as_ptr(),
+            3,
+            MK_POOLING_MEAN,
+            0,
+            out.as_mut_ptr(),
+            out.len(),
+        );
+        assert_eq!(st, MkStatus::InvalidArgument, "{}", last_error());
+        let e = last_error();
+        assert!(
+            e.contains("max_batch") && e.contains("3 in one batch") && e.contains("at most 2"),
+            "{e}"
+        );
+        let ids = [101u32, 1037, 102, 101, 1038, 102, 101, 1039, 102];
+        let st = mk_bert_embed_ids(
+            m,
+            ids.as_ptr(),
+            [3usize; 3].as_ptr(),
+            3,
+            MK_POOLING_MEAN,
+            0,
+            out.as_mut_ptr(),
+            out.len(),
+        );
+        assert_eq!(st, MkStatus::InvalidArgument, "{}", last_error());
+        let st = mk_bert_embed(
+            m,
+            ptrs.as_ptr(),
+            2,
+            MK_POOLING_MEAN,
+            0,
+            out.as_mut_ptr(),
+            out.len(),
+        );
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        let long_word = c(&"x".repeat(100));
+        assert_eq!(mk_bert_set_input_limits(m, 0, 16), MkStatus::Ok);
+        let st = mk_bert_embed(
+            m,
+            &long_word.as_ptr(),
+            1,
+            MK_POOLING_MEAN,
+            0,
+            out.as_mut_ptr(),
+            out.len(),
+        );
+        assert_eq!(st, MkStatus::InvalidArgument, "{}", last_error());
+        assert!(last_error().contains("max_text_bytes"), "{}", last_error());
+        assert_eq!(mk_bert_set_input_limits(m, 0, 0), MkStatus::Ok);
+        let st = mk_bert_embed(
+            m,
+            ptrs.as_ptr(),
+            3,
+            MK_POOLING_MEAN,
+            0,
+            out.as_mut_ptr(),
+            out.len(),
+        );
+        assert_eq!(st, MkStatus::Ok, "defaults again: {}", last_error());
+        let st = mk_bert_embed(
+            m,
+            &long_word.as_ptr(),
+            1,
+            MK_POOLING_MEAN,
+            0,
+            out.as_mut_ptr(),
+            out.len(),
+        );
+        assert_eq!(st, MkStatus::Ok, "defaults again: {}", last_error());
+        assert_eq!(
+            mk_bert_set_input_limits(ptr::null_mut(), 0, 0),
+            MkStatus::InvalidArgument
+        );
+        mk_bert_free(m);
+
+        // Images: mk_image_classify_u8 over max_batch.
+        let mut img = ptr::null_mut();
+        let st = mk_image_model_load(
+            dev,
+            c("sepsis").as_ptr(),
+            ptr::null(),
+            MK_DTYPE_F32,
+            &mut img,
+        );
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        let px = pixels(3, 8, 8, 1);
+        let mut logits = [f32::NAN; 6];
+        let st = mk_image_classify_u8(img, px.as_ptr(), 4097, 8, 8, 3, logits.as_mut_ptr(), 6);
+        assert_eq!(st, MkStatus::InvalidArgument, "{}", last_error());
+        let e = last_error();
+        assert!(
+            e.contains("max_batch") && e.contains("4097") && e.contains("4096"),
+            "{e}"
+        );
+        assert_eq!(
+            mk_image_model_set_input_limits(img, 0, 0, 0, 0, 2),
+            MkStatus::Ok
+        );
+        let st = mk_image_classify_u8(img, px.as_ptr(), 3, 8, 8, 3, logits.as_mut_ptr(), 6);
+        assert_eq!(st, MkStatus::InvalidArgument, "{}", last_error());
+        assert!(last_error().contains("at most 2"), "{}", last_error());
+        assert!(logits.iter().all(|v| v.is_nan()), "nothing written");
+        let st = mk_image_classify_u8(img, px.as_ptr(), 2, 8, 8, 3, logits.as_mut_ptr(), 6);
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        mk_image_model_free(img);
+        mk_device_free(dev);
+    }
 }
 
 /// A raw handle moved between threads: the ABI's handles are documented as usable from any

@@ -411,3 +411,98 @@ fn embed_and_classify_on_the_emulated_gpu_agree_with_the_cpu() {
         "classify lite0 emu f16 vs cpu: max |Δlogit| {worst} > 0.02·{peak}"
     );
 }
+
+/// Issue 15: the number of texts or images of one command was not bounded. Over the limit
+/// (default 4096) the command fails before the model is loaded or a file read, naming
+/// max_batch and the count given.
+#[test]
+fn batch_limit_from_the_command_line() {
+    let dir = common::TempDir::new("cli-batch");
+    let texts: Vec<String> = (0..4097).map(|i| format!("text {i}")).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_medkern"))
+        .args(["embed", "--device", "cpu", "--model"])
+        .arg(dir.path().join("no-model-here"))
+        .args(&texts)
+        .output()
+        .expect("run medkern");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("max_batch") && err.contains("4097") && err.contains("4096"),
+        "{err}"
+    );
+    // A folder of 4097 image names (empty files: none is read).
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).expect("folder");
+    for i in 0..4097 {
+        std::fs::write(imgs.join(format!("{i:05}.png")), b"").expect("file");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_medkern"))
+        .args(["classify", "--model", "sepsis", "--device", "cpu"])
+        .arg(&imgs)
+        .output()
+        .expect("run medkern");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("max_batch") && err.contains("4096"), "{err}");
+    // --max-batch: 3 images over 2, then within 3.
+    let few = dir.path().join("few");
+    std::fs::create_dir(&few).expect("folder");
+    for i in 0..3u8 {
+        image::RgbImage::from_fn(16, 12, |x, y| {
+            image::Rgb([x as u8 * 9, y as u8 * 9, i * 50])
+        })
+        .save(few.join(format!("{i}.png")))
+        .expect("save");
+    }
+    let classify = |limit: &str| {
+        Command::new(env!("CARGO_BIN_EXE_medkern"))
+            .args([
+                "classify",
+                "--model",
+                "sepsis",
+                "--device",
+                "cpu",
+                "--max-batch",
+                limit,
+            ])
+            .arg(&few)
+            .output()
+            .expect("run medkern")
+    };
+    let out = classify("2");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("max_batch") && err.contains("at most 2"),
+        "{err}"
+    );
+    let out = classify("3");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --max-len past the model's positions, and texts over --max-batch.
+    let Some(minilm) = minilm_or_skip("batch_limit_from_the_command_line") else {
+        return;
+    };
+    let out = embed_cmd(&minilm)
+        .args(["--max-len", "100000"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("max_len") && err.contains("512"), "{err}");
+    let out = embed_cmd(&minilm)
+        .args(["--max-batch", "1"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("max_batch") && err.contains("2 in one batch"),
+        "{err}"
+    );
+}

@@ -721,3 +721,28 @@ fn gpu_compressed_checkpoints_match_cpu() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Issue 15: a model folder's config.json that does not parse or validate is the folder's
+/// content, Error::Corrupt (as BertModel::load has it), not the caller's Error::Invalid.
+#[test]
+fn checkpoint_config_errors_are_corrupt() {
+    let dir = TempDir::new("compress-bad-config");
+    for (what, text) in [
+        ("not JSON", "{\"hidden_size\": 4,".to_string()),
+        (
+            "heads not dividing the width",
+            serde_json::json!({
+                "vocab_size": 10, "hidden_size": 100, "num_hidden_layers": 1,
+                "num_attention_heads": 3, "intermediate_size": 8,
+            })
+            .to_string(),
+        ),
+    ] {
+        std::fs::write(dir.path().join("config.json"), text).expect("config");
+        let e = Checkpoint::load(dir.path()).err().expect(what);
+        assert!(
+            matches!(&e, medkern::Error::Corrupt { arg: "config", .. }),
+            "{what}: {e:?}"
+        );
+    }
+}

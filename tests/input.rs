@@ -1602,3 +1602,180 @@ fn cpu_preprocess_makes_no_f64_copy_of_the_whole_image() {
         assert_eq!(*g, (*w as f32) as f64, "pixel value {i}");
     }
 }
+
+/// Issue 15: on the CPU backend, `RawImage::preprocess` cloned the whole image
+/// (`HostTensor::to_device(&Device::Cpu)` copies) and `center_crop_square` copied the crop
+/// into a new buffer: two full-size copies of a 12 MB image before it is shrunk to 224 x 224.
+/// The crop now moves the rows inside the image's own buffer and the CPU preprocess reads the
+/// pixels where they are; the values are those of the old path (crop made by hand, then
+/// `ops::preprocess`).
+#[test]
+fn cpu_crop_and_preprocess_make_no_copy_of_the_image() {
+    use medkern::input::RawImage;
+    let (h, w) = (1500usize, 2000usize);
+    let px: Vec<u8> = (0..h * w * 3).map(|i| (i * 7 % 251) as u8).collect();
+    let p = Preprocess::imagenet((224, 224));
+    let raw = RawImage {
+        pixels: medkern::HostTensor::new(&[1, h, w, 3], px.clone()).expect("pixels"),
+        range: PixelRange::Scale(255.0),
+        source: "test".into(),
+    };
+    // Preprocess alone, on the uncropped image.
+    let (y, largest) = largest_allocation(|| raw.preprocess(&Device::Cpu, &p, DType::F32));
+    y.expect("preprocess");
+    assert!(
+        largest < h * w * 3,
+        "preprocess: largest allocation {largest} bytes: a copy of the whole {}-byte image",
+        h * w * 3
+    );
+    // Crop, then preprocess: what medkern classify and the C ABI do.
+    let (y, largest) = largest_allocation(|| {
+        raw.center_crop_square()
+            .and_then(|c| c.preprocess(&Device::Cpu, &p, DType::F32))
+    });
+    let y = y.expect("crop + preprocess").to_host().expect("host");
+    assert!(
+        largest < h * h * 3,
+        "crop + preprocess: largest allocation {largest} bytes: a copy of the {}-byte crop",
+        h * h * 3
+    );
+    let left = (w - h) / 2;
+    let crop: Vec<u8> = (0..h)
+        .flat_map(|r| {
+            px[(r * w + left) * 3..(r * w + left + h) * 3]
+                .iter()
+                .copied()
+        })
+        .collect();
+    let x = medkern::Tensor::new(&Device::Cpu, &[1, h, h, 3], crop).expect("crop tensor");
+    let want = medkern::ops::preprocess(&x, &p, DType::F32)
+        .expect("reference")
+        .to_host()
+        .expect("host");
+    assert_eq!(y, want);
+}
+
+/// `HostTensor::crop_nhwc` crops every image of a batch in place, any dtype, and refuses a
+/// window outside the image.
+#[test]
+fn crop_nhwc_crops_each_image_in_place() {
+    let (n, h, w, c) = (2usize, 4usize, 5usize, 2usize);
+    let v: Vec<u16> = (0..n * h * w * c).map(|i| i as u16).collect();
+    let t = medkern::HostTensor::new(&[n, h, w, c], v.clone()).expect("tensor");
+    let got = t.clone().crop_nhwc(1, 2, 2, 3).expect("crop");
+    assert_eq!(got.shape(), &[n, 2, 3, c]);
+    let want: Vec<u16> = (0..n)
+        .flat_map(|i| (1..3).flat_map(move |y| (2..5).map(move |x| (i, y, x))))
+        .flat_map(|(i, y, x)| (0..c).map(move |k| (((i * h + y) * w + x) * c + k) as u16))
+        .collect();
+    assert_eq!(got.as_slice::<u16>().expect("u16"), want.as_slice());
+    let whole = t.clone().crop_nhwc(0, 0, h, w).expect("whole");
+    assert_eq!(whole.as_slice::<u16>().expect("u16"), v.as_slice());
+    for (top, left, rows, cols) in [(3, 0, 2, 1), (0, 4, 1, 2), (usize::MAX, 0, 2, 1)] {
+        let e = t
+            .clone()
+            .crop_nhwc(top, left, rows, cols)
+            .expect_err("outside")
+            .to_string();
+        assert!(e.contains("crop_nhwc") && e.contains("4 x 5"), "{e}");
+    }
+}
+
+/// Issue 15: the image models bound the images of one call (default 4096,
+/// `with_max_batch`), before anything is allocated for them: an error naming max_batch and
+/// the count, for the CNNs, their u8 entry points and EXAM; a batch within the limit runs.
+#[test]
+fn image_models_bound_their_batch() {
+    use medkern::model::efficientnet::{self as en, EfficientNet, EfficientNetConfig};
+    use medkern::model::exam::{ExamConfig, ExamModel};
+    use medkern::model::resnet::{self, ResNet, ResNetConfig};
+    use medkern::model::sepsis::{self, Autoencoder, SepsisNet};
+    let dev = Device::Cpu;
+    let f32x = |n: usize, s: usize| {
+        medkern::Tensor::new(&dev, &[n, s, s, 3], vec![0.5f32; n * s * s * 3]).expect("x")
+    };
+    let u8x =
+        |n: usize| medkern::Tensor::new(&dev, &[n, 8, 8, 3], vec![9u8; n * 8 * 8 * 3]).expect("u8");
+    let refused = |what: &str, r: medkern::Result<()>| {
+        let e = r
+            .err()
+            .unwrap_or_else(|| panic!("{what}: 3 images over max_batch 2"));
+        let msg = e.to_string();
+        assert!(
+            matches!(e, medkern::Error::Invalid { .. })
+                && msg.contains("max_batch")
+                && msg.contains("3 in one batch")
+                && msg.contains("at most 2"),
+            "{what}: {msg}"
+        );
+    };
+    let s = SepsisNet::from_safetensors(
+        &sepsis::random_sepsis(1).to_safetensors().expect("bytes"),
+        &dev,
+        DType::F32,
+    )
+    .expect("sepsis");
+    assert_eq!(s.max_batch(), medkern::input::DEFAULT_MAX_BATCH);
+    let s = s.with_max_batch(2);
+    refused("sepsis", s.forward(&f32x(3, 8)).map(|_| ()));
+    refused("sepsis u8", s.classify_u8(&u8x(3), (8, 8)).map(|_| ()));
+    s.forward(&f32x(2, 8)).expect("2 images run");
+    let r = ResNet::from_safetensors(
+        &resnet::random_resnet(&ResNetConfig::resnet18(4), 1)
+            .to_safetensors()
+            .expect("bytes"),
+        ResNetConfig::resnet18(4),
+        &dev,
+        DType::F32,
+    )
+    .expect("resnet")
+    .with_max_batch(2);
+    refused("resnet", r.forward(&f32x(3, 8)).map(|_| ()));
+    refused("resnet u8", r.classify_u8(&u8x(3), (8, 8)).map(|_| ()));
+    let ae = Autoencoder::from_safetensors(
+        &sepsis::random_autoencoder(1)
+            .to_safetensors()
+            .expect("bytes"),
+        &dev,
+        DType::F32,
+    )
+    .expect("autoencoder")
+    .with_max_batch(2);
+    refused("autoencoder", ae.forward(&f32x(3, 8)).map(|_| ()));
+    let cfg = EfficientNetConfig::lite(0).expect("lite0");
+    let e = EfficientNet::from_bytes(
+        &en::to_safetensors(&en::random_weights(&cfg, 1).expect("weights")).expect("bytes"),
+        cfg,
+        &dev,
+        DType::F32,
+    )
+    .expect("lite0")
+    .with_max_batch(2);
+    refused("efficientnet", e.forward(&f32x(3, 8)).map(|_| ()));
+    let x = ExamModel::random(&ExamConfig::default(), 1, &dev, DType::F32)
+        .expect("exam")
+        .with_max_batch(2);
+    assert_eq!(x.max_batch(), 2);
+    let emr = medkern::Tensor::new(
+        &dev,
+        &[3, x.head.config.emr.dim()],
+        vec![0f32; 3 * x.head.config.emr.dim()],
+    )
+    .expect("emr");
+    refused("exam", x.forward(&f32x(3, 8), &emr).map(|_| ()));
+}
+
+/// The default batch limit is documented, and `InputLimits::max_batch` defaults to it.
+#[test]
+fn batch_limit_default_is_4096() {
+    assert_eq!(medkern::input::DEFAULT_MAX_BATCH, 4096);
+    assert_eq!(input::InputLimits::default().max_batch, 4096);
+    medkern::input::check_batch("op", "images", 4096, 4096).expect("at the limit");
+    let e = medkern::input::check_batch("op", "images", 4097, 4096)
+        .expect_err("over")
+        .to_string();
+    assert_eq!(
+        e,
+        "op: invalid images: 4097 in one batch; expected at most 4096 (the max_batch limit)"
+    );
+}

@@ -69,7 +69,7 @@ fn check_preprocess(name: &str, raw: &medkern::input::RawImage) {
         assert_eq!(t.shape(), &[1, 16, 16, 3], "{name}: preprocess shape");
         all_finite(name, &host_f32(name, &t));
     }
-    if let Ok(c) = raw.center_crop_square() {
+    if let Ok(c) = raw.clone().center_crop_square() {
         let (h, w) = c.size();
         assert_eq!(h, w, "{name}: center crop not square");
     }

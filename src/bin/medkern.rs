@@ -47,6 +47,10 @@ struct Cli {
     /// Input limit: the deepest nesting of DICOM sequences (default 64).
     #[arg(long, global = true)]
     max_dicom_depth: Option<usize>,
+    /// Input limit: the most texts (embed, compress sentences) or image files (classify,
+    /// autoencode, folders expanded) of one command (default 4096).
+    #[arg(long, global = true)]
+    max_batch: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -152,6 +156,7 @@ fn main() -> ExitCode {
         max_pixels: cli.max_pixels.unwrap_or(d.max_pixels),
         max_alloc_bytes: cli.max_alloc_bytes.unwrap_or(d.max_alloc_bytes),
         max_dicom_depth: cli.max_dicom_depth.unwrap_or(d.max_dicom_depth),
+        max_batch: cli.max_batch.unwrap_or(d.max_batch),
     });
     let result = match cli.cmd {
         Cmd::Info => info(),
@@ -860,10 +865,16 @@ fn embed(a: EmbedArgs) -> medkern::Result<()> {
         PoolingArg::Mean => Pooling::Mean,
         PoolingArg::Cls => Pooling::Cls,
     };
-    let model = BertModel::load(&a.model, &dev, dtype)?;
-    let max_len = a.max_len.unwrap_or(model.config.max_position_embeddings);
+    // The count first: too many texts fail before the model is loaded.
+    let max_batch = cnn::input_limits().max_batch;
+    medkern::input::check_batch("embed", "texts", a.texts.len(), max_batch)?;
+    let mut model = BertModel::load(&a.model, &dev, dtype)?;
+    model.set_max_batch(max_batch);
+    let max_len = model.config.max_len(a.max_len)?;
     let texts: Vec<&str> = a.texts.iter().map(String::as_str).collect();
-    let ids = BertTokenizer::load(&a.model, max_len)?.encode(&texts)?;
+    let ids = BertTokenizer::load(&a.model, max_len)?
+        .with_max_batch(max_batch)
+        .encode(&texts)?;
     let mut embs = model.embed(&ids, pooling)?;
     let logits = if a.classify {
         Some(model.classify(&ids)?)
@@ -1008,6 +1019,8 @@ fn compress(a: CompressArgs) -> medkern::Result<()> {
         None => compress::SAMPLE_SENTENCES.join("\n"),
     };
     let sentences: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let max_batch = cnn::input_limits().max_batch;
+    medkern::input::check_batch("compress", "--sentences", sentences.len(), max_batch)?;
     if sentences.is_empty() {
         return Err(cli_invalid(
             "--sentences",
@@ -1043,7 +1056,9 @@ fn compress(a: CompressArgs) -> medkern::Result<()> {
     let mut ck = Checkpoint::load(&a.model)?;
     let cfg = ck.bert_config()?;
     let max_len = cfg.max_position_embeddings;
-    let ids = BertTokenizer::load(&a.model, max_len)?.encode(&sentences)?;
+    let ids = BertTokenizer::load(&a.model, max_len)?
+        .with_max_batch(max_batch)
+        .encode(&sentences)?;
     bar.inc(1);
     let mut report = serde_json::Map::new();
     if let Some(keep) = explicit_heads {

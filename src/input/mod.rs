@@ -21,6 +21,7 @@
 //! | [`InputLimits::max_pixels`] | 64 Mpixel (64·2^20) | width × height of a PNG/JPEG, checked from its header before decoding |
 //! | [`InputLimits::max_alloc_bytes`] | 256 MiB | what the PNG/JPEG decoder may allocate |
 //! | [`InputLimits::max_dicom_depth`] | 64 | nesting of DICOM sequences (checked before parsing) |
+//! | [`InputLimits::max_batch`] | 4096 | images in one batch call (C ABI, CLI); the models' own limit, [`DEFAULT_MAX_BATCH`], bounds their batches |
 //!
 //! A DICOM element whose declared length exceeds the bytes left in the file is always an error
 //! (before anything is allocated for it). Only regular files are opened: a folder, FIFO,
@@ -84,49 +85,38 @@ impl RawImage {
     }
 
     /// The central square of the image (side `min(H, W)`), as ImageNet evaluation crops
-    /// before resizing so that objects keep their aspect ratio.
-    pub fn center_crop_square(&self) -> Result<RawImage> {
+    /// before resizing so that objects keep their aspect ratio. Made in place (the image is
+    /// taken, not copied: [`HostTensor::crop_nhwc`]); a square image comes back as it is.
+    pub fn center_crop_square(self) -> Result<RawImage> {
         let (h, w) = self.size();
-        let c = self.channels();
+        if h == w {
+            return Ok(self);
+        }
         let side = h.min(w);
         let (top, left) = ((h - side) / 2, (w - side) / 2);
-        let elem = self.pixels.dtype().size();
-        let row = w * c * elem;
-        let bytes = self.pixels.bytes();
-        let mut out = Vec::with_capacity(side * side * c * elem);
-        for y in top..top + side {
-            let start = y * row + left * c * elem;
-            out.extend_from_slice(&bytes[start..start + side * c * elem]);
-        }
-        let shape = [1, side, side, c];
-        let pixels = match self.pixels.dtype() {
-            DType::U16 => HostTensor::new(
-                &shape,
-                out.chunks_exact(2)
-                    .map(|b| u16::from_ne_bytes([b[0], b[1]]))
-                    .collect::<Vec<u16>>(),
-            )?,
-            _ => HostTensor::new(&shape, out)?,
-        };
         Ok(RawImage {
-            pixels,
+            pixels: self.pixels.crop_nhwc(top, left, side, side)?,
             range: self.range,
-            source: self.source.clone(),
+            source: self.source,
         })
     }
 
     /// [`ops::preprocess()`] of this image on `device` with the caller's parameters (its
     /// `range` replaces `p.range`).
+    /// On the CPU the pixels are read where they are (no copy of the image).
     pub fn preprocess(&self, device: &Device, p: &Preprocess, dtype: DType) -> Result<Tensor> {
-        let x = self.pixels.to_device(device)?;
-        ops::preprocess(
-            &x,
-            &Preprocess {
-                range: self.range,
-                ..*p
-            },
-            dtype,
-        )
+        let p = Preprocess {
+            range: self.range,
+            ..*p
+        };
+        match device {
+            Device::Cpu => Ok(Tensor::Host(ops::preprocess::preprocess_host(
+                &self.pixels,
+                &p,
+                dtype,
+            )?)),
+            Device::Gpu(_) => ops::preprocess(&self.pixels.to_device(device)?, &p, dtype),
+        }
     }
 }
 
@@ -143,6 +133,9 @@ pub struct InputLimits {
     /// 2). The data set is checked without recursion before it is parsed, so a deeper file is
     /// an error rather than a stack overflow in the parser.
     pub max_dicom_depth: usize,
+    /// The most images (or files) one batch call takes, checked before anything is read or
+    /// allocated for them (the C ABI's `mk_image_classify_u8`, the CLI's file lists).
+    pub max_batch: usize,
 }
 
 impl InputLimits {
@@ -155,6 +148,27 @@ impl InputLimits {
     /// Default [`InputLimits::max_dicom_depth`]: 64 (radiographs nest a few levels; the parser
     /// recurses once per level, and 64 levels stay well inside a 2 MiB thread stack).
     pub const DEFAULT_MAX_DICOM_DEPTH: usize = 64;
+    /// Default [`InputLimits::max_batch`]: [`DEFAULT_MAX_BATCH`].
+    pub const DEFAULT_MAX_BATCH: usize = DEFAULT_MAX_BATCH;
+}
+
+/// The default batch limit of every batch entry point (texts of a BERT call, images of a CNN
+/// or EXAM call, [`InputLimits::max_batch`]): 4096 items, well past a useful GPU batch, and
+/// far below what a count read from a request could ask for.
+pub const DEFAULT_MAX_BATCH: usize = 4096;
+
+/// An [`Error::Invalid`] of `op` naming the limit and the count when a batch of `n` items
+/// (`arg`: "texts", "images"...) exceeds `max`. Called before anything is allocated for them,
+/// so that a count from a request cannot make a call allocate without bound.
+pub fn check_batch(op: &'static str, arg: &'static str, n: usize, max: usize) -> Result<()> {
+    if n > max {
+        return Err(Error::Invalid {
+            op,
+            arg,
+            detail: format!("{n} in one batch; expected at most {max} (the max_batch limit)"),
+        });
+    }
+    Ok(())
 }
 
 impl Default for InputLimits {
@@ -164,6 +178,7 @@ impl Default for InputLimits {
             max_pixels: Self::DEFAULT_MAX_PIXELS,
             max_alloc_bytes: Self::DEFAULT_MAX_ALLOC_BYTES,
             max_dicom_depth: Self::DEFAULT_MAX_DICOM_DEPTH,
+            max_batch: Self::DEFAULT_MAX_BATCH,
         }
     }
 }

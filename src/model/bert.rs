@@ -7,6 +7,8 @@
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+pub use crate::input::DEFAULT_MAX_BATCH;
+use crate::input::check_batch;
 use crate::model::linear::{Linear, LinearHost, LinearKind};
 use crate::ops::embedding::{Lookup, embedding};
 use crate::ops::{self, Activation, Attention, Qkv, SeqBatch};
@@ -258,6 +260,24 @@ impl BertConfig {
         }
         Ok(c)
     }
+    /// The tokens kept per text for a requested `max_len` ([CLS] and [SEP] included): the
+    /// model's `max_position_embeddings` when none is given; a request past it is an error
+    /// (the model has no position for those tokens), as is one under 2.
+    pub fn max_len(&self, requested: Option<usize>) -> Result<usize> {
+        let most = self.max_position_embeddings;
+        match requested {
+            None => Ok(most),
+            Some(n) if (2..=most).contains(&n) => Ok(n),
+            Some(n) => Err(invalid(
+                "max_len",
+                format!(
+                    "{n} tokens; expected 2 ([CLS] and [SEP]) to {most} (the model's \
+                     max_position_embeddings)"
+                ),
+            )),
+        }
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
@@ -438,6 +458,8 @@ pub struct BertModel {
     /// Attention softmax scale, `1/√head_dim` of the checkpoint.
     scale: f32,
     head: Option<Head>,
+    /// The most sequences one call takes ([`BertModel::set_max_batch`]).
+    max_batch: usize,
 }
 
 /// Reads named tensors out of a safetensors file by their medkern names, checking shapes.
@@ -643,7 +665,8 @@ impl BertModel {
 
     /// Builds the model from a config and the bytes of a safetensors file (names of the
     /// config's family, with or without a task prefix, or medkern's own as
-    /// [`crate::model::compress::Checkpoint`] saves them).
+    /// [`crate::model::compress::Checkpoint`] saves them). A config the model cannot run
+    /// (activation, head dim) or that does not match the tensors is [`Error::Corrupt`].
     pub fn from_safetensors(
         config: BertConfig,
         bytes: &[u8],
@@ -693,7 +716,7 @@ impl BertModel {
             .copied()
             .find(|&x| x >= d)
             .ok_or_else(|| {
-                invalid(
+                corrupt(
                     "config",
                     format!(
                         "head_dim {d}; expected at most {}",
@@ -701,7 +724,9 @@ impl BertModel {
                     ),
                 )
             })?;
-        let act = c.activation()?;
+        // A config this model cannot run is the checkpoint's fault (it describes the tensors),
+        // as are the tensor checks below: Error::Corrupt, as the CNN loaders' config errors.
+        let act = c.activation().map_err(Error::into_corrupt)?;
         let mut layers = Vec::with_capacity(c.stored_layers());
         for l in 0..c.stored_layers() {
             let p = format!("encoder.layer.{l}");
@@ -833,7 +858,27 @@ impl BertModel {
             device: device.clone(),
             dtype,
             config,
+            max_batch: DEFAULT_MAX_BATCH,
         })
+    }
+
+    /// Sets the most sequences [`forward`](Self::forward), [`embed`](Self::embed) and
+    /// [`classify`](Self::classify) take in one call (default [`DEFAULT_MAX_BATCH`], 4096):
+    /// more is an error before anything is allocated for them, so that a count taken from a
+    /// request cannot make one call allocate without bound.
+    pub fn set_max_batch(&mut self, n: usize) {
+        self.max_batch = n;
+    }
+
+    /// [`set_max_batch`](Self::set_max_batch) on an owned model.
+    pub fn with_max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n;
+        self
+    }
+
+    /// The limit set by [`set_max_batch`](Self::set_max_batch).
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
     }
 
     pub fn device(&self) -> &Device {
@@ -851,6 +896,7 @@ impl BertModel {
         type_ids: Option<&[Vec<u32>]>,
     ) -> Result<(Tensor, Vec<usize>)> {
         let c = &self.config;
+        check_batch(OP, "ids (sequences)", ids.len(), self.max_batch)?;
         let mut cu = vec![0usize];
         for (b, s) in ids.iter().enumerate() {
             if s.len() > c.max_position_embeddings {
@@ -955,6 +1001,7 @@ impl BertModel {
     /// Sequence-classification logits `[batch][labels]` (f32 on the host): the head runs on
     /// the first token of each sequence, gathered on the device (no host round trip).
     pub fn classify(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        check_batch(OP, "ids (sequences)", ids.len(), self.max_batch)?;
         let head = self.head.as_ref().ok_or_else(|| {
             invalid(
                 "model",
@@ -1010,6 +1057,7 @@ impl BertModel {
     /// Sentence embeddings: the last hidden state pooled per sequence (mean over its tokens, or
     /// its first token), in f32 on the host.
     pub fn embed(&self, ids: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
+        check_batch(OP, "ids (sequences)", ids.len(), self.max_batch)?;
         if let Some(b) = ids.iter().position(Vec::is_empty) {
             return Err(invalid(
                 "ids",
@@ -1140,6 +1188,7 @@ pub struct BertTokenizer {
     inner: tokenizers::Tokenizer,
     max_len: usize,
     max_text_bytes: usize,
+    max_batch: usize,
 }
 
 impl BertTokenizer {
@@ -1167,7 +1216,20 @@ impl BertTokenizer {
             inner,
             max_len,
             max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
+            max_batch: DEFAULT_MAX_BATCH,
         })
+    }
+
+    /// Sets the most texts [`encode`](Self::encode) takes in one call (default
+    /// [`DEFAULT_MAX_BATCH`], 4096): more is an error before any is tokenised.
+    pub fn with_max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n;
+        self
+    }
+
+    /// The limit set by [`with_max_batch`](Self::with_max_batch).
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
     }
 
     /// Sets the most bytes of one text that are ever tokenised (default
@@ -1196,6 +1258,7 @@ impl BertTokenizer {
     /// [`max_text_bytes`](Self::max_text_bytes) whose prefix of that size does not settle is
     /// an error.
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        check_batch(OP, "texts", texts.len(), self.max_batch)?;
         texts.iter().map(|t| self.encode_one(t)).collect()
     }
 

@@ -194,9 +194,10 @@ impl Checkpoint {
 
     /// [`Checkpoint::load`] from the bytes of `config.json` and `model.safetensors`.
     pub fn from_bytes(config_json: &[u8], weights: &[u8]) -> Result<Self> {
+        // The folder's config is the file's content: its errors are Error::Corrupt.
         let config: serde_json::Value = serde_json::from_slice(config_json)
-            .map_err(|e| invalid("config", format!("config.json: {e}")))?;
-        let arch = BertConfig::from_value(&config)?;
+            .map_err(|e| corrupt("config", format!("config.json: {e}")))?;
+        let arch = BertConfig::from_value(&config).map_err(Error::into_corrupt)?;
         let bytes = weights;
         let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| corrupt("weights", format!("not a safetensors file: {e}")))?;
@@ -384,7 +385,12 @@ impl Checkpoint {
         }
         let c = self.bert_config()?;
         let d = c.head_dim();
-        let reference = self.model(device, dtype)?.embed(ids, Pooling::Mean)?;
+        // The batch is the caller's ids, already in memory: bound it where it is made
+        // (BertTokenizer::with_max_batch); the models here take it whole.
+        let reference = self
+            .model(device, dtype)?
+            .with_max_batch(ids.len())
+            .embed(ids, Pooling::Mean)?;
         let mut work = Checkpoint {
             config: self.config.clone(),
             tensors: self.tensors.clone(),
@@ -422,7 +428,10 @@ impl Checkpoint {
                 }
                 work.tensors
                     .insert(o.clone(), HostTensor::from_f64(&[n, k], &z, DType::F32)?);
-                let emb = work.model(device, dtype)?.embed(ids, Pooling::Mean)?;
+                let emb = work
+                    .model(device, dtype)?
+                    .with_max_batch(ids.len())
+                    .embed(ids, Pooling::Mean)?;
                 let cos = emb
                     .iter()
                     .zip(&reference)
@@ -853,7 +862,8 @@ pub fn quality(
     reference: &[Vec<f32>],
     runs: usize,
 ) -> Result<Quality> {
-    let model = BertModel::load(dir, device, dtype)?;
+    // The caller's ids, already in memory, are taken whole (as in head_importance).
+    let model = BertModel::load(dir, device, dtype)?.with_max_batch(ids.len());
     let mut emb = model.embed(ids, Pooling::Mean)?;
     let mut times = Vec::with_capacity(runs.max(1));
     for _ in 0..runs.max(1) {

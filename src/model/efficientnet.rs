@@ -585,6 +585,7 @@ pub struct EfficientNet {
     head: ConvBn,
     fc_w: Tensor,
     fc_b: Tensor,
+    max_batch: usize,
 }
 
 /// Named tensors read from a safetensors file, every name and shape checked.
@@ -810,8 +811,11 @@ impl EfficientNet {
             head,
             fc_w,
             fc_b,
+            max_batch: crate::input::DEFAULT_MAX_BATCH,
         })
     }
+
+    super::max_batch_methods!();
 
     pub fn config(&self) -> &EfficientNetConfig {
         &self.config
@@ -846,6 +850,9 @@ impl EfficientNet {
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
         let s = x.shape();
+        if let Some(&n) = s.first() {
+            crate::input::check_batch(OP, "x (images)", n, self.max_batch)?;
+        }
         if s.len() != 4 || s[3] != 3 || s[0] == 0 || s[1] == 0 || s[2] == 0 {
             return Err(Error::Shape {
                 op: OP,

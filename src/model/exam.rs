@@ -93,6 +93,9 @@ pub trait ImageTrunk: Send + Sync {
     fn input_size(&self) -> (usize, usize);
     /// A short description for reports (`"resnet34"`).
     fn describe(&self) -> String;
+    /// Raises or lowers the trunk's own batch limit, if it has one, to
+    /// [`ExamModel::with_max_batch`]'s (which is checked first either way).
+    fn set_max_batch(&mut self, _n: usize) {}
 }
 
 /// Sizes of the EXAM head and the EMR feature list.
@@ -750,6 +753,9 @@ impl ImageTrunk for ResNetTrunk {
     fn input_size(&self) -> (usize, usize) {
         self.input_size
     }
+    fn set_max_batch(&mut self, n: usize) {
+        self.net.set_max_batch(n);
+    }
     fn describe(&self) -> String {
         format!(
             "{} ({}, {}x{})",
@@ -765,6 +771,8 @@ impl ImageTrunk for ResNetTrunk {
 pub struct ExamModel {
     pub trunk: Box<dyn ImageTrunk>,
     pub head: ExamHead,
+    /// The most patients one [`ExamModel::forward`] takes.
+    max_batch: usize,
 }
 
 impl ExamModel {
@@ -781,7 +789,11 @@ impl ExamModel {
                 ),
             ));
         }
-        Ok(ExamModel { trunk, head })
+        Ok(ExamModel {
+            trunk,
+            head,
+            max_batch: crate::input::DEFAULT_MAX_BATCH,
+        })
     }
 
     /// Loads an EXAM checkpoint (see the module docs: `image.*` a torchvision ResNet-34
@@ -877,6 +889,20 @@ impl ExamModel {
         to_safetensors(&t, meta)
     }
 
+    /// Sets the most patients (images and EMR rows) one [`ExamModel::forward`] takes (default
+    /// [`DEFAULT_MAX_BATCH`](crate::input::DEFAULT_MAX_BATCH), 4096), the trunk's included: a
+    /// larger batch is an error before its activations are allocated.
+    pub fn with_max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n;
+        self.trunk.set_max_batch(n);
+        self
+    }
+
+    /// The limit set by [`ExamModel::with_max_batch`].
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
     /// The model with deterministic random weights, loaded through the checkpoint path.
     pub fn random(config: &ExamConfig, seed: u64, device: &Device, dtype: DType) -> Result<Self> {
         Self::from_safetensors(&Self::random_checkpoint(config, seed)?, device, dtype)
@@ -885,6 +911,8 @@ impl ExamModel {
     /// Predictions for preprocessed images `[N, H, W, 3]` (the trunk's dtype) and EMR vectors
     /// `[N, D]` f32, both on the model's device.
     pub fn forward(&self, images: &Tensor, emr: &Tensor) -> Result<Vec<ExamOutput>> {
+        let n = images.shape().first().copied().unwrap_or(0);
+        crate::input::check_batch(OP, "images", n, self.max_batch)?;
         let f = self.trunk.features(images)?;
         self.head.forward(&f, emr)
     }

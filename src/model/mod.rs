@@ -3,6 +3,26 @@
 //! B0–B7 and Lite0–Lite4 ([`efficientnet`]), the EXAM chest X-ray + EMR model ([`exam`], EMR
 //! inputs in [`emr`]).
 
+/// The batch-limit methods of an image model whose struct has a `max_batch` field (checked
+/// in its forward before anything is allocated for the batch).
+macro_rules! max_batch_methods {
+    () => {
+        /// Sets the most images one call takes (default
+        /// [`DEFAULT_MAX_BATCH`](crate::input::DEFAULT_MAX_BATCH), 4096): a larger batch is an
+        /// error before its activations are allocated.
+        pub fn with_max_batch(mut self, n: usize) -> Self {
+            self.max_batch = n;
+            self
+        }
+
+        /// The limit set by `with_max_batch`.
+        pub fn max_batch(&self) -> usize {
+            self.max_batch
+        }
+    };
+}
+pub(crate) use max_batch_methods;
+
 pub mod bert;
 pub mod compress;
 pub mod efficientnet;

@@ -114,8 +114,12 @@ pub(crate) fn check_input(
     channels: usize,
     dtype: DType,
     device: &Device,
+    max_batch: usize,
 ) -> Result<()> {
     let s = x.shape();
+    if let Some(&n) = s.first() {
+        crate::input::check_batch(op, "x (images)", n, max_batch)?;
+    }
     if s.len() != 4 || s[3] != channels || s[..3].contains(&0) {
         return Err(Error::Shape {
             op,
@@ -435,6 +439,7 @@ pub struct ResNet {
     dtype: DType,
     trunk: Trunk,
     fc: Head,
+    max_batch: usize,
 }
 
 impl ResNet {
@@ -464,7 +469,15 @@ impl ResNet {
             dtype,
             trunk,
             fc,
+            max_batch: crate::input::DEFAULT_MAX_BATCH,
         })
+    }
+
+    super::max_batch_methods!();
+
+    /// [`ResNet::with_max_batch`] in place.
+    pub(crate) fn set_max_batch(&mut self, n: usize) {
+        self.max_batch = n;
     }
 
     pub fn config(&self) -> ResNetConfig {
@@ -481,7 +494,7 @@ impl ResNet {
     /// dtype on its device (ImageNet-normalised 224×224 for trained weights; any H, W >= 1 run:
     /// `ops::preprocess` makes such a batch from u8 images).
     pub fn forward(&self, x: &Tensor) -> Result<ResNetOutput> {
-        check_input(OP, x, 3, self.dtype, &self.device)?;
+        check_input(OP, x, 3, self.dtype, &self.device, self.max_batch)?;
         let h = self.trunk.forward(x)?;
         let features = ops::global_avg_pool(&h)?;
         let logits = self.fc.forward(&features)?;
@@ -492,6 +505,8 @@ impl ResNet {
     /// torchvision's ImageNet preprocessing (`ops::preprocess`: ÷255, bilinear resize to `size`
     /// without antialias, ImageNet mean/std) into the model's dtype, then [`ResNet::forward`].
     pub fn classify_u8(&self, images: &Tensor, size: (usize, usize)) -> Result<ResNetOutput> {
+        let n = images.shape().first().copied().unwrap_or(0);
+        crate::input::check_batch(OP, "images", n, self.max_batch)?;
         if images.dtype() != DType::U8 {
             return Err(Error::DType {
                 op: OP,

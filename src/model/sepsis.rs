@@ -76,6 +76,7 @@ pub struct SepsisNet {
     dtype: DType,
     trunk: Trunk,
     fc: Head,
+    max_batch: usize,
 }
 
 impl SepsisNet {
@@ -94,8 +95,11 @@ impl SepsisNet {
             dtype,
             trunk,
             fc,
+            max_batch: crate::input::DEFAULT_MAX_BATCH,
         })
     }
+
+    super::max_batch_methods!();
 
     pub fn device(&self) -> &Device {
         &self.device
@@ -106,7 +110,7 @@ impl SepsisNet {
 
     /// A normalised NHWC batch `x` `[N, H, W, 3]` (model dtype and device; 224×224 frames).
     pub fn forward(&self, x: &Tensor) -> Result<SepsisOutput> {
-        check_input(OP, x, 3, self.dtype, &self.device)?;
+        check_input(OP, x, 3, self.dtype, &self.device, self.max_batch)?;
         let h = self.trunk.forward(x)?;
         let features = ops::global_avg_pool(&h)?;
         let logits = self.fc.forward(&features)?;
@@ -122,6 +126,8 @@ impl SepsisNet {
     /// ImageNet preprocessing (`ops::preprocess`: ÷255, bilinear resize to `size`, ImageNet
     /// mean/std) into the model's dtype, then [`SepsisNet::forward`].
     pub fn classify_u8(&self, images: &Tensor, size: (usize, usize)) -> Result<SepsisOutput> {
+        let n = images.shape().first().copied().unwrap_or(0);
+        crate::input::check_batch(OP, "images", n, self.max_batch)?;
         if images.dtype() != DType::U8 {
             return Err(Error::DType {
                 op: OP,
@@ -174,6 +180,7 @@ pub struct Autoencoder {
     enc: Vec<(ConvWeight, Tensor)>,
     /// `[3, 3, C_in, C_out]` weights and f32 biases.
     dec: Vec<(Tensor, Tensor)>,
+    max_batch: usize,
 }
 
 impl Autoencoder {
@@ -218,8 +225,11 @@ impl Autoencoder {
             dtype,
             enc,
             dec,
+            max_batch: crate::input::DEFAULT_MAX_BATCH,
         })
     }
+
+    super::max_batch_methods!();
 
     pub fn device(&self) -> &Device {
         &self.device
@@ -229,7 +239,14 @@ impl Autoencoder {
     }
 
     fn check(&self, x: &Tensor) -> Result<()> {
-        check_input(AE, x, AE_IN_CHANNELS, self.dtype, &self.device)?;
+        check_input(
+            AE,
+            x,
+            AE_IN_CHANNELS,
+            self.dtype,
+            &self.device,
+            self.max_batch,
+        )?;
         let s = x.shape();
         if s[1] % 8 != 0 || s[2] % 8 != 0 {
             return Err(Error::Shape {

@@ -69,7 +69,7 @@ impl Preprocess<'static> {
 /// `(t − mean[c]) / std[c]`. `C_out` is 3 for colour, and for grey 3 with `grey_to_rgb`, else 1.
 /// The kernel computes in f32 (source positions as PyTorch does) and rounds once.
 pub fn preprocess(x: &Tensor, p: &Preprocess, dtype: DType) -> Result<Tensor> {
-    let g = geometry(x, p)?;
+    let g = geometry(x.dtype(), x.shape(), p)?;
     let mut out = Tensor::empty(
         &x.device(),
         &[g.n, p.out_size.0, p.out_size.1, g.cout],
@@ -87,8 +87,48 @@ struct Geometry {
     cout: usize,
 }
 
-fn geometry(x: &Tensor, p: &Preprocess) -> Result<Geometry> {
-    let src = x.dtype();
+/// [`preprocess`] on the CPU of host pixels where they are: no copy of the image is made to
+/// wrap it in a [`Tensor`] (what [`crate::input::RawImage::preprocess`] uses on the CPU).
+pub fn preprocess_host(x: &HostTensor, p: &Preprocess, dtype: DType) -> Result<HostTensor> {
+    let g = geometry(x.dtype(), x.shape(), p)?;
+    float_dtype(OP, "dtype", dtype)?;
+    cpu(x, &g, p, dtype)
+}
+
+/// The CPU path: resampled straight from the u8/u16 pixels, with no f64 copy of the whole
+/// image (8x a u8 image's bytes) before it is shrunk to the model's input size.
+fn cpu(x: &HostTensor, g: &Geometry, p: &Preprocess, dtype: DType) -> Result<HostTensor> {
+    let (lo, range, clamp01) = value_map(p.range);
+    let (oh, ow) = p.out_size;
+    let f = |v: &[f32]| v.iter().map(|&t| f64::from(t)).collect::<Vec<f64>>();
+    let (mean, std) = (f(p.mean), f(p.std));
+    let map = ValueMap {
+        lo: f64::from(lo),
+        range: f64::from(range),
+        clamp01,
+    };
+    let y = match x.dtype() {
+        DType::U8 => reference::preprocess::preprocess(
+            x.as_slice::<u8>()?,
+            (g.n, g.h, g.w, g.cin),
+            (oh, ow, g.cout),
+            map,
+            &mean,
+            &std,
+        ),
+        _ => reference::preprocess::preprocess(
+            x.as_slice::<u16>()?,
+            (g.n, g.h, g.w, g.cin),
+            (oh, ow, g.cout),
+            map,
+            &mean,
+            &std,
+        ),
+    };
+    HostTensor::from_f64(&[g.n, oh, ow, g.cout], &y, dtype)
+}
+
+fn geometry(src: DType, shape: &[usize], p: &Preprocess) -> Result<Geometry> {
     if src != DType::U8 && src != DType::U16 {
         return Err(Error::DType {
             op: OP,
@@ -97,7 +137,7 @@ fn geometry(x: &Tensor, p: &Preprocess) -> Result<Geometry> {
             expected: "u8 (grey/RGB/RGBA images) or u16 (grey)".into(),
         });
     }
-    let (n, h, w, cin) = match *x.shape() {
+    let (n, h, w, cin) = match *shape {
         [n, h, w] => (n, h, w, 1),
         [n, h, w, c] => (n, h, w, c),
         _ => (0, 0, 0, 0),
@@ -111,7 +151,7 @@ fn geometry(x: &Tensor, p: &Preprocess) -> Result<Geometry> {
         return Err(Error::Shape {
             op: OP,
             arg: "x",
-            got: x.shape().to_vec(),
+            got: shape.to_vec(),
             expected: if src == DType::U8 {
                 "[N, H, W, C] with H, W >= 1 and C = 1, 3 or 4 (or [N, H, W] grey)".into()
             } else {
@@ -182,7 +222,7 @@ fn value_map(r: PixelRange) -> (f32, f32, bool) {
 
 /// [`preprocess`] into `out` (`[N, out_h, out_w, C_out]`, f32/f16/bf16, x's device).
 pub fn preprocess_into(x: &Tensor, p: &Preprocess, out: &mut Tensor) -> Result<()> {
-    let g = geometry(x, p)?;
+    let g = geometry(x.dtype(), x.shape(), p)?;
     let od = out.dtype();
     float_dtype(OP, "out", od)?;
     let (oh, ow) = p.out_size;
@@ -198,35 +238,7 @@ pub fn preprocess_into(x: &Tensor, p: &Preprocess, out: &mut Tensor) -> Result<(
     let (lo, range, clamp01) = value_map(p.range);
     match backend(OP, x, &[("out", Some(out))])? {
         Backend::Cpu => {
-            let f = |v: &[f32]| v.iter().map(|&t| f64::from(t)).collect::<Vec<f64>>();
-            let (mean, std) = (f(p.mean), f(p.std));
-            let map = ValueMap {
-                lo: f64::from(lo),
-                range: f64::from(range),
-                clamp01,
-            };
-            // Resampled straight from the u8/u16 pixels: no f64 copy of the whole image (8x a
-            // u8 image's bytes) before it is shrunk to the model's input size.
-            let xh = host(OP, "x", x)?;
-            let y = match xh.dtype() {
-                DType::U8 => reference::preprocess::preprocess(
-                    xh.as_slice::<u8>()?,
-                    (g.n, g.h, g.w, g.cin),
-                    (oh, ow, g.cout),
-                    map,
-                    &mean,
-                    &std,
-                ),
-                _ => reference::preprocess::preprocess(
-                    xh.as_slice::<u16>()?,
-                    (g.n, g.h, g.w, g.cin),
-                    (oh, ow, g.cout),
-                    map,
-                    &mean,
-                    &std,
-                ),
-            };
-            *out = Tensor::Host(HostTensor::from_f64(&want, &y, od)?);
+            *out = Tensor::Host(cpu(host(OP, "x", x)?, &g, p, od)?);
             Ok(())
         }
         Backend::Gpu(gpu) => {

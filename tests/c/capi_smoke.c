@@ -98,6 +98,16 @@ int main(int argc, char **argv) {
     st = mk_bert_classify(bert, texts, 1, &logit, 1);
     CHECK(st == MK_ERR_INVALID_ARGUMENT && strstr(mk_last_error(), "classification head"),
           "classify without a head: %s", mk_last_error());
+    /* The batch limit: 2 texts per call, so 3 are refused (nothing written); 0 restores it. */
+    st = mk_bert_set_input_limits(bert, 2, 0);
+    CHECK(st == MK_OK, "BERT limits set (%s)", mk_last_error());
+    emb[0] = NAN;
+    st = mk_bert_embed(bert, texts, 3, MK_POOLING_MEAN, 1, emb, 3 * dim);
+    CHECK(st == MK_ERR_INVALID_ARGUMENT && strstr(mk_last_error(), "max_batch") && isnan(emb[0]),
+          "3 texts over max_batch 2: %s", mk_last_error());
+    st = mk_bert_set_input_limits(bert, 0, 0);
+    st = st == MK_OK ? mk_bert_embed(bert, texts, 3, MK_POOLING_MEAN, 1, emb, 3 * dim) : st;
+    CHECK(st == MK_OK, "default limits again (%s)", mk_last_error());
     free(emb);
     mk_bert_free(bert);
 
@@ -123,6 +133,13 @@ int main(int argc, char **argv) {
     st = mk_image_classify_file(img, "/nonexistent/x.png", logits, k);
     CHECK(st == MK_ERR_IO && strstr(mk_last_error(), "/nonexistent/x.png"), "missing file: %s",
           mk_last_error());
+    st = mk_image_model_set_input_limits(img, 0, 0, 0, 0, 1);
+    uint8_t px[2 * 4 * 4 * 3] = {0};
+    float two[2000];
+    two[0] = NAN;
+    st = st == MK_OK ? mk_image_classify_u8(img, px, 2, 4, 4, 3, two, 2000) : st;
+    CHECK(st == MK_ERR_INVALID_ARGUMENT && strstr(mk_last_error(), "max_batch") && isnan(two[0]),
+          "2 images over max_batch 1: %s", mk_last_error());
     free(logits);
     mk_image_model_free(img);
 

@@ -68,7 +68,7 @@ pub fn print_line(s: &str) -> Result<()> {
 }
 
 /// The input limits of this run (`--max-file-bytes`, `--max-pixels`, `--max-alloc-bytes`,
-/// `--max-dicom-depth`; the library's defaults otherwise).
+/// `--max-dicom-depth`, `--max-batch`; the library's defaults otherwise).
 static INPUT_LIMITS: std::sync::OnceLock<input::InputLimits> = std::sync::OnceLock::new();
 
 pub fn set_input_limits(l: input::InputLimits) {
@@ -173,7 +173,7 @@ pub fn exam(a: ExamArgs) -> Result<()> {
         .filter(|k| !present.contains(k))
         .collect();
     let x = raw.to_model_input(&dev, model.trunk.input_size(), dtype)?;
-    let emr_t = medkern::HostTensor::new(&[1, emr_cfg.dim()], emr)?.to_device(&dev)?;
+    let emr_t = medkern::HostTensor::new(&[1, emr_cfg.dim()], emr)?.into_device(&dev)?;
     let out = model.forward(&x, &emr_t)?;
     let o = &out[0];
     let mut v = json!({
@@ -210,7 +210,12 @@ pub fn exam(a: ExamArgs) -> Result<()> {
 /// folder entries left out, each `{"file", "reason"}` (for the JSON's "skipped"). An image
 /// name that is not a regular file (a dangling link, a link loop, a FIFO, a folder) is kept,
 /// so that it is reported as a failed image with its reason rather than dropped silently.
+/// More files than `--max-batch` is an error, found while the folders are listed (before any
+/// file is read or the model loaded).
 pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, bool, Vec<Value>)> {
+    let max_batch = input_limits().max_batch;
+    let too_many = |n: usize| input::check_batch("cli", "images", n, max_batch);
+    too_many(inputs.len())?;
     let mut files = Vec::new();
     let mut folder = false;
     let mut skipped = Vec::new();
@@ -238,6 +243,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, bool, Vec<Valu
                     )
                 });
                 if image_name {
+                    too_many(files.len() + found.len() + 1)?;
                     found.push(f);
                 } else {
                     skipped.push(json!({
@@ -260,6 +266,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, bool, Vec<Valu
         } else {
             files.push(p.clone());
         }
+        too_many(files.len())?;
     }
     skipped.sort_by(|a, b| a["file"].as_str().cmp(&b["file"].as_str()));
     Ok((files, folder, skipped))
