@@ -189,16 +189,26 @@ impl Checkpoint {
                 source: e,
             })
         };
-        Self::from_bytes(&read("config.json")?, &read("model.safetensors")?)
+        // A bad config is reported before a missing weights file.
+        let (config, arch) = Self::config_of(&read("config.json")?)?;
+        Self::with_config(config, arch, &read("model.safetensors")?)
     }
 
     /// [`Checkpoint::load`] from the bytes of `config.json` and `model.safetensors`.
     pub fn from_bytes(config_json: &[u8], weights: &[u8]) -> Result<Self> {
+        let (config, arch) = Self::config_of(config_json)?;
+        Self::with_config(config, arch, weights)
+    }
+
+    fn config_of(config_json: &[u8]) -> Result<(serde_json::Value, BertConfig)> {
         // The folder's config is the file's content: its errors are Error::Corrupt.
         let config: serde_json::Value = serde_json::from_slice(config_json)
             .map_err(|e| corrupt("config", format!("config.json: {e}")))?;
         let arch = BertConfig::from_value(&config).map_err(Error::into_corrupt)?;
-        let bytes = weights;
+        Ok((config, arch))
+    }
+
+    fn with_config(config: serde_json::Value, arch: BertConfig, bytes: &[u8]) -> Result<Self> {
         let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| corrupt("weights", format!("not a safetensors file: {e}")))?;
         let metadata: BTreeMap<String, String> = safetensors::SafeTensors::read_metadata(bytes)
