@@ -181,6 +181,10 @@ fn nan_rows_are_nan_and_fully_masked_rows_are_zero() {
         add(&|x, _| x[n - 1] = nan, [Nan, Nan]); // the scalar tail when n % 8 != 0
         add(&|x, _| x[1] = nan, [Nan, Nan]);
         add(&|x, _| x.fill(ninf), [Zero, Zero]); // fully masked through x
+        // +inf - max(+inf) is NaN (as torch.softmax): a row holding +inf is all NaN, not a
+        // one-hot a kernel's running max might make of it.
+        add(&|x, _| x[3] = f64::INFINITY, [Nan, Nan]);
+        add(&|x, _| x[n - 1] = f64::INFINITY, [Nan, Nan]);
         add(&|_, m| m.fill(ninf), [Finite, Zero]); // fully masked through the mask
         // NaN only where the mask drops every entry.
         let all_nan_dropped = |x: &mut Vec<f64>, m: &mut Vec<f64>| {
