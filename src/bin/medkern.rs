@@ -1011,10 +1011,16 @@ fn compress(a: CompressArgs) -> medkern::Result<()> {
     let dev = cnn::device_of(a.device)?;
     let dtype = cnn::dtype_of(a.dtype, &dev);
     let text = match &a.sentences {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| medkern::Error::Io {
-            op: "compress",
-            path: p.display().to_string(),
-            source: e,
+        Some(p) => String::from_utf8(medkern::input::read_regular(
+            "compress",
+            p,
+            "sample sentences, one per line",
+        )?)
+        .map_err(|e| {
+            cli_invalid(
+                "--sentences",
+                format!("{}: not UTF-8 text: {e}", p.display()),
+            )
         })?,
         None => compress::SAMPLE_SENTENCES.join("\n"),
     };

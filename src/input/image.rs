@@ -140,6 +140,19 @@ fn decode_jpeg(bytes: &[u8], path: &Path, limits: &InputLimits) -> Result<RawIma
         (ColorSpace::RGB, 3)
     };
     check_size(path, (w as u64, h as u64), channels as u64, limits)?;
+    if let Some(blocks) = frame_blocks(bytes)
+        && (bytes.len() as u64).saturating_mul(8) < blocks
+    {
+        return Err(bad_file(
+            path,
+            format!(
+                "cannot decode the image: JPEG frame of {w}x{h} has {blocks} 8x8 blocks, each \
+                 coding at least one bit, but the file has only {} bytes (a truncated scan \
+                 or a forged frame size)",
+                bytes.len()
+            ),
+        ));
+    }
     dec.set_options((*dec.options()).jpeg_set_out_colorspace(out));
     let pixels = dec.decode().map_err(cannot)?;
     if pixels.len() != w * h * channels {
@@ -156,6 +169,64 @@ fn decode_jpeg(bytes: &[u8], path: &Path, limits: &InputLimits) -> Result<RawIma
         range: PixelRange::Scale(255.0),
         source: path.display().to_string(),
     })
+}
+
+/// The number of 8×8 blocks in the frame of a Huffman-coded JPEG (from its SOF header), or
+/// None (arithmetic coding, or no frame header before the first scan). Each block of each
+/// component codes at least one Huffman symbol (its DC difference, in baseline and
+/// progressive JPEG alike), so a file of fewer than `blocks / 8` bytes cannot hold the image.
+/// Checked because zune-jpeg, even in strict mode, pads a scan that ends at an EOI marker
+/// with zero bits and returns a mostly grey image: a 700-byte file whose header claims
+/// 8000×8000 decoded to 192 MB of grey and classified with exit 0.
+fn frame_blocks(bytes: &[u8]) -> Option<u64> {
+    let be16 = |at: usize| -> Option<u64> {
+        Some(u64::from(u16::from_be_bytes([
+            *bytes.get(at)?,
+            *bytes.get(at + 1)?,
+        ])))
+    };
+    let mut at = 2; // after SOI
+    loop {
+        while *bytes.get(at)? == 0xFF && *bytes.get(at + 1)? == 0xFF {
+            at += 1; // fill bytes
+        }
+        if *bytes.get(at)? != 0xFF {
+            return None;
+        }
+        let marker = *bytes.get(at + 1)?;
+        let len = usize::try_from(be16(at + 2)?).ok()?;
+        match marker {
+            // The Huffman-coded frames, SOF0..SOF7 (C4 is DHT). Arithmetic coding (SOF9..)
+            // can code a block in less than a bit: no bound.
+            0xC0..=0xC7 if marker != 0xC4 => {
+                let seg = at + 4;
+                let (h, w) = (be16(seg + 1)?, be16(seg + 3)?);
+                let n = usize::from(*bytes.get(seg + 5)?);
+                let factors: Vec<(u64, u64)> = (0..n)
+                    .map(|c| {
+                        let hv = *bytes.get(seg + 6 + 3 * c + 1)?;
+                        Some((u64::from(hv >> 4).max(1), u64::from(hv & 15).max(1)))
+                    })
+                    .collect::<Option<_>>()?;
+                let hmax = factors.iter().map(|f| f.0).max()?;
+                let vmax = factors.iter().map(|f| f.1).max()?;
+                // A component's size is the frame's scaled by its sampling factors (T.81
+                // A.1.1), rounded up, in blocks of 8×8.
+                return Some(
+                    factors
+                        .iter()
+                        .map(|&(hc, vc)| {
+                            (w * hc).div_ceil(hmax).div_ceil(8)
+                                * (h * vc).div_ceil(vmax).div_ceil(8)
+                        })
+                        .sum(),
+                );
+            }
+            0xC9..=0xCF if marker != 0xCC => return None,
+            0xDA | 0xD9 => return None, // SOS or EOI before a frame header
+            _ => at += 2 + len,
+        }
+    }
 }
 
 /// Converts an already decoded image (without copying 8-bit grey, 16-bit grey or 8-bit RGB).

@@ -228,32 +228,54 @@ fn file_kind(ft: &std::fs::FileType) -> &'static str {
 /// The metadata of `path` when it is a regular file (following links); an error naming what
 /// it is otherwise.
 pub(crate) fn check_regular_file(path: &Path) -> Result<std::fs::Metadata> {
+    check_regular(OP, path, "PNG, JPEG or DICOM")
+}
+
+/// [`check_regular_file`] for any file: `op` names the caller, `what` the content expected.
+fn check_regular(op: &'static str, path: &Path, what: &str) -> Result<std::fs::Metadata> {
+    let not_regular = |detail: String| Error::Corrupt {
+        op,
+        arg: "file",
+        detail: format!("{}: {detail}", path.display()),
+    };
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) => {
             let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
             if link {
-                return Err(bad_file(
-                    path,
-                    format!(
-                        "is a symbolic link that cannot be followed (dangling, or a loop): {e}; \
-                         expected a regular file (PNG, JPEG or DICOM)"
-                    ),
-                ));
+                return Err(not_regular(format!(
+                    "is a symbolic link that cannot be followed (dangling, or a loop): {e}; \
+                     expected a regular file ({what})"
+                )));
             }
-            return Err(io_error(path, e));
+            return Err(Error::Io {
+                op,
+                path: path.display().to_string(),
+                source: e,
+            });
         }
     };
     if !meta.is_file() {
-        return Err(bad_file(
-            path,
-            format!(
-                "is {}; expected a regular file (PNG, JPEG or DICOM)",
-                file_kind(&meta.file_type())
-            ),
-        ));
+        return Err(not_regular(format!(
+            "is {}; expected a regular file ({what})",
+            file_kind(&meta.file_type())
+        )));
     }
     Ok(meta)
+}
+
+/// Reads a whole file that must be a regular file: a model's weights, config or tokenizer, an
+/// EMR record, sample sentences. A FIFO would block the read forever and a device such as
+/// /dev/zero would fill memory until the process dies, so anything else is an error naming
+/// what the path is, before it is opened (as [`read_file`] does for images). `op` names the
+/// caller in messages and `what` the content expected ("a safetensors checkpoint").
+pub fn read_regular(op: &'static str, path: &Path, what: &str) -> Result<Vec<u8>> {
+    check_regular(op, path, what)?;
+    std::fs::read(path).map_err(|e| Error::Io {
+        op,
+        path: path.display().to_string(),
+        source: e,
+    })
 }
 
 /// Reads a whole regular file of at most `max_bytes` bytes ([`InputLimits::max_file_bytes`]).

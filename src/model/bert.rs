@@ -651,13 +651,7 @@ impl BertModel {
     /// Loads `config.json` and `model.safetensors` from a Hugging Face model folder. `dtype` is
     /// the compute dtype (f16/bf16 on a GPU; f32 on the CPU is the reference).
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let read = |f: &str| {
-            std::fs::read(dir.join(f)).map_err(|e| Error::Io {
-                op: OP,
-                path: dir.join(f).display().to_string(),
-                source: e,
-            })
-        };
+        let read = |f: &str| crate::input::read_regular(OP, &dir.join(f), f);
         let cfg = BertConfig::from_json(&String::from_utf8_lossy(&read("config.json")?))
             .map_err(Error::into_corrupt)?;
         Self::from_safetensors(cfg, &read("model.safetensors")?, device, dtype)
@@ -1205,7 +1199,13 @@ impl BertTokenizer {
             ));
         }
         let path = dir.join("tokenizer.json");
-        let mut inner = tokenizers::Tokenizer::from_file(&path)
+        let bytes = crate::input::read_regular(OP, &path, "tokenizer.json")?;
+        // Parsed as plain JSON first (serde_json's recursion limit included): tokenizers 0.22
+        // panics (`expect("Helper")` in its decoder) on a "decoder" value that does not parse,
+        // cut short or nested too deep, instead of returning the error.
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .map_err(|e| invalid("tokenizer", format!("{}: {e}", path.display())))?;
+        let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| invalid("tokenizer", format!("{}: {e}", path.display())))?;
         // Batches are packed, never padded; truncation is ours (keeps the final [SEP]).
         inner.with_padding(None);

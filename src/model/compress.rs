@@ -182,13 +182,7 @@ pub enum Rank {
 impl Checkpoint {
     /// Reads `dir/config.json` and `dir/model.safetensors`.
     pub fn load(dir: &Path) -> Result<Self> {
-        let read = |f: &str| {
-            std::fs::read(dir.join(f)).map_err(|e| Error::Io {
-                op: OP,
-                path: dir.join(f).display().to_string(),
-                source: e,
-            })
-        };
+        let read = |f: &str| crate::input::read_regular(OP, &dir.join(f), f);
         // A bad config is reported before a missing weights file.
         let (config, arch) = Self::config_of(&read("config.json")?)?;
         Self::with_config(config, arch, &read("model.safetensors")?)
@@ -334,7 +328,10 @@ impl Checkpoint {
         if let Some(src) = tokenizer_from {
             for f in TOKENIZER_FILES {
                 if src.join(f).exists() {
-                    std::fs::copy(src.join(f), dir.join(f)).map_err(|e| io(&src.join(f), e))?;
+                    // Read, then written: a FIFO or device among them is an error, not a
+                    // copy that never ends.
+                    let bytes = crate::input::read_regular(OP, &src.join(f), f)?;
+                    std::fs::write(dir.join(f), bytes).map_err(|e| io(&dir.join(f), e))?;
                 }
             }
         }

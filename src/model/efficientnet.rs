@@ -707,11 +707,7 @@ impl EfficientNet {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::Io {
-            op: OP,
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        let bytes = crate::input::read_regular(OP, path, "a safetensors checkpoint")?;
         Self::from_bytes(&bytes, config, device, dtype)
     }
 

@@ -800,11 +800,7 @@ impl ExamModel {
     /// state dict, `emr.*` / `fusion.*` / `head.*` the head). The trunk runs in `dtype`
     /// (f32 on the CPU; f32/f16/bf16 on a GPU), the head in f32.
     pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<ExamModel> {
-        let bytes = std::fs::read(path).map_err(|e| Error::Io {
-            op: OP,
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        let bytes = crate::input::read_regular(OP, path, "a safetensors checkpoint")?;
         Self::from_safetensors(&bytes, device, dtype)
     }
 

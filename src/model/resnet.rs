@@ -47,13 +47,10 @@ pub(crate) fn invalid(op: &'static str, arg: &'static str, detail: String) -> Er
     Error::Invalid { op, arg, detail }
 }
 
-/// Reads the bytes of a file, as an [`Error::Io`] naming it.
+/// Reads the bytes of a checkpoint, which must be a regular file (a FIFO or device is an
+/// error, not a hang: [`crate::input::read_regular`]).
 pub(crate) fn read_file(op: &'static str, path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::Io {
-        op,
-        path: path.display().to_string(),
-        source: e,
-    })
+    crate::input::read_regular(op, path, "a safetensors checkpoint")
 }
 
 /// Named tensors of a safetensors file, read with name and shape checks.

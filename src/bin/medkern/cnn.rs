@@ -150,11 +150,12 @@ pub fn exam(a: ExamArgs) -> Result<()> {
         None => ExamModel::random(&ExamConfig::default(), RANDOM_SEED, &dev, dtype)?,
     };
     let emr_cfg = &model.head.config.emr;
-    let text = std::fs::read_to_string(&a.emr).map_err(|e| Error::Io {
-        op: "medkern exam",
-        path: a.emr.display().to_string(),
-        source: e,
-    })?;
+    let text = String::from_utf8(input::read_regular(
+        "medkern exam",
+        &a.emr,
+        "a JSON EMR record",
+    )?)
+    .map_err(|e| cli_err("emr", format!("{}: not UTF-8 text: {e}", a.emr.display())))?;
     let record: Value = serde_json::from_str(&text)
         .map_err(|e| cli_err("emr", format!("{}: not valid JSON: {e}", a.emr.display())))?;
     let emr = emr_cfg
