@@ -75,6 +75,10 @@ const char *mk_version(void);    /* static string */
 /* The message of this thread's last failure, "" when its last call succeeded. A failure's
  * message stays valid until this thread's next failing call (successes do not free it). */
 const char *mk_last_error(void);
+/* The largest model file (weights, config.json, tokenizer.json) the mk_*_load functions read,
+ * for the whole process; 0 restores the default (2 GiB). A larger file is
+ * MK_ERR_CORRUPT_INPUT before it is read. */
+void mk_set_max_model_file_bytes(uint64_t bytes);
 
 /* Devices. spec: "auto" or NULL (first working GPU, else CPU), "cpu", "gpu", "gpu:N",
  * "cuda", "cuda:N", or "emu" (the emulated GPU: the GPU path with the kernels run on the CPU

@@ -271,6 +271,14 @@ pub extern "C" fn mk_abi_version() -> u32 {
     MK_ABI_VERSION
 }
 
+/// Sets the largest model file (weights, `config.json`, `tokenizer.json`) the `mk_*_load`
+/// functions read, for the whole process; 0 restores the default (2 GiB). A larger file is
+/// `MK_ERR_CORRUPT_INPUT` before it is read.
+#[unsafe(no_mangle)]
+pub extern "C" fn mk_set_max_model_file_bytes(bytes: u64) {
+    crate::input::set_max_model_file_bytes(bytes);
+}
+
 /// The crate version, a static NUL-terminated string.
 #[unsafe(no_mangle)]
 pub extern "C" fn mk_version() -> *const c_char {

@@ -51,6 +51,10 @@ struct Cli {
     /// autoencode, folders expanded) of one command (default 4096).
     #[arg(long, global = true)]
     max_batch: Option<usize>,
+    /// Input limit: the largest model file (weights, config.json, tokenizer.json), EMR record
+    /// or sentence file read, in bytes (default 2 GiB).
+    #[arg(long, global = true)]
+    max_model_bytes: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -151,6 +155,7 @@ pub(crate) enum DTypeArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let d = medkern::input::InputLimits::default();
+    medkern::input::set_max_model_file_bytes(cli.max_model_bytes.unwrap_or(0));
     cnn::set_input_limits(medkern::input::InputLimits {
         max_file_bytes: cli.max_file_bytes.unwrap_or(d.max_file_bytes),
         max_pixels: cli.max_pixels.unwrap_or(d.max_pixels),

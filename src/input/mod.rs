@@ -269,13 +269,86 @@ fn check_regular(op: &'static str, path: &Path, what: &str) -> Result<std::fs::M
 /// /dev/zero would fill memory until the process dies, so anything else is an error naming
 /// what the path is, before it is opened (as [`read_file`] does for images). `op` names the
 /// caller in messages and `what` the content expected ("a safetensors checkpoint").
+///
+/// The file may hold at most [`max_model_file_bytes`] bytes (default
+/// [`DEFAULT_MAX_MODEL_FILE_BYTES`]), checked before anything is allocated for it.
 pub fn read_regular(op: &'static str, path: &Path, what: &str) -> Result<Vec<u8>> {
-    check_regular(op, path, what)?;
-    std::fs::read(path).map_err(|e| Error::Io {
+    read_regular_max(op, path, what, max_model_file_bytes())
+}
+
+/// Default of [`max_model_file_bytes`]: 2 GiB, above the largest checkpoint of the model
+/// families medkern runs (BERT-large in f32, 1.3 GB).
+pub const DEFAULT_MAX_MODEL_FILE_BYTES: u64 = 2 << 30;
+
+static MAX_MODEL_FILE_BYTES: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(DEFAULT_MAX_MODEL_FILE_BYTES);
+
+/// The largest file [`read_regular`] reads: model weights, `config.json`, `tokenizer.json`,
+/// EMR records, sentence files (images have [`InputLimits::max_file_bytes`]). A process-wide
+/// setting, as the files are read by loaders that take only a path; a caller who needs a
+/// per-call limit reads the bytes itself and uses the loaders' `from_safetensors`/`from_bytes`.
+pub fn max_model_file_bytes() -> u64 {
+    MAX_MODEL_FILE_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sets [`max_model_file_bytes`] for the whole process (0: back to the default). The CLI's
+/// `--max-model-bytes` and the C ABI's `mk_set_max_model_file_bytes` set it.
+pub fn set_max_model_file_bytes(bytes: u64) {
+    let v = if bytes == 0 {
+        DEFAULT_MAX_MODEL_FILE_BYTES
+    } else {
+        bytes
+    };
+    MAX_MODEL_FILE_BYTES.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// [`read_regular`] with the limit given.
+pub(crate) fn read_regular_max(
+    op: &'static str,
+    path: &Path,
+    what: &str,
+    max_bytes: u64,
+) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = check_regular(op, path, what)?;
+    let too_big = |len: u64| Error::Corrupt {
+        op,
+        arg: "file",
+        detail: format!(
+            "{}: {len} bytes, more than the limit of {max_bytes} for {what} \
+             (input::set_max_model_file_bytes, --max-model-bytes, mk_set_max_model_file_bytes)",
+            path.display()
+        ),
+    };
+    if meta.len() > max_bytes {
+        return Err(too_big(meta.len()));
+    }
+    let io = |e: std::io::Error| Error::Io {
         op,
         path: path.display().to_string(),
         source: e,
-    })
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(meta.len() as usize)
+        .map_err(|e| Error::Corrupt {
+            op,
+            arg: "file",
+            detail: format!(
+                "{}: cannot allocate {} bytes: {e}",
+                path.display(),
+                meta.len()
+            ),
+        })?;
+    // The file may grow between the metadata and the read: never past the limit.
+    f.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// Reads a whole regular file of at most `max_bytes` bytes ([`InputLimits::max_file_bytes`]).
@@ -324,5 +397,36 @@ pub(crate) fn io_error(path: &Path, e: std::io::Error) -> Error {
         op: OP,
         path: path.display().to_string(),
         source: e,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// Issue 15: a model file was read whole whatever its size (a 4 GiB checkpoint failed only
+    /// for want of memory). Over the limit is an error naming the limit, before any read.
+    #[test]
+    fn model_files_over_the_limit_are_refused_before_reading() {
+        let dir = std::env::temp_dir().join(format!("medkern-read-max-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let p = dir.join("w.safetensors");
+        std::fs::write(&p, vec![7u8; 1000]).expect("write");
+        let e = read_regular_max("t", &p, "a safetensors checkpoint", 999)
+            .err()
+            .expect("over the limit");
+        let msg = e.to_string();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
+        assert!(
+            msg.contains("1000 bytes") && msg.contains("limit of 999"),
+            "{msg}"
+        );
+        assert_eq!(
+            read_regular_max("t", &p, "x", 1000).expect("at the limit"),
+            vec![7u8; 1000]
+        );
+        assert_eq!(max_model_file_bytes(), DEFAULT_MAX_MODEL_FILE_BYTES);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -70,6 +70,14 @@ int main(int argc, char **argv) {
     CHECK(st == MK_OK && strlen(desc) + 1 == need, "device: %s", desc);
     free(desc);
 
+    /* A model file over the process-wide limit: refused before it is read, naming the limit. */
+    mk_set_max_model_file_bytes(100);
+    mk_bert *small = NULL;
+    st = mk_bert_load(dev, argv[2], MK_DTYPE_DEFAULT, 0, &small);
+    CHECK(st == MK_ERR_CORRUPT_INPUT && small == NULL && strstr(mk_last_error(), "limit of 100"),
+          "model file over the limit: %s", mk_last_error());
+    mk_set_max_model_file_bytes(0);
+
     /* Sentence embeddings. */
     mk_bert *bert = NULL;
     st = mk_bert_load(dev, argv[2], MK_DTYPE_DEFAULT, 0, &bert);
