@@ -413,9 +413,8 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let p = dir.join("w.safetensors");
         std::fs::write(&p, vec![7u8; 1000]).expect("write");
-        let e = read_regular_max("t", &p, "a safetensors checkpoint", 999)
-            .err()
-            .expect("over the limit");
+        let e =
+            read_regular_max("t", &p, "a safetensors checkpoint", 999).expect_err("over the limit");
         let msg = e.to_string();
         assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
         assert!(
