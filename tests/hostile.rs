@@ -855,7 +855,25 @@ fn hostile_inputs_end_in_clear_errors_under_a_3gb_cap() {
         .expect("sparse file");
     cases.push(
         Case::new("4 GiB (sparse) checkpoint", with_weights(&sparse))
-            .err(&["sparse4g.safetensors"]),
+            .err(&["sparse4g.safetensors", "limit of 2147483648"]),
+    );
+    cases.push(
+        Case::new(
+            "checkpoint over --max-model-bytes 5",
+            args![
+                "--max-model-bytes",
+                "5",
+                "classify",
+                "--model",
+                "sepsis",
+                "--device",
+                "cpu",
+                "--weights",
+                &p,
+                &good_png
+            ],
+        )
+        .err(&["header_bomb.safetensors", "limit of 5"]),
     );
     if let Some(fifo) = mkfifo(&d.join("weights_pipe.safetensors")) {
         cases.push(
