@@ -310,6 +310,11 @@ fn bench(c: &mut criterion::Criterion) {
             for (batch, seq) in shapes {
                 let ids = batch_ids(batch, seq, s.vocab);
                 g.throughput(Throughput::Elements(batch as u64));
+                report_forward(
+                    &gpu,
+                    &format!("bert/{}/{config}/f16/b{batch}s{seq}", s.name),
+                    || m.forward(&ids, None),
+                );
                 g.bench_function(format!("{}/{config}/f16/b{batch}s{seq}", s.name), |b| {
                     b.iter(|| {
                         m.forward(&ids, None).unwrap();

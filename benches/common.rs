@@ -32,3 +32,26 @@ pub fn ragged_lens(batch: usize, seq: usize) -> Vec<usize> {
         .map(|_| lo + rng.below((seq - lo + 1) as u64) as usize)
         .collect()
 }
+
+/// Prints what criterion's wall-clock samples do not separate, for one call of `f` after a
+/// warm-up: kernels launched, host (enqueue) time and GPU time between CUDA events. The line
+/// starts with `forward:` and the bench id, for scripts/bench_report.py and readers.
+pub fn report_forward<T>(gpu: &medkern::Gpu, id: &str, mut f: impl FnMut() -> medkern::Result<T>) {
+    let mut run = || -> medkern::Result<medkern::Timing> {
+        f()?;
+        gpu.synchronize()?;
+        gpu.timed(|| f().map(|_| ()))
+    };
+    match run() {
+        Ok(t) => println!(
+            "forward: {id}: {} launches, host {:.3} ms, GPU {} per forward",
+            t.launches,
+            t.host_ms,
+            t.device_ms
+                .map_or("(no timing on this device)".into(), |ms| format!(
+                    "{ms:.3} ms"
+                ))
+        ),
+        Err(e) => println!("forward: {id}: failed: {e}"),
+    }
+}

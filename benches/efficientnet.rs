@@ -45,6 +45,9 @@ fn bench(c: &mut criterion::Criterion) {
                 .to_device(&dev)
                 .expect("upload");
             g.throughput(Throughput::Elements(batch as u64));
+            report_forward(&gpu, &format!("efficientnet/b{b}/f16/b{batch}"), || {
+                m.forward(&x)
+            });
             g.bench_function(format!("b{b}/f16/b{batch}"), |bch| {
                 bch.iter(|| {
                     m.forward(&x).expect("forward");

@@ -57,6 +57,9 @@ fn bench(c: &mut criterion::Criterion) {
             DType::F32,
         );
         g.throughput(Throughput::Elements(batch as u64));
+        report_forward(&gpu, &format!("exam/resnet34_{SIZE}/f16/b{batch}"), || {
+            model.forward(&x, &emr)
+        });
         g.bench_function(format!("resnet34_{SIZE}/f16/b{batch}"), |b| {
             b.iter(|| model.forward(&x, &emr).unwrap())
         });

@@ -55,6 +55,14 @@ fn bench(c: &mut criterion::Criterion) {
             dt,
         );
         g.throughput(Throughput::Elements(batch as u64));
+        report_forward(
+            &gpu,
+            &format!("resnet/resnet18_{SIZE}/f16/b{batch}"),
+            || r18.forward(&x),
+        );
+        report_forward(&gpu, &format!("resnet/sepsis_{SIZE}/f16/b{batch}"), || {
+            sepsis.forward(&x)
+        });
         g.bench_function(format!("resnet18_{SIZE}/f16/b{batch}"), |b| {
             b.iter(|| {
                 r18.forward(&x).unwrap();

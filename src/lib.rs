@@ -25,7 +25,7 @@ pub mod reference;
 pub mod sparse;
 pub mod tensor;
 
-pub use device::{Arch, Gpu};
+pub use device::{Arch, Gpu, Timing};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use ops::Activation;

@@ -192,3 +192,71 @@ fn runtime_compile_produces_and_caches_a_cubin() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 17 step 11: launches and host time per call come from the device layer (what the
+/// benches and `medkern bench` report); a whole forward launches the same kernels each time.
+#[test]
+fn timed_counts_launches_and_times_on_the_device() {
+    let test = "timed_counts_launches_and_times_on_the_device";
+    if common::gpu_or_skip(test).is_none() {
+        return;
+    }
+    // A GPU of its own: the shared one counts the other tests' launches too.
+    let gpu = if common::emulated() {
+        Gpu::emulated()
+    } else {
+        Gpu::new(0)
+    }
+    .expect("gpu");
+    let dev = medkern::Device::Gpu(gpu.clone());
+    let x = HostTensor::from_f64(&[3, 37], &vec![0.5; 111], medkern::DType::F32)
+        .and_then(|h| h.to_device(&dev))
+        .expect("upload");
+    let before = gpu.launch_count();
+    let t = gpu
+        .timed(|| medkern::ops::softmax(&x, None, 1.0).map(|_| ()))
+        .expect("timed");
+    assert_eq!(t.launches, 1, "{t:?}");
+    assert_eq!(gpu.launch_count(), before + 1);
+    assert!(t.host_ms >= 0.0);
+    assert_eq!(t.device_ms.is_some(), !common::emulated(), "{t:?}");
+    if let Some(ms) = t.device_ms {
+        assert!(ms.is_finite() && ms >= 0.0, "{t:?}");
+    }
+    // An error inside is returned, not timed.
+    let e = gpu.timed(|| {
+        Err(Error::Invalid {
+            op: "test",
+            arg: "x",
+            detail: "planted".into(),
+        })
+    });
+    assert!(e.is_err());
+
+    let cfg = medkern::model::resnet::ResNetConfig::resnet18(3);
+    let m = medkern::model::resnet::random_resnet(&cfg, 5)
+        .to_safetensors()
+        .and_then(|b| {
+            medkern::model::resnet::ResNet::from_safetensors(&b, cfg, &dev, medkern::DType::F16)
+        })
+        .expect("resnet18");
+    let img = HostTensor::from_f64(
+        &[1, 32, 32, 3],
+        &vec![0.25; 32 * 32 * 3],
+        medkern::DType::F16,
+    )
+    .and_then(|h| h.to_device(&dev))
+    .expect("image");
+    let a = gpu.timed(|| m.forward(&img).map(|_| ())).expect("forward");
+    let b = gpu.timed(|| m.forward(&img).map(|_| ())).expect("forward");
+    // 20 convolutions at least (stem + 8 basic blocks of 2 + 3 downsamples), pooling, the head.
+    assert!(a.launches >= 22, "{a:?}");
+    assert_eq!(
+        a.launches, b.launches,
+        "a forward launches the same kernels each time"
+    );
+    println!(
+        "resnet18 32x32 b1 forward: {} launches, host {:.1} ms",
+        a.launches, a.host_ms
+    );
+}

@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use medkern::device::{self, kernels, runtime_compile};
 use medkern::model::bert::{BertModel, BertTokenizer, Pooling};
+use medkern::model::resnet::{ResNet, ResNetConfig, random_resnet};
 use medkern::ops::{
     self, Activation, Attention, Conv2d, ConvWeight, Eltwise, Padding, Qkv, SeqBatch,
 };
@@ -605,25 +606,41 @@ impl ConvDemo {
     }
 }
 
-/// Median wall time of `f` (each call synchronised), in ms.
+/// Median GPU time of `f` in ms, from CUDA events recorded around each call (wall time only
+/// where the device has no events: the emulated GPU, whose timings mean nothing).
 fn time_ms(
     gpu: &medkern::Gpu,
     iters: usize,
     f: &mut dyn FnMut() -> medkern::Result<()>,
 ) -> medkern::Result<f64> {
+    Ok(time_calls(gpu, iters, f)?.device_ms.unwrap_or(f64::NAN))
+}
+
+/// The medians over `iters` calls of `f` (after 3 warm-up calls) of its GPU time (events),
+/// host time and launches.
+fn time_calls(
+    gpu: &medkern::Gpu,
+    iters: usize,
+    f: &mut dyn FnMut() -> medkern::Result<()>,
+) -> medkern::Result<medkern::Timing> {
     for _ in 0..3 {
         f()?;
     }
     gpu.synchronize()?;
     let mut t = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {
-        let t0 = Instant::now();
-        f()?;
-        gpu.synchronize()?;
-        t.push(t0.elapsed().as_secs_f64() * 1e3);
+        t.push(gpu.timed(&mut *f)?);
     }
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let device = t.iter().map(|x| x.device_ms).collect::<Option<Vec<f64>>>();
+    Ok(medkern::Timing {
+        device_ms: device.map(median),
+        host_ms: median(t.iter().map(|x| x.host_ms).collect()),
+        launches: t.iter().map(|x| x.launches).max().unwrap_or(0),
+    })
 }
 
 fn bench(iters: usize) -> medkern::Result<()> {
@@ -812,8 +829,26 @@ fn bench(iters: usize) -> medkern::Result<()> {
             bytes / ms / 1e6
         );
     }
+    // Whole forwards (random weights, f16, batch 32 of 224x224): GPU time, host time to
+    // enqueue, kernels launched.
+    let cfg = ResNetConfig::resnet18(1000);
+    let r18 = ResNet::from_safetensors(
+        &random_resnet(&cfg, 11).to_safetensors()?,
+        cfg,
+        &dev,
+        DType::F16,
+    )?;
+    let x = h(&[32, 224, 224, 3], 18, DType::F16)?;
+    let t = time_calls(&gpu, iters, &mut || r18.forward(&x).map(|_| ()))?;
     outln!(
-        "(wall time per call incl. launch and sync; criterion benches and gpu-bundle/run give the peer ratios)"
+        "{:<44} {:>10.4} {:>5} launches, host {:.3} ms",
+        "forward resnet18 f16 b32",
+        t.device_ms.unwrap_or(f64::NAN),
+        t.launches,
+        t.host_ms
+    );
+    outln!(
+        "(GPU time between CUDA events, median; criterion benches and gpu-bundle/run give the peer ratios)"
     );
     Ok(())
 }

@@ -152,8 +152,23 @@ pub struct Gpu {
     modules: OnceMap<Option<Arc<CudaModule>>>,
     /// Fetched kernels by name.
     functions: OnceMap<Fetched>,
+    /// Kernels launched so far ([`Gpu::launch_count`]).
+    launches: std::sync::atomic::AtomicU64,
     #[cfg(test)]
     load_hook: Mutex<Option<LoadHook>>,
+}
+
+/// What [`Gpu::timed`] measured of one call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timing {
+    /// GPU time between CUDA events recorded on the stream before and after the call (None on
+    /// the emulated GPU, whose timings mean nothing).
+    pub device_ms: Option<f64>,
+    /// Wall time the call took to return (enqueue time: host overhead, allocations included),
+    /// without waiting for the GPU.
+    pub host_ms: f64,
+    /// Kernels the call launched.
+    pub launches: u64,
 }
 
 impl fmt::Debug for Gpu {
@@ -221,6 +236,7 @@ impl Gpu {
             backend: Backend::Cuda(CudaParts { ctx, stream }),
             modules: OnceMap::new(),
             functions: OnceMap::new(),
+            launches: std::sync::atomic::AtomicU64::new(0),
             #[cfg(test)]
             load_hook: Mutex::new(None),
         }))
@@ -260,6 +276,7 @@ impl Gpu {
             },
             modules: OnceMap::new(),
             functions: OnceMap::new(),
+            launches: std::sync::atomic::AtomicU64::new(0),
             #[cfg(test)]
             load_hook: Mutex::new(None),
         }))
@@ -327,6 +344,47 @@ impl Gpu {
         match &self.backend {
             Backend::Cuda(c) => c.stream.synchronize().map_err(driver("Gpu::synchronize")),
             Backend::Emu { .. } => Ok(()),
+        }
+    }
+
+    /// Kernels launched on this GPU so far (every op, every thread): launches per forward is
+    /// the difference around it.
+    pub fn launch_count(&self) -> u64 {
+        self.launches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs `f` between two CUDA events on this GPU's stream and returns the GPU time between
+    /// them (waiting for it), the host time `f` took to return and the kernels it launched.
+    /// Kernel time from events rather than wall time around a synchronize, which adds the
+    /// launch and sync latency to every sample. Other threads' launches in the meantime are
+    /// counted and timed too.
+    pub fn timed(&self, f: impl FnOnce() -> Result<()>) -> Result<Timing> {
+        const OP: &str = "Gpu::timed";
+        let n0 = self.launch_count();
+        match &self.backend {
+            Backend::Cuda(c) => {
+                let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+                let start = c.stream.record_event(timing).map_err(driver(OP))?;
+                let t0 = std::time::Instant::now();
+                f()?;
+                let host_ms = t0.elapsed().as_secs_f64() * 1e3;
+                let end = c.stream.record_event(timing).map_err(driver(OP))?;
+                let device_ms = f64::from(start.elapsed_ms(&end).map_err(driver(OP))?);
+                Ok(Timing {
+                    device_ms: Some(device_ms),
+                    host_ms,
+                    launches: self.launch_count() - n0,
+                })
+            }
+            Backend::Emu { .. } => {
+                let t0 = std::time::Instant::now();
+                f()?;
+                Ok(Timing {
+                    device_ms: None,
+                    host_ms: t0.elapsed().as_secs_f64() * 1e3,
+                    launches: self.launch_count() - n0,
+                })
+            }
         }
     }
 
@@ -605,6 +663,9 @@ impl Launch<'_> {
             ));
         }
         let f = self.gpu.prepare(kernel, cfg.shared_mem_bytes)?;
+        self.gpu
+            .launches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The arena no longer grows: parameter pointers into it stay valid for the call.
         let base = self.arena.as_mut_ptr();
         let mut params: Vec<*mut std::ffi::c_void> = self
