@@ -472,7 +472,7 @@ fn kernel_consts(root: &Path, out: &Path) {
 }
 
 /// The kernel table of src/device/kernels.rs as (module, kernel names): the emulated GPU gets
-/// one entry per row, so a kernel in the table that no `.cu` defines fails this build.
+/// one entry per kernel, so a kernel in the table that no `.cu` defines fails this build.
 fn kernel_table(root: &Path) -> Vec<(String, Vec<String>)> {
     let path = root.join("src/device/kernels.rs");
     let text = std::fs::read_to_string(&path)
@@ -500,13 +500,17 @@ fn kernel_table(root: &Path) -> Vec<(String, Vec<String>)> {
             .find(']')
             .map(|i| open + i)
             .unwrap_or(rest.len());
-        let names = rest[open..close]
+        let names: Vec<String> = rest[open..close]
             .split('"')
             .skip(1)
             .step_by(2)
             .map(str::to_string)
             .collect();
-        out.push((module, names));
+        // A module may take several rows (one per feature set): one entry per module.
+        match out.iter_mut().find(|(m, _)| *m == module) {
+            Some((_, known)) => known.extend(names),
+            None => out.push((module, names)),
+        }
         rest = &rest[close..];
     }
     out

@@ -119,6 +119,27 @@ fn kernel_table_matches_compiled_modules() {
     }
 }
 
+/// build.rs reads the kernel table's text for the emulated GPU's registry, merging a module's
+/// rows (one per feature set): the registry must be the table, kernel for kernel.
+#[test]
+fn emulator_registry_is_the_kernel_table() {
+    if !medkern::device::emu::available() {
+        common::skip(
+            "emulator_registry_is_the_kernel_table",
+            "built without the emulator",
+        );
+        return;
+    }
+    let mut registry: Vec<&str> = medkern::device::emu::kernel_names()
+        .into_iter()
+        .filter(|n| !n.starts_with("mk_selftest_"))
+        .collect();
+    let mut table: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
+    registry.sort_unstable();
+    table.sort_unstable();
+    assert_eq!(registry, table);
+}
+
 #[test]
 fn host_tensor_checks_length() {
     let e = HostTensor::new(&[2, 3], vec![1.0f32; 5]).unwrap_err();

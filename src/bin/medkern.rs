@@ -4,7 +4,7 @@
 //! `medkern/cnn.rs`).
 
 use clap::{Parser, Subcommand, ValueEnum};
-use medkern::device::{self, kernels, runtime_compile};
+use medkern::device::{self, kernels, runtime_compile, sass};
 use medkern::model::bert::{BertModel, BertTokenizer, Pooling};
 use medkern::model::resnet::{ResNet, ResNetConfig, random_resnet};
 use medkern::ops::{
@@ -245,15 +245,39 @@ fn info() -> medkern::Result<()> {
         Some((a, b)) => outln!("runtime NVRTC {a}.{b}"),
         None => outln!("runtime NVRTC: not found"),
     }
+    // The instruction mix of each kernel's sm_90 SASS, or why there is none.
+    let mixes: Result<Vec<sass::KernelSass>, String> = match sass::Disassembler::find() {
+        None => {
+            outln!("SASS: no disassembler (nvdisasm; scripts/setup-nvrtc installs it)");
+            Err("no disassembler".into())
+        }
+        Some(_) if !kernels::BUILD_TARGETS.contains(&"sm_90") => {
+            outln!("SASS: no sm_90 CUBIN embedded in this build");
+            Err("no sm_90 CUBIN".into())
+        }
+        Some(d) => {
+            outln!(
+                "SASS: {} ({})",
+                d.path().display(),
+                d.version().unwrap_or_else(|| "version unknown".into())
+            );
+            let all = d.disassemble_embedded(90);
+            if let Err(e) = &all {
+                outln!("SASS: {e}");
+            }
+            all.map_err(|_| "disassembly failed".to_string())
+        }
+    };
     outln!(
-        "\n{:<24} {:<12} {:<10} {:<16} {:>5} {:>6} {:>6}",
+        "\n{:<24} {:<12} {:<10} {:<16} {:>5} {:>6} {:>6}  {}",
         "kernel",
         "module",
         "min arch",
         "precompiled",
         "regs",
         "smem",
-        "spill"
+        "spill",
+        "sm_90 SASS instruction mix"
     );
     for k in kernels::KERNELS {
         let m = kernels::module(k.module)?;
@@ -279,8 +303,15 @@ fn info() -> medkern::Result<()> {
                 (r.spill_stores + r.spill_loads).to_string(),
             )
         });
+        let mix = match &mixes {
+            Ok(all) => all
+                .iter()
+                .find(|s| s.kernel == k.name)
+                .map_or_else(|| "not in the CUBIN".to_string(), |s| s.mix().to_string()),
+            Err(why) => why.clone(),
+        };
         outln!(
-            "{:<24} {:<12} {:<10} {:<16} {regs:>5} {smem:>6} {spill:>6}",
+            "{:<24} {:<12} {:<10} {:<16} {regs:>5} {smem:>6} {spill:>6}  {mix}",
             k.name,
             k.module,
             k.min_arch.to_string(),
@@ -288,6 +319,11 @@ fn info() -> medkern::Result<()> {
         );
     }
     outln!("(regs/smem/spill: ptxas report for sm_90)");
+    outln!(
+        "(instruction mix: static counts in the sm_90 SASS: tensor-core ops (HMMA, IMMA, .SP = 2:4 \
+         sparse), global loads/stores by access width, LDGSTS = cp.async, shared loads LDS/LDSM \
+         and stores STS, BAR = __syncthreads, LDL/STL = local memory)"
+    );
     Ok(())
 }
 

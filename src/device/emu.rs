@@ -225,7 +225,7 @@ pub fn with_checks<R>(checks: Checks, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// The kernels the emulator was built with: one per row of the kernel table, then the
+/// The kernels the emulator was built with: one per kernel of the table, then the
 /// self-test kernels of emu/selftest.cu (names starting `mk_selftest_`).
 pub fn kernel_names() -> Vec<&'static str> {
     #[cfg_attr(not(medkern_emu), allow(unused_mut))]

@@ -12,6 +12,61 @@ pub struct KernelInfo {
     /// File stem under `kernels/` (`softmax` for `kernels/softmax.cu`).
     pub module: &'static str,
     pub min_arch: Arch,
+    /// What the kernel is built on; tests/sass.rs holds its sm_90 SASS to it.
+    pub features: Features,
+}
+
+/// A tensor-core MMA a kernel's main loop issues (`mma.sync` / `mma.sp.sync` in PTX).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mma {
+    /// f16 inputs, f32 accumulators: SASS `HMMA.16816.F32`.
+    F16,
+    /// bf16 inputs, f32 accumulators: SASS `HMMA.16816.F32.BF16`.
+    Bf16,
+    /// int8 inputs, int32 accumulators: SASS `IMMA.16832.S8.S8`.
+    I8,
+    /// 2:4 structured-sparse f16: SASS `HMMA.SP.16832.F32`.
+    SparseF16,
+    /// 2:4 structured-sparse bf16: SASS `HMMA.SP.16832.F32.BF16`.
+    SparseBf16,
+    /// 2:4 structured-sparse int8: SASS `IMMA.SP.16864.S8.S8`.
+    SparseI8,
+}
+
+impl Mma {
+    /// True for the 2:4 structured-sparse forms.
+    pub const fn sparse(self) -> bool {
+        matches!(self, Mma::SparseF16 | Mma::SparseBf16 | Mma::SparseI8)
+    }
+}
+
+/// What a kernel is built on, as its machine code must show it: the kernel table states it
+/// per kernel so that a change that silently loses the tensor cores or the cp.async pipeline
+/// (a type mismatch, an `#if` taking the fallback) fails tests/sass.rs instead of only
+/// running slower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// The tensor-core MMA of the main loop; None: CUDA cores only (and no MMA may appear).
+    pub mma: Option<Mma>,
+    /// Global loads staged into shared memory by `cp.async` (SASS `LDGSTS`); false: none may
+    /// appear.
+    pub cp_async: bool,
+}
+
+impl Features {
+    /// CUDA cores only, no cp.async.
+    pub const PLAIN: Features = Features {
+        mma: None,
+        cp_async: false,
+    };
+
+    /// Tensor-core MMA fed by a cp.async pipeline (every tensor-core kernel here).
+    pub const fn pipelined(mma: Mma) -> Features {
+        Features {
+            mma: Some(mma),
+            cp_async: true,
+        }
+    }
 }
 
 /// Ahead-of-time images and sources of one `kernels/*.cu` file, embedded by build.rs.
@@ -50,42 +105,59 @@ pub use generated::{BUILD_NVRTC, BUILD_TARGETS, HEADERS, MODULES};
 
 const SM80: Arch = Arch { major: 8, minor: 0 };
 
+const PLAIN: Features = Features::PLAIN;
+const fn pipelined(mma: Mma) -> Features {
+    Features::pipelined(mma)
+}
+
+/// Rows of `"module" @ min_arch, features => [kernels]`; a module may take several rows (one
+/// per feature set). build.rs reads this table too (the emulated GPU's registry).
 macro_rules! table {
-    ($($module:literal @ $arch:expr => [$($name:literal),* $(,)?]),* $(,)?) => {
-        &[$($(KernelInfo { name: $name, module: $module, min_arch: $arch },)*)*]
+    ($($module:literal @ $arch:expr, $features:expr => [$($name:literal),* $(,)?]),* $(,)?) => {
+        &[$($(KernelInfo { name: $name, module: $module, min_arch: $arch, features: $features },)*)*]
     };
 }
 
 /// Every kernel, by module. bf16 arithmetic and the PTX fallback need sm_80.
 pub static KERNELS: &[KernelInfo] = table![
-    "attention" @ SM80 => [
+    "attention" @ SM80, pipelined(Mma::F16) => [
         "attention_f16_d32_m64", "attention_f16_d32_m128", "attention_f16_d64_m64",
         "attention_f16_d64_m128", "attention_f16_d80_m64", "attention_f16_d80_m128",
         "attention_f16_d96_m64", "attention_f16_d96_m128", "attention_f16_d128_m64",
-        "attention_f16_d128_m128", "attention_bf16_d32_m64", "attention_bf16_d32_m128",
-        "attention_bf16_d64_m64", "attention_bf16_d64_m128", "attention_bf16_d80_m64",
-        "attention_bf16_d80_m128", "attention_bf16_d96_m64", "attention_bf16_d96_m128",
-        "attention_bf16_d128_m64", "attention_bf16_d128_m128", "attention_gather_f16",
-        "attention_gather_bf16", "attention_scatter_f16", "attention_scatter_bf16",
+        "attention_f16_d128_m128",
     ],
-    "conv" @ SM80 => [
+    "attention" @ SM80, pipelined(Mma::Bf16) => [
+        "attention_bf16_d32_m64", "attention_bf16_d32_m128", "attention_bf16_d64_m64",
+        "attention_bf16_d64_m128", "attention_bf16_d80_m64", "attention_bf16_d80_m128",
+        "attention_bf16_d96_m64", "attention_bf16_d96_m128", "attention_bf16_d128_m64",
+        "attention_bf16_d128_m128",
+    ],
+    "attention" @ SM80, PLAIN => [
+        "attention_gather_f16", "attention_gather_bf16", "attention_scatter_f16",
+        "attention_scatter_bf16",
+    ],
+    "conv" @ SM80, pipelined(Mma::F16) => [
         "conv2d_f16_vec_s", "conv2d_f16_vec_m", "conv2d_f16_vec_l", "conv2d_f16_any_s",
-        "conv2d_f16_any_m", "conv2d_bf16_vec_s", "conv2d_bf16_vec_m", "conv2d_bf16_vec_l",
-        "conv2d_bf16_any_s", "conv2d_bf16_any_m", "conv2d_f32",
+        "conv2d_f16_any_m",
     ],
-    "conv_transpose" @ SM80 => [
+    "conv" @ SM80, pipelined(Mma::Bf16) => [
+        "conv2d_bf16_vec_s", "conv2d_bf16_vec_m", "conv2d_bf16_vec_l", "conv2d_bf16_any_s",
+        "conv2d_bf16_any_m",
+    ],
+    "conv" @ SM80, PLAIN => ["conv2d_f32"],
+    "conv_transpose" @ SM80, PLAIN => [
         "conv_transpose_vec_f32", "conv_transpose_vec_f16", "conv_transpose_vec_bf16",
         "conv_transpose_any_f32", "conv_transpose_any_f16", "conv_transpose_any_bf16",
     ],
-    "depthwise" @ SM80 => [
+    "depthwise" @ SM80, PLAIN => [
         "depthwise_k3s1_f32", "depthwise_k3s1_f16", "depthwise_k3s1_bf16",
         "depthwise_k3s2_f32", "depthwise_k3s2_f16", "depthwise_k3s2_bf16",
         "depthwise_k5s1_f32", "depthwise_k5s1_f16", "depthwise_k5s1_bf16",
         "depthwise_k5s2_f32", "depthwise_k5s2_f16", "depthwise_k5s2_bf16",
         "depthwise_any_f32", "depthwise_any_f16", "depthwise_any_bf16",
     ],
-    "embedding" @ SM80 => ["embedding_f32", "embedding_f16", "embedding_bf16"],
-    "elementwise" @ SM80 => [
+    "embedding" @ SM80, PLAIN => ["embedding_f32", "embedding_f16", "embedding_bf16"],
+    "elementwise" @ SM80, PLAIN => [
         "eltwise_identity_f32", "eltwise_identity_f16", "eltwise_identity_bf16",
         "eltwise_relu_f32", "eltwise_relu_f16", "eltwise_relu_bf16",
         "eltwise_relu6_f32", "eltwise_relu6_f16", "eltwise_relu6_bf16",
@@ -97,22 +169,24 @@ pub static KERNELS: &[KernelInfo] = table![
         "cast_f32_f16", "cast_f32_bf16", "cast_f16_f32", "cast_bf16_f32", "cast_f16_bf16",
         "cast_bf16_f16",
     ],
-    "gemm" @ SM80 => [
+    "gemm" @ SM80, pipelined(Mma::F16) => [
         "gemm_f16_f16_s",
         "gemm_f16_f16_m",
         "gemm_f16_f16_l",
         "gemm_f16_f32_s",
         "gemm_f16_f32_m",
         "gemm_f16_f32_l",
+    ],
+    "gemm" @ SM80, pipelined(Mma::Bf16) => [
         "gemm_bf16_bf16_s",
         "gemm_bf16_bf16_m",
         "gemm_bf16_bf16_l",
         "gemm_bf16_f32_s",
         "gemm_bf16_f32_m",
         "gemm_bf16_f32_l",
-        "gemm_f32_f32",
     ],
-    "gemm_int8" @ SM80 => [
+    "gemm" @ SM80, PLAIN => ["gemm_f32_f32"],
+    "gemm_int8" @ SM80, pipelined(Mma::I8) => [
         "gemm_i8_i32_s",
         "gemm_i8_i32_m",
         "gemm_i8_i32_l",
@@ -129,15 +203,19 @@ pub static KERNELS: &[KernelInfo] = table![
         "gemm_i8_f32_m",
         "gemm_i8_f32_l",
     ],
-    "gemm_sparse" @ SM80 => [
+    "gemm_sparse" @ SM80, pipelined(Mma::SparseF16) => [
         "gemm_sp_f16_f16_s",
         "gemm_sp_f16_f16_l",
         "gemm_sp_f16_f32_s",
         "gemm_sp_f16_f32_l",
+    ],
+    "gemm_sparse" @ SM80, pipelined(Mma::SparseBf16) => [
         "gemm_sp_bf16_bf16_s",
         "gemm_sp_bf16_bf16_l",
         "gemm_sp_bf16_f32_s",
         "gemm_sp_bf16_f32_l",
+    ],
+    "gemm_sparse" @ SM80, pipelined(Mma::SparseI8) => [
         "gemm_sp_i8_i32_s",
         "gemm_sp_i8_i32_l",
         "gemm_sp_i8_i8_s",
@@ -149,24 +227,24 @@ pub static KERNELS: &[KernelInfo] = table![
         "gemm_sp_i8_f32_s",
         "gemm_sp_i8_f32_l",
     ],
-    "layernorm" @ SM80 => [
+    "layernorm" @ SM80, PLAIN => [
         "layernorm_warp_f32", "layernorm_warp_f16", "layernorm_warp_bf16",
         "layernorm_block_f32", "layernorm_block_f16", "layernorm_block_bf16",
     ],
-    "layout" @ SM80 => [
+    "layout" @ SM80, PLAIN => [
         "transpose_tiled_b1", "transpose_tiled_b2", "transpose_tiled_b4",
         "transpose_small_b1", "transpose_small_b2", "transpose_small_b4",
     ],
-    "pool" @ SM80 => [
+    "pool" @ SM80, PLAIN => [
         "pool_max_f32", "pool_max_f16", "pool_max_bf16", "pool_avg_f32", "pool_avg_f16",
         "pool_avg_bf16", "gap_f32_f32", "gap_f16_f16", "gap_f16_f32", "gap_bf16_bf16",
         "gap_bf16_f32",
     ],
-    "preprocess" @ SM80 => [
+    "preprocess" @ SM80, PLAIN => [
         "preprocess_u8_f32", "preprocess_u8_f16", "preprocess_u8_bf16",
         "preprocess_u16_f32", "preprocess_u16_f16", "preprocess_u16_bf16",
     ],
-    "quantize" @ SM80 => [
+    "quantize" @ SM80, PLAIN => [
         "quantize_rows_warp_f32",
         "quantize_rows_warp_f16",
         "quantize_rows_warp_bf16",
@@ -183,16 +261,16 @@ pub static KERNELS: &[KernelInfo] = table![
         "dequantize_rows_f16",
         "dequantize_rows_bf16",
     ],
-    "softmax" @ SM80 => [
+    "softmax" @ SM80, PLAIN => [
         "softmax_warp_f32", "softmax_warp_f16", "softmax_warp_bf16",
         "softmax_block_f32", "softmax_block_f16", "softmax_block_bf16",
     ],
-    "squeeze_excite" @ SM80 => [
+    "squeeze_excite" @ SM80, PLAIN => [
         "se_excite_f32_f32", "se_excite_f16_f16", "se_excite_f16_f32", "se_excite_bf16_bf16",
         "se_excite_bf16_f32", "se_pool_f32", "se_pool_f16", "se_pool_bf16", "se_scale_f32",
         "se_scale_f16", "se_scale_bf16",
     ],
-    "upsample" @ SM80 => [
+    "upsample" @ SM80, PLAIN => [
         "upsample_nearest_f32", "upsample_nearest_f16", "upsample_nearest_bf16",
         "upsample_bilinear_f32", "upsample_bilinear_f16", "upsample_bilinear_bf16",
     ],

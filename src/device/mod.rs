@@ -14,6 +14,7 @@ pub mod kernels;
 #[allow(dead_code)]
 pub(crate) mod nvrtc_compile;
 pub mod runtime_compile;
+pub mod sass;
 
 use crate::error::{Error, Result, driver};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, sys};
