@@ -25,6 +25,14 @@ fn fake(ops: &[(&str, u32)]) -> KernelSass {
 #[test]
 fn sm90_sass_matches_the_kernel_table() {
     const TEST: &str = "sm90_sass_matches_the_kernel_table";
+    // The machine code does not depend on the test device: scripts/test's CPU self-check and
+    // emulated-GPU passes would only repeat the plain run's check (half a minute each).
+    if std::env::var_os("MEDKERN_TEST_DEVICE").is_some()
+        || std::env::var_os("MEDKERN_TEST_BACKEND").is_some()
+    {
+        println!("{TEST}: checked by the plain run (MEDKERN_TEST_DEVICE/BACKEND set)");
+        return;
+    }
     let Some(dis) = Disassembler::find() else {
         assert!(
             !require(),
