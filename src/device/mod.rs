@@ -225,7 +225,16 @@ impl Gpu {
         unsafe { sys::cuDriverGetVersion(&mut v) }
             .result()
             .map_err(driver("Gpu::new"))?;
-        let stream = ctx.default_stream();
+        // One non-blocking stream per Gpu (never the legacy NULL stream, which serialises with
+        // every other stream of the context, other libraries' included).
+        let stream = ctx.new_stream().map_err(driver("Gpu::new"))?;
+        // Every buffer of this Gpu is allocated, used and freed on that one stream (ops refuse
+        // tensors of another Gpu), so cudarc's per-buffer events order nothing: they only cost
+        // two event records per op.
+        // SAFETY: medkern never uses a buffer on another stream; `Gpu::new_stream` (unsafe)
+        // hands that duty to its caller.
+        unsafe { ctx.disable_event_tracking() };
+        keep_pool_memory(&ctx);
         Ok(Arc::new(Gpu {
             ordinal,
             name,
@@ -326,7 +335,12 @@ impl Gpu {
         Ok(&self.cuda("Gpu::stream")?.stream)
     }
     /// A new stream on this GPU, for callers that overlap work (ops queue on [`Gpu::stream`]).
-    pub fn new_stream(&self) -> Result<Arc<CudaStream>> {
+    ///
+    /// # Safety
+    /// cudarc's per-buffer event tracking is off for medkern's context ([`Gpu::new`]): a
+    /// buffer of this GPU used on the returned stream must be ordered against [`Gpu::stream`]
+    /// by the caller (events or synchronisation) before it is read, written or freed there.
+    pub unsafe fn new_stream(&self) -> Result<Arc<CudaStream>> {
         self.cuda("Gpu::new_stream")?
             .ctx
             .new_stream()
@@ -424,6 +438,28 @@ impl Gpu {
             spans: Vec::with_capacity(12),
         }
     }
+}
+
+/// Raises the release threshold of the device's default memory pool (the one
+/// `cuMemAllocAsync` draws from) to the maximum, so freed memory stays with the process for
+/// the next forward instead of going back to the driver at every synchronisation. Best effort:
+/// a device without memory pools keeps its behaviour.
+fn keep_pool_memory(ctx: &Arc<CudaContext>) {
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: out-pointer to a local; the context is current (new_stream bound it).
+    let got = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) };
+    if got != sys::CUresult::CUDA_SUCCESS || pool.is_null() {
+        return;
+    }
+    let mut threshold = u64::MAX;
+    // SAFETY: the attribute takes a cuuint64_t, given by pointer to a live local.
+    let _ = unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+    };
 }
 
 impl Gpu {
