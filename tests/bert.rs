@@ -723,17 +723,7 @@ fn bad_configs_are_errors() {
     assert!(e.contains("mish"), "{e}");
     // head_dim 160 (one head of 160) is past the attention kernel's largest head dim: an Err
     // naming head_dim, never a panic.
-    let t1 = Tiny {
-        name: "h160-1head",
-        hidden: 160,
-        heads: 1,
-        layers: 1,
-        inter: 128,
-        act: "gelu",
-        prefix: "",
-        eps: 1e-12,
-        seed: 4,
-    };
+    let t1 = &HEAD_DIM_160;
     let r = BertModel::from_safetensors(
         t1.config(),
         &safetensors_bytes(&t1.weights()),
@@ -744,6 +734,19 @@ fn bad_configs_are_errors() {
     let e = r.expect_err("head_dim 160").to_string();
     assert!(e.contains("head_dim") && e.contains("160"), "{e}");
 }
+
+/// One head of 160: past the attention kernel's largest head dim.
+const HEAD_DIM_160: Tiny = Tiny {
+    name: "h160-1head",
+    hidden: 160,
+    heads: 1,
+    layers: 1,
+    inter: 128,
+    act: "gelu",
+    prefix: "",
+    eps: 1e-12,
+    seed: 4,
+};
 
 /// Issue 15: the checks of `BertModel::from_safetensors` that refuse a checkpoint's config
 /// (an activation medkern has no kernel for, a head dim past the attention kernel's) returned
@@ -768,17 +771,7 @@ fn config_checks_of_from_safetensors_are_corrupt() {
             && e.to_string().contains("mish"),
         "{e:?}"
     );
-    let t1 = Tiny {
-        name: "h160-1head",
-        hidden: 160,
-        heads: 1,
-        layers: 1,
-        inter: 128,
-        act: "gelu",
-        prefix: "",
-        eps: 1e-12,
-        seed: 4,
-    };
+    let t1 = &HEAD_DIM_160;
     let e = BertModel::from_safetensors(
         t1.config(),
         &safetensors_bytes(&t1.weights()),

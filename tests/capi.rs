@@ -13,6 +13,7 @@
 //! Real-model tests need scripts/setup-models (`MEDKERN_SKIP_MODELS=1`: counted SKIP).
 
 mod common;
+use common::model_or_skip;
 
 use common::skip;
 use medkern::capi::*;
@@ -31,32 +32,6 @@ fn last_error() -> String {
 
 fn c(s: &str) -> CString {
     CString::new(s).expect("no NUL")
-}
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("MEDKERN_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".models"))
-}
-
-/// The installed model file or folder, or None after a counted SKIP with
-/// `MEDKERN_SKIP_MODELS=1`; otherwise a missing model fails the test.
-fn model_or_skip(test: &str, rel: &str) -> Option<PathBuf> {
-    let p = models_dir().join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("MEDKERN_SKIP_MODELS").is_ok_and(|v| v == "1") {
-        skip(
-            test,
-            &format!("{} missing (MEDKERN_SKIP_MODELS=1)", p.display()),
-        );
-        return None;
-    }
-    panic!(
-        "{test}: {} is not installed: run scripts/setup-models (or MEDKERN_SKIP_MODELS=1)",
-        p.display()
-    );
 }
 
 fn open(spec: &str) -> *mut MkDevice {

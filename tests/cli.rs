@@ -2,35 +2,16 @@
 //! ends cleanly, with a message and an exit status, never a panic.
 
 mod common;
+use common::models_dir;
+
+/// The installed MiniLM folder, or None after a counted SKIP with `MEDKERN_SKIP_MODELS=1`.
+fn minilm_or_skip(test: &str) -> Option<PathBuf> {
+    common::model_or_skip(test, "all-MiniLM-L6-v2")
+}
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("MEDKERN_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".models"))
-}
-
-/// The installed MiniLM folder, or None after a counted SKIP with `MEDKERN_SKIP_MODELS=1`.
-fn minilm_or_skip(test: &str) -> Option<PathBuf> {
-    let p = models_dir().join("all-MiniLM-L6-v2");
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("MEDKERN_SKIP_MODELS").is_ok_and(|v| v == "1") {
-        common::skip(
-            test,
-            &format!("{} missing (MEDKERN_SKIP_MODELS=1)", p.display()),
-        );
-        return None;
-    }
-    panic!(
-        "{test}: {} is not installed: run scripts/setup-models (or MEDKERN_SKIP_MODELS=1)",
-        p.display()
-    );
-}
 
 fn embed_cmd(model: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_medkern"));

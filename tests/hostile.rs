@@ -14,6 +14,7 @@
 #![cfg(unix)]
 
 mod common;
+use common::model_or_skip;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -31,32 +32,6 @@ const HANG: Duration = Duration::from_secs(60);
 /// A command line of mixed `&str` and path arguments.
 macro_rules! args {
     ($($a:expr),* $(,)?) => { vec![$(OsString::from($a)),*] };
-}
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("MEDKERN_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".models"))
-}
-
-/// An installed model folder or file, or None after a counted SKIP with
-/// `MEDKERN_SKIP_MODELS=1` (a missing model fails otherwise, as in tests/cli.rs).
-fn model_or_skip(test: &str, name: &str) -> Option<PathBuf> {
-    let p = models_dir().join(name);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("MEDKERN_SKIP_MODELS").is_ok_and(|v| v == "1") {
-        common::skip(
-            test,
-            &format!("{} missing (MEDKERN_SKIP_MODELS=1)", p.display()),
-        );
-        return None;
-    }
-    panic!(
-        "{test}: {} is not installed: run scripts/setup-models (or MEDKERN_SKIP_MODELS=1)",
-        p.display()
-    );
 }
 
 /// Where the child's stdout goes.

@@ -5,6 +5,13 @@
 
 mod common;
 
+/// The installed MiniLM folder (its weights present), or None after a counted SKIP with
+/// `MEDKERN_SKIP_MODELS=1`.
+fn minilm_or_skip(test: &str) -> Option<PathBuf> {
+    common::model_or_skip(test, "all-MiniLM-L6-v2/model.safetensors")
+        .and_then(|f| f.parent().map(std::path::Path::to_path_buf))
+}
+
 use medkern::capi::{MkBert, MkDevice, MkExam, MkImageModel};
 use medkern::input::{InputLimits, RawImage};
 use medkern::model::bert::{BertConfig, BertModel, BertTokenizer, Pooling};
@@ -44,27 +51,6 @@ const _: () = {
     send_sync::<MkExam>();
     send_sync::<medkern::Error>();
 };
-
-fn minilm_or_skip(test: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("MEDKERN_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".models"))
-        .join("all-MiniLM-L6-v2");
-    if dir.join("model.safetensors").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("MEDKERN_SKIP_MODELS").is_ok_and(|v| v == "1") {
-        common::skip(
-            test,
-            &format!("{} missing (MEDKERN_SKIP_MODELS=1)", dir.display()),
-        );
-        return None;
-    }
-    panic!(
-        "{test}: {} is not installed: run scripts/setup-models (or MEDKERN_SKIP_MODELS=1)",
-        dir.display()
-    );
-}
 
 /// 8 threads share one MiniLM (CPU backend), each embedding the texts in its own order,
 /// several times: every embedding is bit-identical to the serial run's.

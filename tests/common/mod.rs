@@ -471,3 +471,31 @@ pub fn few_sm(dev: &Device) -> Device {
         d => d.clone(),
     }
 }
+
+/// Where the installed models are: `MEDKERN_MODELS_DIR`, or `.models/` in the repository
+/// (scripts/setup-models installs them).
+pub fn models_dir() -> std::path::PathBuf {
+    std::env::var_os("MEDKERN_MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".models"))
+}
+
+/// The installed model file or folder `rel` (under [`models_dir`]), or None after a counted
+/// SKIP with `MEDKERN_SKIP_MODELS=1`; otherwise a missing model fails the test.
+pub fn model_or_skip(test: &str, rel: &str) -> Option<std::path::PathBuf> {
+    let p = models_dir().join(rel);
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("MEDKERN_SKIP_MODELS").is_ok_and(|v| v == "1") {
+        skip(
+            test,
+            &format!("{} missing (MEDKERN_SKIP_MODELS=1)", p.display()),
+        );
+        return None;
+    }
+    panic!(
+        "{test}: {} is not installed: run scripts/setup-models (or MEDKERN_SKIP_MODELS=1)",
+        p.display()
+    );
+}
