@@ -309,16 +309,36 @@ pub(crate) fn read_regular_max(
     what: &str,
     max_bytes: u64,
 ) -> Result<Vec<u8>> {
+    read_bounded(
+        op,
+        path,
+        what,
+        max_bytes,
+        "input::set_max_model_file_bytes, --max-model-bytes, mk_set_max_model_file_bytes",
+    )
+}
+
+/// Reads a whole regular file of at most `max_bytes` bytes, checked before anything is
+/// allocated for it (and again while reading: the file may grow in between). `limit` names
+/// where the limit is set, for the message.
+fn read_bounded(
+    op: &'static str,
+    path: &Path,
+    what: &str,
+    max_bytes: u64,
+    limit: &str,
+) -> Result<Vec<u8>> {
     use std::io::Read;
     let meta = check_regular(op, path, what)?;
-    let too_big = |len: u64| Error::Corrupt {
+    let corrupt = |detail: String| Error::Corrupt {
         op,
         arg: "file",
-        detail: format!(
-            "{}: {len} bytes, more than the limit of {max_bytes} for {what} \
-             (input::set_max_model_file_bytes, --max-model-bytes, mk_set_max_model_file_bytes)",
-            path.display()
-        ),
+        detail: format!("{}: {detail}", path.display()),
+    };
+    let too_big = |len: u64| {
+        corrupt(format!(
+            "file has {len} bytes, more than the limit of {max_bytes} for {what} ({limit})"
+        ))
     };
     if meta.len() > max_bytes {
         return Err(too_big(meta.len()));
@@ -332,16 +352,7 @@ pub(crate) fn read_regular_max(
     let mut bytes = Vec::new();
     bytes
         .try_reserve_exact(meta.len() as usize)
-        .map_err(|e| Error::Corrupt {
-            op,
-            arg: "file",
-            detail: format!(
-                "{}: cannot allocate {} bytes: {e}",
-                path.display(),
-                meta.len()
-            ),
-        })?;
-    // The file may grow between the metadata and the read: never past the limit.
+        .map_err(|e| corrupt(format!("cannot allocate {} bytes: {e}", meta.len())))?;
     f.take(max_bytes.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(io)?;
@@ -356,32 +367,13 @@ pub(crate) fn read_regular_max(
 /// error before it is opened. Public so that a caller who picks the decoder itself reads the
 /// file once, then calls [`dicom::from_bytes`] or [`image::from_bytes`].
 pub fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let meta = check_regular_file(path)?;
-    let too_big = |len: u64| {
-        bad_file(
-            path,
-            format!(
-                "file has {len} bytes, more than the limit of {max_bytes} \
-                 (InputLimits::max_file_bytes)"
-            ),
-        )
-    };
-    if meta.len() > max_bytes {
-        return Err(too_big(meta.len()));
-    }
-    let f = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
-    let mut bytes = Vec::new();
-    bytes
-        .try_reserve_exact(meta.len() as usize)
-        .map_err(|e| bad_file(path, format!("cannot allocate {} bytes: {e}", meta.len())))?;
-    f.take(max_bytes.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| io_error(path, e))?;
-    if bytes.len() as u64 > max_bytes {
-        return Err(too_big(bytes.len() as u64));
-    }
-    Ok(bytes)
+    read_bounded(
+        OP,
+        path,
+        "PNG, JPEG or DICOM",
+        max_bytes,
+        "InputLimits::max_file_bytes",
+    )
 }
 
 pub(crate) fn bad_file(path: &Path, detail: impl std::fmt::Display) -> Error {
