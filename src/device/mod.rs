@@ -376,31 +376,30 @@ impl Gpu {
     pub fn timed(&self, f: impl FnOnce() -> Result<()>) -> Result<Timing> {
         const OP: &str = "Gpu::timed";
         let n0 = self.launch_count();
-        match &self.backend {
-            Backend::Cuda(c) => {
-                let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
-                let start = c.stream.record_event(timing).map_err(driver(OP))?;
-                let t0 = std::time::Instant::now();
-                f()?;
-                let host_ms = t0.elapsed().as_secs_f64() * 1e3;
-                let end = c.stream.record_event(timing).map_err(driver(OP))?;
-                let device_ms = f64::from(start.elapsed_ms(&end).map_err(driver(OP))?);
-                Ok(Timing {
-                    device_ms: Some(device_ms),
-                    host_ms,
-                    launches: self.launch_count() - n0,
-                })
+        let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let stream = match &self.backend {
+            Backend::Cuda(c) => Some(&c.stream),
+            Backend::Emu { .. } => None,
+        };
+        let start = stream
+            .map(|s| s.record_event(timing))
+            .transpose()
+            .map_err(driver(OP))?;
+        let t0 = std::time::Instant::now();
+        f()?;
+        let host_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let device_ms = match (stream, start) {
+            (Some(s), Some(start)) => {
+                let end = s.record_event(timing).map_err(driver(OP))?;
+                Some(f64::from(start.elapsed_ms(&end).map_err(driver(OP))?))
             }
-            Backend::Emu { .. } => {
-                let t0 = std::time::Instant::now();
-                f()?;
-                Ok(Timing {
-                    device_ms: None,
-                    host_ms: t0.elapsed().as_secs_f64() * 1e3,
-                    launches: self.launch_count() - n0,
-                })
-            }
-        }
+            _ => None,
+        };
+        Ok(Timing {
+            device_ms,
+            host_ms,
+            launches: self.launch_count() - n0,
+        })
     }
 
     /// Checks the arch and the dynamic shared memory against what `kernel` was opted in to at
