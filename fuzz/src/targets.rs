@@ -311,6 +311,9 @@ pub fn minilm_dir() -> Option<PathBuf> {
     d.join("tokenizer.json").is_file().then_some(d)
 }
 
+/// The `max_len` of each tokenizer of [`tokenizer`], in order.
+const MAX_LENS: [usize; 5] = [2, 3, 16, 128, 512];
+
 fn tokenizers() -> &'static [BertTokenizer] {
     static T: OnceLock<Vec<BertTokenizer>> = OnceLock::new();
     T.get_or_init(|| {
@@ -321,7 +324,7 @@ fn tokenizers() -> &'static [BertTokenizer] {
                 models_dir().display()
             )
         });
-        [2usize, 3, 16, 128, 512]
+        MAX_LENS
             .iter()
             .map(|&n| {
                 BertTokenizer::load(&dir, n)
@@ -343,7 +346,7 @@ pub fn tokenizer(data: &[u8]) {
     };
     let toks = tokenizers();
     let t = &toks[usize::from(*sel) % toks.len()];
-    let max = [2usize, 3, 16, 128, 512][usize::from(*sel) % toks.len()];
+    let max = MAX_LENS[usize::from(*sel) % toks.len()];
     let texts: Vec<&str> = text.split('\0').collect();
     if let Ok(ids) = t.encode(&texts) {
         assert_eq!(ids.len(), texts.len(), "tokenizer: one id list per text");
