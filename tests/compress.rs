@@ -646,7 +646,30 @@ fn gpu_compressed_checkpoints_match_cpu() {
         return;
     };
     type Step = fn(&mut Checkpoint);
-    let forms: [(&str, Step, bool); 6] = [
+    let forms: [(&str, Step, bool); 8] = [
+        (
+            "int4",
+            |c| {
+                let stems = c.linear_stems().unwrap();
+                c.quantize_bits(&stems.into_iter().map(|s| (s, 4)).collect())
+                    .unwrap();
+            },
+            false,
+        ),
+        (
+            "mixed-bits-int8-embeddings",
+            |c| {
+                let stems = c.linear_stems().unwrap();
+                let bits = stems
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, s)| (s, if i % 3 == 0 { 8 } else { 4 }))
+                    .collect();
+                c.quantize_bits(&bits).unwrap();
+                c.compress_embeddings(DType::I8).unwrap();
+            },
+            true,
+        ),
         ("dense", |_| {}, false),
         (
             "int8",
@@ -745,4 +768,274 @@ fn checkpoint_config_errors_are_corrupt() {
             "{what}: {e:?}"
         );
     }
+}
+
+/// The random checkpoint with the weight of `stem` replaced by `w` (the fake-quantised
+/// reference of a compressed Linear).
+fn with_weight(mut ck: Checkpoint, stem: &str, w: Vec<f64>) -> Checkpoint {
+    let name = format!("{stem}.weight");
+    let shape = ck.tensors[&name].shape().to_vec();
+    ck.tensors
+        .insert(name, HostTensor::from_f64(&shape, &w, DType::F32).unwrap());
+    ck
+}
+
+#[test]
+fn int4_linears_store_packed_and_run_their_dequantised_weights() {
+    use medkern::model::compress::unpack_int4;
+    use medkern::quant::{Clip, quantize_weight_int4};
+    let stems: Vec<String> = (0..LAYERS).flat_map(layer_linears).collect();
+    let mut q = random_checkpoint(6);
+    // The reference: each weight replaced by its int4 values times its f16 group scale, on
+    // the dense path; the compressed file must run exactly those values.
+    let mut reference = random_checkpoint(6);
+    for stem in &stems {
+        let w = &reference.tensors[&format!("{stem}.weight")];
+        let k = w.shape()[1];
+        let wq =
+            quantize_weight_int4(w, if k % 128 == 0 { 128 } else { 64 }, Clip::AbsMax).unwrap();
+        reference = with_weight(reference, stem, wq.dequantize());
+    }
+    let bits: BTreeMap<String, u8> = stems.iter().map(|s| (s.clone(), 4)).collect();
+    let sqnr = q.quantize_bits(&bits).unwrap();
+    assert!(sqnr > 12.0 && sqnr < 30.0, "int4 SQNR {sqnr} dB");
+    let dir = tmpdir("int4");
+    q.save(&dir, None).unwrap();
+    let back = Checkpoint::load(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stem = "encoder.layer.1.intermediate.dense";
+    assert_eq!(back.metadata[&format!("medkern.linear.{stem}")], "int4");
+    let packed = &back.tensors[&format!("{stem}.weight_packed")];
+    let scales = &back.tensors[&format!("{stem}.weight_scale")];
+    assert_eq!(
+        (packed.dtype(), packed.shape()),
+        (DType::U8, &[I, H / 2][..])
+    );
+    assert_eq!((scales.dtype(), scales.shape()), (DType::F16, &[I, 1][..]));
+    // Unpacking gives back the quantiser's values, in order.
+    let original = random_checkpoint(6);
+    let wq = quantize_weight_int4(
+        &original.tensors[&format!("{stem}.weight")],
+        128,
+        Clip::AbsMax,
+    )
+    .unwrap();
+    assert_eq!(unpack_int4(packed.bytes()), wq.q);
+    // Int4 Linears are a quarter of f32 plus the scales.
+    let dense_w: usize = stems
+        .iter()
+        .map(|s| original.tensors[&format!("{s}.weight")].bytes().len())
+        .sum();
+    let int4_w: usize = stems
+        .iter()
+        .map(|s| {
+            back.tensors[&format!("{s}.weight_packed")].bytes().len()
+                + back.tensors[&format!("{s}.weight_scale")].bytes().len()
+        })
+        .sum();
+    assert!(
+        int4_w * 8 > dense_w && int4_w * 7 < dense_w,
+        "{int4_w} vs {dense_w}"
+    );
+    let e = embed(&q, "int4-run");
+    let r = embed(&reference, "int4-ref");
+    let worst = e
+        .iter()
+        .flatten()
+        .zip(r.iter().flatten())
+        .map(|(a, b)| (a - b).abs() / (1e-3 + b.abs()))
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-3,
+        "int4 model vs its dequantised reference: {worst}"
+    );
+    // And it is the lossy thing it claims to be: not the dense model.
+    assert!(min_cos(&e, &embed(&random_checkpoint(6), "int4-dense")) < 0.999_99);
+}
+
+#[test]
+fn bits_auto_keeps_the_sensitive_linear_in_int8_and_meets_the_budget() {
+    use medkern::model::compress::{Budget, choose_bits, linear_bytes};
+    let mut ck = random_checkpoint(7);
+    // Plant a Linear that int4 wrecks: one huge weight per row makes every other value round
+    // to zero at 4 bits (at 8 bits they keep ~5 significant bits).
+    let planted = "encoder.layer.1.attention.self.value";
+    let name = format!("{planted}.weight");
+    let mut w = ck.tensors[&name].to_f64();
+    for r in 0..H {
+        w[r * H + (r * 7) % H] = 40.0 / (H as f64).sqrt();
+    }
+    ck = with_weight(ck, planted, w);
+    let sens = ck
+        .int4_sensitivity(&ids(), &Device::Cpu, DType::F32, |_, _| {})
+        .unwrap();
+    assert_eq!(sens.len(), 6 * LAYERS);
+    let worst = sens
+        .iter()
+        .max_by(|a, b| a.damage.total_cmp(&b.damage))
+        .unwrap();
+    assert_eq!(worst.stem, planted, "{sens:#?}");
+    assert!(sens.iter().all(|s| s.damage.is_finite() && s.damage >= 0.0));
+    // A budget halfway between all-int8 and all-int4: some Linears, never the planted one,
+    // go to 4 bits, and the saved file fits.
+    let weights: usize = sens
+        .iter()
+        .map(|s| ck.tensors[&format!("{}.weight", s.stem)].bytes().len())
+        .sum();
+    let other = ck.data_bytes() - weights;
+    let all8: usize = sens.iter().map(|s| linear_bytes(s.n, s.k, 8, 0)).sum();
+    let all4: usize = sens
+        .iter()
+        .map(|s| linear_bytes(s.n, s.k, 4, if s.k % 128 == 0 { 128 } else { 64 }))
+        .sum();
+    let budget = other + (all8 + all4) / 2;
+    let bits = choose_bits(&sens, other, budget).unwrap();
+    assert_eq!(bits[planted], 8, "{bits:?}");
+    let fours = bits.values().filter(|&&b| b == 4).count();
+    assert!(fours > 0 && fours < bits.len(), "{bits:?}");
+    ck.quantize_bits(&bits).unwrap();
+    assert!(ck.data_bytes() <= budget, "{} > {budget}", ck.data_bytes());
+    let dir = tmpdir("auto");
+    ck.save(&dir, None).unwrap();
+    let back = Checkpoint::load(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(back.data_bytes(), ck.data_bytes());
+    assert_eq!(back.metadata[&format!("medkern.linear.{planted}")], "int8");
+    // Budgets that need nothing, and one nothing can meet.
+    let none = choose_bits(&sens, other, other + all8).unwrap();
+    assert!(none.values().all(|&b| b == 8));
+    let e = choose_bits(&sens, other, other + all4 - 1).unwrap_err();
+    assert!(e.to_string().contains("smallest"), "{e}");
+    // Budget syntax.
+    assert_eq!(Budget::parse("12MB").unwrap(), Budget::Bytes(12_000_000));
+    assert_eq!(Budget::parse("2MiB").unwrap(), Budget::Bytes(2 << 20));
+    assert_eq!(Budget::parse("6x").unwrap(), Budget::Ratio(6.0));
+    assert_eq!(Budget::parse("6x").unwrap().bytes(600), 100);
+    for bad in ["", "x", "0.5x", "-3MB", "NaN", "12GB", "1e40"] {
+        assert!(Budget::parse(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn word_embeddings_in_int8_or_f16_reload_and_stay_close() {
+    let base = embed(&random_checkpoint(8), "emb-base");
+    let dense = random_checkpoint(8).data_bytes();
+    let word = VOCAB * H;
+    for (dt, saved, min) in [
+        (DType::I8, word * 3 - 4 * VOCAB, 0.999),
+        (DType::F16, word * 2, 0.999_99),
+    ] {
+        let mut ck = random_checkpoint(8);
+        let sqnr = ck.compress_embeddings(dt).unwrap();
+        assert!(sqnr > 30.0, "{dt}: {sqnr} dB");
+        assert_eq!(ck.data_bytes(), dense - saved, "{dt}");
+        let dir = tmpdir(&format!("emb-{dt}"));
+        ck.save(&dir, None).unwrap();
+        let back = Checkpoint::load(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            back.tensors["embeddings.word_embeddings.weight"].dtype(),
+            dt
+        );
+        assert_eq!(back.data_bytes(), ck.data_bytes());
+        let e = embed(&ck, &format!("emb-{dt}-run"));
+        let c = min_cos(&e, &base);
+        assert!(c > min, "{dt}: cos {c}");
+        assert_ne!(e, base, "{dt}: the embeddings did not change at all");
+        assert!(ck.compress_embeddings(DType::BF16).is_err());
+    }
+    let mut twice = random_checkpoint(8);
+    twice.compress_embeddings(DType::I8).unwrap();
+    assert!(twice.compress_embeddings(DType::I8).is_err());
+}
+
+#[test]
+fn cli_bits_auto_meets_a_budget_and_reports_bits_per_linear() {
+    let Some(minilm) = model_or_skip(
+        "cli_bits_auto_meets_a_budget_and_reports_bits_per_linear",
+        "all-MiniLM-L6-v2",
+    ) else {
+        return;
+    };
+    // The random checkpoint with MiniLM's vocabulary size, so its tokenizer runs on it.
+    const V: usize = 30522;
+    let mut ck = random_checkpoint(9);
+    let mut rng = SeedRng::new(9);
+    let word: Vec<f64> = (0..V * H).map(|_| rng.normal()).collect();
+    ck.tensors.insert(
+        "embeddings.word_embeddings.weight".into(),
+        HostTensor::from_f64(&[V, H], &word, DType::F32).unwrap(),
+    );
+    ck.config["vocab_size"] = V.into();
+    let model = tmpdir("cli-bits-model");
+    ck.save(&model, Some(&minilm)).unwrap();
+    // The budget: halfway between every Linear in int8 and every Linear in int4, after the
+    // word embeddings go to int8.
+    use medkern::model::compress::linear_bytes;
+    ck.compress_embeddings(DType::I8).unwrap();
+    let (dims, other) = ck.bits_layout().unwrap();
+    let all8: usize = dims
+        .iter()
+        .map(|(_, n, k)| linear_bytes(*n, *k, 8, 0))
+        .sum();
+    let all4: usize = dims
+        .iter()
+        .map(|(_, n, k)| linear_bytes(*n, *k, 4, 128))
+        .sum();
+    let budget = other + (all8 + all4) / 2;
+    let out = tmpdir("cli-bits-out");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_medkern"))
+            .args(["compress", "--device", "cpu", "--model"])
+            .arg(&model)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let budget_arg = format!("{}MB", budget as f64 / 1e6);
+    let o = run(&[
+        "--bits",
+        "auto",
+        "--budget",
+        &budget_arg,
+        "--embeddings",
+        "int8",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = r["bits"].as_array().unwrap();
+    assert_eq!(rows.len(), dims.len());
+    let fours = rows.iter().filter(|x| x["bits"] == 4).count();
+    assert!(fours > 0 && fours < rows.len(), "{rows:?}");
+    assert!(rows.iter().all(|x| x["int4_damage"].as_f64().is_some()));
+    let bytes = r["compressed"]["bytes"].as_u64().unwrap() as usize;
+    assert!(bytes <= budget, "{bytes} > {budget}");
+    let cos = r["compressed"]["cosine_min"].as_f64().unwrap();
+    assert!(cos > 0.9 && cos < 1.0, "{cos}");
+    assert_eq!(r["embeddings"]["dtype"], "int8");
+    // An unreachable budget fails before any measurement, naming the smallest size.
+    let o = run(&["--bits", "auto", "--budget", "20x"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--budget") && err.contains("smallest"),
+        "{err}"
+    );
+    // --bits 4 needs no budget; a budget without auto, and bits other than 4/8/auto, are refused.
+    let o = run(&["--bits", "4"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["bits"].as_array().unwrap().iter().all(|x| x["bits"] == 4));
+    for bad in [
+        &["--bits", "4", "--budget", "3x"][..],
+        &["--bits", "3"],
+        &["--bits", "auto"],
+    ] {
+        let o = run(bad);
+        assert!(!o.status.success(), "{bad:?} accepted");
+    }
+    let _ = std::fs::remove_dir_all(&model);
+    let _ = std::fs::remove_dir_all(&out);
 }

@@ -1037,6 +1037,19 @@ struct CompressArgs {
     /// fraction ("0.9").
     #[arg(long)]
     low_rank: Option<String>,
+    /// Q-BERT-style weight bits per encoder Linear: "4" (all int4 W4A16, group-wise f16
+    /// scales), "8" (all int8 W8A8), or "auto": each Linear's sensitivity to 4 bits is
+    /// measured on the sample sentences and the least sensitive go to 4 bits until the file
+    /// fits --budget.
+    #[arg(long, conflicts_with_all = ["int8", "sparse24", "low_rank"])]
+    bits: Option<String>,
+    /// The size `--bits auto` must meet: tensor bytes of the file ("12MB", "11.5MiB") or a
+    /// ratio to the dense model ("6x").
+    #[arg(long, requires = "bits")]
+    budget: Option<String>,
+    /// Store the word embeddings in int8 (one scale per row) or f16.
+    #[arg(long, value_parser = ["int8", "f16"])]
+    embeddings: Option<String>,
     /// Sample sentences, one per line (head importance, quality report); default: 8
     /// built-in clinical sentences.
     #[arg(long)]
@@ -1122,13 +1135,41 @@ fn compress(a: CompressArgs) -> medkern::Result<()> {
             }
         }),
     };
+    let bits_mode = match a.bits.as_deref() {
+        None => None,
+        Some(b @ ("4" | "8" | "auto")) => Some(b),
+        Some(other) => {
+            return Err(cli_invalid(
+                "--bits",
+                format!("{other:?}; expected 4, 8 or auto"),
+            ));
+        }
+    };
+    let budget = match (bits_mode, a.budget.as_deref()) {
+        (Some("auto"), Some(b)) => Some(compress::Budget::parse(b)?),
+        (Some("auto"), None) => {
+            return Err(cli_invalid(
+                "--budget",
+                "--bits auto needs a --budget (e.g. 12MB or 6x)".into(),
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(cli_invalid(
+                "--budget",
+                "a budget applies to --bits auto only".into(),
+            ));
+        }
+        _ => None,
+    };
     let explicit_heads = a.heads.as_deref().map(parse_heads).transpose()?;
     let steps = 3
         + u64::from(a.heads.is_some() || a.prune_heads.is_some())
         + u64::from(a.layers.is_some())
         + u64::from(a.sparse24)
         + u64::from(a.int8)
-        + u64::from(low_rank.is_some());
+        + u64::from(low_rank.is_some())
+        + u64::from(a.embeddings.is_some())
+        + 2 * u64::from(bits_mode.is_some());
     let bar = ProgressBar::new(steps).with_style(
         ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
             .map_err(|e| cli_invalid("progress", e.to_string()))?
@@ -1136,6 +1177,7 @@ fn compress(a: CompressArgs) -> medkern::Result<()> {
     );
     bar.set_message(format!("loading {}", a.model.display()));
     let mut ck = Checkpoint::load(&a.model)?;
+    let dense_bytes = ck.data_bytes();
     let cfg = ck.bert_config()?;
     let max_len = cfg.max_position_embeddings;
     let ids = BertTokenizer::load(&a.model, max_len)?
@@ -1194,6 +1236,68 @@ fn compress(a: CompressArgs) -> medkern::Result<()> {
         bar.set_message("low rank (SVD)");
         let kept = ck.low_rank(r)?;
         report.insert("low_rank_energy_kept".into(), serde_json::json!(kept));
+        bar.inc(1);
+    }
+    if let Some(e) = &a.embeddings {
+        bar.set_message("word embeddings");
+        let dt = if e == "int8" { DType::I8 } else { DType::F16 };
+        let sqnr = ck.compress_embeddings(dt)?;
+        report.insert(
+            "embeddings".into(),
+            serde_json::json!({"dtype": e, "sqnr_db": sqnr}),
+        );
+        bar.inc(1);
+    }
+    if let Some(mode) = bits_mode {
+        let stems = ck.linear_stems()?;
+        // Each Linear's measured `1 - cosine` at 4 bits (auto only).
+        let mut damage = std::collections::BTreeMap::new();
+        let bits: std::collections::BTreeMap<String, u8> = if let Some(budget) = budget {
+            let target = budget.bytes(dense_bytes);
+            // An unreachable budget fails before the measurement, not after it.
+            let (dims, other) = ck.bits_layout()?;
+            let unmeasured: Vec<compress::Sensitivity> = dims
+                .into_iter()
+                .map(|(stem, n, k)| compress::Sensitivity {
+                    stem,
+                    n,
+                    k,
+                    damage: 0.0,
+                    int4_sqnr_db: f64::NAN,
+                })
+                .collect();
+            compress::choose_bits(&unmeasured, other, target)?;
+            bar.set_message("sensitivity to 4 bits");
+            let sens = ck.int4_sensitivity(&ids, &dev, dtype, |done, total| {
+                bar.set_message(format!("sensitivity to 4 bits {done}/{total}"));
+            })?;
+            let bits = compress::choose_bits(&sens, other, target)?;
+            report.insert("budget_bytes".into(), serde_json::json!(target));
+            damage = sens.iter().map(|s| (s.stem.clone(), s.damage)).collect();
+            bits
+        } else {
+            let b: u8 = if mode == "4" { 4 } else { 8 };
+            stems.iter().map(|s| (s.clone(), b)).collect()
+        };
+        bar.inc(1);
+        bar.set_message("quantising");
+        let sqnr = ck.quantize_bits(&bits)?;
+        report.insert(
+            "bits".into(),
+            serde_json::json!(
+                stems
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "linear": s,
+                            "bits": bits.get(s),
+                            "int4_damage": damage.get(s),
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            ),
+        );
+        report.insert("weight_sqnr_db".into(), serde_json::json!(sqnr));
         bar.inc(1);
     }
     bar.set_message(format!("saving {}", a.out.display()));

@@ -510,10 +510,10 @@ impl Weights<'_> {
                 format!("{name}: unknown storage kind {tag:?} in the metadata"),
             )
         })?;
-        let main = if kind == LinearKind::LowRank {
-            format!("{name}.lr_u")
-        } else {
-            format!("{name}.weight")
+        let main = match kind {
+            LinearKind::LowRank => format!("{name}.lr_u"),
+            LinearKind::Int4 => format!("{name}.weight_packed"),
+            _ => format!("{name}.weight"),
         };
         let ms = self.shape_of(&main)?;
         let n = n.unwrap_or(ms.first().copied().unwrap_or(0));
@@ -533,6 +533,29 @@ impl Weights<'_> {
                 self.host(&format!("{name}.weight_scale"), &[n])?,
                 vec![n],
             ),
+            LinearKind::Int4 => {
+                let scale = format!("{name}.weight_scale");
+                let groups = self.shape_of(&scale)?.get(1).copied().unwrap_or(0);
+                if k % 2 != 0
+                    || groups == 0
+                    || k % groups != 0
+                    || ![64, 128].contains(&(k / groups))
+                {
+                    return Err(corrupt(
+                        "weights",
+                        format!(
+                            "{scale}: {groups} int4 groups for K = {k}; expected groups of 64 or \
+                             128 values"
+                        ),
+                    ));
+                }
+                (
+                    self.packed_int4(&main, &[n, k / 2])?,
+                    [n, k],
+                    self.host(&scale, &[n, groups])?,
+                    vec![n, groups],
+                )
+            }
             _ => (self.host(&main, &[n, k])?, [n, k], vec![], vec![]),
         };
         Ok(LinearHost {
@@ -543,6 +566,28 @@ impl Weights<'_> {
             extra_shape,
             b: self.host(&format!("{name}.bias"), &[n])?,
         })
+    }
+
+    /// Int4 values (-8..=7, as f64) of a packed u8 tensor `shape` (two values a byte, the
+    /// even K index in the low nibble).
+    fn packed_int4(&self, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
+        let full = self.names.get(name).ok_or_else(|| self.missing(name))?;
+        let t = self.st.tensor(full).map_err(|_| self.missing(name))?;
+        self.used.borrow_mut().insert(full.clone());
+        if t.shape() != shape || t.dtype() != safetensors::Dtype::U8 {
+            return Err(corrupt(
+                "weights",
+                format!(
+                    "tensor {full} is {:?} {:?}, expected U8 {shape:?} (packed int4)",
+                    t.dtype(),
+                    t.shape()
+                ),
+            ));
+        }
+        Ok(crate::model::compress::unpack_int4(t.data())
+            .into_iter()
+            .map(f64::from)
+            .collect())
     }
 
     fn host(&self, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
@@ -627,6 +672,21 @@ impl Weights<'_> {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let v = self.host(name, shape)?;
         HostTensor::from_f64(shape, &v, self.dtype)?.to_device(self.device)
+    }
+    /// The word embeddings; int8 ones (a compressed checkpoint: `weight_scale` per row)
+    /// dequantised once here.
+    fn word_embeddings(&self, vocab: usize, e: usize) -> Result<Tensor> {
+        const NAME: &str = "embeddings.word_embeddings.weight";
+        let scale_name = format!("{NAME}_scale");
+        if !self.has(&scale_name) {
+            return self.get(NAME, &[vocab, e]);
+        }
+        let mut v = self.host(NAME, &[vocab, e])?;
+        let scales = self.host(&scale_name, &[vocab])?;
+        for (row, s) in v.chunks_mut(e.max(1)).zip(&scales) {
+            row.iter_mut().for_each(|x| *x *= s);
+        }
+        HostTensor::from_f64(&[vocab, e], &v, self.dtype)?.to_device(self.device)
     }
     fn has(&self, name: &str) -> bool {
         self.names.contains_key(name)
@@ -748,7 +808,15 @@ impl BertModel {
                 )
             };
             let prow = rows / d * dp;
-            let qkv = if q.kind == k.kind && k.kind == v.kind && q.kind != LinearKind::LowRank {
+            // One GEMM for q, k and v when they are stored alike (int4: the same K groups).
+            let same_tail =
+                |a: &LinearHost, b: &LinearHost| a.extra_shape.get(1..) == b.extra_shape.get(1..);
+            let qkv = if q.kind == k.kind
+                && k.kind == v.kind
+                && q.kind != LinearKind::LowRank
+                && same_tail(&q, &k)
+                && same_tail(&k, &v)
+            {
                 let cat = |f: &dyn Fn(&LinearHost) -> &Vec<f64>| -> Vec<f64> {
                     [&q, &k, &v]
                         .iter()
@@ -764,7 +832,9 @@ impl BertModel {
                         extra_shape: if q.extra.is_empty() {
                             vec![]
                         } else {
-                            vec![3 * prow]
+                            std::iter::once(3 * prow)
+                                .chain(q.extra_shape.iter().skip(1).copied())
+                                .collect()
                         },
                         b: cat(&|x| &x.b),
                     },
@@ -831,7 +901,7 @@ impl BertModel {
                 &[c.type_vocab_size, e],
             )?)
         };
-        let word = w.get("embeddings.word_embeddings.weight", &[c.vocab_size, e])?;
+        let word = w.word_embeddings(c.vocab_size, e)?;
         let position = w.get(
             "embeddings.position_embeddings.weight",
             &[c.max_position_embeddings, e],
@@ -1125,6 +1195,11 @@ fn pad_heads_out(mut x: LinearHost, d: usize, dp: usize) -> Result<LinearHost> {
         x.extra = pad_rows(&x.extra, 1, 1.0);
         x.extra_shape = vec![heads * dp];
     }
+    if x.kind == LinearKind::Int4 {
+        let groups = x.extra_shape.get(1).copied().unwrap_or(0);
+        x.extra = pad_rows(&x.extra, groups, 1.0);
+        x.extra_shape = vec![heads * dp, groups];
+    }
     x.w_shape = [heads * dp, cols];
     Ok(x)
 }
@@ -1158,6 +1233,15 @@ fn pad_heads_in(mut x: LinearHost, d: usize, dp: usize, layer: &str) -> Result<L
                 format!(
                     "{layer}.attention.output.dense is 2:4 sparse with head_dim {d}: padding \
                      heads to {dp} would break its 2:4 groups (head dims 32..128 only)"
+                ),
+            ));
+        }
+        LinearKind::Int4 => {
+            return Err(corrupt(
+                "weights",
+                format!(
+                    "{layer}.attention.output.dense is int4 with head_dim {d}: padding heads \
+                     to {dp} would break its K groups (head dims 32..128 only)"
                 ),
             ));
         }

@@ -12,13 +12,18 @@
 //! - int8 W8A8, Q8BERT scheme: symmetric per-channel int8 weights + f32 scales, activations
 //!   quantised per token at run time; softmax/LayerNorm/GELU stay in float (`int8`, or
 //!   `sparse24+int8` after 2:4 pruning),
-//! - low-rank factorisation `W ≈ U·V` by truncated SVD, by rank or kept energy (`lowrank`).
+//! - low-rank factorisation `W ≈ U·V` by truncated SVD, by rank or kept energy (`lowrank`),
+//! - Q-BERT-style mixed precision: each Linear's weight in int4 (W4A16, group-wise f16 scales:
+//!   `int4`) or int8 (W8A8), bits picked per Linear by measured sensitivity to meet a size
+//!   budget ([`Checkpoint::int4_sensitivity`], [`choose_bits`], [`Checkpoint::quantize_bits`]),
+//! - word embeddings stored in int8 with one f32 scale per row, or in f16
+//!   ([`Checkpoint::compress_embeddings`]).
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::model::bert::{Arch, BertConfig, BertModel, Pooling};
 use crate::model::linear::LinearKind;
-use crate::quant::{Clip, quantize_weight};
+use crate::quant::{Clip, QuantizedWeight, quantize_weight, quantize_weight_int4};
 use crate::sparse::prune_2_4;
 use crate::tensor::{Device, HostTensor};
 use std::collections::BTreeMap;
@@ -227,11 +232,13 @@ impl Checkpoint {
                         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                         .collect::<Vec<f32>>(),
                 )?,
+                // Kept in f16: a compressed checkpoint's f16 scales and embeddings stay their
+                // size when it is loaded again (data_bytes, a second save).
                 S::F16 => HostTensor::new(
                     &shape,
                     d.chunks_exact(2)
-                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                        .collect::<Vec<f32>>(),
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
+                        .collect::<Vec<half::f16>>(),
                 )?,
                 S::BF16 => HostTensor::new(
                     &shape,
@@ -240,6 +247,8 @@ impl Checkpoint {
                         .collect::<Vec<f32>>(),
                 )?,
                 S::I8 => HostTensor::new(&shape, d.iter().map(|&b| b as i8).collect::<Vec<i8>>())?,
+                // Packed int4 weights (two values a byte).
+                S::U8 => HostTensor::new(&shape, d.to_vec())?,
                 // Buffers such as position_ids (I64) are not weights; they are not needed.
                 _ => continue,
             };
@@ -344,11 +353,13 @@ impl Checkpoint {
         for (name, t) in &self.tensors {
             let dt = match t.dtype() {
                 DType::F32 => safetensors::Dtype::F32,
+                DType::F16 => safetensors::Dtype::F16,
                 DType::I8 => safetensors::Dtype::I8,
+                DType::U8 => safetensors::Dtype::U8,
                 other => {
                     return Err(invalid(
                         "tensors",
-                        format!("{name} has dtype {other}; checkpoints hold f32 or i8"),
+                        format!("{name} has dtype {other}; checkpoints hold f32, f16, i8 or u8"),
                     ));
                 }
             };
@@ -781,10 +792,365 @@ impl Checkpoint {
         Ok(kept.iter().sum::<f64>() / kept.len().max(1) as f64)
     }
 
+    /// Every encoder Linear's name stem, layer by layer.
+    pub fn linear_stems(&self) -> Result<Vec<String>> {
+        Ok((0..self.num_layers()?).flat_map(layer_linears).collect())
+    }
+
+    /// `[n, k]` of a dense Linear's weight (`Err` when it is not dense).
+    fn dense_weight_dims(&self, stem: &str, what: &'static str) -> Result<[usize; 2]> {
+        if self.kind(stem) != LinearKind::Dense {
+            return Err(invalid(
+                what,
+                format!(
+                    "{stem} is {}; {what} applies to dense weights",
+                    self.kind(stem).tag()
+                ),
+            ));
+        }
+        let name = format!("{stem}.weight");
+        match self.tensors.get(&name).map(HostTensor::shape) {
+            Some(&[n, k]) => Ok([n, k]),
+            Some(other) => Err(invalid(
+                what,
+                format!("{name} has shape {other:?}, expected [N, K]"),
+            )),
+            None => Err(invalid("tensors", format!("missing tensor {name}"))),
+        }
+    }
+
+    /// `(stem, n, k)` of every encoder Linear (all dense), and the tensor bytes of everything
+    /// else (embeddings, norms, biases, heads): the inputs of [`choose_bits`]'s size sums.
+    pub fn bits_layout(&self) -> Result<(Vec<(String, usize, usize)>, usize)> {
+        let mut dims = Vec::new();
+        let mut weights = 0;
+        for stem in self.linear_stems()? {
+            let [n, k] = self.dense_weight_dims(&stem, "bits")?;
+            weights += self.tensors[&format!("{stem}.weight")].bytes().len();
+            dims.push((stem, n, k));
+        }
+        Ok((dims, self.data_bytes() - weights))
+    }
+
+    /// Q-BERT-style sensitivity of each dense encoder Linear to 4 bits: `1 - mean cosine`
+    /// between the mean-pooled embeddings of `ids` with that Linear alone fake-quantised to
+    /// int4 (its dequantised weight, the exact values the W4A16 GEMM multiplies) and the
+    /// unquantised model's. Q-BERT ranks layers by the Hessian spectrum; an inference library
+    /// has no gradients, so it measures the outputs. `progress(done, total)` after each.
+    pub fn int4_sensitivity(
+        &self,
+        ids: &[Vec<u32>],
+        device: &Device,
+        dtype: DType,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Vec<Sensitivity>> {
+        let base = self
+            .model(device, dtype)?
+            .with_max_batch(ids.len())
+            .embed(ids, Pooling::Mean)?;
+        let stems = self.linear_stems()?;
+        let mut out = Vec::with_capacity(stems.len());
+        for (i, stem) in stems.iter().enumerate() {
+            let [n, k] = self.dense_weight_dims(stem, "int4")?;
+            let name = format!("{stem}.weight");
+            let q = quantize_weight_int4(&self.tensors[&name], int4_group(stem, k)?, Clip::AbsMax)?;
+            let mut trial = Checkpoint {
+                config: self.config.clone(),
+                tensors: self.tensors.clone(),
+                metadata: self.metadata.clone(),
+            };
+            trial.tensors.insert(
+                name,
+                HostTensor::from_f64(&[n, k], &q.dequantize(), DType::F32)?,
+            );
+            let emb = trial
+                .model(device, dtype)?
+                .with_max_batch(ids.len())
+                .embed(ids, Pooling::Mean)?;
+            let cos: f64 = emb
+                .iter()
+                .zip(&base)
+                .map(|(a, b)| cosine(a, b))
+                .sum::<f64>()
+                / emb.len().max(1) as f64;
+            out.push(Sensitivity {
+                stem: stem.clone(),
+                n,
+                k,
+                damage: 1.0 - cos,
+                int4_sqnr_db: q.sqnr_db,
+            });
+            progress(i + 1, stems.len());
+        }
+        Ok(out)
+    }
+
+    /// Quantises each listed dense encoder Linear to the given bits: 4 (int4 W4A16: packed
+    /// `weight_packed` u8 `[n, k/2]`, low nibble first, and f16 `weight_scale` `[n, k/group]`)
+    /// or 8 (int8 W8A8, per-channel, as [`Checkpoint::quantize_int8`]). Returns the mean weight
+    /// SQNR in dB.
+    pub fn quantize_bits(&mut self, bits: &BTreeMap<String, u8>) -> Result<f64> {
+        let mut sqnr = Vec::new();
+        for (stem, &b) in bits {
+            let [_, k] = self.dense_weight_dims(stem, "bits")?;
+            let w = self.take(&format!("{stem}.weight"))?;
+            match b {
+                4 => {
+                    let q = quantize_weight_int4(&w, int4_group(stem, k)?, Clip::AbsMax)?;
+                    sqnr.push(q.sqnr_db);
+                    let (packed, scales) = int4_tensors(&q)?;
+                    self.tensors.insert(format!("{stem}.weight_packed"), packed);
+                    self.tensors.insert(format!("{stem}.weight_scale"), scales);
+                    self.set_kind(stem, LinearKind::Int4);
+                }
+                8 => {
+                    let q = quantize_weight(&w, 0, Clip::AbsMax)?;
+                    sqnr.push(q.sqnr_db);
+                    self.tensors.insert(format!("{stem}.weight"), q.q_tensor()?);
+                    self.tensors
+                        .insert(format!("{stem}.weight_scale"), q.scale_tensor()?);
+                    self.set_kind(stem, LinearKind::Int8);
+                }
+                other => {
+                    self.tensors.insert(format!("{stem}.weight"), w);
+                    return Err(invalid(
+                        "bits",
+                        format!("{stem}: {other} bits; expected 4 or 8"),
+                    ));
+                }
+            }
+        }
+        let fours = bits.values().filter(|&&b| b == 4).count();
+        self.note(format!(
+            "mixed precision: {fours} Linears int4 W4A16 (group-wise f16 scales), {} int8 W8A8",
+            bits.len() - fours
+        ));
+        Ok(sqnr.iter().sum::<f64>() / sqnr.len().max(1) as f64)
+    }
+
+    /// Stores the word embeddings in int8 (symmetric, one f32 scale per row:
+    /// `embeddings.word_embeddings.weight_scale`) or f16; the model dequantises them once on
+    /// load. They are most of a small encoder's bytes (MiniLM: 11.7 of 22.7 M parameters), so
+    /// int8 Linears alone leave the file 1.5× smaller at best. Returns the SQNR in dB.
+    pub fn compress_embeddings(&mut self, dtype: DType) -> Result<f64> {
+        const NAME: &str = "embeddings.word_embeddings.weight";
+        let w = self.take(NAME)?;
+        let v = w.to_f64();
+        let (out, sqnr) = match dtype {
+            DType::I8 => {
+                if w.dtype() == DType::I8 {
+                    self.tensors.insert(NAME.into(), w);
+                    return Err(invalid("embeddings", format!("{NAME} is already int8")));
+                }
+                let q = quantize_weight(&w, 0, Clip::AbsMax)?;
+                self.tensors
+                    .insert(format!("{NAME}_scale"), q.scale_tensor()?);
+                (q.q_tensor()?, q.sqnr_db)
+            }
+            DType::F16 => {
+                let t = HostTensor::from_f64(w.shape(), &v, DType::F16)?;
+                let r = t.to_f64();
+                (t, sqnr_db(&v, &r))
+            }
+            other => {
+                self.tensors.insert(NAME.into(), w);
+                return Err(invalid(
+                    "embeddings",
+                    format!("{other}; word embeddings are stored in int8 or f16"),
+                ));
+            }
+        };
+        self.tensors.insert(NAME.into(), out);
+        self.metadata
+            .insert("medkern.embeddings".into(), dtype.to_string());
+        self.note(format!("word embeddings in {dtype}"));
+        Ok(sqnr)
+    }
+
     /// Bytes of tensor data (what the compressed file costs, before the header).
     pub fn data_bytes(&self) -> usize {
         self.tensors.values().map(|t| t.bytes().len()).sum()
     }
+}
+
+/// One Linear's measured sensitivity to 4-bit weights ([`Checkpoint::int4_sensitivity`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Sensitivity {
+    pub stem: String,
+    pub n: usize,
+    pub k: usize,
+    /// `1 - mean cosine` of the embeddings with this Linear alone in int4.
+    pub damage: f64,
+    pub int4_sqnr_db: f64,
+}
+
+/// The int4 group along K for a Linear with `k` inputs: 128 where it divides K, else 64.
+pub fn int4_group(stem: &str, k: usize) -> Result<usize> {
+    match k {
+        k if k % 128 == 0 => Ok(128),
+        k if k % 64 == 0 => Ok(64),
+        _ => Err(invalid(
+            "int4",
+            format!("{stem}: K = {k}; int4 groups need K to be a multiple of 64"),
+        )),
+    }
+}
+
+/// Weight bytes of an `[n, k]` Linear stored at `bits`: int4 = packed values + f16 group
+/// scales; int8 = values + f32 per-channel scales (the bias, f32, is the same either way).
+pub fn linear_bytes(n: usize, k: usize, bits: u8, group: usize) -> usize {
+    match bits {
+        4 => n * k / 2 + 2 * n * k.div_ceil(group.max(1)),
+        8 => n * k + 4 * n,
+        _ => 4 * n * k,
+    }
+}
+
+/// An int4 weight as its stored tensors: values packed two a byte (even K index in the low
+/// nibble) and the f16 scales.
+pub fn int4_tensors(q: &QuantizedWeight) -> Result<(HostTensor, HostTensor)> {
+    if q.bits != 4 || q.k % 2 != 0 {
+        return Err(invalid(
+            "int4",
+            format!(
+                "a {}-bit weight with K = {}; expected 4 bits, even K",
+                q.bits, q.k
+            ),
+        ));
+    }
+    let packed: Vec<u8> =
+        q.q.chunks_exact(2)
+            .map(|p| (p[0] as u8 & 0x0f) | ((p[1] as u8 & 0x0f) << 4))
+            .collect();
+    let groups = q.k.div_ceil(q.group_size.max(1));
+    let scales: Vec<half::f16> = q.scales.iter().map(|&x| half::f16::from_f32(x)).collect();
+    Ok((
+        HostTensor::new(&[q.n, q.k / 2], packed)?,
+        HostTensor::new(&[q.n, groups], scales)?,
+    ))
+}
+
+/// The int4 values (-8..=7) of packed bytes, in order.
+pub fn unpack_int4(packed: &[u8]) -> Vec<i8> {
+    packed
+        .iter()
+        .flat_map(|&b| [((b << 4) as i8) >> 4, (b as i8) >> 4])
+        .collect()
+}
+
+fn sqnr_db(x: &[f64], y: &[f64]) -> f64 {
+    let signal: f64 = x.iter().map(|v| v * v).sum();
+    let noise: f64 = x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum();
+    if noise == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (signal / noise).log10()
+    }
+}
+
+/// A size budget for `compress --bits auto`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    /// Tensor bytes of the whole compressed file.
+    Bytes(usize),
+    /// At least this many times smaller than the dense model's tensor bytes.
+    Ratio(f64),
+}
+
+impl Budget {
+    /// "40MB" / "40" (10⁶ bytes), "38MiB", or "6x" (a size ratio to the dense model).
+    pub fn parse(s: &str) -> Result<Budget> {
+        let t = s.trim();
+        let bad = || {
+            invalid(
+                "--budget",
+                format!("{s:?}; expected a size (\"12MB\", \"11.5MiB\") or a ratio (\"6x\")"),
+            )
+        };
+        let num = |v: &str| -> Result<f64> {
+            let x: f64 = v.trim().parse().map_err(|_| bad())?;
+            if x.is_finite() && x > 0.0 {
+                Ok(x)
+            } else {
+                Err(bad())
+            }
+        };
+        if let Some(r) = t.strip_suffix(['x', 'X']) {
+            let r = num(r)?;
+            return if r >= 1.0 {
+                Ok(Budget::Ratio(r))
+            } else {
+                Err(bad())
+            };
+        }
+        let (v, unit) = if let Some(v) = t.strip_suffix("MiB") {
+            (v, 1024.0 * 1024.0)
+        } else if let Some(v) = t.strip_suffix("MB") {
+            (v, 1e6)
+        } else {
+            (t, 1e6)
+        };
+        let bytes = num(v)? * unit;
+        if bytes >= 1e15 {
+            return Err(bad());
+        }
+        Ok(Budget::Bytes(bytes as usize))
+    }
+
+    /// The budget in bytes for a model whose dense tensors take `dense_bytes`.
+    pub fn bytes(self, dense_bytes: usize) -> usize {
+        match self {
+            Budget::Bytes(b) => b,
+            Budget::Ratio(r) => (dense_bytes as f64 / r) as usize,
+        }
+    }
+}
+
+/// Bits per Linear (4 or 8) meeting `budget` bytes with the least measured damage: every
+/// Linear starts at 8 bits; Linears move to 4 bits in increasing order of damage per byte
+/// saved (the greedy answer to this knapsack) until the file fits. `other_bytes` is
+/// everything else in the file (embeddings, norms, biases, heads). An unreachable budget (all
+/// int4 is still too large) is an `Err` naming the smallest size reachable.
+pub fn choose_bits(
+    sens: &[Sensitivity],
+    other_bytes: usize,
+    budget: usize,
+) -> Result<BTreeMap<String, u8>> {
+    let mut bits: BTreeMap<String, u8> = sens.iter().map(|s| (s.stem.clone(), 8)).collect();
+    let size8: usize = sens.iter().map(|s| linear_bytes(s.n, s.k, 8, 0)).sum();
+    let saving = |s: &Sensitivity| -> Result<usize> {
+        let g = int4_group(&s.stem, s.k)?;
+        Ok(linear_bytes(s.n, s.k, 8, 0).saturating_sub(linear_bytes(s.n, s.k, 4, g)))
+    };
+    let mut order = Vec::with_capacity(sens.len());
+    for s in sens {
+        order.push((s, saving(s)?));
+    }
+    let min_size = other_bytes + size8 - order.iter().map(|(_, b)| b).sum::<usize>();
+    if min_size > budget {
+        return Err(invalid(
+            "--budget",
+            format!(
+                "{budget} bytes is below the smallest mixed-precision size, {min_size} bytes \
+                 (every Linear in int4)"
+            ),
+        ));
+    }
+    // Damage per byte saved, lowest first; NaN damage (never expected) sorts last.
+    order.sort_by(|(a, ab), (b, bb)| {
+        let ra = a.damage.max(0.0) / (*ab).max(1) as f64;
+        let rb = b.damage.max(0.0) / (*bb).max(1) as f64;
+        ra.total_cmp(&rb).then_with(|| a.stem.cmp(&b.stem))
+    });
+    let mut size = other_bytes + size8;
+    for (s, saved) in order {
+        if size <= budget {
+            break;
+        }
+        bits.insert(s.stem.clone(), 4);
+        size -= saved;
+    }
+    Ok(bits)
 }
 
 /// `encoder.layer.<l>.<rest>` → (l, rest).

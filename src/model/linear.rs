@@ -15,6 +15,8 @@ pub enum LinearKind {
     Int8,
     Sparse24Int8,
     LowRank,
+    /// Int4 weights in groups along K with f16 scales (W4A16).
+    Int4,
 }
 
 impl LinearKind {
@@ -25,6 +27,7 @@ impl LinearKind {
             LinearKind::Int8 => "int8",
             LinearKind::Sparse24Int8 => "sparse24+int8",
             LinearKind::LowRank => "lowrank",
+            LinearKind::Int4 => "int4",
         }
     }
     pub fn from_tag(tag: &str) -> Option<Self> {
@@ -34,6 +37,7 @@ impl LinearKind {
             LinearKind::Int8,
             LinearKind::Sparse24Int8,
             LinearKind::LowRank,
+            LinearKind::Int4,
         ]
         .into_iter()
         .find(|k| k.tag() == tag)
@@ -74,14 +78,68 @@ pub enum Linear {
 /// Host weights of one Linear as loaded from a file (f64 values, already in their final form).
 pub struct LinearHost {
     pub kind: LinearKind,
-    /// `[n, k]` dense values (Dense, Sparse24: the pruned weight), int8 values (Int8 kinds), or
-    /// U `[n, r]` (LowRank).
+    /// `[n, k]` dense values (Dense, Sparse24: the pruned weight), int8 values (Int8 kinds),
+    /// int4 values (Int4), or U `[n, r]` (LowRank).
     pub w: Vec<f64>,
     pub w_shape: [usize; 2],
-    /// Per-channel scales (Int8 kinds) or V `[r, k]` (LowRank).
+    /// Per-channel scales (Int8 kinds), group scales `[n, k / group]` (Int4) or V `[r, k]`
+    /// (LowRank).
     pub extra: Vec<f64>,
     pub extra_shape: Vec<usize>,
     pub b: Vec<f64>,
+}
+
+impl LinearHost {
+    /// The int4 weight of an Int4 Linear, checked: values in -8..=7, f16 group scales.
+    fn int4(&self) -> Result<crate::quant::QuantizedWeight> {
+        let [n, k] = self.w_shape;
+        let groups = self.extra_shape.get(1).copied().unwrap_or(0);
+        let bad = |detail: String| Error::Invalid {
+            op: "linear",
+            arg: "int4 weight",
+            detail,
+        };
+        if self.extra_shape.len() != 2
+            || self.extra_shape[0] != n
+            || groups == 0
+            || k % groups != 0
+            || self.w.len() != n * k
+            || self.extra.len() != n * groups
+        {
+            return Err(bad(format!(
+                "w {:?} ({} values), scales {:?} ({} values); expected [n, k] and [n, k / group]",
+                self.w_shape,
+                self.w.len(),
+                self.extra_shape,
+                self.extra.len()
+            )));
+        }
+        if let Some(i) = self
+            .w
+            .iter()
+            .position(|&v| !(-8.0..=7.0).contains(&v) || v.fract() != 0.0)
+        {
+            return Err(bad(format!(
+                "value {} at {i}; expected integers in -8..=7",
+                self.w[i]
+            )));
+        }
+        if let Some(i) = self.extra.iter().position(|&s| !(s.is_finite() && s > 0.0)) {
+            return Err(bad(format!(
+                "scale {} at {i}; expected finite and > 0",
+                self.extra[i]
+            )));
+        }
+        Ok(crate::quant::QuantizedWeight {
+            q: self.w.iter().map(|&v| v as i8).collect(),
+            scales: self.extra.iter().map(|&s| s as f32).collect(),
+            n,
+            k,
+            group_size: k / groups,
+            bits: 4,
+            sqnr_db: f64::NAN,
+        })
+    }
 }
 
 impl Linear {
@@ -121,6 +179,13 @@ impl Linear {
                     w: SparseWeight::new(&crate::sparse::compress(&host)?, device)?,
                     scale: up(&h.extra, &[n], DType::F32)?,
                     b: up(&h.b, &[n], DType::F32)?,
+                }
+            }
+            LinearKind::Int4 => {
+                let q = h.int4()?;
+                Linear::Dense {
+                    w: up(&q.dequantize(), &h.w_shape, dt)?,
+                    b: up(&h.b, &[n], dt)?,
                 }
             }
             LinearKind::LowRank => {
