@@ -974,14 +974,8 @@ fn cli_bits_auto_meets_a_budget_and_reports_bits_per_linear() {
     use medkern::model::compress::linear_bytes;
     ck.compress_embeddings(DType::I8).unwrap();
     let (dims, other) = ck.bits_layout().unwrap();
-    let all8: usize = dims
-        .iter()
-        .map(|(_, n, k)| linear_bytes(*n, *k, 8, 0))
-        .sum();
-    let all4: usize = dims
-        .iter()
-        .map(|(_, n, k)| linear_bytes(*n, *k, 4, 128))
-        .sum();
+    let all8: usize = dims.iter().map(|d| linear_bytes(d.n, d.k, 8, 0)).sum();
+    let all4: usize = dims.iter().map(|d| linear_bytes(d.n, d.k, 4, 128)).sum();
     let budget = other + (all8 + all4) / 2;
     let out = tmpdir("cli-bits-out");
     let run = |extra: &[&str]| {

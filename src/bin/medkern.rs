@@ -1255,17 +1255,7 @@ fn compress(a: CompressArgs) -> medkern::Result<()> {
         let bits: std::collections::BTreeMap<String, u8> = if let Some(budget) = budget {
             let target = budget.bytes(dense_bytes);
             // An unreachable budget fails before the measurement, not after it.
-            let (dims, other) = ck.bits_layout()?;
-            let unmeasured: Vec<compress::Sensitivity> = dims
-                .into_iter()
-                .map(|(stem, n, k)| compress::Sensitivity {
-                    stem,
-                    n,
-                    k,
-                    damage: 0.0,
-                    int4_sqnr_db: f64::NAN,
-                })
-                .collect();
+            let (unmeasured, other) = ck.bits_layout()?;
             compress::choose_bits(&unmeasured, other, target)?;
             bar.set_message("sensitivity to 4 bits");
             let sens = ck.int4_sensitivity(&ids, &dev, dtype, |done, total| {

@@ -819,15 +819,22 @@ impl Checkpoint {
         }
     }
 
-    /// `(stem, n, k)` of every encoder Linear (all dense), and the tensor bytes of everything
-    /// else (embeddings, norms, biases, heads): the inputs of [`choose_bits`]'s size sums.
-    pub fn bits_layout(&self) -> Result<(Vec<(String, usize, usize)>, usize)> {
+    /// Every encoder Linear (all dense) as an unmeasured [`Sensitivity`] (damage 0), and the
+    /// tensor bytes of everything else (embeddings, norms, biases, heads): the inputs of
+    /// [`choose_bits`]'s size sums, known before any measurement.
+    pub fn bits_layout(&self) -> Result<(Vec<Sensitivity>, usize)> {
         let mut dims = Vec::new();
         let mut weights = 0;
         for stem in self.linear_stems()? {
             let [n, k] = self.dense_weight_dims(&stem, "bits")?;
             weights += self.tensors[&format!("{stem}.weight")].bytes().len();
-            dims.push((stem, n, k));
+            dims.push(Sensitivity {
+                stem,
+                n,
+                k,
+                damage: 0.0,
+                int4_sqnr_db: f64::NAN,
+            });
         }
         Ok((dims, self.data_bytes() - weights))
     }
