@@ -13,11 +13,18 @@
 //!   quantised per token at run time; softmax/LayerNorm/GELU stay in float (`int8`, or
 //!   `sparse24+int8` after 2:4 pruning),
 //! - low-rank factorisation `W ≈ U·V` by truncated SVD, by rank or kept energy (`lowrank`).
+//!
+//! MobileBERT folders (`model_type` `mobilebert`) take head pruning, 2:4, int8 and low rank on
+//! their own Linear list ([`crate::model::mobilebert::layer_linears`]; names kept as Hugging
+//! Face's without the `mobilebert.` prefix) and reload through
+//! [`crate::model::mobilebert::MobileBertModel`] ([`Checkpoint::mobilebert_model`]), which folds
+//! NoNorm into whatever form each Linear takes.
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::model::bert::{Arch, BertConfig, BertModel, Pooling};
 use crate::model::linear::LinearKind;
+use crate::model::mobilebert::{self, MobileBertConfig, MobileBertModel};
 use crate::quant::{Clip, quantize_weight};
 use crate::sparse::prune_2_4;
 use crate::tensor::{Device, HostTensor};
@@ -194,15 +201,20 @@ impl Checkpoint {
         Self::with_config(config, arch, weights)
     }
 
-    fn config_of(config_json: &[u8]) -> Result<(serde_json::Value, BertConfig)> {
+    fn config_of(config_json: &[u8]) -> Result<(serde_json::Value, Naming)> {
         // The folder's config is the file's content: its errors are Error::Corrupt.
         let config: serde_json::Value = serde_json::from_slice(config_json)
             .map_err(|e| corrupt("config", format!("config.json: {e}")))?;
-        let arch = BertConfig::from_value(&config).map_err(Error::into_corrupt)?;
-        Ok((config, arch))
+        let naming = if is_mobilebert(&config) {
+            MobileBertConfig::from_value(&config).map_err(Error::into_corrupt)?;
+            Naming::MobileBert
+        } else {
+            Naming::Bert(BertConfig::from_value(&config).map_err(Error::into_corrupt)?)
+        };
+        Ok((config, naming))
     }
 
-    fn with_config(config: serde_json::Value, arch: BertConfig, bytes: &[u8]) -> Result<Self> {
+    fn with_config(config: serde_json::Value, arch: Naming, bytes: &[u8]) -> Result<Self> {
         let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| corrupt("weights", format!("not a safetensors file: {e}")))?;
         let metadata: BTreeMap<String, String> = safetensors::SafeTensors::read_metadata(bytes)
@@ -217,7 +229,11 @@ impl Checkpoint {
             let d = t.data();
             let shape = t.shape().to_vec();
             // medkern (BERT) names for every family; pretraining heads and buffers dropped.
-            let Some(key) = arch.canonical_name(&name) else {
+            let key = match &arch {
+                Naming::Bert(c) => c.canonical_name(&name),
+                Naming::MobileBert => mobilebert::canonical_name(&name),
+            };
+            let Some(key) = key else {
                 continue;
             };
             let ht = match t.dtype() {
@@ -362,6 +378,42 @@ impl Checkpoint {
             .map_err(|e| invalid("tensors", format!("serialize: {e}")))
     }
 
+    /// The MobileBERT model this checkpoint describes, on `device` in `dtype`.
+    pub fn mobilebert_model(&self, device: &Device, dtype: DType) -> Result<MobileBertModel> {
+        MobileBertModel::from_safetensors(
+            MobileBertConfig::from_value(&self.config)?,
+            &self.safetensors_bytes()?,
+            device,
+            dtype,
+        )
+    }
+
+    /// Whether this is a MobileBERT checkpoint (`model_type` `mobilebert`).
+    pub fn is_mobilebert(&self) -> bool {
+        is_mobilebert(&self.config)
+    }
+
+    /// The compressible Linear stems of stored layer `l` (BERT's six, or MobileBERT's list).
+    pub fn linears(&self, l: usize) -> Result<Vec<String>> {
+        if self.is_mobilebert() {
+            Ok(mobilebert::layer_linears(
+                &MobileBertConfig::from_value(&self.config)?,
+                l,
+            ))
+        } else {
+            Ok(layer_linears(l).to_vec())
+        }
+    }
+
+    /// Attention head width (MobileBERT: its bottleneck width over the heads).
+    fn head_dim(&self) -> Result<usize> {
+        if self.is_mobilebert() {
+            Ok(MobileBertConfig::from_value(&self.config)?.head_dim())
+        } else {
+            Ok(self.bert_config()?.head_dim())
+        }
+    }
+
     /// The model this checkpoint describes, on `device` in `dtype`.
     pub fn model(&self, device: &Device, dtype: DType) -> Result<BertModel> {
         BertModel::from_safetensors(
@@ -462,6 +514,9 @@ impl Checkpoint {
 
     /// Stored layer weight sets (ALBERT's are shared across depth).
     pub fn num_layers(&self) -> Result<usize> {
+        if self.is_mobilebert() {
+            return Ok(MobileBertConfig::from_value(&self.config)?.num_hidden_layers);
+        }
         Ok(self.bert_config()?.stored_layers())
     }
 
@@ -497,9 +552,15 @@ impl Checkpoint {
     /// Keeps heads `keep[l]` (sorted, distinct indices into the layer's current heads) in each
     /// listed layer: slices q/k/v rows and the output projection's columns.
     pub fn prune_heads(&mut self, keep: &BTreeMap<usize, Vec<usize>>) -> Result<()> {
-        let c = self.bert_config()?;
-        let (hidden, d) = (c.hidden_size, c.head_dim());
+        let d = self.head_dim()?;
+        let layers = self.num_layers()?;
         for (&l, heads) in keep {
+            if l >= layers {
+                return Err(invalid(
+                    "heads",
+                    format!("layer {l}; expected a layer < {layers}"),
+                ));
+            }
             let [q, k, v, o, ..] = layer_linears(l);
             for stem in [&q, &k, &v, &o] {
                 if self.kind(stem) != LinearKind::Dense {
@@ -530,14 +591,16 @@ impl Checkpoint {
             for stem in [&q, &k, &v] {
                 for suffix in ["weight", "bias"] {
                     let t = self.take(&format!("{stem}.{suffix}"))?;
-                    let cols = if suffix == "weight" { hidden } else { 1 };
+                    // Each projection's own input width (MobileBERT's v reads the hidden
+                    // state, q/k the bottleneck).
+                    let cols = if suffix == "weight" { t.shape()[1] } else { 1 };
                     let vals = t.to_f64();
                     let out: Vec<f64> = rows
                         .iter()
                         .flat_map(|&r| vals[r * cols..(r + 1) * cols].to_vec())
                         .collect();
                     let shape = if suffix == "weight" {
-                        vec![rows.len(), hidden]
+                        vec![rows.len(), cols]
                     } else {
                         vec![rows.len()]
                     };
@@ -642,7 +705,7 @@ impl Checkpoint {
     pub fn sparsify_24(&mut self) -> Result<f64> {
         let mut kept = Vec::new();
         for l in 0..self.num_layers()? {
-            for stem in layer_linears(l) {
+            for stem in self.linears(l)? {
                 if self.kind(&stem) != LinearKind::Dense {
                     return Err(invalid(
                         "sparse24",
@@ -674,7 +737,7 @@ impl Checkpoint {
     pub fn quantize_int8(&mut self) -> Result<f64> {
         let mut sqnr = Vec::new();
         for l in 0..self.num_layers()? {
-            for stem in layer_linears(l) {
+            for stem in self.linears(l)? {
                 let kind = match self.kind(&stem) {
                     LinearKind::Dense => LinearKind::Int8,
                     LinearKind::Sparse24 => LinearKind::Sparse24Int8,
@@ -709,7 +772,7 @@ impl Checkpoint {
     pub fn low_rank(&mut self, rank: Rank) -> Result<f64> {
         let mut kept = Vec::new();
         for l in 0..self.num_layers()? {
-            for stem in layer_linears(l) {
+            for stem in self.linears(l)? {
                 if self.kind(&stem) != LinearKind::Dense {
                     return Err(invalid(
                         "low_rank",
@@ -785,6 +848,18 @@ impl Checkpoint {
     pub fn data_bytes(&self) -> usize {
         self.tensors.values().map(|t| t.bytes().len()).sum()
     }
+}
+
+/// How a checkpoint's tensor names map to the names it is held under.
+enum Naming {
+    /// BERT, DistilBERT, ALBERT: onto BERT's names.
+    Bert(BertConfig),
+    /// MobileBERT: Hugging Face's names without the `mobilebert.` prefix.
+    MobileBert,
+}
+
+fn is_mobilebert(config: &serde_json::Value) -> bool {
+    config.get("model_type").and_then(|t| t.as_str()) == Some("mobilebert")
 }
 
 /// `encoder.layer.<l>.<rest>` → (l, rest).
