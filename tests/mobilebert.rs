@@ -910,11 +910,11 @@ fn bad_ids_are_errors() {
 // ---------------------------------------------------------------------------------------------
 // Device (GPU, or the emulated GPU)
 
-/// Per-token bound of a low-precision forward against the f64 reference: each of the ~14
-/// roundings per layer (plus the embedding's) adds about u relative, amplified along the
-/// unnormalised residual stream; `8·u·√(1 + 14·layers)` (f16 2.7e-2... bf16 0.2 scale).
+/// Per-token bound of a low-precision forward against the f64 reference, as tests/bert.rs
+/// bounds BERT's: `4·u·√(1 + 7·layers)` (f16 2-layer: 7.6e-3, bf16: 6.0e-2). Measured on the
+/// emulated GPU: f16 8e-4..1.4e-3, bf16 7e-3..1e-2 (3 u), so the bound leaves about 5×.
 fn low_precision_rel(dt: DType, layers: usize) -> f64 {
-    8.0 * dt.unit_roundoff() * ((1 + 14 * layers) as f64).sqrt()
+    4.0 * dt.unit_roundoff() * ((1 + 7 * layers) as f64).sqrt()
 }
 
 #[test]
@@ -997,11 +997,13 @@ fn device_compressed_models_match_cpu() {
             .to_host()
             .expect("host")
             .to_f64();
-        // int8 on the device quantises f16 activations, the CPU f32 ones: a rounding of the
-        // input can move an int8 value by one step (1/127 of the row's absmax) on top of
-        // the f16 bound.
-        let rel = low_precision_rel(DType::F16, t.layers)
-            + if steps.contains(&"int8") { 2e-2 } else { 0.0 };
+        // int8 on the device quantises f16 activations, the CPU f32 ones: inputs one f16
+        // rounding apart land in other int8 steps, which redraws the int8 noise (1.1e-2 of
+        // the dense model on the CPU, see compressions_match_reference_on_the_compressed_weights)
+        // rather than adding to it; measured 1.5e-2 on the emulated GPU. Bound: the f16 bound
+        // plus twice that noise.
+        let int8_noise = if steps.contains(&"int8") { 2.2e-2 } else { 0.0 };
+        let rel = low_precision_rel(DType::F16, t.layers) + int8_noise;
         let worst = check_tokens(&format!("{steps:?}"), &got, &want, t.hidden, rel);
         println!(
             "{steps:?} f16 on {}: worst {worst:.2e} (bound {rel:.2e})",
