@@ -1032,3 +1032,100 @@ impl MobileBertModel {
         finite_rows(OP, "embedding", rows)
     }
 }
+
+/// Deterministic random weights for `config` with Hugging Face names (`mobilebert.` prefix, a
+/// `classifier` of `labels` outputs when `labels > 0`), as the bytes of an f32 safetensors
+/// file that [`MobileBertModel::from_safetensors`] loads: Linear weights ~ N(0, (0.6/√k)²),
+/// biases ~ N(0, 0.1²), NoNorm γ ~ 1 ± 0.3, β ~ N(0, 0.1²), embeddings ~ N(0, 0.5²). For the
+/// CLI tests and demos; no trained MobileBERT ships offline.
+pub fn random_checkpoint(config: &MobileBertConfig, labels: usize, seed: u64) -> Result<Vec<u8>> {
+    let c = config;
+    let (h, b, i, e) = (
+        c.hidden_size,
+        c.true_hidden_size(),
+        c.intermediate_size,
+        c.embedding_size,
+    );
+    let mut rng = crate::model::resnet::Rng::new(seed);
+    let mut t: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut put = |name: String, shape: Vec<usize>, mean: f64, sigma: f64| {
+        let n = shape.iter().product();
+        let v = (0..n)
+            .map(|_| (mean + sigma * rng.normal()) as f32)
+            .collect();
+        t.push((name, shape, v));
+    };
+    let linear = |put: &mut dyn FnMut(String, Vec<usize>, f64, f64), stem: &str, n, k| {
+        let sigma = 0.6 / (k as f64).sqrt();
+        put(format!("{stem}.weight"), vec![n, k], 0.0, sigma);
+        put(format!("{stem}.bias"), vec![n], 0.0, 0.1);
+    };
+    let nonorm = |put: &mut dyn FnMut(String, Vec<usize>, f64, f64), base: &str, n| {
+        put(format!("{base}.weight"), vec![n], 1.0, 0.3);
+        put(format!("{base}.bias"), vec![n], 0.0, 0.1);
+    };
+    let m = |s: &str| format!("{PREFIX}{s}");
+    put(
+        m("embeddings.word_embeddings.weight"),
+        vec![c.vocab_size, e],
+        0.0,
+        0.5,
+    );
+    put(
+        m("embeddings.position_embeddings.weight"),
+        vec![c.max_position_embeddings, h],
+        0.0,
+        0.5,
+    );
+    put(
+        m("embeddings.token_type_embeddings.weight"),
+        vec![c.type_vocab_size, h],
+        0.0,
+        0.5,
+    );
+    if c.has_transformation() {
+        let k = if c.trigram_input { 3 * e } else { e };
+        linear(&mut put, &m("embeddings.embedding_transformation"), h, k);
+    }
+    nonorm(&mut put, &m("embeddings.LayerNorm"), h);
+    for l in 0..c.num_hidden_layers {
+        let p = m(&format!("encoder.layer.{l}"));
+        let v_in = if c.use_bottleneck_attention { b } else { h };
+        linear(&mut put, &format!("{p}.attention.self.query"), b, b);
+        linear(&mut put, &format!("{p}.attention.self.key"), b, b);
+        linear(&mut put, &format!("{p}.attention.self.value"), b, v_in);
+        linear(&mut put, &format!("{p}.attention.output.dense"), b, b);
+        nonorm(&mut put, &format!("{p}.attention.output.LayerNorm"), b);
+        let bottleneck = |put: &mut dyn FnMut(String, Vec<usize>, f64, f64), which: &str| {
+            linear(put, &format!("{p}.bottleneck.{which}.dense"), b, h);
+            nonorm(put, &format!("{p}.bottleneck.{which}.LayerNorm"), b);
+        };
+        if c.use_bottleneck {
+            bottleneck(&mut put, "input");
+        }
+        if c.shared_qk() {
+            bottleneck(&mut put, "attention");
+        }
+        for j in 0..c.num_feedforward_networks {
+            let stem = if j + 1 == c.num_feedforward_networks {
+                p.clone()
+            } else {
+                format!("{p}.ffn.{j}")
+            };
+            linear(&mut put, &format!("{stem}.intermediate.dense"), i, b);
+            linear(&mut put, &format!("{stem}.output.dense"), b, i);
+            nonorm(&mut put, &format!("{stem}.output.LayerNorm"), b);
+        }
+        if c.use_bottleneck {
+            linear(&mut put, &format!("{p}.output.bottleneck.dense"), h, b);
+            nonorm(&mut put, &format!("{p}.output.bottleneck.LayerNorm"), h);
+        }
+    }
+    if labels > 0 {
+        if c.classifier_activation {
+            linear(&mut put, &m("pooler.dense"), h, h);
+        }
+        linear(&mut put, "classifier", labels, h);
+    }
+    crate::model::exam::to_safetensors(&t, HashMap::new())
+}
