@@ -880,29 +880,26 @@ fn bad_ids_are_errors() {
     let m = cpu_model(t, &t.bytes(&t.weights()));
     let e = m
         .forward(&[vec![1, 2, VOCAB as u32]], None)
-        .err()
-        .expect("err")
+        .expect_err("err")
         .to_string();
     assert!(
         e.contains("token id 100") && e.contains("vocab_size 100"),
         "{e}"
     );
     let long = vec![vec![1u32; MAX_POS + 1]];
-    let e = m.forward(&long, None).err().expect("err").to_string();
+    let e = m.forward(&long, None).expect_err("err").to_string();
     assert!(e.contains("max_position_embeddings"), "{e}");
-    let e = m.classify(&[vec![]]).err().expect("err").to_string();
+    let e = m.classify(&[vec![]]).expect_err("err").to_string();
     assert!(e.contains("empty"), "{e}");
     let e = m
         .forward(&[vec![1, 2]], Some(&[vec![0, 2]]))
-        .err()
-        .expect("err")
+        .expect_err("err")
         .to_string();
     assert!(e.contains("id 2"), "{e}");
     let m = m.with_max_batch(2);
     let e = m
         .forward(&[vec![1], vec![2], vec![3]], None)
-        .err()
-        .expect("err")
+        .expect_err("err")
         .to_string();
     assert!(e.contains("max_batch"), "{e}");
 }

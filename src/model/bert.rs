@@ -1028,6 +1028,9 @@ impl BertModel {
     }
 }
 
+/// A loader's checked read of a named tensor of a given shape, as f64 values.
+pub(crate) type ReadTensor<'a> = &'a dyn Fn(&str, &[usize]) -> Result<Vec<f64>>;
+
 /// Reads Linear `name` through `shape_of` / `host` (the loader's checked tensor reads): `name.weight`
 /// `[n, k]` + `name.bias`, or the compressed form `kinds` (the file's `medkern.linear.<name>`
 /// metadata) records; `n` None takes it from the file (pruned heads). Shared by the encoders.
@@ -1038,7 +1041,7 @@ pub(crate) fn read_linear(
     n: Option<usize>,
     k: usize,
     shape_of: &dyn Fn(&str) -> Result<Vec<usize>>,
-    host: &dyn Fn(&str, &[usize]) -> Result<Vec<f64>>,
+    host: ReadTensor,
 ) -> Result<LinearHost> {
     let tag = kinds
         .get(&format!("medkern.linear.{name}"))

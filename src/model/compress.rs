@@ -593,7 +593,20 @@ impl Checkpoint {
                     let t = self.take(&format!("{stem}.{suffix}"))?;
                     // Each projection's own input width (MobileBERT's v reads the hidden
                     // state, q/k the bottleneck).
-                    let cols = if suffix == "weight" { t.shape()[1] } else { 1 };
+                    let cols = match (suffix, t.shape()) {
+                        ("weight", &[n, k]) if n == have * d => k,
+                        ("bias", &[n]) if n == have * d => 1,
+                        (_, shape) => {
+                            return Err(invalid(
+                                "heads",
+                                format!(
+                                    "{stem}.{suffix} has shape {shape:?}; expected {} rows \
+                                     ({have} heads of {d})",
+                                    have * d
+                                ),
+                            ));
+                        }
+                    };
                     let vals = t.to_f64();
                     let out: Vec<f64> = rows
                         .iter()

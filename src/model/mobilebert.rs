@@ -329,11 +329,11 @@ enum Inputs {
     /// The default (`key_query_shared_bottleneck`): q/k read `qk` = bottleneck.attention(x),
     /// v reads x, and `res` is bottleneck.input(x) with attention.output's γ folded in too
     /// (its only use is that residual).
-    SharedQk { qk: Linear, res: Linear },
+    SharedQk { qk: Box<Linear>, res: Box<Linear> },
     /// The bottleneck without a shared q/k input: q/k/v read x; `res` as above.
-    Plain { res: Linear },
+    Plain { res: Box<Linear> },
     /// `use_bottleneck_attention`: q/k/v and the residual all read bottleneck.input(x).
-    Bottleneck { input: Linear },
+    Bottleneck { input: Box<Linear> },
     /// No bottleneck: q/k/v read x, and x is the residual.
     NoBottleneck,
 }
@@ -591,24 +591,24 @@ impl MobileBertModel {
                 )
             };
             // γ_attn ⊙ NoNorm_in(W x + b): both scalings fold into one Linear.
-            let residual = || -> Result<Linear> {
+            let residual = || -> Result<Box<Linear>> {
                 let zero = vec![0.0; b];
-                up(fold(bottleneck_input()?, &g_attn, &zero))
+                Ok(Box::new(up(fold(bottleneck_input()?, &g_attn, &zero))?))
             };
             let inputs = if !c.use_bottleneck {
                 Inputs::NoBottleneck
             } else if c.use_bottleneck_attention {
                 Inputs::Bottleneck {
-                    input: up(bottleneck_input()?)?,
+                    input: Box::new(up(bottleneck_input()?)?),
                 }
             } else if c.key_query_shared_bottleneck {
                 Inputs::SharedQk {
-                    qk: up(w.folded(
+                    qk: Box::new(up(w.folded(
                         &format!("{p}.bottleneck.attention.dense"),
                         &format!("{p}.bottleneck.attention.LayerNorm"),
                         b,
                         h,
-                    )?)?,
+                    )?)?),
                     res: residual()?,
                 }
             } else {
