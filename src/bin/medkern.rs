@@ -893,7 +893,8 @@ fn bench(iters: usize) -> medkern::Result<()> {
 /// `medkern embed` arguments.
 #[derive(clap::Args)]
 struct EmbedArgs {
-    /// The model folder, e.g. .models/all-MiniLM-L6-v2 (installed by scripts/setup-models).
+    /// The model folder, e.g. .models/all-MiniLM-L6-v2 (installed by scripts/setup-models), or
+    /// a MobileBERT folder (config.json `"model_type": "mobilebert"`).
     #[arg(long)]
     model: PathBuf,
     /// Where to run it; default: the first GPU if there is one, else the CPU.
