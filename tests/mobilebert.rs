@@ -6,7 +6,8 @@
 //! - CPU f32 forward and classification logits, four configurations (the default graph; 4
 //!   heads of 8 (zero-padded in the kernel), no trigram, no pooler activation;
 //!   `use_bottleneck_attention`; no bottleneck).
-//! - Compressions through `compress::Checkpoint` (head pruning, 2:4, int8 W8A8 and 2:4 + int8)
+//! - Compressions through `compress::Checkpoint` (head pruning, 2:4, int8 W8A8, their
+//!   combination, low rank)
 //!   against the reference run on the same compressed weights (int8: the reference quantises
 //!   each Linear's input per token as W8A8 does).
 //! - Bad configs, missing / misshapen / unexpected tensors, bad ids: errors naming them.
@@ -16,7 +17,7 @@
 mod common;
 use common::*;
 use medkern::model::bert::Pooling;
-use medkern::model::compress::Checkpoint;
+use medkern::model::compress::{Checkpoint, Rank};
 use medkern::model::mobilebert::{MobileBertConfig, MobileBertModel};
 use medkern::{DType, Device};
 use safetensors::tensor::TensorView;
@@ -639,11 +640,22 @@ fn packed_sequences_are_independent() {
 // ---------------------------------------------------------------------------------------------
 // Compressions
 
-/// The checkpoint's tensors as reference weights (int8 values dequantised with their scales).
+/// The checkpoint's tensors as reference weights (int8 values dequantised with their scales,
+/// low-rank factors multiplied out: `W = U·V`).
 fn weights_of(ck: &Checkpoint) -> Weights {
     let mut w = Weights::new();
     for (name, t) in &ck.tensors {
-        if name.ends_with(".weight_scale") {
+        if name.ends_with(".weight_scale") || name.ends_with(".lr_v") {
+            continue;
+        }
+        if let Some(stem) = name.strip_suffix(".lr_u") {
+            let vt = &ck.tensors[&format!("{stem}.lr_v")];
+            let (u, v) = (t.to_f64(), vt.to_f64());
+            let (n, r, k) = (t.shape()[0], t.shape()[1], vt.shape()[1]);
+            let prod = (0..n * k)
+                .map(|i| (0..r).map(|j| u[i / k * r + j] * v[j * k + i % k]).sum())
+                .collect();
+            w.insert(format!("{stem}.weight"), (vec![n, k], prod));
             continue;
         }
         let mut v = t.to_f64();
@@ -678,8 +690,9 @@ fn compressions_match_reference_on_the_compressed_weights() {
         (
             "heads + 2:4 + int8",
             vec!["heads", "sparse24", "int8"],
-            2e-3,
+            F32_REL,
         ),
+        ("low rank 8", vec!["lowrank"], F32_REL),
     ] {
         let mut ck = Checkpoint::from_bytes(&config, &bytes).expect("checkpoint");
         assert!(ck.is_mobilebert());
@@ -692,6 +705,13 @@ fn compressions_match_reference_on_the_compressed_weights() {
                 }
                 "sparse24" => {
                     ck.sparsify_24().expect("2:4");
+                }
+                "lowrank" => {
+                    ck.low_rank(Rank::Fixed(8)).expect("low rank");
+                    assert!(
+                        ck.tensors
+                            .contains_key("encoder.layer.0.ffn.0.output.dense.lr_u")
+                    );
                 }
                 _ => {
                     ck.quantize_int8().expect("int8");
@@ -962,7 +982,12 @@ fn device_compressed_models_match_cpu() {
     let config = serde_json::to_vec(&t.config_json()).expect("json");
     let bytes = t.bytes(&t.weights());
     let (ids, types) = t.batch();
-    for steps in [&["sparse24"][..], &["int8"], &["heads", "sparse24", "int8"]] {
+    for steps in [
+        &["sparse24"][..],
+        &["int8"],
+        &["heads", "sparse24", "int8"],
+        &["lowrank"],
+    ] {
         let mut ck = Checkpoint::from_bytes(&config, &bytes).expect("checkpoint");
         for s in steps {
             match *s {
@@ -971,6 +996,9 @@ fn device_compressed_models_match_cpu() {
                     .expect("heads"),
                 "sparse24" => {
                     ck.sparsify_24().expect("2:4");
+                }
+                "lowrank" => {
+                    ck.low_rank(Rank::Fixed(8)).expect("low rank");
                 }
                 _ => {
                     ck.quantize_int8().expect("int8");
