@@ -9,10 +9,17 @@ after torch._int_mm): that is the comparison a user faces. Attention peers are
 torch.nn.functional.scaled_dot_product_attention (attention_peers); conv peers are cuDNN
 conv2d in channels_last with PyTorch's separate activation / residual ops (conv_peers). A result
 may carry "bytes" next to a FLOP "work": bytes moved, for a second (GB/s) rate.
+
+"checks" holds correctness checks against transformers (not timings): "mobilebert"
+(mobilebert_check) compares the bundle's `medkern embed` on a MobileBERT folder with
+transformers' MobileBertForSequenceClassification on the same weights.
 """
 import json
 import math
+import os
+import subprocess
 import sys
+import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -456,6 +463,94 @@ def bert_peers(dev, put):
         torch.cuda.empty_cache()
 
 
+# The f16 per-token bound of tests/mobilebert.rs (low_precision_rel: 4·u·sqrt(1 + 7·layers)),
+# for google/mobilebert-uncased's 24 layers: 4 · 2^-11 · sqrt(169) = 2.5e-2.
+MOBILEBERT_F16_REL = 4 * 2.0**-11 * math.sqrt(1 + 7 * 24)
+
+
+def mobilebert_check(dev):
+    """medkern's MobileBERT against transformers' MobileBertForSequenceClassification.
+
+    The google/mobilebert-uncased architecture (MobileBertConfig's defaults: 24 layers, hidden
+    512, bottleneck 128, 4 heads, 4 FFNs, trigram input, NoNorm, relu) with 3 labels and random
+    weights: transformers' init, then every NoNorm weight ~ 1 ± 0.3 and every bias ~ N(0, 0.05²)
+    (the init's γ = 1, β = 0, b = 0 would hide a wrong NoNorm fold). Saved by save_pretrained
+    (model.safetensors, "mobilebert."-prefixed names, config.json) next to a WordPiece
+    tokenizer.json built here with the `tokenizers` package. The bundle's `medkern` (next to
+    this script, or $MEDKERN_BIN) runs `embed --classify --pooling cls --device gpu --dtype f16`
+    on four texts; transformers runs each text alone (no padding) in f32 on the same GPU.
+    Compared per text: the first token's last hidden state and the logits, relative L2 error,
+    against MOBILEBERT_F16_REL. Returns a dict (with "error" when something could not run)."""
+    try:
+        import torch
+        import transformers
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    except Exception as e:  # noqa: BLE001 - the check is optional where transformers is missing
+        return {"error": f"transformers / tokenizers unavailable: {e}"}
+    here = os.path.dirname(os.path.abspath(__file__))
+    binary = os.environ.get("MEDKERN_BIN", os.path.join(here, "medkern"))
+    if not os.path.exists(binary):
+        return {"error": f"no medkern binary at {binary}"}
+    texts = ["chest pain radiating to the left arm", "no fever", "patient denies shortness of breath",
+             "oxygen saturation dropped to eighty nine percent on room air and the cough got worse"]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = sorted({w for t in texts for w in t.split()})
+    vocab = {w: i for i, w in enumerate(specials + words)}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    labels = {0: "normal", 1: "abnormal", 2: "unsure"}
+    cfg = transformers.MobileBertConfig(num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()})
+    torch.manual_seed(18)
+    model = transformers.MobileBertForSequenceClassification(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("LayerNorm.weight"):
+                p.normal_(1.0, 0.3)
+            elif name.endswith(".bias"):
+                p.normal_(0.0, 0.05)
+    with tempfile.TemporaryDirectory(prefix="medkern-mobilebert-") as d:
+        try:
+            model.save_pretrained(d, safe_serialization=True)
+        except TypeError:  # versions where safetensors is the only format take no such argument
+            model.save_pretrained(d)
+        if not os.path.exists(os.path.join(d, "model.safetensors")):
+            return {"error": f"save_pretrained wrote {sorted(os.listdir(d))}, no model.safetensors"}
+        tok.save(os.path.join(d, "tokenizer.json"))
+        run = subprocess.run([binary, "embed", "--model", d, "--device", "gpu", "--dtype", "f16", "--pooling",
+                              "cls", "--classify", *texts], capture_output=True, text=True, timeout=600)
+        if run.returncode != 0:
+            return {"error": f"medkern embed exited {run.returncode}: {run.stderr.strip()[-2000:]}"}
+        ours = json.loads(run.stdout)
+    model = model.to(dev)
+    worst_h, worst_l, rows = 0.0, 0.0, []
+    for text, o in zip(texts, ours):
+        ids = tok.encode(text).ids
+        if o["tokens"] != len(ids):
+            return {"error": f"{text!r}: medkern saw {o['tokens']} tokens, the tokenizer gives {len(ids)}"}
+        x = torch.tensor([ids], device=dev)
+        with torch.inference_mode():
+            out = model.mobilebert(input_ids=x, attention_mask=torch.ones_like(x),
+                                   token_type_ids=torch.zeros_like(x))
+            h = out.last_hidden_state[0, 0].double().cpu()
+            logits = model.classifier(out.pooler_output)[0].double().cpu()
+        rel = lambda got, want: float(torch.linalg.norm(torch.tensor(got, dtype=torch.float64) - want)  # noqa: E731
+                                      / torch.linalg.norm(want).clamp_min(1e-30))
+        rh, rl = rel(o["embedding"], h), rel(o["logits"], logits)
+        worst_h, worst_l = max(worst_h, rh), max(worst_l, rl)
+        rows.append({"text": text, "tokens": len(ids), "rel_hidden": rh, "rel_logits": rl,
+                     "label": o.get("label"), "hf_label": labels[int(torch.argmax(logits))]})
+    ok = worst_h <= MOBILEBERT_F16_REL and worst_l <= MOBILEBERT_F16_REL
+    print(f"peer_bench: mobilebert check vs transformers {transformers.__version__}: worst relative error "
+          f"hidden {worst_h:.2e}, logits {worst_l:.2e} (bound {MOBILEBERT_F16_REL:.2e}): "
+          f"{'ok' if ok else 'FAILED'}", file=sys.stderr)
+    return {"transformers": transformers.__version__, "max_rel_hidden": worst_h, "max_rel_logits": worst_l,
+            "bound": MOBILEBERT_F16_REL, "ok": ok, "texts": rows}
+
+
 class EagerEfficientNet(torch.nn.Module):
     """A self-contained eager EfficientNet-B (torchvision's efficientnet_b* computation: stem conv
     3x3 s2 + BN + SiLU, MBConv blocks = 1x1 expand + BN + SiLU, depthwise kxk + BN + SiLU,
@@ -763,8 +858,13 @@ def main():
     resnet_peers(dev, put)
     exam_peers(dev, put)
 
+    try:
+        checks = {"mobilebert": mobilebert_check(dev)}
+    except Exception as e:  # noqa: BLE001 - a failing check is reported, the timings still print
+        checks = {"mobilebert": {"error": repr(e)}}
+
     print(json.dumps({"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-                      "ceilings": ceilings, "results": res}, indent=1))
+                      "ceilings": ceilings, "results": res, "checks": checks}, indent=1))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use medkern::device::{self, kernels, runtime_compile, sass};
 use medkern::model::bert::{BertModel, BertTokenizer, Pooling};
+use medkern::model::mobilebert::MobileBertModel;
 use medkern::model::resnet::{ResNet, ResNetConfig, random_resnet};
 use medkern::ops::{
     self, Activation, Attention, Conv2d, ConvWeight, Eltwise, Padding, Qkv, SeqBatch,
@@ -892,7 +893,8 @@ fn bench(iters: usize) -> medkern::Result<()> {
 /// `medkern embed` arguments.
 #[derive(clap::Args)]
 struct EmbedArgs {
-    /// The model folder, e.g. .models/all-MiniLM-L6-v2 (installed by scripts/setup-models).
+    /// The model folder, e.g. .models/all-MiniLM-L6-v2 (installed by scripts/setup-models), or
+    /// a MobileBERT folder (config.json `"model_type": "mobilebert"`).
     #[arg(long)]
     model: PathBuf,
     /// Where to run it; default: the first GPU if there is one, else the CPU.
@@ -934,6 +936,62 @@ struct Embedding<'a> {
     label: Option<String>,
 }
 
+/// The encoder of a model folder: MobileBERT when its config says `"model_type":
+/// "mobilebert"`, else the BERT family (BERT, DistilBERT, ALBERT).
+enum Encoder {
+    Bert(Box<BertModel>),
+    Mobile(Box<MobileBertModel>),
+}
+
+impl Encoder {
+    fn load(
+        dir: &std::path::Path,
+        dev: &Device,
+        dtype: DType,
+        max_batch: usize,
+    ) -> medkern::Result<Self> {
+        let config =
+            medkern::input::read_regular("embed", &dir.join("config.json"), "config.json")?;
+        let mobile = serde_json::from_slice::<serde_json::Value>(&config)
+            .ok()
+            .and_then(|v| v.get("model_type")?.as_str().map(|t| t == "mobilebert"))
+            .unwrap_or(false);
+        Ok(if mobile {
+            Encoder::Mobile(Box::new(
+                MobileBertModel::load(dir, dev, dtype)?.with_max_batch(max_batch),
+            ))
+        } else {
+            Encoder::Bert(Box::new(
+                BertModel::load(dir, dev, dtype)?.with_max_batch(max_batch),
+            ))
+        })
+    }
+    fn max_len(&self, requested: Option<usize>) -> medkern::Result<usize> {
+        match self {
+            Encoder::Bert(m) => m.config.max_len(requested),
+            Encoder::Mobile(m) => m.config.max_len(requested),
+        }
+    }
+    fn embed(&self, ids: &[Vec<u32>], pooling: Pooling) -> medkern::Result<Vec<Vec<f32>>> {
+        match self {
+            Encoder::Bert(m) => m.embed(ids, pooling),
+            Encoder::Mobile(m) => m.embed(ids, pooling),
+        }
+    }
+    fn classify(&self, ids: &[Vec<u32>]) -> medkern::Result<Vec<Vec<f32>>> {
+        match self {
+            Encoder::Bert(m) => m.classify(ids),
+            Encoder::Mobile(m) => m.classify(ids),
+        }
+    }
+    fn labels(&self) -> Vec<String> {
+        match self {
+            Encoder::Bert(m) => m.labels(),
+            Encoder::Mobile(m) => m.labels(),
+        }
+    }
+}
+
 fn embed(a: EmbedArgs) -> medkern::Result<()> {
     let dev = cnn::device_of(a.device)?;
     let dtype = cnn::dtype_of(a.dtype, &dev);
@@ -944,9 +1002,8 @@ fn embed(a: EmbedArgs) -> medkern::Result<()> {
     // The count first: too many texts fail before the model is loaded.
     let max_batch = cnn::input_limits().max_batch;
     medkern::input::check_batch("embed", "texts", a.texts.len(), max_batch)?;
-    let mut model = BertModel::load(&a.model, &dev, dtype)?;
-    model.set_max_batch(max_batch);
-    let max_len = model.config.max_len(a.max_len)?;
+    let model = Encoder::load(&a.model, &dev, dtype, max_batch)?;
+    let max_len = model.max_len(a.max_len)?;
     let texts: Vec<&str> = a.texts.iter().map(String::as_str).collect();
     let ids = BertTokenizer::load(&a.model, max_len)?
         .with_max_batch(max_batch)

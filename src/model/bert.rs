@@ -399,16 +399,20 @@ impl BertConfig {
         name.into()
     }
     fn activation(&self) -> Result<Activation> {
-        match self.hidden_act.as_str() {
-            "gelu" => Ok(Activation::GeluErf),
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
-            "relu" => Ok(Activation::Relu),
-            "silu" | "swish" => Ok(Activation::Silu),
-            other => Err(invalid(
-                "config",
-                format!("hidden_act {other:?}; expected gelu, gelu_new, relu or silu"),
-            )),
-        }
+        activation_of(&self.hidden_act).map_err(|detail| invalid("config", detail))
+    }
+}
+
+/// The medkern activation of a Hugging Face `hidden_act` name (Err: the message).
+pub(crate) fn activation_of(name: &str) -> std::result::Result<Activation, String> {
+    match name {
+        "gelu" => Ok(Activation::GeluErf),
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+        "relu" => Ok(Activation::Relu),
+        "silu" | "swish" => Ok(Activation::Silu),
+        other => Err(format!(
+            "hidden_act {other:?}; expected gelu, gelu_new, relu or silu"
+        )),
     }
 }
 
@@ -500,94 +504,15 @@ impl Weights<'_> {
     /// The Linear `name` (`name.weight` `[n, k]` + `name.bias`, or its compressed form as
     /// recorded in the metadata); `n` None takes it from the file (pruned heads).
     fn linear(&self, name: &str, n: Option<usize>, k: usize) -> Result<LinearHost> {
-        let tag = self
-            .kinds
-            .get(&format!("medkern.linear.{name}"))
-            .map_or("dense", String::as_str);
-        let kind = LinearKind::from_tag(tag).ok_or_else(|| {
-            corrupt(
-                "weights",
-                format!("{name}: unknown storage kind {tag:?} in the metadata"),
-            )
-        })?;
-        let main = match kind {
-            LinearKind::LowRank => format!("{name}.lr_u"),
-            LinearKind::Int4 => format!("{name}.weight_packed"),
-            _ => format!("{name}.weight"),
-        };
-        let ms = self.shape_of(&main)?;
-        let n = n.unwrap_or(ms.first().copied().unwrap_or(0));
-        let (w, w_shape, extra, extra_shape) = match kind {
-            LinearKind::LowRank => {
-                let r = ms.get(1).copied().unwrap_or(0);
-                (
-                    self.host(&main, &[n, r])?,
-                    [n, r],
-                    self.host(&format!("{name}.lr_v"), &[r, k])?,
-                    vec![r, k],
-                )
-            }
-            LinearKind::Int8 | LinearKind::Sparse24Int8 => (
-                self.host(&main, &[n, k])?,
-                [n, k],
-                self.host(&format!("{name}.weight_scale"), &[n])?,
-                vec![n],
-            ),
-            LinearKind::Int4 => {
-                let scale = format!("{name}.weight_scale");
-                let groups = self.shape_of(&scale)?.get(1).copied().unwrap_or(0);
-                if k % 2 != 0
-                    || groups == 0
-                    || k % groups != 0
-                    || ![64, 128].contains(&(k / groups))
-                {
-                    return Err(corrupt(
-                        "weights",
-                        format!(
-                            "{scale}: {groups} int4 groups for K = {k}; expected groups of 64 or \
-                             128 values"
-                        ),
-                    ));
-                }
-                (
-                    self.packed_int4(&main, &[n, k / 2])?,
-                    [n, k],
-                    self.host(&scale, &[n, groups])?,
-                    vec![n, groups],
-                )
-            }
-            _ => (self.host(&main, &[n, k])?, [n, k], vec![], vec![]),
-        };
-        Ok(LinearHost {
-            kind,
-            w,
-            w_shape,
-            extra,
-            extra_shape,
-            b: self.host(&format!("{name}.bias"), &[n])?,
-        })
-    }
-
-    /// Int4 values (-8..=7, as f64) of a packed u8 tensor `shape` (two values a byte, the
-    /// even K index in the low nibble).
-    fn packed_int4(&self, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
-        let full = self.names.get(name).ok_or_else(|| self.missing(name))?;
-        let t = self.st.tensor(full).map_err(|_| self.missing(name))?;
-        self.used.borrow_mut().insert(full.clone());
-        if t.shape() != shape || t.dtype() != safetensors::Dtype::U8 {
-            return Err(corrupt(
-                "weights",
-                format!(
-                    "tensor {full} is {:?} {:?}, expected U8 {shape:?} (packed int4)",
-                    t.dtype(),
-                    t.shape()
-                ),
-            ));
-        }
-        Ok(crate::model::compress::unpack_int4(t.data())
-            .into_iter()
-            .map(f64::from)
-            .collect())
+        read_linear(
+            OP,
+            &self.kinds,
+            name,
+            n,
+            k,
+            &|t| self.shape_of(t),
+            &|t, s| self.host(t, s),
+        )
     }
 
     fn host(&self, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
@@ -603,30 +528,7 @@ impl Weights<'_> {
                 ),
             ));
         }
-        match (t.dtype(), crate::model::float_values(&t)) {
-            (_, Some(v)) => {
-                // NaN or ±inf (or a value beyond f32 in an F64 tensor) would flow through
-                // every embedding silently: refused here, as the CNN loaders do.
-                if let Some(i) = v.iter().position(|&x| !(x as f32).is_finite()) {
-                    return Err(corrupt(
-                        "weights",
-                        format!(
-                            "tensor {full} holds a non-finite value {} at index {i}; expected \
-                             finite weights (a corrupt or diverged checkpoint?)",
-                            v[i]
-                        ),
-                    ));
-                }
-                Ok(v)
-            }
-            (safetensors::Dtype::I8, None) => {
-                Ok(t.data().iter().map(|&b| f64::from(b as i8)).collect())
-            }
-            (other, None) => Err(corrupt(
-                "weights",
-                format!("tensor {full} has dtype {other:?}, expected F32, F64, F16, BF16 or I8"),
-            )),
-        }
+        tensor_values(OP, &t, full)
     }
     /// Every tensor of the file was read, but for pretraining heads and buffers, and the
     /// pooler of a checkpoint without a classifier (sentence encoders keep it): a tensor the
@@ -1094,6 +996,7 @@ impl BertModel {
         let n = head.classifier.out_features();
         let v = logits.to_host()?.to_f64();
         finite_rows(
+            OP,
             "logits",
             v.chunks(n.max(1))
                 .map(|r| r.iter().map(|&x| x as f32).collect())
@@ -1146,24 +1049,164 @@ impl BertModel {
                 }
             })
             .collect();
-        finite_rows("embedding", rows)
+        finite_rows(OP, "embedding", rows)
+    }
+}
+
+/// A loader's checked read of a named tensor of a given shape, as f64 values.
+pub(crate) type ReadTensor<'a> = &'a dyn Fn(&str, &[usize]) -> Result<Vec<f64>>;
+
+/// Reads Linear `name` through `shape_of` / `host` (the loader's checked tensor reads): `name.weight`
+/// `[n, k]` + `name.bias`, or the compressed form `kinds` (the file's `medkern.linear.<name>`
+/// metadata) records; `n` None takes it from the file (pruned heads). Shared by the encoders.
+pub(crate) fn read_linear(
+    op: &'static str,
+    kinds: &std::collections::HashMap<String, String>,
+    name: &str,
+    n: Option<usize>,
+    k: usize,
+    shape_of: &dyn Fn(&str) -> Result<Vec<usize>>,
+    host: ReadTensor,
+) -> Result<LinearHost> {
+    let tag = kinds
+        .get(&format!("medkern.linear.{name}"))
+        .map_or("dense", String::as_str);
+    let kind = LinearKind::from_tag(tag).ok_or_else(|| Error::Corrupt {
+        op,
+        arg: "weights",
+        detail: format!("{name}: unknown storage kind {tag:?} in the metadata"),
+    })?;
+    let main = match kind {
+        LinearKind::LowRank => format!("{name}.lr_u"),
+        LinearKind::Int4 => format!("{name}.weight_packed"),
+        _ => format!("{name}.weight"),
+    };
+    let ms = shape_of(&main)?;
+    let n = n.unwrap_or(ms.first().copied().unwrap_or(0));
+    let (w, w_shape, extra, extra_shape) = match kind {
+        LinearKind::LowRank => {
+            let r = ms.get(1).copied().unwrap_or(0);
+            (
+                host(&main, &[n, r])?,
+                [n, r],
+                host(&format!("{name}.lr_v"), &[r, k])?,
+                vec![r, k],
+            )
+        }
+        LinearKind::Int8 | LinearKind::Sparse24Int8 => (
+            host(&main, &[n, k])?,
+            [n, k],
+            host(&format!("{name}.weight_scale"), &[n])?,
+            vec![n],
+        ),
+        LinearKind::Int4 => {
+            let scale = format!("{name}.weight_scale");
+            let groups = shape_of(&scale)?.get(1).copied().unwrap_or(0);
+            if k % 2 != 0 || groups == 0 || k % groups != 0 || ![64, 128].contains(&(k / groups)) {
+                return Err(Error::Corrupt {
+                    op,
+                    arg: "weights",
+                    detail: format!(
+                        "{scale}: {groups} int4 groups for K = {k}; expected groups of 64 or \
+                         128 values"
+                    ),
+                });
+            }
+            // The packed bytes (two values each, the even K index in the low nibble).
+            let raw = host(&main, &[n, k / 2])?;
+            if let Some(i) = raw
+                .iter()
+                .position(|&b| !(0.0..=255.0).contains(&b) || b.fract() != 0.0)
+            {
+                return Err(Error::Corrupt {
+                    op,
+                    arg: "weights",
+                    detail: format!(
+                        "{main}: value {} at {i}; expected packed int4 bytes (U8)",
+                        raw[i]
+                    ),
+                });
+            }
+            let bytes: Vec<u8> = raw.into_iter().map(|b| b as u8).collect();
+            (
+                crate::model::compress::unpack_int4(&bytes)
+                    .into_iter()
+                    .map(f64::from)
+                    .collect(),
+                [n, k],
+                host(&scale, &[n, groups])?,
+                vec![n, groups],
+            )
+        }
+        _ => (host(&main, &[n, k])?, [n, k], vec![], vec![]),
+    };
+    Ok(LinearHost {
+        kind,
+        w,
+        w_shape,
+        extra,
+        extra_shape,
+        b: host(&format!("{name}.bias"), &[n])?,
+    })
+}
+
+/// The values of tensor `full` of a checkpoint as f64: float dtypes (finite values only: NaN or
+/// ±inf would flow through every output silently) or I8 (int8 weights).
+pub(crate) fn tensor_values(
+    op: &'static str,
+    t: &safetensors::tensor::TensorView,
+    full: &str,
+) -> Result<Vec<f64>> {
+    let bad = |detail: String| Error::Corrupt {
+        op,
+        arg: "weights",
+        detail,
+    };
+    match (t.dtype(), crate::model::float_values(t)) {
+        (_, Some(v)) => {
+            // A value beyond f32 in an F64 tensor is refused too, as the CNN loaders do.
+            if let Some(i) = v.iter().position(|&x| !(x as f32).is_finite()) {
+                return Err(bad(format!(
+                    "tensor {full} holds a non-finite value {} at index {i}; expected finite \
+                     weights (a corrupt or diverged checkpoint?)",
+                    v[i]
+                )));
+            }
+            Ok(v)
+        }
+        (safetensors::Dtype::I8, None) => {
+            Ok(t.data().iter().map(|&b| f64::from(b as i8)).collect())
+        }
+        // Packed int4 weights (`<linear>.weight_packed`, two values a byte).
+        (safetensors::Dtype::U8, None) if full.ends_with(".weight_packed") => {
+            Ok(t.data().iter().map(|&b| f64::from(b)).collect())
+        }
+        (other, None) => Err(bad(format!(
+            "tensor {full} has dtype {other:?}, expected F32, F64, F16, BF16 or I8 (U8 for \
+             packed int4)"
+        ))),
     }
 }
 
 /// The rows of a result, or an error when one holds a non-finite value: the loader refuses
 /// non-finite weights, so this is finite weights large enough to overflow (a corrupt or
 /// hostile checkpoint), and a NaN row returned as a result would be a silent wrong answer.
-fn finite_rows(what: &str, rows: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>> {
+pub(crate) fn finite_rows(
+    op: &'static str,
+    what: &str,
+    rows: Vec<Vec<f32>>,
+) -> Result<Vec<Vec<f32>>> {
     for (i, r) in rows.iter().enumerate() {
         if let Some(j) = r.iter().position(|x| !x.is_finite()) {
-            return Err(corrupt(
-                "weights",
-                format!(
+            return Err(Error::Corrupt {
+                op,
+                arg: "weights",
+                detail: format!(
                     "{what} {i} has a non-finite value {} at {j}: the weights overflow f32 \
                      (expected a checkpoint whose activations stay finite)",
                     r[j]
                 ),
-            ));
+            });
         }
     }
     Ok(rows)
@@ -1171,7 +1214,7 @@ fn finite_rows(what: &str, rows: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>> {
 
 /// Zero-pads each head's `d` output rows of a q/k/v projection to `dp` (weights, bias and
 /// per-channel scales; a zero row is also valid 2:4).
-fn pad_heads_out(mut x: LinearHost, d: usize, dp: usize) -> Result<LinearHost> {
+pub(crate) fn pad_heads_out(mut x: LinearHost, d: usize, dp: usize) -> Result<LinearHost> {
     let heads = x.w_shape[0] / d;
     let pad_rows = |v: &[f64], cols: usize, fill: f64| -> Vec<f64> {
         (0..heads * dp)
@@ -1205,7 +1248,12 @@ fn pad_heads_out(mut x: LinearHost, d: usize, dp: usize) -> Result<LinearHost> {
 }
 
 /// Zero-pads each head's `d` input columns of the attention output projection to `dp`.
-fn pad_heads_in(mut x: LinearHost, d: usize, dp: usize, layer: &str) -> Result<LinearHost> {
+pub(crate) fn pad_heads_in(
+    mut x: LinearHost,
+    d: usize,
+    dp: usize,
+    layer: &str,
+) -> Result<LinearHost> {
     let pad_cols = |v: &[f64], rows: usize, k: usize| -> Vec<f64> {
         let heads = k / d;
         (0..rows)

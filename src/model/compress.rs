@@ -18,11 +18,19 @@
 //!   budget ([`Checkpoint::int4_sensitivity`], [`choose_bits`], [`Checkpoint::quantize_bits`]),
 //! - word embeddings stored in int8 with one f32 scale per row, or in f16
 //!   ([`Checkpoint::compress_embeddings`]).
+//!
+//!
+//! MobileBERT folders (`model_type` `mobilebert`) take head pruning, 2:4, int8 and low rank on
+//! their own Linear list ([`crate::model::mobilebert::layer_linears`]; names kept as Hugging
+//! Face's without the `mobilebert.` prefix) and reload through
+//! [`crate::model::mobilebert::MobileBertModel`] ([`Checkpoint::mobilebert_model`]), which folds
+//! NoNorm into whatever form each Linear takes.
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::model::bert::{Arch, BertConfig, BertModel, Pooling};
 use crate::model::linear::LinearKind;
+use crate::model::mobilebert::{self, MobileBertConfig, MobileBertModel};
 use crate::quant::{Clip, QuantizedWeight, quantize_weight, quantize_weight_int4};
 use crate::sparse::prune_2_4;
 use crate::tensor::{Device, HostTensor};
@@ -199,15 +207,20 @@ impl Checkpoint {
         Self::with_config(config, arch, weights)
     }
 
-    fn config_of(config_json: &[u8]) -> Result<(serde_json::Value, BertConfig)> {
+    fn config_of(config_json: &[u8]) -> Result<(serde_json::Value, Naming)> {
         // The folder's config is the file's content: its errors are Error::Corrupt.
         let config: serde_json::Value = serde_json::from_slice(config_json)
             .map_err(|e| corrupt("config", format!("config.json: {e}")))?;
-        let arch = BertConfig::from_value(&config).map_err(Error::into_corrupt)?;
-        Ok((config, arch))
+        let naming = if is_mobilebert(&config) {
+            MobileBertConfig::from_value(&config).map_err(Error::into_corrupt)?;
+            Naming::MobileBert
+        } else {
+            Naming::Bert(BertConfig::from_value(&config).map_err(Error::into_corrupt)?)
+        };
+        Ok((config, naming))
     }
 
-    fn with_config(config: serde_json::Value, arch: BertConfig, bytes: &[u8]) -> Result<Self> {
+    fn with_config(config: serde_json::Value, arch: Naming, bytes: &[u8]) -> Result<Self> {
         let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| corrupt("weights", format!("not a safetensors file: {e}")))?;
         let metadata: BTreeMap<String, String> = safetensors::SafeTensors::read_metadata(bytes)
@@ -222,7 +235,11 @@ impl Checkpoint {
             let d = t.data();
             let shape = t.shape().to_vec();
             // medkern (BERT) names for every family; pretraining heads and buffers dropped.
-            let Some(key) = arch.canonical_name(&name) else {
+            let key = match &arch {
+                Naming::Bert(c) => c.canonical_name(&name),
+                Naming::MobileBert => mobilebert::canonical_name(&name),
+            };
+            let Some(key) = key else {
                 continue;
             };
             let ht = match t.dtype() {
@@ -373,6 +390,42 @@ impl Checkpoint {
             .map_err(|e| invalid("tensors", format!("serialize: {e}")))
     }
 
+    /// The MobileBERT model this checkpoint describes, on `device` in `dtype`.
+    pub fn mobilebert_model(&self, device: &Device, dtype: DType) -> Result<MobileBertModel> {
+        MobileBertModel::from_safetensors(
+            MobileBertConfig::from_value(&self.config)?,
+            &self.safetensors_bytes()?,
+            device,
+            dtype,
+        )
+    }
+
+    /// Whether this is a MobileBERT checkpoint (`model_type` `mobilebert`).
+    pub fn is_mobilebert(&self) -> bool {
+        is_mobilebert(&self.config)
+    }
+
+    /// The compressible Linear stems of stored layer `l` (BERT's six, or MobileBERT's list).
+    pub fn linears(&self, l: usize) -> Result<Vec<String>> {
+        if self.is_mobilebert() {
+            Ok(mobilebert::layer_linears(
+                &MobileBertConfig::from_value(&self.config)?,
+                l,
+            ))
+        } else {
+            Ok(layer_linears(l).to_vec())
+        }
+    }
+
+    /// Attention head width (MobileBERT: its bottleneck width over the heads).
+    fn head_dim(&self) -> Result<usize> {
+        if self.is_mobilebert() {
+            Ok(MobileBertConfig::from_value(&self.config)?.head_dim())
+        } else {
+            Ok(self.bert_config()?.head_dim())
+        }
+    }
+
     /// The model this checkpoint describes, on `device` in `dtype`.
     pub fn model(&self, device: &Device, dtype: DType) -> Result<BertModel> {
         BertModel::from_safetensors(
@@ -473,6 +526,9 @@ impl Checkpoint {
 
     /// Stored layer weight sets (ALBERT's are shared across depth).
     pub fn num_layers(&self) -> Result<usize> {
+        if self.is_mobilebert() {
+            return Ok(MobileBertConfig::from_value(&self.config)?.num_hidden_layers);
+        }
         Ok(self.bert_config()?.stored_layers())
     }
 
@@ -508,9 +564,15 @@ impl Checkpoint {
     /// Keeps heads `keep[l]` (sorted, distinct indices into the layer's current heads) in each
     /// listed layer: slices q/k/v rows and the output projection's columns.
     pub fn prune_heads(&mut self, keep: &BTreeMap<usize, Vec<usize>>) -> Result<()> {
-        let c = self.bert_config()?;
-        let (hidden, d) = (c.hidden_size, c.head_dim());
+        let d = self.head_dim()?;
+        let layers = self.num_layers()?;
         for (&l, heads) in keep {
+            if l >= layers {
+                return Err(invalid(
+                    "heads",
+                    format!("layer {l}; expected a layer < {layers}"),
+                ));
+            }
             let [q, k, v, o, ..] = layer_linears(l);
             for stem in [&q, &k, &v, &o] {
                 if self.kind(stem) != LinearKind::Dense {
@@ -541,14 +603,29 @@ impl Checkpoint {
             for stem in [&q, &k, &v] {
                 for suffix in ["weight", "bias"] {
                     let t = self.take(&format!("{stem}.{suffix}"))?;
-                    let cols = if suffix == "weight" { hidden } else { 1 };
+                    // Each projection's own input width (MobileBERT's v reads the hidden
+                    // state, q/k the bottleneck).
+                    let cols = match (suffix, t.shape()) {
+                        ("weight", &[n, k]) if n == have * d => k,
+                        ("bias", &[n]) if n == have * d => 1,
+                        (_, shape) => {
+                            return Err(invalid(
+                                "heads",
+                                format!(
+                                    "{stem}.{suffix} has shape {shape:?}; expected {} rows \
+                                     ({have} heads of {d})",
+                                    have * d
+                                ),
+                            ));
+                        }
+                    };
                     let vals = t.to_f64();
                     let out: Vec<f64> = rows
                         .iter()
                         .flat_map(|&r| vals[r * cols..(r + 1) * cols].to_vec())
                         .collect();
                     let shape = if suffix == "weight" {
-                        vec![rows.len(), hidden]
+                        vec![rows.len(), cols]
                     } else {
                         vec![rows.len()]
                     };
@@ -653,7 +730,7 @@ impl Checkpoint {
     pub fn sparsify_24(&mut self) -> Result<f64> {
         let mut kept = Vec::new();
         for l in 0..self.num_layers()? {
-            for stem in layer_linears(l) {
+            for stem in self.linears(l)? {
                 if self.kind(&stem) != LinearKind::Dense {
                     return Err(invalid(
                         "sparse24",
@@ -685,7 +762,7 @@ impl Checkpoint {
     pub fn quantize_int8(&mut self) -> Result<f64> {
         let mut sqnr = Vec::new();
         for l in 0..self.num_layers()? {
-            for stem in layer_linears(l) {
+            for stem in self.linears(l)? {
                 let kind = match self.kind(&stem) {
                     LinearKind::Dense => LinearKind::Int8,
                     LinearKind::Sparse24 => LinearKind::Sparse24Int8,
@@ -720,7 +797,7 @@ impl Checkpoint {
     pub fn low_rank(&mut self, rank: Rank) -> Result<f64> {
         let mut kept = Vec::new();
         for l in 0..self.num_layers()? {
-            for stem in layer_linears(l) {
+            for stem in self.linears(l)? {
                 if self.kind(&stem) != LinearKind::Dense {
                     return Err(invalid(
                         "low_rank",
@@ -794,7 +871,11 @@ impl Checkpoint {
 
     /// Every encoder Linear's name stem, layer by layer.
     pub fn linear_stems(&self) -> Result<Vec<String>> {
-        Ok((0..self.num_layers()?).flat_map(layer_linears).collect())
+        let mut out = Vec::new();
+        for l in 0..self.num_layers()? {
+            out.extend(self.linears(l)?);
+        }
+        Ok(out)
     }
 
     /// `[n, k]` of a dense Linear's weight (`Err` when it is not dense).
@@ -839,6 +920,19 @@ impl Checkpoint {
         Ok((dims, self.data_bytes() - weights))
     }
 
+    /// Mean-pooled embeddings of `ids` by the model this checkpoint describes (any family).
+    fn embed_mean(&self, ids: &[Vec<u32>], device: &Device, dtype: DType) -> Result<Vec<Vec<f32>>> {
+        if self.is_mobilebert() {
+            self.mobilebert_model(device, dtype)?
+                .with_max_batch(ids.len())
+                .embed(ids, Pooling::Mean)
+        } else {
+            self.model(device, dtype)?
+                .with_max_batch(ids.len())
+                .embed(ids, Pooling::Mean)
+        }
+    }
+
     /// Q-BERT-style sensitivity of each dense encoder Linear to 4 bits: `1 - mean cosine`
     /// between the mean-pooled embeddings of `ids` with that Linear alone fake-quantised to
     /// int4 (its dequantised weight, the exact values the W4A16 GEMM multiplies) and the
@@ -851,10 +945,7 @@ impl Checkpoint {
         dtype: DType,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Vec<Sensitivity>> {
-        let base = self
-            .model(device, dtype)?
-            .with_max_batch(ids.len())
-            .embed(ids, Pooling::Mean)?;
+        let base = self.embed_mean(ids, device, dtype)?;
         let stems = self.linear_stems()?;
         let mut out = Vec::with_capacity(stems.len());
         for (i, stem) in stems.iter().enumerate() {
@@ -870,10 +961,7 @@ impl Checkpoint {
                 name,
                 HostTensor::from_f64(&[n, k], &q.dequantize(), DType::F32)?,
             );
-            let emb = trial
-                .model(device, dtype)?
-                .with_max_batch(ids.len())
-                .embed(ids, Pooling::Mean)?;
+            let emb = trial.embed_mean(ids, device, dtype)?;
             let cos: f64 = emb
                 .iter()
                 .zip(&base)
@@ -941,6 +1029,14 @@ impl Checkpoint {
     /// int8 Linears alone leave the file 1.5× smaller at best. Returns the SQNR in dB.
     pub fn compress_embeddings(&mut self, dtype: DType) -> Result<f64> {
         const NAME: &str = "embeddings.word_embeddings.weight";
+        if self.is_mobilebert() {
+            return Err(invalid(
+                "embeddings",
+                "MobileBERT's 128-wide word embeddings stay as they are; compressed word \
+                 embeddings apply to BERT, DistilBERT and ALBERT"
+                    .into(),
+            ));
+        }
         let w = self.take(NAME)?;
         let v = w.to_f64();
         let (out, sqnr) = match dtype {
@@ -1158,6 +1254,18 @@ pub fn choose_bits(
         size -= saved;
     }
     Ok(bits)
+}
+
+/// How a checkpoint's tensor names map to the names it is held under.
+enum Naming {
+    /// BERT, DistilBERT, ALBERT: onto BERT's names.
+    Bert(BertConfig),
+    /// MobileBERT: Hugging Face's names without the `mobilebert.` prefix.
+    MobileBert,
+}
+
+fn is_mobilebert(config: &serde_json::Value) -> bool {
+    config.get("model_type").and_then(|t| t.as_str()) == Some("mobilebert")
 }
 
 /// `encoder.layer.<l>.<rest>` → (l, rest).

@@ -124,9 +124,10 @@ impl LinearHost {
                 self.w[i]
             )));
         }
-        if let Some(i) = self.extra.iter().position(|&s| !(s.is_finite() && s > 0.0)) {
+        // Any finite scale: a folded norm (MobileBERT's NoNorm) may make one zero or negative.
+        if let Some(i) = self.extra.iter().position(|&s| !s.is_finite()) {
             return Err(bad(format!(
-                "scale {} at {i}; expected finite and > 0",
+                "scale {} at {i}; expected finite",
                 self.extra[i]
             )));
         }

@@ -29,6 +29,7 @@ pub mod efficientnet;
 pub mod emr;
 pub mod exam;
 pub mod linear;
+pub mod mobilebert;
 pub mod resnet;
 pub mod sepsis;
 
