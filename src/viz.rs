@@ -21,7 +21,9 @@ pub const MAX_SIDE: usize = 16384;
 /// How strongly the heatmap covers the image in [`cam_picture`]: `out = (1 − α)·image + α·heat`.
 pub const CAM_ALPHA: f64 = 0.45;
 
-/// The colormap of [`cam_picture`] (Google's Turbo: dark blue for 0, dark red for 1).
+/// The colormap of [`cam_picture`]: Turbo (Google's rainbow map, in d3's polynomial form as
+/// the `colorous` crate evaluates it): near black for 0, through blue, green and yellow, to
+/// dark red (144, 12, 0) for 1.
 pub const CAM_COLORMAP: &str = "turbo";
 
 fn invalid(arg: &'static str, detail: String) -> Error {
@@ -353,9 +355,28 @@ mod tests {
         assert_eq!(n, [0.5, 0.0, 1.0]);
         assert_eq!(normalize_unit(&[3.0; 4]).unwrap().0, [0.0; 4]);
         assert!(normalize_unit(&[1.0, f64::NAN]).is_err());
-        // Turbo runs from dark blue-violet to dark red.
-        let (a, b) = (turbo(0.0), turbo(1.0));
-        assert!(a[2] > a[0] && b[0] > b[2], "{a:?} {b:?}");
+        // d3's published polynomial for Turbo (interpolateTurbo), what colorous evaluates.
+        let d3 = |t: f64| {
+            let r = 34.61
+                + t * (1172.33 - t * (10793.56 - t * (33300.12 - t * (38394.49 - t * 14825.05))));
+            let g =
+                23.31 + t * (557.33 + t * (1225.33 - t * (3574.96 - t * (1073.77 + t * 707.56))));
+            let b =
+                27.2 + t * (3211.1 - t * (15327.97 - t * (27814.0 - t * (22569.18 - t * 6838.66))));
+            [r, g, b].map(|v| v.clamp(0.0, 255.0))
+        };
+        for i in 0..=20 {
+            let t = f64::from(i) / 20.0;
+            let (got, want) = (turbo(t), d3(t));
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    (f64::from(*g) - w).abs() <= 1.0,
+                    "turbo({t}) = {got:?}, d3 {want:?}"
+                );
+            }
+        }
+        assert_eq!(turbo(-1.0), turbo(0.0));
+        assert_eq!(turbo(2.0), turbo(1.0));
     }
 
     #[test]

@@ -655,8 +655,9 @@ fn classify_writes_class_activation_maps() {
             "image {i}: CAM picture nearly blank"
         );
     }
-    // Over flat grey: both ends of Turbo (#30123b at the map's minimum, #7a0403 at its
-    // maximum) blended at 0.45 appear, and every pixel is grey + 0.45·(a Turbo colour).
+    // Over flat grey both ends of Turbo appear blended at 0.45: d3's polynomial (what the
+    // colormap is) gives (34.61, 23.31, 27.2) at the map's minimum, (144.06, 12.34, 0) at its
+    // maximum.
     let img = image::open(results[0]["cam"]["file"].as_str().expect("file"))
         .expect("open")
         .to_rgb8();
@@ -664,9 +665,9 @@ fn classify_writes_class_activation_maps() {
     let near = |p: &image::Rgb<u8>, c: [f64; 3]| {
         p.0.iter()
             .zip(c)
-            .all(|(&a, b)| (f64::from(a) - b).abs() <= 1.01)
+            .all(|(&a, b)| (f64::from(a) - b).abs() <= 1.5)
     };
-    for end in [[48.0, 18.0, 59.0], [122.0, 4.0, 3.0]] {
+    for end in [[34.61, 23.31, 27.2], [144.06, 12.34, 0.0]] {
         let want = blend(end);
         assert!(
             img.pixels().any(|p| near(p, want)),
