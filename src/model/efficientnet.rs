@@ -586,9 +586,6 @@ pub struct EfficientNet {
     head: ConvBn,
     fc_w: Tensor,
     fc_b: Tensor,
-    /// `fc_w` on the host (the model dtype's values): the rows class activation maps weigh
-    /// the feature map with.
-    fc_w_host: HostTensor,
     max_batch: usize,
 }
 
@@ -796,8 +793,9 @@ impl EfficientNet {
             });
         }
         let head = w.conv_bn(&format!("features.{}", BASE_STAGES.len() + 1), 1)?;
-        let fc_w_host = w.in_dtype(&w.host("classifier.1.weight")?)?;
-        let fc_w = fc_w_host.to_device(device)?;
+        let fc_w = w
+            .in_dtype(&w.host("classifier.1.weight")?)?
+            .to_device(device)?;
         let fc_b = w
             .in_dtype(&w.host("classifier.1.bias")?)?
             .to_device(device)?;
@@ -810,7 +808,6 @@ impl EfficientNet {
             head,
             fc_w,
             fc_b,
-            fc_w_host,
             max_batch: crate::input::DEFAULT_MAX_BATCH,
         })
     }
@@ -934,8 +931,8 @@ impl EfficientNet {
     }
 
     /// [`EfficientNet::forward`] that also returns the last feature map (before the global
-    /// pooling): `([N, h, w, head_channels]` model dtype, logits `[N, num_outputs]` f32`)`.
-    /// The same ops as `forward`, so the logits are the same.
+    /// pooling): (the map `[N, h, w, head_channels]` in the model dtype, the logits
+    /// `[N, num_outputs]` f32). The same ops as `forward`, so the logits are the same.
     pub fn forward_with_map(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let map = self.feature_map(x)?;
         let f = global_avg_pool(&map)?;
@@ -987,7 +984,8 @@ impl EfficientNet {
             ));
         };
         // The classifier row of each image's class, `[N, 1, C]`: a batched GEMM's weights.
-        let rows = self.fc_w_host.to_f64();
+        // The classifier as loaded (model dtype values), read back once per call.
+        let rows = self.fc_w.to_host()?.to_f64();
         let mut sel = Vec::with_capacity(n * c);
         for &k in &classes {
             let row = rows.get(k * c..(k + 1) * c).ok_or_else(|| {
