@@ -277,6 +277,14 @@ pub fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
         .tempfile_in(&dir)
         .map_err(io)?;
     tmp.write_all(&bytes).map_err(io)?;
+    // Temporary files are created private (0600); a picture is for reading: rw-r--r--.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io)?;
+    }
     tmp.as_file().sync_all().map_err(io)?;
     // A failed rename drops `tmp`, which removes the temporary file.
     tmp.persist(path).map_err(|e| io(e.error))?;

@@ -572,6 +572,11 @@ fn autoencode_saves_reconstruction_pictures() {
             assert!(scale > 0.0 && scale <= 1.0, "{scale}");
             let img = image::open(&path).expect("open PNG").to_rgb8();
             assert_eq!(img.dimensions(), (3 * 96, 96));
+            // Readable by others, not the temporary file's private mode.
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(&path).expect("metadata").permissions(),
+            );
+            assert_eq!(mode & 0o777, 0o644, "{path:?}");
             let panel = |i: u32| image::imageops::crop_imm(&img, 96 * i, 0, 96, 96).to_image();
             let (inp, recon, errp) = (panel(0), panel(1), panel(2));
             assert!(distinct_bytes(&inp) > 20, "input panel nearly blank");
