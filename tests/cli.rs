@@ -559,3 +559,221 @@ fn embed_and_classify_a_mobilebert_folder() {
         assert_eq!(o["label"].as_str(), Some(label));
     }
 }
+
+/// Runs medkern: (exit success, stdout as JSON or Null, stderr).
+fn run_medkern(args: &[&std::ffi::OsStr]) -> (bool, serde_json::Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_medkern"))
+        .args(args)
+        .output()
+        .expect("run medkern");
+    (
+        out.status.success(),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn distinct_bytes(img: &image::RgbImage) -> usize {
+    img.as_raw()
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
+/// The files in a folder, sorted.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 18 item 5: `autoencode --save-reconstructions DIR` writes one PNG per input (input |
+/// reconstruction | absolute error, 96×96 panels), into a folder it creates, with distinct names
+/// for inputs that share a file stem, the error panel scaled to full range by `error_scale`.
+#[test]
+fn autoencode_saves_reconstruction_pictures() {
+    let dir = common::TempDir::new("cli-recon");
+    let d = dir.path();
+    let mut inputs = Vec::new();
+    for (sub, k) in [("a", 1u32), ("b", 2)] {
+        std::fs::create_dir_all(d.join(sub)).expect("dir");
+        let p = d.join(sub).join("frame.png");
+        image::RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([
+                (x * 4 + k * 50) as u8,
+                (y * 5) as u8,
+                ((x + y) * k * 2) as u8,
+            ])
+        })
+        .save(&p)
+        .expect("save");
+        inputs.push(p);
+    }
+    let out = d.join("pictures/nested");
+    let args = |_: ()| {
+        let mut a: Vec<&std::ffi::OsStr> =
+            ["autoencode", "--device", "cpu", "--save-reconstructions"]
+                .iter()
+                .map(|s| s.as_ref())
+                .collect();
+        a.push(out.as_os_str());
+        a.extend(inputs.iter().map(|p| p.as_os_str()));
+        a
+    };
+    for round in 0..2 {
+        // The second run replaces the pictures in place (same names, nothing else left).
+        let (ok, v, err) = run_medkern(&args(()));
+        assert!(ok, "{err}");
+        let results = v["results"].as_array().expect("results");
+        assert_eq!(results.len(), 2);
+        let files = listing(&out);
+        assert_eq!(
+            files,
+            ["0-frame.recon.png", "1-frame.recon.png"],
+            "round {round}"
+        );
+        let mut input_panels = Vec::new();
+        for r in results {
+            let rec = &r["reconstruction"];
+            let path = PathBuf::from(rec["file"].as_str().expect("file"));
+            assert!(path.starts_with(&out), "{path:?}");
+            let scale = rec["error_scale"].as_f64().expect("error_scale");
+            assert!(scale > 0.0 && scale <= 1.0, "{scale}");
+            let img = image::open(&path).expect("open PNG").to_rgb8();
+            assert_eq!(img.dimensions(), (3 * 96, 96));
+            // Readable by others, not the temporary file's private mode.
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(&path).expect("metadata").permissions(),
+            );
+            assert_eq!(mode & 0o777, 0o644, "{path:?}");
+            let panel = |i: u32| image::imageops::crop_imm(&img, 96 * i, 0, 96, 96).to_image();
+            let (inp, recon, errp) = (panel(0), panel(1), panel(2));
+            assert!(distinct_bytes(&inp) > 20, "input panel nearly blank");
+            assert!(distinct_bytes(&recon) > 2, "reconstruction panel blank");
+            assert_ne!(inp, recon, "reconstruction panel equals the input");
+            // |reconstruction − input| / error_scale at full range: the largest error is white,
+            // and every pixel agrees with the two other panels (each rounded to 1/255).
+            assert_eq!(errp.as_raw().iter().max(), Some(&255));
+            let tol = 1.0 / scale + 1.0;
+            for ((a, b), e) in inp.as_raw().iter().zip(recon.as_raw()).zip(errp.as_raw()) {
+                let want = (f64::from(*b) - f64::from(*a)).abs() / scale;
+                assert!(
+                    (f64::from(*e) - want).abs() <= tol,
+                    "error pixel {e}, panels give {want:.1} (tol {tol:.1})"
+                );
+            }
+            input_panels.push(inp);
+        }
+        assert_ne!(input_panels[0], input_panels[1], "two inputs, one picture");
+    }
+}
+
+/// Issue 18 items 6 and 7: `classify --model lite0 --cam DIR` writes one class activation map
+/// per image over the image (224×224, Turbo at α 0.45, the map scaled to the full colormap), for
+/// the top class or `--cam-class`; the top classes carry their ImageNet names.
+#[test]
+fn classify_writes_class_activation_maps() {
+    let dir = common::TempDir::new("cli-cam");
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("x")).expect("dir");
+    std::fs::create_dir_all(d.join("y")).expect("dir");
+    // A flat grey image: every overlay pixel is 0.55·200 + 0.45·turbo(heat).
+    let grey = d.join("x/scan.png");
+    image::RgbImage::from_pixel(80, 60, image::Rgb([200, 200, 200]))
+        .save(&grey)
+        .expect("save");
+    let pattern = d.join("y/scan.png");
+    image::RgbImage::from_fn(90, 70, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x * y) % 251) as u8])
+    })
+    .save(&pattern)
+    .expect("save");
+    let cams = d.join("cams");
+    let run = |extra: &[&str]| {
+        let mut a: Vec<&std::ffi::OsStr> =
+            ["classify", "--model", "lite0", "--device", "cpu", "--cam"]
+                .iter()
+                .map(|s| s.as_ref())
+                .collect();
+        a.push(cams.as_os_str());
+        a.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
+        a.push(grey.as_os_str());
+        a.push(pattern.as_os_str());
+        run_medkern(&a)
+    };
+    let (ok, v, err) = run(&[]);
+    assert!(ok, "{err}");
+    assert_eq!(listing(&cams), ["0-scan.cam.png", "1-scan.cam.png"]);
+    let results = v["results"].as_array().expect("results");
+    for (i, r) in results.iter().enumerate() {
+        let top = r["top"].as_array().expect("top");
+        for t in top {
+            let k = t["class"].as_u64().expect("class") as usize;
+            assert_eq!(
+                t["name"].as_str(),
+                medkern::model::imagenet::class_name(k),
+                "{t}"
+            );
+        }
+        let cam = &r["cam"];
+        assert_eq!(cam["class"], top[0]["class"], "{cam}");
+        assert_eq!(cam["name"], top[0]["name"], "{cam}");
+        assert_eq!(cam["colormap"], "turbo");
+        assert!(cam["max"].as_f64().expect("max") > cam["min"].as_f64().expect("min"));
+        let img = image::open(cam["file"].as_str().expect("file"))
+            .expect("open PNG")
+            .to_rgb8();
+        assert_eq!(img.dimensions(), (224, 224));
+        assert!(
+            distinct_bytes(&img) > 20,
+            "image {i}: CAM picture nearly blank"
+        );
+    }
+    // Over flat grey both ends of Turbo appear blended at 0.45: d3's polynomial (what the
+    // colormap is) gives (34.61, 23.31, 27.2) at the map's minimum, (144.06, 12.34, 0) at its
+    // maximum.
+    let img = image::open(results[0]["cam"]["file"].as_str().expect("file"))
+        .expect("open")
+        .to_rgb8();
+    let blend = |c: [f64; 3]| c.map(|v| 0.55 * 200.0 + 0.45 * v);
+    let near = |p: &image::Rgb<u8>, c: [f64; 3]| {
+        p.0.iter()
+            .zip(c)
+            .all(|(&a, b)| (f64::from(a) - b).abs() <= 1.5)
+    };
+    for end in [[34.61, 23.31, 27.2], [144.06, 12.34, 0.0]] {
+        let want = blend(end);
+        assert!(
+            img.pixels().any(|p| near(p, want)),
+            "no pixel near {want:?}"
+        );
+    }
+    // The other class asked for.
+    let (ok, v, err) = run(&["--cam-class", "5"]);
+    assert!(ok, "{err}");
+    for r in v["results"].as_array().expect("results") {
+        assert_eq!(r["cam"]["class"], 5);
+        assert_eq!(
+            r["cam"]["name"].as_str(),
+            medkern::model::imagenet::class_name(5)
+        );
+    }
+    // Bad uses fail before any picture is written.
+    let (ok, _, err) = run(&["--cam-class", "1000"]);
+    assert!(!ok && err.contains("1000"), "{err}");
+    let (ok, _, err) = run_medkern(&[
+        "classify".as_ref(),
+        "--model".as_ref(),
+        "sepsis".as_ref(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "--cam".as_ref(),
+        d.join("never").as_os_str(),
+        grey.as_os_str(),
+    ]);
+    assert!(!ok && err.contains("--cam"), "{err}");
+    assert!(!d.join("never").exists());
+}

@@ -23,6 +23,7 @@ use medkern::model::efficientnet::{
     EfficientNet, EfficientNetConfig, Family, Head, PaddingMode, random_weights, to_safetensors,
     top_k,
 };
+use medkern::model::imagenet;
 use medkern::ops::{Preprocess, preprocess};
 use medkern::{DType, Device, HostTensor, Tensor};
 use std::collections::BTreeMap;
@@ -789,6 +790,23 @@ const PHOTOS: [(&str, &[usize]); 3] = [
     ("rocket.jpg", &[657, 744, 812]),
 ];
 
+/// The same photographs by class name (the names file in `assets/`): one of these must be
+/// among the top-5 names.
+const PHOTO_NAMES: [(&str, &[&str]); 3] = [
+    (
+        "chelsea.png",
+        &[
+            "tabby",
+            "tiger cat",
+            "Persian cat",
+            "Siamese cat",
+            "Egyptian cat",
+        ],
+    ),
+    ("coffee.png", &["coffee mug", "espresso", "cup"]),
+    ("rocket.jpg", &["missile", "projectile", "space shuttle"]),
+];
+
 fn classify(m: &EfficientNet, p: &Preprocess, img: &HostTensor, dev: &Device) -> Vec<f32> {
     let x = preprocess(&img.to_device(dev).expect("upload"), p, m.dtype()).expect("preprocess");
     m.logits(&x).expect("forward").remove(0)
@@ -812,6 +830,16 @@ fn lite0_classifies_real_photographs() {
         assert!(
             top.iter().any(|c| classes.contains(c)),
             "{file}: top-5 {top:?} holds none of {classes:?}"
+        );
+        let names: Vec<&str> = top
+            .iter()
+            .map(|&i| imagenet::class_name(i).expect("name"))
+            .collect();
+        let (_, want) = PHOTO_NAMES.iter().find(|(f, _)| *f == file).expect("names");
+        println!("{file}: top-5 names {names:?}");
+        assert!(
+            names.iter().any(|n| want.contains(n)),
+            "{file}: top-5 names {names:?} hold none of {want:?}"
         );
         // In f32 the right class is first for all three (Egyptian cat, espresso, missile).
         assert!(
@@ -911,5 +939,352 @@ fn gpu_lite0_classifies_like_cpu() {
                 "{file} {dt}: top-5 {top:?}"
             );
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Class activation maps
+
+/// PyTorch's `F.interpolate(mode="bilinear", align_corners=False)` of one-channel maps
+/// `[n, h, w]` to `[n, oh, ow]`, in f64 (source `(dst + ½)·in/out − ½`, clamped at 0).
+fn ref_bilinear(v: &[f64], n: usize, (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f64> {
+    let src = |dst: usize, inn: usize, out: usize| {
+        let s = ((dst as f64 + 0.5) * inn as f64 / out as f64 - 0.5).max(0.0);
+        let i0 = (s.floor() as usize).min(inn - 1);
+        let i1 = if i0 + 1 < inn { i0 + 1 } else { i0 };
+        (i0, i1, s - i0 as f64)
+    };
+    let mut out = Vec::with_capacity(n * oh * ow);
+    for b in 0..n {
+        let at = |y: usize, x: usize| v[(b * h + y) * w + x];
+        for oy in 0..oh {
+            let (y0, y1, ly) = src(oy, h, oh);
+            for ox in 0..ow {
+                let (x0, x1, lx) = src(ox, w, ow);
+                let top = at(y0, x0) * (1.0 - lx) + at(y0, x1) * lx;
+                let bot = at(y1, x0) * (1.0 - lx) + at(y1, x1) * lx;
+                out.push(top * (1.0 - ly) + bot * ly);
+            }
+        }
+    }
+    out
+}
+
+/// The unit roundoff of a dtype (f32, f16, bf16).
+fn unit(dt: DType) -> f64 {
+    match dt {
+        DType::F16 => 2f64.powi(-11),
+        DType::BF16 => 2f64.powi(-8),
+        _ => 2f64.powi(-24),
+    }
+}
+
+fn argmax(v: &[f64]) -> usize {
+    (0..v.len())
+        .max_by(|&a, &b| v[a].total_cmp(&v[b]).then(b.cmp(&a)))
+        .unwrap()
+}
+
+/// Checks `m.class_activation_map(x, class)` against the f64 CAM computed here from its feature
+/// map and the checkpoint's classifier (rounded to the model dtype): the low-resolution map
+/// (f32 GEMM accumulation), `mean(cam) + b = logit` (the head is a global average pool then a
+/// Linear), the bilinear upsample, the argmax, and the logits against the plain forward.
+fn check_cam(
+    what: &str,
+    m: &EfficientNet,
+    tensors: &BTreeMap<String, HostTensor>,
+    x: &Tensor,
+    class: Option<usize>,
+) -> Vec<usize> {
+    let dt = m.dtype();
+    let round = |name: &str| {
+        let t = &tensors[name];
+        HostTensor::from_f64(t.shape(), &t.to_f64(), dt)
+            .unwrap()
+            .to_f64()
+    };
+    let (wt, bias) = (round("classifier.1.weight"), round("classifier.1.bias"));
+    let ca = m
+        .class_activation_map(x, class)
+        .expect("class_activation_map");
+    let fs = ca.feature_map.shape().to_vec();
+    let (n, h, w, c) = (fs[0], fs[1], fs[2], fs[3]);
+    let (ih, iw) = (x.shape()[1], x.shape()[2]);
+    assert_eq!(ca.low_res.shape(), [n, h, w, 1], "{what}");
+    assert_eq!(ca.map.shape(), [n, ih, iw, 1], "{what}");
+    assert_eq!(ca.low_res.dtype(), DType::F32, "{what}");
+    assert_eq!(ca.map.dtype(), DType::F32, "{what}");
+    // The logits are the plain forward's (same ops, deterministic).
+    let plain = m.logits(x).expect("logits");
+    assert_eq!(
+        ca.logits, plain,
+        "{what}: forward_with_map changed the logits"
+    );
+    let outputs = plain[0].len();
+    for (i, &k) in ca.classes.iter().enumerate() {
+        let want = class.unwrap_or_else(|| top_k(&plain[i], 1)[0]);
+        assert_eq!(k, want, "{what}: image {i}");
+    }
+    let f = ca.feature_map.to_host().unwrap().to_f64();
+    let low = ca.low_res.to_host().unwrap().to_f64();
+    let map = ca.map.to_host().unwrap().to_f64();
+    let mut want = vec![0.0; n * h * w];
+    let mut bound = vec![0.0; n * h * w];
+    for b in 0..n {
+        let row = &wt[ca.classes[b] * c..(ca.classes[b] + 1) * c];
+        for p in 0..h * w {
+            let fp = &f[(b * h * w + p) * c..(b * h * w + p + 1) * c];
+            want[b * h * w + p] = row.iter().zip(fp).map(|(a, v)| a * v).sum();
+            bound[b * h * w + p] = row.iter().zip(fp).map(|(a, v)| (a * v).abs()).sum();
+        }
+    }
+    for (i, ((g, r), s)) in low.iter().zip(&want).zip(&bound).enumerate() {
+        // f32 accumulation of C products, then one f32 rounding.
+        let tol = (c as f64 + 2.0) * 2f64.powi(-24) * s + 1e-6;
+        assert!(
+            (g - r).abs() <= tol,
+            "{what}: low-res cam[{i}] = {g}, reference {r} (tol {tol:.2e})"
+        );
+    }
+    for b in 0..n {
+        let k = ca.classes[b];
+        assert!(k < outputs);
+        let hw = (h * w) as f64;
+        let mean: f64 = want[b * h * w..(b + 1) * h * w].iter().sum::<f64>() / hw;
+        // The pooled features are rounded to the model dtype before the classifier GEMM.
+        let pooled_abs: f64 = (0..c)
+            .map(|ch| {
+                let s: f64 = (0..h * w).map(|p| f[(b * h * w + p) * c + ch]).sum::<f64>() / hw;
+                (wt[k * c + ch] * s).abs()
+            })
+            .sum();
+        let tol = 4.0 * unit(dt) * pooled_abs + 1e-5;
+        let logit = f64::from(plain[b][k]);
+        assert!(
+            (mean + bias[k] - logit).abs() <= tol,
+            "{what}: image {b}: mean(cam) + b = {} but logit {logit} (tol {tol:.2e})",
+            mean + bias[k]
+        );
+    }
+    // The upsample of the device's own low-res map (isolates the resize), and of the f64 map.
+    let peak = low.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let up_got = ref_bilinear(&low, n, (h, w), (ih, iw));
+    let up_ref = ref_bilinear(&want, n, (h, w), (ih, iw));
+    let low_tol = want
+        .iter()
+        .zip(&bound)
+        .map(|(_, s)| (c as f64 + 2.0) * 2f64.powi(-24) * s + 1e-6)
+        .fold(0.0f64, f64::max);
+    for (i, (g, r)) in map.iter().zip(&up_got).enumerate() {
+        let tol = 1e-5 * peak + 1e-6;
+        assert!(
+            (g - r).abs() <= tol,
+            "{what}: map[{i}] = {g}, bilinear of the low-res map {r}"
+        );
+    }
+    for b in 0..n {
+        let (g, r) = (
+            &map[b * ih * iw..(b + 1) * ih * iw],
+            &up_ref[b * ih * iw..(b + 1) * ih * iw],
+        );
+        // Not blank: the map varies over the image.
+        let (lo, hi) = g
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, z), &v| {
+                (a.min(v), z.max(v))
+            });
+        assert!(
+            hi - lo > 1e-3 * peak.max(1e-30),
+            "{what}: image {b}: flat map {lo}..{hi}"
+        );
+        // The hottest pixel is the reference's (or ties with it within the tolerance).
+        let (ga, ra) = (argmax(g), argmax(r));
+        assert!(
+            r[ga] >= r[ra] - 2.0 * (low_tol + 1e-5 * peak),
+            "{what}: image {b}: hottest pixel {ga} (ref {}), reference hottest {ra} ({})",
+            r[ga],
+            r[ra]
+        );
+    }
+    ca.classes
+}
+
+#[test]
+fn cam_matches_f64_reference_on_cpu() {
+    for (cfg, shape, seed) in [
+        (EfficientNetConfig::lite(0).unwrap(), [2, 37, 37, 3], 31),
+        (
+            EfficientNetConfig::b(7).unwrap().with_head(Head::ChestXray),
+            [1, 33, 33, 3],
+            32,
+        ),
+    ] {
+        let tensors = random_weights(&cfg, seed).expect("random weights");
+        let m = EfficientNet::from_bytes(
+            &to_safetensors(&tensors).unwrap(),
+            cfg.clone(),
+            &Device::Cpu,
+            DType::F32,
+        )
+        .expect("load");
+        let x = random_images(shape[0], shape[1], shape[2], seed + 100);
+        let t = Tensor::Host(HostTensor::from_f64(&shape, &x, DType::F32).unwrap());
+        let top = check_cam(&format!("{} top class", cfg.name), &m, &tensors, &t, None);
+        let k = cfg.num_outputs() - 1;
+        check_cam(
+            &format!("{} class {k}", cfg.name),
+            &m,
+            &tensors,
+            &t,
+            Some(k),
+        );
+        if cfg.num_outputs() > 1 {
+            // Another class gives another map.
+            let other = (top[0] + 1) % cfg.num_outputs();
+            let a = m.class_activation_map(&t, Some(top[0])).unwrap().low_res;
+            let b = m.class_activation_map(&t, Some(other)).unwrap().low_res;
+            assert_ne!(a.to_host().unwrap().to_f64(), b.to_host().unwrap().to_f64());
+        }
+        let e = m
+            .class_activation_map(&t, Some(cfg.num_outputs()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("class") && e.contains(&cfg.num_outputs().to_string()),
+            "{e}"
+        );
+    }
+}
+
+/// A planted feature: a bright square in the top-left or bottom-right corner of a dark image,
+/// and a head that weighs one channel only, one whose response peaks at the square's cell in
+/// both images: the hottest point of the upsampled map follows the square (catches a
+/// transposed or flipped map between the GEMM, the reshape and the upsample).
+#[test]
+fn cam_follows_a_planted_region() {
+    let cfg = EfficientNetConfig::lite(0)
+        .unwrap()
+        .with_head(Head::ChestXray);
+    let mut tensors = random_weights(&cfg, 41).expect("random weights");
+    let c = cfg.head_channels();
+    let m0 = EfficientNet::from_bytes(
+        &to_safetensors(&tensors).unwrap(),
+        cfg.clone(),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let side = 64;
+    let square = |top: usize, left: usize| {
+        let mut v = vec![-1.0f64; side * side * 3];
+        for y in top..top + 16 {
+            for x in left..left + 16 {
+                for ch in 0..3 {
+                    v[(y * side + x) * 3 + ch] = 2.5;
+                }
+            }
+        }
+        Tensor::Host(HostTensor::from_f64(&[1, side, side, 3], &v, DType::F32).unwrap())
+    };
+    let (a, b) = (square(4, 4), square(44, 44));
+    // The channel whose response moves most with the square, weighted alone by the head.
+    let fa = m0.feature_map(&a).unwrap().to_host().unwrap().to_f64();
+    let fb = m0.feature_map(&b).unwrap().to_host().unwrap().to_f64();
+    let hw = fa.len() / c;
+    // How far above every other position the channel peaks at the square's cell, in both
+    // images (the lesser of the two margins).
+    let contrast = |ch: usize| {
+        let margin = |f: &[f64], at: usize| {
+            let rest = (0..hw)
+                .filter(|&p| p != at)
+                .map(|p| f[p * c + ch])
+                .fold(f64::NEG_INFINITY, f64::max);
+            f[at * c + ch] - rest
+        };
+        margin(&fa, 0).min(margin(&fb, hw - 1))
+    };
+    let best = (0..c)
+        .max_by(|&x, &y| contrast(x).total_cmp(&contrast(y)))
+        .unwrap();
+    assert!(contrast(best) > 0.0);
+    let mut wv = vec![0f32; c];
+    wv[best] = 1.0;
+    tensors.insert(
+        "classifier.1.weight".into(),
+        HostTensor::new(&[1, c], wv).unwrap(),
+    );
+    let m = EfficientNet::from_bytes(
+        &to_safetensors(&tensors).unwrap(),
+        cfg,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    for (img, corner) in [(&a, (10usize, 10usize)), (&b, (50, 50))] {
+        let map = m
+            .class_activation_map(img, None)
+            .unwrap()
+            .map
+            .to_host()
+            .unwrap()
+            .to_f64();
+        let p = argmax(&map);
+        let (y, x) = (p / side, p % side);
+        let d = (y.abs_diff(corner.0)).max(x.abs_diff(corner.1));
+        assert!(
+            d <= 24,
+            "hottest pixel ({y}, {x}), square around {corner:?}"
+        );
+    }
+}
+
+#[test]
+fn gpu_cam_matches_reference() {
+    let Some(dev) = test_device("gpu_cam_matches_reference") else {
+        return;
+    };
+    for (cfg, shape, dt, class) in [
+        (
+            EfficientNetConfig::lite(0).unwrap(),
+            [2, 33, 33, 3],
+            DType::F16,
+            None,
+        ),
+        (
+            EfficientNetConfig::lite(0).unwrap(),
+            [1, 41, 29, 3],
+            DType::BF16,
+            Some(7),
+        ),
+        (
+            EfficientNetConfig::b(1)
+                .unwrap()
+                .with_head(Head::ChestXray)
+                .with_padding(PaddingMode::TfSame),
+            [1, 45, 45, 3],
+            DType::F16,
+            None,
+        ),
+    ] {
+        let tensors = random_weights(&cfg, 51).expect("random weights");
+        let m = EfficientNet::from_bytes(&to_safetensors(&tensors).unwrap(), cfg.clone(), &dev, dt)
+            .expect("load");
+        let x = random_images(shape[0], shape[1], shape[2], 52);
+        let t = HostTensor::from_f64(&shape, &x, dt)
+            .unwrap()
+            .to_device(&dev)
+            .unwrap();
+        let classes = check_cam(
+            &format!("{} {dt} on {}", cfg.name, dev.describe()),
+            &m,
+            &tensors,
+            &t,
+            class,
+        );
+        println!(
+            "{} {dt} on {}: CAM classes {classes:?}",
+            cfg.name,
+            dev.describe()
+        );
     }
 }

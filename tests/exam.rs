@@ -775,6 +775,12 @@ fn cli_exam_prints_json() {
         a["ordinal"]["probabilities"].as_array().expect("p").len(),
         5
     );
+    // The class names: each probability under its class's name, the class one of them.
+    let by_class = a["ordinal"]["by_class"].as_object().expect("by_class");
+    for (i, c) in ORDINAL_CLASSES.iter().enumerate() {
+        assert_eq!(by_class[*c], a["ordinal"]["probabilities"][i], "{c}");
+    }
+    assert!(by_class.contains_key(a["ordinal"]["class"].as_str().expect("class")));
     assert!(
         a["emr_missing"]
             .as_array()

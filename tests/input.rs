@@ -407,6 +407,41 @@ fn dicom_loaded_through_input_load() {
     assert!(matches!(raw.range, PixelRange::Window { .. }));
 }
 
+/// `RawImage::display` (the background of class activation maps) shows a DICOM through the
+/// file's window, as the model input was made: saturated outside it, grey on 3 channels.
+#[test]
+fn dicom_display_uses_the_window() {
+    let (r, c) = (6, 9);
+    let spec = Spec {
+        photometric: "MONOCHROME1",
+        window: Some((1500.0, 900.0)),
+        ..Spec::new(r, c, 16, 12, words(r * c, 12, 16, 11))
+    };
+    let path = write_dicom(&spec, "display.dcm");
+    let raw = input::load(&path).expect("load");
+    let d = raw.display(&Device::Cpu, (r, c)).expect("display");
+    assert_eq!(d.shape(), [1, r, c, 3]);
+    assert_eq!(d.dtype(), DType::F32);
+    let v = d.to_host().expect("host").to_f64();
+    let want: Vec<f64> = spec
+        .words
+        .iter()
+        .map(|&w| expected(&spec, spec.window, w))
+        .collect();
+    // Not a trivial picture: the window leaves both saturated and graded pixels.
+    assert!(want.iter().any(|&w| w == 0.0 || w == 1.0));
+    assert!(want.iter().any(|&w| w > 0.05 && w < 0.95));
+    for (i, w) in want.iter().enumerate() {
+        for ch in 0..3 {
+            let g = v[i * 3 + ch];
+            assert!(
+                (g - w).abs() <= 1e-5,
+                "pixel {i} channel {ch}: {g}, expected {w}"
+            );
+        }
+    }
+}
+
 fn err_of<T>(r: medkern::Result<T>) -> String {
     match r {
         Ok(_) => panic!("expected an error, got a result"),

@@ -101,6 +101,25 @@ impl RawImage {
         })
     }
 
+    /// The image as a model sees it before normalisation: `[1, out_h, out_w, 3]` f32 display
+    /// values in [0, 1] on `device` (this image's range, i.e. a DICOM's window; the same
+    /// bilinear resize; grey repeated over 3 channels). Pictures drawn over a model's input
+    /// (class activation maps) use it as background, so a DICOM shows through the window the
+    /// model was given.
+    pub fn display(&self, device: &Device, out_size: (usize, usize)) -> Result<Tensor> {
+        self.preprocess(
+            device,
+            &Preprocess {
+                out_size,
+                range: self.range,
+                mean: &[0.0; 3],
+                std: &[1.0; 3],
+                grey_to_rgb: self.channels() == 1,
+            },
+            DType::F32,
+        )
+    }
+
     /// [`ops::preprocess()`] of this image on `device` with the caller's parameters (its
     /// `range` replaces `p.range`).
     /// On the CPU the pixels are read where they are (no copy of the image).

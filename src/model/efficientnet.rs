@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::ops::bn_fold::{BatchNorm, fold_batchnorm};
 use crate::ops::depthwise::weights_from_pytorch;
 use crate::ops::preprocess::{PixelRange, Preprocess};
+use crate::ops::upsample::{UpsampleMode, upsample};
 use crate::ops::{
     self, Activation, Conv2d, ConvWeight, Depthwise, Gemm, Padding, SqueezeExcite, conv2d,
     depthwise, gemm, global_avg_pool, squeeze_excite,
@@ -926,8 +927,16 @@ impl EfficientNet {
     /// Logits `[N, num_outputs]` f32 on the model's device, for NHWC images `x` `[N, H, W, 3]`
     /// of the model's dtype (already normalised: [`EfficientNetConfig::preprocess`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let f = self.features(x)?;
-        gemm(
+        Ok(self.forward_with_map(x)?.1)
+    }
+
+    /// [`EfficientNet::forward`] that also returns the last feature map (before the global
+    /// pooling): (the map `[N, h, w, head_channels]` in the model dtype, the logits
+    /// `[N, num_outputs]` f32). The same ops as `forward`, so the logits are the same.
+    pub fn forward_with_map(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let map = self.feature_map(x)?;
+        let f = global_avg_pool(&map)?;
+        let logits = gemm(
             &f,
             &self.fc_w,
             &Gemm {
@@ -935,7 +944,84 @@ impl EfficientNet {
                 out_dtype: Some(DType::F32),
                 ..Default::default()
             },
-        )
+        )?;
+        Ok((map, logits))
+    }
+
+    /// Class activation maps (Zhou et al. 2016, "Learning Deep Features for Discriminative
+    /// Localization"): for each image, `cam[y, x] = Σ_c W[k, c]·F[y, x, c]` over the last
+    /// feature map `F` and the classifier row of class `k`: `class`, or the image's top class.
+    /// As the head is a global average pool then a Linear, `mean(cam) + b[k]` is logit `k`.
+    /// Computed on the model's device: one batched GEMM over the channels (f32 out), then a
+    /// bilinear upsample (align_corners false) to the input's size. No gradients.
+    pub fn class_activation_map(
+        &self,
+        x: &Tensor,
+        class: Option<usize>,
+    ) -> Result<ClassActivation> {
+        let outputs = self.config.num_outputs();
+        if let Some(k) = class.filter(|&k| k >= outputs) {
+            return Err(invalid(
+                "class",
+                format!("{k}; expected a class below {outputs} (the model's outputs)"),
+            ));
+        }
+        let (map, logits) = self.forward_with_map(x)?;
+        let logits: Vec<Vec<f32>> = logits
+            .to_host()?
+            .as_slice::<f32>()?
+            .chunks(outputs)
+            .map(<[f32]>::to_vec)
+            .collect();
+        let classes: Vec<usize> = logits
+            .iter()
+            .map(|l| class.unwrap_or_else(|| top_k(l, 1).first().copied().unwrap_or(0)))
+            .collect();
+        let &[n, h, w, c] = map.shape() else {
+            return Err(invalid(
+                "feature map",
+                format!("internal: shape {:?}, expected [N, h, w, C]", map.shape()),
+            ));
+        };
+        // The classifier row of each image's class, `[N, 1, C]`: a batched GEMM's weights.
+        // The classifier as loaded (model dtype values), read back once per call.
+        let rows = self.fc_w.to_host()?.to_f64();
+        let mut sel = Vec::with_capacity(n * c);
+        for &k in &classes {
+            let row = rows.get(k * c..(k + 1) * c).ok_or_else(|| {
+                invalid(
+                    "feature map",
+                    format!("internal: {c} channels do not match the classifier"),
+                )
+            })?;
+            sel.extend_from_slice(row);
+        }
+        let sel = HostTensor::from_f64(&[n, 1, c], &sel, self.dtype)?.into_device(&self.device)?;
+        let map = map.reshape(&[n, h * w, c])?;
+        let low = gemm(
+            &map,
+            &sel,
+            &Gemm {
+                out_dtype: Some(DType::F32),
+                ..Default::default()
+            },
+        )?
+        .reshape(&[n, h, w, 1])?;
+        let s = x.shape();
+        let up = upsample(
+            &low,
+            (s[1], s[2]),
+            UpsampleMode::Bilinear {
+                align_corners: false,
+            },
+        )?;
+        Ok(ClassActivation {
+            classes,
+            logits,
+            feature_map: map.reshape(&[n, h, w, c])?,
+            low_res: low,
+            map: up,
+        })
     }
 
     /// Logits on the host, one row per image.
@@ -962,12 +1048,31 @@ impl EfficientNet {
         Ok(self
             .logits(x)?
             .into_iter()
-            .map(|r| {
-                let z = f64::from(r[0]);
-                (r[0], (1.0 / (1.0 + (-z).exp())) as f32)
-            })
+            .map(|r| (r[0], sigmoid(r[0])))
             .collect())
     }
+}
+
+/// What [`EfficientNet::class_activation_map`] returns.
+#[derive(Debug)]
+pub struct ClassActivation {
+    /// The class each image's map is for.
+    pub classes: Vec<usize>,
+    /// The logits of the same forward, one row per image.
+    pub logits: Vec<Vec<f32>>,
+    /// The last feature map `[N, h, w, head_channels]` (model dtype and device) the maps are
+    /// made from.
+    pub feature_map: Tensor,
+    /// `[N, h, w, 1]` f32 on the model's device: the map at the feature map's resolution
+    /// (without the classifier bias).
+    pub low_res: Tensor,
+    /// `[N, H, W, 1]` f32 on the model's device: `low_res` upsampled to the input's size.
+    pub map: Tensor,
+}
+
+/// The logistic function, computed in f64: the chest X-ray head's probability of "abnormal".
+pub fn sigmoid(logit: f32) -> f32 {
+    (1.0 / (1.0 + (-f64::from(logit)).exp())) as f32
 }
 
 /// The indices of the `k` largest values, largest first (ties by index).

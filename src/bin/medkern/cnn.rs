@@ -195,6 +195,11 @@ pub fn exam(a: ExamArgs) -> Result<()> {
             "score": o.ordinal_score,
             "classes": ORDINAL_CLASSES,
             "probabilities": o.ordinal_probs,
+            "by_class": ORDINAL_CLASSES
+                .iter()
+                .zip(&o.ordinal_probs)
+                .map(|(&c, &p)| (c.to_string(), json!(p)))
+                .collect::<serde_json::Map<String, Value>>(),
         },
     });
     if a.weights.is_none() {
@@ -318,6 +323,14 @@ pub struct ClassifyArgs {
     /// Also print each image's pooled feature vector (sepsis: the 128-d t-SNE feature).
     #[arg(long)]
     pub features: bool,
+    /// Write each image's class activation map (cxr, lite0) into this folder (created if
+    /// missing): `{index}-{stem}.cam.png`, the map in the Turbo colormap over the image as
+    /// the model saw it (centre crop, model size; a DICOM through the window used).
+    #[arg(long, value_name = "DIR")]
+    pub cam: Option<PathBuf>,
+    /// The class the maps are for (default: each image's top class; cxr has class 0).
+    #[arg(long, requires = "cam")]
+    pub cam_class: Option<usize>,
     /// Image files or folders.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
@@ -362,11 +375,13 @@ fn host_rows(t: &medkern::Tensor) -> Result<Vec<Vec<f32>>> {
 
 pub fn classify(a: ClassifyArgs) -> Result<()> {
     use medkern::model::efficientnet::{self as en, EfficientNet, EfficientNetConfig};
+    use medkern::model::imagenet;
     use medkern::model::sepsis::{self, SepsisNet};
     use medkern::ops::Preprocess;
     let dev = device_of(a.device)?;
     let dtype = dtype_of(a.dtype, &dev);
     let (files, folder, skipped) = expand_inputs(&a.inputs)?;
+    let cam_names = cam_setup(&a, &files)?;
     let (model, prep, name): (Classifier, Preprocess<'static>, &str) = match a.model {
         ClassifyModel::Sepsis => {
             let m = match &a.weights {
@@ -409,7 +424,8 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
     let pb = progress(files.len(), folder);
     let mut results = Vec::with_capacity(files.len());
     let mut failed = 0usize;
-    for f in &files {
+    for (i, f) in files.iter().enumerate() {
+        let cam_png = a.cam.as_ref().zip(cam_names.get(i)).map(|(d, n)| d.join(n));
         pb.set_message(
             f.file_name()
                 .map(|s| s.to_string_lossy().to_string())
@@ -440,7 +456,10 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
                     v
                 }
                 Classifier::Effnet(m) if matches!(a.model, ClassifyModel::Cxr) => {
-                    let (logit, p) = m.abnormal_probability(&x)?[0];
+                    let (logits, cam) =
+                        effnet_logits(m, &x, &raw, cam_png.as_deref(), a.cam_class, &dev)?;
+                    let logit = logits.first().copied().unwrap_or(f32::NAN);
+                    let p = en::sigmoid(logit);
                     finite(f, "abnormal probability", &[p])?;
                     let mut v = json!({
                         "file": f.display().to_string(),
@@ -448,20 +467,34 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
                         "abnormal_probability": p,
                         "class": if p >= 0.5 { "abnormal" } else { "normal" },
                     });
+                    if let Some(c) = cam {
+                        v["cam"] = c;
+                    }
                     if a.features {
                         v["features"] = json!(host_rows(&m.features(&x)?)?.remove(0));
                     }
                     v
                 }
                 Classifier::Effnet(m) => {
-                    let logits = m.logits(&x)?.remove(0);
+                    let (logits, cam) =
+                        effnet_logits(m, &x, &raw, cam_png.as_deref(), a.cam_class, &dev)?;
                     let probs = softmax(&logits);
                     finite(f, "probabilities", &probs)?;
                     let top: Vec<Value> = en::top_k(&logits, a.top)
                         .into_iter()
-                        .map(|i| json!({"class": i, "logit": logits[i], "probability": probs[i]}))
+                        .map(|i| {
+                            json!({
+                                "class": i,
+                                "name": imagenet::class_name(i),
+                                "logit": logits[i],
+                                "probability": probs[i],
+                            })
+                        })
                         .collect();
                     let mut v = json!({"file": f.display().to_string(), "top": top});
+                    if let Some(c) = cam {
+                        v["cam"] = c;
+                    }
                     if a.features {
                         v["features"] = json!(host_rows(&m.features(&x)?)?.remove(0));
                     }
@@ -491,6 +524,74 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
         "results": results,
     });
     report(v, a.weights.is_none(), failed, files.len(), None)
+}
+
+/// Checks `--cam` / `--cam-class` against the model (before it is loaded), creates the folder
+/// and names one picture per input (empty without `--cam`).
+fn cam_setup(a: &ClassifyArgs, files: &[PathBuf]) -> Result<Vec<String>> {
+    let Some(dir) = &a.cam else {
+        return Ok(Vec::new());
+    };
+    let outputs = match a.model {
+        ClassifyModel::Sepsis => {
+            return Err(cli_err(
+                "cam",
+                "--cam applies to the EfficientNet models (cxr, lite0), not sepsis".into(),
+            ));
+        }
+        ClassifyModel::Cxr => 1,
+        ClassifyModel::Lite0 => medkern::model::imagenet::NUM_CLASSES,
+    };
+    if let Some(k) = a.cam_class.filter(|&k| k >= outputs) {
+        return Err(cli_err(
+            "cam-class",
+            format!("{k}; expected a class below {outputs} for this model"),
+        ));
+    }
+    medkern::viz::create_dir(dir)?;
+    Ok(medkern::viz::picture_names(files, ".cam"))
+}
+
+/// One image's logits from an EfficientNet; with `png`, from the forward of its class
+/// activation map, which is written there over the image as the model saw it: the same
+/// crop, resize and (DICOM) window, without the normalisation. Returns the map's JSON entry.
+fn effnet_logits(
+    m: &medkern::model::efficientnet::EfficientNet,
+    x: &medkern::Tensor,
+    raw: &RawImage,
+    png: Option<&Path>,
+    class: Option<usize>,
+    dev: &Device,
+) -> Result<(Vec<f32>, Option<Value>)> {
+    use medkern::viz;
+    let Some(png) = png else {
+        return Ok((m.logits(x)?.remove(0), None));
+    };
+    let ca = m.class_activation_map(x, class)?;
+    let s = x.shape();
+    let (h, w) = (s[1], s[2]);
+    let background = raw.display(dev, (h, w))?;
+    let pic = viz::cam_picture(&background.to_host()?, &ca.map.to_host()?)?;
+    viz::save_png(png, &pic.image)?;
+    let k = ca.classes.first().copied().unwrap_or(0);
+    let name = match m.config().head {
+        medkern::model::efficientnet::Head::ChestXray => Some("abnormal"),
+        _ => medkern::model::imagenet::class_name(k),
+    };
+    let low = ca.low_res.shape();
+    let v = json!({
+        "file": png.display().to_string(),
+        "class": k,
+        "name": name,
+        "size": [h, w],
+        "feature_map": [low.get(1), low.get(2)],
+        "min": pic.min,
+        "max": pic.max,
+        "colormap": viz::CAM_COLORMAP,
+        "alpha": viz::CAM_ALPHA,
+        "heat": "(cam - min) / (max - min), cam = sum over channels of the class's classifier weights times the last feature map, upsampled bilinearly",
+    });
+    Ok((ca.logits.into_iter().next().unwrap_or_default(), Some(v)))
 }
 
 /// Prints a batch command's JSON (noting random weights) and fails when any image failed.
@@ -538,9 +639,29 @@ pub struct AutoencodeArgs {
     /// Cluster the codes with k-means into this many clusters.
     #[arg(long)]
     pub clusters: Option<usize>,
+    /// Write each image's input | reconstruction | absolute error (96×96 panels) as a PNG
+    /// into this folder (created if missing): `{index}-{stem}.recon.png`; the error panel is
+    /// scaled so that white is the image's largest error (`error_scale` in the output).
+    #[arg(long, value_name = "DIR")]
+    pub save_reconstructions: Option<PathBuf>,
     /// Image files or folders.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
+}
+
+/// Writes one frame's input | reconstruction | |error| picture to `png`; its JSON entry.
+fn save_reconstruction(
+    png: &Path,
+    x: &medkern::Tensor,
+    reconstruction: &medkern::Tensor,
+) -> Result<Value> {
+    let pic = medkern::viz::reconstruction_picture(&x.to_host()?, &reconstruction.to_host()?)?;
+    medkern::viz::save_png(png, &pic.image)?;
+    Ok(json!({
+        "file": png.display().to_string(),
+        "panels": ["input", "reconstruction", "abs_error"],
+        "error_scale": pic.error_scale,
+    }))
 }
 
 pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
@@ -549,6 +670,13 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
     let dev = device_of(a.device)?;
     let dtype = dtype_of(a.dtype, &dev);
     let (files, folder, skipped) = expand_inputs(&a.inputs)?;
+    let recon_names = match &a.save_reconstructions {
+        Some(dir) => {
+            medkern::viz::create_dir(dir)?;
+            medkern::viz::picture_names(&files, ".recon")
+        }
+        None => Vec::new(),
+    };
     let model = match &a.weights {
         Some(p) => Autoencoder::load(p, &dev, dtype)?,
         None => Autoencoder::from_safetensors(
@@ -563,7 +691,10 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
     let mut coded: Vec<usize> = Vec::new();
     let mut failed = 0usize;
     for (i, f) in files.iter().enumerate() {
-        let one = || -> Result<(f64, Vec<f64>)> {
+        let recon_png = (a.save_reconstructions.as_ref())
+            .zip(recon_names.get(i))
+            .map(|(d, n)| d.join(n));
+        let one = || -> Result<(f64, Vec<f64>, Option<Value>)> {
             let raw = input::load_with(f, &input_limits())?;
             let p = Preprocess {
                 out_size: (AE_SIZE, AE_SIZE),
@@ -574,11 +705,18 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
             };
             let x = raw.preprocess(&dev, &p, dtype)?;
             let o = model.forward(&x)?;
-            Ok((o.mse[0], o.codes.to_host()?.to_f64()))
+            let recon = match &recon_png {
+                Some(png) => Some(save_reconstruction(png, &x, &o.reconstruction)?),
+                None => None,
+            };
+            Ok((o.mse[0], o.codes.to_host()?.to_f64(), recon))
         };
         match one() {
-            Ok((mse, c)) => {
+            Ok((mse, c, recon)) => {
                 let mut v = json!({"file": f.display().to_string(), "mse": mse});
+                if let Some(r) = recon {
+                    v["reconstruction"] = r;
+                }
                 if a.codes {
                     v["code"] = json!(c.iter().map(|&x| x as f32).collect::<Vec<f32>>());
                 }
