@@ -7,7 +7,7 @@ use common::*;
 use medkern::ops::{self, Activation, Gemm, Tile, W4Weight, pack_w4, unpack_w4};
 use medkern::quant::{Clip, QuantizedWeight, quantize_weight_int4};
 use medkern::reference::gemm_w4 as reference;
-use medkern::{DType, Device, Error, HostTensor, Tensor};
+use medkern::{DType, Device, Error, Tensor};
 use proptest::prelude::*;
 
 const U_F32: f64 = f32::EPSILON as f64 / 2.0;
