@@ -165,11 +165,7 @@ fn quantize_bits(
                         ),
                     });
                 }
-                if thr > 0.0 {
-                    s as f32
-                } else {
-                    1.0
-                }
+                if thr > 0.0 { s as f32 } else { 1.0 }
             } else if thr > 0.0 {
                 (thr / 127.0) as f32
             } else {
