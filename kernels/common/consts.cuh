@@ -92,6 +92,31 @@ MK_CONST(GEMM_SP_S_SMEM_I8, GEMM_SP_STAGES * (GEMM_SP_S_BN * GEMM_SP_W_ROW + GEM
 MK_CONST(GEMM_SP_L_SMEM_F16, GEMM_SP_STAGES * (GEMM_SP_L_BN * GEMM_SP_W_ROW + GEMM_SP_L_BM * GEMM_SP_X_ROW + (GEMM_SP_L_BN / 16) * 2 * GEMM_SP_MW_F16 * 4))
 MK_CONST(GEMM_SP_L_SMEM_I8, GEMM_SP_STAGES * (GEMM_SP_L_BN * GEMM_SP_W_ROW + GEMM_SP_L_BM * GEMM_SP_X_ROW + (GEMM_SP_L_BN / 16) * 2 * GEMM_SP_MW_I8 * 4))
 
+// ---- W4A16 GEMM: kernels/gemm_w4.cu W4Cfg, src/ops/gemm_w4.rs (int4 weights packed offline).
+
+// Values of K per pipeline stage (k-tile); weight groups (64 or 128) are a multiple of it.
+MK_CONST(GEMM_W4_KT, 64)
+// Output columns per block: 4 warps side by side, 32 columns (4 mma n8 tiles) each.
+MK_CONST(GEMM_W4_BN, 128)
+// Columns of one packed block (a warp's share): N must be a multiple of it.
+MK_CONST(GEMM_W4_NB, 32)
+// cp.async pipeline depth.
+MK_CONST(GEMM_W4_STAGES, 4)
+// Padded shared row of X per stage, bytes: 64 f16/bf16 values + 16 bytes against bank conflicts.
+MK_CONST(GEMM_W4_A_ROW, GEMM_W4_KT * 2 + 16)
+// Packed int4 bytes per stage: BN columns x KT values at 4 bits.
+MK_CONST(GEMM_W4_B_STAGE, GEMM_W4_BN * GEMM_W4_KT / 2)
+// W4S: 16 rows of X, one m16 tile per warp, 4 warps (M <= 16: batch-1 decoding).
+MK_CONST(GEMM_W4_S_BM, 16)
+MK_CONST(GEMM_W4_S_THREADS, 128)
+// W4M: 64 rows of X, 2 warps along M with two m16 tiles each, 8 warps.
+MK_CONST(GEMM_W4_M_BM, 64)
+MK_CONST(GEMM_W4_M_THREADS, 256)
+MK_CONST(GEMM_W4_S_SMEM, GEMM_W4_STAGES * (GEMM_W4_S_BM * GEMM_W4_A_ROW + GEMM_W4_B_STAGE))
+MK_CONST(GEMM_W4_M_SMEM, GEMM_W4_STAGES * (GEMM_W4_M_BM * GEMM_W4_A_ROW + GEMM_W4_B_STAGE))
+// Largest N and K a W4 weight may have (the packed weight then stays under 2 GiB).
+MK_CONST(GEMM_W4_MAX_DIM, 65536)
+
 // ---- Fused attention: kernels/attention.cu AttnCfg, src/ops/attention.rs.
 
 // Head dims the kernels are instantiated for (attention.cu static_asserts its list is this one).

@@ -203,6 +203,18 @@ pub static KERNELS: &[KernelInfo] = table![
         "gemm_i8_f32_m",
         "gemm_i8_f32_l",
     ],
+    "gemm_w4" @ SM80, pipelined(Mma::F16) => [
+        "gemm_w4_f16_f16_s",
+        "gemm_w4_f16_f16_m",
+        "gemm_w4_f16_f32_s",
+        "gemm_w4_f16_f32_m",
+    ],
+    "gemm_w4" @ SM80, pipelined(Mma::Bf16) => [
+        "gemm_w4_bf16_bf16_s",
+        "gemm_w4_bf16_bf16_m",
+        "gemm_w4_bf16_f32_s",
+        "gemm_w4_bf16_f32_m",
+    ],
     "gemm_sparse" @ SM80, pipelined(Mma::SparseF16) => [
         "gemm_sp_f16_f16_s",
         "gemm_sp_f16_f16_l",

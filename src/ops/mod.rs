@@ -21,6 +21,7 @@ pub mod embedding;
 pub mod gemm;
 pub mod gemm_int8;
 pub mod gemm_sparse;
+pub mod gemm_w4;
 pub mod layernorm;
 pub mod layout;
 pub mod pool;
@@ -47,6 +48,7 @@ pub use gemm_sparse::{
     SparseWeight, gemm_sparse, gemm_sparse_i8, gemm_sparse_i8_into, gemm_sparse_i8_raw,
     gemm_sparse_into,
 };
+pub use gemm_w4::{W4Weight, gemm_w4, gemm_w4_into, pack_w4, unpack_w4};
 pub use layernorm::{layernorm, layernorm_into, layernorm_residual};
 pub use layout::{nchw_to_nhwc, nchw_to_nhwc_into, nhwc_to_nchw, nhwc_to_nchw_into};
 pub use pool::{

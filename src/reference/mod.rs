@@ -11,6 +11,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
 pub mod gemm_int8;
+pub mod gemm_w4;
 pub mod layernorm;
 pub mod layout;
 pub mod pool;
