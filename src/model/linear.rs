@@ -1,6 +1,7 @@
 //! A Linear layer in any of the compressed forms the encoders run: dense, 2:4 sparse, int8 W8A8
 //! (per-channel weights, per-token dynamic activations: Q8BERT), 2:4 + int8, or low rank
-//! (`W ≈ U·V`). Each forward is one or two medkern GEMMs with bias / activation / residual fused.
+//! (`W ≈ U·V`), or int4 W4A16 (group-wise f16 scales). Each forward is one or two medkern GEMMs
+//! with bias / activation / residual fused.
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -65,6 +66,11 @@ pub enum Linear {
     SparseInt8 {
         w: SparseWeight,
         scale: Tensor,
+        b: Tensor,
+    },
+    /// int4 W4A16: packed int4 weight with f16 group scales; bias in x's dtype.
+    Int4 {
+        w: ops::W4Weight,
         b: Tensor,
     },
     /// `y = (x·Vᵀ)·Uᵀ + b`, V `[r, k]`, U `[n, r]`.
@@ -183,10 +189,25 @@ impl Linear {
                 }
             }
             LinearKind::Int4 => {
-                let q = h.int4()?;
-                Linear::Dense {
-                    w: up(&q.dequantize(), &h.w_shape, dt)?,
-                    b: up(&h.b, &[n], dt)?,
+                let mut q = h.int4()?;
+                // Scales exactly in f16, as the W4A16 GEMM holds them (a folded norm may have
+                // moved them off the f16 grid).
+                for s in &mut q.scales {
+                    *s = DType::F16.round(f64::from(*s)) as f32;
+                }
+                // The W4A16 GEMM takes f16/bf16 activations on a GPU (f32 too on the CPU) and
+                // N a multiple of 32; elsewhere the same dequantised values run densely.
+                let on_gpu = matches!(device, Device::Gpu(_));
+                if (on_gpu && dt == DType::F32) || n % 32 != 0 {
+                    Linear::Dense {
+                        w: up(&q.dequantize(), &h.w_shape, dt)?,
+                        b: up(&h.b, &[n], dt)?,
+                    }
+                } else {
+                    Linear::Int4 {
+                        w: ops::W4Weight::new(&q, device)?,
+                        b: up(&h.b, &[n], dt)?,
+                    }
                 }
             }
             LinearKind::LowRank => {
@@ -214,6 +235,7 @@ impl Linear {
                 w.shape()[0]
             }
             Linear::Sparse { w, .. } | Linear::SparseInt8 { w, .. } => w.shape()[0],
+            Linear::Int4 { w, .. } => w.n(),
         }
     }
 
@@ -265,6 +287,16 @@ impl Linear {
                 };
                 ops::gemm_sparse_i8(&q, w, &e)
             }
+            Linear::Int4 { w, b } => ops::gemm_w4(
+                x,
+                w,
+                &Gemm {
+                    bias: Some(b),
+                    act,
+                    residual,
+                    ..Default::default()
+                },
+            ),
             Linear::LowRank { u, v, b } => {
                 let t = ops::gemm(x, v, &Gemm::default())?;
                 ops::gemm(

@@ -38,7 +38,8 @@ impl W4Weight {
     /// Checks and packs a 4-bit `QuantizedWeight` and puts it on `device`. Refuses bits ≠ 4, a
     /// group other than 64 or 128, K not a positive multiple of the group, N not a positive
     /// multiple of 32, N or K above 65536, values outside -8..=7, and scales that are not
-    /// finite positive f16 values, all before allocating.
+    /// finite f16 values, all before allocating. A scale may be zero or negative: a norm
+    /// folded into the weight (MobileBERT's NoNorm γ) scales rows by any value.
     pub fn new(q: &QuantizedWeight, device: &Device) -> Result<W4Weight> {
         let (n, k, gs) = (q.n, q.k, q.group_size);
         if q.bits != 4 {
@@ -90,12 +91,12 @@ impl W4Weight {
         }
         if let Some(&s) = q.scales.iter().find(|&&s| {
             let s = f64::from(s);
-            !(s.is_finite() && s > 0.0 && DType::F16.round(s) == s)
+            !(s.is_finite() && DType::F16.round(s) == s)
         }) {
             return Err(Error::Invalid {
                 op: NEW,
                 arg: "scales",
-                detail: format!("{s}; expected finite positive values exact in f16"),
+                detail: format!("{s}; expected finite values exact in f16"),
             });
         }
         let packed = pack_w4(&q.q, n, k)?;
