@@ -24,6 +24,7 @@ pub mod quant;
 pub mod reference;
 pub mod sparse;
 pub mod tensor;
+pub mod viz;
 
 pub use device::{Arch, Gpu, Timing};
 pub use dtype::{DType, Element};
