@@ -219,7 +219,8 @@ impl Figure for Roofline<'_> {
         if let Some(b) = bw {
             y0 = y0.min(b * x0 / 2.0);
         }
-        (x0, x1, y0, y1) = (x0 / 2.0, x1 * 2.0, y0 / 2.0, y1 * 2.0);
+        // Room on the right for the name printed beside each point.
+        (x0, x1, y0, y1) = (x0 / 2.0, x1 * 12.0, y0 / 2.0, y1 * 2.0);
         root.fill(&WHITE).map_err(draw_err)?;
         let title = match &r.device {
             Some(d) => format!("Roofline: medkern kernels on {d}"),
@@ -237,7 +238,10 @@ impl Figure for Roofline<'_> {
             .x_desc("arithmetic intensity (FLOP/byte)")
             .y_desc("achieved FLOP/s")
             .y_label_formatter(&|v| format!("{:.0e}", v))
-            .x_label_formatter(&|v| format!("{v:.3}"))
+            .x_label_formatter(&|v| {
+                let t = format!("{v:.3}");
+                t.trim_end_matches('0').trim_end_matches('.').to_string()
+            })
             .label_style((FONT, 13))
             .axis_desc_style((FONT, 15))
             .draw()
