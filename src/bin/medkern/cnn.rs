@@ -521,7 +521,7 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
             Ok(t) => v["tsne"] = t,
             Err(e) => {
                 v["tsne_error"] = json!(e.to_string());
-                also = Some(format!("t-SNE failed: {e}"));
+                also = Some(("tsne", format!("t-SNE failed: {e}")));
             }
         }
     }
@@ -535,14 +535,14 @@ fn finish(
     random: bool,
     failed: usize,
     images: usize,
-    also: Option<String>,
+    also: Option<(&'static str, String)>,
 ) -> Result<()> {
     match (failed, also) {
-        (0, Some(e)) => {
+        (0, Some((arg, e))) => {
             report(v, random, 0, images, None)?;
-            Err(cli_err("output", e))
+            Err(cli_err(arg, e))
         }
-        (_, also) => report(v, random, failed, images, also),
+        (_, also) => report(v, random, failed, images, also.map(|a| a.1)),
     }
 }
 
@@ -690,7 +690,7 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
                     codes.len()
                 );
                 v["clusters_error"] = json!(msg);
-                clusters_error = Some(format!("clustering failed: {msg}"));
+                clusters_error = Some(("clusters", format!("clustering failed: {msg}")));
             }
         }
     }
@@ -714,8 +714,8 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
                 v["tsne_error"] = json!(e.to_string());
                 let msg = format!("t-SNE failed: {e}");
                 clusters_error = Some(match clusters_error {
-                    Some(c) => format!("{c}; {msg}"),
-                    None => msg,
+                    Some((arg, c)) => (arg, format!("{c}; {msg}")),
+                    None => ("tsne", msg),
                 });
             }
         }
