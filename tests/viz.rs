@@ -92,12 +92,18 @@ fn tsne_check_fails_on_one_cluster() {
 
 #[test]
 fn tsne_few_points_and_limits() {
-    // 4 and 7 points: the perplexity is clamped to (n - 1) / 3 and it runs.
-    for n in [4usize, 7] {
-        let mut rng = SeedRng::new(n as u64);
-        let x: Vec<f64> = (0..n * 5).map(|_| rng.normal()).collect();
-        let y = tsne::tsne(&x, 5, 1).expect("few points");
-        assert_eq!(y.len(), n);
+    // Odd and tail sizes: few points clamp the perplexity to (n - 1) / 3; every run gives n
+    // finite points, the same for the same seed; duplicated rows (distance ties) included.
+    for n in [4usize, 7, 33] {
+        for dims in [1usize, 7, 33] {
+            let mut rng = SeedRng::new((n * 100 + dims) as u64);
+            let mut x: Vec<f64> = (0..n * dims).map(|_| rng.normal()).collect();
+            x.copy_within(0..dims, dims); // row 1 = row 0
+            let y = tsne::tsne(&x, dims, 1).expect("small input");
+            assert_eq!(y.len(), n);
+            assert!(y.iter().flatten().all(|v| v.is_finite()), "{n}x{dims}");
+            assert_eq!(tsne::tsne(&x, dims, 1).expect("again"), y, "{n}x{dims}");
+        }
     }
     assert_eq!(tsne::effective_perplexity(30.0, 7), 2.0);
     // 1..=3 points, over the limit, ragged, non-finite: errors naming the problem.
