@@ -523,6 +523,26 @@ fn cli_classify_and_autoencode_draw_tsne_maps() {
             .is_some_and(|e| e.contains("3 image")),
         "{v}"
     );
+    // More images than a map takes: refused before any is read (--max-batch raised past it).
+    let many: Vec<std::path::PathBuf> = (0..=tsne::MAX_TSNE_POINTS)
+        .map(|i| dir.path().join(format!("absent{i}.png")))
+        .collect();
+    let (rc, _, err) = run_medkern(
+        &[
+            "classify",
+            "--model",
+            "sepsis",
+            "--device",
+            "cpu",
+            "--max-batch",
+            "30000",
+            "--tsne",
+            map_s,
+        ],
+        &many,
+    );
+    assert_eq!(rc, 1);
+    assert!(err.contains("at most 20000"), "{err}");
     // An output onto an input image is refused.
     let (rc, _, err) = run_medkern(
         &[

@@ -744,9 +744,19 @@ impl TsneArgs {
         self.tsne.is_some() || self.tsne_json.is_some()
     }
 
-    /// Checks the output names before any image is read: a map named .png or .svg, and
-    /// neither output one of the input images.
+    /// Checks before any image is read: at most `MAX_TSNE_POINTS` images, a map named .png
+    /// or .svg, and neither output one of the input images.
     pub fn check(&self, inputs: &[PathBuf]) -> Result<()> {
+        if !self.wanted() {
+            return Ok(());
+        }
+        let max = medkern::viz::tsne::MAX_TSNE_POINTS;
+        if inputs.len() > max {
+            return Err(cli_err(
+                "tsne",
+                format!("{} images; a t-SNE map takes at most {max}", inputs.len()),
+            ));
+        }
         if let Some(p) = &self.tsne {
             medkern::viz::Format::from_path(p)?;
         }
