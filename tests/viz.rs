@@ -120,6 +120,21 @@ fn tsne_few_points_and_limits() {
     let mut x = vec![0.25; 10];
     x[4] = f64::INFINITY;
     assert!(tsne::tsne(&x, 2, 1).is_err());
+    // Edge options run: one iteration, the widest angle, a perplexity above the clamp.
+    let x: Vec<f64> = (0..40).map(|i| f64::from(i % 9) * 0.37).collect();
+    for o in [
+        TsneOptions {
+            epochs: 1,
+            ..TsneOptions::default()
+        },
+        TsneOptions {
+            theta: 2.0,
+            perplexity: 1000.0,
+            ..TsneOptions::default()
+        },
+    ] {
+        assert_eq!(tsne::tsne_with(&x, 4, &o).expect("edge options").len(), 10);
+    }
     let o = TsneOptions {
         theta: 0.0,
         ..TsneOptions::default()

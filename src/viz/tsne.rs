@@ -2,7 +2,10 @@
 //! autoencoder's 1152-d codes) into 2-d, through the `bhtsne` crate, made deterministic in a
 //! seed: the crate draws its start layout and its vantage-point tree from an unseeded thread
 //! RNG, so the start layout is drawn here from the seed and the nearest neighbours are found
-//! here exactly (ties broken by index) and handed to `barnes_hut_with_neighbors`.
+//! here exactly (ties broken by index) and handed to `barnes_hut_with_neighbors`; and its
+//! optimisation runs on a one-thread rayon pool, because on several threads its Barnes-Hut
+//! tree sums in a varying order and the layouts of two equal runs drift apart (seen in
+//! tests/viz.rs).
 
 use crate::error::{Error, Result};
 use crate::model::resnet::Rng;
@@ -10,8 +13,8 @@ use rayon::prelude::*;
 
 const OP: &str = "tsne";
 
-/// Most points [`tsne`] takes: the exact neighbour search costs n² · dims, about a minute at
-/// 20,000 points of 1152 dims on a few cores.
+/// Most points [`tsne`] takes: the exact neighbour search costs n² · dims and the
+/// optimisation runs on one thread, so a map of this many points takes minutes.
 pub const MAX_TSNE_POINTS: usize = 20_000;
 /// Fewest points: with 3 or fewer the perplexity bound `perplexity <= (n - 1) / 3` leaves less
 /// than one effective neighbour, and a layout would say nothing. Fewer is an `Err`.
@@ -138,12 +141,18 @@ pub fn tsne_with(points: &[f64], dims: usize, o: &TsneOptions) -> Result<Vec<[f6
     // The usual start: N(0, 1e-4²) per coordinate.
     let init: Vec<f64> = (0..2 * n).map(|_| 1e-4 * rng.normal()).collect();
     let index: Vec<usize> = (0..n).collect();
-    let mut t: bhtsne::tSNE<f64, usize, 2> = bhtsne::tSNE::new(&index);
-    t.perplexity(perplexity)
-        .epochs(o.epochs)
-        .initial_embedding(init)
-        .barnes_hut_with_neighbors(o.theta, &neighbors);
-    let y = t.embedding();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .map_err(|e| invalid("threads", format!("one-thread pool: {e}")))?;
+    let y = pool.install(|| {
+        let mut t: bhtsne::tSNE<f64, usize, 2> = bhtsne::tSNE::new(&index);
+        t.perplexity(perplexity)
+            .epochs(o.epochs)
+            .initial_embedding(init)
+            .barnes_hut_with_neighbors(o.theta, &neighbors);
+        t.embedding()
+    });
     if y.len() != 2 * n || y.iter().any(|v| !v.is_finite()) {
         return Err(Error::Invalid {
             op: OP,
