@@ -15,7 +15,13 @@ sequences/s, no ceiling fraction. The resnet, efficientnet and exam groups (benc
 efficientnet.rs, exam.rs) declare Elements = images per call: unit "img", shown as images/s, no
 ceiling fraction.
 
-usage: bench_report.py CRITERION_HOME PEER_JSON > report.md
+With --json OUT it also writes a machine-readable report (schema "medkern-bench-report/1",
+read by `medkern chart` and src/viz/chart.rs): the device, the ceilings measured in the run
+(FLOP/s, bytes/s) and per bench id its group, median ms, FLOPs and bytes per call, achieved
+FLOP/s and bytes/s, arithmetic intensity (FLOPs / bytes, where both are known), the peer's ms
+and the speed ratio (peer ms / ours). Figures that are not known are null.
+
+usage: bench_report.py CRITERION_HOME PEER_JSON [--json OUT] > report.md
 """
 import json
 import os
@@ -110,12 +116,62 @@ def natural(bid):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", bid)]
 
 
+def kernel_row(bid, ours, ours_bytes, peer):
+    """The JSON report's entry of one bench id (see the module docstring)."""
+    p = peer["results"].get(bid)
+    o, own_work = ours.get(bid, (None, None))
+    work, unit = (p["work"], p["unit"]) if p else own_work or (None, None)
+    nb = (p or {}).get("bytes", ours_bytes.get(bid))
+    flops = work if unit == "flop" else None
+    nbytes = work if unit == "byte" else nb if unit == "flop" else None
+    row = {"name": bid, "group": bid.split("/")[0], "unit": unit, "ms": o,
+           "flops_per_call": flops, "bytes_per_call": nbytes,
+           "flops_per_s": flops / o * 1e3 if flops and o else None,
+           "bytes_per_s": nbytes / o * 1e3 if nbytes and o else None,
+           "intensity": flops / nbytes if flops and nbytes else None,
+           "peer_ms": p["ms"] if p else None,
+           "peer_ratio": p["ms"] / o if p and p.get("ms") and o else None}
+    return row
+
+
+def json_report(ours, ours_bytes, peer):
+    ceil = peer.get("ceilings", {})
+    flops = ceil.get("bf16_matmul_TFLOPs")
+    gbps = ceil.get("copy_GBps")
+    ids = sorted(set(ours) | set(peer["results"]), key=natural)
+    return {
+        "schema": "medkern-bench-report/1",
+        "device": peer.get("device"),
+        "ceilings": {
+            "flops_per_s": flops * 1e12 if flops else None,
+            "bytes_per_s": gbps * 1e9 if gbps else None,
+            "source": "measured in the same run by peer_bench.py: bf16 8192^3 matmul (PyTorch), "
+                      "large device-to-device copy" if ceil else None,
+        },
+        "kernels": [kernel_row(bid, ours, ours_bytes, peer) for bid in ids],
+    }
+
+
 def main():
-    ours, ours_bytes = load_criterion(sys.argv[1])
+    args = sys.argv[1:]
+    json_out = None
+    if "--json" in args:
+        i = args.index("--json")
+        if i + 1 >= len(args):
+            sys.exit("usage: bench_report.py CRITERION_HOME PEER_JSON [--json OUT]")
+        json_out = args[i + 1]
+        del args[i:i + 2]
+    ours, ours_bytes = load_criterion(args[0])
     peer = {"results": {}, "ceilings": {}}
-    if len(sys.argv) > 2 and os.path.exists(sys.argv[2]):
-        with open(sys.argv[2]) as f:
+    if len(args) > 1 and os.path.exists(args[1]):
+        with open(args[1]) as f:
             peer = json.load(f)
+    if json_out:
+        # Temporary file + rename: a reader never sees half a report.
+        tmp = json_out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(json_report(ours, ours_bytes, peer), f, indent=1)
+        os.replace(tmp, json_out)
     ceil = peer.get("ceilings", {})
     print(f"Device: {peer.get('device', '?')}, PyTorch {peer.get('torch', '?')}. Ceilings measured in this run: "
           f"copy {ceil.get('copy_GBps', 0):.0f} GB/s, bf16 matmul {ceil.get('bf16_matmul_TFLOPs', 0):.0f} TFLOP/s.\n")

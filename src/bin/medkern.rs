@@ -131,6 +131,17 @@ enum Cmd {
     /// Run the sepsis convolutional autoencoder on frames (resized to 96x96): per-image
     /// reconstruction MSE, optionally the 1152-d codes and their k-means clusters, as JSON.
     Autoencode(cnn::AutoencodeArgs),
+    /// Draw the benchmark charts of a bench report (the JSON of `scripts/bench_report.py
+    /// --json`, written by the GPU run): a roofline (achieved FLOP/s against arithmetic
+    /// intensity, under the measured ceilings) and the speed relative to PyTorch per kernel,
+    /// as roofline.{svg,png} and peer_ratio.{svg,png} in --out; prints what it wrote as JSON.
+    Chart {
+        /// The report JSON.
+        report: PathBuf,
+        /// Folder for the charts (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -192,6 +203,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Classify(a) => cnn::classify(a),
         Cmd::Autoencode(a) => cnn::autoencode(a),
+        Cmd::Chart { report, out } => chart(&report, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -200,6 +212,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `medkern chart`: the library draws, the CLI only reports the files.
+fn chart(report: &std::path::Path, out: &std::path::Path) -> medkern::Result<()> {
+    let r = medkern::viz::BenchReport::load(report)?;
+    let (written, skipped) = medkern::viz::write_charts(&r, out)?;
+    if written.is_empty() {
+        return Err(medkern::Error::Invalid {
+            op: "chart",
+            arg: "report",
+            detail: format!(
+                "{}: nothing to draw ({})",
+                report.display(),
+                skipped.join("; ")
+            ),
+        });
+    }
+    let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    cnn::print_json(&serde_json::json!({
+        "report": report.display().to_string(),
+        "written": files,
+        "skipped": skipped,
+    }))
 }
 
 /// `medkern kernels`: one kernel name per line, through `outln!` so that a full stdout is an

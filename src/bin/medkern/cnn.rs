@@ -331,6 +331,8 @@ pub struct ClassifyArgs {
     /// The class the maps are for (default: each image's top class; cxr has class 0).
     #[arg(long, requires = "cam")]
     pub cam_class: Option<usize>,
+    #[command(flatten)]
+    pub tsne: TsneArgs,
     /// Image files or folders.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
@@ -378,9 +380,16 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
     use medkern::model::imagenet;
     use medkern::model::sepsis::{self, SepsisNet};
     use medkern::ops::Preprocess;
+    if a.tsne.wanted() && !matches!(a.model, ClassifyModel::Sepsis) {
+        return Err(cli_err(
+            "tsne",
+            "--tsne / --tsne-json map the sepsis model's 128-d features: use --model sepsis".into(),
+        ));
+    }
     let dev = device_of(a.device)?;
     let dtype = dtype_of(a.dtype, &dev);
     let (files, folder, skipped) = expand_inputs(&a.inputs)?;
+    a.tsne.check(&files)?;
     let cam_names = cam_setup(&a, &files)?;
     let (model, prep, name): (Classifier, Preprocess<'static>, &str) = match a.model {
         ClassifyModel::Sepsis => {
@@ -424,6 +433,8 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
     let pb = progress(files.len(), folder);
     let mut results = Vec::with_capacity(files.len());
     let mut failed = 0usize;
+    // Per classified image (sepsis, with --tsne): its file, pooled feature and class index.
+    let mut mapped: Vec<(String, Vec<f64>, usize)> = Vec::new();
     for (i, f) in files.iter().enumerate() {
         let cam_png = a.cam.as_ref().zip(cam_names.get(i)).map(|(d, n)| d.join(n));
         pb.set_message(
@@ -431,7 +442,8 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
                 .map(|s| s.to_string_lossy().to_string())
                 .unwrap_or_default(),
         );
-        let one = || -> Result<Value> {
+        let mut mapped_here = None;
+        let mut one = || -> Result<Value> {
             // ImageNet evaluation: the central square, then the resize.
             let raw = input::load_with(f, &input_limits())?.center_crop_square()?;
             let p = Preprocess {
@@ -450,8 +462,16 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
                         "probabilities": {"no_sepsis": probs[0], "sepsis": probs[1]},
                         "class": if probs[1] > probs[0] { "sepsis" } else { "no_sepsis" },
                     });
-                    if a.features {
-                        v["features"] = json!(host_rows(&o.features)?.remove(0));
+                    if a.features || a.tsne.wanted() {
+                        let feat = host_rows(&o.features)?.remove(0);
+                        if a.tsne.wanted() {
+                            let class = usize::from(probs[1] > probs[0]);
+                            let feat64 = feat.iter().map(|&x| f64::from(x)).collect();
+                            mapped_here = Some((f.display().to_string(), feat64, class));
+                        }
+                        if a.features {
+                            v["features"] = json!(feat);
+                        }
                     }
                     v
                 }
@@ -503,7 +523,10 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
             })
         };
         match one() {
-            Ok(v) => results.push(v),
+            Ok(v) => {
+                results.push(v);
+                mapped.extend(mapped_here);
+            }
             Err(e) => {
                 failed += 1;
                 results.push(json!({"file": f.display().to_string(), "error": e.to_string()}));
@@ -512,7 +535,7 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let v = json!({
+    let mut v = json!({
         "model": name,
         "weights": a.weights.as_ref().map(|p| p.display().to_string()),
         "random_weights": a.weights.is_none(),
@@ -523,7 +546,37 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
         "skipped": skipped,
         "results": results,
     });
-    report(v, a.weights.is_none(), failed, files.len(), None)
+    let mut also = None;
+    if a.tsne.wanted() {
+        let classes = ["no_sepsis".to_string(), "sepsis".to_string()];
+        let title = "t-SNE of the sepsis model's 128-d features, coloured by predicted class";
+        match a.tsne.run(mapped, 128, &classes, title) {
+            Ok(t) => v["tsne"] = t,
+            Err(e) => {
+                v["tsne_error"] = json!(e.to_string());
+                also = Some(("tsne", format!("t-SNE failed: {e}")));
+            }
+        }
+    }
+    finish(v, a.weights.is_none(), failed, files.len(), also)
+}
+
+/// Prints the JSON via [`report`]; an extra failure (clustering, t-SNE) with no failed image
+/// is an error of its own after the output.
+fn finish(
+    v: Value,
+    random: bool,
+    failed: usize,
+    images: usize,
+    also: Option<(&'static str, String)>,
+) -> Result<()> {
+    match (failed, also) {
+        (0, Some((arg, e))) => {
+            report(v, random, 0, images, None)?;
+            Err(cli_err(arg, e))
+        }
+        (_, also) => report(v, random, failed, images, also.map(|a| a.1)),
+    }
 }
 
 /// Checks `--cam` / `--cam-class` against the model (before it is loaded), creates the folder
@@ -614,8 +667,7 @@ fn report(
             "input",
             format!(
                 "{failed} of {images} image(s) failed (see \"error\" in the output){}",
-                also.map(|e| format!("; clustering failed too: {e}"))
-                    .unwrap_or_default()
+                also.map(|e| format!("; {e}")).unwrap_or_default()
             ),
         ));
     }
@@ -636,7 +688,8 @@ pub struct AutoencodeArgs {
     /// Print each image's 1152-d code.
     #[arg(long)]
     pub codes: bool,
-    /// Cluster the codes with k-means into this many clusters.
+    /// Cluster the codes with k-means into this many clusters (with --tsne and no
+    /// --clusters: round(sqrt(n / 2)) clusters, 1 to 10, for n encoded images).
     #[arg(long)]
     pub clusters: Option<usize>,
     /// Write each image's input | reconstruction | absolute error (96×96 panels) as a PNG
@@ -644,6 +697,8 @@ pub struct AutoencodeArgs {
     /// scaled so that white is the image's largest error (`error_scale` in the output).
     #[arg(long, value_name = "DIR")]
     pub save_reconstructions: Option<PathBuf>,
+    #[command(flatten)]
+    pub tsne: TsneArgs,
     /// Image files or folders.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
@@ -670,6 +725,7 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
     let dev = device_of(a.device)?;
     let dtype = dtype_of(a.dtype, &dev);
     let (files, folder, skipped) = expand_inputs(&a.inputs)?;
+    a.tsne.check(&files)?;
     let recon_names = match &a.save_reconstructions {
         Some(dir) => {
             medkern::viz::create_dir(dir)?;
@@ -745,12 +801,20 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
     // A k-means failure (e.g. k above the number of encoded images) is reported with the
     // per-file results rather than instead of them.
     let mut clusters_error = None;
-    if let Some(k) = a.clusters {
+    let mut assignments = None;
+    let k_default = || (codes.len() as f64 / 2.0).sqrt().round().clamp(1.0, 10.0) as usize;
+    let k = match a.clusters {
+        Some(k) => Some(k),
+        None if a.tsne.wanted() => Some(k_default().min(codes.len()).max(1)),
+        None => None,
+    };
+    if let Some(k) = k {
         match sepsis::kmeans(&codes, &KMeansOptions::new(k)) {
             Ok(km) => {
                 for (j, &i) in coded.iter().enumerate() {
                     results[i]["cluster"] = json!(km.assignments[j]);
                 }
+                assignments = Some((k, km.assignments.clone()));
                 v["kmeans"] = json!({
                     "k": k,
                     "inertia": km.inertia,
@@ -764,17 +828,158 @@ pub fn autoencode(a: AutoencodeArgs) -> Result<()> {
                     codes.len()
                 );
                 v["clusters_error"] = json!(msg);
-                clusters_error = Some(msg);
+                clusters_error = Some(("clusters", format!("clustering failed: {msg}")));
             }
         }
     }
     v["results"] = json!(results);
-    let random = a.weights.is_none();
-    match (failed, clusters_error) {
-        (0, Some(e)) => {
-            report(v, random, 0, files.len(), None)?;
-            Err(cli_err("clusters", e))
+    if a.tsne.wanted() {
+        // Coloured by k-means cluster; one class for all when clustering failed.
+        let (classes, labels): (Vec<String>, Vec<usize>) = match assignments {
+            Some((k, asg)) => ((0..k).map(|c| format!("cluster {c}")).collect(), asg),
+            None => (vec!["all images".to_string()], vec![0; codes.len()]),
+        };
+        let mapped = coded
+            .iter()
+            .zip(codes)
+            .zip(labels)
+            .map(|((&i, c), l)| (files[i].display().to_string(), c, l))
+            .collect();
+        let title = "t-SNE of the autoencoder's 1152-d codes, coloured by k-means cluster";
+        match a.tsne.run(mapped, sepsis::AE_CODE_DIM, &classes, title) {
+            Ok(t) => v["tsne"] = t,
+            Err(e) => {
+                v["tsne_error"] = json!(e.to_string());
+                let msg = format!("t-SNE failed: {e}");
+                clusters_error = Some(match clusters_error {
+                    Some((arg, c)) => (arg, format!("{c}; {msg}")),
+                    None => ("tsne", msg),
+                });
+            }
         }
-        (_, also) => report(v, random, failed, files.len(), also),
+    }
+    finish(v, a.weights.is_none(), failed, files.len(), clusters_error)
+}
+
+/// The t-SNE options shared by `classify` and `autoencode`.
+#[derive(clap::Args)]
+pub struct TsneArgs {
+    /// Draw a t-SNE map of the images' features (Barnes-Hut, 2-d) into this file: .png or
+    /// .svg. Needs 4 or more images.
+    #[arg(long)]
+    pub tsne: Option<PathBuf>,
+    /// Write the t-SNE coordinates as JSON: {"seed", "perplexity", "points": [{"file", "x",
+    /// "y", "class"}]}, one point per image that ran.
+    #[arg(long)]
+    pub tsne_json: Option<PathBuf>,
+    /// Seed of the t-SNE layout (equal seeds and images give equal maps).
+    #[arg(long, default_value_t = medkern::viz::tsne::DEFAULT_TSNE_SEED)]
+    pub tsne_seed: u64,
+}
+
+impl TsneArgs {
+    pub fn wanted(&self) -> bool {
+        self.tsne.is_some() || self.tsne_json.is_some()
+    }
+
+    /// Checks before any image is read: at most `MAX_TSNE_POINTS` images, a map named .png
+    /// or .svg, and neither output one of the input images.
+    pub fn check(&self, inputs: &[PathBuf]) -> Result<()> {
+        if !self.wanted() {
+            return Ok(());
+        }
+        let max = medkern::viz::tsne::MAX_TSNE_POINTS;
+        if inputs.len() > max {
+            return Err(cli_err(
+                "tsne",
+                format!("{} images; a t-SNE map takes at most {max}", inputs.len()),
+            ));
+        }
+        if let Some(p) = &self.tsne {
+            medkern::viz::Format::from_path(p)?;
+        }
+        for out in self.tsne.iter().chain(&self.tsne_json) {
+            let Ok(o) = out.canonicalize() else { continue };
+            if inputs
+                .iter()
+                .any(|i| i.canonicalize().is_ok_and(|i| i == o))
+            {
+                return Err(cli_err(
+                    "tsne",
+                    format!(
+                        "{}: is one of the input images; not overwritten",
+                        out.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Embeds `points` (file, feature of `dims` values, class index into `classes`), draws
+    /// and writes the outputs asked for, and returns their summary for the JSON.
+    fn run(
+        &self,
+        points: Vec<(String, Vec<f64>, usize)>,
+        dims: usize,
+        classes: &[String],
+        title: &str,
+    ) -> Result<Value> {
+        use medkern::viz::tsne;
+        let n = points.len();
+        if !(tsne::MIN_TSNE_POINTS..=tsne::MAX_TSNE_POINTS).contains(&n) {
+            return Err(cli_err(
+                "tsne",
+                format!(
+                    "{n} image(s) ran; the t-SNE map needs {}..={}",
+                    tsne::MIN_TSNE_POINTS,
+                    tsne::MAX_TSNE_POINTS
+                ),
+            ));
+        }
+        let flat: Vec<f64> = points.iter().flat_map(|p| p.1.iter().copied()).collect();
+        let opts = tsne::TsneOptions {
+            seed: self.tsne_seed,
+            ..tsne::TsneOptions::default()
+        };
+        let xy = tsne::tsne_with(&flat, dims, &opts)?;
+        let perplexity = tsne::effective_perplexity(opts.perplexity, n);
+        let labels: Vec<usize> = points.iter().map(|p| p.2).collect();
+        let mut out = json!({
+            "points": n,
+            "dims": dims,
+            "seed": self.tsne_seed,
+            "perplexity": perplexity,
+        });
+        if let Some(path) = &self.tsne {
+            let title = format!("{title} ({n} images)");
+            let s = medkern::viz::Scatter {
+                title: &title,
+                points: &xy,
+                labels: &labels,
+                classes,
+            };
+            medkern::viz::save(&s, path, (900, 700))?;
+            out["map"] = json!(path.display().to_string());
+        }
+        if let Some(path) = &self.tsne_json {
+            let pts: Vec<Value> = points
+                .iter()
+                .zip(&xy)
+                .map(|(p, c)| json!({"file": p.0, "x": c[0], "y": c[1], "class": classes[p.2]}))
+                .collect();
+            let doc = json!({
+                "seed": self.tsne_seed,
+                "perplexity": perplexity,
+                "dims": dims,
+                "classes": classes,
+                "points": pts,
+            });
+            let text = serde_json::to_string_pretty(&doc)
+                .map_err(|e| cli_err("tsne_json", e.to_string()))?;
+            medkern::viz::write_atomic(path, text.as_bytes())?;
+            out["json"] = json!(path.display().to_string());
+        }
+        Ok(out)
     }
 }

@@ -9,7 +9,6 @@
 use crate::error::{Error, Result};
 use crate::tensor::HostTensor;
 use image::RgbImage;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const OP: &str = "viz";
@@ -252,43 +251,16 @@ pub fn create_dir(dir: &Path) -> Result<()> {
     })
 }
 
-/// Writes `img` as a PNG at `path` atomically: encoded in memory, written to a temporary file
-/// in the same folder, flushed to disk, then renamed over `path`. On failure nothing is left
-/// at `path` that was not there before, and the temporary file is removed.
+/// Writes `img` as a PNG at `path` atomically (encoded in memory, then
+/// [`super::plot::write_atomic`]): on failure nothing is left at `path` that was not there.
 pub fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
-    let io = |e: std::io::Error| Error::Io {
-        op: OP,
-        path: path.display().to_string(),
-        source: e,
-    };
     let mut bytes = Vec::new();
     img.write_to(
         &mut std::io::Cursor::new(&mut bytes),
         image::ImageFormat::Png,
     )
     .map_err(|e| invalid("png", format!("{}: encoding: {e}", path.display())))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".medkern-")
-        .suffix(".png.tmp")
-        .tempfile_in(&dir)
-        .map_err(io)?;
-    tmp.write_all(&bytes).map_err(io)?;
-    // Temporary files are created private (0600); a picture is for reading: rw-r--r--.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(io)?;
-    }
-    tmp.as_file().sync_all().map_err(io)?;
-    // A failed rename drops `tmp`, which removes the temporary file.
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    super::plot::write_atomic(path, &bytes)
 }
 
 /// The longest stem kept in a picture name (characters).
