@@ -6,7 +6,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use medkern::device::{self, kernels, runtime_compile, sass};
 use medkern::model::bert::{BertModel, BertTokenizer, Pooling};
-use medkern::model::mobilebert::MobileBertModel;
+use medkern::model::encoder::{EncoderOptions, TextEncoder};
 use medkern::model::resnet::{ResNet, ResNetConfig, random_resnet};
 use medkern::ops::{
     self, Activation, Attention, Conv2d, ConvWeight, Eltwise, Padding, Qkv, SeqBatch,
@@ -971,62 +971,6 @@ struct Embedding<'a> {
     label: Option<String>,
 }
 
-/// The encoder of a model folder: MobileBERT when its config says `"model_type":
-/// "mobilebert"`, else the BERT family (BERT, DistilBERT, ALBERT).
-enum Encoder {
-    Bert(Box<BertModel>),
-    Mobile(Box<MobileBertModel>),
-}
-
-impl Encoder {
-    fn load(
-        dir: &std::path::Path,
-        dev: &Device,
-        dtype: DType,
-        max_batch: usize,
-    ) -> medkern::Result<Self> {
-        let config =
-            medkern::input::read_regular("embed", &dir.join("config.json"), "config.json")?;
-        let mobile = serde_json::from_slice::<serde_json::Value>(&config)
-            .ok()
-            .and_then(|v| v.get("model_type")?.as_str().map(|t| t == "mobilebert"))
-            .unwrap_or(false);
-        Ok(if mobile {
-            Encoder::Mobile(Box::new(
-                MobileBertModel::load(dir, dev, dtype)?.with_max_batch(max_batch),
-            ))
-        } else {
-            Encoder::Bert(Box::new(
-                BertModel::load(dir, dev, dtype)?.with_max_batch(max_batch),
-            ))
-        })
-    }
-    fn max_len(&self, requested: Option<usize>) -> medkern::Result<usize> {
-        match self {
-            Encoder::Bert(m) => m.config.max_len(requested),
-            Encoder::Mobile(m) => m.config.max_len(requested),
-        }
-    }
-    fn embed(&self, ids: &[Vec<u32>], pooling: Pooling) -> medkern::Result<Vec<Vec<f32>>> {
-        match self {
-            Encoder::Bert(m) => m.embed(ids, pooling),
-            Encoder::Mobile(m) => m.embed(ids, pooling),
-        }
-    }
-    fn classify(&self, ids: &[Vec<u32>]) -> medkern::Result<Vec<Vec<f32>>> {
-        match self {
-            Encoder::Bert(m) => m.classify(ids),
-            Encoder::Mobile(m) => m.classify(ids),
-        }
-    }
-    fn labels(&self) -> Vec<String> {
-        match self {
-            Encoder::Bert(m) => m.labels(),
-            Encoder::Mobile(m) => m.labels(),
-        }
-    }
-}
-
 fn embed(a: EmbedArgs) -> medkern::Result<()> {
     let dev = cnn::device_of(a.device)?;
     let dtype = cnn::dtype_of(a.dtype, &dev);
@@ -1037,31 +981,26 @@ fn embed(a: EmbedArgs) -> medkern::Result<()> {
     // The count first: too many texts fail before the model is loaded.
     let max_batch = cnn::input_limits().max_batch;
     medkern::input::check_batch("embed", "texts", a.texts.len(), max_batch)?;
-    let model = Encoder::load(&a.model, &dev, dtype, max_batch)?;
-    let max_len = model.max_len(a.max_len)?;
+    let enc = TextEncoder::load(
+        &a.model,
+        &dev,
+        dtype,
+        &EncoderOptions {
+            pooling: Some(pooling),
+            normalize: Some(a.normalize),
+            max_len: a.max_len,
+            max_batch,
+        },
+    )?;
     let texts: Vec<&str> = a.texts.iter().map(String::as_str).collect();
-    let ids = BertTokenizer::load(&a.model, max_len)?
-        .with_max_batch(max_batch)
-        .encode(&texts)?;
-    let mut embs = model.embed(&ids, pooling)?;
+    let ids = enc.encode(&texts)?;
+    let embs = enc.embed_ids(&ids)?;
     let logits = if a.classify {
-        Some(model.classify(&ids)?)
+        Some(enc.classify_ids(&ids)?)
     } else {
         None
     };
-    let labels = model.labels();
-    if a.normalize {
-        for e in &mut embs {
-            let n = e
-                .iter()
-                .map(|&v| f64::from(v) * f64::from(v))
-                .sum::<f64>()
-                .sqrt();
-            if n > 0.0 {
-                e.iter_mut().for_each(|v| *v = (f64::from(*v) / n) as f32);
-            }
-        }
-    }
+    let labels = enc.model.labels();
     let rows: Vec<String> = texts
         .iter()
         .zip(&ids)

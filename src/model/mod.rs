@@ -1,7 +1,8 @@
 //! Models assembled from medkern ops: BERT-family encoders ([`bert`]), ResNet-18/34
 //! ([`resnet`]), the sepsis classifier, autoencoder and k-means ([`sepsis`]), EfficientNet
 //! B0–B7 and Lite0–Lite4 ([`efficientnet`]), the EXAM chest X-ray + EMR model ([`exam`], EMR
-//! inputs in [`emr`]); ImageNet-1k class names in [`imagenet`].
+//! inputs in [`emr`]); ImageNet-1k class names in [`imagenet`]; a folder's text encoder
+//! (tokenizer, pooling, normalisation) in [`encoder`].
 
 /// The batch-limit methods of an image model whose struct has a `max_batch` field (checked
 /// in its forward before anything is allocated for the batch).
@@ -27,6 +28,7 @@ pub mod bert;
 pub mod compress;
 pub mod efficientnet;
 pub mod emr;
+pub mod encoder;
 pub mod exam;
 pub mod imagenet;
 pub mod linear;

@@ -1,0 +1,204 @@
+//! A text encoder as a user calls it: a model folder (BERT family or MobileBERT), its
+//! tokenizer, and the pooling / normalisation that turn token states into one embedding per
+//! text. The CLI's `embed`, the server and the bindings share it, so a folder gives the same
+//! vectors through each.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::model::bert::{BertModel, BertTokenizer, Pooling};
+use crate::model::mobilebert::MobileBertModel;
+use crate::tensor::Device;
+use std::path::{Path, PathBuf};
+
+const OP: &str = "encoder";
+
+/// The network behind a [`TextEncoder`]: MobileBERT when the folder's `config.json` says
+/// `"model_type": "mobilebert"`, else the BERT family (BERT, DistilBERT, ALBERT).
+pub enum EncoderModel {
+    Bert(Box<BertModel>),
+    Mobile(Box<MobileBertModel>),
+}
+
+impl EncoderModel {
+    /// Loads the network of `dir` (config.json + model.safetensors) with at most `max_batch`
+    /// sequences per call.
+    pub fn load(dir: &Path, device: &Device, dtype: DType, max_batch: usize) -> Result<Self> {
+        let config = crate::input::read_regular(OP, &dir.join("config.json"), "config.json")?;
+        let v: serde_json::Value = serde_json::from_slice(&config).map_err(|e| Error::Invalid {
+            op: OP,
+            arg: "config.json",
+            detail: format!("{}: {e}", dir.join("config.json").display()),
+        })?;
+        let mobile = v.get("model_type").and_then(|t| t.as_str()) == Some("mobilebert");
+        Ok(if mobile {
+            EncoderModel::Mobile(Box::new(
+                MobileBertModel::load(dir, device, dtype)?.with_max_batch(max_batch),
+            ))
+        } else {
+            EncoderModel::Bert(Box::new(
+                BertModel::load(dir, device, dtype)?.with_max_batch(max_batch),
+            ))
+        })
+    }
+
+    /// Tokens kept per text: `requested`, checked against the model's positions, or all of them.
+    pub fn max_len(&self, requested: Option<usize>) -> Result<usize> {
+        match self {
+            EncoderModel::Bert(m) => m.config.max_len(requested),
+            EncoderModel::Mobile(m) => m.config.max_len(requested),
+        }
+    }
+
+    /// One pooled (not normalised) vector per id sequence; the sequences run as one packed
+    /// variable-length batch.
+    pub fn embed(&self, ids: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
+        match self {
+            EncoderModel::Bert(m) => m.embed(ids, pooling),
+            EncoderModel::Mobile(m) => m.embed(ids, pooling),
+        }
+    }
+
+    /// The sequence-classification head's logits per id sequence.
+    pub fn classify(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        match self {
+            EncoderModel::Bert(m) => m.classify(ids),
+            EncoderModel::Mobile(m) => m.classify(ids),
+        }
+    }
+
+    /// Whether the checkpoint has a sequence-classification head.
+    pub fn has_classifier(&self) -> bool {
+        match self {
+            EncoderModel::Bert(m) => m.has_classifier(),
+            EncoderModel::Mobile(m) => m.has_classifier(),
+        }
+    }
+
+    /// The head's class names (`id2label`, or `LABEL_i`).
+    pub fn labels(&self) -> Vec<String> {
+        match self {
+            EncoderModel::Bert(m) => m.labels(),
+            EncoderModel::Mobile(m) => m.labels(),
+        }
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        match self {
+            EncoderModel::Bert(m) => m.device(),
+            EncoderModel::Mobile(m) => m.device(),
+        }
+    }
+}
+
+/// How a [`TextEncoder`] is loaded. `None` fields take the folder's own settings where it has
+/// them, else the defaults: mean pooling, no normalisation, all the model's positions.
+#[derive(Clone, Debug)]
+pub struct EncoderOptions {
+    pub pooling: Option<Pooling>,
+    pub normalize: Option<bool>,
+    pub max_len: Option<usize>,
+    /// The most texts in one call (tokenizer and model), checked before any work.
+    pub max_batch: usize,
+}
+
+impl Default for EncoderOptions {
+    fn default() -> Self {
+        EncoderOptions {
+            pooling: None,
+            normalize: None,
+            max_len: None,
+            max_batch: crate::input::DEFAULT_MAX_BATCH,
+        }
+    }
+}
+
+/// A model folder ready to embed and classify texts.
+pub struct TextEncoder {
+    pub model: EncoderModel,
+    pub tokenizer: BertTokenizer,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    max_len: usize,
+    dir: PathBuf,
+}
+
+impl TextEncoder {
+    /// Loads `dir` (config.json, model.safetensors, tokenizer.json) on `device` in `dtype`.
+    pub fn load(dir: &Path, device: &Device, dtype: DType, opts: &EncoderOptions) -> Result<Self> {
+        let model = EncoderModel::load(dir, device, dtype, opts.max_batch)?;
+        let max_len = model.max_len(opts.max_len)?;
+        let tokenizer = BertTokenizer::load(dir, max_len)?.with_max_batch(opts.max_batch);
+        Ok(TextEncoder {
+            model,
+            tokenizer,
+            pooling: opts.pooling.unwrap_or(Pooling::Mean),
+            normalize: opts.normalize.unwrap_or(false),
+            max_len,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The folder the weights came from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Tokens kept per text, [CLS] and [SEP] included.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Token ids per text (truncated to [`Self::max_len`]).
+    pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        self.tokenizer.encode(texts)
+    }
+
+    /// One embedding per id sequence: pooled, then scaled to unit length when
+    /// [`Self::normalize`] (a zero vector stays zero).
+    pub fn embed_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let mut e = self.model.embed(ids, self.pooling)?;
+        if self.normalize {
+            e.iter_mut().for_each(|v| normalize_unit(v));
+        }
+        Ok(e)
+    }
+
+    /// [`Self::encode`] then [`Self::embed_ids`].
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.embed_ids(&self.encode(texts)?)
+    }
+
+    /// The classification head's logits per id sequence.
+    pub fn classify_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        self.model.classify(ids)
+    }
+}
+
+/// Scales `v` to unit Euclidean length (sentence-transformers' Normalize), the norm summed in
+/// f64; a zero vector is left as it is.
+pub fn normalize_unit(v: &mut [f32]) {
+    let n = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
+    if n > 0.0 {
+        v.iter_mut().for_each(|x| *x = (f64::from(*x) / n) as f32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_unit;
+
+    #[test]
+    fn normalize_unit_scales_to_length_one_and_keeps_zero() {
+        let mut v = [3.0f32, -4.0, 0.0];
+        normalize_unit(&mut v);
+        assert_eq!(v, [0.6, -0.8, 0.0]);
+        let mut z = [0.0f32; 4];
+        normalize_unit(&mut z);
+        assert_eq!(z, [0.0; 4]);
+    }
+}
