@@ -50,8 +50,12 @@ typedef enum mk_dtype {
 } mk_dtype;
 
 typedef enum mk_pooling {
-    MK_POOLING_MEAN = 0, /* mean over tokens (sentence-transformers) */
-    MK_POOLING_CLS = 1   /* the [CLS] token */
+    MK_POOLING_DEFAULT = -1, /* the folder's: a sentence-transformers folder's Pooling mode
+                                (modules.json), else mean; rows are unit length when the
+                                folder has a Normalize module or normalize != 0 */
+    MK_POOLING_MEAN = 0,     /* mean over tokens (sentence-transformers) */
+    MK_POOLING_CLS = 1,      /* the [CLS] token */
+    MK_POOLING_MAX = 2       /* max over tokens, per feature */
 } mk_pooling;
 
 typedef struct mk_device mk_device;
@@ -92,8 +96,10 @@ void mk_device_free(mk_device *dev);
 
 /* BERT / DistilBERT / ALBERT encoders from a Hugging Face folder (config.json,
  * model.safetensors, tokenizer.json for text input). max_len: tokens kept per text, [CLS] and
- * [SEP] included; 0: the model's max_position_embeddings, more than it is
- * MK_ERR_INVALID_ARGUMENT. A config.json the model cannot use is MK_ERR_CORRUPT_INPUT. */
+ * [SEP] included; 0: a sentence-transformers folder's max_seq_length, else the model's
+ * max_position_embeddings; more than max_position_embeddings is MK_ERR_INVALID_ARGUMENT. A
+ * config.json the model cannot use is MK_ERR_CORRUPT_INPUT, as is a modules.json with modules
+ * or pooling modes medkern does not run (Dense, mean_sqrt_len, several modes at once). */
 mk_status mk_bert_load(const mk_device *dev, const char *dir, mk_dtype dtype, size_t max_len,
                        mk_bert **out);
 /* Limits of m's calls, checked before any text or id is read: the most texts or id sequences

@@ -18,6 +18,7 @@ use crate::input::{self, RawImage};
 use crate::model::bert::{self, BertModel, BertTokenizer, Pooling};
 use crate::model::efficientnet::{self as en, EfficientNet, EfficientNetConfig};
 use crate::model::exam::{ExamConfig, ExamModel};
+use crate::model::sentence;
 use crate::model::sepsis::{self, SepsisNet};
 use crate::ops::Preprocess;
 use crate::ops::preprocess::PixelRange;
@@ -65,9 +66,12 @@ pub const MK_DTYPE_DEFAULT: i32 = 0;
 pub const MK_DTYPE_F32: i32 = 1;
 pub const MK_DTYPE_F16: i32 = 2;
 pub const MK_DTYPE_BF16: i32 = 3;
-/// Sentence pooling (`mk_pooling`).
+/// Sentence pooling (`mk_pooling`). `MK_POOLING_DEFAULT` takes the model folder's
+/// sentence-transformers settings (its Pooling mode, else mean; plus its Normalize module).
+pub const MK_POOLING_DEFAULT: i32 = -1;
 pub const MK_POOLING_MEAN: i32 = 0;
 pub const MK_POOLING_CLS: i32 = 1;
+pub const MK_POOLING_MAX: i32 = 2;
 
 thread_local! {
     /// The message of this thread's last failure: replaced only by the next failure, so a
@@ -408,11 +412,16 @@ pub struct MkBert {
     model: BertModel,
     tokenizer: Option<BertTokenizer>,
     dim: usize,
+    /// The folder's pooling and Normalize module (`MK_POOLING_DEFAULT`).
+    pooling: Pooling,
+    normalize: bool,
 }
 
 /// Loads a Hugging Face model folder (`config.json`, `model.safetensors`, and
 /// `tokenizer.json` when texts are to be embedded) onto `dev`. Sequences are truncated to
-/// `max_len` tokens (0: the model's `max_position_embeddings`).
+/// `max_len` tokens (0: a sentence-transformers folder's `max_seq_length`, else the model's
+/// `max_position_embeddings`). A folder with `modules.json` is read as sentence-transformers
+/// reads it (see [`crate::model::sentence`]); its pooling applies with `MK_POOLING_DEFAULT`.
 ///
 /// # Safety
 /// `dev` is a live handle; `dir` a NUL-terminated path; `out` valid for one write.
@@ -427,18 +436,48 @@ pub unsafe extern "C" fn mk_bert_load(
     guard(|| {
         // SAFETY: forwarded contract.
         let (d, dir) = unsafe { (handle(dev, "dev")?, text(dir, "dir")?) };
-        let dir = PathBuf::from(dir);
+        let root = PathBuf::from(dir);
         let dtype = dtype_of(dtype, &d.0)?;
+        let st = sentence::read(&root)?;
+        let dir = st.as_ref().map_or(root, |s| s.transformer_dir.clone());
         let model = BertModel::load(&dir, &d.0, dtype)?;
         // Past the model's positions a text's tokens could not run: refused here, not at
         // the first long text.
-        let max_len = model.config.max_len((max_len != 0).then_some(max_len))?;
+        let max_len = match (max_len, st.as_ref().and_then(|s| s.max_seq_length)) {
+            (0, Some(n)) => n.min(model.config.max_len(None)?),
+            (n, _) => model.config.max_len((n != 0).then_some(n))?,
+        };
         let tokenizer = if dir.join("tokenizer.json").is_file() {
             Some(BertTokenizer::load(&dir, max_len)?)
         } else {
             None
         };
         let dim = model.config.hidden_size;
+        if let Some(s) = &st {
+            if s.word_embedding_dimension.is_some_and(|w| w != dim) {
+                return Err(corrupt(
+                    "dir",
+                    format!(
+                        "{}: word_embedding_dimension is not the model's hidden size {dim}",
+                        s.pooling_file.display()
+                    ),
+                ));
+            }
+            // Texts reach the tokenizer as given: a do_lower_case it does not meet is refused
+            // rather than run cased.
+            if s.do_lower_case && tokenizer.as_ref().is_some_and(|t| !t.lowercases()) {
+                return Err(corrupt(
+                    "dir",
+                    format!(
+                        "{}: sentence_bert_config.json has do_lower_case but tokenizer.json                          keeps case; expected a lower-casing tokenizer (the C ABI passes texts                          as given)",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        let (pooling, normalize) = st
+            .as_ref()
+            .map_or((Pooling::Mean, false), |s| (s.pooling, s.normalize));
         // SAFETY: forwarded contract.
         unsafe {
             put(
@@ -447,6 +486,8 @@ pub unsafe extern "C" fn mk_bert_load(
                     model,
                     tokenizer,
                     dim,
+                    pooling,
+                    normalize,
                 },
             )
         }
@@ -612,19 +653,26 @@ unsafe fn id_rows(
     Ok(rows)
 }
 
-fn pooling_of(code: i32) -> Result<Pooling> {
+/// The pooling of `code` and whether the folder asks for unit rows (`MK_POOLING_DEFAULT`).
+fn pooling_of(m: &MkBert, code: i32) -> Result<(Pooling, bool)> {
     match code {
-        MK_POOLING_MEAN => Ok(Pooling::Mean),
-        MK_POOLING_CLS => Ok(Pooling::Cls),
+        MK_POOLING_DEFAULT => Ok((m.pooling, m.normalize)),
+        MK_POOLING_MEAN => Ok((Pooling::Mean, false)),
+        MK_POOLING_CLS => Ok((Pooling::Cls, false)),
+        MK_POOLING_MAX => Ok((Pooling::Max, false)),
         c => Err(invalid(
             "pooling",
-            format!("{c}; expected MK_POOLING_MEAN (0) or MK_POOLING_CLS (1)"),
+            format!(
+                "{c}; expected MK_POOLING_DEFAULT (-1), MK_POOLING_MEAN (0), MK_POOLING_CLS (1)                  or MK_POOLING_MAX (2)"
+            ),
         )),
     }
 }
 
 fn embed_rows(m: &MkBert, ids: &[Vec<u32>], pooling: i32, normalize: i32) -> Result<Vec<f32>> {
-    let rows = m.model.embed(ids, pooling_of(pooling)?)?;
+    let (pooling, folder_normalize) = pooling_of(m, pooling)?;
+    let normalize = i32::from(normalize != 0 || folder_normalize);
+    let rows = m.model.embed(ids, pooling)?;
     let mut flat = Vec::with_capacity(rows.len() * m.dim);
     for (i, mut r) in rows.into_iter().enumerate() {
         // As the image path: a non-finite output is an error, never written as a result.
@@ -666,7 +714,8 @@ fn finite_logits(rows: Vec<Vec<f32>>) -> Result<Vec<f32>> {
 }
 
 /// Sentence embeddings of `n` texts into `out[n × dim]` (row-major), L2-normalised when
-/// `normalize` is non-zero.
+/// `normalize` is non-zero (or, with `MK_POOLING_DEFAULT`, when the folder has a Normalize
+/// module).
 ///
 /// # Safety
 /// `m` is a live handle; `texts` valid for `n` NUL-terminated strings; `out` for `out_len`

@@ -29,6 +29,7 @@ pub mod viz;
 pub use device::{Arch, Gpu, Timing};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
+pub use model::hub::resolve_model;
 pub use ops::Activation;
 pub use tensor::{Device, DeviceTensor, HostData, HostTensor, Tensor};
 

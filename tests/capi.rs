@@ -418,6 +418,7 @@ fn minilm_through_the_abi_equals_the_rust_api() {
     for (pooling, pool) in [
         (MK_POOLING_MEAN, Pooling::Mean),
         (MK_POOLING_CLS, Pooling::Cls),
+        (MK_POOLING_MAX, Pooling::Max),
     ] {
         let want: Vec<Vec<f32>> = model.embed(&ids, pool).expect("embed");
         let (raw, raw_ids, dim) = minilm_abi("cpu", &dir, pooling, 0);
@@ -438,6 +439,70 @@ fn minilm_through_the_abi_equals_the_rust_api() {
                 );
             }
         }
+    }
+}
+
+/// MK_POOLING_DEFAULT takes MiniLM's sentence-transformers modules: mean pooling, then its
+/// Normalize module (unit rows even with normalize 0); max_len 0 is its max_seq_length (256).
+#[test]
+fn minilm_default_pooling_follows_the_folder() {
+    let Some(dir) = model_or_skip(
+        "minilm_default_pooling_follows_the_folder",
+        "all-MiniLM-L6-v2",
+    ) else {
+        return;
+    };
+    let (unit, unit_ids, dim) = minilm_abi("cpu", &dir, MK_POOLING_DEFAULT, 0);
+    let (want, _, _) = minilm_abi("cpu", &dir, MK_POOLING_MEAN, 1);
+    assert_eq!(unit, want);
+    assert_eq!(unit_ids, want);
+    for row in unit.chunks(dim) {
+        let n = row
+            .iter()
+            .map(|&v| f64::from(v).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!((n - 1.0).abs() < 1e-6, "norm {n}");
+    }
+    let dev = open("cpu");
+    // SAFETY: valid handles, strings and buffers throughout.
+    unsafe {
+        let mut m = ptr::null_mut();
+        let st = mk_bert_load(dev, c(dir.to_str().expect("utf8")).as_ptr(), 0, 0, &mut m);
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        let long = "fever ".repeat(400);
+        let text = c(&long);
+        let ptrs = [text.as_ptr()];
+        let mut out = vec![0f32; dim];
+        let st = mk_bert_embed(
+            m,
+            ptrs.as_ptr(),
+            1,
+            MK_POOLING_DEFAULT,
+            0,
+            out.as_mut_ptr(),
+            dim,
+        );
+        assert_eq!(st, MkStatus::Ok, "{}", last_error());
+        // The text's first 256 tokens, mean-pooled and scaled to unit length here.
+        let ids = BertTokenizer::load(&dir, 256)
+            .expect("tokenizer")
+            .encode(&[long.as_str()])
+            .expect("ids");
+        assert_eq!(ids[0].len(), 256);
+        let model = BertModel::load(&dir, &Device::Cpu, DType::F32).expect("load");
+        let mean = &model.embed(&ids, Pooling::Mean).expect("embed")[0];
+        let n = mean
+            .iter()
+            .map(|&v| f64::from(v).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        for (j, (&g, &w)) in out.iter().zip(mean).enumerate() {
+            let e = f64::from(w) / n;
+            assert!((f64::from(g) - e).abs() <= 1e-6, "col {j}: {g} vs {e}");
+        }
+        mk_bert_free(m);
+        mk_device_free(dev);
     }
 }
 

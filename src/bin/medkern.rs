@@ -156,6 +156,7 @@ pub(crate) enum DeviceArg {
 enum PoolingArg {
     Mean,
     Cls,
+    Max,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -929,15 +930,22 @@ fn bench(iters: usize) -> medkern::Result<()> {
 #[derive(clap::Args)]
 struct EmbedArgs {
     /// The model folder, e.g. .models/all-MiniLM-L6-v2 (installed by scripts/setup-models), or
-    /// a MobileBERT folder (config.json `"model_type": "mobilebert"`).
+    /// a MobileBERT folder (config.json `"model_type": "mobilebert"`); or a hub id (org/name)
+    /// already in the local Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub or
+    /// ~/.cache/huggingface/hub; nothing is downloaded).
     #[arg(long)]
     model: PathBuf,
+    /// The hub id's revision: a branch or tag in the cache's refs/, or a commit hash; default
+    /// main.
+    #[arg(long)]
+    revision: Option<String>,
     /// Where to run it; default: the first GPU if there is one, else the CPU.
     #[arg(long, value_enum)]
     device: Option<DeviceArg>,
-    /// Mean over the tokens (sentence-transformers models) or the [CLS] token.
-    #[arg(long, value_enum, default_value_t = PoolingArg::Mean)]
-    pooling: PoolingArg,
+    /// Mean or max over the tokens, or the [CLS] token; default: the folder's
+    /// sentence-transformers Pooling module (modules.json), else mean.
+    #[arg(long, value_enum)]
+    pooling: Option<PoolingArg>,
     /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
     #[arg(long, value_enum)]
     dtype: Option<DTypeArg>,
@@ -945,9 +953,14 @@ struct EmbedArgs {
     /// max_position_embeddings.
     #[arg(long)]
     max_len: Option<usize>,
-    /// Scale each embedding to unit length (sentence-transformers' Normalize module).
-    #[arg(long)]
-    normalize: bool,
+    /// Scale each embedding to unit length (sentence-transformers' Normalize module);
+    /// `--normalize=false` or `--no-normalize` turns it off. Default: on when the folder's
+    /// modules.json has a Normalize module, else off.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    normalize: Option<bool>,
+    /// Do not scale to unit length, even when the folder has a Normalize module.
+    #[arg(long, conflicts_with = "normalize")]
+    no_normalize: bool,
     /// Also run the checkpoint's sequence-classification head: adds "logits",
     /// "probabilities" and "label" to each object.
     #[arg(long)]
@@ -974,20 +987,27 @@ struct Embedding<'a> {
 fn embed(a: EmbedArgs) -> medkern::Result<()> {
     let dev = cnn::device_of(a.device)?;
     let dtype = cnn::dtype_of(a.dtype, &dev);
-    let pooling = match a.pooling {
+    let pooling = a.pooling.map(|p| match p {
         PoolingArg::Mean => Pooling::Mean,
         PoolingArg::Cls => Pooling::Cls,
+        PoolingArg::Max => Pooling::Max,
+    });
+    let normalize = if a.no_normalize {
+        Some(false)
+    } else {
+        a.normalize
     };
     // The count first: too many texts fail before the model is loaded.
     let max_batch = cnn::input_limits().max_batch;
     medkern::input::check_batch("embed", "texts", a.texts.len(), max_batch)?;
-    let enc = TextEncoder::load(
+    let enc = TextEncoder::load_revision(
         &a.model,
+        a.revision.as_deref(),
         &dev,
         dtype,
         &EncoderOptions {
-            pooling: Some(pooling),
-            normalize: Some(a.normalize),
+            pooling,
+            normalize,
             max_len: a.max_len,
             max_batch,
         },
@@ -1033,7 +1053,7 @@ fn embed(a: EmbedArgs) -> medkern::Result<()> {
         "medkern embed: {} text(s), {} tokens, {} {dtype} on {}",
         texts.len(),
         ids.iter().map(Vec::len).sum::<usize>(),
-        a.model.display(),
+        enc.dir().display(),
         dev.describe()
     );
     Ok(())
@@ -1128,6 +1148,7 @@ fn compress(a: CompressArgs) -> medkern::Result<()> {
     use medkern::model::compress::{self, Checkpoint, Rank};
     // Before any work: the output must not overwrite (or contain) the model.
     compress::check_out_dir(&a.out, &a.model)?;
+    compress::check_sentence_modules(&a.model)?;
     let dev = cnn::device_of(a.device)?;
     let dtype = cnn::dtype_of(a.dtype, &dev);
     let text = match &a.sentences {

@@ -1021,8 +1021,8 @@ impl BertModel {
             .collect()
     }
 
-    /// Sentence embeddings: the last hidden state pooled per sequence (mean over its tokens, or
-    /// its first token), in f32 on the host.
+    /// Sentence embeddings: the last hidden state pooled per sequence (mean or max over its
+    /// tokens, or its first token), in f32 on the host.
     pub fn embed(&self, ids: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
         check_batch(OP, "ids (sequences)", ids.len(), self.max_batch)?;
         if let Some(b) = ids.iter().position(Vec::is_empty) {
@@ -1032,25 +1032,46 @@ impl BertModel {
             ));
         }
         let (x, cu) = self.forward(ids, None)?;
-        let h = self.config.hidden_size;
-        let v = x.to_host()?.to_f64();
-        let rows = cu
-            .windows(2)
-            .map(|w| {
-                let rows = &v[w[0] * h..w[1] * h];
-                match pooling {
-                    Pooling::Cls => rows.iter().take(h).map(|&x| x as f32).collect(),
-                    Pooling::Mean => {
-                        let n = (w[1] - w[0]).max(1) as f64;
-                        (0..h)
-                            .map(|c| (rows.iter().skip(c).step_by(h).sum::<f64>() / n) as f32)
-                            .collect()
-                    }
-                }
-            })
-            .collect();
+        let rows = pool_rows(
+            &x.to_host()?.to_f64(),
+            &cu,
+            self.config.hidden_size,
+            pooling,
+        );
         finite_rows(OP, "embedding", rows)
     }
+}
+
+/// Pools the packed hidden states `v` (`[Σ len, h]`, sequence `b` at rows `cu[b]..cu[b+1]`,
+/// none empty) per sequence, summing in f64; shared by the encoders. Max keeps a NaN (as the
+/// mean's sum does) so that the caller's finiteness check sees it.
+pub(crate) fn pool_rows(v: &[f64], cu: &[usize], h: usize, pooling: Pooling) -> Vec<Vec<f32>> {
+    cu.windows(2)
+        .map(|w| {
+            let rows = &v[w[0] * h..w[1] * h];
+            let column = |c: usize| rows.iter().skip(c).step_by(h).copied();
+            match pooling {
+                Pooling::Cls => rows.iter().take(h).map(|&x| x as f32).collect(),
+                Pooling::Mean => {
+                    let n = (w[1] - w[0]).max(1) as f64;
+                    (0..h)
+                        .map(|c| (column(c).sum::<f64>() / n) as f32)
+                        .collect()
+                }
+                Pooling::Max => (0..h)
+                    .map(|c| {
+                        column(c).fold(f64::NEG_INFINITY, |m, x| {
+                            if m.is_nan() || x.is_nan() {
+                                f64::NAN
+                            } else {
+                                m.max(x)
+                            }
+                        }) as f32
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 /// A loader's checked read of a named tensor of a given shape, as f64 values.
@@ -1304,6 +1325,9 @@ pub enum Pooling {
     Mean,
     /// The first ([CLS]) token.
     Cls,
+    /// The largest value of each feature over the sequence's tokens (sentence-transformers'
+    /// `pooling_mode_max_tokens`).
+    Max,
 }
 
 /// The default of [`BertTokenizer::with_max_text_bytes`]: 1 MiB.
@@ -1377,6 +1401,28 @@ impl BertTokenizer {
     /// The limit set by [`with_max_text_bytes`](Self::with_max_text_bytes).
     pub fn max_text_bytes(&self) -> usize {
         self.max_text_bytes
+    }
+
+    /// Whether the tokenizer's normalizer lower-cases text (BERT uncased: `BertNormalizer`
+    /// with `lowercase`, or a `Lowercase` step), so a `do_lower_case` setting is already met.
+    pub fn lowercases(&self) -> bool {
+        fn lowers(v: &serde_json::Value) -> bool {
+            match v.get("type").and_then(|t| t.as_str()) {
+                Some("Lowercase") => true,
+                Some("BertNormalizer") => {
+                    v.get("lowercase") == Some(&serde_json::Value::Bool(true))
+                }
+                Some("Sequence") => v
+                    .get("normalizers")
+                    .and_then(|n| n.as_array())
+                    .is_some_and(|n| n.iter().any(lowers)),
+                _ => false,
+            }
+        }
+        self.inner
+            .get_normalizer()
+            .and_then(|n| serde_json::to_value(n).ok())
+            .is_some_and(|v| lowers(&v))
     }
 
     /// Token ids (with [CLS]/[SEP]) of each text, truncated to `max_len` (keeping the final

@@ -59,6 +59,46 @@ const TOKENIZER_FILES: [&str; 4] = [
     "special_tokens_map.json",
 ];
 
+/// The sentence-transformers files [`Checkpoint::save`] copies from the source folder, besides
+/// each module folder's `config.json` (`1_Pooling/config.json`), so that the output embeds as
+/// the source does.
+const SENTENCE_FILES: [&str; 3] = [
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+];
+
+/// Whether `name` is a sentence-transformers module folder name (`1_Pooling`, `2_Normalize`):
+/// digits, `_`, then letters, digits or `_`.
+fn is_module_folder(name: &str) -> bool {
+    name.split_once('_').is_some_and(|(n, rest)| {
+        !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && !rest.is_empty()
+            && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    })
+}
+
+/// Refuses a source folder whose sentence-transformers modules a compressed copy could not
+/// keep: modules medkern does not run, or a Transformer outside the folder's root (the
+/// compressed weights are written there). Checked before any work.
+pub fn check_sentence_modules(model: &Path) -> Result<()> {
+    let Some(st) = crate::model::sentence::read(model)? else {
+        return Ok(());
+    };
+    if st.module_paths.first().is_some_and(|p| !p.is_empty()) {
+        return Err(invalid(
+            "model",
+            format!(
+                "{}: modules.json puts the Transformer in {}; expected it at the folder's root                  (path \"\"), where the compressed weights are written",
+                model.display(),
+                st.transformer_dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `p` with links and `..` resolved, also when it does not exist yet (its nearest existing
 /// ancestor is resolved and the rest appended).
 fn resolved(p: &Path) -> std::path::PathBuf {
@@ -128,10 +168,15 @@ fn check_replaceable(dir: &Path) -> Result<()> {
             source: e,
         })?;
         let name = e.file_name().to_string_lossy().into_owned();
+        let is_file = e.file_type().is_ok_and(|t| t.is_file());
         let ours = name == "config.json"
             || name == "model.safetensors"
-            || TOKENIZER_FILES.contains(&name.as_str());
-        if !ours || !e.file_type().is_ok_and(|t| t.is_file()) {
+            || TOKENIZER_FILES.contains(&name.as_str())
+            || SENTENCE_FILES.contains(&name.as_str());
+        let module = e.file_type().is_ok_and(|t| t.is_dir())
+            && is_module_folder(&name)
+            && holds_only_config(&e.path());
+        if !((ours && is_file) || module) {
             return Err(invalid(
                 "out",
                 format!(
@@ -143,6 +188,18 @@ fn check_replaceable(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the folder `dir` is empty or holds only a regular `config.json` (a module folder a
+/// save writes).
+fn holds_only_config(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.into_iter().all(|e| {
+            e.is_ok_and(|e| {
+                e.file_name() == "config.json" && e.file_type().is_ok_and(|t| t.is_file())
+            })
+        })
+    })
 }
 
 /// A file's unusable content (weights, a config read from a file): [`Error::Corrupt`].
@@ -279,7 +336,8 @@ impl Checkpoint {
     }
 
     /// Writes `dir/config.json` and `dir/model.safetensors` (with the metadata), and copies the
-    /// tokenizer files from `tokenizer_from` when given.
+    /// tokenizer and sentence-transformers files (`modules.json`, `1_Pooling/config.json`, ...)
+    /// from `tokenizer_from` when given.
     ///
     /// Nothing a user had is lost, and a failure never leaves a half-written model: `dir` may
     /// not be `tokenizer_from`, inside it or contain it (links resolved; see
@@ -294,6 +352,7 @@ impl Checkpoint {
         };
         if let Some(src) = tokenizer_from {
             check_out_dir(dir, src)?;
+            check_sentence_modules(src)?;
         }
         check_replaceable(dir)?;
         let name = dir
@@ -352,12 +411,26 @@ impl Checkpoint {
         let path = dir.join("model.safetensors");
         std::fs::write(&path, bytes).map_err(|e| io(&path, e))?;
         if let Some(src) = tokenizer_from {
-            for f in TOKENIZER_FILES {
+            let copy = |f: &str| -> Result<()> {
                 if src.join(f).exists() {
                     // Read, then written: a FIFO or device among them is an error, not a
                     // copy that never ends.
                     let bytes = crate::input::read_regular(OP, &src.join(f), f)?;
                     std::fs::write(dir.join(f), bytes).map_err(|e| io(&dir.join(f), e))?;
+                }
+                Ok(())
+            };
+            for f in TOKENIZER_FILES.iter().chain(&SENTENCE_FILES) {
+                copy(f)?;
+            }
+            // The module folders (checked relative paths): each one present, with its
+            // config.json; the Normalize folder is empty on the hub.
+            if let Some(st) = crate::model::sentence::read(src)? {
+                for p in st.module_paths.iter().filter(|p| !p.is_empty()) {
+                    if src.join(p).is_dir() {
+                        std::fs::create_dir_all(dir.join(p)).map_err(|e| io(&dir.join(p), e))?;
+                        copy(&format!("{p}/config.json"))?;
+                    }
                 }
             }
         }

@@ -5,8 +5,11 @@
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::input::check_batch;
 use crate::model::bert::{BertModel, BertTokenizer, Pooling};
+use crate::model::hub::resolve_model;
 use crate::model::mobilebert::MobileBertModel;
+use crate::model::sentence;
 use crate::tensor::Device;
 use std::path::{Path, PathBuf};
 
@@ -82,6 +85,14 @@ impl EncoderModel {
         }
     }
 
+    /// The width of an embedding (the hidden size).
+    pub fn dim(&self) -> usize {
+        match self {
+            EncoderModel::Bert(m) => m.config.hidden_size,
+            EncoderModel::Mobile(m) => m.config.hidden_size,
+        }
+    }
+
     /// The device the model runs on.
     pub fn device(&self) -> &Device {
         match self {
@@ -92,7 +103,9 @@ impl EncoderModel {
 }
 
 /// How a [`TextEncoder`] is loaded. `None` fields take the folder's own settings where it has
-/// them, else the defaults: mean pooling, no normalisation, all the model's positions.
+/// them (a sentence-transformers folder's `modules.json`, its Pooling config, Normalize module
+/// and `sentence_bert_config.json` `max_seq_length`), else the defaults: mean pooling, no
+/// normalisation, all the model's positions. A `Some` value overrides the folder.
 #[derive(Clone, Debug)]
 pub struct EncoderOptions {
     pub pooling: Option<Pooling>,
@@ -120,22 +133,70 @@ pub struct TextEncoder {
     pub pooling: Pooling,
     pub normalize: bool,
     max_len: usize,
+    lower_case: bool,
     dir: PathBuf,
 }
 
 impl TextEncoder {
-    /// Loads `dir` (config.json, model.safetensors, tokenizer.json) on `device` in `dtype`.
+    /// Loads `dir` (config.json, model.safetensors, tokenizer.json) on `device` in `dtype`;
+    /// `dir` may also be a hub id (`org/name`) already in the local hub cache (see
+    /// [`resolve_model`]), at its `main` revision.
     pub fn load(dir: &Path, device: &Device, dtype: DType, opts: &EncoderOptions) -> Result<Self> {
-        let model = EncoderModel::load(dir, device, dtype, opts.max_batch)?;
-        let max_len = model.max_len(opts.max_len)?;
-        let tokenizer = BertTokenizer::load(dir, max_len)?.with_max_batch(opts.max_batch);
+        Self::load_revision(dir, None, device, dtype, opts)
+    }
+
+    /// [`Self::load`] of a hub id at `revision` (a branch, tag or commit hash; None: `main`).
+    pub fn load_revision(
+        spec: &Path,
+        revision: Option<&str>,
+        device: &Device,
+        dtype: DType,
+        opts: &EncoderOptions,
+    ) -> Result<Self> {
+        let root = resolve_model(spec, revision)?;
+        let st = sentence::read(&root)?;
+        let dir = st
+            .as_ref()
+            .map_or(root.clone(), |s| s.transformer_dir.clone());
+        let model = EncoderModel::load(&dir, device, dtype, opts.max_batch)?;
+        let most = model.max_len(None)?;
+        let max_len = match (opts.max_len, st.as_ref().and_then(|s| s.max_seq_length)) {
+            (Some(n), _) => model.max_len(Some(n))?,
+            // sentence-transformers truncates to max_seq_length; never past the positions.
+            (None, Some(n)) => n.min(most),
+            (None, None) => most,
+        };
+        let tokenizer = BertTokenizer::load(&dir, max_len)?.with_max_batch(opts.max_batch);
+        let mut lower_case = false;
+        if let Some(s) = &st {
+            if let Some(d) = s.word_embedding_dimension.filter(|&d| d != model.dim()) {
+                return Err(Error::Corrupt {
+                    op: OP,
+                    arg: "file",
+                    detail: format!(
+                        "{}: word_embedding_dimension is {d}; expected the model's hidden size                          {}",
+                        s.pooling_file.display(),
+                        model.dim()
+                    ),
+                });
+            }
+            // Lower-casing twice changes nothing, so only a tokenizer that keeps case needs it.
+            lower_case = s.do_lower_case && !tokenizer.lowercases();
+        }
         Ok(TextEncoder {
             model,
             tokenizer,
-            pooling: opts.pooling.unwrap_or(Pooling::Mean),
-            normalize: opts.normalize.unwrap_or(false),
+            pooling: opts
+                .pooling
+                .or(st.as_ref().map(|s| s.pooling))
+                .unwrap_or(Pooling::Mean),
+            normalize: opts
+                .normalize
+                .or(st.as_ref().map(|s| s.normalize))
+                .unwrap_or(false),
             max_len,
-            dir: dir.to_path_buf(),
+            lower_case,
+            dir,
         })
     }
 
@@ -151,7 +212,25 @@ impl TextEncoder {
 
     /// Token ids per text (truncated to [`Self::max_len`]).
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        self.tokenizer.encode(texts)
+        if !self.lower_case {
+            return self.tokenizer.encode(texts);
+        }
+        // sentence_bert_config.json's do_lower_case with a cased tokenizer: lower-cased as
+        // sentence-transformers does, each text bounded first (the tokenizer reads no more).
+        check_batch(OP, "texts", texts.len(), self.tokenizer.max_batch())?;
+        let cap = self.tokenizer.max_text_bytes();
+        let lower: Vec<String> = texts
+            .iter()
+            .map(|t| {
+                let cut = (0..=cap.min(t.len()))
+                    .rev()
+                    .find(|&i| t.is_char_boundary(i))
+                    .unwrap_or(0);
+                t[..cut].to_lowercase()
+            })
+            .collect();
+        let refs: Vec<&str> = lower.iter().map(String::as_str).collect();
+        self.tokenizer.encode(&refs)
     }
 
     /// One embedding per id sequence: pooled, then scaled to unit length when

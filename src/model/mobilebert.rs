@@ -33,7 +33,8 @@ use crate::error::{Error, Result};
 pub use crate::input::DEFAULT_MAX_BATCH;
 use crate::input::check_batch;
 use crate::model::bert::{
-    Pooling, activation_of, finite_rows, pad_heads_in, pad_heads_out, read_linear, tensor_values,
+    Pooling, activation_of, finite_rows, pad_heads_in, pad_heads_out, pool_rows, read_linear,
+    tensor_values,
 };
 use crate::model::linear::{Linear, LinearHost, LinearKind};
 use crate::ops::embedding::{Lookup, embedding};
@@ -1011,8 +1012,8 @@ impl MobileBertModel {
             .collect()
     }
 
-    /// Sentence embeddings: the last hidden state pooled per sequence (mean, or first token),
-    /// f32 on the host.
+    /// Sentence embeddings: the last hidden state pooled per sequence (mean, max, or first
+    /// token), f32 on the host.
     pub fn embed(&self, ids: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
         check_batch(OP, "ids (sequences)", ids.len(), self.max_batch)?;
         if let Some(b) = ids.iter().position(Vec::is_empty) {
@@ -1022,23 +1023,12 @@ impl MobileBertModel {
             ));
         }
         let (x, cu) = self.forward(ids, None)?;
-        let h = self.config.hidden_size;
-        let v = x.to_host()?.to_f64();
-        let rows = cu
-            .windows(2)
-            .map(|w| {
-                let rows = &v[w[0] * h..w[1] * h];
-                match pooling {
-                    Pooling::Cls => rows.iter().take(h).map(|&x| x as f32).collect(),
-                    Pooling::Mean => {
-                        let n = (w[1] - w[0]).max(1) as f64;
-                        (0..h)
-                            .map(|c| (rows.iter().skip(c).step_by(h).sum::<f64>() / n) as f32)
-                            .collect()
-                    }
-                }
-            })
-            .collect();
+        let rows = pool_rows(
+            &x.to_host()?.to_f64(),
+            &cu,
+            self.config.hidden_size,
+            pooling,
+        );
         finite_rows(OP, "embedding", rows)
     }
 }

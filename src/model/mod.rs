@@ -2,7 +2,8 @@
 //! ([`resnet`]), the sepsis classifier, autoencoder and k-means ([`sepsis`]), EfficientNet
 //! B0–B7 and Lite0–Lite4 ([`efficientnet`]), the EXAM chest X-ray + EMR model ([`exam`], EMR
 //! inputs in [`emr`]); ImageNet-1k class names in [`imagenet`]; a folder's text encoder
-//! (tokenizer, pooling, normalisation) in [`encoder`].
+//! (tokenizer, pooling, normalisation) in [`encoder`], with sentence-transformers folders read
+//! by [`sentence`] and hub ids found in the local cache by [`hub`].
 
 /// The batch-limit methods of an image model whose struct has a `max_batch` field (checked
 /// in its forward before anything is allocated for the batch).
@@ -30,10 +31,12 @@ pub mod efficientnet;
 pub mod emr;
 pub mod encoder;
 pub mod exam;
+pub mod hub;
 pub mod imagenet;
 pub mod linear;
 pub mod mobilebert;
 pub mod resnet;
+pub mod sentence;
 pub mod sepsis;
 
 /// The values of a float safetensors tensor (F64, F32, F16, BF16, little endian) as f64; None
