@@ -274,6 +274,7 @@ fn transformer_settings(dir: &Path) -> Result<(Option<usize>, bool)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 
