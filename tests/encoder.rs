@@ -459,3 +459,31 @@ fn compress_keeps_the_sentence_transformers_files() {
         assert!(cos > 0.999, "cosine {cos}");
     }
 }
+
+/// The weights are mapped, not read, but under the same model-file limit, checked first.
+#[test]
+fn mapped_weights_keep_the_model_file_limit() {
+    let Some(minilm) = minilm_or_skip("mapped_weights_keep_the_model_file_limit") else {
+        return;
+    };
+    let m = minilm.to_str().expect("utf-8");
+    let out = medkern(
+        &[
+            "--max-model-bytes",
+            "1000000",
+            "embed",
+            "--device",
+            "cpu",
+            "--model",
+            m,
+            "x",
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("limit of 1000000"),
+        "{err}"
+    );
+}

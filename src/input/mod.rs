@@ -321,6 +321,66 @@ pub fn set_max_model_file_bytes(bytes: u64) {
     MAX_MODEL_FILE_BYTES.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// The bytes of a model's weights file: mapped read-only ([`map_regular`]), or read when the
+/// file is empty (an empty file cannot be mapped).
+pub enum ModelBytes {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for ModelBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ModelBytes::Mapped(m) => m,
+            ModelBytes::Read(v) => v,
+        }
+    }
+}
+
+/// [`read_regular`]'s checks (a regular file, at most [`max_model_file_bytes`]), then the file
+/// mapped read-only instead of read: a checkpoint is converted from the page cache without a
+/// second copy of it on the heap. The file must not be truncated or rewritten while mapped
+/// (as with any mapping, the process would then see the new bytes or a bus error).
+pub fn map_regular(op: &'static str, path: &Path, what: &str) -> Result<ModelBytes> {
+    let max = max_model_file_bytes();
+    let io = |e: std::io::Error| Error::Io {
+        op,
+        path: path.display().to_string(),
+        source: e,
+    };
+    check_regular(op, path, what)?;
+    let f = std::fs::File::open(path).map_err(io)?;
+    // The opened file itself is checked: the path may have changed since.
+    let meta = f.metadata().map_err(io)?;
+    let detail = if !meta.is_file() {
+        format!("is not a regular file once opened; expected a regular file ({what})")
+    } else if meta.len() > max {
+        format!(
+            "file has {} bytes, more than the limit of {max} for {what} \
+             (input::set_max_model_file_bytes, --max-model-bytes, mk_set_max_model_file_bytes)",
+            meta.len()
+        )
+    } else {
+        String::new()
+    };
+    if !detail.is_empty() {
+        return Err(Error::Corrupt {
+            op,
+            arg: "file",
+            detail: format!("{}: {detail}", path.display()),
+        });
+    }
+    if meta.len() == 0 {
+        return Ok(ModelBytes::Read(Vec::new()));
+    }
+    // SAFETY: a read-only mapping of a regular file opened read-only, owned by the returned
+    // value and only read through it; the documented condition (the file is not modified
+    // while mapped) is the caller's, as for every loader that maps weights.
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
+    Ok(ModelBytes::Mapped(map))
+}
+
 /// [`read_regular`] with the limit given.
 pub(crate) fn read_regular_max(
     op: &'static str,

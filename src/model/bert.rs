@@ -616,7 +616,9 @@ impl BertModel {
         let read = |f: &str| crate::input::read_regular(OP, &dir.join(f), f);
         let cfg = BertConfig::from_json(&String::from_utf8_lossy(&read("config.json")?))
             .map_err(Error::into_corrupt)?;
-        Self::from_safetensors(cfg, &read("model.safetensors")?, device, dtype)
+        let weights =
+            crate::input::map_regular(OP, &dir.join("model.safetensors"), "model.safetensors")?;
+        Self::from_safetensors(cfg, &weights, device, dtype)
     }
 
     /// Builds the model from a config and the bytes of a safetensors file (names of the

@@ -499,7 +499,9 @@ impl MobileBertModel {
         let read = |f: &str| crate::input::read_regular(OP, &dir.join(f), f);
         let cfg = MobileBertConfig::from_json(&String::from_utf8_lossy(&read("config.json")?))
             .map_err(Error::into_corrupt)?;
-        Self::from_safetensors(cfg, &read("model.safetensors")?, device, dtype)
+        let weights =
+            crate::input::map_regular(OP, &dir.join("model.safetensors"), "model.safetensors")?;
+        Self::from_safetensors(cfg, &weights, device, dtype)
     }
 
     /// Builds the model from a config and a safetensors file (HF names with or without the
