@@ -247,7 +247,7 @@ async fn tokenize_texts(
     let st = state.clone();
     let name = model.name.clone();
     let work = move || -> ApiResult<(Vec<Vec<u32>>, usize)> {
-        let m = find_model(&st, Some(&name))?;
+        let m = find_model(&st, Some(name.as_str()))?;
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let ids = m
             .encoder
