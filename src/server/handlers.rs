@@ -60,10 +60,7 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = std::result::Result<T, ApiError>;
 
 /// Binds, reports the address, serves until a signal, then drains.
-pub(crate) async fn run(
-    state: Arc<AppState>,
-    on_listen: impl FnOnce(SocketAddr),
-) -> Result<()> {
+pub(crate) async fn run(state: Arc<AppState>, on_listen: impl FnOnce(SocketAddr)) -> Result<()> {
     let io = |e: std::io::Error| Error::Invalid {
         op: super::OP,
         arg: "listen address",
@@ -125,9 +122,11 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let start = Instant::now();
     let resp = next.run(req).await;
-    state
-        .metrics
-        .observe_request(&route, resp.status().as_u16(), start.elapsed().as_secs_f64());
+    state.metrics.observe_request(
+        &route,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
     resp
 }
 
@@ -286,7 +285,12 @@ async fn tokenize_texts(
 }
 
 /// Queues the ids on the model's batcher and waits for its rows.
-async fn infer(model: &Served, task: Task, ids: Vec<Vec<u32>>, tokens: usize) -> ApiResult<Vec<Vec<f32>>> {
+async fn infer(
+    model: &Served,
+    task: Task,
+    ids: Vec<Vec<u32>>,
+    tokens: usize,
+) -> ApiResult<Vec<Vec<f32>>> {
     let (tx, rx) = oneshot::channel::<Reply>();
     model
         .batcher
@@ -300,10 +304,7 @@ async fn infer(model: &Served, task: Task, ids: Vec<Vec<u32>>, tokens: usize) ->
             Refused::Full => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "overloaded",
-                format!(
-                    "the queue of model {:?} is full; retry later",
-                    model.name
-                ),
+                format!("the queue of model {:?} is full; retry later", model.name),
             ),
             Refused::Stopped => ApiError::unavailable("the model has stopped"),
         })?;
@@ -422,7 +423,10 @@ async fn predict(
             let v: Vec<Value> = scored
                 .into_iter()
                 .map(|(j, s)| {
-                    let label = labels.get(j).cloned().unwrap_or_else(|| format!("LABEL_{j}"));
+                    let label = labels
+                        .get(j)
+                        .cloned()
+                        .unwrap_or_else(|| format!("LABEL_{j}"));
                     json!({"label": label, "score": s})
                 })
                 .collect();

@@ -89,7 +89,11 @@ impl AppState {
 }
 
 fn invalid(arg: &'static str, detail: String) -> Error {
-    Error::Invalid { op: OP, arg, detail }
+    Error::Invalid {
+        op: OP,
+        arg,
+        detail,
+    }
 }
 
 /// Checks that the limits make a working server: each is at least 1.
@@ -137,7 +141,10 @@ pub fn serve(
 ) -> Result<()> {
     check_config(&config)?;
     if models.is_empty() {
-        return Err(invalid("models", "none given; expected at least one".into()));
+        return Err(invalid(
+            "models",
+            "none given; expected at least one".into(),
+        ));
     }
     let metrics = Arc::new(Metrics::default());
     let mut served = Vec::with_capacity(models.len());
