@@ -299,7 +299,38 @@ fn endpoints_match_the_encoder_and_errors_are_json() {
     );
 }
 
-/// Texts of 1 to ~120 words drawn from clinical vocabulary, with a few planted long ones.
+/// A small MobileBERT folder (random weights, 2 layers, hidden 64, a two-class head) with
+/// MiniLM's WordPiece tokenizer: the CPU backend runs it fast enough for 2 x 2000 requests of
+/// up to ~200 tokens in the test's time budget, where MiniLM would take minutes.
+fn tiny_model(minilm: &Path, what: &str) -> common::TempDir {
+    use medkern::model::mobilebert::{MobileBertConfig, random_checkpoint};
+    let dir = common::TempDir::new(what);
+    let config = json!({
+        "model_type": "mobilebert",
+        "vocab_size": 30522,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "embedding_size": 16,
+        "intra_bottleneck_size": 32,
+        "num_feedforward_networks": 2,
+        "max_position_embeddings": 256,
+        "id2label": {"0": "normal", "1": "abnormal"},
+    });
+    let cfg = MobileBertConfig::from_value(&config).expect("config");
+    let weights = random_checkpoint(&cfg, 2, 7).expect("weights");
+    std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config.json");
+    std::fs::write(dir.path().join("model.safetensors"), &weights).expect("weights");
+    std::fs::copy(
+        minilm.join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .expect("tokenizer");
+    dir
+}
+
+/// Texts of 1 to ~210 words drawn from clinical vocabulary, with a few planted long ones.
 fn load_texts(n: usize) -> Vec<String> {
     const WORDS: [&str; 24] = [
         "patient",
@@ -399,12 +430,14 @@ fn hammer(
 
 #[test]
 fn load_batched_answers_equal_single_requests() {
-    let Some(dir) = minilm("load_batched_answers_equal_single_requests") else {
+    let Some(minilm) = minilm("load_batched_answers_equal_single_requests") else {
         return;
     };
     let _g = serial();
-    let enc = reference(&dir);
-    let texts = load_texts(160);
+    let tiny = tiny_model(&minilm, "serve-load");
+    let dir = tiny.path();
+    let enc = reference(dir);
+    let texts = load_texts(200);
     let lens: Vec<usize> = enc
         .encode(&texts.iter().map(String::as_str).collect::<Vec<_>>())
         .expect("encode")
@@ -415,21 +448,52 @@ fn load_batched_answers_equal_single_requests() {
     let want: Vec<Vec<u32>> = texts.iter().map(|t| bits(&single(&enc, t, true))).collect();
     let (texts, want) = (Arc::new(texts), Arc::new(want));
 
-    let batched = Server::start(&dir, &[]);
+    let batched = Server::start(dir, &[]);
     let rps = hammer(&batched, &texts, &want, 2000, 32);
     let (_, metrics) = batched.get("/metrics");
     drop(batched);
-    let unbatched = Server::start(&dir, &["--max-batch-requests", "1"]);
+    let unbatched = Server::start(dir, &["--max-batch-requests", "1"]);
     let rps1 = hammer(&unbatched, &texts, &want, 2000, 32);
     drop(unbatched);
     let mean_batch = metric(&metrics, "medkern_batch_size_requests_sum")
         / metric(&metrics, "medkern_batch_size_requests_count");
     eprintln!(
-        "serve load: 2000 requests, 32 clients, token lengths {}..{}: batched {rps:.0} req/s \
-         (mean batch {mean_batch:.1} requests), --max-batch-requests 1 {rps1:.0} req/s",
+        "serve load: 2000 requests, 32 clients, {}..{} tokens: batched {rps:.0} req/s \
+         (mean batch {mean_batch:.1} requests), --max-batch-requests 1: {rps1:.0} req/s",
         lens.iter().min().unwrap_or(&0),
         lens.iter().max().unwrap_or(&0),
     );
+}
+
+/// `/predict` runs the classification head: softmax of the logits, best first, per input.
+#[test]
+fn predict_matches_the_head() {
+    let Some(minilm) = minilm("predict_matches_the_head") else {
+        return;
+    };
+    let _g = serial();
+    let tiny = tiny_model(&minilm, "serve-predict");
+    let enc = reference(tiny.path());
+    let s = Server::start(tiny.path(), &[]);
+    let (st, body) = s.post("/predict", &json!({"inputs": TEXTS}).to_string());
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let logits = enc
+        .classify_ids(&enc.encode(&TEXTS).expect("encode"))
+        .expect("classify");
+    for (i, l) in logits.iter().enumerate() {
+        let best = if l[1] > l[0] { "abnormal" } else { "normal" };
+        assert_eq!(v[i][0]["label"], best, "{body}");
+        let p = v[i][0]["score"].as_f64().expect("score");
+        let m = l[0].max(l[1]);
+        let want = 1.0 / (f64::from(l[0] - m).exp() + f64::from(l[1] - m).exp());
+        assert!((p - want).abs() < 1e-6, "{p} vs {want}");
+    }
+    // One text: one list, not a list of lists.
+    let (st, body) = s.post("/predict", &json!({"inputs": TEXTS[0]}).to_string());
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert!(v[0]["label"].is_string(), "{body}");
 }
 
 /// The value of the first sample line of `name` in Prometheus text.
