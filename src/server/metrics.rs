@@ -142,3 +142,33 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn render_counts_requests_buckets_and_queues() {
+        let m = Metrics::default();
+        m.observe_request("/embed", 200, 0.003);
+        m.observe_request("/embed", 200, 0.2);
+        m.observe_request("/embed", 422, 0.0001);
+        m.observe_batch("mini", 3, 4, 40);
+        let text = m.render(&[("mini".into(), 2)]);
+        for want in [
+            "medkern_requests_total{route=\"/embed\",status=\"200\"} 2",
+            "medkern_requests_total{route=\"/embed\",status=\"422\"} 1",
+            "medkern_request_duration_seconds_bucket{route=\"/embed\",le=\"0.001\"} 1",
+            "medkern_request_duration_seconds_bucket{route=\"/embed\",le=\"0.005\"} 2",
+            "medkern_request_duration_seconds_bucket{route=\"/embed\",le=\"+Inf\"} 3",
+            "medkern_request_duration_seconds_count{route=\"/embed\"} 3",
+            "medkern_batch_size_requests_bucket{model=\"mini\",le=\"2\"} 0",
+            "medkern_batch_size_requests_bucket{model=\"mini\",le=\"4\"} 1",
+            "medkern_sequences_total{model=\"mini\"} 4",
+            "medkern_tokens_total{model=\"mini\"} 40",
+            "medkern_queue_depth{model=\"mini\"} 2",
+        ] {
+            assert!(text.contains(want), "missing {want}:\n{text}");
+        }
+    }
+}

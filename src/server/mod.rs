@@ -210,3 +210,31 @@ pub fn serve(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{ServeConfig, check_config, check_name};
+
+    #[test]
+    fn names_fit_urls_and_labels() {
+        assert!(check_name("all-MiniLM-L6-v2").is_ok());
+        assert!(check_name("triage_1.2").is_ok());
+        for bad in ["", "a b", "x\"y", "a/b", "é"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        assert!(check_config(&ServeConfig::default()).is_ok());
+        let c = ServeConfig {
+            max_batch_requests: 0,
+            ..ServeConfig::default()
+        };
+        let e = check_config(&c)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("max_batch_requests"), "{e}");
+    }
+}
