@@ -457,12 +457,14 @@ fn load_batched_answers_equal_single_requests() {
     drop(unbatched);
     let mean_batch = metric(&metrics, "medkern_batch_size_requests_sum")
         / metric(&metrics, "medkern_batch_size_requests_count");
-    eprintln!(
-        "serve load: 2000 requests, 32 clients, {}..{} tokens: batched {rps:.0} req/s \
-         (mean batch {mean_batch:.1} requests), --max-batch-requests 1: {rps1:.0} req/s",
+    // Written to the raw stderr handle, so it shows even when libtest captures the output.
+    let line = format!(
+        "\nserve load: 2000 requests, 32 clients, {}..{} tokens: batched {rps:.0} req/s \
+         (mean batch {mean_batch:.1} requests), --max-batch-requests 1: {rps1:.0} req/s\n",
         lens.iter().min().unwrap_or(&0),
         lens.iter().max().unwrap_or(&0),
     );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }
 
 /// `/predict` runs the classification head: softmax of the logits, best first, per input.
