@@ -22,6 +22,8 @@ pub mod model;
 pub mod ops;
 pub mod quant;
 pub mod reference;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod sparse;
 pub mod tensor;
 pub mod viz;

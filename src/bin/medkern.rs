@@ -128,6 +128,12 @@ enum Cmd {
     /// as JSON. Without --weights the model has deterministic random weights, and the JSON
     /// says so.
     Classify(cnn::ClassifyArgs),
+    /// Serve text encoders over HTTP with dynamic batching: TEI's /embed, /tokenize and
+    /// /predict, OpenAI's /v1/embeddings, /health, /info and /metrics. Prints
+    /// `medkern serve: listening on http://HOST:PORT` once the models are loaded; SIGTERM or
+    /// ctrl-c stops accepting, answers what was queued, then exits.
+    #[cfg(feature = "server")]
+    Serve(ServeArgs),
     /// Run the sepsis convolutional autoencoder on frames (resized to 96x96): per-image
     /// reconstruction MSE, optionally the 1152-d codes and their k-means clusters, as JSON.
     Autoencode(cnn::AutoencodeArgs),
@@ -185,6 +191,8 @@ fn main() -> ExitCode {
         }
         Cmd::Bench { iters } => bench(iters),
         Cmd::Embed(a) => embed(a),
+        #[cfg(feature = "server")]
+        Cmd::Serve(a) => serve(a),
         Cmd::Compress(a) => compress(a),
         Cmd::Exam {
             image,
@@ -1056,6 +1064,102 @@ fn embed(a: EmbedArgs) -> medkern::Result<()> {
         enc.dir().display(),
         dev.describe()
     );
+    Ok(())
+}
+
+/// `medkern serve` arguments.
+#[cfg(feature = "server")]
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A model folder to serve, as NAME=DIR or DIR (the name is then the folder's name);
+    /// repeatable. The first is the default of requests that name no model.
+    #[arg(long = "model", required = true)]
+    models: Vec<String>,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The port; 0 picks any free one (printed on start).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Where to run the models; default: the first GPU if there is one, else the CPU.
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+    /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
+    #[arg(long, value_enum)]
+    dtype: Option<DTypeArg>,
+    /// The most tokens in one model call; a request with more is refused (413).
+    #[arg(long, default_value_t = 16384)]
+    max_batch_tokens: usize,
+    /// The most requests in one model call (1 turns batching off).
+    #[arg(long, default_value_t = 64)]
+    max_batch_requests: usize,
+    /// How long a batch waits for more requests after its first, microseconds.
+    #[arg(long, default_value_t = 2000)]
+    max_wait_us: u64,
+    /// Requests queued per model before new ones are refused (429).
+    #[arg(long, default_value_t = 1024)]
+    max_queue: usize,
+    /// The largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 2 << 20)]
+    max_request_bytes: usize,
+}
+
+/// Loads each `--model` and serves them until SIGTERM / ctrl-c.
+#[cfg(feature = "server")]
+fn serve(a: ServeArgs) -> medkern::Result<()> {
+    use std::io::Write;
+    let dev = cnn::device_of(a.device)?;
+    let dtype = cnn::dtype_of(a.dtype, &dev);
+    let max_batch = cnn::input_limits().max_batch;
+    let mut models = Vec::with_capacity(a.models.len());
+    for spec in &a.models {
+        let (name, dir) = match spec.split_once('=') {
+            Some((n, d)) => (n.to_string(), PathBuf::from(d)),
+            None => {
+                let dir = PathBuf::from(spec);
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| spec.clone());
+                (name, dir)
+            }
+        };
+        // Not normalised here: /embed's "normalize" decides per request.
+        let enc = TextEncoder::load(
+            &dir,
+            &dev,
+            dtype,
+            &EncoderOptions {
+                pooling: None,
+                normalize: Some(false),
+                max_len: None,
+                max_batch,
+            },
+        )?;
+        models.push((name, enc));
+    }
+    let config = medkern::server::ServeConfig {
+        host: a.host,
+        port: a.port,
+        max_batch_tokens: a.max_batch_tokens,
+        max_batch_requests: a.max_batch_requests,
+        max_wait: std::time::Duration::from_micros(a.max_wait_us),
+        max_queue: a.max_queue,
+        max_request_bytes: a.max_request_bytes,
+        max_inputs: max_batch,
+    };
+    let mut listen_err = None;
+    medkern::server::serve(models, dev.describe(), config, |addr| {
+        let mut out = std::io::stdout().lock();
+        let line = format!("medkern serve: listening on http://{addr}");
+        if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+            listen_err = Some(e);
+        }
+    })?;
+    if let Some(e) = listen_err {
+        eprintln!("medkern serve: could not print the address: {e}");
+    }
+    eprintln!("medkern serve: drained, exiting");
     Ok(())
 }
 

@@ -1,0 +1,240 @@
+//! `medkern serve`: an HTTP inference server for text encoders with dynamic batching.
+//!
+//! Each model gets a bounded queue and one model thread ([`batcher`]). The async handlers
+//! only parse, check limits and tokenise; the token count then lets the model thread pack
+//! requests into one variable-length call up to `max_batch_tokens` / `max_batch_requests`,
+//! waiting at most `max_wait` for company. Endpoints: TEI's `/embed`, `/tokenize`, `/predict`,
+//! OpenAI's `/v1/embeddings`, and `/health`, `/info`, `/metrics`. The server keeps no state
+//! between requests, so replicas scale out behind any load balancer.
+
+pub mod batcher;
+mod handlers;
+pub mod metrics;
+
+use crate::error::{Error, Result};
+use crate::model::bert::BertTokenizer;
+use crate::model::encoder::TextEncoder;
+use batcher::{BatchLimits, Batcher};
+use metrics::Metrics;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+const OP: &str = "serve";
+
+/// The server's address and limits.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub host: String,
+    /// 0 picks any free port (the bound one is passed to `on_listen`).
+    pub port: u16,
+    /// The most tokens in one model call; a request with more is refused (413).
+    pub max_batch_tokens: usize,
+    /// The most requests in one model call.
+    pub max_batch_requests: usize,
+    /// How long a batch waits for more requests after its first.
+    pub max_wait: Duration,
+    /// Requests queued per model before new ones get 429.
+    pub max_queue: usize,
+    /// The largest request body, bytes (413 beyond), checked before it is read whole.
+    pub max_request_bytes: usize,
+    /// The most texts in one request (and sequences in one model call).
+    pub max_inputs: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            host: "127.0.0.1".into(),
+            port: 0,
+            max_batch_tokens: 16384,
+            max_batch_requests: 64,
+            max_wait: Duration::from_micros(2000),
+            max_queue: 1024,
+            max_request_bytes: 2 << 20,
+            max_inputs: crate::input::DEFAULT_MAX_BATCH,
+        }
+    }
+}
+
+/// A loaded model as the handlers see it.
+pub(crate) struct Served {
+    pub name: String,
+    pub encoder: Arc<TextEncoder>,
+    /// Tokenises one token past `max_len`, so `"truncate": false` can tell a text that was
+    /// cut from one that fits exactly.
+    pub probe: BertTokenizer,
+    pub batcher: Batcher,
+    pub dim: usize,
+}
+
+/// Shared by every handler.
+pub(crate) struct AppState {
+    pub models: Vec<Served>,
+    pub config: ServeConfig,
+    pub device: String,
+    pub metrics: Arc<Metrics>,
+    pub draining: AtomicBool,
+}
+
+impl AppState {
+    /// The model called `name`, or the first one when no name is given.
+    pub fn model(&self, name: Option<&str>) -> Option<&Served> {
+        match name {
+            None => self.models.first(),
+            Some(n) => self.models.iter().find(|m| m.name == n),
+        }
+    }
+}
+
+fn invalid(arg: &'static str, detail: String) -> Error {
+    Error::Invalid {
+        op: OP,
+        arg,
+        detail,
+    }
+}
+
+/// Checks that the limits make a working server: each is at least 1.
+fn check_config(c: &ServeConfig) -> Result<()> {
+    for (arg, v) in [
+        ("max_batch_tokens", c.max_batch_tokens),
+        ("max_batch_requests", c.max_batch_requests),
+        ("max_queue", c.max_queue),
+        ("max_request_bytes", c.max_request_bytes),
+        ("max_inputs", c.max_inputs),
+    ] {
+        if v == 0 {
+            return Err(invalid(arg, "0; expected at least 1".into()));
+        }
+    }
+    Ok(())
+}
+
+/// A model name fit for URLs and metric labels: letters, digits, `.`, `_`, `-`.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "model name",
+            format!("{name:?}; expected 1 to 128 of A-Z a-z 0-9 . _ -"),
+        ))
+    }
+}
+
+/// Serves `models` (name, encoder; the first is the default) until SIGTERM or ctrl-c, then
+/// stops accepting, answers what was queued and returns. `on_listen` gets the bound address
+/// once every model has answered a warm-up call. Builds its own tokio runtime: call it from
+/// a plain thread, not from async code.
+pub fn serve(
+    models: Vec<(String, TextEncoder)>,
+    device: String,
+    config: ServeConfig,
+    on_listen: impl FnOnce(SocketAddr),
+) -> Result<()> {
+    check_config(&config)?;
+    if models.is_empty() {
+        return Err(invalid(
+            "models",
+            "none given; expected at least one".into(),
+        ));
+    }
+    let metrics = Arc::new(Metrics::default());
+    let mut served = Vec::with_capacity(models.len());
+    let mut threads = Vec::with_capacity(models.len());
+    for (name, enc) in models {
+        check_name(&name)?;
+        if served.iter().any(|s: &Served| s.name == name) {
+            return Err(invalid("model name", format!("{name:?} given twice")));
+        }
+        let enc = Arc::new(enc);
+        // A warm-up call: it checks the weights run and gives the embedding size for /info.
+        let warm = enc.encode(&["medkern"])?;
+        let dim = enc
+            .model
+            .embed(&warm, enc.pooling)?
+            .first()
+            .map_or(0, Vec::len);
+        let probe = BertTokenizer::load(enc.dir(), enc.max_len() + 1)?
+            .with_max_batch(config.max_inputs)
+            .with_max_text_bytes(config.max_request_bytes);
+        let limits = BatchLimits {
+            max_tokens: config.max_batch_tokens,
+            max_requests: config.max_batch_requests,
+            max_sequences: config.max_inputs,
+            max_wait: config.max_wait,
+        };
+        let (batcher, handle) = Batcher::start(
+            name.clone(),
+            enc.clone(),
+            limits,
+            config.max_queue,
+            metrics.clone(),
+        )
+        .map_err(|e| invalid("model thread", e.to_string()))?;
+        threads.push(handle);
+        served.push(Served {
+            name,
+            encoder: enc,
+            probe,
+            batcher,
+            dim,
+        });
+    }
+    let state = Arc::new(AppState {
+        models: served,
+        config: config.clone(),
+        device,
+        metrics,
+        draining: AtomicBool::new(false),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("medkern-http")
+        .build()
+        .map_err(|e| invalid("runtime", e.to_string()))?;
+    let result = rt.block_on(handlers::run(state.clone(), on_listen));
+    // The router (and its clones of the state) are gone with the runtime's tasks: dropping the
+    // last state closes the queues, and each model thread ends after its queued jobs.
+    drop(rt);
+    drop(state);
+    for t in threads {
+        let _ = t.join();
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ServeConfig, check_config, check_name};
+
+    #[test]
+    fn names_fit_urls_and_labels() {
+        assert!(check_name("all-MiniLM-L6-v2").is_ok());
+        assert!(check_name("triage_1.2").is_ok());
+        for bad in ["", "a b", "x\"y", "a/b", "é"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        assert!(check_config(&ServeConfig::default()).is_ok());
+        let c = ServeConfig {
+            max_batch_requests: 0,
+            ..ServeConfig::default()
+        };
+        let e = check_config(&c)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("max_batch_requests"), "{e}");
+    }
+}

@@ -1,0 +1,652 @@
+//! `medkern serve` end to end: the real binary on a loopback port, all-MiniLM-L6-v2 on the CPU,
+//! checked against `TextEncoder` run in this process (bit for bit), under load from 32 client
+//! threads, through curl and the Python clients, and through a SIGTERM drain.
+#![cfg(feature = "server")]
+
+mod common;
+
+use base64::Engine;
+use common::{SeedRng, model_or_skip, skip};
+use medkern::model::encoder::{EncoderOptions, TextEncoder, normalize_unit};
+use medkern::{DType, Device};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::time::{Duration, Instant};
+
+/// One server at a time: the tests share 2 cores, and the load test reports throughput.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A running `medkern serve`, killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(model: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_medkern"))
+            .args(["serve", "--device", "cpu", "--port", "0", "--model"])
+            .arg(model)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start medkern serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("medkern serve printed no address within 120 s");
+        let base = line
+            .strip_prefix("medkern serve: listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server { child, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn post(&self, path: &str, body: &str) -> (u16, String) {
+        post(&agent(), &self.url(path), body)
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut r = agent().get(&self.url(path)).call().expect("GET");
+        let status = r.status().as_u16();
+        (status, r.body_mut().read_to_string().expect("body"))
+    }
+
+    /// SIGTERM, then the exit status (waiting at most `limit`).
+    fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill -TERM failed");
+        let t = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                t.elapsed() < limit,
+                "the server did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+fn post(agent: &ureq::Agent, url: &str, body: &str) -> (u16, String) {
+    let mut r = agent
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body)
+        .expect("POST");
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_to_string().expect("body"))
+}
+
+fn minilm(test: &str) -> Option<PathBuf> {
+    model_or_skip(test, "all-MiniLM-L6-v2")
+}
+
+/// The encoder as the server loads it (folder pooling, not normalised), on the CPU in f32.
+fn reference(dir: &Path) -> TextEncoder {
+    TextEncoder::load(
+        dir,
+        &Device::Cpu,
+        DType::F32,
+        &EncoderOptions {
+            pooling: None,
+            normalize: Some(false),
+            max_len: None,
+            max_batch: 4096,
+        },
+    )
+    .expect("load the reference encoder")
+}
+
+/// One text alone through the reference, optionally normalised.
+fn single(enc: &TextEncoder, text: &str, normalize: bool) -> Vec<f32> {
+    let mut v = enc.embed(&[text]).expect("embed").remove(0);
+    if normalize {
+        normalize_unit(&mut v);
+    }
+    v
+}
+
+fn parse_rows(body: &str) -> Vec<Vec<f32>> {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("rows: {e}: {body:.200}"))
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+const TEXTS: [&str; 4] = [
+    "The patient presents with fever, productive cough and shortness of breath.",
+    "Lactate 4.2 mmol/L and MAP 58 mmHg: septic shock, start norepinephrine.",
+    "A cat sat on the mat.",
+    "ok",
+];
+
+#[test]
+fn endpoints_match_the_encoder_and_errors_are_json() {
+    let Some(dir) = minilm("endpoints_match_the_encoder_and_errors_are_json") else {
+        return;
+    };
+    let _g = serial();
+    let enc = reference(&dir);
+    let s = Server::start(&dir, &["--max-request-bytes", "65536"]);
+
+    // /embed, a list and single strings, normalised (the default) and not.
+    let (st, body) = s.post("/embed", &json!({"inputs": TEXTS}).to_string());
+    assert_eq!(st, 200, "{body}");
+    let rows = parse_rows(&body);
+    assert_eq!(rows.len(), TEXTS.len());
+    for (t, r) in TEXTS.iter().zip(&rows) {
+        assert_eq!(bits(r), bits(&single(&enc, t, true)), "/embed {t:?}");
+    }
+    let (st, body) = s.post(
+        "/embed",
+        &json!({"inputs": TEXTS[0], "normalize": false}).to_string(),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        bits(&parse_rows(&body)[0]),
+        bits(&single(&enc, TEXTS[0], false))
+    );
+
+    // /v1/embeddings, float and base64, with the token usage.
+    let ids = enc.encode(&TEXTS).expect("encode");
+    let tokens: usize = ids.iter().map(Vec::len).sum();
+    for format in ["float", "base64"] {
+        let (st, body) = s.post(
+            "/v1/embeddings",
+            &json!({"model": "all-MiniLM-L6-v2", "input": TEXTS, "encoding_format": format})
+                .to_string(),
+        );
+        assert_eq!(st, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["object"], "list");
+        assert_eq!(v["model"], "all-MiniLM-L6-v2");
+        assert_eq!(v["usage"]["prompt_tokens"], tokens);
+        assert_eq!(v["usage"]["total_tokens"], tokens);
+        let data = v["data"].as_array().expect("data");
+        assert_eq!(data.len(), TEXTS.len());
+        for (i, (t, d)) in TEXTS.iter().zip(data).enumerate() {
+            assert_eq!(d["object"], "embedding");
+            assert_eq!(d["index"], i);
+            let got: Vec<f32> = if format == "base64" {
+                let b = base64::engine::general_purpose::STANDARD
+                    .decode(d["embedding"].as_str().expect("base64 string"))
+                    .expect("base64");
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            } else {
+                serde_json::from_value(d["embedding"].clone()).expect("floats")
+            };
+            assert_eq!(bits(&got), bits(&single(&enc, t, true)), "{format} {t:?}");
+        }
+    }
+
+    // /tokenize gives the ids the model runs on.
+    let (st, body) = s.post("/tokenize", &json!({"inputs": TEXTS}).to_string());
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    for (i, want) in ids.iter().enumerate() {
+        let got: Vec<u32> = serde_json::from_value(v[i]["ids"].clone()).expect("ids");
+        assert_eq!(&got, want);
+        assert_eq!(v[i]["count"], want.len());
+    }
+
+    // Health, info, metrics.
+    assert_eq!(s.get("/health").0, 200);
+    let (st, body) = s.get("/info");
+    assert_eq!(st, 200);
+    let info: Value = serde_json::from_str(&body).expect("info");
+    assert_eq!(info["models"][0]["name"], "all-MiniLM-L6-v2");
+    assert_eq!(info["models"][0]["dim"], 384);
+    assert_eq!(info["device"], "cpu");
+    let (st, body) = s.get("/metrics");
+    assert_eq!(st, 200);
+    for want in [
+        "medkern_requests_total{route=\"/embed\",status=\"200\"}",
+        "medkern_request_duration_seconds_bucket{route=\"/embed\"",
+        "medkern_batch_size_requests_count{model=\"all-MiniLM-L6-v2\"}",
+        "medkern_tokens_total{model=\"all-MiniLM-L6-v2\"}",
+        "medkern_queue_depth{model=\"all-MiniLM-L6-v2\"} 0",
+    ] {
+        assert!(body.contains(want), "metrics lack {want}:\n{body}");
+    }
+
+    // Errors: JSON bodies with the status of each kind.
+    let long = "word ".repeat(2000);
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("/embed", json!({"inputs": []}).to_string(), 422),
+        ("/embed", json!({"inputs": ""}).to_string(), 422),
+        ("/embed", "{\"inputs\": ".to_string(), 422),
+        ("/embed", json!({"text": "x"}).to_string(), 422),
+        ("/embed", json!({"inputs": 7}).to_string(), 422),
+        (
+            "/embed",
+            json!({"inputs": "x".repeat(70_000)}).to_string(),
+            413,
+        ),
+        (
+            "/embed",
+            json!({"inputs": long, "truncate": false}).to_string(),
+            413,
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "nope", "input": "x"}).to_string(),
+            404,
+        ),
+        (
+            "/v1/embeddings",
+            json!({"input": "x", "encoding_format": "hex"}).to_string(),
+            422,
+        ),
+        ("/predict", json!({"inputs": "x"}).to_string(), 422),
+    ];
+    for (path, body, want) in cases {
+        let (st, resp) = s.post(path, &body);
+        assert_eq!(st, want, "{path} {body:.80}: {resp}");
+        let v: Value = serde_json::from_str(&resp).unwrap_or_else(|e| panic!("{resp}: {e}"));
+        assert!(
+            v["error"].is_string() && v["error_type"].is_string(),
+            "{resp}"
+        );
+    }
+    // Truncated by default: the long text embeds as its first max_len tokens.
+    let (st, body) = s.post("/embed", &json!({"inputs": long}).to_string());
+    assert_eq!(st, 200, "{body:.200}");
+    assert_eq!(
+        bits(&parse_rows(&body)[0]),
+        bits(&single(&enc, &long, true))
+    );
+}
+
+/// A small MobileBERT folder (random weights, 2 layers, hidden 64, a two-class head) with
+/// MiniLM's WordPiece tokenizer: the CPU backend runs it fast enough for 2 x 2000 requests of
+/// up to ~200 tokens in the test's time budget, where MiniLM would take minutes.
+fn tiny_model(minilm: &Path, what: &str) -> common::TempDir {
+    use medkern::model::mobilebert::{MobileBertConfig, random_checkpoint};
+    let dir = common::TempDir::new(what);
+    let config = json!({
+        "model_type": "mobilebert",
+        "vocab_size": 30522,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "embedding_size": 16,
+        "intra_bottleneck_size": 32,
+        "num_feedforward_networks": 2,
+        "max_position_embeddings": 256,
+        "id2label": {"0": "normal", "1": "abnormal"},
+    });
+    let cfg = MobileBertConfig::from_value(&config).expect("config");
+    let weights = random_checkpoint(&cfg, 2, 7).expect("weights");
+    std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config.json");
+    std::fs::write(dir.path().join("model.safetensors"), &weights).expect("weights");
+    std::fs::copy(
+        minilm.join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .expect("tokenizer");
+    dir
+}
+
+/// Texts of 1 to ~210 words drawn from clinical vocabulary, with a few planted long ones.
+fn load_texts(n: usize) -> Vec<String> {
+    const WORDS: [&str; 24] = [
+        "patient",
+        "fever",
+        "cough",
+        "lactate",
+        "sepsis",
+        "norepinephrine",
+        "x-ray",
+        "lobe",
+        "consolidation",
+        "4.2",
+        "mmol/L",
+        "the",
+        "of",
+        "and",
+        "with",
+        "cultures",
+        "grew",
+        "Staphylococcus",
+        "vancomycin",
+        "started",
+        "oxygen",
+        "saturation",
+        "92%",
+        "café",
+    ];
+    let mut rng = SeedRng::new(19);
+    (0..n)
+        .map(|i| {
+            let words = if i % 40 == 7 {
+                150 + rng.below(60) as usize
+            } else {
+                1 + rng.below(if i % 3 == 0 { 60 } else { 12 }) as usize
+            };
+            let mut t: Vec<&str> = (0..words)
+                .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
+                .collect();
+            if i % 40 == 3 {
+                // One word: [CLS] word [SEP], the shortest requests.
+                return WORDS[i % WORDS.len()].to_string();
+            }
+            // Otherwise distinct texts, so a mixed-up answer cannot pass as another's.
+            let tag = format!("n{i}");
+            t.push(&tag);
+            t.join(" ")
+        })
+        .collect()
+}
+
+/// Sends `requests` /embed requests (request k carries text k % texts.len()) from `clients`
+/// threads; checks every answer against `want` and returns requests per second.
+fn hammer(
+    s: &Server,
+    texts: &Arc<Vec<String>>,
+    want: &Arc<Vec<Vec<u32>>>,
+    requests: usize,
+    clients: usize,
+) -> f64 {
+    let next = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(Mutex::new(vec![0u32; requests]));
+    let url = s.url("/embed");
+    let start = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (next, answered, url) = (next.clone(), answered.clone(), url.clone());
+            let (texts, want) = (texts.clone(), want.clone());
+            std::thread::spawn(move || {
+                let agent = agent();
+                loop {
+                    let k = next.fetch_add(1, Ordering::SeqCst);
+                    if k >= requests {
+                        return;
+                    }
+                    let t = k % texts.len();
+                    let (st, body) = post(&agent, &url, &json!({"inputs": texts[t]}).to_string());
+                    assert_eq!(st, 200, "request {k}: {body}");
+                    let rows = parse_rows(&body);
+                    assert_eq!(rows.len(), 1);
+                    assert_eq!(bits(&rows[0]), want[t], "request {k} (text {t}) differs");
+                    answered.lock().unwrap_or_else(|p| p.into_inner())[k] += 1;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let answered = answered.lock().unwrap_or_else(|p| p.into_inner());
+    assert!(
+        answered.iter().all(|&n| n == 1),
+        "a request was lost or answered twice"
+    );
+    requests as f64 / secs
+}
+
+#[test]
+fn load_batched_answers_equal_single_requests() {
+    let Some(minilm) = minilm("load_batched_answers_equal_single_requests") else {
+        return;
+    };
+    let _g = serial();
+    let tiny = tiny_model(&minilm, "serve-load");
+    let dir = tiny.path();
+    let enc = reference(dir);
+    let texts = load_texts(200);
+    let lens: Vec<usize> = enc
+        .encode(&texts.iter().map(String::as_str).collect::<Vec<_>>())
+        .expect("encode")
+        .iter()
+        .map(Vec::len)
+        .collect();
+    assert!(lens.iter().any(|&n| n > 150) && lens.iter().any(|&n| n <= 3));
+    let want: Vec<Vec<u32>> = texts.iter().map(|t| bits(&single(&enc, t, true))).collect();
+    let (texts, want) = (Arc::new(texts), Arc::new(want));
+
+    let batched = Server::start(dir, &[]);
+    let rps = hammer(&batched, &texts, &want, 2000, 32);
+    let (_, metrics) = batched.get("/metrics");
+    drop(batched);
+    let unbatched = Server::start(dir, &["--max-batch-requests", "1"]);
+    let rps1 = hammer(&unbatched, &texts, &want, 2000, 32);
+    drop(unbatched);
+    let mean_batch = metric(&metrics, "medkern_batch_size_requests_sum")
+        / metric(&metrics, "medkern_batch_size_requests_count");
+    // Written to the raw stderr handle, so it shows even when libtest captures the output.
+    let line = format!(
+        "\nserve load: 2000 requests, 32 clients, {}..{} tokens: batched {rps:.0} req/s \
+         (mean batch {mean_batch:.1} requests), --max-batch-requests 1: {rps1:.0} req/s\n",
+        lens.iter().min().unwrap_or(&0),
+        lens.iter().max().unwrap_or(&0),
+    );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+}
+
+/// `/predict` runs the classification head: softmax of the logits, best first, per input.
+#[test]
+fn predict_matches_the_head() {
+    let Some(minilm) = minilm("predict_matches_the_head") else {
+        return;
+    };
+    let _g = serial();
+    let tiny = tiny_model(&minilm, "serve-predict");
+    let enc = reference(tiny.path());
+    let s = Server::start(tiny.path(), &[]);
+    let (st, body) = s.post("/predict", &json!({"inputs": TEXTS}).to_string());
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let logits = enc
+        .classify_ids(&enc.encode(&TEXTS).expect("encode"))
+        .expect("classify");
+    for (i, l) in logits.iter().enumerate() {
+        let best = if l[1] > l[0] { "abnormal" } else { "normal" };
+        assert_eq!(v[i][0]["label"], best, "{body}");
+        let p = v[i][0]["score"].as_f64().expect("score");
+        let m = l[0].max(l[1]);
+        let want = 1.0 / (f64::from(l[0] - m).exp() + f64::from(l[1] - m).exp());
+        assert!((p - want).abs() < 1e-6, "{p} vs {want}");
+    }
+    // One text: one list, not a list of lists.
+    let (st, body) = s.post("/predict", &json!({"inputs": TEXTS[0]}).to_string());
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert!(v[0]["label"].is_string(), "{body}");
+}
+
+/// The value of the first sample line of `name` in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+#[test]
+fn sigterm_answers_the_queued_requests_then_exits_0() {
+    let Some(dir) = minilm("sigterm_answers_the_queued_requests_then_exits_0") else {
+        return;
+    };
+    let _g = serial();
+    // A long batching wait keeps the requests in the server while the signal arrives.
+    let mut s = Server::start(&dir, &["--max-wait-us", "1500000"]);
+    let url = s.url("/embed");
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                post(
+                    &agent(),
+                    &url,
+                    &json!({"inputs": format!("text {i}")}).to_string(),
+                )
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let status = s.terminate(Duration::from_secs(30));
+    for c in clients {
+        let (st, body) = c.join().expect("client");
+        assert_eq!(st, 200, "{body}");
+        assert_eq!(parse_rows(&body)[0].len(), 384);
+    }
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn curl_embed() {
+    let Some(dir) = minilm("curl_embed") else {
+        return;
+    };
+    if Command::new("curl").arg("--version").output().is_err() {
+        skip("curl_embed", "curl is not on PATH");
+        return;
+    }
+    let _g = serial();
+    let enc = reference(&dir);
+    let s = Server::start(&dir, &[]);
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+        ])
+        .arg(json!({"inputs": TEXTS[0]}).to_string())
+        .arg(s.url("/embed"))
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = parse_rows(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(bits(&rows[0]), bits(&single(&enc, TEXTS[0], true)));
+}
+
+/// `.venv-clients/bin/python` (scripts/setup-pyclients) when present, else `python3`.
+fn python() -> PathBuf {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-clients/bin/python");
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+#[test]
+fn python_requests_and_openai_clients() {
+    let Some(dir) = minilm("python_requests_and_openai_clients") else {
+        return;
+    };
+    let py = python();
+    let probe = Command::new(&py)
+        .args(["-c", "import requests, openai"])
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        skip(
+            "python_requests_and_openai_clients",
+            &format!(
+                "{} cannot import requests and openai (run scripts/setup-pyclients)",
+                py.display()
+            ),
+        );
+        return;
+    }
+    let _g = serial();
+    let enc = reference(&dir);
+    let s = Server::start(&dir, &[]);
+    let script = r#"
+import json, sys, requests, openai
+base = sys.argv[1]
+texts = json.loads(sys.argv[2])
+r = requests.post(base + "/embed", json={"inputs": texts}, timeout=60)
+r.raise_for_status()
+client = openai.OpenAI(base_url=base + "/v1", api_key="unused", timeout=60)
+o = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)
+print(json.dumps({"requests": r.json(), "openai": [d.embedding for d in o.data],
+                  "tokens": o.usage.prompt_tokens}))
+"#;
+    let out = Command::new(&py)
+        .args(["-c", script])
+        .arg(&s.base)
+        .arg(json!(TEXTS).to_string())
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("python output");
+    let tokens: usize = enc
+        .encode(&TEXTS)
+        .expect("encode")
+        .iter()
+        .map(Vec::len)
+        .sum();
+    assert_eq!(v["tokens"], tokens);
+    for client in ["requests", "openai"] {
+        let rows: Vec<Vec<f32>> = serde_json::from_value(v[client].clone()).expect("rows");
+        for (t, r) in TEXTS.iter().zip(&rows) {
+            let want = single(&enc, t, true);
+            let diff = r
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                r.len() == want.len() && diff <= 1e-6,
+                "{client} {t:?}: {diff}"
+            );
+        }
+    }
+}
