@@ -493,34 +493,12 @@ fn batch_limit_from_the_command_line() {
 /// for the 30522-token vocabulary) prints the library's embeddings, logits and id2label labels.
 #[test]
 fn embed_and_classify_a_mobilebert_folder() {
-    use medkern::model::mobilebert::{MobileBertConfig, MobileBertModel, random_checkpoint};
+    use medkern::model::mobilebert::MobileBertModel;
     let test = "cli::embed_and_classify_a_mobilebert_folder";
     let Some(minilm) = minilm_or_skip(test) else {
         return;
     };
-    let dir = common::TempDir::new("cli-mobilebert");
-    let config = serde_json::json!({
-        "model_type": "mobilebert",
-        "vocab_size": 30522,
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "embedding_size": 16,
-        "intra_bottleneck_size": 32,
-        "num_feedforward_networks": 2,
-        "max_position_embeddings": 64,
-        "id2label": {"0": "normal", "1": "abnormal"},
-    });
-    let cfg = MobileBertConfig::from_value(&config).expect("config");
-    let weights = random_checkpoint(&cfg, 2, 7).expect("weights");
-    std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config.json");
-    std::fs::write(dir.path().join("model.safetensors"), &weights).expect("weights");
-    std::fs::copy(
-        minilm.join("tokenizer.json"),
-        dir.path().join("tokenizer.json"),
-    )
-    .expect("tokenizer");
+    let dir = common::tiny_mobilebert_folder(&minilm, "cli-mobilebert", 64);
     let texts = ["Chest pain radiating to the left arm.", "No fever."];
     let mut args = vec!["embed", "--device", "cpu", "--classify", "--model"];
     args.push(dir.path().to_str().expect("path"));
@@ -531,13 +509,8 @@ fn embed_and_classify_a_mobilebert_folder() {
         .expect("tokenizer")
         .encode(&texts)
         .expect("ids");
-    let m = MobileBertModel::from_safetensors(
-        cfg,
-        &weights,
-        &medkern::Device::Cpu,
-        medkern::DType::F32,
-    )
-    .expect("model");
+    let m = MobileBertModel::load(dir.path(), &medkern::Device::Cpu, medkern::DType::F32)
+        .expect("model");
     let emb = m
         .embed(&ids, medkern::model::bert::Pooling::Mean)
         .expect("embed");

@@ -299,35 +299,10 @@ fn endpoints_match_the_encoder_and_errors_are_json() {
     );
 }
 
-/// A small MobileBERT folder (random weights, 2 layers, hidden 64, a two-class head) with
-/// MiniLM's WordPiece tokenizer: the CPU backend runs it fast enough for 2 x 2000 requests of
+/// The tiny MobileBERT folder: the CPU backend runs it fast enough for 2 x 2000 requests of
 /// up to ~200 tokens in the test's time budget, where MiniLM would take minutes.
 fn tiny_model(minilm: &Path, what: &str) -> common::TempDir {
-    use medkern::model::mobilebert::{MobileBertConfig, random_checkpoint};
-    let dir = common::TempDir::new(what);
-    let config = json!({
-        "model_type": "mobilebert",
-        "vocab_size": 30522,
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "embedding_size": 16,
-        "intra_bottleneck_size": 32,
-        "num_feedforward_networks": 2,
-        "max_position_embeddings": 256,
-        "id2label": {"0": "normal", "1": "abnormal"},
-    });
-    let cfg = MobileBertConfig::from_value(&config).expect("config");
-    let weights = random_checkpoint(&cfg, 2, 7).expect("weights");
-    std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config.json");
-    std::fs::write(dir.path().join("model.safetensors"), &weights).expect("weights");
-    std::fs::copy(
-        minilm.join("tokenizer.json"),
-        dir.path().join("tokenizer.json"),
-    )
-    .expect("tokenizer");
-    dir
+    common::tiny_mobilebert_folder(minilm, what, 256)
 }
 
 /// Texts of 1 to ~210 words drawn from clinical vocabulary, with a few planted long ones.

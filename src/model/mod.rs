@@ -39,6 +39,15 @@ pub mod resnet;
 pub mod sentence;
 pub mod sepsis;
 
+/// Probabilities from one row of a classification head's logits: softmax in f64 with the
+/// maximum subtracted first (the CLI's and the server's labels and scores).
+pub fn softmax(v: &[f32]) -> Vec<f32> {
+    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = v.iter().map(|&x| f64::from(x - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|&x| (x / s) as f32).collect()
+}
+
 /// The values of a float safetensors tensor (F64, F32, F16, BF16, little endian) as f64; None
 /// for other dtypes (each loader says what it expected).
 pub(crate) fn float_values(t: &safetensors::tensor::TensorView) -> Option<Vec<f64>> {
@@ -63,4 +72,20 @@ pub(crate) fn float_values(t: &safetensors::tensor::TensorView) -> Option<Vec<f6
             .collect(),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn softmax_matches_hand_values_and_survives_large_logits() {
+        // e^0 : e^{ln 3} = 1 : 3.
+        let p = super::softmax(&[0.0, 3f32.ln()]);
+        assert!(
+            (p[0] - 0.25).abs() < 1e-6 && (p[1] - 0.75).abs() < 1e-6,
+            "{p:?}"
+        );
+        // Without the maximum subtracted, e^1000 would overflow to inf and give NaN.
+        let p = super::softmax(&[1000.0, 1000.0]);
+        assert_eq!(p, [0.5, 0.5]);
+    }
 }

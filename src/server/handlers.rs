@@ -5,6 +5,7 @@ use super::batcher::{Job, Refused, Reply, Task};
 use super::{AppState, Served};
 use crate::error::{Error, Result};
 use crate::model::encoder::normalize_unit;
+use crate::model::softmax;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
@@ -439,14 +440,6 @@ async fn predict(
         per_input.into_iter().next().unwrap_or(Value::Null)
     };
     Ok(axum::Json(out).into_response())
-}
-
-/// Softmax in f64 (max subtracted first).
-fn softmax(v: &[f32]) -> Vec<f32> {
-    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f64> = v.iter().map(|&x| f64::from(x - m).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.iter().map(|&x| (x / s) as f32).collect()
 }
 
 /// `GET /health`: 200 while serving (models are loaded before the port opens), 503 while

@@ -499,3 +499,38 @@ pub fn model_or_skip(test: &str, rel: &str) -> Option<std::path::PathBuf> {
         p.display()
     );
 }
+
+/// A small MobileBERT folder (random weights, seed 7: 2 layers, hidden 64, a two-class head
+/// `normal`/`abnormal`) with MiniLM's WordPiece tokenizer: fast on the CPU backend, and run
+/// through the same loaders as a real folder.
+pub fn tiny_mobilebert_folder(
+    minilm: &std::path::Path,
+    what: &str,
+    max_positions: usize,
+) -> TempDir {
+    use medkern::model::mobilebert::{MobileBertConfig, random_checkpoint};
+    let dir = TempDir::new(what);
+    let config = serde_json::json!({
+        "model_type": "mobilebert",
+        "vocab_size": 30522,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "embedding_size": 16,
+        "intra_bottleneck_size": 32,
+        "num_feedforward_networks": 2,
+        "max_position_embeddings": max_positions,
+        "id2label": {"0": "normal", "1": "abnormal"},
+    });
+    let cfg = MobileBertConfig::from_value(&config).expect("config");
+    let weights = random_checkpoint(&cfg, 2, 7).expect("weights");
+    std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config.json");
+    std::fs::write(dir.path().join("model.safetensors"), &weights).expect("weights");
+    std::fs::copy(
+        minilm.join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .expect("tokenizer");
+    dir
+}

@@ -343,13 +343,8 @@ enum Classifier {
     Effnet(Box<medkern::model::efficientnet::EfficientNet>),
 }
 
-/// Softmax of one row of logits, computed in f64.
-pub fn softmax(v: &[f32]) -> Vec<f32> {
-    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f64> = v.iter().map(|&x| f64::from(x - m).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.iter().map(|&x| (x / s) as f32).collect()
-}
+/// Softmax of one row of logits (the library's, shared with the server).
+pub use medkern::model::softmax;
 
 /// An error when any of `values` (a model's probabilities or logits) is not finite: such an
 /// image gets an error entry, never a label.
