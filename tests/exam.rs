@@ -432,9 +432,33 @@ fn emr_errors_name_the_key() {
         r#"{"features": [{"key": "a", "unit": "", "type": "numeric", "min": 0, "max": 1, "mean": 0, "std": 1},
                          {"key": "a", "unit": "", "type": "numeric", "min": 0, "max": 1, "mean": 0, "std": 1}]}"#,
         r#"{"features": [{"key": "a", "unit": "", "type": "numeric", "min": -5, "max": 1, "mean": 0, "std": 1, "log": true}]}"#,
+        // Scores that overflow f32 (the fuzzer's `emr` finding: a tiny std, a huge range).
+        r#"{"features": [{"key": "a", "unit": "", "type": "numeric", "min": 0, "max": 1, "mean": 0, "std": 1e-300}]}"#,
+        r#"{"features": [{"key": "a", "unit": "", "type": "numeric", "min": -1e300, "max": 1e300, "mean": 0, "std": 1}]}"#,
     ] {
-        assert!(EmrConfig::from_json(bad).is_err(), "{bad}");
+        let e = EmrConfig::from_json(bad).expect_err(bad).to_string();
+        assert!(e.contains("emr"), "{e}");
     }
+    // A list built in code skips `validate`; encoding still refuses a non-finite score.
+    let unchecked = EmrConfig {
+        features: vec![EmrFeature {
+            key: "a".into(),
+            unit: "u".into(),
+            kind: FeatureKind::Numeric {
+                min: 0.0,
+                max: 1.0,
+                mean: 0.0,
+                std: 1e-300,
+                log: false,
+            },
+        }],
+    };
+    let e = unchecked
+        .encode_json(r#"{"a": 1}"#)
+        .expect_err("inf score")
+        .to_string();
+    assert!(e.contains("\"a\"") && e.contains("finite"), "{e}");
+    assert!(unchecked.encode_json(r#"{"a": 0}"#).is_ok());
 }
 
 #[test]

@@ -211,6 +211,24 @@ impl EmrConfig {
                             ),
                         ));
                     }
+                    // The z-score is monotonic in the value, so finite f32 scores at both ends
+                    // of the plausible range mean every accepted value encodes finitely (a
+                    // tiny std or a huge range would otherwise feed inf to the network).
+                    let (lo, hi) = (
+                        zscore(*min, *mean, *std, *log),
+                        zscore(*max, *mean, *std, *log),
+                    );
+                    if !(lo.is_finite() && hi.is_finite()) {
+                        return Err(invalid(
+                            "config",
+                            format!(
+                                "feature {:?}: the range [{min}, {max}] with mean {mean}, std \
+                                 {std} (log {log}) encodes to [{lo}, {hi}]; expected finite f32 \
+                                 scores",
+                                f.key
+                            ),
+                        ));
+                    }
                 }
                 FeatureKind::Categorical { categories } => {
                     let mut cs = std::collections::HashSet::new();
@@ -325,8 +343,17 @@ impl EmrConfig {
                                 ),
                             ));
                         }
-                        let t = if *log { x.ln_1p() } else { x };
-                        out[s] = ((t - mean) / std) as f32;
+                        let z = zscore(x, *mean, *std, *log);
+                        if !z.is_finite() {
+                            return Err(invalid(
+                                "record",
+                                format!(
+                                    "key {:?}: {x} {} encodes to {z}; expected a finite score",
+                                    f.key, f.unit
+                                ),
+                            ));
+                        }
+                        out[s] = z;
                         out[slots + i] = 1.0;
                     }
                     s += 1;
@@ -397,6 +424,12 @@ impl EmrConfig {
         debug_assert_eq!(t.dtype(), DType::F32);
         Ok(t)
     }
+}
+
+/// The encoded value of `x`: `(t − mean)/std` with `t = ln(1 + x)` under `log`, as f32.
+fn zscore(x: f64, mean: f64, std: f64, log: bool) -> f32 {
+    let t = if log { x.ln_1p() } else { x };
+    ((t - mean) / std) as f32
 }
 
 fn kind_of(v: &Value) -> String {
