@@ -487,3 +487,57 @@ fn mapped_weights_keep_the_model_file_limit() {
         "{err}"
     );
 }
+
+/// Sentence pairs: `[CLS] a [SEP] b [SEP]`, type ids 0 up to the first [SEP] and 1 after it,
+/// each side the tokens it has alone; past `max_len` the longer side loses its last tokens
+/// first (Hugging Face's `truncation=True`), and both [SEP] stay.
+#[test]
+fn sentence_pairs_are_typed_and_truncated_longest_first() {
+    let Some(minilm) = minilm_or_skip("sentence_pairs_are_typed_and_truncated_longest_first")
+    else {
+        return;
+    };
+    let tok = BertTokenizer::load(&minilm, 16).expect("tokenizer");
+    let alone = |t: &str| {
+        let ids = tok.encode(&[t]).expect("ids").remove(0);
+        ids[1..ids.len() - 1].to_vec()
+    };
+    let (cls, sep) = (101u32, 102u32);
+    let (q, d) = ("sepsis", "lactate is high");
+    let (ids, types) = tok.encode_pairs(&[(q, d)]).expect("pair");
+    let (qa, da) = (alone(q), alone(d));
+    let mut want = vec![cls];
+    want.extend(&qa);
+    want.push(sep);
+    want.extend(&da);
+    want.push(sep);
+    assert_eq!(ids[0], want);
+    let mut want_types = vec![0u32; qa.len() + 2];
+    want_types.extend(vec![1u32; da.len() + 1]);
+    assert_eq!(types[0], want_types);
+    // A long passage is cut to max_len, the short query kept whole.
+    let long = "pneumonia with bilateral infiltrates ".repeat(20);
+    let (ids, types) = tok.encode_pairs(&[(q, &long)]).expect("long pair");
+    assert_eq!(ids[0].len(), 16);
+    assert_eq!(&ids[0][1..1 + qa.len()], qa.as_slice());
+    assert_eq!(ids[0][1 + qa.len()], sep);
+    assert_eq!(ids[0][15], sep);
+    assert_eq!(types[0].iter().filter(|&&t| t == 0).count(), qa.len() + 2);
+    assert_eq!(
+        &ids[0][2 + qa.len()..15],
+        &alone(&long)[..15 - 2 - qa.len()]
+    );
+    // Both long: each keeps about half.
+    let (ids, types) = tok.encode_pairs(&[(&long, &long)]).expect("both long");
+    let zeros = types[0].iter().filter(|&&t| t == 0).count();
+    assert_eq!(ids[0].len(), 16);
+    assert!((7..=9).contains(&zeros), "{types:?}");
+    // An over-long text is an error naming the limit, not a slow tokenisation.
+    let tok = tok.with_max_text_bytes(64);
+    let e = tok
+        .encode_pairs(&[(q, &long)])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("max_text_bytes"), "{e}");
+}

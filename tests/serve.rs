@@ -31,10 +31,17 @@ struct Server {
 
 impl Server {
     fn start(model: &Path, extra: &[&str]) -> Server {
+        let m = model.to_str().expect("utf-8 path");
+        let mut args = vec!["--model", m];
+        args.extend_from_slice(extra);
+        Server::spawn(&args)
+    }
+
+    /// `medkern serve --device cpu --port 0` with `args`.
+    fn spawn(args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_medkern"))
-            .args(["serve", "--device", "cpu", "--port", "0", "--model"])
-            .arg(model)
-            .args(extra)
+            .args(["serve", "--device", "cpu", "--port", "0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -440,6 +447,253 @@ fn load_batched_answers_equal_single_requests() {
         lens.iter().max().unwrap_or(&0),
     );
     let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+}
+
+/// Sends a POST's headers declaring `length` body bytes, no body, and returns what the
+/// server answers (read until it closes or 2 s of silence).
+fn headers_only(base: &str, path: &str, length: usize) -> String {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    write!(
+        c,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {length}\r\n\r\n"
+    )
+    .expect("send headers");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = c.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Equal JSON, numbers compared as the f32 they were printed from (serde_json's default float
+/// parser may miss the nearest f64 by an ulp, never the f32).
+fn same_f32(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => (x as f32).to_bits() == (y as f32).to_bits(),
+            _ => x == y,
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_f32(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_f32(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// `POST /classify` answers what `ImageClassifier` answers in this process (bit for bit on the
+/// CPU), for the real Lite0 on a PNG and a JPEG and for the sepsis model (random weights) by
+/// name; bad uploads, unknown models, bad parameters and oversized bodies are JSON errors.
+#[test]
+fn classify_matches_the_image_classifier() {
+    use medkern::model::classify::{ImageClassifier, ImageModel};
+    let test = "classify_matches_the_image_classifier";
+    let (Some(lite0), Some(photo), Some(jpeg)) = (
+        model_or_skip(test, "efficientnet-lite0/model.safetensors"),
+        model_or_skip(test, "images/chelsea.png"),
+        model_or_skip(test, "images/rocket.jpg"),
+    ) else {
+        return;
+    };
+    let _g = serial();
+    let spec = format!("lite0={}", lite0.display());
+    // chelsea.png (240,512 bytes) is under this limit.
+    let s = Server::spawn(&[
+        "--image-model",
+        &spec,
+        "--image-model",
+        "sepsis",
+        "--max-image-bytes",
+        "300000",
+    ]);
+    let send = |query: &str, bytes: &[u8]| -> (u16, Value) {
+        let mut r = agent()
+            .post(&s.url(&format!("/classify{query}")))
+            .header("content-type", "application/octet-stream")
+            .send(bytes)
+            .expect("POST /classify");
+        let st = r.status().as_u16();
+        let body = r.body_mut().read_to_string().expect("body");
+        let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:.300}"));
+        (st, v)
+    };
+    let local = |kind, weights: Option<&Path>, file: &Path, top| -> Value {
+        let m = ImageClassifier::load(kind, weights, &Device::Cpu, DType::F32).expect("load");
+        let raw = medkern::input::load(file).expect("decode");
+        m.classify_image(raw, top, false).expect("classify")
+    };
+    for (file, top) in [(&photo, 5), (&jpeg, 3)] {
+        let bytes = std::fs::read(file).expect("read image");
+        let (st, mut v) = send(&format!("?top={top}"), &bytes);
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["model"], "lite0", "{v}");
+        v.as_object_mut().expect("object").remove("model");
+        let want = local(ImageModel::Lite0, Some(&lite0), file, top);
+        assert!(same_f32(&v, &want), "{}: {v} vs {want}", file.display());
+        assert_eq!(v["top"].as_array().map(Vec::len), Some(top), "{v}");
+    }
+    // The real Lite0 sees a cat in chelsea.png (ImageNet 281-285 are the domestic cats).
+    let (_, v) = send("", &std::fs::read(&photo).expect("read"));
+    let best = v["top"][0]["class"].as_u64().expect("class");
+    assert!((281..=285).contains(&best), "{v}");
+    // The second image model by name.
+    let (st, mut v) = send("?model=sepsis", &std::fs::read(&photo).expect("read"));
+    assert_eq!(st, 200, "{v}");
+    v.as_object_mut().expect("object").remove("model");
+    let want = local(ImageModel::Sepsis, None, &photo, 5);
+    assert!(same_f32(&v, &want), "{v} vs {want}");
+    assert!(v["probabilities"]["sepsis"].is_number(), "{v}");
+    // Errors: JSON with the usual codes, before any model work.
+    let (st, v) = send("", b"not an image at all");
+    assert_eq!(st, 422, "{v}");
+    assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("PNG")),
+        "{v}"
+    );
+    let (st, v) = send("", b"");
+    assert_eq!(st, 422, "{v}");
+    let (st, v) = send("?model=resnet50", &std::fs::read(&photo).expect("read"));
+    assert_eq!(st, 404, "{v}");
+    assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("lite0")),
+        "{v}"
+    );
+    let (st, v) = send("?top=0", &std::fs::read(&photo).expect("read"));
+    assert_eq!(st, 422, "{v}");
+    let (st, v) = send("?top=many", &std::fs::read(&photo).expect("read"));
+    assert_eq!(st, 422, "{v}");
+    // An upload declared larger than --max-image-bytes is refused before its body is sent:
+    // the answer comes to the headers alone.
+    let answer = headers_only(&s.base, "/classify", 300_001);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("max_image_bytes"), "{answer}");
+    // /info lists the image models; with no text model the text routes answer 404.
+    let (st, body) = s.get("/info");
+    assert_eq!(st, 200);
+    let info: Value = serde_json::from_str(&body).expect("info");
+    let names: Vec<&str> = info["image_models"]
+        .as_array()
+        .expect("image_models")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(names, ["lite0", "sepsis"], "{info}");
+    let (st, body) = s.post("/embed", &json!({"inputs": "a text"}).to_string());
+    assert_eq!(st, 404, "{body}");
+}
+
+/// Sentence pairs: `/predict` reads TEI's pair and batch forms and runs the head on
+/// `[CLS] a [SEP] b [SEP]` with type ids 0/1; `/rerank` scores texts against a query with a
+/// one-output cross-encoder, best first. Both are checked against `TextEncoder` in this
+/// process, whose type ids are shown to matter.
+#[test]
+fn predict_pairs_and_rerank_match_the_encoder() {
+    let Some(minilm) = minilm("predict_pairs_and_rerank_match_the_encoder") else {
+        return;
+    };
+    let _g = serial();
+    let cls = tiny_model(&minilm, "serve-pairs");
+    let cross = common::tiny_mobilebert_with_labels(&minilm, "serve-rerank", 256, &["relevance"]);
+    let close = |got: f64, want: f32, what: &str| {
+        assert!(
+            (got - f64::from(want)).abs() <= 1e-6 + 1e-6 * f64::from(want).abs(),
+            "{what}: {got} vs {want}"
+        );
+    };
+    let (a, b) = (TEXTS[0], TEXTS[1]);
+    {
+        let enc = reference(cls.path());
+        let pair = enc.classify_pairs(&[(a, b)]).expect("pair").remove(0);
+        // The type ids reach the model: the same tokens typed all 0 score otherwise.
+        let (ids, _) = enc.encode_pairs(&[(a, b)]).expect("encode");
+        let untyped = enc.classify_ids(&ids).expect("untyped").remove(0);
+        assert_ne!(bits(&pair), bits(&untyped), "type ids changed nothing");
+        let single = enc
+            .classify_ids(&enc.encode(&[a]).expect("a"))
+            .expect("single")
+            .remove(0);
+        let labels = ["normal", "abnormal"];
+        let s = Server::start(cls.path(), &[]);
+        // ["a", "b"] is one pair (TEI), answered as one list; raw_scores gives the logits.
+        let (st, body) = s.post(
+            "/predict",
+            &json!({"inputs": [a, b], "raw_scores": true}).to_string(),
+        );
+        assert_eq!(st, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        for e in v.as_array().expect("one list") {
+            let j = labels.iter().position(|l| e["label"] == *l).expect("label");
+            close(e["score"].as_f64().expect("score"), pair[j], "pair logit");
+        }
+        // A batch mixing a text and a pair: a list of lists, each as alone.
+        let (st, body) = s.post("/predict", &json!({"inputs": [[a], [a, b]]}).to_string());
+        assert_eq!(st, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        for (k, want) in [(0, &single), (1, &pair)] {
+            let p = medkern::model::softmax(want);
+            for e in v[k].as_array().expect("list") {
+                let j = labels.iter().position(|l| e["label"] == *l).expect("label");
+                close(e["score"].as_f64().expect("score"), p[j], "batch softmax");
+            }
+        }
+        let (st, body) = s.post("/predict", &json!({"inputs": [[a, b, a]]}).to_string());
+        assert_eq!(st, 422, "{body}");
+        // A two-class head is no cross-encoder.
+        let (st, body) = s.post("/rerank", &json!({"query": a, "texts": [b]}).to_string());
+        assert_eq!(st, 422, "{body}");
+        assert!(body.contains("cross-encoder"), "{body}");
+    }
+    let enc = reference(cross.path());
+    let s = Server::start(cross.path(), &[]);
+    let (st, body) = s.post(
+        "/rerank",
+        &json!({"query": TEXTS[2], "texts": TEXTS, "return_text": true}).to_string(),
+    );
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let ranks = v.as_array().expect("ranks");
+    assert_eq!(ranks.len(), TEXTS.len(), "{body}");
+    let mut seen = vec![false; TEXTS.len()];
+    let mut last = f64::INFINITY;
+    for r in ranks {
+        let i = r["index"].as_u64().expect("index") as usize;
+        assert!(!seen[i], "index {i} twice: {body}");
+        seen[i] = true;
+        assert_eq!(r["text"], TEXTS[i], "{body}");
+        let logit = enc
+            .classify_pairs(&[(TEXTS[2], TEXTS[i])])
+            .expect("pair")
+            .remove(0)[0];
+        let want = (1.0 / (1.0 + (-f64::from(logit)).exp())) as f32;
+        let got = r["score"].as_f64().expect("score");
+        close(got, want, "rerank sigmoid");
+        assert!(got <= last, "not best first: {body}");
+        last = got;
+    }
+    let (st, body) = s.post(
+        "/rerank",
+        &json!({"query": TEXTS[2], "texts": [TEXTS[0]], "raw_scores": true}).to_string(),
+    );
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let logit = enc.classify_pairs(&[(TEXTS[2], TEXTS[0])]).expect("pair")[0][0];
+    close(v[0]["score"].as_f64().expect("score"), logit, "rerank raw");
+    assert!(v[0].get("text").is_none(), "{body}");
+    let (st, body) = s.post("/rerank", &json!({"query": "q", "texts": []}).to_string());
+    assert_eq!(st, 422, "{body}");
 }
 
 /// `/predict` runs the classification head: softmax of the logits, best first, per input.

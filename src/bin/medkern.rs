@@ -129,7 +129,8 @@ enum Cmd {
     /// says so.
     Classify(cnn::ClassifyArgs),
     /// Serve text encoders over HTTP with dynamic batching: TEI's /embed, /tokenize and
-    /// /predict, OpenAI's /v1/embeddings, /health, /info and /metrics. Prints
+    /// /predict, OpenAI's /v1/embeddings; the image models' /classify (PNG, JPEG or DICOM
+    /// bytes); /health, /info and /metrics. Prints
     /// `medkern serve: listening on http://HOST:PORT` once the models are loaded; SIGTERM or
     /// ctrl-c stops accepting, answers what was queued, then exits.
     #[cfg(feature = "server")]
@@ -1071,10 +1072,15 @@ fn embed(a: EmbedArgs) -> medkern::Result<()> {
 #[cfg(feature = "server")]
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// A model folder to serve, as NAME=DIR or DIR (the name is then the folder's name);
+    /// A text model folder to serve, as NAME=DIR or DIR (the name is then the folder's name);
     /// repeatable. The first is the default of requests that name no model.
-    #[arg(long = "model", required = true)]
+    #[arg(long = "model", required_unless_present = "image_models")]
     models: Vec<String>,
+    /// An image model for POST /classify, as KIND or KIND=WEIGHTS (KIND: sepsis, cxr, lite0;
+    /// the name is KIND; without weights, deterministic random ones); repeatable. The first is
+    /// the default of /classify.
+    #[arg(long = "image-model", value_name = "KIND[=WEIGHTS]")]
+    image_models: Vec<String>,
     /// The address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -1102,6 +1108,12 @@ struct ServeArgs {
     /// The largest request body in bytes (413 beyond).
     #[arg(long, default_value_t = 2 << 20)]
     max_request_bytes: usize,
+    /// The largest /classify upload in bytes (413 beyond).
+    #[arg(long, default_value_t = 64 << 20)]
+    max_image_bytes: usize,
+    /// Decoded images queued per image model before new ones are refused (429).
+    #[arg(long, default_value_t = 16)]
+    max_image_queue: usize,
 }
 
 /// Loads each `--model` and serves them until SIGTERM / ctrl-c.
@@ -1138,6 +1150,17 @@ fn serve(a: ServeArgs) -> medkern::Result<()> {
         )?;
         models.push((name, enc));
     }
+    let mut images = Vec::with_capacity(a.image_models.len());
+    for spec in &a.image_models {
+        use medkern::model::classify::{ImageClassifier, ImageModel};
+        let (kind, weights) = match spec.split_once('=') {
+            Some((k, w)) => (k, Some(PathBuf::from(w))),
+            None => (spec.as_str(), None),
+        };
+        let kind = ImageModel::parse(kind)?;
+        let m = ImageClassifier::load(kind, weights.as_deref(), &dev, dtype)?;
+        images.push((kind.name().to_string(), m));
+    }
     let config = medkern::server::ServeConfig {
         host: a.host,
         port: a.port,
@@ -1147,9 +1170,11 @@ fn serve(a: ServeArgs) -> medkern::Result<()> {
         max_queue: a.max_queue,
         max_request_bytes: a.max_request_bytes,
         max_inputs: max_batch,
+        max_image_bytes: a.max_image_bytes,
+        max_image_queue: a.max_image_queue,
     };
     let mut listen_err = None;
-    medkern::server::serve(models, dev.describe(), config, |addr| {
+    medkern::server::serve(models, images, dev.describe(), config, |addr| {
         let mut out = std::io::stdout().lock();
         let line = format!("medkern serve: listening on http://{addr}");
         if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {

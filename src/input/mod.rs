@@ -211,14 +211,33 @@ pub fn load(path: &Path) -> Result<RawImage> {
 /// [`load`] under the caller's limits. The file is read once.
 pub fn load_with(path: &Path, limits: &InputLimits) -> Result<RawImage> {
     let bytes = read_file(path, limits.max_file_bytes)?;
-    if dicom::has_dicom_magic(&bytes) {
+    decode(&bytes, path, limits)
+}
+
+/// Decodes a PNG, JPEG or DICOM image (chosen by content) already in memory, under `limits`
+/// (the byte count included); `name` stands for the file in messages (an upload has none).
+pub fn decode(bytes: &[u8], name: &Path, limits: &InputLimits) -> Result<RawImage> {
+    if bytes.len() as u64 > limits.max_file_bytes {
+        return Err(Error::Corrupt {
+            op: OP,
+            arg: "file",
+            detail: format!(
+                "{}: file has {} bytes, more than the limit of {} for PNG, JPEG or DICOM \
+                 (InputLimits::max_file_bytes)",
+                name.display(),
+                bytes.len(),
+                limits.max_file_bytes
+            ),
+        });
+    }
+    if dicom::has_dicom_magic(bytes) {
         let opts = dicom::DicomOptions {
             limits: *limits,
             ..Default::default()
         };
-        Ok(dicom::from_bytes(&bytes, path, &opts)?.into_raw())
+        Ok(dicom::from_bytes(bytes, name, &opts)?.into_raw())
     } else {
-        image::from_bytes(&bytes, path, limits)
+        image::from_bytes(bytes, name, limits)
     }
 }
 

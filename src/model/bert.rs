@@ -969,6 +969,16 @@ impl BertModel {
     /// Sequence-classification logits `[batch][labels]` (f32 on the host): the head runs on
     /// the first token of each sequence, gathered on the device (no host round trip).
     pub fn classify(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        self.classify_typed(ids, None)
+    }
+
+    /// [`Self::classify`] with token type ids (segment A = 0, B = 1: sentence pairs, as a
+    /// cross-encoder reads a query and a passage); `None` means all zeros.
+    pub fn classify_typed(
+        &self,
+        ids: &[Vec<u32>],
+        type_ids: Option<&[Vec<u32>]>,
+    ) -> Result<Vec<Vec<f32>>> {
         check_batch(OP, "ids (sequences)", ids.len(), self.max_batch)?;
         let head = self.head.as_ref().ok_or_else(|| {
             invalid(
@@ -982,7 +992,7 @@ impl BertModel {
                 "a sequence is empty; classify needs its first token".into(),
             ));
         }
-        let (x, cu) = self.forward(ids, None)?;
+        let (x, cu) = self.forward(ids, type_ids)?;
         let first: Vec<u32> = cu[..cu.len() - 1].iter().map(|&r| r as u32).collect();
         let cls = embedding(
             Lookup {
@@ -1332,12 +1342,18 @@ pub enum Pooling {
     Max,
 }
 
+/// Token ids and their token type ids, one sequence per sentence pair.
+pub type PairIds = (Vec<Vec<u32>>, Vec<Vec<u32>>);
+
 /// The default of [`BertTokenizer::with_max_text_bytes`]: 1 MiB.
 pub const DEFAULT_MAX_TEXT_BYTES: usize = 1 << 20;
 
 /// WordPiece tokenisation from a `tokenizer.json` (the `tokenizers` crate).
 pub struct BertTokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer truncating sentence pairs longest-first to `max_len`, as Hugging
+    /// Face's `truncation=True` does for a cross-encoder's (query, passage).
+    pair: tokenizers::Tokenizer,
     max_len: usize,
     max_text_bytes: usize,
     max_batch: usize,
@@ -1370,8 +1386,17 @@ impl BertTokenizer {
         inner
             .with_truncation(None)
             .map_err(|e| invalid("tokenizer", format!("{}: {e}", path.display())))?;
+        let mut pair = inner.clone();
+        pair.with_truncation(Some(tokenizers::TruncationParams {
+            max_length: max_len,
+            strategy: tokenizers::TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: tokenizers::TruncationDirection::Right,
+        }))
+        .map_err(|e| invalid("tokenizer", format!("{}: {e}", path.display())))?;
         Ok(BertTokenizer {
             inner,
+            pair,
             max_len,
             max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
             max_batch: DEFAULT_MAX_BATCH,
@@ -1440,6 +1465,38 @@ impl BertTokenizer {
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
         check_batch(OP, "texts", texts.len(), self.max_batch)?;
         texts.iter().map(|t| self.encode_one(t)).collect()
+    }
+
+    /// Token ids and token type ids of each sentence pair, `[CLS] a [SEP] b [SEP]` with types
+    /// 0 for `[CLS] a [SEP]` and 1 for `b [SEP]`, truncated longest-first to `max_len` (the
+    /// longer side loses its last tokens first). Each text is tokenised whole, so each must
+    /// be within [`max_text_bytes`](Self::max_text_bytes).
+    pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<PairIds> {
+        check_batch(OP, "pairs", pairs.len(), self.max_batch)?;
+        let mut ids = Vec::with_capacity(pairs.len());
+        let mut types = Vec::with_capacity(pairs.len());
+        for (i, (a, b)) in pairs.iter().enumerate() {
+            for t in [a, b] {
+                if t.len() > self.max_text_bytes {
+                    return Err(invalid(
+                        "text",
+                        format!(
+                            "pair {i}: a text of {} bytes; expected at most {} (the \
+                             tokenizer's max_text_bytes limit)",
+                            t.len(),
+                            self.max_text_bytes
+                        ),
+                    ));
+                }
+            }
+            let enc = self
+                .pair
+                .encode((*a, *b), true)
+                .map_err(|e| invalid("text", format!("pair {i}: tokenizer: {e}")))?;
+            ids.push(enc.get_ids().to_vec());
+            types.push(enc.get_type_ids().to_vec());
+        }
+        Ok((ids, types))
     }
 
     fn encode_one(&self, text: &str) -> Result<Vec<u32>> {

@@ -6,7 +6,7 @@
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::input::check_batch;
-use crate::model::bert::{BertModel, BertTokenizer, Pooling};
+use crate::model::bert::{BertModel, BertTokenizer, PairIds, Pooling};
 use crate::model::hub::resolve_model;
 use crate::model::mobilebert::MobileBertModel;
 use crate::model::sentence;
@@ -63,9 +63,18 @@ impl EncoderModel {
 
     /// The sequence-classification head's logits per id sequence.
     pub fn classify(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        self.classify_typed(ids, None)
+    }
+
+    /// [`Self::classify`] with token type ids (sentence pairs); `None` means all zeros.
+    pub fn classify_typed(
+        &self,
+        ids: &[Vec<u32>],
+        type_ids: Option<&[Vec<u32>]>,
+    ) -> Result<Vec<Vec<f32>>> {
         match self {
-            EncoderModel::Bert(m) => m.classify(ids),
-            EncoderModel::Mobile(m) => m.classify(ids),
+            EncoderModel::Bert(m) => m.classify_typed(ids, type_ids),
+            EncoderModel::Mobile(m) => m.classify_typed(ids, type_ids),
         }
     }
 
@@ -218,19 +227,37 @@ impl TextEncoder {
         // sentence_bert_config.json's do_lower_case with a cased tokenizer: lower-cased as
         // sentence-transformers does, each text bounded first (the tokenizer reads no more).
         check_batch(OP, "texts", texts.len(), self.tokenizer.max_batch())?;
-        let cap = self.tokenizer.max_text_bytes();
-        let lower: Vec<String> = texts
-            .iter()
-            .map(|t| {
-                let cut = (0..=cap.min(t.len()))
-                    .rev()
-                    .find(|&i| t.is_char_boundary(i))
-                    .unwrap_or(0);
-                t[..cut].to_lowercase()
-            })
-            .collect();
+        let lower: Vec<String> = texts.iter().map(|t| self.lower(t)).collect();
         let refs: Vec<&str> = lower.iter().map(String::as_str).collect();
         self.tokenizer.encode(&refs)
+    }
+
+    /// `t` lower-cased, first cut to the tokenizer's byte limit (at a char boundary).
+    fn lower(&self, t: &str) -> String {
+        let cap = self.tokenizer.max_text_bytes();
+        let cut = (0..=cap.min(t.len()))
+            .rev()
+            .find(|&i| t.is_char_boundary(i))
+            .unwrap_or(0);
+        t[..cut].to_lowercase()
+    }
+
+    /// Token ids and type ids per sentence pair (`[CLS] a [SEP] b [SEP]`, truncated
+    /// longest-first to [`Self::max_len`]): what a cross-encoder's head reads.
+    pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<PairIds> {
+        if !self.lower_case {
+            return self.tokenizer.encode_pairs(pairs);
+        }
+        check_batch(OP, "pairs", pairs.len(), self.tokenizer.max_batch())?;
+        let lower: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(a, b)| (self.lower(a), self.lower(b)))
+            .collect();
+        let refs: Vec<(&str, &str)> = lower
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        self.tokenizer.encode_pairs(&refs)
     }
 
     /// One embedding per id sequence: pooled, then scaled to unit length when
@@ -251,6 +278,12 @@ impl TextEncoder {
     /// The classification head's logits per id sequence.
     pub fn classify_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         self.model.classify(ids)
+    }
+
+    /// The classification head's logits per sentence pair ([`Self::encode_pairs`]).
+    pub fn classify_pairs(&self, pairs: &[(&str, &str)]) -> Result<Vec<Vec<f32>>> {
+        let (ids, types) = self.encode_pairs(pairs)?;
+        self.model.classify_typed(&ids, Some(&types))
     }
 }
 

@@ -957,6 +957,16 @@ impl MobileBertModel {
     /// tanh, or the first token as is without `classifier_activation`) and classifier on the
     /// first token of each sequence, gathered on the device.
     pub fn classify(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        self.classify_typed(ids, None)
+    }
+
+    /// [`Self::classify`] with token type ids (segment A = 0, B = 1: sentence pairs, as a
+    /// cross-encoder reads a query and a passage); `None` means all zeros.
+    pub fn classify_typed(
+        &self,
+        ids: &[Vec<u32>],
+        type_ids: Option<&[Vec<u32>]>,
+    ) -> Result<Vec<Vec<f32>>> {
         check_batch(OP, "ids (sequences)", ids.len(), self.max_batch)?;
         let head = self.head.as_ref().ok_or_else(|| {
             invalid(
@@ -970,7 +980,7 @@ impl MobileBertModel {
                 "a sequence is empty; classify needs its first token".into(),
             ));
         }
-        let (x, cu) = self.forward(ids, None)?;
+        let (x, cu) = self.forward(ids, type_ids)?;
         let first: Vec<u32> = cu[..cu.len() - 1].iter().map(|&r| r as u32).collect();
         let cls = embedding(
             Lookup {

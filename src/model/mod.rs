@@ -26,6 +26,7 @@ macro_rules! max_batch_methods {
 pub(crate) use max_batch_methods;
 
 pub mod bert;
+pub mod classify;
 pub mod compress;
 pub mod efficientnet;
 pub mod emr;

@@ -25,6 +25,8 @@ pub type Reply = std::result::Result<Vec<Vec<f32>>, String>;
 pub struct Job {
     pub task: Task,
     pub ids: Vec<Vec<u32>>,
+    /// Token type ids, one per id (sentence pairs); `None`: all zeros.
+    pub type_ids: Option<Vec<Vec<u32>>>,
     pub tokens: usize,
     pub reply: oneshot::Sender<Reply>,
 }
@@ -157,20 +159,32 @@ fn run(
 
 /// Runs one batch as a single packed call and hands each job its rows.
 fn run_batch(name: &str, encoder: &TextEncoder, task: Task, batch: Vec<Job>, metrics: &Metrics) {
-    let mut ids = Vec::with_capacity(batch.iter().map(|j| j.ids.len()).sum());
+    let n = batch.iter().map(|j| j.ids.len()).sum();
+    let mut ids = Vec::with_capacity(n);
+    // Type ids for the whole call as soon as one job has them (zeros for the others).
+    let typed = batch.iter().any(|j| j.type_ids.is_some());
+    let mut types = Vec::with_capacity(if typed { n } else { 0 });
     let mut counts = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
     let mut tokens = 0;
     for j in batch {
         counts.push(j.ids.len());
         tokens += j.tokens;
+        if typed {
+            match j.type_ids {
+                Some(t) => types.extend(t),
+                None => types.extend(j.ids.iter().map(|s| vec![0; s.len()])),
+            }
+        }
         ids.extend(j.ids);
         replies.push(j.reply);
     }
     metrics.observe_batch(name, replies.len(), ids.len(), tokens);
     let out = match task {
         Task::Embed => encoder.model.embed(&ids, encoder.pooling),
-        Task::Classify => encoder.classify_ids(&ids),
+        Task::Classify => encoder
+            .model
+            .classify_typed(&ids, typed.then_some(types.as_slice())),
     };
     match out {
         Ok(rows) => {

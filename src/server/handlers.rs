@@ -2,13 +2,15 @@
 //! metrics, and the graceful drain on SIGTERM / ctrl-c.
 
 use super::batcher::{Job, Refused, Reply, Task};
-use super::{AppState, Served};
+use super::images::{ImageJob, ImageReply};
+use super::{AppState, Served, ServedImage};
 use crate::error::{Error, Result};
 use crate::model::encoder::normalize_unit;
 use crate::model::softmax;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{MatchedPath, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -76,6 +78,8 @@ pub(crate) async fn run(state: Arc<AppState>, on_listen: impl FnOnce(SocketAddr)
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/tokenize", post(tokenize))
         .route("/predict", post(predict))
+        .route("/rerank", post(rerank))
+        .route("/classify", post(classify))
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics))
@@ -178,6 +182,79 @@ struct TextsRequest {
     model: Option<String>,
 }
 
+/// `/predict`'s `"inputs"`, read as TEI reads them: a string, or a list of one or two strings
+/// (a text, a pair), is one input; a list of such lists is a batch. medkern also takes a flat
+/// list of three or more strings as a batch of texts.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PredictInputs {
+    One(String),
+    Flat(Vec<String>),
+    Nested(Vec<Vec<String>>),
+}
+
+impl PredictInputs {
+    /// The inputs, and whether the answer is a list of lists (a batch).
+    fn into_seqs(self) -> ApiResult<(Vec<Seq>, bool)> {
+        let seq = |i: usize, mut v: Vec<String>| match v.len() {
+            1 => Ok(Seq::One(v.remove(0))),
+            2 => {
+                let b = v.remove(1);
+                Ok(Seq::Pair(v.remove(0), b))
+            }
+            n => Err(ApiError::invalid(format!(
+                "inputs[{i}] has {n} strings; expected a text [a] or a pair [a, b]"
+            ))),
+        };
+        match self {
+            PredictInputs::One(t) => Ok((vec![Seq::One(t)], false)),
+            PredictInputs::Flat(v) if v.len() <= 2 => {
+                if v.is_empty() {
+                    return Err(ApiError::invalid(
+                        "inputs is empty; expected at least one text",
+                    ));
+                }
+                Ok((vec![seq(0, v)?], false))
+            }
+            PredictInputs::Flat(v) => Ok((v.into_iter().map(Seq::One).collect(), true)),
+            PredictInputs::Nested(v) => Ok((
+                v.into_iter()
+                    .enumerate()
+                    .map(|(i, s)| seq(i, s))
+                    .collect::<ApiResult<_>>()?,
+                true,
+            )),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct PredictRequest {
+    inputs: PredictInputs,
+    #[serde(default = "yes")]
+    truncate: bool,
+    /// Logits instead of softmax probabilities (TEI's `raw_scores`).
+    #[serde(default)]
+    raw_scores: bool,
+    model: Option<String>,
+}
+
+/// TEI's `/rerank` request.
+#[derive(Deserialize)]
+struct RerankRequest {
+    query: String,
+    texts: Vec<String>,
+    #[serde(default = "yes")]
+    truncate: bool,
+    /// The logit instead of its sigmoid.
+    #[serde(default)]
+    raw_scores: bool,
+    /// Echo each text in its answer.
+    #[serde(default)]
+    return_text: bool,
+    model: Option<String>,
+}
+
 /// The body as JSON: refused unread past `max_request_bytes` (413), 422 when it does not
 /// parse into `T`.
 async fn read_json<T: serde::de::DeserializeOwned>(
@@ -185,26 +262,44 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<T> {
+    let bytes = read_body(
+        state,
+        headers,
+        body,
+        state.config.max_request_bytes,
+        "max_request_bytes",
+    )
+    .await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("request JSON: {e}")))
+}
+
+/// The body's bytes: 503 while draining, refused unread when its declared length passes
+/// `limit` (413), and cut off with a 413 when it streams past it.
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    limit_name: &str,
+) -> ApiResult<axum::body::Bytes> {
     if state.draining.load(Ordering::SeqCst) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
-    let limit = state.config.max_request_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let too_large = || {
         ApiError::too_large(format!(
-            "request body is larger than max_request_bytes ({limit} bytes)"
+            "request body is larger than {limit_name} ({limit} bytes)"
         ))
     };
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit)
+    axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| too_large())?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("request JSON: {e}")))
+        .map_err(|_| too_large())
 }
 
 fn find_model<'a>(state: &'a AppState, name: Option<&str>) -> ApiResult<&'a Served> {
@@ -218,6 +313,33 @@ fn find_model<'a>(state: &'a AppState, name: Option<&str>) -> ApiResult<&'a Serv
     })
 }
 
+/// Refuses an empty request (422), one over `max_inputs` (413) and an empty text (422).
+fn check_count(state: &AppState, n: usize, empty: Option<usize>) -> ApiResult<()> {
+    let max = state.config.max_inputs;
+    if n == 0 {
+        return Err(ApiError::invalid(
+            "inputs is empty; expected at least one text",
+        ));
+    }
+    if n > max {
+        return Err(ApiError::too_large(format!(
+            "{n} inputs; expected at most {max} (max_inputs)"
+        )));
+    }
+    if let Some(i) = empty {
+        return Err(ApiError::invalid(format!(
+            "input {i} is empty; expected a non-empty text"
+        )));
+    }
+    Ok(())
+}
+
+/// One input of `/predict` and `/rerank`: a text, or a sentence pair.
+enum Seq {
+    One(String),
+    Pair(String, String),
+}
+
 /// Checks the texts and tokenises them off the async threads; returns the ids and their
 /// total token count, refusing a request that alone exceeds a batch (413).
 async fn tokenize_texts(
@@ -226,50 +348,74 @@ async fn tokenize_texts(
     texts: Vec<String>,
     truncate: bool,
 ) -> ApiResult<(Vec<Vec<u32>>, usize)> {
-    let c = &state.config;
-    if texts.is_empty() {
-        return Err(ApiError::invalid(
-            "inputs is empty; expected at least one text",
-        ));
-    }
-    if texts.len() > c.max_inputs {
-        return Err(ApiError::too_large(format!(
-            "{} inputs; expected at most {} (max_inputs)",
-            texts.len(),
-            c.max_inputs
-        )));
-    }
-    if let Some(i) = texts.iter().position(String::is_empty) {
-        return Err(ApiError::invalid(format!(
-            "input {i} is empty; expected a non-empty text"
-        )));
-    }
+    let seqs = texts.into_iter().map(Seq::One).collect();
+    let (ids, _, tokens) = tokenize_seqs(state, model, seqs, truncate).await?;
+    Ok((ids, tokens))
+}
+
+/// Token ids, type ids (when there is a pair) and the token count of a request.
+type Tokenized = (Vec<Vec<u32>>, Option<Vec<Vec<u32>>>, usize);
+
+/// [`tokenize_texts`] for texts and pairs: also the type ids when there is a pair.
+async fn tokenize_seqs(
+    state: &Arc<AppState>,
+    model: &Served,
+    seqs: Vec<Seq>,
+    truncate: bool,
+) -> ApiResult<Tokenized> {
+    let empty = seqs.iter().position(|s| match s {
+        Seq::One(t) => t.is_empty(),
+        Seq::Pair(a, b) => a.is_empty() || b.is_empty(),
+    });
+    check_count(state, seqs.len(), empty)?;
     let st = state.clone();
     let name = model.name.clone();
-    let work = move || -> ApiResult<(Vec<Vec<u32>>, usize)> {
+    let work = move || -> ApiResult<Tokenized> {
         let m = find_model(&st, Some(name.as_str()))?;
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let ids = m
-            .encoder
-            .encode(&refs)
-            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        let bad = |e: Error| ApiError::invalid(e.to_string());
         let max_len = m.encoder.max_len();
-        if !truncate {
-            for (i, seq) in ids.iter().enumerate() {
-                // At exactly max_len the text may have been cut: tokenise one token further.
-                if seq.len() >= max_len {
-                    let long = m
-                        .probe
-                        .encode(&refs[i..=i])
-                        .map_err(|e| ApiError::invalid(e.to_string()))?;
-                    if long.first().is_some_and(|s| s.len() > max_len) {
-                        return Err(ApiError::too_large(format!(
-                            "input {i} has more than {max_len} tokens (the model's max_len) \
-                             and truncate is false"
-                        )));
-                    }
+        let mut ids = Vec::with_capacity(seqs.len());
+        let mut types = Vec::with_capacity(seqs.len());
+        let mut paired = false;
+        for (i, s) in seqs.iter().enumerate() {
+            // At exactly max_len the input may have been cut: tokenise one token further
+            // (the probe keeps max_len + 1) to tell.
+            let (seq, typ, cut) = match s {
+                Seq::One(t) => {
+                    let seq = m.encoder.encode(&[t.as_str()]).map_err(bad)?.remove(0);
+                    let cut = !truncate
+                        && seq.len() >= max_len
+                        && m.probe
+                            .encode(&[t.as_str()])
+                            .map_err(bad)?
+                            .first()
+                            .is_some_and(|l| l.len() > max_len);
+                    let typ = vec![0; seq.len()];
+                    (seq, typ, cut)
                 }
+                Seq::Pair(a, b) => {
+                    paired = true;
+                    let pair = [(a.as_str(), b.as_str())];
+                    let (mut seq, mut typ) = m.encoder.encode_pairs(&pair).map_err(bad)?;
+                    let cut = !truncate
+                        && seq[0].len() >= max_len
+                        && m.probe
+                            .encode_pairs(&pair)
+                            .map_err(bad)?
+                            .0
+                            .first()
+                            .is_some_and(|l| l.len() > max_len);
+                    (seq.remove(0), typ.remove(0), cut)
+                }
+            };
+            if cut {
+                return Err(ApiError::too_large(format!(
+                    "input {i} has more than {max_len} tokens (the model's max_len) and \
+                     truncate is false"
+                )));
             }
+            ids.push(seq);
+            types.push(typ);
         }
         let tokens: usize = ids.iter().map(Vec::len).sum();
         if tokens > st.config.max_batch_tokens {
@@ -278,11 +424,23 @@ async fn tokenize_texts(
                 st.config.max_batch_tokens
             )));
         }
-        Ok((ids, tokens))
+        Ok((ids, paired.then_some(types), tokens))
     };
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| ApiError::backend(format!("tokenizer task: {e}")))?
+}
+
+/// The answer to a job its queue refused: 429 when full, 503 when the model has stopped.
+fn refused(r: Refused, model: &str) -> ApiError {
+    match r {
+        Refused::Full => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "overloaded",
+            format!("the queue of model {model:?} is full; retry later"),
+        ),
+        Refused::Stopped => ApiError::unavailable("the model has stopped"),
+    }
 }
 
 /// Queues the ids on the model's batcher and waits for its rows.
@@ -290,6 +448,7 @@ async fn infer(
     model: &Served,
     task: Task,
     ids: Vec<Vec<u32>>,
+    type_ids: Option<Vec<Vec<u32>>>,
     tokens: usize,
 ) -> ApiResult<Vec<Vec<f32>>> {
     let (tx, rx) = oneshot::channel::<Reply>();
@@ -298,17 +457,11 @@ async fn infer(
         .submit(Job {
             task,
             ids,
+            type_ids,
             tokens,
             reply: tx,
         })
-        .map_err(|r| match r {
-            Refused::Full => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "overloaded",
-                format!("the queue of model {:?} is full; retry later", model.name),
-            ),
-            Refused::Stopped => ApiError::unavailable("the model has stopped"),
-        })?;
+        .map_err(|r| refused(r, &model.name))?;
     match rx.await {
         Ok(Ok(rows)) => Ok(rows),
         Ok(Err(msg)) => Err(ApiError::backend(msg)),
@@ -326,7 +479,7 @@ async fn embed(
     let model = find_model(&state, req.model.as_deref())?;
     let (texts, _) = req.inputs.into_vec();
     let (ids, tokens) = tokenize_texts(&state, model, texts, req.truncate).await?;
-    let mut rows = infer(model, Task::Embed, ids, tokens).await?;
+    let mut rows = infer(model, Task::Embed, ids, None, tokens).await?;
     if req.normalize {
         rows.iter_mut().for_each(|v| normalize_unit(v));
     }
@@ -353,7 +506,7 @@ async fn openai_embeddings(
     let model = find_model(&state, req.model.as_deref())?;
     let (texts, _) = req.input.into_vec();
     let (ids, tokens) = tokenize_texts(&state, model, texts, true).await?;
-    let mut rows = infer(model, Task::Embed, ids, tokens).await?;
+    let mut rows = infer(model, Task::Embed, ids, None, tokens).await?;
     let data: Vec<Value> = rows
         .iter_mut()
         .enumerate()
@@ -395,15 +548,9 @@ async fn tokenize(
     Ok(axum::Json(out).into_response())
 }
 
-/// `POST /predict`: the classification head's `[{"label", "score"}]` per input, best first
-/// (scores are softmax probabilities); one list for one text, a list of lists for a list.
-async fn predict(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let req: TextsRequest = read_json(&state, &headers, body).await?;
-    let model = find_model(&state, req.model.as_deref())?;
+/// The served model's classification head, or a 422 naming what it lacks.
+fn with_head<'a>(state: &'a AppState, name: Option<&str>) -> ApiResult<&'a Served> {
+    let model = find_model(state, name)?;
     if !model.encoder.model.has_classifier() {
         return Err(ApiError::invalid(format!(
             "model {:?} has no sequence-classification head; expected a checkpoint with one \
@@ -411,14 +558,31 @@ async fn predict(
             model.name
         )));
     }
-    let (texts, many) = req.inputs.into_vec();
-    let (ids, tokens) = tokenize_texts(&state, model, texts, req.truncate).await?;
-    let logits = infer(model, Task::Classify, ids, tokens).await?;
+    Ok(model)
+}
+
+/// `POST /predict`: the classification head's `[{"label", "score"}]` per input, best first
+/// (softmax probabilities, or the logits with `raw_scores`); an input is a text or a
+/// sentence pair. One list for one input, a list of lists for a batch.
+async fn predict(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let req: PredictRequest = read_json(&state, &headers, body).await?;
+    let model = with_head(&state, req.model.as_deref())?;
+    let (seqs, many) = req.inputs.into_seqs()?;
+    let (ids, types, tokens) = tokenize_seqs(&state, model, seqs, req.truncate).await?;
+    let logits = infer(model, Task::Classify, ids, types, tokens).await?;
     let labels = model.encoder.model.labels();
     let per_input: Vec<Value> = logits
         .iter()
         .map(|l| {
-            let p = softmax(l);
+            let p = if req.raw_scores {
+                l.clone()
+            } else {
+                softmax(l)
+            };
             let mut scored: Vec<(usize, f32)> = p.into_iter().enumerate().collect();
             scored.sort_by(|a, b| b.1.total_cmp(&a.1));
             let v: Vec<Value> = scored
@@ -440,6 +604,140 @@ async fn predict(
         per_input.into_iter().next().unwrap_or(Value::Null)
     };
     Ok(axum::Json(out).into_response())
+}
+
+/// TEI `POST /rerank`: scores each of `texts` against `query` with a cross-encoder (a head
+/// with one output, reading the pair `[CLS] query [SEP] text [SEP]`) and answers
+/// `[{"index", "score", "text"?}]`, best first; the score is the sigmoid of the logit, or the
+/// logit with `raw_scores`.
+async fn rerank(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let req: RerankRequest = read_json(&state, &headers, body).await?;
+    let model = with_head(&state, req.model.as_deref())?;
+    let outputs = model.encoder.model.labels().len();
+    if outputs != 1 {
+        return Err(ApiError::invalid(format!(
+            "model {:?} has {outputs} outputs; /rerank expects a cross-encoder with one \
+             (use /predict for classifiers)",
+            model.name
+        )));
+    }
+    let seqs = req
+        .texts
+        .iter()
+        .map(|t| Seq::Pair(req.query.clone(), t.clone()))
+        .collect();
+    let (ids, types, tokens) = tokenize_seqs(&state, model, seqs, req.truncate).await?;
+    let logits = infer(model, Task::Classify, ids, types, tokens).await?;
+    let mut ranks: Vec<(usize, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let x = l.first().copied().unwrap_or(f32::NAN);
+            let s = if req.raw_scores {
+                x
+            } else {
+                (1.0 / (1.0 + (-f64::from(x)).exp())) as f32
+            };
+            (i, s)
+        })
+        .collect();
+    ranks.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let out: Vec<Value> = ranks
+        .into_iter()
+        .map(|(i, score)| {
+            let mut v = json!({"index": i, "score": score});
+            if req.return_text {
+                v["text"] = json!(req.texts[i]);
+            }
+            v
+        })
+        .collect();
+    Ok(axum::Json(out).into_response())
+}
+
+/// `/classify` query parameters.
+#[derive(Deserialize)]
+struct ClassifyQuery {
+    /// Which image model (default: the first).
+    model: Option<String>,
+    /// Classes listed (lite0; default 5).
+    top: Option<usize>,
+    /// Also answer the pooled feature vector.
+    #[serde(default)]
+    features: bool,
+}
+
+fn find_image_model<'a>(state: &'a AppState, name: Option<&str>) -> ApiResult<&'a ServedImage> {
+    let found = match name {
+        None => state.images.first(),
+        Some(n) => state.images.iter().find(|m| m.name == n),
+    };
+    found.ok_or_else(|| {
+        let known: Vec<&str> = state.images.iter().map(|m| m.name.as_str()).collect();
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("image model {name:?} is not served; expected one of {known:?}"),
+        )
+    })
+}
+
+/// `POST /classify?model=NAME&top=K&features=true`: the body is one PNG, JPEG or DICOM file
+/// (any content type; the format is read from the bytes). Decoded under the input limits
+/// before it is queued; the answer is the model's JSON ([`crate::model::classify`]) with the
+/// model's name.
+async fn classify(
+    State(state): State<Arc<AppState>>,
+    query: std::result::Result<Query<ClassifyQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    // The body is read (within its limit) before the parameters are judged: a client still
+    // sending when the answer comes would see a broken pipe, not the error.
+    let limit = state.config.max_image_bytes;
+    let bytes = read_body(&state, &headers, body, limit, "max_image_bytes").await?;
+    let Query(q) = query.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
+    let served = find_image_model(&state, q.model.as_deref())?;
+    let top = q.top.unwrap_or(5);
+    if top == 0 || top > 1000 {
+        return Err(ApiError::invalid(format!("top {top}; expected 1 to 1000")));
+    }
+    if bytes.is_empty() {
+        return Err(ApiError::invalid(
+            "an empty body; expected the bytes of a PNG, JPEG or DICOM file",
+        ));
+    }
+    let limits = crate::input::InputLimits {
+        max_file_bytes: limit as u64,
+        ..crate::input::InputLimits::default()
+    };
+    let raw = tokio::task::spawn_blocking(move || {
+        crate::input::decode(&bytes, std::path::Path::new("upload"), &limits)
+    })
+    .await
+    .map_err(|e| ApiError::backend(format!("decoder task: {e}")))?
+    .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let (tx, rx) = oneshot::channel::<ImageReply>();
+    served
+        .worker
+        .submit(ImageJob {
+            raw,
+            top,
+            features: q.features,
+            reply: tx,
+        })
+        .map_err(|r| refused(r, &served.name))?;
+    let mut v = match rx.await {
+        Ok(Ok(v)) => v,
+        Ok(Err(msg)) => return Err(ApiError::backend(msg)),
+        Err(_) => return Err(ApiError::backend("the model thread dropped the request")),
+    };
+    v["model"] = json!(served.name);
+    Ok(axum::Json(v).into_response())
 }
 
 /// `GET /health`: 200 while serving (models are loaded before the port opens), 503 while
@@ -470,10 +768,24 @@ async fn info(State(state): State<Arc<AppState>>) -> Response {
             })
         })
         .collect();
+    let images: Vec<Value> = state
+        .images
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "model": m.model.kind().name(),
+                "description": m.model.kind().describe(),
+                "random_weights": m.model.random_weights(),
+                "dtype": m.model.dtype().to_string(),
+            })
+        })
+        .collect();
     axum::Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "device": state.device,
         "models": models,
+        "image_models": images,
         "limits": {
             "max_batch_tokens": c.max_batch_tokens,
             "max_batch_requests": c.max_batch_requests,
@@ -481,6 +793,8 @@ async fn info(State(state): State<Arc<AppState>>) -> Response {
             "max_queue": c.max_queue,
             "max_request_bytes": c.max_request_bytes,
             "max_inputs": c.max_inputs,
+            "max_image_bytes": c.max_image_bytes,
+            "max_image_queue": c.max_image_queue,
         },
     }))
     .into_response()
@@ -492,6 +806,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .models
         .iter()
         .map(|m| (m.name.clone(), m.batcher.depth()))
+        .chain(
+            state
+                .images
+                .iter()
+                .map(|m| (m.name.clone(), m.worker.depth())),
+        )
         .collect();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

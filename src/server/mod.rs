@@ -4,17 +4,21 @@
 //! only parse, check limits and tokenise; the token count then lets the model thread pack
 //! requests into one variable-length call up to `max_batch_tokens` / `max_batch_requests`,
 //! waiting at most `max_wait` for company. Endpoints: TEI's `/embed`, `/tokenize`, `/predict`,
-//! OpenAI's `/v1/embeddings`, and `/health`, `/info`, `/metrics`. The server keeps no state
-//! between requests, so replicas scale out behind any load balancer.
+//! OpenAI's `/v1/embeddings`, `/classify` for the image models ([`images`]: PNG, JPEG or DICOM
+//! bytes), and `/health`, `/info`, `/metrics`. The server keeps no state between requests, so
+//! replicas scale out behind any load balancer.
 
 pub mod batcher;
 mod handlers;
+pub mod images;
 pub mod metrics;
 
 use crate::error::{Error, Result};
 use crate::model::bert::BertTokenizer;
+use crate::model::classify::ImageClassifier;
 use crate::model::encoder::TextEncoder;
 use batcher::{BatchLimits, Batcher};
+use images::ImageWorker;
 use metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +45,10 @@ pub struct ServeConfig {
     pub max_request_bytes: usize,
     /// The most texts in one request (and sequences in one model call).
     pub max_inputs: usize,
+    /// The largest `/classify` upload, bytes (413 beyond); also the decoder's file limit.
+    pub max_image_bytes: usize,
+    /// Decoded images queued per image model before new ones get 429.
+    pub max_image_queue: usize,
 }
 
 impl Default for ServeConfig {
@@ -54,6 +62,8 @@ impl Default for ServeConfig {
             max_queue: 1024,
             max_request_bytes: 2 << 20,
             max_inputs: crate::input::DEFAULT_MAX_BATCH,
+            max_image_bytes: 64 << 20,
+            max_image_queue: 16,
         }
     }
 }
@@ -69,9 +79,17 @@ pub(crate) struct Served {
     pub dim: usize,
 }
 
+/// A loaded image model as the handlers see it.
+pub(crate) struct ServedImage {
+    pub name: String,
+    pub model: Arc<ImageClassifier>,
+    pub worker: ImageWorker,
+}
+
 /// Shared by every handler.
 pub(crate) struct AppState {
     pub models: Vec<Served>,
+    pub images: Vec<ServedImage>,
     pub config: ServeConfig,
     pub device: String,
     pub metrics: Arc<Metrics>,
@@ -104,6 +122,8 @@ fn check_config(c: &ServeConfig) -> Result<()> {
         ("max_queue", c.max_queue),
         ("max_request_bytes", c.max_request_bytes),
         ("max_inputs", c.max_inputs),
+        ("max_image_bytes", c.max_image_bytes),
+        ("max_image_queue", c.max_image_queue),
     ] {
         if v == 0 {
             return Err(invalid(arg, "0; expected at least 1".into()));
@@ -129,21 +149,23 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// Serves `models` (name, encoder; the first is the default) until SIGTERM or ctrl-c, then
-/// stops accepting, answers what was queued and returns. `on_listen` gets the bound address
-/// once every model has answered a warm-up call. Builds its own tokio runtime: call it from
-/// a plain thread, not from async code.
+/// Serves the text `models` (name, encoder; the first is the default of the text routes) and
+/// the `images` models (name, classifier; the first is the default of `/classify`) until
+/// SIGTERM or ctrl-c, then stops accepting, answers what was queued and returns. `on_listen`
+/// gets the bound address once every text model has answered a warm-up call. Builds its own
+/// tokio runtime: call it from a plain thread, not from async code.
 pub fn serve(
     models: Vec<(String, TextEncoder)>,
+    images: Vec<(String, ImageClassifier)>,
     device: String,
     config: ServeConfig,
     on_listen: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     check_config(&config)?;
-    if models.is_empty() {
+    if models.is_empty() && images.is_empty() {
         return Err(invalid(
             "models",
-            "none given; expected at least one".into(),
+            "none given; expected at least one text or image model".into(),
         ));
     }
     let metrics = Arc::new(Metrics::default());
@@ -188,8 +210,30 @@ pub fn serve(
             dim,
         });
     }
+    let mut served_images: Vec<ServedImage> = Vec::with_capacity(images.len());
+    for (name, model) in images {
+        check_name(&name)?;
+        if served_images.iter().any(|s| s.name == name) || served.iter().any(|s| s.name == name) {
+            return Err(invalid("image model name", format!("{name:?} given twice")));
+        }
+        let model = Arc::new(model);
+        let (worker, handle) = ImageWorker::start(
+            name.clone(),
+            model.clone(),
+            config.max_image_queue,
+            metrics.clone(),
+        )
+        .map_err(|e| invalid("model thread", e.to_string()))?;
+        threads.push(handle);
+        served_images.push(ServedImage {
+            name,
+            model,
+            worker,
+        });
+    }
     let state = Arc::new(AppState {
         models: served,
+        images: served_images,
         config: config.clone(),
         device,
         metrics,

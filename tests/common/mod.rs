@@ -508,8 +508,24 @@ pub fn tiny_mobilebert_folder(
     what: &str,
     max_positions: usize,
 ) -> TempDir {
+    tiny_mobilebert_with_labels(minilm, what, max_positions, &["normal", "abnormal"])
+}
+
+/// [`tiny_mobilebert_folder`] with the head's `labels` (one label: a cross-encoder's single
+/// relevance logit).
+pub fn tiny_mobilebert_with_labels(
+    minilm: &std::path::Path,
+    what: &str,
+    max_positions: usize,
+    labels: &[&str],
+) -> TempDir {
     use medkern::model::mobilebert::{MobileBertConfig, random_checkpoint};
     let dir = TempDir::new(what);
+    let id2label: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i.to_string(), serde_json::json!(l)))
+        .collect();
     let config = serde_json::json!({
         "model_type": "mobilebert",
         "vocab_size": 30522,
@@ -521,10 +537,10 @@ pub fn tiny_mobilebert_folder(
         "intra_bottleneck_size": 32,
         "num_feedforward_networks": 2,
         "max_position_embeddings": max_positions,
-        "id2label": {"0": "normal", "1": "abnormal"},
+        "id2label": id2label,
     });
     let cfg = MobileBertConfig::from_value(&config).expect("config");
-    let weights = random_checkpoint(&cfg, 2, 7).expect("weights");
+    let weights = random_checkpoint(&cfg, labels.len(), 7).expect("weights");
     std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config.json");
     std::fs::write(dir.path().join("model.safetensors"), &weights).expect("weights");
     std::fs::copy(

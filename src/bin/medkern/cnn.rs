@@ -338,28 +338,8 @@ pub struct ClassifyArgs {
     pub inputs: Vec<PathBuf>,
 }
 
-enum Classifier {
-    Sepsis(Box<medkern::model::sepsis::SepsisNet>),
-    Effnet(Box<medkern::model::efficientnet::EfficientNet>),
-}
-
 /// Softmax of one row of logits (the library's, shared with the server).
 pub use medkern::model::softmax;
-
-/// An error when any of `values` (a model's probabilities or logits) is not finite: such an
-/// image gets an error entry, never a label.
-fn finite(file: &Path, what: &str, values: &[f32]) -> Result<()> {
-    if values.iter().all(|v| v.is_finite()) {
-        return Ok(());
-    }
-    Err(cli_err(
-        "output",
-        format!(
-            "{}: non-finite {what} {values:?} (an overflow in the model); no class",
-            file.display()
-        ),
-    ))
-}
 
 fn host_rows(t: &medkern::Tensor) -> Result<Vec<Vec<f32>>> {
     let w = t.shape().last().copied().unwrap_or(1).max(1);
@@ -371,10 +351,7 @@ fn host_rows(t: &medkern::Tensor) -> Result<Vec<Vec<f32>>> {
 }
 
 pub fn classify(a: ClassifyArgs) -> Result<()> {
-    use medkern::model::efficientnet::{self as en, EfficientNet, EfficientNetConfig};
-    use medkern::model::imagenet;
-    use medkern::model::sepsis::{self, SepsisNet};
-    use medkern::ops::Preprocess;
+    use medkern::model::classify::{ImageClassifier, ImageModel};
     if a.tsne.wanted() && !matches!(a.model, ClassifyModel::Sepsis) {
         return Err(cli_err(
             "tsne",
@@ -386,45 +363,13 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
     let (files, folder, skipped) = expand_inputs(&a.inputs)?;
     a.tsne.check(&files)?;
     let cam_names = cam_setup(&a, &files)?;
-    let (model, prep, name): (Classifier, Preprocess<'static>, &str) = match a.model {
-        ClassifyModel::Sepsis => {
-            let m = match &a.weights {
-                Some(p) => SepsisNet::load(p, &dev, dtype)?,
-                None => SepsisNet::from_safetensors(
-                    &sepsis::random_sepsis(RANDOM_SEED).to_safetensors()?,
-                    &dev,
-                    dtype,
-                )?,
-            };
-            (
-                Classifier::Sepsis(Box::new(m)),
-                Preprocess::imagenet((224, 224)),
-                "sepsis (ResNet-18 stem + layer1 + layer2, 128-d, 2 classes)",
-            )
-        }
-        ClassifyModel::Cxr | ClassifyModel::Lite0 => {
-            let cfg = match a.model {
-                ClassifyModel::Cxr => EfficientNetConfig::b(7)?.with_head(en::Head::ChestXray),
-                _ => EfficientNetConfig::lite(0)?,
-            };
-            let prep = cfg.preprocess();
-            let m = match &a.weights {
-                Some(p) => EfficientNet::load(p, cfg, &dev, dtype)?,
-                None => EfficientNet::from_bytes(
-                    &en::to_safetensors(&en::random_weights(&cfg, RANDOM_SEED)?)?,
-                    cfg,
-                    &dev,
-                    dtype,
-                )?,
-            };
-            let name = if matches!(a.model, ClassifyModel::Cxr) {
-                "cxr (EfficientNet-B7, abnormal logit)"
-            } else {
-                "lite0 (EfficientNet-Lite0, ImageNet 1000 classes)"
-            };
-            (Classifier::Effnet(Box::new(m)), prep, name)
-        }
+    let kind = match a.model {
+        ClassifyModel::Sepsis => ImageModel::Sepsis,
+        ClassifyModel::Cxr => ImageModel::Cxr,
+        ClassifyModel::Lite0 => ImageModel::Lite0,
     };
+    let model = ImageClassifier::load(kind, a.weights.as_deref(), &dev, dtype)?;
+    let name = kind.describe();
     let pb = progress(files.len(), folder);
     let mut results = Vec::with_capacity(files.len());
     let mut failed = 0usize;
@@ -441,81 +386,43 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
         let mut one = || -> Result<Value> {
             // ImageNet evaluation: the central square, then the resize.
             let raw = input::load_with(f, &input_limits())?.center_crop_square()?;
-            let p = Preprocess {
-                grey_to_rgb: raw.channels() == 1,
-                ..prep
+            let x = model.prepare(&raw)?;
+            let in_file = |e: Error| cli_err("output", format!("{}: {e}", f.display()));
+            let mut v = match model.efficientnet() {
+                Some(m) if cam_png.is_some() => {
+                    let (logits, cam) =
+                        effnet_logits(m, &x, &raw, cam_png.as_deref(), a.cam_class, &dev)?;
+                    let mut v = model.from_logits(&logits, a.top).map_err(in_file)?;
+                    if let Some(c) = cam {
+                        v["cam"] = c;
+                    }
+                    if a.features {
+                        v["features"] = json!(host_rows(&m.features(&x)?)?.remove(0));
+                    }
+                    v
+                }
+                _ => model
+                    .classify(&x, a.top, a.features || a.tsne.wanted())
+                    .map_err(in_file)?,
             };
-            let x = raw.preprocess(&dev, &p, dtype)?;
-            Ok(match &model {
-                Classifier::Sepsis(m) => {
-                    let o = m.forward(&x)?;
-                    let probs = host_rows(&o.probs)?.remove(0);
-                    finite(f, "probabilities", &probs)?;
-                    let mut v = json!({
-                        "file": f.display().to_string(),
-                        "logits": host_rows(&o.logits)?.remove(0),
-                        "probabilities": {"no_sepsis": probs[0], "sepsis": probs[1]},
-                        "class": if probs[1] > probs[0] { "sepsis" } else { "no_sepsis" },
-                    });
-                    if a.features || a.tsne.wanted() {
-                        let feat = host_rows(&o.features)?.remove(0);
-                        if a.tsne.wanted() {
-                            let class = usize::from(probs[1] > probs[0]);
-                            let feat64 = feat.iter().map(|&x| f64::from(x)).collect();
-                            mapped_here = Some((f.display().to_string(), feat64, class));
-                        }
-                        if a.features {
-                            v["features"] = json!(feat);
-                        }
+            if a.tsne.wanted() {
+                let feat: Vec<f64> = v["features"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(Value::as_f64).collect())
+                    .unwrap_or_default();
+                let class = usize::from(v["class"] == "sepsis");
+                mapped_here = Some((f.display().to_string(), feat, class));
+                if !a.features {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("features");
                     }
-                    v
                 }
-                Classifier::Effnet(m) if matches!(a.model, ClassifyModel::Cxr) => {
-                    let (logits, cam) =
-                        effnet_logits(m, &x, &raw, cam_png.as_deref(), a.cam_class, &dev)?;
-                    let logit = logits.first().copied().unwrap_or(f32::NAN);
-                    let p = en::sigmoid(logit);
-                    finite(f, "abnormal probability", &[p])?;
-                    let mut v = json!({
-                        "file": f.display().to_string(),
-                        "abnormal_logit": logit,
-                        "abnormal_probability": p,
-                        "class": if p >= 0.5 { "abnormal" } else { "normal" },
-                    });
-                    if let Some(c) = cam {
-                        v["cam"] = c;
-                    }
-                    if a.features {
-                        v["features"] = json!(host_rows(&m.features(&x)?)?.remove(0));
-                    }
-                    v
-                }
-                Classifier::Effnet(m) => {
-                    let (logits, cam) =
-                        effnet_logits(m, &x, &raw, cam_png.as_deref(), a.cam_class, &dev)?;
-                    let probs = softmax(&logits);
-                    finite(f, "probabilities", &probs)?;
-                    let top: Vec<Value> = en::top_k(&logits, a.top)
-                        .into_iter()
-                        .map(|i| {
-                            json!({
-                                "class": i,
-                                "name": imagenet::class_name(i),
-                                "logit": logits[i],
-                                "probability": probs[i],
-                            })
-                        })
-                        .collect();
-                    let mut v = json!({"file": f.display().to_string(), "top": top});
-                    if let Some(c) = cam {
-                        v["cam"] = c;
-                    }
-                    if a.features {
-                        v["features"] = json!(host_rows(&m.features(&x)?)?.remove(0));
-                    }
-                    v
-                }
-            })
+            }
+            let mut out = json!({"file": f.display().to_string()});
+            if let (Some(o), Value::Object(m)) = (out.as_object_mut(), v) {
+                o.extend(m);
+            }
+            Ok(out)
         };
         match one() {
             Ok(v) => {
