@@ -595,6 +595,48 @@ fn classify_matches_the_image_classifier() {
     assert_eq!(st, 404, "{body}");
 }
 
+/// `POST /exam`: a base64 chest X-ray and an EMR record answer what `ExamModel::assess` does
+/// in this process (random weights, seed 0, as the server loads them without weights); a bad
+/// record, bad base64 or a non-image are 422s, and `/classify` has no model to offer.
+#[test]
+fn exam_matches_the_model() {
+    use medkern::model::exam::{ExamConfig, ExamModel};
+    let Some(photo) = model_or_skip("exam_matches_the_model", "images/chelsea.png") else {
+        return;
+    };
+    let _g = serial();
+    let s = Server::spawn(&["--image-model", "exam"]);
+    let bytes = std::fs::read(&photo).expect("read");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    let record = json!({"age": 71, "spo2": 88, "crp": 120.5, "ed_oxygen_device": "nasal_cannula"});
+    let (st, body) = s.post("/exam", &json!({"image": b64, "emr": record}).to_string());
+    assert_eq!(st, 200, "{body}");
+    let mut v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["model"], "exam", "{body}");
+    v.as_object_mut().expect("object").remove("model");
+    let m = ExamModel::random(&ExamConfig::default(), 0, &Device::Cpu, DType::F32).expect("model");
+    let raw = medkern::input::load(&photo).expect("decode");
+    let want = m.assess(&raw, &record, DType::F32).expect("assess");
+    assert!(same_f32(&v, &want), "{v} vs {want}");
+    assert_eq!(v["emr_present"].as_array().map(Vec::len), Some(4), "{v}");
+    for (body, what) in [
+        (
+            json!({"image": b64, "emr": {"age": 71, "shoe_size": 44}}),
+            "shoe_size",
+        ),
+        (json!({"image": b64, "emr": {"spo2": 300}}), "spo2"),
+        (json!({"image": "%%% not base64", "emr": {}}), "base64"),
+        (json!({"image": "bm90IGFuIGltYWdl", "emr": {}}), "PNG"),
+        (json!({"emr": {}}), "image"),
+    ] {
+        let (st, answer) = s.post("/exam", &body.to_string());
+        assert_eq!(st, 422, "{answer}");
+        assert!(answer.contains(what), "{what}: {answer}");
+    }
+    let (st, answer) = s.post("/classify", "x");
+    assert_eq!(st, 404, "{answer}");
+}
+
 /// Sentence pairs: `/predict` reads TEI's pair and batch forms and runs the head on
 /// `[CLS] a [SEP] b [SEP]` with type ids 0/1; `/rerank` scores texts against a query with a
 /// one-output cross-encoder, best first. Both are checked against `TextEncoder` in this

@@ -1076,9 +1076,9 @@ struct ServeArgs {
     /// repeatable. The first is the default of requests that name no model.
     #[arg(long = "model", required_unless_present = "image_models")]
     models: Vec<String>,
-    /// An image model for POST /classify, as KIND or KIND=WEIGHTS (KIND: sepsis, cxr, lite0;
-    /// the name is KIND; without weights, deterministic random ones); repeatable. The first is
-    /// the default of /classify.
+    /// An image model, as KIND or KIND=WEIGHTS: sepsis, cxr or lite0 for POST /classify, exam
+    /// (chest X-ray + EMR) for POST /exam. The name is KIND; without weights, deterministic
+    /// random ones. Repeatable; the first of each route is its default.
     #[arg(long = "image-model", value_name = "KIND[=WEIGHTS]")]
     image_models: Vec<String>,
     /// The address to listen on.
@@ -1153,13 +1153,37 @@ fn serve(a: ServeArgs) -> medkern::Result<()> {
     let mut images = Vec::with_capacity(a.image_models.len());
     for spec in &a.image_models {
         use medkern::model::classify::{ImageClassifier, ImageModel};
+        use medkern::model::exam::{ExamConfig, ExamModel};
+        use medkern::server::images::ImageNet;
         let (kind, weights) = match spec.split_once('=') {
             Some((k, w)) => (k, Some(PathBuf::from(w))),
             None => (spec.as_str(), None),
         };
-        let kind = ImageModel::parse(kind)?;
-        let m = ImageClassifier::load(kind, weights.as_deref(), &dev, dtype)?;
-        images.push((kind.name().to_string(), m));
+        let net = if kind == "exam" {
+            let model = match &weights {
+                Some(p) => ExamModel::load(p, &dev, dtype)?,
+                None => ExamModel::random(&ExamConfig::default(), cnn::RANDOM_SEED, &dev, dtype)?,
+            };
+            ImageNet::Exam {
+                model: Box::new(model),
+                dtype,
+                random_weights: weights.is_none(),
+            }
+        } else {
+            let kind = ImageModel::parse(kind).map_err(|e| {
+                cnn::cli_err(
+                    "image-model",
+                    format!("{spec:?}: {e}; or \"exam\" for the EXAM chest X-ray + EMR model"),
+                )
+            })?;
+            ImageNet::Classifier(ImageClassifier::load(
+                kind,
+                weights.as_deref(),
+                &dev,
+                dtype,
+            )?)
+        };
+        images.push((kind.to_string(), net));
     }
     let config = medkern::server::ServeConfig {
         host: a.host,

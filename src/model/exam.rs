@@ -912,4 +912,58 @@ impl ExamModel {
         let f = self.trunk.features(images)?;
         self.head.forward(&f, emr)
     }
+
+    /// One patient as JSON: a decoded chest X-ray (resized to the trunk's input in `dtype`,
+    /// the trunk's) and an EMR `record` (a JSON object, [`EmrConfig::encode`]). The answer:
+    /// `emr_present` / `emr_missing` (feature keys), `oxygen_24h`, `oxygen_72h` and
+    /// `ordinal` (`class`, `score`, `classes`, `probabilities`, `by_class`). `medkern exam`
+    /// and the server's `/exam` both answer through it.
+    pub fn assess(
+        &self,
+        raw: &crate::input::RawImage,
+        record: &serde_json::Value,
+        dtype: DType,
+    ) -> Result<serde_json::Value> {
+        use serde_json::json;
+        let cfg = &self.head.config.emr;
+        let emr = cfg.encode(record)?;
+        let present: Vec<&str> = cfg
+            .features
+            .iter()
+            .filter(|f| record.get(&f.key).is_some_and(|v| !v.is_null()))
+            .map(|f| f.key.as_str())
+            .collect();
+        let missing: Vec<&str> = cfg
+            .features
+            .iter()
+            .map(|f| f.key.as_str())
+            .filter(|k| !present.contains(k))
+            .collect();
+        let dev = self.head.device();
+        let x = raw.to_model_input(dev, self.trunk.input_size(), dtype)?;
+        let emr_t = HostTensor::new(&[1, cfg.dim()], emr)?.into_device(dev)?;
+        let o = self
+            .forward(&x, &emr_t)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| invalid("output", "no prediction for the image".into()))?;
+        Ok(json!({
+            "emr_present": present,
+            "emr_missing": missing,
+            "image_trunk": self.trunk.describe(),
+            "oxygen_24h": o.oxygen_24h,
+            "oxygen_72h": o.oxygen_72h,
+            "ordinal": {
+                "class": o.class_name(),
+                "score": o.ordinal_score,
+                "classes": ORDINAL_CLASSES,
+                "probabilities": o.ordinal_probs,
+                "by_class": ORDINAL_CLASSES
+                    .iter()
+                    .zip(&o.ordinal_probs)
+                    .map(|(&c, &p)| (c.to_string(), json!(p)))
+                    .collect::<serde_json::Map<String, serde_json::Value>>(),
+            },
+        }))
+    }
 }

@@ -2,7 +2,7 @@
 //! metrics, and the graceful drain on SIGTERM / ctrl-c.
 
 use super::batcher::{Job, Refused, Reply, Task};
-use super::images::{ImageJob, ImageReply};
+use super::images::{ImageJob, ImageNet, ImageReply, ImageWork};
 use super::{AppState, Served, ServedImage};
 use crate::error::{Error, Result};
 use crate::model::encoder::normalize_unit;
@@ -80,6 +80,7 @@ pub(crate) async fn run(state: Arc<AppState>, on_listen: impl FnOnce(SocketAddr)
         .route("/predict", post(predict))
         .route("/rerank", post(rerank))
         .route("/classify", post(classify))
+        .route("/exam", post(exam))
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics))
@@ -671,19 +672,84 @@ struct ClassifyQuery {
     features: bool,
 }
 
-fn find_image_model<'a>(state: &'a AppState, name: Option<&str>) -> ApiResult<&'a ServedImage> {
+/// The image model called `name` (or the first) among those `fits`: classifiers for
+/// `/classify`, EXAM models for `/exam`.
+fn find_image_model<'a>(
+    state: &'a AppState,
+    name: Option<&str>,
+    fits: fn(&ImageNet) -> bool,
+) -> ApiResult<&'a ServedImage> {
+    let mut those = state.images.iter().filter(|m| fits(&m.model));
     let found = match name {
-        None => state.images.first(),
-        Some(n) => state.images.iter().find(|m| m.name == n),
+        None => those.next(),
+        Some(n) => those.find(|m| m.name == n),
     };
     found.ok_or_else(|| {
-        let known: Vec<&str> = state.images.iter().map(|m| m.name.as_str()).collect();
+        let known: Vec<&str> = state
+            .images
+            .iter()
+            .filter(|m| fits(&m.model))
+            .map(|m| m.name.as_str())
+            .collect();
         ApiError::new(
             StatusCode::NOT_FOUND,
             "model_not_found",
-            format!("image model {name:?} is not served; expected one of {known:?}"),
+            format!("image model {name:?} is not served for this route; expected one of {known:?}"),
         )
     })
+}
+
+fn is_classifier(m: &ImageNet) -> bool {
+    matches!(m, ImageNet::Classifier(_))
+}
+
+fn is_exam(m: &ImageNet) -> bool {
+    matches!(m, ImageNet::Exam { .. })
+}
+
+/// Decodes an uploaded PNG, JPEG or DICOM off the async threads, under the input limits with
+/// `max_image_bytes` as the file limit (422 naming what is wrong).
+async fn decode_upload(state: &AppState, bytes: Vec<u8>) -> ApiResult<crate::input::RawImage> {
+    if bytes.is_empty() {
+        return Err(ApiError::invalid(
+            "an empty image; expected the bytes of a PNG, JPEG or DICOM file",
+        ));
+    }
+    let limits = crate::input::InputLimits {
+        max_file_bytes: state.config.max_image_bytes as u64,
+        ..crate::input::InputLimits::default()
+    };
+    tokio::task::spawn_blocking(move || {
+        crate::input::decode(&bytes, std::path::Path::new("upload"), &limits)
+    })
+    .await
+    .map_err(|e| ApiError::backend(format!("decoder task: {e}")))?
+    .map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+/// Queues one decoded image on its model's thread and waits for the answer, to which the
+/// model's name is added.
+async fn run_image(
+    served: &ServedImage,
+    raw: crate::input::RawImage,
+    work: ImageWork,
+) -> ApiResult<Response> {
+    let (tx, rx) = oneshot::channel::<ImageReply>();
+    served
+        .worker
+        .submit(ImageJob {
+            raw,
+            work,
+            reply: tx,
+        })
+        .map_err(|r| refused(r, &served.name))?;
+    let mut v = match rx.await {
+        Ok(Ok(v)) => v,
+        Ok(Err(msg)) => return Err(ApiError::backend(msg)),
+        Err(_) => return Err(ApiError::backend("the model thread dropped the request")),
+    };
+    v["model"] = json!(served.name);
+    Ok(axum::Json(v).into_response())
 }
 
 /// `POST /classify?model=NAME&top=K&features=true`: the body is one PNG, JPEG or DICOM file
@@ -701,43 +767,57 @@ async fn classify(
     let limit = state.config.max_image_bytes;
     let bytes = read_body(&state, &headers, body, limit, "max_image_bytes").await?;
     let Query(q) = query.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
-    let served = find_image_model(&state, q.model.as_deref())?;
+    let served = find_image_model(&state, q.model.as_deref(), is_classifier)?;
     let top = q.top.unwrap_or(5);
     if top == 0 || top > 1000 {
         return Err(ApiError::invalid(format!("top {top}; expected 1 to 1000")));
     }
-    if bytes.is_empty() {
-        return Err(ApiError::invalid(
-            "an empty body; expected the bytes of a PNG, JPEG or DICOM file",
-        ));
+    let raw = decode_upload(&state, bytes.to_vec()).await?;
+    let work = ImageWork::Classify {
+        top,
+        features: q.features,
+    };
+    run_image(served, raw, work).await
+}
+
+/// `/exam`'s body.
+#[derive(Deserialize)]
+struct ExamRequest {
+    /// The chest X-ray: a PNG, JPEG or DICOM file, base64.
+    image: String,
+    /// The EMR record: `{feature key: number | category | null}`.
+    emr: Value,
+    model: Option<String>,
+}
+
+/// `POST /exam`: `{"image": base64 PNG/JPEG/DICOM, "emr": {...}}` → the EXAM model's oxygen
+/// predictions ([`crate::model::exam::ExamModel::assess`]). The JSON body counts against
+/// `max_image_bytes`; the EMR record is checked (unknown keys, implausible values) before
+/// the image is queued.
+async fn exam(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let limit = state.config.max_image_bytes;
+    let bytes = read_body(&state, &headers, body, limit, "max_image_bytes").await?;
+    let req: ExamRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid(format!("request JSON: {e}")))?;
+    drop(bytes);
+    let served = find_image_model(&state, req.model.as_deref(), is_exam)?;
+    if let ImageNet::Exam { model, .. } = served.model.as_ref() {
+        model
+            .head
+            .config
+            .emr
+            .encode(&req.emr)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
     }
-    let limits = crate::input::InputLimits {
-        max_file_bytes: limit as u64,
-        ..crate::input::InputLimits::default()
-    };
-    let raw = tokio::task::spawn_blocking(move || {
-        crate::input::decode(&bytes, std::path::Path::new("upload"), &limits)
-    })
-    .await
-    .map_err(|e| ApiError::backend(format!("decoder task: {e}")))?
-    .map_err(|e| ApiError::invalid(e.to_string()))?;
-    let (tx, rx) = oneshot::channel::<ImageReply>();
-    served
-        .worker
-        .submit(ImageJob {
-            raw,
-            top,
-            features: q.features,
-            reply: tx,
-        })
-        .map_err(|r| refused(r, &served.name))?;
-    let mut v = match rx.await {
-        Ok(Ok(v)) => v,
-        Ok(Err(msg)) => return Err(ApiError::backend(msg)),
-        Err(_) => return Err(ApiError::backend("the model thread dropped the request")),
-    };
-    v["model"] = json!(served.name);
-    Ok(axum::Json(v).into_response())
+    let image = base64::engine::general_purpose::STANDARD
+        .decode(req.image.as_bytes())
+        .map_err(|e| ApiError::invalid(format!("image: not base64: {e}")))?;
+    let raw = decode_upload(&state, image).await?;
+    run_image(served, raw, ImageWork::Exam { record: req.emr }).await
 }
 
 /// `GET /health`: 200 while serving (models are loaded before the port opens), 503 while
@@ -774,10 +854,9 @@ async fn info(State(state): State<Arc<AppState>>) -> Response {
         .map(|m| {
             json!({
                 "name": m.name,
-                "model": m.model.kind().name(),
-                "description": m.model.kind().describe(),
+                "model": m.model.kind(),
+                "description": m.model.describe(),
                 "random_weights": m.model.random_weights(),
-                "dtype": m.model.dtype().to_string(),
             })
         })
         .collect();

@@ -1,13 +1,15 @@
-//! Image models of the server (`POST /classify`): one bounded queue and one model thread per
-//! model. Images arrive decoded (the handler decodes under the input limits, so a bad upload
-//! is refused before it takes a queue slot) and run one per call: a CNN call on one image
-//! already fills the device far better than one short text does, and each decoded image can
-//! weigh up to `max_alloc_bytes`, so the queue is short (`max_image_queue`).
+//! Image models of the server (`POST /classify`, `POST /exam`): one bounded queue and one
+//! model thread per model. Images arrive decoded (the handler decodes under the input limits,
+//! so a bad upload is refused before it takes a queue slot) and run one per call: a CNN call
+//! on one image already fills the device far better than one short text does, and each
+//! decoded image can weigh up to `max_alloc_bytes`, so the queue is short (`max_image_queue`).
 
 use super::batcher::Refused;
 use super::metrics::Metrics;
+use crate::dtype::DType;
 use crate::input::RawImage;
 use crate::model::classify::ImageClassifier;
+use crate::model::exam::ExamModel;
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,13 +19,56 @@ use tokio::sync::oneshot;
 /// The model's answer to one image: its JSON, or the error's text.
 pub type ImageReply = std::result::Result<Value, String>;
 
+/// A served image model.
+pub enum ImageNet {
+    /// `/classify`: sepsis, cxr or lite0.
+    Classifier(ImageClassifier),
+    /// `/exam`: the EXAM chest X-ray + EMR model, its trunk in `dtype`.
+    Exam {
+        model: Box<ExamModel>,
+        dtype: DType,
+        random_weights: bool,
+    },
+}
+
+impl ImageNet {
+    /// What `/info` calls it: the classifier's kind, or `exam`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ImageNet::Classifier(m) => m.kind().name(),
+            ImageNet::Exam { .. } => "exam",
+        }
+    }
+
+    /// One line saying what the model is.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            ImageNet::Classifier(m) => m.kind().describe(),
+            ImageNet::Exam { .. } => "exam (chest X-ray + EMR → oxygen need at 24 h and 72 h)",
+        }
+    }
+
+    /// Whether it runs deterministic random weights (its answers are then not meaningful).
+    pub fn random_weights(&self) -> bool {
+        match self {
+            ImageNet::Classifier(m) => m.random_weights(),
+            ImageNet::Exam { random_weights, .. } => *random_weights,
+        }
+    }
+}
+
+/// What a job asks of its model.
+pub enum ImageWork {
+    /// Classes (`top` listed, lite0) and optionally the pooled feature vector.
+    Classify { top: usize, features: bool },
+    /// The EXAM predictions for this EMR record.
+    Exam { record: Value },
+}
+
 /// One decoded image waiting for its model.
 pub struct ImageJob {
     pub raw: RawImage,
-    /// Classes listed (lite0).
-    pub top: usize,
-    /// Also answer the pooled feature vector.
-    pub features: bool,
+    pub work: ImageWork,
     pub reply: oneshot::Sender<ImageReply>,
 }
 
@@ -38,7 +83,7 @@ impl ImageWorker {
     /// dropped and the queue is empty (a drain answers what was queued).
     pub fn start(
         name: String,
-        model: Arc<ImageClassifier>,
+        model: Arc<ImageNet>,
         max_queue: usize,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(ImageWorker, std::thread::JoinHandle<()>)> {
@@ -74,7 +119,7 @@ impl ImageWorker {
 
 fn run(
     name: &str,
-    model: &ImageClassifier,
+    model: &ImageNet,
     rx: &Receiver<ImageJob>,
     depth: &AtomicUsize,
     metrics: &Metrics,
@@ -86,9 +131,20 @@ fn run(
             continue;
         }
         metrics.observe_batch(name, 1, 1, 0);
-        let out = model
-            .classify_image(job.raw, job.top, job.features)
-            .map_err(|e| e.to_string());
+        let out = match (model, job.work) {
+            (ImageNet::Classifier(m), ImageWork::Classify { top, features }) => {
+                m.classify_image(job.raw, top, features)
+            }
+            (ImageNet::Exam { model, dtype, .. }, ImageWork::Exam { record }) => {
+                model.assess(&job.raw, &record, *dtype)
+            }
+            _ => Err(crate::error::Error::Invalid {
+                op: "serve",
+                arg: "model",
+                detail: format!("model {name:?} ({}) cannot do this job", model.kind()),
+            }),
+        }
+        .map_err(|e| e.to_string());
         let _ = job.reply.send(out);
     }
 }

@@ -15,10 +15,9 @@ pub mod metrics;
 
 use crate::error::{Error, Result};
 use crate::model::bert::BertTokenizer;
-use crate::model::classify::ImageClassifier;
 use crate::model::encoder::TextEncoder;
 use batcher::{BatchLimits, Batcher};
-use images::ImageWorker;
+use images::{ImageNet, ImageWorker};
 use metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,7 +81,7 @@ pub(crate) struct Served {
 /// A loaded image model as the handlers see it.
 pub(crate) struct ServedImage {
     pub name: String,
-    pub model: Arc<ImageClassifier>,
+    pub model: Arc<ImageNet>,
     pub worker: ImageWorker,
 }
 
@@ -150,13 +149,14 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 /// Serves the text `models` (name, encoder; the first is the default of the text routes) and
-/// the `images` models (name, classifier; the first is the default of `/classify`) until
+/// the `images` models (name, network; the first classifier is the default of `/classify`,
+/// the first EXAM model that of `/exam`) until
 /// SIGTERM or ctrl-c, then stops accepting, answers what was queued and returns. `on_listen`
 /// gets the bound address once every text model has answered a warm-up call. Builds its own
 /// tokio runtime: call it from a plain thread, not from async code.
 pub fn serve(
     models: Vec<(String, TextEncoder)>,
-    images: Vec<(String, ImageClassifier)>,
+    images: Vec<(String, ImageNet)>,
     device: String,
     config: ServeConfig,
     on_listen: impl FnOnce(SocketAddr),

@@ -2,7 +2,7 @@
 
 use super::{DTypeArg, DeviceArg};
 use medkern::input::{self, RawImage, dicom};
-use medkern::model::exam::{ExamConfig, ExamModel, ORDINAL_CLASSES};
+use medkern::model::exam::{ExamConfig, ExamModel};
 use medkern::{DType, Device, Error, Result};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -149,7 +149,6 @@ pub fn exam(a: ExamArgs) -> Result<()> {
         Some(p) => ExamModel::load(p, &dev, dtype)?,
         None => ExamModel::random(&ExamConfig::default(), RANDOM_SEED, &dev, dtype)?,
     };
-    let emr_cfg = &model.head.config.emr;
     let text = String::from_utf8(input::read_regular(
         "medkern exam",
         &a.emr,
@@ -158,50 +157,22 @@ pub fn exam(a: ExamArgs) -> Result<()> {
     .map_err(|e| cli_err("emr", format!("{}: not UTF-8 text: {e}", a.emr.display())))?;
     let record: Value = serde_json::from_str(&text)
         .map_err(|e| cli_err("emr", format!("{}: not valid JSON: {e}", a.emr.display())))?;
-    let emr = emr_cfg
-        .encode(&record)
-        .map_err(|e| cli_err("emr", format!("{}: {e}", a.emr.display())))?;
-    let present: Vec<&str> = emr_cfg
-        .features
-        .iter()
-        .filter(|f| record.get(&f.key).is_some_and(|v| !v.is_null()))
-        .map(|f| f.key.as_str())
-        .collect();
-    let missing: Vec<&str> = emr_cfg
-        .features
-        .iter()
-        .map(|f| f.key.as_str())
-        .filter(|k| !present.contains(k))
-        .collect();
-    let x = raw.to_model_input(&dev, model.trunk.input_size(), dtype)?;
-    let emr_t = medkern::HostTensor::new(&[1, emr_cfg.dim()], emr)?.into_device(&dev)?;
-    let out = model.forward(&x, &emr_t)?;
-    let o = &out[0];
+    let assessed = model.assess(&raw, &record, dtype).map_err(|e| match e {
+        Error::Invalid { op: "emr", .. } => cli_err("emr", format!("{}: {e}", a.emr.display())),
+        e => e,
+    })?;
     let mut v = json!({
         "image": a.image.display().to_string(),
         "image_input": image_info,
         "emr": a.emr.display().to_string(),
-        "emr_present": present,
-        "emr_missing": missing,
         "weights": a.weights.as_ref().map(|p| p.display().to_string()),
         "random_weights": a.weights.is_none(),
         "device": dev.describe(),
         "dtype": dtype.to_string(),
-        "image_trunk": model.trunk.describe(),
-        "oxygen_24h": o.oxygen_24h,
-        "oxygen_72h": o.oxygen_72h,
-        "ordinal": {
-            "class": o.class_name(),
-            "score": o.ordinal_score,
-            "classes": ORDINAL_CLASSES,
-            "probabilities": o.ordinal_probs,
-            "by_class": ORDINAL_CLASSES
-                .iter()
-                .zip(&o.ordinal_probs)
-                .map(|(&c, &p)| (c.to_string(), json!(p)))
-                .collect::<serde_json::Map<String, Value>>(),
-        },
     });
+    if let (Some(o), Value::Object(m)) = (v.as_object_mut(), assessed) {
+        o.extend(m);
+    }
     if a.weights.is_none() {
         v["note"] = json!(format!(
             "no --weights: deterministic random weights (seed {RANDOM_SEED}); the scores are \
