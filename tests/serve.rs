@@ -37,10 +37,17 @@ impl Server {
         Server::spawn(&args)
     }
 
-    /// `medkern serve --device cpu --port 0` with `args`.
+    /// `medkern serve --device cpu --port 0` with `args` (no `--device` when they name
+    /// `--devices`).
     fn spawn(args: &[&str]) -> Server {
+        let device: &[&str] = if args.contains(&"--devices") {
+            &[]
+        } else {
+            &["--device", "cpu"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_medkern"))
-            .args(["serve", "--device", "cpu", "--port", "0"])
+            .args(["serve", "--port", "0"])
+            .args(device)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -447,6 +454,82 @@ fn load_batched_answers_equal_single_requests() {
         lens.iter().max().unwrap_or(&0),
     );
     let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+}
+
+/// `--devices`: a model thread per device sharing each model's queue. Two CPU workers answer
+/// 400 concurrent requests bit for bit as one does; the emulated GPU (the GPU path of the
+/// server: device-resident weights, launched kernels, f16) answers within f16 tolerance of
+/// the CPU; a bad list is refused before anything loads.
+#[test]
+fn devices_run_a_worker_each() {
+    let Some(minilm) = minilm("devices_run_a_worker_each") else {
+        return;
+    };
+    let _g = serial();
+    let tiny = tiny_model(&minilm, "serve-devices");
+    let dir = tiny.path();
+    let enc = reference(dir);
+    let texts = load_texts(40);
+    let want: Vec<Vec<u32>> = texts.iter().map(|t| bits(&single(&enc, t, true))).collect();
+    let (texts, want) = (Arc::new(texts), Arc::new(want));
+    let m = dir.to_str().expect("utf-8");
+    {
+        let s = Server::spawn(&["--devices", "cpu,cpu", "--model", m]);
+        hammer(&s, &texts, &want, 400, 16);
+        let (_, info) = s.get("/info");
+        let info: Value = serde_json::from_str(&info).expect("info");
+        assert_eq!(info["models"][0]["workers"], 2, "{info}");
+    }
+    {
+        let s = Server::spawn(&["--devices", "emu", "--model", m]);
+        let (_, info) = s.get("/info");
+        let info: Value = serde_json::from_str(&info).expect("info");
+        assert_ne!(info["device"], "cpu", "{info}");
+        let (st, body) = s.post("/embed", &json!({"inputs": TEXTS}).to_string());
+        assert_eq!(st, 200, "{body}");
+        for (row, t) in parse_rows(&body).iter().zip(TEXTS) {
+            let c = single(&enc, t, true);
+            let cos: f64 = row
+                .iter()
+                .zip(&c)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            assert!(cos >= 0.999, "emu vs cpu cosine {cos} for {t:?}");
+        }
+        let (st, body) = s.post("/predict", &json!({"inputs": TEXTS}).to_string());
+        assert_eq!(st, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        let logits = enc
+            .classify_ids(&enc.encode(&TEXTS).expect("encode"))
+            .expect("classify");
+        for (i, l) in logits.iter().enumerate() {
+            let p = medkern::model::softmax(l);
+            for e in v[i].as_array().expect("list") {
+                let j = usize::from(e["label"] == "abnormal");
+                let got = e["score"].as_f64().expect("score");
+                assert!(
+                    (got - f64::from(p[j])).abs() < 0.02,
+                    "emu {got} vs cpu {}",
+                    p[j]
+                );
+            }
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_medkern"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--devices",
+            "cpu,seven",
+            "--model",
+            m,
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("devices") && err.contains("seven"), "{err}");
 }
 
 /// Sends a POST's headers declaring `length` body bytes, no body, and returns what the

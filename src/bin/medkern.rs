@@ -1088,8 +1088,13 @@ struct ServeArgs {
     #[arg(long, default_value_t = 8080)]
     port: u16,
     /// Where to run the models; default: the first GPU if there is one, else the CPU.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "devices")]
     device: Option<DeviceArg>,
+    /// A model thread per device, each with its own copy of every model, all sharing each
+    /// model's queue: GPU numbers (`0,1`), `all` (every GPU), `cpu` or `emu` (the emulated
+    /// GPU, for tests), comma-separated.
+    #[arg(long, value_name = "LIST")]
+    devices: Option<String>,
     /// Compute dtype; default: f16 on a GPU, f32 on the CPU.
     #[arg(long, value_enum)]
     dtype: Option<DTypeArg>,
@@ -1120,8 +1125,10 @@ struct ServeArgs {
 #[cfg(feature = "server")]
 fn serve(a: ServeArgs) -> medkern::Result<()> {
     use std::io::Write;
-    let dev = cnn::device_of(a.device)?;
-    let dtype = cnn::dtype_of(a.dtype, &dev);
+    let devices = match &a.devices {
+        Some(list) => serve_devices(list)?,
+        None => vec![cnn::device_of(a.device)?],
+    };
     let max_batch = cnn::input_limits().max_batch;
     let mut models = Vec::with_capacity(a.models.len());
     for spec in &a.models {
@@ -1136,55 +1143,37 @@ fn serve(a: ServeArgs) -> medkern::Result<()> {
                 (name, dir)
             }
         };
-        // Not normalised here: /embed's "normalize" decides per request.
-        let enc = TextEncoder::load(
-            &dir,
-            &dev,
-            dtype,
-            &EncoderOptions {
-                pooling: None,
-                normalize: Some(false),
-                max_len: None,
-                max_batch,
-            },
-        )?;
-        models.push((name, enc));
+        let mut replicas = Vec::with_capacity(devices.len());
+        for dev in &devices {
+            // Not normalised here: /embed's "normalize" decides per request.
+            replicas.push(TextEncoder::load(
+                &dir,
+                dev,
+                cnn::dtype_of(a.dtype, dev),
+                &EncoderOptions {
+                    pooling: None,
+                    normalize: Some(false),
+                    max_len: None,
+                    max_batch,
+                },
+            )?);
+        }
+        models.push((name, replicas));
     }
     let mut images = Vec::with_capacity(a.image_models.len());
     for spec in &a.image_models {
-        use medkern::model::classify::{ImageClassifier, ImageModel};
-        use medkern::model::exam::{ExamConfig, ExamModel};
-        use medkern::server::images::ImageNet;
         let (kind, weights) = match spec.split_once('=') {
             Some((k, w)) => (k, Some(PathBuf::from(w))),
             None => (spec.as_str(), None),
         };
-        let net = if kind == "exam" {
-            let model = match &weights {
-                Some(p) => ExamModel::load(p, &dev, dtype)?,
-                None => ExamModel::random(&ExamConfig::default(), cnn::RANDOM_SEED, &dev, dtype)?,
-            };
-            ImageNet::Exam {
-                model: Box::new(model),
-                dtype,
-                random_weights: weights.is_none(),
-            }
-        } else {
-            let kind = ImageModel::parse(kind).map_err(|e| {
-                cnn::cli_err(
-                    "image-model",
-                    format!("{spec:?}: {e}; or \"exam\" for the EXAM chest X-ray + EMR model"),
-                )
-            })?;
-            ImageNet::Classifier(ImageClassifier::load(
-                kind,
-                weights.as_deref(),
-                &dev,
-                dtype,
-            )?)
-        };
-        images.push((kind.to_string(), net));
+        let mut replicas = Vec::with_capacity(devices.len());
+        for dev in &devices {
+            replicas.push(image_net(spec, kind, weights.as_deref(), dev, a.dtype)?);
+        }
+        images.push((kind.to_string(), replicas));
     }
+    let described: Vec<String> = devices.iter().map(Device::describe).collect();
+    let device = described.join("; ");
     let config = medkern::server::ServeConfig {
         host: a.host,
         port: a.port,
@@ -1198,7 +1187,7 @@ fn serve(a: ServeArgs) -> medkern::Result<()> {
         max_image_queue: a.max_image_queue,
     };
     let mut listen_err = None;
-    medkern::server::serve(models, images, dev.describe(), config, |addr| {
+    medkern::server::serve(models, images, device, config, |addr| {
         let mut out = std::io::stdout().lock();
         let line = format!("medkern serve: listening on http://{addr}");
         if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
@@ -1210,6 +1199,81 @@ fn serve(a: ServeArgs) -> medkern::Result<()> {
     }
     eprintln!("medkern serve: drained, exiting");
     Ok(())
+}
+
+/// `--devices`: `cpu`, `emu`, GPU ordinals, or `all` (every GPU), comma-separated.
+#[cfg(feature = "server")]
+fn serve_devices(list: &str) -> medkern::Result<Vec<Device>> {
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim) {
+        match item {
+            "cpu" => out.push(Device::Cpu),
+            "emu" => out.push(Device::emulated()?),
+            "all" => {
+                let n = medkern::device::gpu_count()?;
+                if n == 0 {
+                    return Err(cnn::cli_err(
+                        "devices",
+                        "all: no GPU found; expected at least one (or name cpu)".into(),
+                    ));
+                }
+                for i in 0..n {
+                    out.push(Device::gpu(i)?);
+                }
+            }
+            n => match n.parse::<usize>() {
+                Ok(i) => out.push(Device::gpu(i)?),
+                Err(_) => {
+                    return Err(cnn::cli_err(
+                        "devices",
+                        format!("{item:?} in {list:?}; expected cpu, emu, a GPU number or all"),
+                    ));
+                }
+            },
+        }
+    }
+    if out.is_empty() || out.len() > 64 {
+        return Err(cnn::cli_err(
+            "devices",
+            format!("{list:?}: {} devices; expected 1 to 64", out.len()),
+        ));
+    }
+    Ok(out)
+}
+
+/// One image model of `serve --image-model KIND[=WEIGHTS]` on `dev`.
+#[cfg(feature = "server")]
+fn image_net(
+    spec: &str,
+    kind: &str,
+    weights: Option<&std::path::Path>,
+    dev: &Device,
+    dtype: Option<DTypeArg>,
+) -> medkern::Result<medkern::server::images::ImageNet> {
+    use medkern::model::classify::{ImageClassifier, ImageModel};
+    use medkern::model::exam::{ExamConfig, ExamModel};
+    use medkern::server::images::ImageNet;
+    let dtype = cnn::dtype_of(dtype, dev);
+    if kind == "exam" {
+        let model = match weights {
+            Some(p) => ExamModel::load(p, dev, dtype)?,
+            None => ExamModel::random(&ExamConfig::default(), cnn::RANDOM_SEED, dev, dtype)?,
+        };
+        return Ok(ImageNet::Exam {
+            model: Box::new(model),
+            dtype,
+            random_weights: weights.is_none(),
+        });
+    }
+    let kind = ImageModel::parse(kind).map_err(|e| {
+        cnn::cli_err(
+            "image-model",
+            format!("{spec:?}: {e}; or \"exam\" for the EXAM chest X-ray + EMR model"),
+        )
+    })?;
+    Ok(ImageNet::Classifier(ImageClassifier::load(
+        kind, weights, dev, dtype,
+    )?))
 }
 
 /// `medkern compress` arguments.

@@ -4,9 +4,9 @@
 
 use super::metrics::Metrics;
 use crate::model::encoder::TextEncoder;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -59,23 +59,30 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the model thread of `encoder` with a queue of `max_queue` jobs. The thread ends
-    /// once every `Batcher` clone is dropped and the queue is empty: dropping them is how a
-    /// drain finishes what was queued.
+    /// Starts one model thread per replica (one per device) with a shared queue of
+    /// `max_queue` jobs: one thread at a time gathers a batch, then runs it while the next
+    /// gathers. The threads end once the `Batcher` is dropped and the queue is empty: dropping
+    /// it is how a drain finishes what was queued.
     pub fn start(
         name: String,
-        encoder: Arc<TextEncoder>,
+        replicas: Vec<Arc<TextEncoder>>,
         limits: BatchLimits,
         max_queue: usize,
         metrics: Arc<Metrics>,
-    ) -> std::io::Result<(Batcher, std::thread::JoinHandle<()>)> {
+    ) -> std::io::Result<(Batcher, Vec<std::thread::JoinHandle<()>>)> {
         let (tx, rx) = std::sync::mpsc::sync_channel(max_queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
         let depth = Arc::new(AtomicUsize::new(0));
-        let d = depth.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("medkern-model-{name}"))
-            .spawn(move || run(&name, &encoder, limits, &rx, &d, &metrics))?;
-        Ok((Batcher { tx, depth }, handle))
+        let mut handles = Vec::with_capacity(replicas.len());
+        for (i, encoder) in replicas.into_iter().enumerate() {
+            let (name, rx, d, metrics) = (name.clone(), rx.clone(), depth.clone(), metrics.clone());
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("medkern-model-{name}-{i}"))
+                    .spawn(move || run(&name, &encoder, limits, &rx, &d, &metrics))?,
+            );
+        }
+        Ok((Batcher { tx, depth }, handles))
     }
 
     /// Queues `job` without waiting; a full queue refuses it at once.
@@ -105,21 +112,41 @@ fn run(
     name: &str,
     encoder: &TextEncoder,
     limits: BatchLimits,
-    rx: &Receiver<Job>,
+    rx: &Mutex<Receiver<Job>>,
     depth: &AtomicUsize,
     metrics: &Metrics,
 ) {
+    let mut carry: Option<Job> = None;
+    loop {
+        // The queue is this thread's while it gathers a batch; the run is outside the lock.
+        let Ok(rx) = rx.lock() else { return };
+        let Some((task, batch)) = gather(&rx, &mut carry, limits, depth) else {
+            return;
+        };
+        drop(rx);
+        run_batch(name, encoder, task, batch, metrics);
+    }
+}
+
+/// Takes the next batch from the queue (after `carry`, a job the last batch had no room for):
+/// the first job, then whatever arrives within `max_wait` and fits; None once the queue is
+/// closed and empty. Jobs whose client has gone are dropped.
+fn gather(
+    rx: &Receiver<Job>,
+    carry: &mut Option<Job>,
+    limits: BatchLimits,
+    depth: &AtomicUsize,
+) -> Option<(Task, Vec<Job>)> {
     let take = |j: Job| {
         depth.fetch_sub(1, Ordering::SeqCst);
         j
     };
-    let mut carry: Option<Job> = None;
     loop {
         let first = match carry.take() {
             Some(j) => j,
             None => match rx.recv() {
                 Ok(j) => take(j),
-                Err(_) => return,
+                Err(_) => return None,
             },
         };
         let deadline = Instant::now() + limits.max_wait;
@@ -141,7 +168,7 @@ fn run(
                 || tokens + next.tokens > limits.max_tokens
                 || seqs + next.ids.len() > limits.max_sequences
             {
-                carry = Some(next);
+                *carry = Some(next);
                 break;
             }
             tokens += next.tokens;
@@ -150,10 +177,9 @@ fn run(
         }
         // A client that has gone needs no answer: its sequences are left out of the call.
         batch.retain(|j| !j.reply.is_closed());
-        if batch.is_empty() {
-            continue;
+        if !batch.is_empty() {
+            return Some((task, batch));
         }
-        run_batch(name, encoder, task, batch, metrics);
     }
 }
 

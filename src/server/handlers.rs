@@ -844,6 +844,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Response {
                 "max_len": m.encoder.max_len(),
                 "pooling": format!("{:?}", m.encoder.pooling).to_lowercase(),
                 "has_classifier": m.encoder.model.has_classifier(),
+                "workers": m.workers,
                 "labels": m.encoder.model.labels(),
             })
         })
@@ -857,6 +858,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Response {
                 "model": m.model.kind(),
                 "description": m.model.describe(),
                 "random_weights": m.model.random_weights(),
+                "workers": m.workers,
             })
         })
         .collect();

@@ -11,9 +11,9 @@ use crate::input::RawImage;
 use crate::model::classify::ImageClassifier;
 use crate::model::exam::ExamModel;
 use serde_json::Value;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// The model's answer to one image: its JSON, or the error's text.
@@ -79,21 +79,28 @@ pub struct ImageWorker {
 }
 
 impl ImageWorker {
-    /// Starts the model thread with a queue of `max_queue` images; it ends once the worker is
-    /// dropped and the queue is empty (a drain answers what was queued).
+    /// Starts one model thread per replica (one per device) sharing a queue of `max_queue`
+    /// images; they end once the worker is dropped and the queue is empty (a drain answers
+    /// what was queued).
     pub fn start(
         name: String,
-        model: Arc<ImageNet>,
+        replicas: Vec<Arc<ImageNet>>,
         max_queue: usize,
         metrics: Arc<Metrics>,
-    ) -> std::io::Result<(ImageWorker, std::thread::JoinHandle<()>)> {
+    ) -> std::io::Result<(ImageWorker, Vec<std::thread::JoinHandle<()>>)> {
         let (tx, rx) = std::sync::mpsc::sync_channel(max_queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
         let depth = Arc::new(AtomicUsize::new(0));
-        let d = depth.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("medkern-image-{name}"))
-            .spawn(move || run(&name, &model, &rx, &d, &metrics))?;
-        Ok((ImageWorker { tx, depth }, handle))
+        let mut handles = Vec::with_capacity(replicas.len());
+        for (i, model) in replicas.into_iter().enumerate() {
+            let (name, rx, d, metrics) = (name.clone(), rx.clone(), depth.clone(), metrics.clone());
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("medkern-image-{name}-{i}"))
+                    .spawn(move || run(&name, &model, &rx, &d, &metrics))?,
+            );
+        }
+        Ok((ImageWorker { tx, depth }, handles))
     }
 
     /// Queues `job` without waiting; a full queue refuses it at once.
@@ -120,11 +127,17 @@ impl ImageWorker {
 fn run(
     name: &str,
     model: &ImageNet,
-    rx: &Receiver<ImageJob>,
+    rx: &Mutex<Receiver<ImageJob>>,
     depth: &AtomicUsize,
     metrics: &Metrics,
 ) {
-    while let Ok(job) = rx.recv() {
+    loop {
+        // The lock is held only to take one job.
+        let next = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = next else { return };
         depth.fetch_sub(1, Ordering::SeqCst);
         // A client that has gone needs no answer.
         if job.reply.is_closed() {

@@ -76,6 +76,8 @@ pub(crate) struct Served {
     pub probe: BertTokenizer,
     pub batcher: Batcher,
     pub dim: usize,
+    /// Model threads (one per device) sharing the queue.
+    pub workers: usize,
 }
 
 /// A loaded image model as the handlers see it.
@@ -83,6 +85,8 @@ pub(crate) struct ServedImage {
     pub name: String,
     pub model: Arc<ImageNet>,
     pub worker: ImageWorker,
+    /// Model threads (one per device) sharing the queue.
+    pub workers: usize,
 }
 
 /// Shared by every handler.
@@ -155,8 +159,8 @@ fn check_name(name: &str) -> Result<()> {
 /// gets the bound address once every text model has answered a warm-up call. Builds its own
 /// tokio runtime: call it from a plain thread, not from async code.
 pub fn serve(
-    models: Vec<(String, TextEncoder)>,
-    images: Vec<(String, ImageNet)>,
+    models: Vec<(String, Vec<TextEncoder>)>,
+    images: Vec<(String, Vec<ImageNet>)>,
     device: String,
     config: ServeConfig,
     on_listen: impl FnOnce(SocketAddr),
@@ -171,19 +175,25 @@ pub fn serve(
     let metrics = Arc::new(Metrics::default());
     let mut served = Vec::with_capacity(models.len());
     let mut threads = Vec::with_capacity(models.len());
-    for (name, enc) in models {
+    for (name, replicas) in models {
         check_name(&name)?;
         if served.iter().any(|s: &Served| s.name == name) {
             return Err(invalid("model name", format!("{name:?} given twice")));
         }
-        let enc = Arc::new(enc);
-        // A warm-up call: it checks the weights run and gives the embedding size for /info.
-        let warm = enc.encode(&["medkern"])?;
-        let dim = enc
-            .model
-            .embed(&warm, enc.pooling)?
-            .first()
-            .map_or(0, Vec::len);
+        let replicas: Vec<Arc<TextEncoder>> = replicas.into_iter().map(Arc::new).collect();
+        let Some(enc) = replicas.first().cloned() else {
+            return Err(invalid(
+                "models",
+                format!("{name:?} has no replica; expected one per device"),
+            ));
+        };
+        // A warm-up call on every replica: it checks the weights run on each device and gives
+        // the embedding size for /info.
+        let mut dim = 0;
+        for r in &replicas {
+            let warm = r.encode(&["medkern"])?;
+            dim = r.model.embed(&warm, r.pooling)?.first().map_or(0, Vec::len);
+        }
         let probe = BertTokenizer::load(enc.dir(), enc.max_len() + 1)?
             .with_max_batch(config.max_inputs)
             .with_max_text_bytes(config.max_request_bytes);
@@ -193,42 +203,52 @@ pub fn serve(
             max_sequences: config.max_inputs,
             max_wait: config.max_wait,
         };
-        let (batcher, handle) = Batcher::start(
+        let workers = replicas.len();
+        let (batcher, handles) = Batcher::start(
             name.clone(),
-            enc.clone(),
+            replicas,
             limits,
             config.max_queue,
             metrics.clone(),
         )
         .map_err(|e| invalid("model thread", e.to_string()))?;
-        threads.push(handle);
+        threads.extend(handles);
         served.push(Served {
             name,
             encoder: enc,
             probe,
             batcher,
             dim,
+            workers,
         });
     }
     let mut served_images: Vec<ServedImage> = Vec::with_capacity(images.len());
-    for (name, model) in images {
+    for (name, replicas) in images {
         check_name(&name)?;
         if served_images.iter().any(|s| s.name == name) || served.iter().any(|s| s.name == name) {
             return Err(invalid("image model name", format!("{name:?} given twice")));
         }
-        let model = Arc::new(model);
-        let (worker, handle) = ImageWorker::start(
+        let replicas: Vec<Arc<ImageNet>> = replicas.into_iter().map(Arc::new).collect();
+        let Some(model) = replicas.first().cloned() else {
+            return Err(invalid(
+                "image models",
+                format!("{name:?} has no replica; expected one per device"),
+            ));
+        };
+        let workers = replicas.len();
+        let (worker, handles) = ImageWorker::start(
             name.clone(),
-            model.clone(),
+            replicas,
             config.max_image_queue,
             metrics.clone(),
         )
         .map_err(|e| invalid("model thread", e.to_string()))?;
-        threads.push(handle);
+        threads.extend(handles);
         served_images.push(ServedImage {
             name,
             model,
             worker,
+            workers,
         });
     }
     let state = Arc::new(AppState {
