@@ -456,6 +456,49 @@ fn load_batched_answers_equal_single_requests() {
     let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }
 
+/// `--request-timeout-ms`: a request still waiting past it gets a 503 timeout (here the batch
+/// waits 1.5 s for company), its job is dropped from the batch, and the server goes on
+/// answering.
+#[test]
+fn slow_requests_time_out_and_the_server_goes_on() {
+    let Some(minilm) = minilm("slow_requests_time_out_and_the_server_goes_on") else {
+        return;
+    };
+    let _g = serial();
+    let tiny = tiny_model(&minilm, "serve-timeout");
+    let enc = reference(tiny.path());
+    let slow = Server::start(
+        tiny.path(),
+        &["--max-wait-us", "1500000", "--request-timeout-ms", "300"],
+    );
+    let t = Instant::now();
+    let (st, body) = slow.post("/embed", &json!({"inputs": TEXTS[0]}).to_string());
+    assert_eq!(st, 503, "{body}");
+    assert!(
+        body.contains("\"timeout\"") && body.contains("300 ms"),
+        "{body}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
+    // The server still answers (health at once; an embed once its batch is run).
+    let (st, _) = slow.get("/health");
+    assert_eq!(st, 200);
+    drop(slow);
+    let s = Server::start(tiny.path(), &["--request-timeout-ms", "30000"]);
+    let (st, body) = s.post("/embed", &json!({"inputs": TEXTS[0]}).to_string());
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        bits(&parse_rows(&body)[0]),
+        bits(&single(&enc, TEXTS[0], true))
+    );
+    let (st, body) = s.get("/info");
+    assert_eq!(st, 200);
+    assert!(body.contains("\"request_timeout_ms\":30000"), "{body}");
+}
+
 /// `--devices`: a model thread per device sharing each model's queue. Two CPU workers answer
 /// 400 concurrent requests bit for bit as one does; the emulated GPU (the GPU path of the
 /// server: device-resident weights, launched kernels, f16) answers within f16 tolerance of

@@ -1119,6 +1119,9 @@ struct ServeArgs {
     /// Decoded images queued per image model before new ones are refused (429).
     #[arg(long, default_value_t = 16)]
     max_image_queue: usize,
+    /// How long one request may take, milliseconds; past it the answer is a 503 timeout.
+    #[arg(long, default_value_t = 60000)]
+    request_timeout_ms: u64,
 }
 
 /// Loads each `--model` and serves them until SIGTERM / ctrl-c.
@@ -1185,6 +1188,7 @@ fn serve(a: ServeArgs) -> medkern::Result<()> {
         max_inputs: max_batch,
         max_image_bytes: a.max_image_bytes,
         max_image_queue: a.max_image_queue,
+        request_timeout: std::time::Duration::from_millis(a.request_timeout_ms),
     };
     let mut listen_err = None;
     medkern::server::serve(models, images, device, config, |addr| {

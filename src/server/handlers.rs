@@ -120,14 +120,28 @@ async fn shutdown_signal(state: Arc<AppState>) {
     state.draining.store(true, Ordering::SeqCst);
 }
 
-/// Counts each answer by route and status, with its latency.
+/// Counts each answer by route and status, with its latency, and bounds its time: past
+/// `request_timeout` the handler is dropped (its queued work with it: a model thread skips a
+/// job whose client has gone) and the client gets a 503 saying so.
 async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let start = Instant::now();
-    let resp = next.run(req).await;
+    let limit = state.config.request_timeout;
+    let resp = match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!(
+                "the request took longer than request_timeout ({} ms); retry later",
+                limit.as_millis()
+            ),
+        )
+        .into_response(),
+    };
     state.metrics.observe_request(
         &route,
         resp.status().as_u16(),
@@ -876,6 +890,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Response {
             "max_inputs": c.max_inputs,
             "max_image_bytes": c.max_image_bytes,
             "max_image_queue": c.max_image_queue,
+            "request_timeout_ms": c.request_timeout.as_millis() as u64,
         },
     }))
     .into_response()

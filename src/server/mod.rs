@@ -48,6 +48,9 @@ pub struct ServeConfig {
     pub max_image_bytes: usize,
     /// Decoded images queued per image model before new ones get 429.
     pub max_image_queue: usize,
+    /// How long one request may take, body read to answer; past it the client gets a 503
+    /// (`"error_type": "timeout"`) and its queued work is dropped.
+    pub request_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -63,6 +66,7 @@ impl Default for ServeConfig {
             max_inputs: crate::input::DEFAULT_MAX_BATCH,
             max_image_bytes: 64 << 20,
             max_image_queue: 16,
+            request_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -127,6 +131,10 @@ fn check_config(c: &ServeConfig) -> Result<()> {
         ("max_inputs", c.max_inputs),
         ("max_image_bytes", c.max_image_bytes),
         ("max_image_queue", c.max_image_queue),
+        (
+            "request_timeout (ms)",
+            c.request_timeout.as_millis() as usize,
+        ),
     ] {
         if v == 0 {
             return Err(invalid(arg, "0; expected at least 1".into()));
