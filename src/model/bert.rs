@@ -1335,7 +1335,9 @@ pub enum Pooling {
 /// The default of [`BertTokenizer::with_max_text_bytes`]: 1 MiB.
 pub const DEFAULT_MAX_TEXT_BYTES: usize = 1 << 20;
 
-/// WordPiece tokenisation from a `tokenizer.json` (the `tokenizers` crate).
+/// WordPiece tokenisation from a `tokenizer.json` (the `tokenizers` crate; Cargo feature
+/// `tokenizers`).
+#[cfg(feature = "tokenizers")]
 pub struct BertTokenizer {
     inner: tokenizers::Tokenizer,
     max_len: usize,
@@ -1343,6 +1345,7 @@ pub struct BertTokenizer {
     max_batch: usize,
 }
 
+#[cfg(feature = "tokenizers")]
 impl BertTokenizer {
     /// Loads `dir/tokenizer.json`; sequences are truncated to `max_len` tokens ([CLS] and
     /// [SEP] included, so `max_len` is at least 2).

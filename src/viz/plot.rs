@@ -89,6 +89,7 @@ pub trait Figure {
 }
 
 /// Renders `fig` at `size` (width, height in pixels) to the bytes of a PNG or SVG file.
+/// PNG needs the `image` feature: without it [`Format::Png`] is an error naming it.
 pub fn render<F: Figure>(fig: &F, format: Format, size: (u32, u32)) -> Result<Vec<u8>> {
     let (w, h) = size;
     if !(16..=MAX_FIGURE_SIDE).contains(&w) || !(16..=MAX_FIGURE_SIDE).contains(&h) {
@@ -109,6 +110,13 @@ pub fn render<F: Figure>(fig: &F, format: Format, size: (u32, u32)) -> Result<Ve
             }
             Ok(s.into_bytes())
         }
+        #[cfg(not(feature = "image"))]
+        Format::Png => Err(crate::error::feature_missing(
+            OP,
+            "encoding a PNG figure (.svg works)",
+            "image",
+        )),
+        #[cfg(feature = "image")]
         Format::Png => {
             let mut buf = vec![0u8; w as usize * h as usize * 3];
             {
