@@ -508,6 +508,36 @@ pub(crate) fn io_error(path: &Path, e: std::io::Error) -> Error {
 mod tests {
     use super::*;
 
+    /// Without a reader's feature, `load` of its file is an error naming the op and the
+    /// feature (no panic), after the file is read and recognised.
+    #[cfg(not(all(feature = "image", feature = "dicom")))]
+    #[test]
+    fn files_without_their_reader_feature_are_errors_naming_it() {
+        let dir = std::env::temp_dir().join(format!("medkern-no-reader-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut dicom = vec![0u8; 140];
+        dicom[128..132].copy_from_slice(b"DICM");
+        let png = b"\x89PNG\r\n\x1a\n0000".to_vec();
+        for (name, bytes, feature, on) in [
+            ("x.dcm", dicom, "dicom", cfg!(feature = "dicom")),
+            ("x.png", png, "image", cfg!(feature = "image")),
+        ] {
+            if on {
+                continue;
+            }
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).expect("write");
+            let msg = load(&p).expect_err("no reader").to_string();
+            assert!(
+                msg.starts_with("input: ")
+                    && msg.contains(&format!("built without the `{feature}` feature"))
+                    && msg.contains(name),
+                "{msg}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// Issue 15: a model file was read whole whatever its size (a 4 GiB checkpoint failed only
     /// for want of memory). Over the limit is an error naming the limit, before any read.
     #[test]

@@ -344,3 +344,25 @@ impl Figure for Scatter<'_> {
         Ok(())
     }
 }
+
+#[cfg(all(test, not(feature = "image")))]
+mod tests {
+    /// Without the `image` feature a PNG figure is an error naming the feature; SVG works.
+    #[test]
+    fn png_without_the_image_feature_is_an_error_naming_it() {
+        let classes = ["a".to_string()];
+        let fig = super::Scatter {
+            title: "t",
+            points: &[[0.0, 0.0], [1.0, 1.0]],
+            labels: &[0, 0],
+            classes: &classes,
+        };
+        let e = super::render(&fig, super::Format::Png, (64, 64)).err();
+        let msg = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.starts_with("plot: ") && msg.contains("built without the `image` feature"),
+            "{msg}"
+        );
+        assert!(super::render(&fig, super::Format::Svg, (64, 64)).is_ok());
+    }
+}
