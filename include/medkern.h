@@ -99,7 +99,10 @@ void mk_device_free(mk_device *dev);
  * [SEP] included; 0: a sentence-transformers folder's max_seq_length, else the model's
  * max_position_embeddings; more than max_position_embeddings is MK_ERR_INVALID_ARGUMENT. A
  * config.json the model cannot use is MK_ERR_CORRUPT_INPUT, as is a modules.json with modules
- * or pooling modes medkern does not run (Dense, mean_sqrt_len, several modes at once). */
+ * or pooling modes medkern does not run (Dense, mean_sqrt_len, several modes at once).
+ * A library built without the `tokenizers` Cargo feature reads no tokenizer.json: its
+ * mk_bert_embed and mk_bert_classify are MK_ERR_INVALID_ARGUMENT saying so (the *_ids
+ * functions work). */
 mk_status mk_bert_load(const mk_device *dev, const char *dir, mk_dtype dtype, size_t max_len,
                        mk_bert **out);
 /* Limits of m's calls, checked before any text or id is read: the most texts or id sequences
@@ -133,7 +136,9 @@ void mk_bert_free(mk_bert *m);
 mk_status mk_image_model_load(const mk_device *dev, const char *kind, const char *weights,
                               mk_dtype dtype, mk_image_model **out);
 size_t mk_image_model_num_outputs(const mk_image_model *m);
-/* PNG, JPEG or uncompressed DICOM, chosen by content; out[num_outputs]. */
+/* PNG, JPEG or uncompressed DICOM, chosen by content; out[num_outputs]. A library built
+ * without the `image` (PNG/JPEG) or `dicom` Cargo feature gives MK_ERR_INVALID_ARGUMENT for
+ * those files. */
 mk_status mk_image_classify_file(const mk_image_model *m, const char *path, float *out,
                                  size_t out_len);
 /* n decoded 8-bit images pixels[n][h][w][channels] (1 grey or 3 RGB); out[n * num_outputs].

@@ -15,7 +15,9 @@
 use crate::DType;
 use crate::error::{Error, Result};
 use crate::input::{self, RawImage};
-use crate::model::bert::{self, BertModel, BertTokenizer, Pooling};
+#[cfg(feature = "tokenizers")]
+use crate::model::bert::BertTokenizer;
+use crate::model::bert::{self, BertModel, Pooling};
 use crate::model::efficientnet::{self as en, EfficientNet, EfficientNetConfig};
 use crate::model::exam::{ExamConfig, ExamModel};
 use crate::model::sentence;
@@ -410,6 +412,8 @@ pub unsafe extern "C" fn mk_device_free(dev: *mut MkDevice) {
 /// A BERT/DistilBERT/ALBERT encoder with its tokenizer (`mk_bert`).
 pub struct MkBert {
     model: BertModel,
+    /// None without a tokenizer.json; always None in a build without the `tokenizers` feature.
+    #[cfg(feature = "tokenizers")]
     tokenizer: Option<BertTokenizer>,
     dim: usize,
     /// The folder's pooling and Normalize module (`MK_POOLING_DEFAULT`).
@@ -447,11 +451,16 @@ pub unsafe extern "C" fn mk_bert_load(
             (0, Some(n)) => n.min(model.config.max_len(None)?),
             (n, _) => model.config.max_len((n != 0).then_some(n))?,
         };
+        #[cfg(feature = "tokenizers")]
         let tokenizer = if dir.join("tokenizer.json").is_file() {
             Some(BertTokenizer::load(&dir, max_len)?)
         } else {
             None
         };
+        // Without the tokenizer the folder still loads: its *_ids functions work, and the
+        // text functions say which feature is missing.
+        #[cfg(not(feature = "tokenizers"))]
+        let _ = max_len;
         let dim = model.config.hidden_size;
         if let Some(s) = &st {
             if s.word_embedding_dimension.is_some_and(|w| w != dim) {
@@ -465,6 +474,7 @@ pub unsafe extern "C" fn mk_bert_load(
             }
             // Texts reach the tokenizer as given: a do_lower_case it does not meet is refused
             // rather than run cased.
+            #[cfg(feature = "tokenizers")]
             if s.do_lower_case && tokenizer.as_ref().is_some_and(|t| !t.lowercases()) {
                 return Err(corrupt(
                     "dir",
@@ -484,6 +494,7 @@ pub unsafe extern "C" fn mk_bert_load(
                 out,
                 MkBert {
                     model,
+                    #[cfg(feature = "tokenizers")]
                     tokenizer,
                     dim,
                     pooling,
@@ -514,10 +525,15 @@ pub unsafe extern "C" fn mk_bert_set_input_limits(
         let max_batch = or(max_batch, input::DEFAULT_MAX_BATCH);
         let max_text_bytes = or(max_text_bytes, bert::DEFAULT_MAX_TEXT_BYTES);
         m.model.set_max_batch(max_batch);
-        m.tokenizer = m.tokenizer.take().map(|t| {
-            t.with_max_batch(max_batch)
-                .with_max_text_bytes(max_text_bytes)
-        });
+        #[cfg(feature = "tokenizers")]
+        {
+            m.tokenizer = m.tokenizer.take().map(|t| {
+                t.with_max_batch(max_batch)
+                    .with_max_text_bytes(max_text_bytes)
+            });
+        }
+        #[cfg(not(feature = "tokenizers"))]
+        let _ = max_text_bytes;
         Ok(())
     })
 }
@@ -580,10 +596,24 @@ pub unsafe extern "C" fn mk_bert_label(
     })
 }
 
+/// [`encode`] in a build without the `tokenizers` feature: an error naming it.
+///
+/// # Safety
+/// Reads nothing.
+#[cfg(not(feature = "tokenizers"))]
+unsafe fn encode(_: &MkBert, _: *const *const c_char, _: usize) -> Result<Vec<Vec<u32>>> {
+    Err(crate::error::feature_missing(
+        OP,
+        "tokenizing texts (use the *_ids functions)",
+        "tokenizers",
+    ))
+}
+
 /// Token ids of `n` C strings.
 ///
 /// # Safety
 /// `texts` is valid for `n` reads of NUL-terminated strings.
+#[cfg(feature = "tokenizers")]
 unsafe fn encode(m: &MkBert, texts: *const *const c_char, n: usize) -> Result<Vec<Vec<u32>>> {
     let tok = m.tokenizer.as_ref().ok_or_else(|| {
         invalid(

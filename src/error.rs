@@ -129,3 +129,18 @@ impl Error {
         }
     }
 }
+
+/// The error of an entry point whose work needs a Cargo feature this build of medkern was
+/// compiled without (`what`: the work, e.g. "decoding a PNG/JPEG"). An [`Error::Invalid`] of
+/// `op` with `arg` "build", so the C ABI reports it as an invalid argument.
+#[allow(dead_code)] // Used only where some feature is off.
+pub(crate) fn feature_missing(op: &'static str, what: &str, feature: &str) -> Error {
+    Error::Invalid {
+        op,
+        arg: "build",
+        detail: format!(
+            "{what} needs the `{feature}` Cargo feature; this medkern was built without the \
+             `{feature}` feature (enable it: features = [\"{feature}\"])"
+        ),
+    }
+}

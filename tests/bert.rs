@@ -11,6 +11,8 @@
 //! The MiniLM tests fail when `.models/all-MiniLM-L6-v2` is missing (run scripts/setup-models),
 //! unless `MEDKERN_SKIP_MODELS=1`, which turns them into counted SKIPs. `MEDKERN_MODELS_DIR`
 //! points them at another folder holding `all-MiniLM-L6-v2/`.
+// This file needs the `tokenizers` feature (BertTokenizer).
+#![cfg(feature = "tokenizers")]
 
 mod common;
 use candle_core::{DType as CDType, Device as CDevice, Tensor as CTensor};

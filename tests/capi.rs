@@ -11,6 +11,8 @@
 //!   MEDKERN_REQUIRE_VALGRIND=1); the header also compiles as C++.
 //!
 //! Real-model tests need scripts/setup-models (`MEDKERN_SKIP_MODELS=1`: counted SKIP).
+// This file needs the `tokenizers` and `image` features (text entry points, PNG fixtures).
+#![cfg(all(feature = "tokenizers", feature = "image"))]
 
 mod common;
 use common::model_or_skip;

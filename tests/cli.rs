@@ -1,5 +1,7 @@
 //! The `medkern` command line as a user runs it: output onto a closed pipe or a full device
 //! ends cleanly, with a message and an exit status, never a panic.
+// This file runs the `medkern` binary (feature `cli`).
+#![cfg(feature = "cli")]
 
 mod common;
 use common::models_dir;

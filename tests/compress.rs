@@ -1,6 +1,8 @@
 //! Offline compression of BERT checkpoints (`src/model/compress.rs`): every method and a
 //! combination round-trips through safetensors (the saved folder reloads by itself), and each
 //! transformation does what it claims, checked on random-weight models on the CPU backend.
+// This file runs the `medkern` binary (feature `cli`).
+#![cfg(feature = "cli")]
 
 mod common;
 use common::*;

@@ -13,6 +13,8 @@
 //! - Bad inputs: missing / misshapen / unexpected / non-finite tensors, corrupt files, wrong
 //!   input shapes and dtypes are errors naming what is wrong.
 //! - GPU f16 / bf16 against the CPU f32 forward (counted SKIP without a GPU).
+// This file needs the `image` feature (PNG/JPEG inputs).
+#![cfg(feature = "image")]
 
 mod common;
 use candle_core::{D, DType as CDType, Device as CDevice, Module, Tensor as CTensor};

@@ -2,6 +2,8 @@
 //! its Pooling mode, Normalize module and `max_seq_length`, checked against pooling computed
 //! here from the model's own token states; hub ids resolved from a local cache only; compress
 //! keeping the sentence-transformers files.
+// This file runs the `medkern` binary (feature `cli`).
+#![cfg(feature = "cli")]
 
 mod common;
 

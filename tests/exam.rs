@@ -3,6 +3,8 @@
 //! candle-core ops over the same safetensors bytes; the EMR encoding (missing values as
 //! value 0 + presence bit 0, errors naming the key); bad weights and inputs; GPU against CPU
 //! (counted SKIP without a GPU).
+// This file runs the `medkern` binary (feature `cli`).
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! each crash `scripts/fuzz` ever found stays fixed without a fuzzer. `MEDKERN_FUZZ_REPLAY=FILE`
 //! with `MEDKERN_FUZZ_TARGET=NAME` replays one file (a fresh finding under fuzz/artifacts/).
 //! The targets needing the MiniLM tokenizer are a counted SKIP without the models.
+// This file needs the readers the fuzz targets reach (`dicom`, `image`, `tokenizers`).
+#![cfg(all(feature = "dicom", feature = "image", feature = "tokenizers"))]
 
 mod common;
 

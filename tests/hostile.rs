@@ -12,6 +12,8 @@
 //!
 //! Unix only: FIFOs, links, /dev/full, `ulimit -v` and exit signals are what it checks.
 #![cfg(unix)]
+// This file runs the `medkern` binary (feature `cli`).
+#![cfg(feature = "cli")]
 
 mod common;
 use common::model_or_skip;

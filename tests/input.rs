@@ -3,6 +3,8 @@
 //! uncompressed transfer syntaxes) decoded and checked against the DICOM display formula
 //! computed independently in f64 here; PNG/JPEG round trips through the `image` crate; bad
 //! files are errors that name the file and what was expected.
+// This file runs the `medkern` binary (feature `cli`, which turns on `image` and `dicom`).
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -1,7 +1,8 @@
 //! `medkern serve` end to end: the real binary on a loopback port, all-MiniLM-L6-v2 on the CPU,
 //! checked against `TextEncoder` run in this process (bit for bit), under load from 32 client
 //! threads, through curl and the Python clients, and through a SIGTERM drain.
-#![cfg(feature = "server")]
+// This file runs `medkern serve` (features `cli` and `server`).
+#![cfg(all(feature = "cli", feature = "server"))]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! compile time), and 8 threads sharing one model get results bit-identical to a serial run:
 //! MiniLM on the CPU backend, a CNN on the CPU backend and on the test device. The C ABI's
 //! handles across threads and its per-thread last error: tests/capi.rs.
+// This file needs the `tokenizers` feature (MiniLM texts).
+#![cfg(feature = "tokenizers")]
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! SVGs open, have their size and show what they should; the CLI writes them; and the JSON of
 //! scripts/bench_report.py parses into what `medkern chart` reads.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+// This file runs the `medkern` binary (feature `cli`).
+#![cfg(feature = "cli")]
 
 mod common;
 use common::{SeedRng, TempDir};

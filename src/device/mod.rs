@@ -530,8 +530,9 @@ impl Gpu {
         }
     }
 
-    /// Test hook: `hook` runs at the start of every module load of this GPU.
-    #[cfg(test)]
+    /// Test hook: `hook` runs at the start of every module load of this GPU (used by the
+    /// emulator's tests only).
+    #[cfg(all(test, medkern_emu))]
     pub(crate) fn set_load_hook(&self, hook: impl Fn(&'static str) + Send + Sync + 'static) {
         *self.load_hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
     }

@@ -140,7 +140,7 @@ pub fn is_dicom(path: &Path) -> Result<bool> {
 
 /// True when `bytes` carry the DICOM magic `DICM` at byte 128.
 pub fn has_dicom_magic(bytes: &[u8]) -> bool {
-    bytes.get(128..132) == Some(b"DICM".as_slice())
+    super::has_dicom_magic(bytes)
 }
 
 /// The name of a well-known transfer syntax UID (for messages).

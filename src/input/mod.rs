@@ -2,13 +2,13 @@
 //! a [`Device`] through [`ops::preprocess()`] (one kernel on a GPU: value map, bilinear resize,
 //! per-channel normalisation, grey → 3 channels).
 //!
-//! - [`image`]: PNG / JPEG through the `image` crate (8-bit grey or RGB; 16-bit grey PNG kept
-//!   at 16 bits).
-//! - [`dicom`]: chest X-ray DICOM (uncompressed little-endian transfer syntaxes, MONOCHROME1/2,
-//!   rescale slope/intercept, VOI window from the file or the caller).
+//! - `image` (Cargo feature `image`): PNG / JPEG through the `image` crate (8-bit grey or RGB;
+//!   16-bit grey PNG kept at 16 bits).
+//! - `dicom` (Cargo feature `dicom`): chest X-ray DICOM (uncompressed little-endian transfer
+//!   syntaxes, MONOCHROME1/2, rescale slope/intercept, VOI window from the file or the caller).
 //!
 //! [`load`] picks the reader from the file's content (the `DICM` magic at byte 128), not its
-//! name.
+//! name; a file whose reader this build lacks is an error naming the missing feature.
 //!
 //! # Resource limits
 //!
@@ -28,7 +28,9 @@
 //! socket or device is an error, not a hang. The `*_with` functions take the limits; the others
 //! use [`InputLimits::default`].
 
+#[cfg(feature = "dicom")]
 pub mod dicom;
+#[cfg(feature = "image")]
 pub mod image;
 
 use crate::dtype::DType;
@@ -209,6 +211,9 @@ pub fn load(path: &Path) -> Result<RawImage> {
 }
 
 /// [`load`] under the caller's limits. The file is read once.
+///
+/// A DICOM file in a build without the `dicom` feature, or any other file in a build without
+/// the `image` feature, is an [`Error::Invalid`] saying which feature is missing.
 pub fn load_with(path: &Path, limits: &InputLimits) -> Result<RawImage> {
     let bytes = read_file(path, limits.max_file_bytes)?;
     decode(&bytes, path, limits)
@@ -216,6 +221,7 @@ pub fn load_with(path: &Path, limits: &InputLimits) -> Result<RawImage> {
 
 /// Decodes a PNG, JPEG or DICOM image (chosen by content) already in memory, under `limits`
 /// (the byte count included); `name` stands for the file in messages (an upload has none).
+/// Without the `dicom` or `image` feature, the format it needs is an [`Error::Invalid`].
 pub fn decode(bytes: &[u8], name: &Path, limits: &InputLimits) -> Result<RawImage> {
     if bytes.len() as u64 > limits.max_file_bytes {
         return Err(Error::Corrupt {
@@ -230,15 +236,39 @@ pub fn decode(bytes: &[u8], name: &Path, limits: &InputLimits) -> Result<RawImag
             ),
         });
     }
-    if dicom::has_dicom_magic(bytes) {
-        let opts = dicom::DicomOptions {
-            limits: *limits,
-            ..Default::default()
-        };
-        Ok(dicom::from_bytes(bytes, name, &opts)?.into_raw())
+    if has_dicom_magic(bytes) {
+        #[cfg(feature = "dicom")]
+        {
+            let opts = dicom::DicomOptions {
+                limits: *limits,
+                ..Default::default()
+            };
+            Ok(dicom::from_bytes(bytes, name, &opts)?.into_raw())
+        }
+        #[cfg(not(feature = "dicom"))]
+        Err(crate::error::feature_missing(
+            OP,
+            &format!("{}: reading a DICOM file", name.display()),
+            "dicom",
+        ))
     } else {
-        image::from_bytes(bytes, name, limits)
+        #[cfg(feature = "image")]
+        {
+            image::from_bytes(bytes, name, limits)
+        }
+        #[cfg(not(feature = "image"))]
+        Err(crate::error::feature_missing(
+            OP,
+            &format!("{}: decoding a PNG/JPEG image", name.display()),
+            "image",
+        ))
     }
+}
+
+/// True when `bytes` carry the DICOM magic `DICM` at byte 128 (`dicom::has_dicom_magic`, also
+/// in builds without the `dicom` feature).
+pub(crate) fn has_dicom_magic(bytes: &[u8]) -> bool {
+    bytes.get(128..132) == Some(b"DICM".as_slice())
 }
 
 /// What a path that is not a regular file is, for messages.
@@ -265,6 +295,7 @@ fn file_kind(ft: &std::fs::FileType) -> &'static str {
 
 /// The metadata of `path` when it is a regular file (following links); an error naming what
 /// it is otherwise.
+#[cfg(feature = "dicom")]
 pub(crate) fn check_regular_file(path: &Path) -> Result<std::fs::Metadata> {
     check_regular(OP, path, "PNG, JPEG or DICOM")
 }
@@ -463,7 +494,7 @@ fn read_bounded(
 /// Reads a whole regular file of at most `max_bytes` bytes ([`InputLimits::max_file_bytes`]).
 /// Anything else (a folder, a FIFO, which would block forever, a device, a larger file) is an
 /// error before it is opened. Public so that a caller who picks the decoder itself reads the
-/// file once, then calls [`dicom::from_bytes`] or [`image::from_bytes`].
+/// file once, then calls `dicom::from_bytes` or `image::from_bytes`.
 pub fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     read_bounded(
         OP,
@@ -474,6 +505,7 @@ pub fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     )
 }
 
+#[cfg(any(feature = "dicom", feature = "image"))]
 pub(crate) fn bad_file(path: &Path, detail: impl std::fmt::Display) -> Error {
     Error::Corrupt {
         op: OP,
@@ -482,6 +514,7 @@ pub(crate) fn bad_file(path: &Path, detail: impl std::fmt::Display) -> Error {
     }
 }
 
+#[cfg(feature = "dicom")]
 pub(crate) fn io_error(path: &Path, e: std::io::Error) -> Error {
     Error::Io {
         op: OP,
@@ -494,6 +527,36 @@ pub(crate) fn io_error(path: &Path, e: std::io::Error) -> Error {
 #[allow(clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// Without a reader's feature, `load` of its file is an error naming the op and the
+    /// feature (no panic), after the file is read and recognised.
+    #[cfg(not(all(feature = "image", feature = "dicom")))]
+    #[test]
+    fn files_without_their_reader_feature_are_errors_naming_it() {
+        let dir = std::env::temp_dir().join(format!("medkern-no-reader-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut dicom = vec![0u8; 140];
+        dicom[128..132].copy_from_slice(b"DICM");
+        let png = b"\x89PNG\r\n\x1a\n0000".to_vec();
+        for (name, bytes, feature, on) in [
+            ("x.dcm", dicom, "dicom", cfg!(feature = "dicom")),
+            ("x.png", png, "image", cfg!(feature = "image")),
+        ] {
+            if on {
+                continue;
+            }
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).expect("write");
+            let msg = load(&p).expect_err("no reader").to_string();
+            assert!(
+                msg.starts_with("input: ")
+                    && msg.contains(&format!("built without the `{feature}` feature"))
+                    && msg.contains(name),
+                "{msg}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// Issue 15: a model file was read whole whatever its size (a 4 GiB checkpoint failed only
     /// for want of memory). Over the limit is an error naming the limit, before any read.

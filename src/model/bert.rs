@@ -1348,7 +1348,9 @@ pub type PairIds = (Vec<Vec<u32>>, Vec<Vec<u32>>);
 /// The default of [`BertTokenizer::with_max_text_bytes`]: 1 MiB.
 pub const DEFAULT_MAX_TEXT_BYTES: usize = 1 << 20;
 
-/// WordPiece tokenisation from a `tokenizer.json` (the `tokenizers` crate).
+/// WordPiece tokenisation from a `tokenizer.json` (the `tokenizers` crate; Cargo feature
+/// `tokenizers`).
+#[cfg(feature = "tokenizers")]
 pub struct BertTokenizer {
     inner: tokenizers::Tokenizer,
     /// The same tokenizer truncating sentence pairs longest-first to `max_len`, as Hugging
@@ -1359,6 +1361,7 @@ pub struct BertTokenizer {
     max_batch: usize,
 }
 
+#[cfg(feature = "tokenizers")]
 impl BertTokenizer {
     /// Loads `dir/tokenizer.json`; sequences are truncated to `max_len` tokens ([CLS] and
     /// [SEP] included, so `max_len` is at least 2).

@@ -5,13 +5,21 @@
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::input::check_batch;
-use crate::model::bert::{BertModel, BertTokenizer, PairIds, Pooling};
-use crate::model::hub::resolve_model;
+use crate::model::bert::{BertModel, Pooling};
 use crate::model::mobilebert::MobileBertModel;
-use crate::model::sentence;
 use crate::tensor::Device;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+// What TextEncoder needs (feature `tokenizers`).
+#[cfg(feature = "tokenizers")]
+use crate::input::check_batch;
+#[cfg(feature = "tokenizers")]
+use crate::model::bert::{BertTokenizer, PairIds};
+#[cfg(feature = "tokenizers")]
+use crate::model::hub::resolve_model;
+#[cfg(feature = "tokenizers")]
+use crate::model::sentence;
+#[cfg(feature = "tokenizers")]
+use std::path::PathBuf;
 
 const OP: &str = "encoder";
 
@@ -135,7 +143,8 @@ impl Default for EncoderOptions {
     }
 }
 
-/// A model folder ready to embed and classify texts.
+/// A model folder ready to embed and classify texts (Cargo feature `tokenizers`).
+#[cfg(feature = "tokenizers")]
 pub struct TextEncoder {
     pub model: EncoderModel,
     pub tokenizer: BertTokenizer,
@@ -146,6 +155,7 @@ pub struct TextEncoder {
     dir: PathBuf,
 }
 
+#[cfg(feature = "tokenizers")]
 impl TextEncoder {
     /// Loads `dir` (config.json, model.safetensors, tokenizer.json) on `device` in `dtype`;
     /// `dir` may also be a hub id (`org/name`) already in the local hub cache (see

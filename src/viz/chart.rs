@@ -393,11 +393,20 @@ impl Figure for PeerRatio<'_> {
     }
 }
 
-/// The file stems `write_charts` writes, each as .svg and .png.
+/// The file stems `write_charts` writes, each as .svg and .png (.svg only in a build without
+/// the `image` feature).
 pub const CHART_STEMS: [&str; 2] = ["roofline", "peer_ratio"];
 
+/// The formats `write_charts` writes: SVG, and PNG where the `image` feature encodes it.
+const CHART_FORMATS: &[Format] = &[
+    Format::Svg,
+    #[cfg(feature = "image")]
+    Format::Png,
+];
+
 /// Draws the roofline and the peer-ratio bars of `report` into `dir` (created if missing) as
-/// `roofline.{svg,png}` and `peer_ratio.{svg,png}`; a chart with nothing to show (no kernel
+/// `roofline.{svg,png}` and `peer_ratio.{svg,png}` (no PNG without the `image` feature,
+/// which encodes them); a chart with nothing to show (no kernel
 /// with both FLOPs and bytes, no peer run) is left out. Returns the files written and, per
 /// chart left out, why.
 pub fn write_charts(report: &BenchReport, dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>)> {
@@ -410,7 +419,7 @@ pub fn write_charts(report: &BenchReport, dir: &Path) -> Result<(Vec<PathBuf>, V
     let mut skipped = Vec::new();
     let n_roof = report.roofline_kernels().len();
     let n_ratio = report.ratio_kernels().len();
-    for fmt in [Format::Svg, Format::Png] {
+    for &fmt in CHART_FORMATS {
         let ext = fmt.extension();
         if n_roof > 0 {
             let p = dir.join(format!("roofline.{ext}"));

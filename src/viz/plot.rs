@@ -89,6 +89,7 @@ pub trait Figure {
 }
 
 /// Renders `fig` at `size` (width, height in pixels) to the bytes of a PNG or SVG file.
+/// PNG needs the `image` feature: without it [`Format::Png`] is an error naming it.
 pub fn render<F: Figure>(fig: &F, format: Format, size: (u32, u32)) -> Result<Vec<u8>> {
     let (w, h) = size;
     if !(16..=MAX_FIGURE_SIDE).contains(&w) || !(16..=MAX_FIGURE_SIDE).contains(&h) {
@@ -109,6 +110,13 @@ pub fn render<F: Figure>(fig: &F, format: Format, size: (u32, u32)) -> Result<Ve
             }
             Ok(s.into_bytes())
         }
+        #[cfg(not(feature = "image"))]
+        Format::Png => Err(crate::error::feature_missing(
+            OP,
+            "encoding a PNG figure (.svg works)",
+            "image",
+        )),
+        #[cfg(feature = "image")]
         Format::Png => {
             let mut buf = vec![0u8; w as usize * h as usize * 3];
             {
@@ -334,5 +342,27 @@ impl Figure for Scatter<'_> {
             .draw()
             .map_err(draw_err)?;
         Ok(())
+    }
+}
+
+#[cfg(all(test, not(feature = "image")))]
+mod tests {
+    /// Without the `image` feature a PNG figure is an error naming the feature; SVG works.
+    #[test]
+    fn png_without_the_image_feature_is_an_error_naming_it() {
+        let classes = ["a".to_string()];
+        let fig = super::Scatter {
+            title: "t",
+            points: &[[0.0, 0.0], [1.0, 1.0]],
+            labels: &[0, 0],
+            classes: &classes,
+        };
+        let e = super::render(&fig, super::Format::Png, (64, 64)).err();
+        let msg = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.starts_with("plot: ") && msg.contains("built without the `image` feature"),
+            "{msg}"
+        );
+        assert!(super::render(&fig, super::Format::Svg, (64, 64)).is_ok());
     }
 }
