@@ -722,6 +722,71 @@ fn classify_matches_the_image_classifier() {
     assert_eq!(st, 404, "{body}");
 }
 
+/// Concurrent `/classify` uploads are stacked into one forward pass per model (the metrics
+/// show batches of several images), and each answer still equals that image classified
+/// alone, with its own `top` and `features`.
+#[test]
+fn classify_batches_concurrent_images() {
+    use medkern::model::classify::{ImageClassifier, ImageModel};
+    let test = "classify_batches_concurrent_images";
+    let Some(lite0) = model_or_skip(test, "efficientnet-lite0/model.safetensors") else {
+        return;
+    };
+    let mut photos = Vec::new();
+    for f in ["chelsea.png", "coffee.png", "rocket.jpg"] {
+        let Some(p) = model_or_skip(test, &format!("images/{f}")) else {
+            return;
+        };
+        photos.push(p);
+    }
+    let _g = serial();
+    let spec = format!("lite0={}", lite0.display());
+    let s = Server::spawn(&[
+        "--image-model",
+        &spec,
+        "--max-wait-us",
+        "300000",
+        "--max-image-batch",
+        "4",
+    ]);
+    let m = ImageClassifier::load(ImageModel::Lite0, Some(&lite0), &Device::Cpu, DType::F32)
+        .expect("load");
+    let clients = 8;
+    let gate = Arc::new(std::sync::Barrier::new(clients));
+    let url = s.url("/classify");
+    let threads: Vec<_> = (0..clients)
+        .map(|i| {
+            let (gate, url, photo) = (gate.clone(), url.clone(), photos[i % 3].clone());
+            std::thread::spawn(move || {
+                let bytes = std::fs::read(&photo).expect("read");
+                let (top, features) = (1 + i % 4, i % 3 == 0);
+                gate.wait();
+                let mut r = agent()
+                    .post(&format!("{url}?top={top}&features={features}"))
+                    .send(&bytes[..])
+                    .expect("POST");
+                let st = r.status().as_u16();
+                let body = r.body_mut().read_to_string().expect("body");
+                (photo, top, features, st, body)
+            })
+        })
+        .collect();
+    for t in threads {
+        let (photo, top, features, st, body) = t.join().expect("client");
+        assert_eq!(st, 200, "{body}");
+        let mut v: Value = serde_json::from_str(&body).expect("json");
+        v.as_object_mut().expect("object").remove("model");
+        let raw = medkern::input::load(&photo).expect("decode");
+        let want = m.classify_image(raw, top, features).expect("classify");
+        assert!(same_f32(&v, &want), "{}: {v} vs {want}", photo.display());
+        assert_eq!(v.get("features").is_some(), features, "{v}");
+    }
+    let (_, metrics) = s.get("/metrics");
+    let mean = metric(&metrics, "medkern_batch_size_requests_sum")
+        / metric(&metrics, "medkern_batch_size_requests_count");
+    assert!(mean > 1.0, "no image batch formed (mean {mean}): {metrics}");
+}
+
 /// `POST /exam`: a base64 chest X-ray and an EMR record answer what `ExamModel::assess` does
 /// in this process (random weights, seed 0, as the server loads them without weights); a bad
 /// record, bad base64 or a non-image are 422s, and `/classify` has no model to offer.

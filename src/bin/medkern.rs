@@ -1119,6 +1119,10 @@ struct ServeArgs {
     /// Decoded images queued per image model before new ones are refused (429).
     #[arg(long, default_value_t = 16)]
     max_image_queue: usize,
+    /// The most images in one classifier call (1 turns image batching off); they gather
+    /// within --max-wait-us like texts.
+    #[arg(long, default_value_t = 8)]
+    max_image_batch: usize,
     /// How long one request may take, milliseconds; past it the answer is a 503 timeout.
     #[arg(long, default_value_t = 60000)]
     request_timeout_ms: u64,
@@ -1188,6 +1192,7 @@ fn serve(a: ServeArgs) -> medkern::Result<()> {
         max_inputs: max_batch,
         max_image_bytes: a.max_image_bytes,
         max_image_queue: a.max_image_queue,
+        max_image_batch: a.max_image_batch,
         request_timeout: std::time::Duration::from_millis(a.request_timeout_ms),
     };
     let mut listen_err = None;

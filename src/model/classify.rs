@@ -10,7 +10,7 @@ use crate::model::efficientnet::{self as en, EfficientNet, EfficientNetConfig};
 use crate::model::sepsis::{self, SepsisNet};
 use crate::model::{imagenet, softmax};
 use crate::ops::Preprocess;
-use crate::tensor::{Device, Tensor};
+use crate::tensor::{Device, HostTensor, Tensor};
 use serde_json::{Value, json};
 use std::path::Path;
 
@@ -189,38 +189,97 @@ impl ImageClassifier {
     /// with `features`, also the pooled feature vector. Non-finite outputs (an overflow in
     /// the model) are an error, never a class.
     pub fn classify(&self, x: &Tensor, top: usize, features: bool) -> Result<Value> {
+        self.answers(x, top, features)?
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(invalid("input", "an empty batch; expected 1 image".into())))
+    }
+
+    /// Classifies several images in ONE forward pass: each is centre-cropped and prepared
+    /// alone (an image that cannot be gets its own error), then they are stacked into one
+    /// `[N, H, W, 3]` batch. One answer per image, in order, each as
+    /// [`ImageClassifier::classify`] gives it for that image alone.
+    pub fn classify_images(
+        &self,
+        raws: Vec<RawImage>,
+        top: usize,
+        features: bool,
+    ) -> Vec<Result<Value>> {
+        let prepared: Vec<Result<Tensor>> = raws
+            .into_iter()
+            .map(|r| self.prepare(&r.center_crop_square()?))
+            .collect();
+        let ok: Vec<&Tensor> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let answers = match ok.as_slice() {
+            [] => Ok(Vec::new()),
+            [one] => self.answers(one, top, features),
+            many => stack(many, &self.device).and_then(|x| self.answers(&x, top, features)),
+        };
+        let mut answers = match answers {
+            Ok(a) => a.into_iter(),
+            // The batch failed as a whole: every image that reached it gets the error.
+            Err(e) => {
+                let msg = e.to_string();
+                return prepared
+                    .into_iter()
+                    .map(|p| p.and_then(|_| Err(invalid("batch", msg.clone()))))
+                    .collect();
+            }
+        };
+        prepared
+            .into_iter()
+            .map(|p| match p {
+                Ok(_) => answers
+                    .next()
+                    .unwrap_or_else(|| Err(invalid("output", "fewer rows than images".into()))),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
+    /// One answer per row of a prepared batch `[N, H, W, 3]`.
+    fn answers(&self, x: &Tensor, top: usize, features: bool) -> Result<Vec<Result<Value>>> {
         match &self.net {
             Net::Sepsis(m) => {
                 let o = m.forward(x)?;
-                let logits = first_row(&o.logits)?;
-                let probs = first_row(&o.probs)?;
-                finite("probabilities", &probs)?;
-                let [p0, p1] = probs[..] else {
-                    return Err(invalid(
-                        "output",
-                        format!("{} probabilities; expected 2", probs.len()),
-                    ));
+                let logits = rows(&o.logits)?;
+                let probs = rows(&o.probs)?;
+                let feats = if features {
+                    Some(rows(&o.features)?)
+                } else {
+                    None
                 };
-                let mut v = json!({
-                    "logits": logits,
-                    "probabilities": {"no_sepsis": p0, "sepsis": p1},
-                    "class": if p1 > p0 { "sepsis" } else { "no_sepsis" },
-                });
-                if features {
-                    v["features"] = json!(first_row(&o.features)?);
-                }
-                Ok(v)
+                Ok(logits
+                    .into_iter()
+                    .zip(probs)
+                    .enumerate()
+                    .map(|(i, (l, p))| {
+                        let mut v = sepsis_value(l, p)?;
+                        if let Some(f) = feats.as_ref().and_then(|f| f.get(i)) {
+                            v["features"] = json!(f);
+                        }
+                        Ok(v)
+                    })
+                    .collect())
             }
             Net::Effnet(m) => {
-                let logits =
-                    m.logits(x)?.into_iter().next().ok_or_else(|| {
-                        invalid("input", "an empty batch; expected 1 image".into())
-                    })?;
-                let mut v = self.from_logits(&logits, top)?;
-                if features {
-                    v["features"] = json!(first_row(&m.features(x)?)?);
-                }
-                Ok(v)
+                let logits = m.logits(x)?;
+                let feats = if features {
+                    Some(rows(&m.features(x)?)?)
+                } else {
+                    None
+                };
+                Ok(logits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| {
+                        let mut v = self.from_logits(l, top)?;
+                        if let Some(f) = feats.as_ref().and_then(|f| f.get(i)) {
+                            v["features"] = json!(f);
+                        }
+                        Ok(v)
+                    })
+                    .collect())
             }
         }
     }
@@ -264,15 +323,56 @@ impl ImageClassifier {
     }
 }
 
-/// The first row of a `[N, K]` tensor as f32.
-fn first_row(t: &Tensor) -> Result<Vec<f32>> {
+/// The rows of a `[N, K]` tensor as f32.
+fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
     let k = t.shape().last().copied().unwrap_or(1).max(1);
     Ok(t.to_host()?
         .to_f64()
-        .iter()
-        .take(k)
-        .map(|&x| x as f32)
+        .chunks(k)
+        .map(|r| r.iter().map(|&x| x as f32).collect())
         .collect())
+}
+
+/// Stacks prepared `[1, H, W, C]` inputs into one `[N, H, W, C]` batch on `device` (through
+/// the host; exact, whatever the dtype).
+fn stack(xs: &[&Tensor], device: &Device) -> Result<Tensor> {
+    let first = xs
+        .first()
+        .ok_or_else(|| invalid("input", "no image to stack".into()))?;
+    let (shape, dtype) = (first.shape().to_vec(), first.dtype());
+    let mut data = Vec::new();
+    for x in xs {
+        if x.shape() != shape.as_slice() || x.dtype() != dtype {
+            return Err(invalid(
+                "input",
+                format!(
+                    "{:?} {} among {shape:?} {dtype}; expected prepared inputs of one size",
+                    x.shape(),
+                    x.dtype()
+                ),
+            ));
+        }
+        data.extend(x.to_host()?.to_f64());
+    }
+    let mut s = shape;
+    s[0] = xs.len();
+    HostTensor::from_f64(&s, &data, dtype)?.into_device(device)
+}
+
+/// A sepsis answer from one row of logits and probabilities.
+fn sepsis_value(logits: Vec<f32>, probs: Vec<f32>) -> Result<Value> {
+    finite("probabilities", &probs)?;
+    let [p0, p1] = probs[..] else {
+        return Err(invalid(
+            "output",
+            format!("{} probabilities; expected 2", probs.len()),
+        ));
+    };
+    Ok(json!({
+        "logits": logits,
+        "probabilities": {"no_sepsis": p0, "sepsis": p1},
+        "class": if p1 > p0 { "sepsis" } else { "no_sepsis" },
+    }))
 }
 
 /// An error when any of `values` is not finite.

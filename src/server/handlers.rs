@@ -890,6 +890,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Response {
             "max_inputs": c.max_inputs,
             "max_image_bytes": c.max_image_bytes,
             "max_image_queue": c.max_image_queue,
+            "max_image_batch": c.max_image_batch,
             "request_timeout_ms": c.request_timeout.as_millis() as u64,
         },
     }))

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::model::bert::BertTokenizer;
 use crate::model::encoder::TextEncoder;
 use batcher::{BatchLimits, Batcher};
-use images::{ImageNet, ImageWorker};
+use images::{ImageBatch, ImageNet, ImageWorker};
 use metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +48,8 @@ pub struct ServeConfig {
     pub max_image_bytes: usize,
     /// Decoded images queued per image model before new ones get 429.
     pub max_image_queue: usize,
+    /// The most images in one classifier call (1 turns image batching off).
+    pub max_image_batch: usize,
     /// How long one request may take, body read to answer; past it the client gets a 503
     /// (`"error_type": "timeout"`) and its queued work is dropped.
     pub request_timeout: Duration,
@@ -66,6 +68,7 @@ impl Default for ServeConfig {
             max_inputs: crate::input::DEFAULT_MAX_BATCH,
             max_image_bytes: 64 << 20,
             max_image_queue: 16,
+            max_image_batch: 8,
             request_timeout: Duration::from_secs(60),
         }
     }
@@ -131,6 +134,7 @@ fn check_config(c: &ServeConfig) -> Result<()> {
         ("max_inputs", c.max_inputs),
         ("max_image_bytes", c.max_image_bytes),
         ("max_image_queue", c.max_image_queue),
+        ("max_image_batch", c.max_image_batch),
         (
             "request_timeout (ms)",
             c.request_timeout.as_millis() as usize,
@@ -244,9 +248,14 @@ pub fn serve(
             ));
         };
         let workers = replicas.len();
+        let limits = ImageBatch {
+            max_images: config.max_image_batch,
+            max_wait: config.max_wait,
+        };
         let (worker, handles) = ImageWorker::start(
             name.clone(),
             replicas,
+            limits,
             config.max_image_queue,
             metrics.clone(),
         )
