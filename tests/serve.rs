@@ -787,6 +787,45 @@ fn classify_batches_concurrent_images() {
     assert!(mean > 1.0, "no image batch formed (mean {mean}): {metrics}");
 }
 
+/// Image requests in progress are bounded by `--max-image-queue`: one more gets a 429 before
+/// its body is read, and the one in progress is still answered.
+#[test]
+fn image_requests_in_progress_are_bounded() {
+    let Some(photo) = model_or_skip(
+        "image_requests_in_progress_are_bounded",
+        "images/chelsea.png",
+    ) else {
+        return;
+    };
+    let _g = serial();
+    let s = Server::spawn(&[
+        "--image-model",
+        "sepsis",
+        "--max-image-queue",
+        "1",
+        "--max-wait-us",
+        "400000",
+    ]);
+    let url = s.url("/classify");
+    let bytes = std::fs::read(&photo).expect("read");
+    let first = {
+        let (url, bytes) = (url.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            let mut r = agent().post(&url).send(&bytes[..]).expect("POST");
+            (
+                r.status().as_u16(),
+                r.body_mut().read_to_string().expect("body"),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    let answer = headers_only(&s.base, "/classify", bytes.len());
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("max_image_queue"), "{answer}");
+    let (st, body) = first.join().expect("first client");
+    assert_eq!(st, 200, "{body}");
+}
+
 /// `POST /exam`: a base64 chest X-ray and an EMR record answer what `ExamModel::assess` does
 /// in this process (random weights, seed 0, as the server loads them without weights); a bad
 /// record, bad base64 or a non-image are 422s, and `/classify` has no model to offer.
@@ -928,6 +967,93 @@ fn predict_pairs_and_rerank_match_the_encoder() {
     assert!(v[0].get("text").is_none(), "{body}");
     let (st, body) = s.post("/rerank", &json!({"query": "q", "texts": []}).to_string());
     assert_eq!(st, 422, "{body}");
+    // The query is paired with each text: their product of bytes is bounded (413) before any
+    // pair is made (16 x the 2 MiB body limit; 4096 texts of a 9 KiB query pass that).
+    let (st, body) = s.post(
+        "/rerank",
+        &json!({"query": "q".repeat(9000), "texts": vec!["t"; 4096]}).to_string(),
+    );
+    assert_eq!(st, 413, "{body}");
+    assert!(body.contains("16 x max_request_bytes"), "{body}");
+    // /predict on a one-output head answers the sigmoid of its logit.
+    let (st, body) = s.post(
+        "/predict",
+        &json!({"inputs": [TEXTS[2], TEXTS[0]]}).to_string(),
+    );
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let logit = enc.classify_pairs(&[(TEXTS[2], TEXTS[0])]).expect("pair")[0][0];
+    let want = (1.0 / (1.0 + (-f64::from(logit)).exp())) as f32;
+    close(
+        v[0]["score"].as_f64().expect("score"),
+        want,
+        "predict sigmoid",
+    );
+}
+
+/// A request that fails inside a batch fails alone: a sentence pair for a model with one
+/// token type (type id 1 is out of its table) gets its error, while a text batched with it
+/// (the batch waits 400 ms for company) is answered as if alone.
+#[test]
+fn a_failing_request_does_not_fail_its_batch() {
+    use medkern::model::mobilebert::{MobileBertConfig, random_checkpoint};
+    let Some(minilm) = minilm("a_failing_request_does_not_fail_its_batch") else {
+        return;
+    };
+    let _g = serial();
+    let dir = common::TempDir::new("serve-one-type");
+    let config = json!({
+        "model_type": "mobilebert", "vocab_size": 30522, "hidden_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+        "embedding_size": 16, "intra_bottleneck_size": 32, "num_feedforward_networks": 2,
+        "max_position_embeddings": 128, "type_vocab_size": 1,
+        "id2label": {"0": "normal", "1": "abnormal"},
+    });
+    let cfg = MobileBertConfig::from_value(&config).expect("config");
+    let weights = random_checkpoint(&cfg, 2, 7).expect("weights");
+    std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config");
+    std::fs::write(dir.path().join("model.safetensors"), weights).expect("weights");
+    std::fs::copy(
+        minilm.join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .expect("tokenizer");
+    let enc = reference(dir.path());
+    let want = enc
+        .classify_ids(&enc.encode(&[TEXTS[0]]).expect("encode"))
+        .expect("classify")
+        .remove(0);
+    let s = Server::start(dir.path(), &["--max-wait-us", "400000"]);
+    let url = s.url("/predict");
+    let pair = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let body = json!({"inputs": [TEXTS[0], TEXTS[1]], "raw_scores": true});
+            post(&agent(), &url, &body.to_string())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let (st, body) = post(
+        &agent(),
+        &url,
+        &json!({"inputs": TEXTS[0], "raw_scores": true}).to_string(),
+    );
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    for e in v.as_array().expect("list") {
+        let j = usize::from(e["label"] == "abnormal");
+        assert_eq!(
+            e["score"].as_f64().map(|x| x as f32),
+            Some(want[j]),
+            "{body}"
+        );
+    }
+    let (st, body) = pair.join().expect("pair client");
+    assert_eq!(st, 500, "{body}");
+    assert!(body.contains("type"), "{body}");
+    let (_, metrics) = s.get("/metrics");
+    let batches = metric(&metrics, "medkern_batch_size_requests_count");
+    assert_eq!(batches, 1.0, "the two requests were not batched: {metrics}");
 }
 
 /// `/predict` runs the classification head: softmax of the logits, best first, per input.

@@ -128,9 +128,9 @@ enum Cmd {
     /// as JSON. Without --weights the model has deterministic random weights, and the JSON
     /// says so.
     Classify(cnn::ClassifyArgs),
-    /// Serve text encoders over HTTP with dynamic batching: TEI's /embed, /tokenize and
-    /// /predict, OpenAI's /v1/embeddings; the image models' /classify (PNG, JPEG or DICOM
-    /// bytes); /health, /info and /metrics. Prints
+    /// Serve text encoders over HTTP with dynamic batching: TEI's /embed, /tokenize,
+    /// /predict and /rerank, OpenAI's /v1/embeddings; the image models' /classify (PNG, JPEG
+    /// or DICOM bytes) and /exam; /health, /info and /metrics. Prints
     /// `medkern serve: listening on http://HOST:PORT` once the models are loaded; SIGTERM or
     /// ctrl-c stops accepting, answers what was queued, then exits.
     #[cfg(feature = "server")]
@@ -1113,10 +1113,11 @@ struct ServeArgs {
     /// The largest request body in bytes (413 beyond).
     #[arg(long, default_value_t = 2 << 20)]
     max_request_bytes: usize,
-    /// The largest /classify upload in bytes (413 beyond).
+    /// The largest /classify upload or /exam body in bytes (413 beyond).
     #[arg(long, default_value_t = 64 << 20)]
     max_image_bytes: usize,
-    /// Decoded images queued per image model before new ones are refused (429).
+    /// Image requests (/classify, /exam) read, decoded, queued or running at once; more are
+    /// refused (429) before their body is read.
     #[arg(long, default_value_t = 16)]
     max_image_queue: usize,
     /// The most images in one classifier call (1 turns image batching off); they gather
@@ -1193,6 +1194,7 @@ fn serve(a: ServeArgs) -> medkern::Result<()> {
         max_image_bytes: a.max_image_bytes,
         max_image_queue: a.max_image_queue,
         max_image_batch: a.max_image_batch,
+        input_limits: cnn::input_limits(),
         request_timeout: std::time::Duration::from_millis(a.request_timeout_ms),
     };
     let mut listen_err = None;

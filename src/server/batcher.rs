@@ -71,7 +71,7 @@ impl Batcher {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Batcher, Vec<std::thread::JoinHandle<()>>)> {
         let (tx, rx) = std::sync::mpsc::sync_channel(max_queue.max(1));
-        let rx = Arc::new(Mutex::new(rx));
+        let rx = Arc::new(Mutex::new(Queue { rx, carry: None }));
         let depth = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::with_capacity(replicas.len());
         for (i, encoder) in replicas.into_iter().enumerate() {
@@ -108,22 +108,28 @@ impl Batcher {
 }
 
 /// The model thread: gathers a batch, runs it once, answers each job, until the queue closes.
+/// A model's queue as its threads share it: the channel, and the job a batch had no room for
+/// (it leads the next batch, whichever thread gathers it).
+pub(crate) struct Queue<J> {
+    pub rx: Receiver<J>,
+    pub carry: Option<J>,
+}
+
 fn run(
     name: &str,
     encoder: &TextEncoder,
     limits: BatchLimits,
-    rx: &Mutex<Receiver<Job>>,
+    queue: &Mutex<Queue<Job>>,
     depth: &AtomicUsize,
     metrics: &Metrics,
 ) {
-    let mut carry: Option<Job> = None;
     loop {
         // The queue is this thread's while it gathers a batch; the run is outside the lock.
-        let Ok(rx) = rx.lock() else { return };
-        let Some((task, batch)) = gather(&rx, &mut carry, limits, depth) else {
+        let Ok(mut q) = queue.lock() else { return };
+        let Some((task, batch)) = gather(&mut q, limits, depth) else {
             return;
         };
-        drop(rx);
+        drop(q);
         run_batch(name, encoder, task, batch, metrics);
     }
 }
@@ -132,11 +138,11 @@ fn run(
 /// the first job, then whatever arrives within `max_wait` and fits; None once the queue is
 /// closed and empty. Jobs whose client has gone are dropped.
 fn gather(
-    rx: &Receiver<Job>,
-    carry: &mut Option<Job>,
+    q: &mut Queue<Job>,
     limits: BatchLimits,
     depth: &AtomicUsize,
 ) -> Option<(Task, Vec<Job>)> {
+    let Queue { rx, carry } = q;
     let take = |j: Job| {
         depth.fetch_sub(1, Ordering::SeqCst);
         j
@@ -183,48 +189,53 @@ fn gather(
     }
 }
 
-/// Runs one batch as a single packed call and hands each job its rows.
+/// Runs one batch as a single packed call and hands each job its rows. When the call fails
+/// and the batch holds several jobs, each job runs alone, so one bad request (a pair for a
+/// model without a second token type, say) fails only itself.
 fn run_batch(name: &str, encoder: &TextEncoder, task: Task, batch: Vec<Job>, metrics: &Metrics) {
-    let n = batch.iter().map(|j| j.ids.len()).sum();
+    let tokens: usize = batch.iter().map(|j| j.tokens).sum();
+    let seqs: usize = batch.iter().map(|j| j.ids.len()).sum();
+    metrics.observe_batch(name, batch.len(), seqs, tokens);
+    let jobs: Vec<&Job> = batch.iter().collect();
+    let answers: Vec<Reply> = match call(encoder, task, &jobs) {
+        Ok(rows) => {
+            let mut rows = rows.into_iter();
+            jobs.iter()
+                .map(|j| Ok(rows.by_ref().take(j.ids.len()).collect()))
+                .collect()
+        }
+        Err(e) if jobs.len() == 1 => vec![Err(e.to_string())],
+        Err(_) => jobs
+            .iter()
+            .map(|j| call(encoder, task, &[j]).map_err(|e| e.to_string()))
+            .collect(),
+    };
+    for (job, answer) in batch.into_iter().zip(answers) {
+        // A dropped receiver (the client left) is not an error.
+        let _ = job.reply.send(answer);
+    }
+}
+
+/// One packed model call over `jobs`' sequences: one row per sequence, in order. Type ids go
+/// to the call as soon as one job has them (zeros for the others).
+fn call(encoder: &TextEncoder, task: Task, jobs: &[&Job]) -> crate::error::Result<Vec<Vec<f32>>> {
+    let n = jobs.iter().map(|j| j.ids.len()).sum();
     let mut ids = Vec::with_capacity(n);
-    // Type ids for the whole call as soon as one job has them (zeros for the others).
-    let typed = batch.iter().any(|j| j.type_ids.is_some());
+    let typed = jobs.iter().any(|j| j.type_ids.is_some());
     let mut types = Vec::with_capacity(if typed { n } else { 0 });
-    let mut counts = Vec::with_capacity(batch.len());
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut tokens = 0;
-    for j in batch {
-        counts.push(j.ids.len());
-        tokens += j.tokens;
+    for j in jobs {
+        ids.extend(j.ids.iter().cloned());
         if typed {
-            match j.type_ids {
-                Some(t) => types.extend(t),
+            match &j.type_ids {
+                Some(t) => types.extend(t.iter().cloned()),
                 None => types.extend(j.ids.iter().map(|s| vec![0; s.len()])),
             }
         }
-        ids.extend(j.ids);
-        replies.push(j.reply);
     }
-    metrics.observe_batch(name, replies.len(), ids.len(), tokens);
-    let out = match task {
+    match task {
         Task::Embed => encoder.model.embed(&ids, encoder.pooling),
         Task::Classify => encoder
             .model
             .classify_typed(&ids, typed.then_some(types.as_slice())),
-    };
-    match out {
-        Ok(rows) => {
-            let mut rows = rows.into_iter();
-            for (reply, n) in replies.into_iter().zip(counts) {
-                // A dropped receiver (the client left) is not an error.
-                let _ = reply.send(Ok(rows.by_ref().take(n).collect()));
-            }
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            for reply in replies {
-                let _ = reply.send(Err(msg.clone()));
-            }
-        }
     }
 }

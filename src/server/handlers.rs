@@ -312,9 +312,22 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // The length limit is an error in the chain with this text (http-body-util's
+        // LengthLimitError); anything else is a body that could not be read.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = source {
+            if err.to_string().contains("length limit exceeded") {
+                return too_large();
+            }
+            source = err.source();
+        }
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the request body could not be read: {e}"),
+        )
+    })
 }
 
 fn find_model<'a>(state: &'a AppState, name: Option<&str>) -> ApiResult<&'a Served> {
@@ -577,7 +590,8 @@ fn with_head<'a>(state: &'a AppState, name: Option<&str>) -> ApiResult<&'a Serve
 }
 
 /// `POST /predict`: the classification head's `[{"label", "score"}]` per input, best first
-/// (softmax probabilities, or the logits with `raw_scores`); an input is a text or a
+/// (softmax probabilities, the sigmoid of a one-output head, or the logits with
+/// `raw_scores`); an input is a text or a
 /// sentence pair. One list for one input, a list of lists for a batch.
 async fn predict(
     State(state): State<Arc<AppState>>,
@@ -593,10 +607,12 @@ async fn predict(
     let per_input: Vec<Value> = logits
         .iter()
         .map(|l| {
-            let p = if req.raw_scores {
-                l.clone()
-            } else {
-                softmax(l)
+            // One output (a regression or relevance head): its sigmoid, as Hugging Face's
+            // text-classification pipeline gives it; several: the softmax.
+            let p = match l.as_slice() {
+                _ if req.raw_scores => l.clone(),
+                [x] => vec![(1.0 / (1.0 + (-f64::from(*x)).exp())) as f32],
+                _ => softmax(l),
             };
             let mut scored: Vec<(usize, f32)> = p.into_iter().enumerate().collect();
             scored.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -632,6 +648,22 @@ async fn rerank(
 ) -> ApiResult<Response> {
     let req: RerankRequest = read_json(&state, &headers, body).await?;
     let model = with_head(&state, req.model.as_deref())?;
+    // Checked before the query is paired with each text: the pairs' bytes are bounded.
+    check_count(
+        &state,
+        req.texts.len(),
+        req.texts.iter().position(String::is_empty),
+    )?;
+    let pair_bytes = req.query.len().saturating_mul(req.texts.len());
+    let max_pair_bytes = state.config.max_request_bytes.saturating_mul(16);
+    if pair_bytes > max_pair_bytes {
+        return Err(ApiError::too_large(format!(
+            "the query ({} bytes) paired with {} texts makes {pair_bytes} bytes to tokenise; \
+             expected at most {max_pair_bytes} (16 x max_request_bytes)",
+            req.query.len(),
+            req.texts.len()
+        )));
+    }
     let outputs = model.encoder.model.labels().len();
     if outputs != 1 {
         return Err(ApiError::invalid(format!(
@@ -721,9 +753,28 @@ fn is_exam(m: &ImageNet) -> bool {
     matches!(m, ImageNet::Exam { .. })
 }
 
+/// One of the `max_image_queue` places for an upload being read, decoded, queued or run
+/// (across the image routes), held until the answer: more at once get a 429 before their
+/// body is read, so uploads in memory stay bounded.
+fn image_slot(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+    state.image_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "overloaded",
+            format!(
+                "{} image requests are in progress (max_image_queue); retry later",
+                state.config.max_image_queue
+            ),
+        )
+    })
+}
+
 /// Decodes an uploaded PNG, JPEG or DICOM off the async threads, under the input limits with
 /// `max_image_bytes` as the file limit (422 naming what is wrong).
-async fn decode_upload(state: &AppState, bytes: Vec<u8>) -> ApiResult<crate::input::RawImage> {
+async fn decode_upload(
+    state: &AppState,
+    bytes: axum::body::Bytes,
+) -> ApiResult<crate::input::RawImage> {
     if bytes.is_empty() {
         return Err(ApiError::invalid(
             "an empty image; expected the bytes of a PNG, JPEG or DICOM file",
@@ -731,7 +782,7 @@ async fn decode_upload(state: &AppState, bytes: Vec<u8>) -> ApiResult<crate::inp
     }
     let limits = crate::input::InputLimits {
         max_file_bytes: state.config.max_image_bytes as u64,
-        ..crate::input::InputLimits::default()
+        ..state.config.input_limits
     };
     tokio::task::spawn_blocking(move || {
         crate::input::decode(&bytes, std::path::Path::new("upload"), &limits)
@@ -776,6 +827,7 @@ async fn classify(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    let _slot = image_slot(&state)?;
     // The body is read (within its limit) before the parameters are judged: a client still
     // sending when the answer comes would see a broken pipe, not the error.
     let limit = state.config.max_image_bytes;
@@ -786,7 +838,7 @@ async fn classify(
     if top == 0 || top > 1000 {
         return Err(ApiError::invalid(format!("top {top}; expected 1 to 1000")));
     }
-    let raw = decode_upload(&state, bytes.to_vec()).await?;
+    let raw = decode_upload(&state, bytes).await?;
     let work = ImageWork::Classify {
         top,
         features: q.features,
@@ -813,6 +865,7 @@ async fn exam(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    let _slot = image_slot(&state)?;
     let limit = state.config.max_image_bytes;
     let bytes = read_body(&state, &headers, body, limit, "max_image_bytes").await?;
     let req: ExamRequest = serde_json::from_slice(&bytes)
@@ -830,7 +883,7 @@ async fn exam(
     let image = base64::engine::general_purpose::STANDARD
         .decode(req.image.as_bytes())
         .map_err(|e| ApiError::invalid(format!("image: not base64: {e}")))?;
-    let raw = decode_upload(&state, image).await?;
+    let raw = decode_upload(&state, image.into()).await?;
     run_image(served, raw, ImageWork::Exam { record: req.emr }).await
 }
 

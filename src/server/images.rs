@@ -5,7 +5,7 @@
 //! EXAM thread runs one patient per call. Each decoded image can weigh up to
 //! `max_alloc_bytes`, so the queue is short (`max_image_queue`).
 
-use super::batcher::Refused;
+use super::batcher::{Queue, Refused};
 use super::metrics::Metrics;
 use crate::dtype::DType;
 use crate::input::RawImage;
@@ -13,7 +13,7 @@ use crate::model::classify::ImageClassifier;
 use crate::model::exam::ExamModel;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -92,7 +92,7 @@ impl ImageWorker {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(ImageWorker, Vec<std::thread::JoinHandle<()>>)> {
         let (tx, rx) = std::sync::mpsc::sync_channel(max_queue.max(1));
-        let rx = Arc::new(Mutex::new(rx));
+        let rx = Arc::new(Mutex::new(Queue { rx, carry: None }));
         let depth = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::with_capacity(replicas.len());
         for (i, model) in replicas.into_iter().enumerate() {
@@ -140,15 +140,14 @@ fn run(
     name: &str,
     model: &ImageNet,
     limits: ImageBatch,
-    rx: &Mutex<Receiver<ImageJob>>,
+    queue: &Mutex<Queue<ImageJob>>,
     depth: &AtomicUsize,
     metrics: &Metrics,
 ) {
-    let mut carry: Option<ImageJob> = None;
     loop {
         // The queue is this thread's while it gathers a batch; the run is outside the lock.
-        let batch = match rx.lock() {
-            Ok(rx) => gather(&rx, &mut carry, model, limits, depth),
+        let batch = match queue.lock() {
+            Ok(mut q) => gather(&mut q, model, limits, depth),
             Err(_) => return,
         };
         let Some(mut batch) = batch else { return };
@@ -184,12 +183,12 @@ fn wrong_job(name: &str, kind: &str) -> crate::error::Error {
 /// The next batch: the first job (or `carry`), then, for a classifier, whatever arrives within
 /// `max_wait`, up to `max_images`. None once the queue is closed and empty.
 fn gather(
-    rx: &Receiver<ImageJob>,
-    carry: &mut Option<ImageJob>,
+    q: &mut Queue<ImageJob>,
     model: &ImageNet,
     limits: ImageBatch,
     depth: &AtomicUsize,
 ) -> Option<Vec<ImageJob>> {
+    let Queue { rx, carry } = q;
     let take = |j: ImageJob| {
         depth.fetch_sub(1, Ordering::SeqCst);
         j

@@ -1,11 +1,13 @@
-//! `medkern serve`: an HTTP inference server for text encoders with dynamic batching.
+//! `medkern serve`: an HTTP inference server for text encoders and image models, with
+//! dynamic batching.
 //!
-//! Each model gets a bounded queue and one model thread ([`batcher`]). The async handlers
-//! only parse, check limits and tokenise; the token count then lets the model thread pack
-//! requests into one variable-length call up to `max_batch_tokens` / `max_batch_requests`,
-//! waiting at most `max_wait` for company. Endpoints: TEI's `/embed`, `/tokenize`, `/predict`,
-//! OpenAI's `/v1/embeddings`, `/classify` for the image models ([`images`]: PNG, JPEG or DICOM
-//! bytes), and `/health`, `/info`, `/metrics`. The server keeps no state between requests, so
+//! Each model gets a bounded queue and a model thread per device ([`batcher`], [`images`]).
+//! The async handlers only parse, check limits, tokenise and decode; the token count then
+//! lets a model thread pack requests into one variable-length call up to `max_batch_tokens` /
+//! `max_batch_requests`, waiting at most `max_wait` for company. Endpoints: TEI's `/embed`,
+//! `/tokenize`, `/predict` (texts and sentence pairs), `/rerank`; OpenAI's `/v1/embeddings`;
+//! `/classify` (PNG, JPEG or DICOM bytes) and `/exam` (chest X-ray + EMR) for the image
+//! models; `/health`, `/info`, `/metrics`. The server keeps no state between requests, so
 //! replicas scale out behind any load balancer.
 
 pub mod batcher;
@@ -50,6 +52,9 @@ pub struct ServeConfig {
     pub max_image_queue: usize,
     /// The most images in one classifier call (1 turns image batching off).
     pub max_image_batch: usize,
+    /// The image readers' limits for uploads (pixels, allocation, DICOM nesting); the file
+    /// limit is `max_image_bytes`.
+    pub input_limits: crate::input::InputLimits,
     /// How long one request may take, body read to answer; past it the client gets a 503
     /// (`"error_type": "timeout"`) and its queued work is dropped.
     pub request_timeout: Duration,
@@ -69,6 +74,7 @@ impl Default for ServeConfig {
             max_image_bytes: 64 << 20,
             max_image_queue: 16,
             max_image_batch: 8,
+            input_limits: crate::input::InputLimits::default(),
             request_timeout: Duration::from_secs(60),
         }
     }
@@ -104,6 +110,8 @@ pub(crate) struct AppState {
     pub device: String,
     pub metrics: Arc<Metrics>,
     pub draining: AtomicBool,
+    /// Uploads in progress on the image routes (`max_image_queue` places).
+    pub image_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -275,6 +283,7 @@ pub fn serve(
         device,
         metrics,
         draining: AtomicBool::new(false),
+        image_slots: Arc::new(tokio::sync::Semaphore::new(config.max_image_queue)),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
