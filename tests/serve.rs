@@ -880,7 +880,8 @@ fn predict_pairs_and_rerank_match_the_encoder() {
     };
     let _g = serial();
     let cls = tiny_model(&minilm, "serve-pairs");
-    let cross = common::tiny_mobilebert_with_labels(&minilm, "serve-rerank", 256, &["relevance"]);
+    let cross =
+        common::tiny_mobilebert_with_labels(&minilm, "serve-rerank", 256, &["relevance"], 2);
     let close = |got: f64, want: f32, what: &str| {
         assert!(
             (got - f64::from(want)).abs() <= 1e-6 + 1e-6 * f64::from(want).abs(),
@@ -997,28 +998,17 @@ fn predict_pairs_and_rerank_match_the_encoder() {
 /// (the batch waits 1.5 s for company) is answered as if alone.
 #[test]
 fn a_failing_request_does_not_fail_its_batch() {
-    use medkern::model::mobilebert::{MobileBertConfig, random_checkpoint};
     let Some(minilm) = minilm("a_failing_request_does_not_fail_its_batch") else {
         return;
     };
     let _g = serial();
-    let dir = common::TempDir::new("serve-one-type");
-    let config = json!({
-        "model_type": "mobilebert", "vocab_size": 30522, "hidden_size": 64,
-        "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-        "embedding_size": 16, "intra_bottleneck_size": 32, "num_feedforward_networks": 2,
-        "max_position_embeddings": 128, "type_vocab_size": 1,
-        "id2label": {"0": "normal", "1": "abnormal"},
-    });
-    let cfg = MobileBertConfig::from_value(&config).expect("config");
-    let weights = random_checkpoint(&cfg, 2, 7).expect("weights");
-    std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config");
-    std::fs::write(dir.path().join("model.safetensors"), weights).expect("weights");
-    std::fs::copy(
-        minilm.join("tokenizer.json"),
-        dir.path().join("tokenizer.json"),
-    )
-    .expect("tokenizer");
+    let dir = common::tiny_mobilebert_with_labels(
+        &minilm,
+        "serve-one-type",
+        128,
+        &["normal", "abnormal"],
+        1,
+    );
     let enc = reference(dir.path());
     let want = enc
         .classify_ids(&enc.encode(&[TEXTS[0]]).expect("encode"))

@@ -323,8 +323,8 @@ impl ImageClassifier {
     }
 }
 
-/// The rows of a `[N, K]` tensor as f32.
-fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
+/// The rows of a `[N, K]` tensor (a batch of logits or features) as f32, on the host.
+pub fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
     let k = t.shape().last().copied().unwrap_or(1).max(1);
     Ok(t.to_host()?
         .to_f64()

@@ -52,41 +52,48 @@ pub enum Refused {
     Stopped,
 }
 
-/// The handlers' end of a model's queue.
-pub struct Batcher {
-    tx: SyncSender<Job>,
+/// The handlers' end of a model's queue: a bounded channel drained by one model thread per
+/// replica (one per device). Text models ([`Batcher`]) and image models
+/// ([`super::images::ImageWorker`]) both queue through it.
+pub struct Workers<J> {
+    tx: SyncSender<J>,
     depth: Arc<AtomicUsize>,
 }
 
-impl Batcher {
-    /// Starts one model thread per replica (one per device) with a shared queue of
-    /// `max_queue` jobs: one thread at a time gathers a batch, then runs it while the next
-    /// gathers. The threads end once the `Batcher` is dropped and the queue is empty: dropping
-    /// it is how a drain finishes what was queued.
-    pub fn start(
-        name: String,
-        replicas: Vec<Arc<TextEncoder>>,
-        limits: BatchLimits,
+/// A text model's queue.
+pub type Batcher = Workers<Job>;
+
+impl<J: Send + 'static> Workers<J> {
+    /// Starts one thread per replica, named `{thread}-{i}`, running `body(replica, queue,
+    /// depth)` over a shared queue of `max_queue` jobs. The threads end once the `Workers` is
+    /// dropped and the queue is empty: dropping it is how a drain finishes what was queued.
+    pub(crate) fn spawn<R, F>(
+        thread: &str,
+        replicas: Vec<Arc<R>>,
         max_queue: usize,
-        metrics: Arc<Metrics>,
-    ) -> std::io::Result<(Batcher, Vec<std::thread::JoinHandle<()>>)> {
+        body: F,
+    ) -> std::io::Result<(Workers<J>, Vec<std::thread::JoinHandle<()>>)>
+    where
+        R: Send + Sync + 'static,
+        F: Fn(&R, &Mutex<Queue<J>>, &AtomicUsize) + Send + Clone + 'static,
+    {
         let (tx, rx) = std::sync::mpsc::sync_channel(max_queue.max(1));
-        let rx = Arc::new(Mutex::new(Queue { rx, carry: None }));
+        let queue = Arc::new(Mutex::new(Queue { rx, carry: None }));
         let depth = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::with_capacity(replicas.len());
-        for (i, encoder) in replicas.into_iter().enumerate() {
-            let (name, rx, d, metrics) = (name.clone(), rx.clone(), depth.clone(), metrics.clone());
+        for (i, replica) in replicas.into_iter().enumerate() {
+            let (queue, d, body) = (queue.clone(), depth.clone(), body.clone());
             handles.push(
                 std::thread::Builder::new()
-                    .name(format!("medkern-model-{name}-{i}"))
-                    .spawn(move || run(&name, &encoder, limits, &rx, &d, &metrics))?,
+                    .name(format!("{thread}-{i}"))
+                    .spawn(move || body(&replica, &queue, &d))?,
             );
         }
-        Ok((Batcher { tx, depth }, handles))
+        Ok((Workers { tx, depth }, handles))
     }
 
     /// Queues `job` without waiting; a full queue refuses it at once.
-    pub fn submit(&self, job: Job) -> std::result::Result<(), Refused> {
+    pub fn submit(&self, job: J) -> std::result::Result<(), Refused> {
         // Counted before the send so the thread's decrement never runs first.
         self.depth.fetch_add(1, Ordering::SeqCst);
         match self.tx.try_send(job) {
@@ -101,10 +108,28 @@ impl Batcher {
         }
     }
 
-    /// Jobs queued and not yet taken by the model thread.
+    /// Jobs queued and not yet taken by a model thread.
     pub fn depth(&self) -> usize {
         self.depth.load(Ordering::SeqCst)
     }
+}
+
+/// Starts a text model's threads, one per replica: each gathers a batch from the shared
+/// queue (one thread at a time), then runs it while the next gathers.
+pub fn start(
+    name: String,
+    replicas: Vec<Arc<TextEncoder>>,
+    limits: BatchLimits,
+    max_queue: usize,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(Batcher, Vec<std::thread::JoinHandle<()>>)> {
+    let thread = format!("medkern-model-{name}");
+    Workers::spawn(
+        &thread,
+        replicas,
+        max_queue,
+        move |encoder, queue, depth| run(&name, encoder, limits, queue, depth, &metrics),
+    )
 }
 
 /// The model thread: gathers a batch, runs it once, answers each job, until the queue closes.
@@ -193,49 +218,60 @@ fn gather(
 /// and the batch holds several jobs, each job runs alone, so one bad request (a pair for a
 /// model without a second token type, say) fails only itself.
 fn run_batch(name: &str, encoder: &TextEncoder, task: Task, batch: Vec<Job>, metrics: &Metrics) {
+    let n: usize = batch.iter().map(|j| j.ids.len()).sum();
     let tokens: usize = batch.iter().map(|j| j.tokens).sum();
-    let seqs: usize = batch.iter().map(|j| j.ids.len()).sum();
-    metrics.observe_batch(name, batch.len(), seqs, tokens);
-    let jobs: Vec<&Job> = batch.iter().collect();
-    let answers: Vec<Reply> = match call(encoder, task, &jobs) {
-        Ok(rows) => {
-            let mut rows = rows.into_iter();
-            jobs.iter()
-                .map(|j| Ok(rows.by_ref().take(j.ids.len()).collect()))
-                .collect()
-        }
-        Err(e) if jobs.len() == 1 => vec![Err(e.to_string())],
-        Err(_) => jobs
-            .iter()
-            .map(|j| call(encoder, task, &[j]).map_err(|e| e.to_string()))
-            .collect(),
-    };
-    for (job, answer) in batch.into_iter().zip(answers) {
-        // A dropped receiver (the client left) is not an error.
-        let _ = job.reply.send(answer);
-    }
-}
-
-/// One packed model call over `jobs`' sequences: one row per sequence, in order. Type ids go
-/// to the call as soon as one job has them (zeros for the others).
-fn call(encoder: &TextEncoder, task: Task, jobs: &[&Job]) -> crate::error::Result<Vec<Vec<f32>>> {
-    let n = jobs.iter().map(|j| j.ids.len()).sum();
+    metrics.observe_batch(name, batch.len(), n, tokens);
+    // The jobs' sequences move into one call; type ids as soon as one job has them (zeros
+    // for the others).
+    let typed = batch.iter().any(|j| j.type_ids.is_some());
     let mut ids = Vec::with_capacity(n);
-    let typed = jobs.iter().any(|j| j.type_ids.is_some());
     let mut types = Vec::with_capacity(if typed { n } else { 0 });
-    for j in jobs {
-        ids.extend(j.ids.iter().cloned());
+    let mut spans = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    for j in batch {
+        spans.push(ids.len()..ids.len() + j.ids.len());
         if typed {
-            match &j.type_ids {
-                Some(t) => types.extend(t.iter().cloned()),
+            match j.type_ids {
+                Some(t) => types.extend(t),
                 None => types.extend(j.ids.iter().map(|s| vec![0; s.len()])),
             }
         }
+        ids.extend(j.ids);
+        replies.push(j.reply);
     }
+    let typed = typed.then_some(types.as_slice());
+    let answers: Vec<Reply> = match call(encoder, task, &ids, typed) {
+        Ok(rows) => {
+            let mut rows = rows.into_iter();
+            spans
+                .iter()
+                .map(|r| Ok(rows.by_ref().take(r.len()).collect()))
+                .collect()
+        }
+        Err(e) if spans.len() == 1 => vec![Err(e.to_string())],
+        Err(_) => spans
+            .iter()
+            .map(|r| {
+                let t = typed.map(|t| &t[r.clone()]);
+                call(encoder, task, &ids[r.clone()], t).map_err(|e| e.to_string())
+            })
+            .collect(),
+    };
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        // A dropped receiver (the client left) is not an error.
+        let _ = reply.send(answer);
+    }
+}
+
+/// One packed model call: one row per sequence, in order.
+fn call(
+    encoder: &TextEncoder,
+    task: Task,
+    ids: &[Vec<u32>],
+    type_ids: Option<&[Vec<u32>]>,
+) -> crate::error::Result<Vec<Vec<f32>>> {
     match task {
-        Task::Embed => encoder.model.embed(&ids, encoder.pooling),
-        Task::Classify => encoder
-            .model
-            .classify_typed(&ids, typed.then_some(types.as_slice())),
+        Task::Embed => encoder.model.embed(ids, encoder.pooling),
+        Task::Classify => encoder.model.classify_typed(ids, type_ids),
     }
 }

@@ -753,11 +753,16 @@ fn is_exam(m: &ImageNet) -> bool {
     matches!(m, ImageNet::Exam { .. })
 }
 
-/// One of the `max_image_queue` places for an upload being read, decoded, queued or run
-/// (across the image routes), held until the answer: more at once get a 429 before their
-/// body is read, so uploads in memory stay bounded.
-fn image_slot(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
-    state.image_slots.clone().try_acquire_owned().map_err(|_| {
+/// The body of an image route, under `max_image_bytes`, with one of the `max_image_queue`
+/// places for an upload being read, decoded, queued or run (across the image routes); the
+/// place is held until the answer. More at once get a 429 before their body is read, so
+/// uploads in memory stay bounded.
+async fn read_upload(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<(tokio::sync::OwnedSemaphorePermit, axum::body::Bytes)> {
+    let slot = state.image_slots.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "overloaded",
@@ -766,7 +771,10 @@ fn image_slot(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> 
                 state.config.max_image_queue
             ),
         )
-    })
+    })?;
+    let limit = state.config.max_image_bytes;
+    let bytes = read_body(state, headers, body, limit, "max_image_bytes").await?;
+    Ok((slot, bytes))
 }
 
 /// Decodes an uploaded PNG, JPEG or DICOM off the async threads, under the input limits with
@@ -827,11 +835,9 @@ async fn classify(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let _slot = image_slot(&state)?;
     // The body is read (within its limit) before the parameters are judged: a client still
     // sending when the answer comes would see a broken pipe, not the error.
-    let limit = state.config.max_image_bytes;
-    let bytes = read_body(&state, &headers, body, limit, "max_image_bytes").await?;
+    let (_slot, bytes) = read_upload(&state, &headers, body).await?;
     let Query(q) = query.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
     let served = find_image_model(&state, q.model.as_deref(), is_classifier)?;
     let top = q.top.unwrap_or(5);
@@ -865,9 +871,7 @@ async fn exam(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let _slot = image_slot(&state)?;
-    let limit = state.config.max_image_bytes;
-    let bytes = read_body(&state, &headers, body, limit, "max_image_bytes").await?;
+    let (_slot, bytes) = read_upload(&state, &headers, body).await?;
     let req: ExamRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid(format!("request JSON: {e}")))?;
     drop(bytes);

@@ -5,7 +5,7 @@
 //! EXAM thread runs one patient per call. Each decoded image can weigh up to
 //! `max_alloc_bytes`, so the queue is short (`max_image_queue`).
 
-use super::batcher::{Queue, Refused};
+use super::batcher::{Queue, Workers};
 use super::metrics::Metrics;
 use crate::dtype::DType;
 use crate::input::RawImage;
@@ -13,7 +13,6 @@ use crate::model::classify::ImageClassifier;
 use crate::model::exam::ExamModel;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -74,57 +73,21 @@ pub struct ImageJob {
     pub reply: oneshot::Sender<ImageReply>,
 }
 
-/// The handlers' end of an image model's queue.
-pub struct ImageWorker {
-    tx: SyncSender<ImageJob>,
-    depth: Arc<AtomicUsize>,
-}
+/// An image model's queue.
+pub type ImageWorker = Workers<ImageJob>;
 
-impl ImageWorker {
-    /// Starts one model thread per replica (one per device) sharing a queue of `max_queue`
-    /// images; they end once the worker is dropped and the queue is empty (a drain answers
-    /// what was queued).
-    pub fn start(
-        name: String,
-        replicas: Vec<Arc<ImageNet>>,
-        limits: ImageBatch,
-        max_queue: usize,
-        metrics: Arc<Metrics>,
-    ) -> std::io::Result<(ImageWorker, Vec<std::thread::JoinHandle<()>>)> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(max_queue.max(1));
-        let rx = Arc::new(Mutex::new(Queue { rx, carry: None }));
-        let depth = Arc::new(AtomicUsize::new(0));
-        let mut handles = Vec::with_capacity(replicas.len());
-        for (i, model) in replicas.into_iter().enumerate() {
-            let (name, rx, d, metrics) = (name.clone(), rx.clone(), depth.clone(), metrics.clone());
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("medkern-image-{name}-{i}"))
-                    .spawn(move || run(&name, &model, limits, &rx, &d, &metrics))?,
-            );
-        }
-        Ok((ImageWorker { tx, depth }, handles))
-    }
-
-    /// Queues `job` without waiting; a full queue refuses it at once.
-    pub fn submit(&self, job: ImageJob) -> std::result::Result<(), Refused> {
-        self.depth.fetch_add(1, Ordering::SeqCst);
-        match self.tx.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.depth.fetch_sub(1, Ordering::SeqCst);
-                Err(match e {
-                    TrySendError::Full(_) => Refused::Full,
-                    TrySendError::Disconnected(_) => Refused::Stopped,
-                })
-            }
-        }
-    }
-
-    /// Images queued and not yet taken by the model thread.
-    pub fn depth(&self) -> usize {
-        self.depth.load(Ordering::SeqCst)
-    }
+/// Starts an image model's threads, one per replica, sharing a queue of `max_queue` images.
+pub fn start(
+    name: String,
+    replicas: Vec<Arc<ImageNet>>,
+    limits: ImageBatch,
+    max_queue: usize,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(ImageWorker, Vec<std::thread::JoinHandle<()>>)> {
+    let thread = format!("medkern-image-{name}");
+    Workers::spawn(&thread, replicas, max_queue, move |model, queue, depth| {
+        run(&name, model, limits, queue, depth, &metrics)
+    })
 }
 
 /// How an image model thread forms a batch.

@@ -224,7 +224,7 @@ pub fn serve(
             max_wait: config.max_wait,
         };
         let workers = replicas.len();
-        let (batcher, handles) = Batcher::start(
+        let (batcher, handles) = batcher::start(
             name.clone(),
             replicas,
             limits,
@@ -260,7 +260,7 @@ pub fn serve(
             max_images: config.max_image_batch,
             max_wait: config.max_wait,
         };
-        let (worker, handles) = ImageWorker::start(
+        let (worker, handles) = images::start(
             name.clone(),
             replicas,
             limits,

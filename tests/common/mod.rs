@@ -508,16 +508,17 @@ pub fn tiny_mobilebert_folder(
     what: &str,
     max_positions: usize,
 ) -> TempDir {
-    tiny_mobilebert_with_labels(minilm, what, max_positions, &["normal", "abnormal"])
+    tiny_mobilebert_with_labels(minilm, what, max_positions, &["normal", "abnormal"], 2)
 }
 
 /// [`tiny_mobilebert_folder`] with the head's `labels` (one label: a cross-encoder's single
-/// relevance logit).
+/// relevance logit) and `type_vocab_size` token types (1: no second segment for pairs).
 pub fn tiny_mobilebert_with_labels(
     minilm: &std::path::Path,
     what: &str,
     max_positions: usize,
     labels: &[&str],
+    type_vocab_size: usize,
 ) -> TempDir {
     use medkern::model::mobilebert::{MobileBertConfig, random_checkpoint};
     let dir = TempDir::new(what);
@@ -537,6 +538,7 @@ pub fn tiny_mobilebert_with_labels(
         "intra_bottleneck_size": 32,
         "num_feedforward_networks": 2,
         "max_position_embeddings": max_positions,
+        "type_vocab_size": type_vocab_size,
         "id2label": id2label,
     });
     let cfg = MobileBertConfig::from_value(&config).expect("config");

@@ -312,15 +312,6 @@ pub struct ClassifyArgs {
 /// Softmax of one row of logits (the library's, shared with the server).
 pub use medkern::model::softmax;
 
-fn host_rows(t: &medkern::Tensor) -> Result<Vec<Vec<f32>>> {
-    let w = t.shape().last().copied().unwrap_or(1).max(1);
-    Ok(t.to_host()?
-        .to_f64()
-        .chunks(w)
-        .map(|r| r.iter().map(|&x| x as f32).collect())
-        .collect())
-}
-
 pub fn classify(a: ClassifyArgs) -> Result<()> {
     use medkern::model::classify::{ImageClassifier, ImageModel};
     if a.tsne.wanted() && !matches!(a.model, ClassifyModel::Sepsis) {
@@ -368,7 +359,8 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
                         v["cam"] = c;
                     }
                     if a.features {
-                        v["features"] = json!(host_rows(&m.features(&x)?)?.remove(0));
+                        let rows = medkern::model::classify::rows(&m.features(&x)?)?;
+                        v["features"] = json!(rows.into_iter().next().unwrap_or_default());
                     }
                     v
                 }
