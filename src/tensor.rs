@@ -266,10 +266,32 @@ fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<()> {
     }
 }
 
-/// Device memory: a CUDA allocation, or the emulated GPU's guarded host mapping.
+/// Device memory: a CUDA allocation, the emulated GPU's guarded host mapping, or CUDA memory
+/// another library owns (a DLPack import, [`DeviceTensor::from_foreign`]).
 pub enum DevBuf {
     Cuda(CudaSlice<u8>),
     Emu(EmuBuf),
+    Foreign(ForeignBuf),
+}
+
+/// CUDA memory medkern reads where it is but does not own (PyTorch's or CuPy's, through
+/// DLPack). Dropping it waits for the GPU's stream first, so the owner gets its memory back
+/// only after every kernel queued on it has finished, then drops `owner` (which returns it).
+pub struct ForeignBuf {
+    ptr: u64,
+    len: usize,
+    gpu: Arc<Gpu>,
+    owner: Option<Box<dyn Send + Sync>>,
+}
+
+impl Drop for ForeignBuf {
+    fn drop(&mut self) {
+        self.gpu.bind_to_thread();
+        // A failed wait leaves nothing better to do than return the memory: the error is the
+        // stream's and shows at the next call on it.
+        let _ = self.gpu.synchronize();
+        drop(self.owner.take());
+    }
 }
 
 impl DevBuf {
@@ -282,12 +304,14 @@ impl DevBuf {
                 p
             }
             DevBuf::Emu(e) => e.addr(),
+            DevBuf::Foreign(f) => f.ptr,
         }
     }
     pub fn len(&self) -> usize {
         match self {
             DevBuf::Cuda(s) => s.len(),
             DevBuf::Emu(e) => e.len(),
+            DevBuf::Foreign(f) => f.len,
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -300,6 +324,14 @@ unsafe impl KernelParam for DevBuf {
     fn param_bytes(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.addr().to_ne_bytes());
     }
+}
+
+fn unreachable_foreign() -> Result<()> {
+    Err(Error::Invalid {
+        op: "DeviceTensor::upload",
+        arg: "tensor",
+        detail: "a new allocation is never foreign memory".into(),
+    })
 }
 
 /// A contiguous device buffer. Allocations are 256-byte aligned (the driver's alignment, and
@@ -326,7 +358,7 @@ impl Drop for DeviceTensor {
     /// current: on a thread where another GPU's context (or none) is current, the free would go
     /// to the wrong context or fail. Bind ours first; the fields drop after this.
     fn drop(&mut self) {
-        if matches!(self.buf, DevBuf::Cuda(_)) {
+        if matches!(self.buf, DevBuf::Cuda(_) | DevBuf::Foreign(_)) {
             self.gpu.bind_to_thread();
         }
     }
@@ -361,6 +393,68 @@ impl DeviceTensor {
         })
     }
 
+    /// A tensor over CUDA memory another library owns (a DLPack import): read where it is
+    /// when `ptr` is 256-byte aligned (what medkern's vectorised kernels assume of every
+    /// buffer), else copied into a new allocation on this GPU's stream. `owner` is dropped
+    /// (returning the memory) once this GPU's stream has finished with it: when the tensor
+    /// drops, or right after the copy.
+    ///
+    /// # Safety
+    /// `ptr .. ptr + len·dtype.size()` must be device memory usable in `gpu`'s context,
+    /// written before any work now queued on `gpu`'s stream runs (the caller orders the
+    /// producer's stream before ours: DLPack's `stream` argument), and neither freed nor
+    /// written until `owner` drops.
+    pub unsafe fn from_foreign(
+        gpu: &Arc<Gpu>,
+        shape: &[usize],
+        dtype: DType,
+        ptr: u64,
+        owner: Box<dyn Send + Sync>,
+    ) -> Result<Self> {
+        const OP: &str = "DeviceTensor::from_foreign";
+        if gpu.is_emulated() {
+            return Err(Error::Invalid {
+                op: OP,
+                arg: "device",
+                detail: "the emulated GPU cannot read CUDA memory; expected a real GPU".into(),
+            });
+        }
+        let len = numel(shape)
+            .and_then(|n| n.checked_mul(dtype.size()))
+            .ok_or_else(|| Error::Shape {
+                op: OP,
+                arg: "shape",
+                got: shape.to_vec(),
+                expected: "an element count that fits in memory".into(),
+            })?;
+        let foreign = ForeignBuf {
+            ptr,
+            len,
+            gpu: gpu.clone(),
+            owner: Some(owner),
+        };
+        if ptr % 256 == 0 {
+            return Ok(DeviceTensor {
+                shape: shape.to_vec(),
+                dtype,
+                buf: DevBuf::Foreign(foreign),
+                gpu: gpu.clone(),
+            });
+        }
+        let t = Self::alloc(gpu, shape, dtype)?;
+        if len > 0 {
+            let stream = gpu.stream()?;
+            // SAFETY: both ranges hold `len` bytes of this GPU's memory (the caller's promise
+            // and our allocation); `foreign` outlives the copy (its drop synchronises).
+            unsafe {
+                cudarc::driver::result::memcpy_dtod_async(t.addr(), ptr, len, stream.cu_stream())
+            }
+            .map_err(driver(OP))?;
+        }
+        drop(foreign);
+        Ok(t)
+    }
+
     /// Copies a host tensor to the GPU.
     pub fn upload(gpu: &Arc<Gpu>, host: &HostTensor) -> Result<Self> {
         let mut t = Self::alloc(gpu, host.shape(), host.dtype())?;
@@ -374,6 +468,7 @@ impl DeviceTensor {
                         .map_err(driver("DeviceTensor::upload"))?;
                 }
                 DevBuf::Emu(e) => e.write_prefix(bytes),
+                DevBuf::Foreign(_) => unreachable_foreign()?,
             }
         }
         Ok(t)
@@ -394,6 +489,20 @@ impl DeviceTensor {
                     self.gpu.synchronize()?;
                 }
                 DevBuf::Emu(e) => bytes.copy_from_slice(&e.as_slice()[..nbytes]),
+                DevBuf::Foreign(f) => {
+                    let stream = self.gpu.stream()?;
+                    // SAFETY: `f` covers `nbytes` bytes of this GPU's memory, kept alive by
+                    // its owner until `f` drops; the copy completes before the synchronize.
+                    unsafe {
+                        cudarc::driver::result::memcpy_dtoh_async(
+                            &mut bytes,
+                            f.ptr,
+                            stream.cu_stream(),
+                        )
+                    }
+                    .map_err(driver("DeviceTensor::download"))?;
+                    self.gpu.synchronize()?;
+                }
             }
         }
         Ok(HostTensor::from_bytes(&self.shape, self.dtype, &bytes))
@@ -414,6 +523,12 @@ impl DeviceTensor {
                 e.fill(byte);
                 Ok(())
             }
+            DevBuf::Foreign(_) => Err(Error::Invalid {
+                op: "DeviceTensor::fill_bytes",
+                arg: "tensor",
+                detail: "memory another library owns (a DLPack import) is read-only to medkern"
+                    .into(),
+            }),
         }
     }
 

@@ -5,7 +5,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use medkern::device::{self, kernels, runtime_compile, sass};
-use medkern::model::bert::{BertModel, BertTokenizer, Pooling};
+use medkern::model::bert::Pooling;
 use medkern::model::encoder::{EncoderOptions, TextEncoder};
 use medkern::model::resnet::{ResNet, ResNetConfig, random_resnet};
 use medkern::ops::{
@@ -1373,13 +1373,13 @@ fn parse_heads(s: &str) -> medkern::Result<std::collections::BTreeMap<usize, Vec
 
 fn compress(a: CompressArgs) -> medkern::Result<()> {
     use indicatif::{ProgressBar, ProgressStyle};
-    use medkern::model::compress::{self, Checkpoint, Rank};
+    use medkern::model::compress::{self, Bits, CompressOptions, KeepLayers, Progress, Rank};
     // Before any work: the output must not overwrite (or contain) the model.
     compress::check_out_dir(&a.out, &a.model)?;
     compress::check_sentence_modules(&a.model)?;
     let dev = cnn::device_of(a.device)?;
     let dtype = cnn::dtype_of(a.dtype, &dev);
-    let text = match &a.sentences {
+    let sentences: Vec<String> = match &a.sentences {
         Some(p) => String::from_utf8(medkern::input::read_regular(
             "compress",
             p,
@@ -1390,13 +1390,14 @@ fn compress(a: CompressArgs) -> medkern::Result<()> {
                 "--sentences",
                 format!("{}: not UTF-8 text: {e}", p.display()),
             )
-        })?,
-        None => compress::SAMPLE_SENTENCES.join("\n"),
+        })?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect(),
+        None => Vec::new(),
     };
-    let sentences: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let max_batch = cnn::input_limits().max_batch;
-    medkern::input::check_batch("compress", "--sentences", sentences.len(), max_batch)?;
-    if sentences.is_empty() {
+    if a.sentences.is_some() && sentences.is_empty() {
         return Err(cli_invalid(
             "--sentences",
             "no sentences in the file".into(),
@@ -1415,77 +1416,34 @@ fn compress(a: CompressArgs) -> medkern::Result<()> {
             }
         }),
     };
-    let bits_mode = match a.bits.as_deref() {
-        None => None,
-        Some(b @ ("4" | "8" | "auto")) => Some(b),
-        Some(other) => {
-            return Err(cli_invalid(
-                "--bits",
-                format!("{other:?}; expected 4, 8 or auto"),
-            ));
-        }
-    };
-    let budget = match (bits_mode, a.budget.as_deref()) {
-        (Some("auto"), Some(b)) => Some(compress::Budget::parse(b)?),
+    let bits = match (a.bits.as_deref(), a.budget.as_deref()) {
+        (None, None) => None,
+        (Some("4"), None) => Some(Bits::Four),
+        (Some("8"), None) => Some(Bits::Eight),
+        (Some("auto"), Some(b)) => Some(Bits::Auto(compress::Budget::parse(b)?)),
         (Some("auto"), None) => {
             return Err(cli_invalid(
                 "--budget",
                 "--bits auto needs a --budget (e.g. 12MB or 6x)".into(),
             ));
         }
-        (_, Some(_)) => {
+        (Some("4" | "8"), Some(_)) | (None, Some(_)) => {
             return Err(cli_invalid(
                 "--budget",
                 "a budget applies to --bits auto only".into(),
             ));
         }
-        _ => None,
+        (Some(other), _) => {
+            return Err(cli_invalid(
+                "--bits",
+                format!("{other:?}; expected 4, 8 or auto"),
+            ));
+        }
     };
-    let explicit_heads = a.heads.as_deref().map(parse_heads).transpose()?;
-    let steps = 3
-        + u64::from(a.heads.is_some() || a.prune_heads.is_some())
-        + u64::from(a.layers.is_some())
-        + u64::from(a.sparse24)
-        + u64::from(a.int8)
-        + u64::from(low_rank.is_some())
-        + u64::from(a.embeddings.is_some())
-        + 2 * u64::from(bits_mode.is_some());
-    let bar = ProgressBar::new(steps).with_style(
-        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
-            .map_err(|e| cli_invalid("progress", e.to_string()))?
-            .progress_chars("=> "),
-    );
-    bar.set_message(format!("loading {}", a.model.display()));
-    let mut ck = Checkpoint::load(&a.model)?;
-    let dense_bytes = ck.data_bytes();
-    let cfg = ck.bert_config()?;
-    let max_len = cfg.max_position_embeddings;
-    let ids = BertTokenizer::load(&a.model, max_len)?
-        .with_max_batch(max_batch)
-        .encode(&sentences)?;
-    bar.inc(1);
-    let mut report = serde_json::Map::new();
-    if let Some(keep) = explicit_heads {
-        bar.set_message("pruning heads");
-        ck.prune_heads(&keep)?;
-        bar.inc(1);
-    } else if let Some(n) = a.prune_heads {
-        bar.set_message("head importance");
-        let scores = ck.head_importance(&ids, &dev, dtype, |done, total| {
-            bar.set_message(format!("head importance {done}/{total}"));
-        })?;
-        let keep = compress::heads_to_keep(&scores, n)?;
-        report.insert("head_importance".into(), serde_json::json!(scores));
-        report.insert("heads_kept".into(), serde_json::json!(keep));
-        ck.prune_heads(&keep)?;
-        bar.inc(1);
-    }
-    if let Some(l) = &a.layers {
-        bar.set_message("dropping layers");
-        let n = cfg.num_hidden_layers;
-        let keep: Vec<usize> = if l == "every-other" {
-            (0..n).step_by(2).collect()
-        } else {
+    let layers = match a.layers.as_deref() {
+        None => None,
+        Some("every-other") => Some(KeepLayers::EveryOther),
+        Some(l) => Some(KeepLayers::List(
             l.split(',')
                 .map(|x| {
                     x.trim().parse().map_err(|_| {
@@ -1495,128 +1453,46 @@ fn compress(a: CompressArgs) -> medkern::Result<()> {
                         )
                     })
                 })
-                .collect::<medkern::Result<_>>()?
-        };
-        ck.drop_layers(&keep)?;
-        bar.inc(1);
-    }
-    if a.sparse24 {
-        bar.set_message("2:4 pruning");
-        let kept = ck.sparsify_24()?;
-        report.insert("sparse24_energy_kept".into(), serde_json::json!(kept));
-        bar.inc(1);
-    }
-    if a.int8 {
-        bar.set_message("int8 quantisation");
-        let err = ck.quantize_int8()?;
-        report.insert("int8_weight_sqnr_db".into(), serde_json::json!(err));
-        bar.inc(1);
-    }
-    if let Some(r) = low_rank {
-        bar.set_message("low rank (SVD)");
-        let kept = ck.low_rank(r)?;
-        report.insert("low_rank_energy_kept".into(), serde_json::json!(kept));
-        bar.inc(1);
-    }
-    if let Some(e) = &a.embeddings {
-        bar.set_message("word embeddings");
-        let dt = if e == "int8" { DType::I8 } else { DType::F16 };
-        let sqnr = ck.compress_embeddings(dt)?;
-        report.insert(
-            "embeddings".into(),
-            serde_json::json!({"dtype": e, "sqnr_db": sqnr}),
-        );
-        bar.inc(1);
-    }
-    if let Some(mode) = bits_mode {
-        let stems = ck.linear_stems()?;
-        // Each Linear's measured `1 - cosine` at 4 bits (auto only).
-        let mut damage = std::collections::BTreeMap::new();
-        let bits: std::collections::BTreeMap<String, u8> = if let Some(budget) = budget {
-            let target = budget.bytes(dense_bytes);
-            // An unreachable budget fails before the measurement, not after it.
-            let (unmeasured, other) = ck.bits_layout()?;
-            compress::choose_bits(&unmeasured, other, target)?;
-            bar.set_message("sensitivity to 4 bits");
-            let sens = ck.int4_sensitivity(&ids, &dev, dtype, |done, total| {
-                bar.set_message(format!("sensitivity to 4 bits {done}/{total}"));
-            })?;
-            let bits = compress::choose_bits(&sens, other, target)?;
-            report.insert("budget_bytes".into(), serde_json::json!(target));
-            damage = sens.iter().map(|s| (s.stem.clone(), s.damage)).collect();
-            bits
-        } else {
-            let b: u8 = if mode == "4" { 4 } else { 8 };
-            stems.iter().map(|s| (s.clone(), b)).collect()
-        };
-        bar.inc(1);
-        bar.set_message("quantising");
-        let sqnr = ck.quantize_bits(&bits)?;
-        report.insert(
-            "bits".into(),
-            serde_json::json!(
-                stems
-                    .iter()
-                    .map(|s| {
-                        serde_json::json!({
-                            "linear": s,
-                            "bits": bits.get(s),
-                            "int4_damage": damage.get(s),
-                        })
-                    })
-                    .collect::<Vec<_>>()
-            ),
-        );
-        report.insert("weight_sqnr_db".into(), serde_json::json!(sqnr));
-        bar.inc(1);
-    }
-    bar.set_message(format!("saving {}", a.out.display()));
-    ck.save(&a.out, Some(&a.model))?;
-    bar.inc(1);
-    bar.set_message("quality report");
-    let dense = BertModel::load(&a.model, &dev, dtype)?.embed(&ids, Pooling::Mean)?;
-    let runs = 5;
-    let base = compress::quality(&a.model, &dev, dtype, &ids, &dense, runs)?;
-    let q = compress::quality(&a.out, &dev, dtype, &ids, &dense, runs)?;
-    bar.inc(1);
-    bar.finish_and_clear();
-    let row = |q: &compress::Quality| {
-        serde_json::json!({
-            "bytes": q.bytes,
-            "cosine_min": q.cos_min,
-            "cosine_mean": q.cos_mean,
-            "ms": q.ms,
-        })
+                .collect::<medkern::Result<_>>()?,
+        )),
     };
-    report.insert("dense".into(), row(&base));
-    report.insert("compressed".into(), row(&q));
-    report.insert(
-        "size_ratio".into(),
-        serde_json::json!(base.bytes as f64 / q.bytes.max(1) as f64),
+    let opts = CompressOptions {
+        heads: a.heads.as_deref().map(parse_heads).transpose()?,
+        prune_heads: a.prune_heads,
+        layers,
+        sparse24: a.sparse24,
+        int8: a.int8,
+        low_rank,
+        embeddings: a
+            .embeddings
+            .as_deref()
+            .map(|e| if e == "int8" { DType::I8 } else { DType::F16 }),
+        bits,
+        sentences,
+        max_batch: cnn::input_limits().max_batch,
+    };
+    let bar = ProgressBar::new(opts.steps()).with_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
+            .map_err(|e| cli_invalid("progress", e.to_string()))?
+            .progress_chars("=> "),
     );
-    report.insert(
-        "speedup".into(),
-        serde_json::json!(base.ms / q.ms.max(f64::MIN_POSITIVE)),
-    );
-    report.insert(
-        "methods".into(),
-        serde_json::json!(ck.metadata.get("medkern.compression")),
-    );
-    report.insert(
-        "device".into(),
-        serde_json::json!(format!("{} {dtype}", dev.describe())),
-    );
-    report.insert("sentences".into(), serde_json::json!(sentences.len()));
-    cnn::print_json(&serde_json::Value::Object(report))?;
+    let report =
+        compress::compress_folder(&a.model, &a.out, &opts, &dev, dtype, &mut |p| match p {
+            Progress::Step(m) => bar.set_message(m.to_owned()),
+            Progress::Done => bar.inc(1),
+        })?;
+    bar.finish_and_clear();
+    cnn::print_json(&report)?;
+    let num = |k: &str, f: &str| report[k][f].as_f64().unwrap_or(f64::NAN);
     eprintln!(
         "medkern compress: {} -> {}: {:.2} MB -> {:.2} MB, embedding cosine min {:.5}, {:.2} ms -> {:.2} ms ({})",
         a.model.display(),
         a.out.display(),
-        base.bytes as f64 / 1e6,
-        q.bytes as f64 / 1e6,
-        q.cos_min,
-        base.ms,
-        q.ms,
+        num("dense", "bytes") / 1e6,
+        num("compressed", "bytes") / 1e6,
+        num("compressed", "cosine_min"),
+        num("dense", "ms"),
+        num("compressed", "ms"),
         dev.describe()
     );
     Ok(())

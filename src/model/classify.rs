@@ -165,6 +165,14 @@ impl ImageClassifier {
         }
     }
 
+    /// The ResNet behind `sepsis` (its logits, probabilities and features).
+    pub fn sepsis(&self) -> Option<&SepsisNet> {
+        match &self.net {
+            Net::Sepsis(m) => Some(m),
+            Net::Effnet(_) => None,
+        }
+    }
+
     /// The model's input for an image already cropped as wanted: resized, normalised, grey
     /// repeated over RGB, on the model's device and in its dtype (`[1, H, W, 3]`).
     pub fn prepare(&self, raw: &RawImage) -> Result<Tensor> {

@@ -1446,3 +1446,260 @@ pub fn quality(
         ms: times[times.len() / 2],
     })
 }
+
+/// Which layers [`CompressOptions::layers`] keeps.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KeepLayers {
+    /// Layers 0, 2, 4... (LayerDrop-style).
+    EveryOther,
+    List(Vec<usize>),
+}
+
+/// Weight bits per encoder Linear ([`CompressOptions::bits`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Bits {
+    /// Every Linear in int4 (W4A16, group-wise f16 scales).
+    Four,
+    /// Every Linear in int8 (W8A8).
+    Eight,
+    /// Each Linear's sensitivity to 4 bits measured on the sample sentences; the least
+    /// sensitive go to 4 bits until the file fits the budget.
+    Auto(Budget),
+}
+
+/// What [`compress_folder`] does, in this order: heads, layers, 2:4, int8, low rank,
+/// embeddings, bits. The CLI's `medkern compress` and the Python package fill it.
+#[derive(Clone, Debug, Default)]
+pub struct CompressOptions {
+    /// Heads to keep per layer (unlisted layers keep all).
+    pub heads: Option<BTreeMap<usize, Vec<usize>>>,
+    /// Remove this many of the least important heads model-wide.
+    pub prune_heads: Option<usize>,
+    pub layers: Option<KeepLayers>,
+    pub sparse24: bool,
+    pub int8: bool,
+    pub low_rank: Option<Rank>,
+    /// Word embeddings stored in int8 (one scale per row) or f16.
+    pub embeddings: Option<DType>,
+    pub bits: Option<Bits>,
+    /// Sample sentences (head importance, sensitivity, the quality report); empty: the 8
+    /// built-in [`SAMPLE_SENTENCES`].
+    pub sentences: Vec<String>,
+    /// The most sentences accepted (checked before any work).
+    pub max_batch: usize,
+}
+
+impl CompressOptions {
+    /// The options' own contradictions, refused before any work.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |arg: &'static str, detail: &str| Error::Invalid {
+            op: OP,
+            arg,
+            detail: detail.into(),
+        };
+        if self.heads.is_some() && self.prune_heads.is_some() {
+            return Err(bad(
+                "heads",
+                "give heads to keep or a number to prune, not both",
+            ));
+        }
+        if self.bits.is_some() && (self.int8 || self.sparse24 || self.low_rank.is_some()) {
+            return Err(bad(
+                "bits",
+                "bits per Linear replace int8, 2:4 and low rank; expected one of them",
+            ));
+        }
+        if let Some(e) = self.embeddings
+            && e != DType::I8
+            && e != DType::F16
+        {
+            return Err(bad("embeddings", &format!("{e}; expected int8 or f16")));
+        }
+        match self.low_rank {
+            Some(Rank::Fixed(0)) => Err(bad("low_rank", "rank 0; expected a rank ≥ 1")),
+            Some(Rank::Energy(e)) if !(e > 0.0 && e <= 1.0) => Err(bad(
+                "low_rank",
+                &format!("energy {e}; expected a fraction in (0, 1]"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The number of steps [`compress_folder`] reports through its progress callback.
+    pub fn steps(&self) -> u64 {
+        3 + u64::from(self.heads.is_some() || self.prune_heads.is_some())
+            + u64::from(self.layers.is_some())
+            + u64::from(self.sparse24)
+            + u64::from(self.int8)
+            + u64::from(self.low_rank.is_some())
+            + u64::from(self.embeddings.is_some())
+            + 2 * u64::from(self.bits.is_some())
+    }
+}
+
+/// What [`compress_folder`] tells its progress callback.
+pub enum Progress<'a> {
+    /// A step starts (its description).
+    Step(&'a str),
+    /// A step finished.
+    Done,
+}
+
+/// Compresses the dense folder `model` into `out` as `opts` says and returns the quality
+/// report (JSON: what each method kept, `dense` and `compressed` rows of bytes, embedding
+/// cosine to the dense model and time, `size_ratio`, `speedup`, `methods`, `device`). Checks
+/// the options, the output folder and the sentences before any work.
+#[cfg(feature = "tokenizers")]
+pub fn compress_folder(
+    model: &Path,
+    out: &Path,
+    opts: &CompressOptions,
+    dev: &Device,
+    dtype: DType,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<serde_json::Value> {
+    use crate::model::bert::BertTokenizer;
+    use serde_json::json;
+    opts.validate()?;
+    check_out_dir(out, model)?;
+    check_sentence_modules(model)?;
+    let sentences: Vec<&str> = if opts.sentences.is_empty() {
+        SAMPLE_SENTENCES.to_vec()
+    } else {
+        opts.sentences
+            .iter()
+            .map(String::as_str)
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    };
+    crate::input::check_batch(OP, "sentences", sentences.len(), opts.max_batch)?;
+    if sentences.is_empty() {
+        return Err(Error::Invalid {
+            op: OP,
+            arg: "sentences",
+            detail: "only blank sentences; expected at least one with text".into(),
+        });
+    }
+    progress(Progress::Step(&format!("loading {}", model.display())));
+    let mut ck = Checkpoint::load(model)?;
+    let dense_bytes = ck.data_bytes();
+    let cfg = ck.bert_config()?;
+    let ids = BertTokenizer::load(model, cfg.max_position_embeddings)?
+        .with_max_batch(opts.max_batch)
+        .encode(&sentences)?;
+    progress(Progress::Done);
+    let mut report = serde_json::Map::new();
+    if let Some(keep) = &opts.heads {
+        progress(Progress::Step("pruning heads"));
+        ck.prune_heads(keep)?;
+        progress(Progress::Done);
+    } else if let Some(n) = opts.prune_heads {
+        progress(Progress::Step("head importance"));
+        let scores = ck.head_importance(&ids, dev, dtype, |done, total| {
+            progress(Progress::Step(&format!("head importance {done}/{total}")));
+        })?;
+        let keep = heads_to_keep(&scores, n)?;
+        report.insert("head_importance".into(), json!(scores));
+        report.insert("heads_kept".into(), json!(keep));
+        ck.prune_heads(&keep)?;
+        progress(Progress::Done);
+    }
+    if let Some(l) = &opts.layers {
+        progress(Progress::Step("dropping layers"));
+        let keep: Vec<usize> = match l {
+            KeepLayers::EveryOther => (0..cfg.num_hidden_layers).step_by(2).collect(),
+            KeepLayers::List(v) => v.clone(),
+        };
+        ck.drop_layers(&keep)?;
+        progress(Progress::Done);
+    }
+    if opts.sparse24 {
+        progress(Progress::Step("2:4 pruning"));
+        report.insert("sparse24_energy_kept".into(), json!(ck.sparsify_24()?));
+        progress(Progress::Done);
+    }
+    if opts.int8 {
+        progress(Progress::Step("int8 quantisation"));
+        report.insert("int8_weight_sqnr_db".into(), json!(ck.quantize_int8()?));
+        progress(Progress::Done);
+    }
+    if let Some(r) = opts.low_rank {
+        progress(Progress::Step("low rank (SVD)"));
+        report.insert("low_rank_energy_kept".into(), json!(ck.low_rank(r)?));
+        progress(Progress::Done);
+    }
+    if let Some(dt) = opts.embeddings {
+        progress(Progress::Step("word embeddings"));
+        let sqnr = ck.compress_embeddings(dt)?;
+        let name = if dt == DType::I8 { "int8" } else { "f16" };
+        report.insert("embeddings".into(), json!({"dtype": name, "sqnr_db": sqnr}));
+        progress(Progress::Done);
+    }
+    if let Some(mode) = opts.bits {
+        let stems = ck.linear_stems()?;
+        // Each Linear's measured `1 - cosine` at 4 bits (auto only).
+        let mut damage = BTreeMap::new();
+        let bits: BTreeMap<String, u8> = match mode {
+            Bits::Auto(budget) => {
+                let target = budget.bytes(dense_bytes);
+                // An unreachable budget fails before the measurement, not after it.
+                let (unmeasured, other) = ck.bits_layout()?;
+                choose_bits(&unmeasured, other, target)?;
+                progress(Progress::Step("sensitivity to 4 bits"));
+                let sens = ck.int4_sensitivity(&ids, dev, dtype, |done, total| {
+                    progress(Progress::Step(&format!(
+                        "sensitivity to 4 bits {done}/{total}"
+                    )));
+                })?;
+                let bits = choose_bits(&sens, other, target)?;
+                report.insert("budget_bytes".into(), json!(target));
+                damage = sens.iter().map(|s| (s.stem.clone(), s.damage)).collect();
+                bits
+            }
+            Bits::Four | Bits::Eight => {
+                let b = if mode == Bits::Four { 4 } else { 8 };
+                stems.iter().map(|s| (s.clone(), b)).collect()
+            }
+        };
+        progress(Progress::Done);
+        progress(Progress::Step("quantising"));
+        let sqnr = ck.quantize_bits(&bits)?;
+        let rows: Vec<serde_json::Value> = stems
+            .iter()
+            .map(|s| json!({"linear": s, "bits": bits.get(s), "int4_damage": damage.get(s)}))
+            .collect();
+        report.insert("bits".into(), json!(rows));
+        report.insert("weight_sqnr_db".into(), json!(sqnr));
+        progress(Progress::Done);
+    }
+    progress(Progress::Step(&format!("saving {}", out.display())));
+    ck.save(out, Some(model))?;
+    progress(Progress::Done);
+    progress(Progress::Step("quality report"));
+    let dense = BertModel::load(model, dev, dtype)?.embed(&ids, Pooling::Mean)?;
+    let runs = 5;
+    let base = quality(model, dev, dtype, &ids, &dense, runs)?;
+    let q = quality(out, dev, dtype, &ids, &dense, runs)?;
+    progress(Progress::Done);
+    let row = |q: &Quality| json!({"bytes": q.bytes, "cosine_min": q.cos_min, "cosine_mean": q.cos_mean, "ms": q.ms});
+    report.insert("dense".into(), row(&base));
+    report.insert("compressed".into(), row(&q));
+    report.insert(
+        "size_ratio".into(),
+        json!(base.bytes as f64 / q.bytes.max(1) as f64),
+    );
+    report.insert(
+        "speedup".into(),
+        json!(base.ms / q.ms.max(f64::MIN_POSITIVE)),
+    );
+    report.insert(
+        "methods".into(),
+        json!(ck.metadata.get("medkern.compression")),
+    );
+    report.insert(
+        "device".into(),
+        json!(format!("{} {dtype}", dev.describe())),
+    );
+    report.insert("sentences".into(), json!(sentences.len()));
+    Ok(serde_json::Value::Object(report))
+}
