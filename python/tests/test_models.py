@@ -46,8 +46,8 @@ def test_lite0_classify_equals_rust_api(lite0):
     imgs = [str(need(p)) for p in IMAGES]
     got = lite0.classify(imgs, top=3)
     want = cli("classify", "--model", "lite0", "--weights", str(LITE0), "--device", "cpu", "--top", "3", *imgs)
-    want = want if isinstance(want, list) else want.get("images", want)
-    assert len(got) == len(imgs)
+    want = want["results"]
+    assert len(got) == len(imgs) == len(want)
     for g, w in zip(got, want):
         assert [t["class"] for t in g["top"]] == [t["class"] for t in w["top"]]
         np.testing.assert_allclose(
