@@ -1,6 +1,7 @@
-//! DLPack (v0.8 ABI, the `dltensor` capsule every consumer reads): medkern tensors out to
-//! numpy / PyTorch / CuPy without a copy, and theirs in (without a copy for 256-byte-aligned
-//! CUDA memory; host memory is copied into medkern's own host tensor).
+//! DLPack: medkern tensors out to numpy / PyTorch / CuPy without a copy, and theirs in
+//! (without a copy for 256-byte-aligned CUDA memory; host memory is copied into medkern's own
+//! host tensor). Both capsule kinds: `dltensor_versioned` (DLPack 1.x, with the read-only
+//! flag) for consumers that ask for it through `max_version`, else `dltensor` (v0.8).
 
 use medkern::{DType, Device, DeviceTensor, HostTensor, Tensor};
 use pyo3::exceptions::{PyBufferError, PyTypeError};
@@ -15,6 +16,10 @@ pub const CUDA_HOST: i32 = 3;
 
 const NAME: &CStr = c"dltensor";
 const USED: &CStr = c"used_dltensor";
+const VNAME: &CStr = c"dltensor_versioned";
+const VUSED: &CStr = c"used_dltensor_versioned";
+/// DLManagedTensorVersioned::flags: the consumer must not write.
+const READ_ONLY: u64 = 1;
 
 /// The most dimensions accepted from a producer (medkern's ops use at most 4).
 pub const MAX_NDIM: usize = 8;
@@ -50,6 +55,22 @@ struct DLManagedTensor {
     dl_tensor: DLTensor,
     manager_ctx: *mut c_void,
     deleter: Option<unsafe extern "C" fn(*mut DLManagedTensor)>,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DLPackVersion {
+    major: u32,
+    minor: u32,
+}
+
+#[repr(C)]
+struct DLManagedTensorVersioned {
+    version: DLPackVersion,
+    manager_ctx: *mut c_void,
+    deleter: Option<unsafe extern "C" fn(*mut DLManagedTensorVersioned)>,
+    flags: u64,
+    dl_tensor: DLTensor,
 }
 
 fn dl_dtype(d: DType) -> DLDataType {
@@ -100,6 +121,30 @@ unsafe extern "C" fn export_deleter(m: *mut DLManagedTensor) {
     }
 }
 
+unsafe extern "C" fn export_deleter_v(m: *mut DLManagedTensorVersioned) {
+    if m.is_null() {
+        return;
+    }
+    // SAFETY: as in `export_deleter`.
+    unsafe {
+        let m = Box::from_raw(m);
+        drop(Box::from_raw(m.manager_ctx.cast::<ExportCtx>()));
+    }
+}
+
+unsafe extern "C" fn capsule_destructor_v(cap: *mut ffi::PyObject) {
+    // SAFETY: as in `capsule_destructor`, for the versioned capsule.
+    unsafe {
+        if ffi::PyCapsule_IsValid(cap, VNAME.as_ptr()) == 1 {
+            let m =
+                ffi::PyCapsule_GetPointer(cap, VNAME.as_ptr()).cast::<DLManagedTensorVersioned>();
+            if let Some(d) = m.as_ref().and_then(|m| m.deleter) {
+                d(m);
+            }
+        }
+    }
+}
+
 unsafe extern "C" fn capsule_destructor(cap: *mut ffi::PyObject) {
     // SAFETY: called by Python with the capsule; a consumed capsule was renamed
     // (`used_dltensor`) and its consumer owns the tensor, so only an unconsumed one is freed.
@@ -125,9 +170,17 @@ pub fn device_of(t: &Tensor) -> PyResult<(i32, i32)> {
     }
 }
 
-/// A `dltensor` capsule over `t`'s memory (no copy). A CUDA tensor's queued work is finished
-/// first unless the consumer passed `stream = -1` (no synchronisation wanted).
-pub fn export(py: Python<'_>, t: &Arc<Tensor>, stream: Option<i64>) -> PyResult<Py<PyAny>> {
+/// A capsule over `t`'s memory (no copy): `dltensor_versioned` when the consumer's
+/// `max_version` major is at least 1 (read-only unless `writable`: a fresh result nobody else
+/// holds), else `dltensor`. A CUDA tensor's queued work is finished first unless the consumer
+/// passed `stream = -1` (no synchronisation wanted).
+pub fn export(
+    py: Python<'_>,
+    t: &Arc<Tensor>,
+    stream: Option<i64>,
+    versioned: bool,
+    writable: bool,
+) -> PyResult<Py<PyAny>> {
     let (kind, id) = device_of(t)?;
     let data = match &**t {
         Tensor::Host(h) => h.bytes().as_ptr() as *mut c_void,
@@ -145,36 +198,71 @@ pub fn export(py: Python<'_>, t: &Arc<Tensor>, stream: Option<i64>) -> PyResult<
         _tensor: t.clone(),
         _shape: shape,
     }));
-    let m = Box::into_raw(Box::new(DLManagedTensor {
-        dl_tensor: DLTensor {
-            data,
-            device: DLDevice {
-                device_type: kind,
-                device_id: id,
-            },
-            ndim: t.shape().len() as i32,
-            dtype: dl_dtype(t.dtype()),
-            shape: shape_ptr,
-            // Row-major contiguous (DLPack's null strides).
-            strides: std::ptr::null_mut(),
-            byte_offset: 0,
+    let dl_tensor = DLTensor {
+        data,
+        device: DLDevice {
+            device_type: kind,
+            device_id: id,
         },
-        manager_ctx: ctx.cast(),
-        deleter: Some(export_deleter),
-    }));
-    // SAFETY: `m` is a valid DLManagedTensor; the destructor frees it unless consumed.
+        ndim: t.shape().len() as i32,
+        dtype: dl_dtype(t.dtype()),
+        shape: shape_ptr,
+        // Row-major contiguous (DLPack's null strides).
+        strides: std::ptr::null_mut(),
+        byte_offset: 0,
+    };
+    // SAFETY: each capsule holds a valid managed tensor; its destructor frees it unless a
+    // consumer took it (renamed the capsule), and a failed PyCapsule_New frees it here.
     unsafe {
-        let cap = ffi::PyCapsule_New(m.cast(), NAME.as_ptr(), Some(capsule_destructor));
-        if cap.is_null() {
-            export_deleter(m);
-        }
+        let cap = if versioned {
+            let m = Box::into_raw(Box::new(DLManagedTensorVersioned {
+                version: DLPackVersion { major: 1, minor: 0 },
+                manager_ctx: ctx.cast(),
+                deleter: Some(export_deleter_v),
+                flags: if writable { 0 } else { READ_ONLY },
+                dl_tensor,
+            }));
+            let cap = ffi::PyCapsule_New(m.cast(), VNAME.as_ptr(), Some(capsule_destructor_v));
+            if cap.is_null() {
+                export_deleter_v(m);
+            }
+            cap
+        } else {
+            let m = Box::into_raw(Box::new(DLManagedTensor {
+                dl_tensor,
+                manager_ctx: ctx.cast(),
+                deleter: Some(export_deleter),
+            }));
+            let cap = ffi::PyCapsule_New(m.cast(), NAME.as_ptr(), Some(capsule_destructor));
+            if cap.is_null() {
+                export_deleter(m);
+            }
+            cap
+        };
         Ok(Bound::from_owned_ptr_or_err(py, cap)?.unbind())
     }
 }
 
 /// An imported DLManagedTensor medkern owns: its deleter runs on drop (DLPack's deleters are
 /// callable from any thread and take the GIL themselves where they need it).
-struct Managed(*mut DLManagedTensor);
+enum Managed {
+    Legacy(*mut DLManagedTensor),
+    Versioned(*mut DLManagedTensorVersioned),
+}
+
+impl Managed {
+    /// The producer's tensor description (valid until the deleter runs, on drop).
+    fn tensor(&self) -> &DLTensor {
+        // SAFETY: both pointers come from a capsule whose producer keeps them valid until
+        // its deleter, which only our drop calls.
+        unsafe {
+            match self {
+                Managed::Legacy(m) => &(**m).dl_tensor,
+                Managed::Versioned(m) => &(**m).dl_tensor,
+            }
+        }
+    }
+}
 
 // SAFETY: the pointer is only dereferenced to call the deleter, which DLPack requires to be
 // thread-safe.
@@ -185,8 +273,17 @@ impl Drop for Managed {
     fn drop(&mut self) {
         // SAFETY: the producer's tensor, owned here since the capsule was renamed.
         unsafe {
-            if let Some(d) = self.0.as_ref().and_then(|m| m.deleter) {
-                d(self.0);
+            match *self {
+                Managed::Legacy(m) => {
+                    if let Some(d) = m.as_ref().and_then(|x| x.deleter) {
+                        d(m);
+                    }
+                }
+                Managed::Versioned(m) => {
+                    if let Some(d) = m.as_ref().and_then(|x| x.deleter) {
+                        d(m);
+                    }
+                }
             }
         }
     }
@@ -209,12 +306,12 @@ pub fn import(py: Python<'_>, obj: &Bound<'_, PyAny>, target: Option<&Device>) -
     }
     let (kind, id): (i32, i32) = obj.call_method0("__dlpack_device__")?.extract()?;
     let (capsule, gpu) = match kind {
-        CPU | CUDA_HOST => match obj.call_method0("__dlpack__") {
+        CPU | CUDA_HOST => match ask(obj, None) {
             Ok(c) => (c, None),
-            // numpy will not export a read-only array (medkern's own outputs are read-only
-            // views) through this DLPack version: read a copy of it instead.
+            // An older producer will not export a read-only array through the unversioned
+            // capsule (numpy before 2.1): read a copy of it instead.
             Err(e) if e.is_instance_of::<PyBufferError>(py) && obj.hasattr("copy")? => {
-                (obj.call_method0("copy")?.call_method0("__dlpack__")?, None)
+                (ask(&obj.call_method0("copy")?, None)?, None)
             }
             Err(e) => return Err(e),
         },
@@ -244,9 +341,7 @@ pub fn import(py: Python<'_>, obj: &Bound<'_, PyAny>, target: Option<&Device>) -
             };
             // The producer orders its pending work before ours: our stream is the consumer's.
             let stream = gpu.stream().map_err(crate::err)?.cu_stream() as usize;
-            let kw = pyo3::types::PyDict::new(py);
-            kw.set_item("stream", stream)?;
-            (obj.call_method("__dlpack__", (), Some(&kw))?, Some(gpu))
+            (ask(obj, Some(stream))?, Some(gpu))
         }
         other => {
             return Err(bad(format!(
@@ -254,21 +349,37 @@ pub fn import(py: Python<'_>, obj: &Bound<'_, PyAny>, target: Option<&Device>) -
             )));
         }
     };
-    // SAFETY: a DLPack capsule named `dltensor` holds a DLManagedTensor; renaming it to
-    // `used_dltensor` takes ownership (the producer's destructor then leaves it to us).
+    // SAFETY: a capsule named `dltensor_versioned` / `dltensor` holds the matching managed
+    // tensor; renaming it (`used_...`) takes ownership: the producer's capsule destructor then
+    // leaves it to us.
     let managed = unsafe {
-        let p = ffi::PyCapsule_GetPointer(capsule.as_ptr(), NAME.as_ptr());
-        if p.is_null() {
-            return Err(PyErr::take(py)
-                .unwrap_or_else(|| bad("__dlpack__ returned no `dltensor` capsule".into())));
+        let cap = capsule.as_ptr();
+        if ffi::PyCapsule_IsValid(cap, VNAME.as_ptr()) == 1 {
+            let p =
+                ffi::PyCapsule_GetPointer(cap, VNAME.as_ptr()).cast::<DLManagedTensorVersioned>();
+            let major = p.as_ref().map_or(0, |m| m.version.major);
+            if major != 1 {
+                return Err(PyBufferError::new_err(format!(
+                    "Tensor.from_dlpack: DLPack version {major}.x; expected 1.x"
+                )));
+            }
+            if ffi::PyCapsule_SetName(cap, VUSED.as_ptr()) != 0 {
+                return Err(PyErr::fetch(py));
+            }
+            Managed::Versioned(p)
+        } else if ffi::PyCapsule_IsValid(cap, NAME.as_ptr()) == 1 {
+            let p = ffi::PyCapsule_GetPointer(cap, NAME.as_ptr()).cast::<DLManagedTensor>();
+            if ffi::PyCapsule_SetName(cap, USED.as_ptr()) != 0 {
+                return Err(PyErr::fetch(py));
+            }
+            Managed::Legacy(p)
+        } else {
+            return Err(bad(
+                "__dlpack__ returned no unused `dltensor` or `dltensor_versioned` capsule".into(),
+            ));
         }
-        if ffi::PyCapsule_SetName(capsule.as_ptr(), USED.as_ptr()) != 0 {
-            return Err(PyErr::fetch(py));
-        }
-        Managed(p.cast())
     };
-    // SAFETY: the producer's DLTensor stays valid until its deleter runs (when `managed` drops).
-    let t = unsafe { &(*managed.0).dl_tensor };
+    let t = managed.tensor();
     let dtype = from_dl_dtype(t.dtype).ok_or_else(|| {
         bad(format!(
             "dtype code {} bits {} lanes {}; expected float32, float16, bfloat16, int8, int32, \
@@ -348,6 +459,25 @@ pub fn import(py: Python<'_>, obj: &Bound<'_, PyAny>, target: Option<&Device>) -
                 None => Ok(t),
             }
         }
+    }
+}
+
+/// `obj.__dlpack__(...)` asking for a versioned capsule (DLPack 1.x) and, for CUDA, ordering
+/// the producer's work before `stream`; a producer that predates `max_version` is asked again
+/// without it.
+fn ask<'py>(obj: &Bound<'py, PyAny>, stream: Option<usize>) -> PyResult<Bound<'py, PyAny>> {
+    let py = obj.py();
+    let kw = pyo3::types::PyDict::new(py);
+    if let Some(s) = stream {
+        kw.set_item("stream", s)?;
+    }
+    kw.set_item("max_version", (1, 0))?;
+    match obj.call_method("__dlpack__", (), Some(&kw)) {
+        Err(e) if e.is_instance_of::<PyTypeError>(py) => {
+            kw.del_item("max_version")?;
+            obj.call_method("__dlpack__", (), Some(&kw))
+        }
+        r => r,
     }
 }
 

@@ -211,11 +211,17 @@ fn dtype_name(d: DType) -> &'static str {
 #[pyclass(frozen, name = "Tensor", module = "medkern")]
 pub struct PyTensor {
     pub t: Arc<Tensor>,
+    /// Exported writable: a fresh result handed straight to one consumer (numpy) and held by
+    /// nobody else. A Tensor the caller holds exports read-only.
+    writable: bool,
 }
 
 impl PyTensor {
     pub fn new(t: Tensor) -> Self {
-        PyTensor { t: Arc::new(t) }
+        PyTensor {
+            t: Arc::new(t),
+            writable: false,
+        }
     }
 }
 
@@ -287,9 +293,10 @@ impl PyTensor {
         dl_device: Option<&Bound<'_, PyAny>>,
         copy: Option<bool>,
     ) -> PyResult<Py<PyAny>> {
-        // Only the unversioned capsule is made; DLPack lets a producer answer it to a
-        // consumer that offers a newer max_version.
-        let _ = max_version;
+        let versioned = match max_version.filter(|v| !v.is_none()) {
+            Some(v) => v.extract::<(u32, u32)>()?.0 >= 1,
+            None => false,
+        };
         if let Some(d) = dl_device.filter(|d| !d.is_none()) {
             let want: (i32, i32) = d.extract()?;
             if want != dlpack::device_of(&self.t)? {
@@ -303,7 +310,7 @@ impl PyTensor {
                 "Tensor.__dlpack__: copy=True is not supported; the tensor is shared without a copy",
             ));
         }
-        dlpack::export(py, &self.t, stream)
+        dlpack::export(py, &self.t, stream, versioned, self.writable)
     }
 
     fn __dlpack_device__(&self) -> PyResult<(i32, i32)> {
@@ -349,7 +356,8 @@ pub fn copy_to(t: &Tensor, dev: &Device) -> medkern::Result<Tensor> {
     t.to_host()?.into_device(dev)
 }
 
-/// A numpy array over a host tensor (no copy), or a medkern.Tensor for one on a GPU.
+/// A numpy array over a host tensor (no copy; writable, as the array is its only holder), or
+/// a medkern.Tensor for one on a GPU.
 pub fn out(py: Python<'_>, t: Tensor, numpy: bool) -> PyResult<Py<PyAny>> {
     let t = if numpy {
         match t {
@@ -359,10 +367,16 @@ pub fn out(py: Python<'_>, t: Tensor, numpy: bool) -> PyResult<Py<PyAny>> {
     } else {
         t
     };
-    let obj = Py::new(py, PyTensor::new(t))?;
     if !numpy {
-        return Ok(obj.into_any());
+        return Ok(Py::new(py, PyTensor::new(t))?.into_any());
     }
+    let obj = Py::new(
+        py,
+        PyTensor {
+            t: Arc::new(t),
+            writable: true,
+        },
+    )?;
     Ok(py
         .import("numpy")?
         .call_method1("from_dlpack", (obj,))?

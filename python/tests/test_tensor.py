@@ -134,3 +134,24 @@ def test_gil_is_released_during_a_forward(minilm):
     done.set()
     th.join()
     assert len(ticks) > 5
+
+
+def test_results_are_writable_arrays_and_held_tensors_export_read_only(lite0):
+    # A forward's numpy answer is the only holder of its memory: writable, as numpy's own.
+    x = np.random.default_rng(5).standard_normal((1, 224, 224, 3)).astype(np.float32)
+    y = lite0.features(x)
+    assert y.flags.writeable
+    y *= 2.0
+    # A medkern.Tensor the caller holds exports read-only (DLPack 1.x read-only flag).
+    t = medkern.Tensor.from_dlpack(np.arange(6, dtype=np.float32))
+    a = np.from_dlpack(t)
+    assert not a.flags.writeable
+    with pytest.raises(ValueError):
+        a[0] = 1.0
+    # Read-only arrays go in through the versioned capsule.
+    ro = np.arange(4, dtype=np.int32)
+    ro.flags.writeable = False
+    np.testing.assert_array_equal(medkern.Tensor.from_dlpack(ro).numpy(), ro)
+    # An unversioned consumer still gets a capsule.
+    cap = t.__dlpack__()
+    assert type(cap).__name__ == "PyCapsule"
