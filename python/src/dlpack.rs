@@ -105,8 +105,23 @@ fn from_dl_dtype(t: DLDataType) -> Option<DType> {
 
 /// What an exported capsule keeps alive: the tensor and its shape in DLPack's i64.
 struct ExportCtx {
-    _tensor: Arc<Tensor>,
+    tensor: Arc<Tensor>,
     _shape: Vec<i64>,
+}
+
+impl Drop for ExportCtx {
+    /// The consumer may still have work queued on its own stream that reads a CUDA tensor;
+    /// medkern frees on its stream only, so the next allocation could reuse the memory under
+    /// that work. Wait for the whole context first (the consumer's streams included).
+    fn drop(&mut self) {
+        if let Tensor::Device(d) = &*self.tensor
+            && !d.gpu().is_emulated()
+            && let Ok(ctx) = d.gpu().context()
+        {
+            let _ = ctx.bind_to_thread();
+            let _ = ctx.synchronize();
+        }
+    }
 }
 
 unsafe extern "C" fn export_deleter(m: *mut DLManagedTensor) {
@@ -182,6 +197,17 @@ pub fn export(
     writable: bool,
 ) -> PyResult<Py<PyAny>> {
     let (kind, id) = device_of(t)?;
+    // The unversioned capsule cannot say "read-only": a host tensor the caller still holds goes
+    // out as a copy, so a consumer's writes cannot reach it (a GPU tensor goes out as it is,
+    // as every CUDA producer's does).
+    let copied;
+    let t = match &**t {
+        Tensor::Host(h) if !versioned && !writable => {
+            copied = Arc::new(Tensor::Host(h.clone()));
+            &copied
+        }
+        _ => t,
+    };
     let data = match &**t {
         Tensor::Host(h) => h.bytes().as_ptr() as *mut c_void,
         Tensor::Device(d) => {
@@ -195,7 +221,7 @@ pub fn export(
     let mut shape: Vec<i64> = t.shape().iter().map(|&s| s as i64).collect();
     let shape_ptr = shape.as_mut_ptr();
     let ctx = Box::into_raw(Box::new(ExportCtx {
-        _tensor: t.clone(),
+        tensor: t.clone(),
         _shape: shape,
     }));
     let dl_tensor = DLTensor {
@@ -334,7 +360,7 @@ pub fn import(py: Python<'_>, obj: &Bound<'_, PyAny>, target: Option<&Device>) -
                         other.describe()
                     )));
                 }
-                None => match Device::gpu(id as usize).map_err(crate::err)? {
+                None => match crate::gpu_device(id as usize)?.dev {
                     Device::Gpu(g) => g,
                     Device::Cpu => return Err(bad("no GPU".into())),
                 },
@@ -380,6 +406,12 @@ pub fn import(py: Python<'_>, obj: &Bound<'_, PyAny>, target: Option<&Device>) -
         }
     };
     let t = managed.tensor();
+    if (t.device.device_type, t.device.device_id) != (kind, id) {
+        return Err(bad(format!(
+            "the capsule's device ({}, {}) is not the one __dlpack_device__ reported ({kind}, {id})",
+            t.device.device_type, t.device.device_id
+        )));
+    }
     let dtype = from_dl_dtype(t.dtype).ok_or_else(|| {
         bad(format!(
             "dtype code {} bits {} lanes {}; expected float32, float16, bfloat16, int8, int32, \
@@ -434,15 +466,20 @@ pub fn import(py: Python<'_>, obj: &Bound<'_, PyAny>, target: Option<&Device>) -
         Some(gpu) => {
             // SAFETY: the producer's CUDA memory (on this GPU, checked above), ordered before
             // our stream by `__dlpack__(stream=...)`, alive until `managed` drops.
-            let d = unsafe {
-                DeviceTensor::from_foreign(&gpu, &shape, dtype, data as u64, Box::new(managed))
-            }
-            .map_err(crate::err)?;
-            let t = Tensor::Device(d);
-            match target {
-                Some(dev) => crate::place(t, dev).map_err(crate::err),
-                None => Ok(t),
-            }
+            // Without the GIL: an unaligned tensor is copied and the stream waited for.
+            let data = data as u64;
+            py.detach(move || {
+                // SAFETY: as above.
+                let d = unsafe {
+                    DeviceTensor::from_foreign(&gpu, &shape, dtype, data, Box::new(managed))
+                }?;
+                let t = Tensor::Device(d);
+                match target {
+                    Some(dev) => crate::place(t, dev),
+                    None => Ok(t),
+                }
+            })
+            .map_err(crate::err)
         }
         None => {
             let bytes: &[u8] = if nbytes == 0 {
@@ -455,7 +492,7 @@ pub fn import(py: Python<'_>, obj: &Bound<'_, PyAny>, target: Option<&Device>) -
             drop(managed);
             let t = Tensor::Host(host);
             match target {
-                Some(dev) => crate::place(t, dev).map_err(crate::err),
+                Some(dev) => py.detach(|| crate::place(t, dev)).map_err(crate::err),
                 None => Ok(t),
             }
         }

@@ -34,7 +34,8 @@ pub fn err(e: medkern::Error) -> PyErr {
         | E::Invalid { .. }
         | E::Corrupt { .. }
         | E::BufferTooSmall { .. }
-        | E::Io { .. } => InvalidInputError::new_err(e.to_string()),
+        | E::Io { .. }
+        | E::NoDevice { .. } => InvalidInputError::new_err(e.to_string()),
         _ => MedkernError::new_err(e.to_string()),
     }
 }
@@ -77,20 +78,56 @@ impl PyDevice {
     }
 }
 
-pub fn parse_device(spec: &str) -> PyResult<Device> {
+/// One `Gpu` (its stream and kernel cache) and one lock per GPU ordinal, and one emulated
+/// GPU, for the whole process: `Device("gpu:0")` twice, a model's device and a DLPack import
+/// from that GPU are the same device, so tensors move between them without a copy and calls
+/// take turns under one lock.
+static GPUS: Mutex<Vec<(usize, PyDevice)>> = Mutex::new(Vec::new());
+const EMU: usize = usize::MAX;
+
+fn cached(key: usize, make: impl FnOnce() -> PyResult<Device>) -> PyResult<PyDevice> {
+    let mut g = GPUS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, d)) = g.iter().find(|(k, _)| *k == key) {
+        return Ok(d.clone());
+    }
+    let d = PyDevice::new(make()?);
+    g.push((key, d.clone()));
+    Ok(d)
+}
+
+/// GPU `ordinal`, shared by every caller in the process.
+pub fn gpu_device(ordinal: usize) -> PyResult<PyDevice> {
+    cached(ordinal, || Device::gpu(ordinal).map_err(err))
+}
+
+/// The device `dev` is, with its shared lock (a GPU made elsewhere gets a lock of its own).
+pub fn known(dev: Device) -> PyDevice {
+    if let Device::Gpu(g) = &dev {
+        let cache = GPUS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, d)) = cache
+            .iter()
+            .find(|(_, d)| matches!(&d.dev, Device::Gpu(h) if Arc::ptr_eq(g, h)))
+        {
+            return d.clone();
+        }
+    }
+    PyDevice::new(dev)
+}
+
+pub fn parse_device(spec: &str) -> PyResult<PyDevice> {
     let s = spec.trim().to_ascii_lowercase();
-    let gpu = |n: &str| -> PyResult<Device> {
+    let gpu = |n: &str| -> PyResult<PyDevice> {
         let i = n.parse::<usize>().map_err(|_| {
             InvalidInputError::new_err(format!(
                 "Device: {spec:?}; expected cpu, gpu, gpu:N, cuda:N, emu or best"
             ))
         })?;
-        Device::gpu(i).map_err(err)
+        gpu_device(i)
     };
     match s.as_str() {
-        "cpu" => Ok(Device::Cpu),
-        "emu" | "emulated" => Device::emulated().map_err(err),
-        "best" => Ok(Device::best()),
+        "cpu" => Ok(PyDevice::new(Device::Cpu)),
+        "emu" | "emulated" => cached(EMU, || Device::emulated().map_err(err)),
+        "best" => gpu_device(0).or_else(|_| Ok(PyDevice::new(Device::Cpu))),
         "gpu" | "cuda" => gpu("0"),
         _ => match s.split_once(':') {
             Some(("gpu" | "cuda", n)) => gpu(n),
@@ -106,7 +143,7 @@ impl PyDevice {
     #[new]
     #[pyo3(signature = (spec = "best"))]
     fn py_new(spec: &str) -> PyResult<Self> {
-        Ok(PyDevice::new(parse_device(spec)?))
+        parse_device(spec)
     }
 
     /// `"cpu"`, `"gpu"` or `"emu"`.
@@ -161,8 +198,8 @@ impl PyDevice {
 /// A device given as a `Device`, a string, or None (`default`).
 pub fn device_arg(d: Option<&Bound<'_, PyAny>>, default: &str) -> PyResult<PyDevice> {
     match d {
-        None => Ok(PyDevice::new(parse_device(default)?)),
-        Some(d) if d.is_none() => Ok(PyDevice::new(parse_device(default)?)),
+        None => parse_device(default),
+        Some(d) if d.is_none() => parse_device(default),
         Some(d) => {
             if let Ok(p) = d.cast::<PyDevice>() {
                 return Ok(p.get().clone());
@@ -172,7 +209,7 @@ pub fn device_arg(d: Option<&Bound<'_, PyAny>>, default: &str) -> PyResult<PyDev
                     "device: expected a medkern.Device or a string such as \"cpu\", \"gpu:0\", \"emu\"",
                 )
             })?;
-            Ok(PyDevice::new(parse_device(&s)?))
+            parse_device(&s)
         }
     }
 }
@@ -256,7 +293,7 @@ impl PyTensor {
 
     #[getter]
     fn device(&self) -> PyDevice {
-        PyDevice::new(self.t.device())
+        known(self.t.device())
     }
 
     /// A copy on `device` (a `Device` or a string).
@@ -275,7 +312,12 @@ impl PyTensor {
             Tensor::Host(_) => slf.clone().into_any().unbind(),
             Tensor::Device(d) => {
                 let h = py.detach(|| d.download()).map_err(err)?;
-                Py::new(py, PyTensor::new(Tensor::Host(h)))?.into_any()
+                // A fresh copy nobody else holds: handed out writable.
+                let fresh = PyTensor {
+                    t: Arc::new(Tensor::Host(h)),
+                    writable: true,
+                };
+                Py::new(py, fresh)?.into_any()
             }
         };
         Ok(py
@@ -317,8 +359,12 @@ impl PyTensor {
         dlpack::device_of(&self.t)
     }
 
-    fn __len__(&self) -> usize {
-        self.t.shape().first().copied().unwrap_or(0)
+    fn __len__(&self) -> PyResult<usize> {
+        self.t
+            .shape()
+            .first()
+            .copied()
+            .ok_or_else(|| pyo3::exceptions::PyTypeError::new_err("len() of a 0-d tensor"))
     }
 
     fn __repr__(&self) -> String {

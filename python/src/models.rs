@@ -327,38 +327,25 @@ impl PyBert {
         matrix(py, rows, self.enc.model.dim(), many)
     }
 
-    /// The classification head's logits `[n, labels]` float32 (numpy): for texts (a list of
-    /// str) or sentence pairs (a list of 2-tuples, a cross-encoder's input). One str or one
-    /// pair gives `[labels]`.
+    /// The classification head's logits `[n, labels]` float32 (numpy): for texts (a sequence
+    /// of str) or sentence pairs (a sequence of 2-element tuples or lists of str, a
+    /// cross-encoder's input). One str, or one pair given as a tuple `(a, b)`, gives
+    /// `[labels]`.
     fn classify(&self, py: Python<'_>, inputs: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let width = self.enc.model.labels().len().max(1);
-        let one_pair = |x: &Bound<'_, PyAny>| -> Option<(String, String)> {
+        let enc = &self.enc;
+        let pair = |x: &Bound<'_, PyAny>| -> Option<(String, String)> {
             if x.is_instance_of::<PyString>() {
                 return None;
             }
-            x.extract::<(String, String)>().ok()
-        };
-        let enc = &self.enc;
-        if let Some(p) = one_pair(inputs) {
-            let rows = self.dev.run(py, move || {
-                enc.classify_pairs(&[(p.0.as_str(), p.1.as_str())])
-            })?;
-            return matrix(py, rows, width, false);
-        }
-        if let Ok(l) = inputs.cast::<PyList>()
-            && let Some(first) = l.iter().next()
-            && one_pair(&first).is_some()
-        {
-            let pairs: Vec<(String, String)> = l
-                .iter()
-                .map(|x| {
-                    one_pair(&x).ok_or_else(|| {
-                        PyTypeError::new_err(
-                            "classify: a list that starts with a pair must hold only (str, str) pairs",
-                        )
-                    })
+            x.extract::<(String, String)>()
+                .ok()
+                .or_else(|| match x.extract::<Vec<String>>() {
+                    Ok(v) if v.len() == 2 => Some((v[0].clone(), v[1].clone())),
+                    _ => None,
                 })
-                .collect::<PyResult<_>>()?;
+        };
+        let run_pairs = |pairs: Vec<(String, String)>, many: bool| -> PyResult<Py<PyAny>> {
             let rows = self.dev.run(py, move || {
                 let refs: Vec<(&str, &str)> = pairs
                     .iter()
@@ -366,7 +353,30 @@ impl PyBert {
                     .collect();
                 enc.classify_pairs(&refs)
             })?;
-            return matrix(py, rows, width, true);
+            matrix(py, rows, width, many)
+        };
+        if let Ok(t) = inputs.cast::<pyo3::types::PyTuple>()
+            && t.len() == 2
+            && let Some(p) = pair(inputs)
+        {
+            return run_pairs(vec![p], false);
+        }
+        if !inputs.is_instance_of::<PyString>()
+            && let Ok(items) = inputs.extract::<Vec<Bound<'_, PyAny>>>()
+            && let Some(first) = items.first()
+            && !first.is_instance_of::<PyString>()
+        {
+            let pairs: Vec<(String, String)> = items
+                .iter()
+                .map(|x| {
+                    pair(x).ok_or_else(|| {
+                        PyTypeError::new_err(
+                            "classify: a sequence of pairs must hold only (str, str) pairs",
+                        )
+                    })
+                })
+                .collect::<PyResult<_>>()?;
+            return run_pairs(pairs, true);
         }
         let (texts, many) = str_list(inputs, "classify")?;
         let rows = self.dev.run(py, move || {
@@ -798,6 +808,11 @@ fn compress(
     let low_rank = match low_rank {
         None => None,
         Some(r) if r.is_none() => None,
+        Some(r) if r.is_instance_of::<pyo3::types::PyBool>() => {
+            return Err(PyTypeError::new_err(
+                "compress: low_rank: expected an int rank or a float energy fraction, not a bool",
+            ));
+        }
         Some(r) => Some(match r.extract::<usize>() {
             Ok(n) => Rank::Fixed(n),
             Err(_) => Rank::Energy(r.extract::<f64>().map_err(|_| {
@@ -848,6 +863,14 @@ fn compress(
             )));
         }
     };
+    if sentences
+        .as_ref()
+        .is_some_and(|v| v.iter().all(|t| t.trim().is_empty()))
+    {
+        return Err(invalid(
+            "compress: sentences holds no sentence with text; expected at least one (None: the 8 built-in sentences)".into(),
+        ));
+    }
     let opts = CompressOptions {
         heads,
         prune_heads,

@@ -155,3 +155,28 @@ def test_results_are_writable_arrays_and_held_tensors_export_read_only(lite0):
     # An unversioned consumer still gets a capsule.
     cap = t.__dlpack__()
     assert type(cap).__name__ == "PyCapsule"
+
+
+def test_devices_are_shared_per_process():
+    # One emulated GPU (one stream, one lock) however it is named.
+    assert medkern.Device("emu") == medkern.Device("emu")
+    t = medkern.Tensor.from_dlpack(np.ones(3, np.float32), device="emu")
+    assert t.device == medkern.Device("emu")
+    assert medkern.Device("cpu") == medkern.Device("cpu")
+    assert medkern.Device("cpu") != medkern.Device("emu")
+    with pytest.raises(TypeError):
+        len(medkern.Tensor.from_dlpack(np.array(1.0, np.float32)))
+
+
+def test_argument_refusals(minilm):
+    with pytest.raises(medkern.InvalidInputError, match="sentence"):
+        medkern.compress("/x", "/y", int8=True, sentences=[" "])
+    with pytest.raises(TypeError, match="bool"):
+        medkern.compress("/x", "/y", low_rank=True)
+    # A sequence of 2-element lists is read as sentence pairs (then refused by a model with
+    # no classification head, with medkern's message), not as a type error.
+    with pytest.raises(medkern.MedkernError) as pairs:
+        minilm.classify([["what is sepsis", "an infection response"]])
+    with pytest.raises(medkern.MedkernError) as texts:
+        minilm.classify(["what is sepsis"])
+    assert str(pairs.value) and str(texts.value)
