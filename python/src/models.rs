@@ -178,6 +178,30 @@ fn images(x: &Bound<'_, PyAny>, limits: &InputLimits) -> PyResult<(Vec<RawImage>
     Ok((vec![raw_image(x, limits)?], false))
 }
 
+/// Loads a model on the caller's device (default: the best) in the caller's dtype (default:
+/// the device's), without the GIL: what every `load` shares.
+fn load_on<T: Send>(
+    py: Python<'_>,
+    device: Option<&Bound<'_, PyAny>>,
+    dtype: Option<&str>,
+    f: impl FnOnce(&Device, DType) -> medkern::Result<T> + Send,
+) -> PyResult<(T, PyDevice, DType)> {
+    let dev = device_arg(device, "best")?;
+    let dt = dtype_arg(dtype, &dev.dev)?;
+    let d = dev.dev.clone();
+    let m = dev.run(py, move || f(&d, dt))?;
+    Ok((m, dev, dt))
+}
+
+/// Named output tensors as a dict (numpy arrays for numpy input, else medkern.Tensors).
+fn outputs(py: Python<'_>, items: Vec<(&str, Tensor)>, numpy: bool) -> PyResult<Py<PyAny>> {
+    let d = PyDict::new(py);
+    for (k, t) in items {
+        d.set_item(k, out(py, t, numpy)?)?;
+    }
+    Ok(d.into_any().unbind())
+}
+
 fn image_model(
     kind: ImageModel,
     weights: Option<PathBuf>,
@@ -185,11 +209,8 @@ fn image_model(
     dtype: Option<&str>,
     py: Python<'_>,
 ) -> PyResult<(ImageClassifier, PyDevice)> {
-    let dev = device_arg(device, "best")?;
-    let dt = dtype_arg(dtype, &dev.dev)?;
-    let d = dev.dev.clone();
-    let m = dev.run(py, move || {
-        ImageClassifier::load(kind, weights.as_deref(), &d, dt)
+    let (m, dev, _) = load_on(py, device, dtype, move |d, dt| {
+        ImageClassifier::load(kind, weights.as_deref(), d, dt)
     })?;
     Ok((m, dev))
 }
@@ -284,17 +305,14 @@ impl PyBert {
         revision: Option<String>,
         max_batch: usize,
     ) -> PyResult<Self> {
-        let dev = device_arg(device, "best")?;
-        let dt = dtype_arg(dtype, &dev.dev)?;
         let opts = EncoderOptions {
             pooling: pooling.map(pooling_arg).transpose()?,
             normalize,
             max_len,
             max_batch,
         };
-        let d = dev.dev.clone();
-        let enc = dev.run(py, move || {
-            TextEncoder::load_revision(&path, revision.as_deref(), &d, dt, &opts)
+        let (enc, dev, _) = load_on(py, device, dtype, move |d, dt| {
+            TextEncoder::load_revision(&path, revision.as_deref(), d, dt, &opts)
         })?;
         Ok(PyBert { enc, dev })
     }
@@ -573,11 +591,12 @@ impl PySepsisNet {
             .ok_or_else(|| invalid("SepsisNet: no sepsis model loaded".into()))?;
         let (t, numpy) = input(x, &self.dev, self.m.dtype())?;
         let o = self.dev.run(py, move || net.forward(&t))?;
-        let d = PyDict::new(py);
-        d.set_item("logits", out(py, o.logits, numpy)?)?;
-        d.set_item("probabilities", out(py, o.probs, numpy)?)?;
-        d.set_item("features", out(py, o.features, numpy)?)?;
-        Ok(d.into_any().unbind())
+        let items = vec![
+            ("logits", o.logits),
+            ("probabilities", o.probs),
+            ("features", o.features),
+        ];
+        outputs(py, items, numpy)
     }
 
     #[getter]
@@ -617,19 +636,16 @@ impl PyResNet {
                 )));
             }
         };
-        let dev = device_arg(device, "best")?;
-        let dt = dtype_arg(dtype, &dev.dev)?;
-        let d = dev.dev.clone();
-        let m = dev.run(py, move || match weights {
-            Some(p) => ResNet::load(&p, config, &d, dt),
+        let (m, dev, dtype) = load_on(py, device, dtype, move |d, dt| match weights {
+            Some(p) => ResNet::load(&p, config, d, dt),
             None => ResNet::from_safetensors(
                 &random_resnet(&config, 0).to_safetensors()?,
                 config,
-                &d,
+                d,
                 dt,
             ),
         })?;
-        Ok(PyResNet { m, dev, dtype: dt })
+        Ok(PyResNet { m, dev, dtype })
     }
 
     /// `{"logits": [N, classes], "features": [N, 512]}` of a batch `[N, H, W, 3]`
@@ -638,10 +654,11 @@ impl PyResNet {
         let (t, numpy) = input(x, &self.dev, self.dtype)?;
         let m = &self.m;
         let o = self.dev.run(py, move || m.forward(&t))?;
-        let d = PyDict::new(py);
-        d.set_item("logits", out(py, o.logits, numpy)?)?;
-        d.set_item("features", out(py, o.features, numpy)?)?;
-        Ok(d.into_any().unbind())
+        outputs(
+            py,
+            vec![("logits", o.logits), ("features", o.features)],
+            numpy,
+        )
     }
 
     #[getter]
@@ -670,14 +687,11 @@ impl PyAutoencoder {
         dtype: Option<&str>,
     ) -> PyResult<Self> {
         use medkern::model::sepsis::{Autoencoder, random_autoencoder};
-        let dev = device_arg(device, "best")?;
-        let dt = dtype_arg(dtype, &dev.dev)?;
-        let d = dev.dev.clone();
-        let m = dev.run(py, move || match weights {
-            Some(p) => Autoencoder::load(&p, &d, dt),
-            None => Autoencoder::from_safetensors(&random_autoencoder(0).to_safetensors()?, &d, dt),
+        let (m, dev, dtype) = load_on(py, device, dtype, move |d, dt| match weights {
+            Some(p) => Autoencoder::load(&p, d, dt),
+            None => Autoencoder::from_safetensors(&random_autoencoder(0).to_safetensors()?, d, dt),
         })?;
-        Ok(PyAutoencoder { m, dev, dtype: dt })
+        Ok(PyAutoencoder { m, dev, dtype })
     }
 
     /// `{"reconstruction": [N, H, W, 3], "mse": [N] float64, "codes": [N, 1152]}` of a
@@ -686,15 +700,16 @@ impl PyAutoencoder {
         let (t, numpy) = input(x, &self.dev, self.dtype)?;
         let m = &self.m;
         let o = self.dev.run(py, move || m.forward(&t))?;
-        let d = PyDict::new(py);
-        d.set_item("reconstruction", out(py, o.reconstruction, numpy)?)?;
-        d.set_item(
-            "mse",
-            py.import("numpy")?
-                .call_method1("asarray", (o.mse, "float64"))?,
+        let d = outputs(
+            py,
+            vec![("reconstruction", o.reconstruction), ("codes", o.codes)],
+            numpy,
         )?;
-        d.set_item("codes", out(py, o.codes, numpy)?)?;
-        Ok(d.into_any().unbind())
+        let mse = py
+            .import("numpy")?
+            .call_method1("asarray", (o.mse, "float64"))?;
+        d.bind(py).set_item("mse", mse)?;
+        Ok(d)
     }
 
     #[getter]
@@ -723,14 +738,11 @@ impl PyExam {
         dtype: Option<&str>,
     ) -> PyResult<Self> {
         use medkern::model::exam::{ExamConfig, ExamModel};
-        let dev = device_arg(device, "best")?;
-        let dt = dtype_arg(dtype, &dev.dev)?;
-        let d = dev.dev.clone();
-        let m = dev.run(py, move || match weights {
-            Some(p) => ExamModel::load(&p, &d, dt),
-            None => ExamModel::random(&ExamConfig::default(), 0, &d, dt),
+        let (m, dev, dtype) = load_on(py, device, dtype, move |d, dt| match weights {
+            Some(p) => ExamModel::load(&p, d, dt),
+            None => ExamModel::random(&ExamConfig::default(), 0, d, dt),
         })?;
-        Ok(PyExam { m, dev, dtype: dt })
+        Ok(PyExam { m, dev, dtype })
     }
 
     /// One patient: the image (a path, file bytes or a uint8/uint16 array) and the EMR record

@@ -106,8 +106,11 @@ def test_exam_model():
     assert "age" in keys
     img = np.random.default_rng(3).integers(0, 256, (256, 256), dtype=np.uint8)
     r = exam.assess(img, {"age": 71})
-    assert 0.0 <= r["oxygen_24h"] <= 1.0 if "oxygen_24h" in r else True
-    assert "age" in r["emr_present"]
+    assert 0.0 <= r["oxygen_24h"] <= 1.0 and 0.0 <= r["oxygen_72h"] <= 1.0
+    np.testing.assert_allclose(sum(r["ordinal"]["probabilities"]), 1.0, rtol=1e-5)
+    # Present and missing split the model's own feature list (read independently above).
+    assert r["emr_present"] == ["age"]
+    assert sorted(r["emr_missing"]) == sorted(k for k in keys if k != "age")
     with pytest.raises(medkern.InvalidInputError):
         exam.assess(img, {"age": "old"})
 
