@@ -197,6 +197,7 @@ fn main() {
             fnv1a(&mut hash, n.as_bytes());
             fnv1a(&mut hash, t.as_bytes());
         }
+        let mtargets = module_targets(&source, &targets);
         let mut cubins = String::new();
         let mut ptx = "None".to_string();
         let mut resources = String::new();
@@ -214,7 +215,7 @@ fn main() {
             };
             let results: Vec<Result<nvrtc_compile::Compiled, String>> = std::thread::scope(|s| {
                 let hs = &header_refs;
-                let handles: Vec<_> = targets
+                let handles: Vec<_> = mtargets
                     .iter()
                     .map(|t| {
                         let (stem, source, incs) = (&stem, &source, &incs);
@@ -235,13 +236,13 @@ fn main() {
                     })
                     .collect()
             });
-            for (t, r) in targets.iter().zip(&results) {
+            for (t, r) in mtargets.iter().zip(&results) {
                 if let Ok(c) = r {
                     let _ = std::fs::write(out.join(format!("{stem}.{t}.{key}.img")), &c.image);
                     let _ = std::fs::write(out.join(format!("{stem}.{t}.{key}.log")), &c.log);
                 }
             }
-            for (target, res) in targets.iter().zip(results) {
+            for (target, res) in mtargets.iter().zip(results) {
                 let compiled =
                     res.unwrap_or_else(|log| fail_with_log(&format!("medkern build: {log}")));
                 let is_cubin = target.starts_with("sm_");
@@ -252,7 +253,11 @@ fn main() {
                 std::fs::write(&file, &compiled.image)
                     .unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
                 if is_cubin {
-                    let arch: u32 = target.trim_start_matches("sm_").parse().unwrap_or(0);
+                    let arch: u32 = target
+                        .trim_start_matches("sm_")
+                        .trim_end_matches('a')
+                        .parse()
+                        .unwrap_or(0);
                     let _ = write!(
                         cubins,
                         "({arch}, include_bytes!({:?}).as_slice()), ",
@@ -317,6 +322,28 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_EMU").is_some() {
         build_emu(&root, &out, &incs, require);
     }
+}
+
+/// The targets one module is built for: the build's, unless its first line is
+/// `// medkern-targets: sm_90a` (arch-specific instructions such as wgmma, which no other
+/// target accepts): then the listed targets whose family the build includes (sm_90a when
+/// sm_90 is built), and no PTX.
+fn module_targets(source: &str, targets: &[String]) -> Vec<String> {
+    let Some(list) = source
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("// medkern-targets:"))
+    else {
+        return targets.to_vec();
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|t| {
+            let family = t.trim_end_matches('a');
+            targets.iter().any(|b| b.trim_end_matches('a') == family)
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 /// The launch constants the kernels and their Rust launchers share: each `MK_CONST`, `MK_LIST`

@@ -88,6 +88,23 @@ void mma_sp_16832_f16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)
 void mma_sp_16832_bf16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[4], unsigned e);
 void mma_sp_16864_s8(int (&d)[4], const unsigned (&a)[4], const unsigned (&b)[4], unsigned e);
 
+// Hopper (kernels/common/hopper.cuh; see runtime.cpp): the shared-window address of a pointer
+// into dynamic shared memory, mbarriers, TMA tensor loads (landing at a random point before
+// their mbarrier completes), warpgroup MMA (executed at wgmma.wait_group, reading shared memory
+// then), setmaxnreg (checked, no effect).
+unsigned shared_addr(const void* p);
+void mbar_init(void* bar, unsigned count);
+void fence_mbar_init();
+void mbar_arrive(void* bar);
+void mbar_arrive_expect_tx(void* bar, unsigned bytes);
+void mbar_wait(void* bar, unsigned parity);
+void tma_load(void* dst, const void* map, int c0, int c1, int c2, void* bar);
+void setmaxnreg(unsigned n, bool inc);
+void wgmma_fence();
+void wgmma_commit();
+void wgmma_wait(int n);
+void wgmma_m64n128k16(float (&d)[64], unsigned long long da, unsigned long long db, int scale_d, bool bf16);
+
 template <typename H> inline void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     if constexpr (std::is_same_v<H, __half>) mma_16816_f16(d, a, b0, b1);
     else mma_16816_bf16(d, a, b0, b1);

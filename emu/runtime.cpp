@@ -96,7 +96,7 @@ mk_emu_switch:
 #error "the emulated GPU's fibers are written for x86-64"
 #endif
 
-enum class St { Run, Bar, Warp, Done };
+enum class St { Run, Bar, Warp, MBar, WG, Done };
 
 struct Fiber {
     void* sp = nullptr;
@@ -115,6 +115,8 @@ struct Fiber {
         bool landed;  // the data is in shared memory (the shadow still counts it in flight until retired)
     };
     std::deque<std::vector<Copy>> groups;
+    // Hopper: the mbarrier this thread waits on (St::MBar).
+    uintptr_t mbar = 0;
 };
 
 // Warp collective slots, double-buffered by generation parity (a lane can be at most one
@@ -179,6 +181,35 @@ struct Launch {
     };
     GRange gcache[4];
     unsigned gnext = 0;
+    // Hopper (per block): mbarriers by address, TMA copies in flight, warpgroup state.
+    struct MBar {
+        unsigned expected = 0, pending = 0, phase = 0;
+        long long tx = 0;
+    };
+    std::unordered_map<uintptr_t, MBar> mbars;
+    struct Bulk {
+        std::vector<size_t> offs;         // each element's offset in dynamic shared memory
+        std::vector<unsigned char> data;  // the elements read at issue (zeros out of bounds)
+        unsigned esize;
+        uintptr_t bar;  // the mbarrier whose transaction count the copy completes
+        unsigned bytes;
+    };
+    std::vector<Bulk> bulks;
+    struct WgOp {
+        unsigned long long da, db;
+        int scale_d;
+        bool bf16;
+        float* d[128];
+    };
+    struct WG {
+        unsigned arrived = 0, gen = 0;
+        int op = -1;
+        bool fenced = false;
+        unsigned long long in[4] = {};
+        float* d[128] = {};
+        std::deque<std::vector<WgOp>> groups;  // the back one is open (not committed)
+    };
+    std::vector<WG> wgs;
 };
 
 thread_local Launch* L = nullptr;
@@ -441,9 +472,12 @@ void land_some(Fiber& f) {
             }
 }
 
+void land_bulks_some(bool all);
+
 void yield() {
     Fiber& f = L->fibers[L->cur];
     land_some(f);
+    if (!L->bulks.empty()) land_bulks_some(false);
     mk_emu_switch(&f.sp, L->sched_sp);
     // Resumed by the scheduler: restore this thread's identity.
     threadIdx = f.tid;
@@ -469,6 +503,9 @@ void thread_main() {
             copy_retired(c.dst);
         }
     g.groups.clear();
+    if (!L->wgs.empty())
+        for (const auto& grp : L->wgs[L->cur / 128].groups)
+            if (!grp.empty()) fault("wgmma.mma_async still in flight when the thread exits (no wgmma.wait_group)");
     g.st = St::Done;
     L->live -= 1;
     // An exiting thread counts as arrived at the barrier its block is waiting in.
@@ -908,6 +945,288 @@ void mma_sp_16864_s8(int (&d)[4], const unsigned (&a)[4], const unsigned (&b)[4]
     finish(d, collective(10, in, 9, nullptr, compute_sp_16864_s8));
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Hopper (kernels/common/hopper.cuh): mbarriers, TMA tensor loads, wgmma, setmaxnreg.
+// The shared window: dynamic shared memory starts at shared address kSharedBase, which is not
+// 1024-byte aligned on purpose — a kernel must align its swizzled tiles itself.
+namespace {
+constexpr unsigned kSharedBase = 0x410;
+
+char* shared_host(unsigned sa, size_t n, const char* what) {
+    if (sa < kSharedBase || (size_t)(sa - kSharedBase) + n > L->smem_bytes) {
+        char b[200];
+        std::snprintf(b, sizeof b, "memcheck: %s of %zu bytes at shared address 0x%x outside the %zu bytes of dynamic shared memory",
+                      what, n, sa, L->smem_bytes);
+        fault(b);
+    }
+    return L->smem + (sa - kSharedBase);
+}
+
+Launch::MBar& mbar_of(void* bar, const char* what) {
+    const uintptr_t a = (uintptr_t)bar;
+    if ((a & 7) != 0 || a < (uintptr_t)L->smem || a + 8 > (uintptr_t)L->smem + L->smem_bytes) {
+        char b[200];
+        std::snprintf(b, sizeof b, "%s: mbarrier at %p is not an 8-byte aligned object in dynamic shared memory", what, bar);
+        fault(b);
+    }
+    auto it = L->mbars.find(a);
+    if (it == L->mbars.end()) {
+        char b[200];
+        std::snprintf(b, sizeof b, "%s on an mbarrier that no thread of the block initialised (mbarrier.init, then a barrier)", what);
+        fault(b);
+    }
+    return it->second;
+}
+
+// Completes the current phase when every arrival and every announced byte is in: the phase
+// bit flips, the arrival count resets, and the threads waiting on the barrier run again.
+void mbar_progress(uintptr_t a, Launch::MBar& m) {
+    if (m.pending != 0 || m.tx != 0) return;
+    m.phase ^= 1u;
+    m.pending = m.expected;
+    for (auto& f : L->fibers)
+        if (f.st == St::MBar && f.mbar == a) f.st = St::Run;
+}
+
+void land_bulk(const Launch::Bulk& b) {
+    for (size_t i = 0; i < b.offs.size(); ++i) std::memcpy(L->smem + b.offs[i], b.data.data() + i * b.esize, b.esize);
+    auto it = L->mbars.find(b.bar);
+    if (it == L->mbars.end()) fault("TMA copy completed on an mbarrier that is no longer initialised");
+    it->second.tx -= b.bytes;
+    mbar_progress(b.bar, it->second);
+}
+
+// The emulator's tensor map (src/device/tma.rs writes it for the emulated GPU).
+struct EmuTmap {
+    unsigned long long magic, base, dims[3], strides[2], box, fmt;
+};
+constexpr unsigned long long kTmapMagic = 0x4d4b544d41500001ull;
+
+unsigned wg_of() { return L->cur / 128; }
+
+// Warpgroup rendezvous: the 128 threads of warpgroup wg_of() all reach the same instruction;
+// the last to arrive runs `last`. `op` names the instruction (divergence check).
+template <typename F> void wg_collective(int op, F last) {
+    if (L->nthreads % 128 != 0) fault("warpgroup instruction in a block whose size is not a multiple of 128 threads");
+    Launch::WG& g = L->wgs[wg_of()];
+    L->fibers[L->cur].wsync += 1;
+    if (g.arrived == 0) g.op = op;
+    else if (g.op != op) fault("warpgroup divergence: threads of one warpgroup reached different wgmma/setmaxnreg instructions");
+    g.arrived += 1;
+    const unsigned base = wg_of() * 128;
+    for (unsigned t = base; t < base + 128; ++t)
+        if (L->fibers[t].st == St::Done) fault("warpgroup instruction after threads of the warpgroup exited");
+    if (g.arrived == 128) {
+        last(g);
+        g.arrived = 0;
+        g.gen += 1;
+        for (unsigned t = base; t < base + 128; ++t)
+            if (L->fibers[t].st == St::WG) L->fibers[t].st = St::Run;
+        yield();
+    } else {
+        L->fibers[L->cur].st = St::WG;
+        yield();
+    }
+}
+
+// The shared address of element (row r, byte kb of K) of a K-major wgmma operand described by
+// `desc` (PTX ISA "Shared Memory Matrix Layout"): 8-row groups SBO apart; within a group rows
+// are one swizzle span (128/64/32 bytes) apart and the span's 16-byte chunks are permuted by
+// the row (Swizzle<3|2|1, 4, 3> on the address), or, without swizzle, 8x16-byte core matrices
+// LBO apart along K.
+unsigned desc_addr(unsigned long long desc, unsigned r, unsigned kb) {
+    const unsigned start = (unsigned)(desc & 0x3FFF) << 4, lbo = (unsigned)((desc >> 16) & 0x3FFF) << 4,
+                   sbo = (unsigned)((desc >> 32) & 0x3FFF) << 4, layout = (unsigned)(desc >> 62);
+    if (((desc >> 49) & 7) != 0) fault("wgmma descriptor with a nonzero base offset (not emulated)");
+    if (layout == 0) return start + (r / 8) * sbo + (kb / 16) * lbo + (r % 8) * 16 + kb % 16;
+    const unsigned span = layout == 1 ? 128 : layout == 2 ? 64 : 32, bits = layout == 1 ? 7 : layout == 2 ? 3 : 1;
+    const unsigned a = start + (r / 8) * sbo + (r % 8) * span + kb;
+    return a ^ (((a >> 7) & bits) << 4);
+}
+}  // namespace
+
+unsigned shared_addr(const void* p) {
+    const char* c = static_cast<const char*>(p);
+    if (c < L->smem || c > L->smem + L->smem_bytes) fault("shared address of a pointer outside dynamic shared memory (not emulated)");
+    return kSharedBase + (unsigned)(c - L->smem);
+}
+
+void mbar_init(void* bar, unsigned count) {
+    const uintptr_t a = (uintptr_t)bar;
+    if ((a & 7) != 0 || a < (uintptr_t)L->smem || a + 8 > (uintptr_t)L->smem + L->smem_bytes)
+        fault("mbarrier.init: not an 8-byte aligned object in dynamic shared memory");
+    if (count == 0 || count >= (1u << 20)) fault("mbarrier.init: the arrival count must be 1 to 2^20 - 1");
+    for (const auto& b : L->bulks)
+        if (b.bar == a) fault("mbarrier.init on an mbarrier with a TMA copy in flight");
+    Launch::MBar& m = L->mbars[a];
+    m.expected = m.pending = count;
+    m.phase = 0;
+    m.tx = 0;
+}
+void fence_mbar_init() {}
+
+void mbar_arrive(void* bar) {
+    Launch::MBar& m = mbar_of(bar, "mbarrier.arrive");
+    if (m.pending == 0) fault("mbarrier.arrive: more arrivals than the count of the phase");
+    m.pending -= 1;
+    mbar_progress((uintptr_t)bar, m);
+}
+void mbar_arrive_expect_tx(void* bar, unsigned bytes) {
+    Launch::MBar& m = mbar_of(bar, "mbarrier.arrive.expect_tx");
+    m.tx += bytes;
+    mbar_arrive(bar);
+}
+void mbar_wait(void* bar, unsigned parity) {
+    mbar_of(bar, "mbarrier.try_wait.parity");
+    for (;;) {
+        Launch::MBar& m = mbar_of(bar, "mbarrier.try_wait.parity");
+        if ((m.phase & 1u) != (parity & 1u)) return;
+        Fiber& f = L->fibers[L->cur];
+        f.st = St::MBar;
+        f.mbar = (uintptr_t)bar;
+        yield();
+    }
+}
+
+namespace {
+// Each TMA copy still in flight lands with probability 1/4 at every yield (all of them when
+// `all`): the data and the transaction bytes arrive at a random point after issue.
+void land_bulks_some(bool all) {
+    for (size_t i = 0; i < L->bulks.size();) {
+        if (all || (L->rng() & 3) == 0) {
+            Launch::Bulk b = std::move(L->bulks[i]);
+            L->bulks.erase(L->bulks.begin() + (long)i);
+            land_bulk(b);
+        } else {
+            ++i;
+        }
+    }
+}
+}  // namespace
+
+void tma_load(void* dst, const void* map, int c0, int c1, int c2, void* bar) {
+    EmuTmap t;
+    std::memcpy(&t, map, sizeof t);
+    if (t.magic != kTmapMagic) fault("cp.async.bulk.tensor: the tensor map was not encoded for the emulated GPU (src/device/tma.rs)");
+    const unsigned esize = (unsigned)(t.fmt & 0xFF), rank = (unsigned)((t.fmt >> 8) & 0xFF),
+                   swz = (unsigned)((t.fmt >> 16) & 0xFFFF);
+    const unsigned box[3] = {(unsigned)(t.box & 0xFFFF), (unsigned)((t.box >> 16) & 0xFFFF), (unsigned)((t.box >> 32) & 0xFFFF)};
+    if (rank != 3) fault("cp.async.bulk.tensor.3d with a tensor map of another rank");
+    const unsigned sa = shared_addr(dst);
+    if (sa % 128 != 0) fault("misaligned address (CUDA_ERROR_MISALIGNED_ADDRESS): TMA shared destination not 128-byte aligned");
+    if (swz != 0 && box[0] * esize != swz) fault("TMA: a swizzled box's inner row must be the swizzle span (not emulated otherwise)");
+    const unsigned bytes = box[0] * box[1] * box[2] * esize;
+    shared_host(sa, bytes, "TMA destination");
+    mbar_of(bar, "cp.async.bulk.tensor (its completion mbarrier)");
+    Launch::Bulk b{{}, {}, esize, (uintptr_t)bar, bytes};
+    b.offs.reserve(bytes / esize);
+    b.data.resize(bytes, 0);
+    const long long c[3] = {c0, c1, c2};
+    const unsigned bits = swz == 128 ? 7 : swz == 64 ? 3 : swz == 32 ? 1 : 0;
+    size_t i = 0;
+    for (unsigned z = 0; z < box[2]; ++z)
+        for (unsigned y = 0; y < box[1]; ++y)
+            for (unsigned x = 0; x < box[0]; ++x, ++i) {
+                unsigned a = sa + (unsigned)(i * esize);
+                a ^= ((a >> 7) & bits) << 4;
+                b.offs.push_back(a - kSharedBase);
+                const long long g[3] = {c[0] + x, c[1] + y, c[2] + z};
+                bool in = true;
+                for (int d = 0; d < 3; ++d) in = in && g[d] >= 0 && (unsigned long long)g[d] < t.dims[d];
+                if (!in) continue;  // out of bounds: zeros
+                const char* src = reinterpret_cast<const char*>(t.base) + g[0] * esize + g[1] * (long long)t.strides[0] +
+                                  g[2] * (long long)t.strides[1];
+                if (!in_alloc(src, esize)) {
+                    char m[160];
+                    std::snprintf(m, sizeof m, "memcheck: TMA reads %u bytes at %p outside every allocation (the tensor map's extent)", esize, (const void*)src);
+                    fault(m);
+                }
+                global_access((uintptr_t)src, esize, false);
+                std::memcpy(b.data.data() + i * esize, src, esize);
+            }
+    L->bulks.push_back(std::move(b));
+}
+
+void setmaxnreg(unsigned n, bool inc) {
+    if (n < 24 || n > 256 || n % 8 != 0) fault("setmaxnreg: the register count must be a multiple of 8 in [24, 256]");
+    wg_collective(inc ? 10 : 11, [](Launch::WG&) {});
+}
+
+void wgmma_fence() {
+    wg_collective(12, [](Launch::WG& g) { g.fenced = true; });
+}
+
+void wgmma_m64n128k16(float (&d)[64], unsigned long long da, unsigned long long db, int scale_d, bool bf16) {
+    Launch::WG& g = L->wgs[wg_of()];
+    const unsigned t = L->cur % 128;
+    g.d[t] = d;
+    if (g.arrived == 0) {
+        g.in[0] = da;
+        g.in[1] = db;
+        g.in[2] = (unsigned long long)scale_d;
+        g.in[3] = bf16;
+    } else if (g.in[0] != da || g.in[1] != db || g.in[2] != (unsigned long long)scale_d) {
+        fault("wgmma.mma_async: descriptors and scale-d differ between threads of the warpgroup");
+    }
+    wg_collective(13, [](Launch::WG& w) {
+        if (!w.fenced) fault("wgmma.mma_async before any wgmma.fence of the warpgroup");
+        if (w.groups.empty()) w.groups.emplace_back();
+        Launch::WgOp op{w.in[0], w.in[1], (int)w.in[2], w.in[3] != 0, {}};
+        std::memcpy(op.d, w.d, sizeof op.d);
+        w.groups.back().push_back(op);
+    });
+}
+
+void wgmma_commit() {
+    wg_collective(14, [](Launch::WG& g) {
+        if (g.groups.empty()) g.groups.emplace_back();
+        g.groups.emplace_back();
+    });
+}
+
+namespace {
+// D[64 x 128] (+)= A[64 x 16] · B^T, both K-major through their descriptors, read now (at
+// wgmma.wait_group): shared memory changed between issue and wait changes the result, as it
+// may on the hardware.
+void run_wgmma(const Launch::WgOp& op) {
+    float A[64][16], B[128][16];
+    for (unsigned r = 0; r < 64; ++r)
+        for (unsigned k = 0; k < 16; ++k) {
+            unsigned short v;
+            std::memcpy(&v, shared_host(desc_addr(op.da, r, 2 * k), 2, "wgmma A operand"), 2);
+            A[r][k] = bits_to_f(v, op.bf16);
+        }
+    for (unsigned n = 0; n < 128; ++n)
+        for (unsigned k = 0; k < 16; ++k) {
+            unsigned short v;
+            std::memcpy(&v, shared_host(desc_addr(op.db, n, 2 * k), 2, "wgmma B operand"), 2);
+            B[n][k] = bits_to_f(v, op.bf16);
+        }
+    for (unsigned t = 0; t < 128; ++t) {
+        const unsigned w = t / 32, l = t % 32;
+        for (unsigned i = 0; i < 64; ++i) {
+            const unsigned row = 16 * w + l / 4 + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (l % 4) + (i & 1);
+            float acc = 0;  // products of f16/bf16 are exact in f32
+            for (unsigned k = 0; k < 16; ++k) acc += A[row][k] * B[col][k];
+            op.d[t][i] = op.scale_d ? op.d[t][i] + acc : acc;
+        }
+    }
+}
+}  // namespace
+
+void wgmma_wait(int n) {
+    wg_collective(15, [n](Launch::WG& g) {
+        // groups.back() is the open group; committed ones precede it.
+        int committed = (int)g.groups.size() - (g.groups.empty() ? 0 : 1);
+        while (committed > n) {
+            for (const auto& op : g.groups.front()) run_wgmma(op);
+            g.groups.pop_front();
+            committed -= 1;
+        }
+    });
+}
+
 }  // namespace mk_emu
 
 // ---------------------------------------------------------------------------------------------
@@ -1095,6 +1414,9 @@ extern "C" int mk_emu_launch(const char* kernel, const unsigned* grid, const uns
                 for (unsigned w = 0; w < launch.warps.size(); ++w) launch.warps[w].lanes = std::min(32u, nt - 32 * w);
                 launch.live = nt;
                 launch.bar_arrived = 0;
+                launch.mbars.clear();
+                launch.bulks.clear();
+                launch.wgs.assign((nt + 127) / 128, Launch::WG{});
                 for (unsigned t = 0; t < nt; ++t) {
                     Fiber& f = launch.fibers[t];
                     f.tid = {t % block[0], (t / block[0]) % block[1], t / (block[0] * block[1])};
@@ -1131,8 +1453,20 @@ extern "C" int mk_emu_launch(const char* kernel, const unsigned* grid, const uns
                 while (launch.live > 0 && !launch.failed) {
                     bool runnable = false;
                     for (const auto& f : launch.fibers) runnable |= f.st == St::Run;
+                    if (!runnable && !launch.bulks.empty()) {
+                        // Everyone waits: the TMA copies in flight land now.
+                        land_bulks_some(true);
+                        continue;
+                    }
                     if (!runnable) {
                         rc = -1;
+                        bool mb = false;
+                        for (const auto& f : launch.fibers) mb |= f.st == St::MBar;
+                        if (mb) {
+                            launch.error = std::string("deadlock: threads of kernel ") + e->name +
+                                           " wait on an mbarrier phase that never completes (missing arrivals or TMA bytes)";
+                            break;
+                        }
                         launch.error = std::string("deadlock: threads of kernel ") + e->name +
                                        " wait at a barrier or warp collective that the rest of the block/warp never reaches";
                         break;
@@ -1151,6 +1485,11 @@ extern "C" int mk_emu_launch(const char* kernel, const unsigned* grid, const uns
                     }
                 }
                 if (launch.failed) rc = -1;
+                if (rc == 0 && !launch.bulks.empty()) {
+                    rc = -1;
+                    launch.error = std::string("kernel ") + e->name +
+                                   ": the block exited with TMA copies in flight (nobody waited on their mbarrier)";
+                }
             }
     g_jmp = prev_jmp;
     L = prev;

@@ -103,6 +103,7 @@ fn status_of(e: &Error) -> MkStatus {
         Error::NoDriver { .. }
         | Error::NoDevice { .. }
         | Error::ArchTooLow { .. }
+        | Error::ArchMismatch { .. }
         | Error::Device { .. } => MkStatus::Device,
         Error::Driver { .. } | Error::Launch { .. } => MkStatus::Cuda,
         Error::Io { .. } => MkStatus::Io,

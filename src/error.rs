@@ -24,6 +24,15 @@ pub enum Error {
         needed: Arch,
         actual: Arch,
     },
+    /// An arch-specific kernel (sm_90a: wgmma, setmaxnreg) on a GPU of another arch.
+    #[error(
+        "kernel {kernel} is built for sm_90a and runs on compute capability {needed} only, but the GPU is {actual}"
+    )]
+    ArchMismatch {
+        kernel: &'static str,
+        needed: Arch,
+        actual: Arch,
+    },
     /// A kernel name that is not in the kernel table.
     #[error("unknown kernel {kernel:?}: not in the medkern kernel table")]
     UnknownKernel { kernel: String },

@@ -58,7 +58,7 @@ fn sm90_sass_matches_the_kernel_table() {
         .disassemble_embedded(90)
         .unwrap_or_else(|e| panic!("{}: {e}", dis.path().display()));
     let mut failures = Vec::new();
-    let (mut mma, mut sparse, mut pipelined) = (0, 0, 0);
+    let (mut mma, mut sparse, mut pipelined, mut tma) = (0, 0, 0, 0);
     for k in KERNELS {
         let Some(s) = all.iter().find(|s| s.kernel == k.name) else {
             failures.push(format!(
@@ -75,6 +75,7 @@ fn sm90_sass_matches_the_kernel_table() {
         mma += usize::from(k.features.mma.is_some());
         sparse += usize::from(k.features.mma.is_some_and(Mma::sparse));
         pipelined += usize::from(k.features.cp_async);
+        tma += usize::from(k.features.tma);
     }
     // Functions of the CUBINs that are not kernels of the table (none today) still may not
     // touch local memory.
@@ -94,7 +95,7 @@ fn sm90_sass_matches_the_kernel_table() {
     // On the raw stderr handle, as common::skip does: shown in the test log even on success.
     let summary = format!(
         "\nsass: {} kernels disassembled by {} ({}): {mma} tensor-core ({sparse} 2:4 sparse), \
-         {pipelined} cp.async-pipelined, {} functions checked for local memory; {} failures\n",
+         {pipelined} cp.async-pipelined, {tma} TMA-fed (sm_90a), {} functions checked for local memory; {} failures\n",
         KERNELS.len(),
         dis.path().display(),
         dis.version().unwrap_or_default(),
@@ -140,6 +141,15 @@ fn sass_checks_catch_planted_violations() {
     let e = no_pipe.check(dense(Mma::F16));
     assert!(e.len() == 1 && e[0].contains("LDGSTS"), "{e:?}");
     assert_eq!(f16.check(Features::PLAIN).len(), 2);
+    // Hopper: HGMMA fed by TMA; an f16 row over bf16 HGMMA, an Ampere row over the Hopper
+    // SASS (wrong MMA, no LDGSTS, UTMALDG present), and the TMA loads gone.
+    let hg = fake(&[("HGMMA.64x128x16.F32.BF16", 8), ("UTMALDG.3D", 2)]);
+    assert!(hg.check(Features::tma(Mma::WgmmaBf16)).is_empty());
+    assert_eq!(hg.check(Features::tma(Mma::WgmmaF16)).len(), 1);
+    assert_eq!(hg.check(dense(Mma::Bf16)).len(), 3);
+    let no_tma = fake(&[("HGMMA.64x128x16.F32", 8), ("LDG.E.128", 8)]);
+    let e = no_tma.check(Features::tma(Mma::WgmmaF16));
+    assert!(e.len() == 1 && e[0].contains("UTMALDG"), "{e:?}");
     // Local memory, in any kernel.
     let spill = fake(&[("LDG.E", 1), ("STL", 2), ("LDL.64", 1)]);
     let e = spill.check(Features::PLAIN);

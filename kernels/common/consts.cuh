@@ -58,6 +58,27 @@ MK_CONST(GEMM_L_THREADS, (GEMM_L_BM / GEMM_L_WM) * (GEMM_L_BN / GEMM_L_WN) * 32)
 MK_CONST(GEMM_S_SMEM, GEMM_STAGES * (GEMM_S_BM + GEMM_S_BN) * GEMM_ROW)
 MK_CONST(GEMM_M_SMEM, GEMM_STAGES * (GEMM_M_BM + GEMM_M_BN) * GEMM_ROW)
 MK_CONST(GEMM_L_SMEM, GEMM_STAGES * (GEMM_L_BM + GEMM_L_BN) * GEMM_ROW)
+
+// ---- Hopper GEMM (kernels/gemm_hopper.cu, sm_90a; src/ops/gemm_hopper.rs): a producer
+// warpgroup feeding TMA loads into a GEMM_H_STAGES-deep mbarrier ring, two consumer
+// warpgroups issuing wgmma m64n128k16 on 64-row halves of the block tile.
+
+// Block tile rows (M): two consumer warpgroups of 64 rows.
+MK_CONST(GEMM_H_BM, 128)
+// Block tile columns (N): one wgmma n128 per consumer.
+MK_CONST(GEMM_H_BN, 128)
+// K elements per stage: one 128-byte swizzled row of f16/bf16.
+MK_CONST(GEMM_H_BK, 64)
+// TMA/mbarrier ring depth.
+MK_CONST(GEMM_H_STAGES, 4)
+// Threads: the producer warpgroup and two consumer warpgroups.
+MK_CONST(GEMM_H_THREADS, 384)
+// Dynamic shared memory: 1024 bytes of alignment slack (128-byte swizzle atoms are 1024-byte
+// aligned), the stages (X and W tiles of 128-byte rows), a full and an empty mbarrier per stage.
+MK_CONST(GEMM_H_SMEM, 1024 + GEMM_H_STAGES * (GEMM_H_BM + GEMM_H_BN) * 128 + 2 * GEMM_H_STAGES * 8)
+// Tiles of one rasterisation group along M (consecutive tiles share W columns in L2).
+MK_CONST(GEMM_H_GROUP, 8)
+
 // The f32 SIMT GEMM (gemm_f32_f32): a 64 x 64 tile, 4 x 4 outputs per thread, static shared memory.
 MK_CONST(GEMM_SIMT_BM, 64)
 MK_CONST(GEMM_SIMT_BN, 64)

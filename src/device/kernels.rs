@@ -31,12 +31,22 @@ pub enum Mma {
     SparseBf16,
     /// 2:4 structured-sparse int8: SASS `IMMA.SP.16864.S8.S8`.
     SparseI8,
+    /// Hopper warpgroup MMA (`wgmma.mma_async`, sm_90a), f16 inputs, f32 accumulators:
+    /// SASS `HGMMA.64xNx16.F32`.
+    WgmmaF16,
+    /// Hopper warpgroup MMA, bf16 inputs: SASS `HGMMA.64xNx16.F32.BF16`.
+    WgmmaBf16,
 }
 
 impl Mma {
     /// True for the 2:4 structured-sparse forms.
     pub const fn sparse(self) -> bool {
         matches!(self, Mma::SparseF16 | Mma::SparseBf16 | Mma::SparseI8)
+    }
+
+    /// True for Hopper's warpgroup MMA (sm_90a only).
+    pub const fn wgmma(self) -> bool {
+        matches!(self, Mma::WgmmaF16 | Mma::WgmmaBf16)
     }
 }
 
@@ -51,6 +61,9 @@ pub struct Features {
     /// Global loads staged into shared memory by `cp.async` (SASS `LDGSTS`); false: none may
     /// appear.
     pub cp_async: bool,
+    /// Tiles loaded by the Tensor Memory Accelerator (`cp.async.bulk.tensor`: SASS `UTMALDG`);
+    /// false: none may appear.
+    pub tma: bool,
 }
 
 impl Features {
@@ -58,6 +71,7 @@ impl Features {
     pub const PLAIN: Features = Features {
         mma: None,
         cp_async: false,
+        tma: false,
     };
 
     /// Tensor-core MMA fed by a cp.async pipeline (every tensor-core kernel here).
@@ -65,6 +79,16 @@ impl Features {
         Features {
             mma: Some(mma),
             cp_async: true,
+            tma: false,
+        }
+    }
+
+    /// Hopper: wgmma fed by TMA loads (no cp.async).
+    pub const fn tma(mma: Mma) -> Features {
+        Features {
+            mma: Some(mma),
+            cp_async: false,
+            tma: true,
         }
     }
 }
@@ -104,10 +128,16 @@ mod generated {
 pub use generated::{BUILD_NVRTC, BUILD_TARGETS, HEADERS, MODULES};
 
 const SM80: Arch = Arch { major: 8, minor: 0 };
+/// sm_90a: kernels with Hopper-only instructions (wgmma, setmaxnreg), which run on compute
+/// capability 9.0 and nothing else (their module's first line: `// medkern-targets: sm_90a`).
+const SM90A: Arch = Arch { major: 9, minor: 0 };
 
 const PLAIN: Features = Features::PLAIN;
 const fn pipelined(mma: Mma) -> Features {
     Features::pipelined(mma)
+}
+const fn tma(mma: Mma) -> Features {
+    Features::tma(mma)
 }
 
 /// Rows of `"module" @ min_arch, features => [kernels]`; a module may take several rows (one
@@ -186,6 +216,8 @@ pub static KERNELS: &[KernelInfo] = table![
         "gemm_bf16_f32_l",
     ],
     "gemm" @ SM80, PLAIN => ["gemm_f32_f32"],
+    "gemm_hopper" @ SM90A, tma(Mma::WgmmaF16) => ["gemm_hopper_f16_f16", "gemm_hopper_f16_f32"],
+    "gemm_hopper" @ SM90A, tma(Mma::WgmmaBf16) => ["gemm_hopper_bf16_bf16", "gemm_hopper_bf16_f32"],
     "gemm_int8" @ SM80, pipelined(Mma::I8) => [
         "gemm_i8_i32_s",
         "gemm_i8_i32_m",
@@ -298,9 +330,26 @@ pub fn kernel_info(name: &str) -> Result<&'static KernelInfo> {
         })
 }
 
+impl KernelInfo {
+    /// True for an sm_90a kernel: it runs on compute capability 9.0 only.
+    pub const fn sm90a_only(&self) -> bool {
+        match self.features.mma {
+            Some(m) => m.wgmma(),
+            None => false,
+        }
+    }
+}
+
 /// Checks that a GPU of compute capability `actual` can run `kernel`.
 pub fn check_arch(kernel: &str, actual: Arch) -> Result<&'static KernelInfo> {
     let info = kernel_info(kernel)?;
+    if info.sm90a_only() && actual != SM90A {
+        return Err(Error::ArchMismatch {
+            kernel: info.name,
+            needed: SM90A,
+            actual,
+        });
+    }
     if actual < info.min_arch {
         return Err(Error::ArchTooLow {
             kernel: info.name,

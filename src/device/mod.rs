@@ -15,6 +15,7 @@ pub mod kernels;
 pub(crate) mod nvrtc_compile;
 pub mod runtime_compile;
 pub mod sass;
+pub mod tma;
 
 use crate::error::{Error, Result, driver};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, sys};
@@ -155,6 +156,8 @@ pub struct Gpu {
     functions: OnceMap<Fetched>,
     /// Kernels launched so far ([`Gpu::launch_count`]).
     launches: std::sync::atomic::AtomicU64,
+    /// Launchers pick the sm_90a kernels where one exists ([`Gpu::set_hopper_kernels`]).
+    hopper: std::sync::atomic::AtomicBool,
     #[cfg(test)]
     load_hook: Mutex<Option<LoadHook>>,
 }
@@ -176,6 +179,11 @@ impl fmt::Debug for Gpu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Gpu({}: {} {})", self.ordinal, self.name, self.arch)
     }
+}
+
+/// `MEDKERN_HOPPER=1` on a compute capability 9.0 device: start with the Hopper kernels on.
+fn hopper_from_env(arch: Arch) -> bool {
+    arch == Arch::new(9, 0) && std::env::var("MEDKERN_HOPPER").is_ok_and(|v| v == "1")
 }
 
 /// The most dynamic shared memory one block may opt in to, by arch (CUDA C++ Programming
@@ -235,10 +243,11 @@ impl Gpu {
         // hands that duty to its caller.
         unsafe { ctx.disable_event_tracking() };
         keep_pool_memory(&ctx);
+        let arch = Arch::new(maj as u32, min as u32);
         Ok(Arc::new(Gpu {
             ordinal,
             name,
-            arch: Arch::new(maj as u32, min as u32),
+            arch,
             total_memory,
             driver_version: (v / 1000, (v % 1000) / 10),
             sm_count: sm_count.max(1) as u32,
@@ -247,6 +256,7 @@ impl Gpu {
             modules: OnceMap::new(),
             functions: OnceMap::new(),
             launches: std::sync::atomic::AtomicU64::new(0),
+            hopper: std::sync::atomic::AtomicBool::new(hopper_from_env(arch)),
             #[cfg(test)]
             load_hook: Mutex::new(None),
         }))
@@ -287,9 +297,37 @@ impl Gpu {
             modules: OnceMap::new(),
             functions: OnceMap::new(),
             launches: std::sync::atomic::AtomicU64::new(0),
+            hopper: std::sync::atomic::AtomicBool::new(hopper_from_env(arch)),
             #[cfg(test)]
             load_hook: Mutex::new(None),
         }))
+    }
+
+    /// Whether the launchers pick the Hopper kernels (sm_90a: TMA, mbarrier pipelines, wgmma;
+    /// today the dense f16/bf16 GEMM, kernels/gemm_hopper.cu) over the sm_80 ones where one
+    /// exists. Off by default until they have passed on an H100/H200 (docs/GPU_VALIDATION.md);
+    /// `MEDKERN_HOPPER=1` at device creation, or [`Gpu::set_hopper_kernels`], turns it on.
+    pub fn hopper_kernels(&self) -> bool {
+        self.hopper.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Chooses the Hopper kernels (true) or the sm_80 ones (false) for this device's later
+    /// launches. The Hopper kernels run on compute capability 9.0 only: turning them on
+    /// elsewhere is an error.
+    pub fn set_hopper_kernels(&self, on: bool) -> Result<()> {
+        if on && self.arch != Arch::new(9, 0) {
+            return Err(Error::Invalid {
+                op: "Gpu::set_hopper_kernels",
+                arg: "on",
+                detail: format!(
+                    "the Hopper kernels are built for sm_90a and need compute capability 9.0; \
+                     this GPU is {}",
+                    self.arch
+                ),
+            });
+        }
+        self.hopper.store(on, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// True for the emulated GPU.

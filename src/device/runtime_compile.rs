@@ -101,8 +101,15 @@ pub fn cubin_cached_in(
 ) -> Result<Vec<u8>> {
     let lib = load_nvrtc()?;
     let (maj, min) = nvrtc_compile::nvrtc_version().unwrap_or((0, 0));
+    // An sm_90a module (first line `// medkern-targets: sm_90a`) compiles for the
+    // arch-specific target, which only compute capability 9.0 runs.
+    let specific = if module.source.starts_with("// medkern-targets: sm_90a") {
+        "a"
+    } else {
+        ""
+    };
     let file = format!(
-        "{}-{:016x}-sm_{}{}-nvrtc{maj}.{min}.cubin",
+        "{}-{:016x}-sm_{}{}{specific}-nvrtc{maj}.{min}.cubin",
         module.name, module.source_hash, arch.major, arch.minor
     );
     let cached = cache.map(|d| d.join(&file));
@@ -113,7 +120,7 @@ pub fn cubin_cached_in(
     {
         return Ok(image);
     }
-    let target = format!("sm_{}{}", arch.major, arch.minor);
+    let target = format!("sm_{}{}{specific}", arch.major, arch.minor);
     let compiled = nvrtc_compile::compile(
         &format!("{}.cu", module.name),
         module.source,

@@ -78,11 +78,14 @@ pub fn is_mma(opcode: &str, mma: Mma) -> bool {
     let int8 = has_modifier(opcode, "S8") || has_modifier(opcode, "U8");
     let half = head(opcode) == "HMMA" && !has_modifier(opcode, "TF32");
     let imma = head(opcode) == "IMMA" && int8;
+    let hgmma = head(opcode) == "HGMMA" && has_modifier(opcode, "F32");
     sparse == mma.sparse()
         && match mma {
             Mma::F16 | Mma::SparseF16 => half && !bf16,
             Mma::Bf16 | Mma::SparseBf16 => half && bf16,
             Mma::I8 | Mma::SparseI8 => imma,
+            Mma::WgmmaF16 => hgmma && !bf16,
+            Mma::WgmmaBf16 => hgmma && bf16,
         }
 }
 
@@ -196,6 +199,14 @@ impl KernelSass {
             ),
             (false, n) if n > 0 => bad.push(format!(
                 "the table says no cp.async but the SASS has {n} LDGSTS"
+            )),
+            _ => {}
+        }
+        let utmaldg = self.count(|op| head(op) == "UTMALDG");
+        match (features.tma, utmaldg) {
+            (true, 0) => bad.push("the table says TMA-fed but the SASS has no UTMALDG".into()),
+            (false, n) if n > 0 => bad.push(format!(
+                "the table says no TMA but the SASS has {n} UTMALDG"
             )),
             _ => {}
         }

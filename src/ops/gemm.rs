@@ -282,6 +282,18 @@ pub fn gemm_into(x: &Tensor, w: &Tensor, g: &Gemm, out: &mut Tensor) -> Result<(
                 out_scale: 1.0,
                 ..Default::default()
             };
+            if dt != DType::F32 && g.tile.is_none() && gpu.hopper_kernels() {
+                let ops = Operands::new(OP, x, w, g.bias, g.residual)?;
+                return super::gemm_hopper::launch(
+                    &gpu,
+                    dt,
+                    odt,
+                    d,
+                    p,
+                    ops,
+                    dev_mut(OP, "out", out)?,
+                );
+            }
             let (kernel, tile) = if dt == DType::F32 {
                 ("gemm_f32_f32".to_string(), None)
             } else {

@@ -19,6 +19,7 @@ pub mod depthwise;
 pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
+pub mod gemm_hopper;
 pub mod gemm_int8;
 pub mod gemm_sparse;
 pub mod gemm_w4;

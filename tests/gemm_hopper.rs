@@ -1,0 +1,242 @@
+//! Hopper dense GEMM (`kernels/gemm_hopper.cu`, sm_90a: TMA + mbarrier ring + warp-specialised
+//! wgmma; `src/ops/gemm_hopper.rs`): GPU against the f64 reference with the Hopper kernels
+//! switched on, over tails in M, N and K (TMA zero-fill), ring wrap-around (K beyond
+//! GEMM_H_STAGES stages), persistent blocks walking several tiles, every epilogue and dtype,
+//! batched and Linear layouts; and the switch and arch gate.
+//!
+//! On a GPU these run only on compute capability 9.0 (elsewhere a counted SKIP). On the
+//! emulated GPU the device reports 2 SMs, so each block walks several tiles.
+
+mod common;
+use common::*;
+use medkern::device::kernels;
+use medkern::device::{Arch, Gpu};
+use medkern::ops::{self, Activation, Gemm};
+use medkern::reference::gemm::{self as reference, GemmDims};
+use medkern::{DType, Device, Error};
+use proptest::prelude::*;
+use std::sync::Arc;
+
+const U_F32: f64 = f32::EPSILON as f64 / 2.0;
+
+/// A device with the Hopper kernels on, or None after a counted SKIP (no GPU, or a GPU other
+/// than compute capability 9.0). The CPU self-check (MEDKERN_TEST_BACKEND=cpu) gets the CPU.
+fn hopper_device(test: &str) -> Option<Device> {
+    let dev = test_device(test)?;
+    let Device::Gpu(g) = &dev else {
+        return Some(dev);
+    };
+    let own: Arc<Gpu> = if g.is_emulated() {
+        Gpu::emulated_as(g.arch(), 2).expect("emulated GPU")
+    } else if g.arch() == Arch::new(9, 0) {
+        Gpu::new(g.ordinal()).expect("GPU")
+    } else {
+        assert!(
+            std::env::var("MEDKERN_REQUIRE_HOPPER").as_deref() != Ok("1"),
+            "{test}: MEDKERN_REQUIRE_HOPPER=1 but the GPU is {}",
+            g.arch()
+        );
+        skip(
+            test,
+            &format!("the GPU is {}, not compute capability 9.0", g.arch()),
+        );
+        return None;
+    };
+    own.set_hopper_kernels(true)
+        .expect("compute capability 9.0");
+    Some(Device::Gpu(own))
+}
+
+#[test]
+fn hopper_switch_and_arch_gate() {
+    // Table: sm_90a only, fed by TMA into wgmma.
+    for name in [
+        "gemm_hopper_f16_f16",
+        "gemm_hopper_f16_f32",
+        "gemm_hopper_bf16_bf16",
+        "gemm_hopper_bf16_f32",
+    ] {
+        let k = kernels::kernel_info(name).unwrap();
+        assert!(
+            k.sm90a_only() && k.features.tma && !k.features.cp_async,
+            "{name}"
+        );
+        kernels::check_arch(name, Arch::new(9, 0)).unwrap();
+        for other in [
+            Arch::new(8, 0),
+            Arch::new(8, 9),
+            Arch::new(10, 0),
+            Arch::new(12, 0),
+        ] {
+            let e = kernels::check_arch(name, other).unwrap_err();
+            assert!(
+                matches!(e, Error::ArchMismatch { .. }) && e.to_string().contains("sm_90a"),
+                "{name} on {other}: {e}"
+            );
+        }
+    }
+    if !medkern::device::emu::available() {
+        skip("hopper_switch_and_arch_gate", "built without the emulator");
+        return;
+    }
+    let ampere = Gpu::emulated_as(Arch::new(8, 0), 4).unwrap();
+    let e = ampere.set_hopper_kernels(true).unwrap_err();
+    assert!(e.to_string().contains("compute capability 9.0"), "{e}");
+    assert!(!ampere.hopper_kernels());
+    let h = Gpu::emulated_as(Arch::new(9, 0), 4).unwrap();
+    assert_eq!(
+        h.hopper_kernels(),
+        std::env::var("MEDKERN_HOPPER").as_deref() == Ok("1"),
+        "off by default, on with MEDKERN_HOPPER=1"
+    );
+    h.set_hopper_kernels(true).unwrap();
+    assert!(h.hopper_kernels());
+    h.set_hopper_kernels(false).unwrap();
+    assert!(!h.hopper_kernels());
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_case(
+    dev: &Device,
+    seed: u64,
+    dt: DType,
+    odt: DType,
+    act: Activation,
+    with_bias: bool,
+    with_res: bool,
+    batch: usize,
+    batched: bool,
+    (m, n, k): (usize, usize, usize),
+) -> Result<(), String> {
+    let mut rng = SeedRng::new(seed);
+    let (xs, ws, ys) = if batched {
+        (vec![batch, m, k], vec![batch, n, k], vec![batch, m, n])
+    } else {
+        (vec![m, k], vec![n, k], vec![m, n])
+    };
+    let d = GemmDims {
+        batch,
+        m,
+        n,
+        k,
+        shared_w: !batched,
+    };
+    let x = random_values(&mut rng, batch * m * k, 1.0, dt);
+    let w = random_values(&mut rng, ws.iter().product(), 0.5, dt);
+    let b = random_values(&mut rng, n, 1.0, dt);
+    let r = random_values(&mut rng, batch * m * n, 1.0, odt);
+    let alpha = f64::from((0.25 + rng.uniform()) as f32);
+    let (xt, wt, bt, rt) = (
+        upload(dev, &xs, &x, dt),
+        upload(dev, &ws, &w, dt),
+        upload(dev, &[n], &b, dt),
+        upload(dev, &ys, &r, odt),
+    );
+    let spec = Gemm {
+        alpha: alpha as f32,
+        bias: with_bias.then_some(&bt),
+        act,
+        residual: with_res.then_some(&rt),
+        out_dtype: Some(odt),
+        tile: None,
+    };
+    let mut out = poisoned(dev, &ys, odt);
+    ops::gemm_into(&xt, &wt, &spec, &mut out).map_err(|e| e.to_string())?;
+    let got = out.to_host().unwrap().to_f64();
+    let want = reference::gemm(
+        &x,
+        &w,
+        d,
+        alpha,
+        with_bias.then_some(&b[..]),
+        act,
+        with_res.then_some(&r[..]),
+    );
+    let ax: Vec<f64> = x.iter().map(|v| v.abs()).collect();
+    let aw: Vec<f64> = w.iter().map(|v| v.abs()).collect();
+    let mag = reference::gemm(&ax, &aw, d, alpha, None, Activation::Identity, None);
+    let atol = |i: usize| {
+        let extra =
+            if with_bias { b[i % n].abs() } else { 0.0 } + if with_res { r[i].abs() } else { 0.0 };
+        min_step(odt) + 8.0 * (k as f64).sqrt() * U_F32 * (mag[i] + extra + want[i].abs())
+    };
+    check_close(
+        &format!(
+            "hopper gemm {dt}->{odt} {act:?} b{batch} batched={batched} m{m} n{n} k{k} \
+             bias={with_bias} res={with_res}"
+        ),
+        &got,
+        &want,
+        &atol,
+        2.0 * odt.unit_roundoff(),
+    )
+}
+
+#[test]
+fn gemm_hopper_matches_reference() {
+    let Some(dev) = hopper_device("gemm_hopper_matches_reference") else {
+        return;
+    };
+    let strategy = (
+        value_seed(),
+        (0..2usize, any::<bool>()),
+        0..8usize,
+        any::<(bool, bool)>(),
+        (any::<bool>(), 1..=3usize),
+        (gemm_dim(8, 300), gemm_dim(8, 300), 1..=72usize),
+    );
+    check_covering(
+        file!(),
+        48,
+        &strategy,
+        |(seed, (di, out32), ai, (with_bias, with_res), (batched, batch), (m, n, k8)), cover| {
+            cover.admit([di, usize::from(out32)], [2, 2])?;
+            let dt = [DType::F16, DType::BF16][di];
+            let odt = if out32 { DType::F32 } else { dt };
+            let batch = if batched { batch } else { 1 };
+            run_case(
+                &dev,
+                seed,
+                dt,
+                odt,
+                Activation::ALL[ai],
+                with_bias,
+                with_res,
+                batch,
+                batched,
+                (m, n, 8 * k8),
+            )
+            .map_err(TestCaseError::fail)
+        },
+    );
+}
+
+#[test]
+fn gemm_hopper_bert_shapes() {
+    // Encoder shapes: the FFN up-projection of a 128-token batch, and a single token.
+    let Some(dev) = hopper_device("gemm_hopper_bert_shapes") else {
+        return;
+    };
+    for (i, (dt, m, n, k)) in [
+        (DType::F16, 128, 3072, 768),
+        (DType::BF16, 1, 768, 768),
+        (DType::BF16, 200, 384, 1536),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        run_case(
+            &dev,
+            40 + i as u64,
+            dt,
+            dt,
+            Activation::GeluErf,
+            true,
+            false,
+            1,
+            false,
+            (m, n, k),
+        )
+        .unwrap();
+    }
+}
