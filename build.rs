@@ -597,6 +597,13 @@ fn build_emu(root: &Path, out: &Path, incs: &[PathBuf], require: bool) {
             "mk_selftest_mma_s8",
             "mk_selftest_ldmatrix",
             "mk_selftest_ldmatrix_trans",
+            "mk_selftest_wgmma",
+            "mk_selftest_tma",
+            "mk_selftest_mbar_uninit",
+            "mk_selftest_mbar_never_completes",
+            "mk_selftest_mbar_phases",
+            "mk_selftest_wgmma_unfenced",
+            "mk_selftest_wgmma_unwaited",
         ]
         .map(String::from)
         .to_vec(),

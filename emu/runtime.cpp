@@ -991,6 +991,12 @@ void mbar_progress(uintptr_t a, Launch::MBar& m) {
 
 void land_bulk(const Launch::Bulk& b) {
     for (size_t i = 0; i < b.offs.size(); ++i) std::memcpy(L->smem + b.offs[i], b.data.data() + i * b.esize, b.esize);
+    // Shadow: written by the async proxy, ordered before every thread that reads it after the
+    // mbarrier wait (a barrier count no thread has). A read before the data landed still finds
+    // the bytes unwritten (initcheck) or holding the previous stage (wrong results).
+    if (L->checks & (kInitcheck | kRacecheck))
+        for (size_t off : b.offs)
+            for (size_t j = 0; j < b.esize; ++j) L->dyn_shadow[off + j] = Sh{L->stamp, 0, 0, 0xFFFFFFFFu, 0, 0, 0, kWritten};
     auto it = L->mbars.find(b.bar);
     if (it == L->mbars.end()) fault("TMA copy completed on an mbarrier that is no longer initialised");
     it->second.tx -= b.bytes;

@@ -122,3 +122,112 @@ extern "C" __global__ void mk_selftest_ldmatrix_trans(const unsigned* image, int
                                                       unsigned* out) {
     selftest_ldmatrix(image, words, offs, out, true);
 }
+
+// ---- Hopper (kernels/common/hopper.cuh) ------------------------------------------------------
+#include "common/hopper.cuh"
+
+// The dynamic shared memory of a probe, from its first 1024-byte aligned shared address.
+__device__ __forceinline__ char* aligned_smem() {
+    MK_DYN_SMEM(char, raw);
+    return raw + ((1024u - (mk::shared_addr(raw) & 1023u)) & 1023u);
+}
+
+// One wgmma m64n128k16 (f16) for one warpgroup through mk::Wgmma: the block copies `words`
+// 32-bit words of `image` to the aligned shared memory, adds that address to the start-address
+// field of the descriptors `da`, `db` (given relative to it) and thread t writes its 64
+// accumulators to out[64t .. 64t+64).
+extern "C" __global__ void mk_selftest_wgmma(const unsigned* image, int words, unsigned long long da,
+                                             unsigned long long db, float* out) {
+    char* s = aligned_smem();
+    unsigned* w = reinterpret_cast<unsigned*>(s);
+    for (int i = threadIdx.x; i < words; i += blockDim.x) w[i] = image[i];
+    __syncthreads();
+    const unsigned long long base = mk::shared_addr(s) >> 4;
+    float d[64];
+    for (int i = 0; i < 64; ++i) d[i] = 0.f;
+    mk::wgmma_fence();
+    mk::Wgmma<mk::f16>::run(d, da + base, db + base, 0);
+    mk::wgmma_commit();
+    mk::wgmma_wait<0>();
+    for (int i = 0; i < 64; ++i) out[64 * threadIdx.x + i] = d[i];
+}
+
+// One TMA load of the box at (c0, c1, c2) of `map` into the aligned shared memory, completed
+// on an mbarrier all threads wait on (unless `wait` is 0: then nobody waits, which the
+// emulator must report); the block then copies `bytes` bytes of shared memory to out.
+extern "C" __global__ void mk_selftest_tma(const MK_GRID_CONSTANT mk::TmaMap map, int c0, int c1, int c2, int bytes,
+                                           int wait, unsigned* out) {
+    char* s = aligned_smem();
+    unsigned long long* bar = reinterpret_cast<unsigned long long*>(s + bytes);
+    if (threadIdx.x == 0) {
+        mk::mbar_init(bar, 1);
+        mk::mbar_init_fence();
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        mk::mbar_arrive_expect_tx(bar, bytes);
+        mk::tma_load_3d(s, &map, c0, c1, c2, bar);
+    }
+    if (!wait) return;
+    mk::mbar_wait(bar, 0);
+    const unsigned* w = reinterpret_cast<const unsigned*>(s);
+    for (int i = threadIdx.x; i < bytes / 4; i += blockDim.x) out[i] = w[i];
+}
+
+// Thread 0 arrives on an mbarrier nobody initialised.
+extern "C" __global__ void mk_selftest_mbar_uninit(float* y) {
+    MK_DYN_SMEM(unsigned long long, bar);
+    if (threadIdx.x == 0) mk::mbar_arrive(bar);
+    y[threadIdx.x] = 1.f;
+}
+
+// An mbarrier expecting two arrivals gets one; every thread waits for the phase.
+extern "C" __global__ void mk_selftest_mbar_never_completes(float* y) {
+    MK_DYN_SMEM(unsigned long long, bar);
+    if (threadIdx.x == 0) {
+        mk::mbar_init(bar, 2);
+        mk::mbar_init_fence();
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) mk::mbar_arrive(bar);
+    mk::mbar_wait(bar, 0);
+    y[threadIdx.x] = 1.f;
+}
+
+// Two phases of an mbarrier with one arrival each: waits on parity 0 then 1 pass in order.
+extern "C" __global__ void mk_selftest_mbar_phases(float* y) {
+    MK_DYN_SMEM(unsigned long long, bar);
+    if (threadIdx.x == 0) {
+        mk::mbar_init(bar, 1);
+        mk::mbar_init_fence();
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) mk::mbar_arrive(bar);
+    mk::mbar_wait(bar, 0);
+    __syncthreads();
+    if (threadIdx.x == 0) mk::mbar_arrive(bar);
+    mk::mbar_wait(bar, 1);
+    y[threadIdx.x] = 2.f;
+}
+
+// wgmma.mma_async with no wgmma.fence before it.
+extern "C" __global__ void mk_selftest_wgmma_unfenced(float* y) {
+    char* s = aligned_smem();
+    const unsigned long long desc = mk::desc_k128(mk::shared_addr(s));
+    float d[64] = {};
+    mk::Wgmma<mk::f16>::run(d, desc, desc, 0);
+    mk::wgmma_commit();
+    mk::wgmma_wait<0>();
+    y[threadIdx.x] = d[0];
+}
+
+// wgmma.mma_async issued and committed, never waited for before the threads exit.
+extern "C" __global__ void mk_selftest_wgmma_unwaited(float* y) {
+    char* s = aligned_smem();
+    const unsigned long long desc = mk::desc_k128(mk::shared_addr(s));
+    float d[64] = {};
+    mk::wgmma_fence();
+    mk::Wgmma<mk::f16>::run(d, desc, desc, 0);
+    mk::wgmma_commit();
+    y[threadIdx.x] = 1.f;
+}

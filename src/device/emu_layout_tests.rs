@@ -534,3 +534,388 @@ fn ldmatrix_x4_matches_cute_sm75_ldsm() {
         bad.join("\n")
     );
 }
+
+// ---- Hopper: wgmma and TMA ----------------------------------------------------------------------
+//
+// Transcribed from the same CUTLASS commit (7107b05535f8977f5ecb9d01ee203205b1fd9bc4):
+// - include/cute/arch/mma_sm90_desc.hpp: `GmmaDescriptor` (start address bits [0,14), leading
+//   byte offset [16,30), stride byte offset [32,46), all in 16-byte units; base offset
+//   [49,52); layout type [62,64)) and `LayoutType` (INTERLEAVE 0, B128 1, B64 2, B32 3);
+// - include/cute/atom/mma_traits_sm90_gmma.hpp: `CLayout_64xN` and the K-major canonical
+//   layouts of `make_gmma_desc`'s comment, in elements (T = 16 bytes of elements):
+//     INTERLEAVE : Swizzle<0,4,3> o smem_ptr o ((8,m),(T,2)):((1T,SBO),(1,LBO))
+//     B32        : Swizzle<1,4,3> o smem_ptr o ((8,m),(T,2)):((2T,SBO),(1, T ))
+//     B64        : Swizzle<2,4,3> o smem_ptr o ((8,m),(T,2)):((4T,SBO),(1, T ))
+//     B128       : Swizzle<3,4,3> o smem_ptr o ((8,m),(T,2)):((8T,SBO),(1, T ))
+//   and `DescriptorIterator`, which advances along K by adding 16-byte units to the start
+//   address (CUTLASS and DeepGEMM step a 128-byte swizzled row 32 bytes per k16 block);
+// - include/cute/swizzle.hpp: `Swizzle<B,M,S>::apply(o) = o ^ ((o & (((1<<B)-1) << (M+S))) >> S)`
+//   (on byte addresses: the smem_ptr);
+// - include/cute/atom/copy_traits_sm90_tma_swizzle.hpp: `get_tma_swizzle_bits`, Swizzle<1,4,3>
+//   ↔ CU_TENSOR_MAP_SWIZZLE_32B, <2,4,3> ↔ 64B, <3,4,3> ↔ 128B.
+
+/// `CLayout_64xN` for N = 128: (T128, V64) -> (M64, N128), column-major index m + 64n.
+const C_64X128: &str = "((4,8,4),(2,2,16)):((128,1,16),(64,8,512))";
+
+/// CuTe's `Swizzle<B,M,S>::apply` on a byte offset.
+fn cute_swizzle(b: u32, m: u32, s: u32, o: usize) -> usize {
+    let yyy = ((1usize << b) - 1) << (m + s);
+    o ^ ((o & yyy) >> s)
+}
+
+/// A K-major canonical GMMA layout (`LayoutType` code, swizzle bits B, row pitch in bytes).
+#[derive(Clone, Copy, Debug)]
+struct GmmaLayout {
+    name: &'static str,
+    code: u64,
+    swizzle_bits: u32,
+    row_bytes: usize,
+}
+
+const GMMA_LAYOUTS: [GmmaLayout; 4] = [
+    GmmaLayout {
+        name: "INTERLEAVE",
+        code: 0,
+        swizzle_bits: 0,
+        row_bytes: 16,
+    },
+    GmmaLayout {
+        name: "B32",
+        code: 3,
+        swizzle_bits: 1,
+        row_bytes: 32,
+    },
+    GmmaLayout {
+        name: "B64",
+        code: 2,
+        swizzle_bits: 2,
+        row_bytes: 64,
+    },
+    GmmaLayout {
+        name: "B128",
+        code: 1,
+        swizzle_bits: 3,
+        row_bytes: 128,
+    },
+];
+
+impl GmmaLayout {
+    /// Byte offset (from a 1024-aligned region start) of f16 element (row r, k) of a K-major
+    /// operand with `rows` rows and `k_total` K elements: CuTe's canonical layout
+    /// ((8,m),(T,2k)) with T = 8, then the swizzle. The interleaved layout puts core matrices
+    /// (8 rows x 16 bytes) LBO = 128 bytes apart along K and SBO = 128·(k_total/8) apart along
+    /// rows; the swizzled ones have SBO = 8 rows of `row_bytes`.
+    fn offset(self, r: usize, k: usize, k_total: usize) -> usize {
+        let (r0, r1, k0, k1) = (r % 8, r / 8, k % 8, k / 8);
+        let linear = if self.code == 0 {
+            r0 * 16 + r1 * self.sbo(k_total) + 2 * k0 + k1 * 128
+        } else {
+            r0 * self.row_bytes + r1 * self.sbo(k_total) + 2 * k0 + k1 * 16
+        };
+        cute_swizzle(self.swizzle_bits, 4, 3, linear)
+    }
+
+    fn sbo(self, k_total: usize) -> usize {
+        if self.code == 0 {
+            128 * (k_total / 8)
+        } else {
+            8 * self.row_bytes
+        }
+    }
+
+    /// The `GmmaDescriptor` of a region at byte `start` (relative to the probe's aligned base).
+    fn desc(self, start: usize, k_total: usize) -> u64 {
+        let lbo = if self.code == 0 { 128 >> 4 } else { 1 };
+        (start as u64 >> 4)
+            | (lbo << 16)
+            | ((self.sbo(k_total) as u64 >> 4) << 32)
+            | (self.code << 62)
+    }
+}
+
+/// One wgmma probe: A 64 x `k_total`, B 128 x `k_total` (small integers, exact in f32) laid out
+/// by `lay`; the descriptors start `kb` k16 blocks into the rows. Every accumulator register
+/// of every thread must hold the D element CuTe's CLayout_64xN names, D = A[:, kb]·B[:, kb]ᵀ.
+fn wgmma_mismatches(gpu: &Arc<Gpu>, lay: GmmaLayout, k_total: usize, kb: usize) -> Vec<String> {
+    let c = Layout::parse(C_64X128);
+    assert_eq!((c.threads(), c.values()), (128, 64));
+    let a = |m: usize, k: usize| ((m * 7 + k * 3) % 9) as f64 - 4.0;
+    let b = |n: usize, k: usize| ((n * 5 + k * 11) % 7) as f64 - 3.0;
+    let b_start = 16384;
+    let mut image = vec![0u16; (b_start + 16 * lay.sbo(k_total)) / 2];
+    let mut put = |off: usize, v: f64| {
+        assert_eq!(
+            image[off / 2],
+            0,
+            "{}: two elements at byte {off}",
+            lay.name
+        );
+        image[off / 2] = half::f16::from_f64(v).to_bits() | 0x8000 * u16::from(v == 0.0);
+    };
+    for m in 0..64 {
+        for k in 0..k_total {
+            put(lay.offset(m, k, k_total), a(m, k));
+        }
+    }
+    for n in 0..128 {
+        for k in 0..k_total {
+            put(b_start + lay.offset(n, k, k_total), b(n, k));
+        }
+    }
+    let words: Vec<i32> = image
+        .chunks(2)
+        .map(|p| (u32::from(p[0]) | u32::from(p[1]) << 16) as i32)
+        .collect();
+    // A k16 block further along K: 32 bytes on for the swizzled rows (the address walk CUTLASS
+    // and DeepGEMM use), two core matrices (2·LBO) on for the interleaved layout.
+    let step = if lay.code == 0 { 256 } else { 32 };
+    let (da, db) = (
+        lay.desc(kb * step, k_total),
+        lay.desc(b_start + kb * step, k_total),
+    );
+    let input = DeviceTensor::upload(
+        gpu,
+        &HostTensor::new(&[words.len()], words.clone()).unwrap(),
+    )
+    .unwrap();
+    let out = DeviceTensor::alloc(gpu, &[128 * 64], DType::F32).unwrap();
+    let (mut pi, mut po) = (input.addr(), out.addr());
+    let (mut nw, mut da, mut db) = (words.len() as i32, da, db);
+    let p = |x: &mut u64| (x as *mut u64).cast::<std::ffi::c_void>();
+    let mut params = vec![
+        p(&mut pi),
+        (&mut nw as *mut i32).cast(),
+        p(&mut da),
+        p(&mut db),
+        p(&mut po),
+    ];
+    let smem = (1024 + 2 * words.len() * 2) as u32;
+    // SAFETY: the list matches mk_selftest_wgmma; it reads input[0 .. words), writes
+    // out[0 .. 128·64), and the emulator checks every shared access of the descriptors.
+    unsafe {
+        emu::launch(
+            "mk_selftest_wgmma",
+            (1, 1, 1),
+            (128, 1, 1),
+            smem,
+            &mut params,
+            &[8, 4, 8, 8, 8],
+            11,
+        )
+    }
+    .unwrap();
+    let got = out.download().unwrap();
+    let got = got.as_slice::<f32>().unwrap();
+    let mut bad = Vec::new();
+    for t in 0..128 {
+        for v in 0..64 {
+            let idx = c.tv(t, v);
+            let (m, n) = (idx % 64, idx / 64);
+            let want: f64 = (16 * kb..16 * kb + 16).map(|k| a(m, k) * b(n, k)).sum();
+            if f64::from(got[64 * t + v]) != want && bad.len() < 8 {
+                bad.push(format!(
+                    "{} k{k_total} block {kb}: thread {t} value {v} = {}, CuTe CLayout_64xN puts \
+                     D[{m}][{n}] = {want} there",
+                    lay.name,
+                    got[64 * t + v]
+                ));
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn wgmma_matches_cute_sm90_gmma() {
+    let gpu = Gpu::emulated().unwrap();
+    let mut bad = Vec::new();
+    for lay in GMMA_LAYOUTS {
+        bad.extend(wgmma_mismatches(&gpu, lay, 16, 0));
+    }
+    // The swizzled rows hold 2 (B32) to 8 (B128) k16 blocks; the interleaved layout any number.
+    for (lay, k_total) in [
+        (GMMA_LAYOUTS[2], 32),
+        (GMMA_LAYOUTS[3], 64),
+        (GMMA_LAYOUTS[0], 64),
+    ] {
+        for kb in 1..k_total / 16 {
+            bad.extend(wgmma_mismatches(&gpu, lay, k_total, kb));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "wgmma disagrees with CuTe:\n{}",
+        bad.join("\n")
+    );
+}
+
+/// One TMA probe: a 3-D u16 tensor of `dims` (values distinct, never 0), the box at `at`
+/// loaded with `swizzle`; every byte of the box in shared memory must be where CuTe's
+/// Swizzle<B,4,3> of its linear offset puts it, zeros for the elements outside the tensor.
+fn tma_mismatches(
+    gpu: &Arc<Gpu>,
+    swizzle: super::tma::Swizzle,
+    bits: u32,
+    boxes: [u32; 3],
+    at: [i32; 3],
+    wait: bool,
+) -> (Result<()>, Vec<String>) {
+    let dims = [104usize, 37, 3];
+    let value = |x: usize, y: usize, z: usize| (1 + x + 104 * y + 104 * 37 * z) as u16;
+    let mut t16 = Vec::with_capacity(dims.iter().product());
+    for z in 0..dims[2] {
+        for y in 0..dims[1] {
+            for x in 0..dims[0] {
+                t16.push(half::f16::from_bits(value(x, y, z)));
+            }
+        }
+    }
+    let tensor = DeviceTensor::upload(gpu, &HostTensor::new(&[t16.len()], t16).unwrap()).unwrap();
+    let map = super::tma::TensorMap::tiled_3d(
+        gpu,
+        tensor.addr(),
+        DType::F16,
+        dims.map(|d| d as u64),
+        [208, 208 * 37],
+        boxes,
+        swizzle,
+    )
+    .unwrap();
+    let bytes = (boxes.iter().product::<u32>() * 2) as usize;
+    let out = DeviceTensor::alloc(gpu, &[bytes / 4], DType::I32).unwrap();
+    let mut po = out.addr();
+    let (mut c0, mut c1, mut c2, mut nb, mut w) =
+        (at[0], at[1], at[2], bytes as i32, i32::from(wait));
+    let mut map_bytes = Vec::new();
+    super::KernelParam::param_bytes(&map, &mut map_bytes);
+    let q = |x: &mut i32| (x as *mut i32).cast::<std::ffi::c_void>();
+    let mut params = vec![
+        map_bytes.as_mut_ptr().cast(),
+        q(&mut c0),
+        q(&mut c1),
+        q(&mut c2),
+        q(&mut nb),
+        q(&mut w),
+        (&mut po as *mut u64).cast(),
+    ];
+    // SAFETY: the list matches mk_selftest_tma (a 128-byte map, five ints, a pointer); the
+    // map covers `tensor` exactly, out holds `bytes` bytes, shared memory the box and the
+    // mbarrier.
+    let r = unsafe {
+        emu::launch(
+            "mk_selftest_tma",
+            (1, 1, 1),
+            (64, 1, 1),
+            (1024 + bytes + 16) as u32,
+            &mut params,
+            &[128, 4, 4, 4, 4, 4, 8],
+            13,
+        )
+    };
+    if r.is_err() {
+        return (r, Vec::new());
+    }
+    let got = out.download().unwrap();
+    let got: Vec<u16> = got
+        .as_slice::<i32>()
+        .unwrap()
+        .iter()
+        .flat_map(|&w| [w as u32 as u16, (w as u32 >> 16) as u16])
+        .collect();
+    let mut bad = Vec::new();
+    let mut i = 0;
+    for z in 0..boxes[2] as i64 {
+        for y in 0..boxes[1] as i64 {
+            for x in 0..boxes[0] as i64 {
+                let g = [at[0] as i64 + x, at[1] as i64 + y, at[2] as i64 + z];
+                let inside = g.iter().zip(dims).all(|(&c, d)| c >= 0 && c < d as i64);
+                let want = if inside {
+                    value(g[0] as usize, g[1] as usize, g[2] as usize)
+                } else {
+                    0
+                };
+                let off = cute_swizzle(bits, 4, 3, 2 * i);
+                if got[off / 2] != want && bad.len() < 8 {
+                    bad.push(format!(
+                        "{swizzle:?} box {boxes:?} at {at:?}: element ({x},{y},{z}) expected at \
+                         byte {off} = {want}, found {}",
+                        got[off / 2]
+                    ));
+                }
+                i += 1;
+            }
+        }
+    }
+    (Ok(()), bad)
+}
+
+#[test]
+fn tma_loads_match_cute_swizzles_and_fill_zeros() {
+    use super::tma::Swizzle;
+    let gpu = Gpu::emulated().unwrap();
+    let mut bad = Vec::new();
+    for (sw, bits, inner) in [
+        (Swizzle::None, 0, 24),
+        (Swizzle::B32, 1, 16),
+        (Swizzle::B64, 2, 32),
+        (Swizzle::B128, 3, 64),
+    ] {
+        // Inside, and across each edge (negative and past-the-end coordinates).
+        for at in [[0, 0, 0], [-8, 33, 1], [90, -3, 2], [40, 5, -1]] {
+            let (r, b) = tma_mismatches(&gpu, sw, bits, [inner, 8, 2], at, true);
+            r.unwrap();
+            bad.extend(b);
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "TMA disagrees with CuTe:\n{}",
+        bad.join("\n")
+    );
+    // A copy nobody waits for is an error, not a silent race with the next block.
+    let (r, _) = tma_mismatches(&gpu, Swizzle::B128, 3, [64, 8, 1], [0, 0, 0], false);
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("TMA copies in flight"), "{e}");
+}
+
+#[test]
+fn tensor_maps_refuse_what_the_driver_refuses() {
+    use super::tma::{Swizzle, TensorMap};
+    let gpu = Gpu::emulated().unwrap();
+    let ok = |base, dims, strides, boxes, sw| {
+        TensorMap::tiled_3d(&gpu, base, DType::F16, dims, strides, boxes, sw).map(|_| ())
+    };
+    ok(4096, [64, 8, 1], [128, 1024], [64, 8, 1], Swizzle::B128).unwrap();
+    for (what, r) in [
+        (
+            "base",
+            ok(4104, [64, 8, 1], [128, 1024], [64, 8, 1], Swizzle::B128),
+        ),
+        (
+            "strides",
+            ok(4096, [64, 8, 1], [120, 1024], [64, 8, 1], Swizzle::B128),
+        ),
+        (
+            "box",
+            ok(4096, [64, 8, 1], [128, 1024], [128, 8, 1], Swizzle::B128),
+        ),
+        (
+            "box",
+            ok(4096, [64, 8, 1], [128, 1024], [64, 300, 1], Swizzle::None),
+        ),
+        (
+            "box",
+            ok(4096, [64, 8, 1], [128, 1024], [4, 8, 1], Swizzle::None),
+        ),
+        (
+            "dims",
+            ok(4096, [0, 8, 1], [128, 1024], [64, 8, 1], Swizzle::None),
+        ),
+    ] {
+        let e = r.unwrap_err();
+        assert!(
+            matches!(e, crate::Error::Invalid { arg, .. } if arg == what),
+            "{what}: {e}"
+        );
+    }
+}

@@ -571,3 +571,37 @@ fn threads_needing_one_module_load_it_once() {
     });
     assert_eq!(loads.load(Ordering::SeqCst), 1);
 }
+
+// ---- Hopper: mbarrier and wgmma misuse (emu/selftest.cu) --------------------------------------
+
+#[test]
+fn mbarrier_misuse_is_reported() {
+    let (r, _) = selftest_smem("mk_selftest_mbar_uninit", 1, 64, 64);
+    let e = err_text(r);
+    assert!(e.contains("no thread of the block initialised"), "{e}");
+    let (r, _) = selftest_smem("mk_selftest_mbar_never_completes", 1, 64, 64);
+    let e = err_text(r);
+    assert!(
+        e.contains("deadlock") && e.contains("mbarrier phase that never completes"),
+        "{e}"
+    );
+    // Two phases in order: runs.
+    let (r, y) = selftest_smem("mk_selftest_mbar_phases", 1, 64, 64);
+    r.unwrap();
+    assert!(y[..64].iter().all(|&v| v == 2.0), "{:?}", &y[..64]);
+}
+
+#[test]
+fn wgmma_misuse_is_reported() {
+    let smem = 1024 + 24 * 1024;
+    let (r, _) = selftest_smem("mk_selftest_wgmma_unfenced", 1, 128, smem);
+    let e = err_text(r);
+    assert!(e.contains("before any wgmma.fence"), "{e}");
+    let (r, _) = selftest_smem("mk_selftest_wgmma_unwaited", 1, 128, smem);
+    let e = err_text(r);
+    assert!(e.contains("still in flight when the thread exits"), "{e}");
+    // A warpgroup instruction needs whole warpgroups.
+    let (r, _) = selftest_smem("mk_selftest_wgmma_unfenced", 1, 96, smem);
+    let e = err_text(r);
+    assert!(e.contains("multiple of 128 threads"), "{e}");
+}
