@@ -650,7 +650,7 @@ fn wgmma_mismatches(gpu: &Arc<Gpu>, lay: GmmaLayout, k_total: usize, kb: usize) 
             "{}: two elements at byte {off}",
             lay.name
         );
-        image[off / 2] = half::f16::from_f64(v).to_bits() | 0x8000 * u16::from(v == 0.0);
+        image[off / 2] = half::f16::from_f64(v).to_bits() | (0x8000 * u16::from(v == 0.0));
     };
     for m in 0..64 {
         for k in 0..k_total {
