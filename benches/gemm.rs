@@ -1,6 +1,8 @@
 //! Dense GEMM bench (`kernels/gemm.cu`): FLOP/s (criterion "elem/s" = FLOP/s, 2·M·N·K per
 //! call) at BERT Linear shapes with and without the fused bias+GELU epilogue, and at 4096³ /
-//! 8192³. `scripts/peer_bench.py` times the same ids with PyTorch for the ratio table.
+//! 8192³. `scripts/peer_bench.py` times the same ids with PyTorch for the ratio table. On
+//! compute capability 9.0 the group `gemm_hopper` repeats them with the sm_90a kernels on
+//! (kernels/gemm_hopper.cu; f16/bf16 only: f32 stays on the SIMT kernel).
 
 mod common;
 use common::*;
@@ -32,8 +34,26 @@ fn bench(c: &mut criterion::Criterion) {
         });
         return;
     };
+    // The sm_90a kernels (kernels/gemm_hopper.cu) on compute capability 9.0, as a second group
+    // `gemm_hopper` on a device with them switched on; the same ids otherwise.
+    let hopper = (gpu.arch() == medkern::device::Arch::new(9, 0))
+        .then(|| medkern::device::Gpu::new(gpu.ordinal()).ok())
+        .flatten()
+        .filter(|h| h.set_hopper_kernels(true).is_ok());
+    for (group, gpu) in
+        std::iter::once(("gemm", gpu.clone())).chain(hopper.map(|h| ("gemm_hopper", h)))
+    {
+        run_group(c, group, &gpu);
+    }
+}
+
+fn run_group(
+    c: &mut criterion::Criterion,
+    group: &str,
+    gpu: &std::sync::Arc<medkern::device::Gpu>,
+) {
     let dev = Device::Gpu(gpu.clone());
-    let mut g = c.benchmark_group("gemm");
+    let mut g = c.benchmark_group(group);
     let mut rng = SeedRng::new(17);
     for (m, n, k) in SHAPES {
         let dts: &[DType] = if m == 4096 {
@@ -42,6 +62,9 @@ fn bench(c: &mut criterion::Criterion) {
             &[DType::F16]
         };
         for &dt in dts {
+            if group == "gemm_hopper" && dt == DType::F32 {
+                continue;
+            }
             let x = upload(&dev, &[m, k], &random_values(&mut rng, m * k, 1.0, dt), dt);
             let w = upload(&dev, &[n, k], &random_values(&mut rng, n * k, 0.05, dt), dt);
             let bias = upload(&dev, &[n], &random_values(&mut rng, n, 0.1, dt), dt);

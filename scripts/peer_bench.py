@@ -794,6 +794,10 @@ def main():
             put(f"gemm/plain/{dn}/{m}x{n}x{k}", timed(lambda: torch.matmul(x, w.t())), 2 * m * n * k, "flop")
             if not (m >= 4096 and n == 4096) and dn != "f32":
                 put(f"gemm/bias_gelu/{dn}/{m}x{n}x{k}", timed(lambda: F.gelu(F.linear(x, w, b))), 2 * m * n * k, "flop")
+    # benches/gemm.rs times the Hopper kernels (gemm_hopper/..., sm_90a) at the same shapes: the
+    # same PyTorch (cuBLAS) figures are their peer.
+    for bid in [b for b in res if b.startswith("gemm/")]:
+        res["gemm_hopper/" + bid[len("gemm/"):]] = dict(res[bid])
 
     for (m, n, k) in [(128, 3072, 768), (2048, 768, 768), (2048, 3072, 768), (16384, 768, 768),
                       (16384, 3072, 768), (16384, 768, 3072), (4096, 4096, 4096), (8192, 8192, 8192)]:
