@@ -336,7 +336,7 @@ fn info() -> medkern::Result<()> {
                 .map(|a| format!("sm_{a}"))
                 .collect::<Vec<_>>()
                 .join(",")
-                + "+ptx"
+                + if k.sm90a_only() { "a" } else { "+ptx" }
         };
         let r = m
             .resources
@@ -360,14 +360,18 @@ fn info() -> medkern::Result<()> {
             "{:<24} {:<12} {:<10} {:<16} {regs:>5} {smem:>6} {spill:>6}  {mix}",
             k.name,
             k.module,
-            k.min_arch.to_string(),
+            if k.sm90a_only() {
+                "sm_90a".to_string()
+            } else {
+                k.min_arch.to_string()
+            },
             pre
         );
     }
     outln!("(regs/smem/spill: ptxas report for sm_90)");
     outln!(
         "(instruction mix: static counts in the sm_90 SASS: tensor-core ops (HMMA, IMMA, .SP = 2:4 \
-         sparse), global loads/stores by access width, LDGSTS = cp.async, shared loads LDS/LDSM \
+         sparse), global loads/stores by access width, LDGSTS = cp.async, UTMALDG = TMA, shared loads LDS/LDSM \
          and stores STS, BAR = __syncthreads, LDL/STL = local memory)"
     );
     Ok(())

@@ -40,6 +40,8 @@ pub struct InstructionMix {
     pub global_stores: BTreeMap<u32, u32>,
     /// `cp.async` global-to-shared copies (`LDGSTS`).
     pub cp_async: u32,
+    /// TMA tensor loads (`UTMALDG`, Hopper).
+    pub tma: u32,
     /// Shared-memory loads (`LDS`, any width).
     pub shared_loads: u32,
     /// `ldmatrix` shared-memory loads (`LDSM`).
@@ -144,6 +146,7 @@ impl KernelSass {
                 "LDG" => *m.global_loads.entry(width(op)).or_default() += n,
                 "STG" => *m.global_stores.entry(width(op)).or_default() += n,
                 "LDGSTS" => m.cp_async += n,
+                "UTMALDG" => m.tma += n,
                 "LDS" => m.shared_loads += n,
                 "LDSM" => m.ldmatrix += n,
                 "STS" => m.shared_stores += n,
@@ -237,7 +240,7 @@ impl fmt::Display for InstructionMix {
             counts(&tensor),
             by_width("LDG", &self.global_loads),
             by_width("STG", &self.global_stores),
-            counts(&[("LDGSTS", self.cp_async)]),
+            counts(&[("LDGSTS", self.cp_async), ("UTMALDG", self.tma)]),
             counts(&[
                 ("LDS", self.shared_loads),
                 ("LDSM", self.ldmatrix),
