@@ -1176,7 +1176,7 @@ void wgmma_m64n128k16(float (&d)[64], unsigned long long da, unsigned long long 
         fault("wgmma.mma_async: descriptors and scale-d differ between threads of the warpgroup");
     }
     wg_collective(13, [](Launch::WG& w) {
-        if (!w.fenced) fault("wgmma.mma_async before any wgmma.fence of the warpgroup");
+        if (!w.fenced) fault("wgmma.mma_async with no wgmma.fence since the warpgroup's last wgmma.wait_group");
         if (w.groups.empty()) w.groups.emplace_back();
         Launch::WgOp op{w.in[0], w.in[1], (int)w.in[2], w.in[3] != 0, {}};
         std::memcpy(op.d, w.d, sizeof op.d);
@@ -1223,6 +1223,9 @@ void run_wgmma(const Launch::WgOp& op) {
 
 void wgmma_wait(int n) {
     wg_collective(15, [n](Launch::WG& g) {
+        // After a wait the threads may touch the accumulators again: the next wgmma needs a
+        // new wgmma.fence (stricter than PTX, which exempts back-to-back accumulation).
+        g.fenced = false;
         // groups.back() is the open group; committed ones precede it.
         int committed = (int)g.groups.size() - (g.groups.empty() ? 0 : 1);
         while (committed > n) {

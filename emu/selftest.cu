@@ -141,6 +141,7 @@ extern "C" __global__ void mk_selftest_wgmma(const unsigned* image, int words, u
     char* s = aligned_smem();
     unsigned* w = reinterpret_cast<unsigned*>(s);
     for (int i = threadIdx.x; i < words; i += blockDim.x) w[i] = image[i];
+    mk::fence_proxy_async();  // generic stores, then wgmma's async-proxy reads
     __syncthreads();
     const unsigned long long base = mk::shared_addr(s) >> 4;
     float d[64];

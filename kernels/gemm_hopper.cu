@@ -8,7 +8,7 @@
 // so neighbours share W in L2). Warp specialisation: warpgroup 0 is the producer — one thread
 // issues the TMA loads of X and W (128-byte swizzled boxes of 64 K elements, zeros past the
 // tensor's edges, so no tail code) into a GEMM_H_STAGES-deep ring of stages, each guarded by a
-// "full" mbarrier (TMA bytes landed) and an "empty" one (both consumers done reading).
+// "full" mbarrier (TMA bytes landed) and an "empty" one (all 8 consumer warps done reading).
 // Warpgroups 1 and 2 are consumers: each runs wgmma m64n128k16 on its 64-row half of the
 // tile straight from shared memory, keeps one wgmma group in flight (a stage is released
 // when the group after it has been issued and the one reading it has retired), and applies
@@ -47,7 +47,7 @@ __device__ __forceinline__ void gemm_hopper(const GemmParams& p, const TmaMap* t
     if (threadIdx.x == 0) {
         for (int s = 0; s < GEMM_H_STAGES; ++s) {
             mbar_init(&full[s], 1);
-            mbar_init(&empty[s], 2);
+            mbar_init(&empty[s], 8);  // one arrival per consumer warp
         }
         mbar_init_fence();
     }
@@ -96,19 +96,23 @@ __device__ __forceinline__ void gemm_hopper(const GemmParams& p, const TmaMap* t
         float acc[64];
 #pragma unroll
         for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+        fence_regs(acc);
         int prev = -1;  // the stage the group in flight reads
         for (int kb = 0; kb < nk; ++kb) {
             mbar_wait(&full[stage], phase);
             const unsigned sa = shared_addr(smem + stage * H_STAGE_BYTES + c * 64 * 128);
             const unsigned sb = shared_addr(smem + stage * H_STAGE_BYTES + GEMM_H_BM * 128);
+            fence_regs(acc);
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < GEMM_H_BK / 16; ++kk)
                 Wgmma<T>::run(acc, desc_k128(sa + kk * 32), desc_k128(sb + kk * 32), 1);
             wgmma_commit();
-            // The group before this one has retired: its stage goes back to the producer.
+            // The group before this one has retired (for this warp's threads: each warp releases
+            // the stage for itself): its stage goes back to the producer.
             wgmma_wait<1>();
-            if (prev >= 0 && t128 == 0) mbar_arrive(&empty[prev]);
+            fence_regs(acc);
+            if (prev >= 0 && lane == 0) mbar_arrive(&empty[prev]);
             prev = stage;
             if (++stage == GEMM_H_STAGES) {
                 stage = 0;
@@ -116,7 +120,8 @@ __device__ __forceinline__ void gemm_hopper(const GemmParams& p, const TmaMap* t
             }
         }
         wgmma_wait<0>();
-        if (prev >= 0 && t128 == 0) mbar_arrive(&empty[prev]);
+        fence_regs(acc);
+        if (prev >= 0 && lane == 0) mbar_arrive(&empty[prev]);
 
         O* Y = static_cast<O*>(p.y) + b * p.stride_y;
         const O* R = p.residual ? static_cast<const O*>(p.residual) + b * p.stride_r : nullptr;

@@ -221,6 +221,8 @@ fn gemm_hopper_bert_shapes() {
         (DType::F16, 128, 3072, 768),
         (DType::BF16, 1, 768, 768),
         (DType::BF16, 200, 384, 1536),
+        // 9 row tiles: more than one rasterisation group along M (GEMM_H_GROUP = 8).
+        (DType::F16, 1100, 200, 64),
     ]
     .into_iter()
     .enumerate()
@@ -239,4 +241,32 @@ fn gemm_hopper_bert_shapes() {
         )
         .unwrap();
     }
+}
+
+#[test]
+fn hopper_register_budget_fits_setmaxnreg() {
+    // setmaxnreg.inc waits until the block's register pool can give the consumers their 232
+    // registers: the pool is what the kernel was launched with (ptxas's count x 384 threads),
+    // so a kernel compiled to fewer registers would hang on a GPU (the emulator cannot see it).
+    if kernels::BUILD_NVRTC.is_none() {
+        skip(
+            "hopper_register_budget_fits_setmaxnreg",
+            "built without NVRTC (no ptxas report)",
+        );
+        return;
+    }
+    let m = kernels::module("gemm_hopper").unwrap();
+    let need = 128 * 40 + 2 * 128 * 232;
+    let mut seen = 0;
+    for r in m.resources.iter().filter(|r| r.arch == 90) {
+        assert!(
+            r.registers * 384 >= need && r.registers * 384 <= 65536,
+            "{}: {} registers x 384 threads = {}, the warpgroups' setmaxnreg split needs {need}",
+            r.kernel,
+            r.registers,
+            r.registers * 384
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 4, "{:?}", m.resources);
 }

@@ -135,6 +135,25 @@ __device__ __forceinline__ unsigned long long desc_k128(unsigned saddr) {
            (1ull << 62);
 }
 
+// Ties the accumulator registers to this point for the compiler (CUTLASS's
+// warpgroup_fence_operand): around wgmma.fence and after wgmma.wait_group, so neither the
+// zeroing before the first wgmma nor the epilogue's reads after the last wait move across the
+// asynchronous MMAs that own the registers in between.
+template <int N> __device__ __forceinline__ void fence_regs(float (&d)[N]) {
+#ifndef MK_EMU
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+#endif
+}
+
+// Orders this thread's generic-proxy shared-memory writes before later async-proxy accesses
+// (wgmma operands, TMA): needed when threads, not TMA, fill a wgmma operand.
+__device__ __forceinline__ void fence_proxy_async() {
+#ifndef MK_EMU
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ void wgmma_fence() {
 #ifdef MK_EMU
     mk_emu::wgmma_fence();

@@ -596,7 +596,7 @@ fn wgmma_misuse_is_reported() {
     let smem = 1024 + 24 * 1024;
     let (r, _) = selftest_smem("mk_selftest_wgmma_unfenced", 1, 128, smem);
     let e = err_text(r);
-    assert!(e.contains("before any wgmma.fence"), "{e}");
+    assert!(e.contains("no wgmma.fence since"), "{e}");
     let (r, _) = selftest_smem("mk_selftest_wgmma_unwaited", 1, 128, smem);
     let e = err_text(r);
     assert!(e.contains("still in flight when the thread exits"), "{e}");

@@ -333,10 +333,11 @@ pub fn kernel_info(name: &str) -> Result<&'static KernelInfo> {
 impl KernelInfo {
     /// True for an sm_90a kernel: it runs on compute capability 9.0 only.
     pub const fn sm90a_only(&self) -> bool {
-        match self.features.mma {
-            Some(m) => m.wgmma(),
-            None => false,
-        }
+        self.features.tma
+            || match self.features.mma {
+                Some(m) => m.wgmma(),
+                None => false,
+            }
     }
 }
 

@@ -282,7 +282,8 @@ pub fn gemm_into(x: &Tensor, w: &Tensor, g: &Gemm, out: &mut Tensor) -> Result<(
                 out_scale: 1.0,
                 ..Default::default()
             };
-            if dt != DType::F32 && g.tile.is_none() && gpu.hopper_kernels() {
+            // K = 0 (a zero product) stays on the sm_80 kernels: a TMA map has no empty dims.
+            if dt != DType::F32 && d.k > 0 && g.tile.is_none() && gpu.hopper_kernels() {
                 let ops = Operands::new(OP, x, w, g.bias, g.residual)?;
                 return super::gemm_hopper::launch(
                     &gpu,
