@@ -9,8 +9,6 @@ use medkern::reference::gemm::{self as reference, GemmDims};
 use medkern::{DType, Device, Error, Tensor};
 use proptest::prelude::*;
 
-const U_F32: f64 = f32::EPSILON as f64 / 2.0;
-
 #[test]
 fn reference_small_product() {
     // [[1,2],[3,4]] · [[5,6],[7,8]]ᵀ = [[17,23],[39,53]], then +bias, ReLU, +residual.
@@ -161,69 +159,22 @@ fn gemm_gpu_matches_reference() {
         |(seed, (di, out32, ti), ai, (with_bias, with_res), (batched, batch), (m, n, k32, k8)),
          cover| {
             cover.admit([di, usize::from(out32), ti], [3, 2, 4])?;
-            let mut rng = SeedRng::new(seed);
             let dt = DType::FLOATS[di];
-            let odt = if out32 { DType::F32 } else { dt };
-            let act = Activation::ALL[ai];
-            let tile = [Some(Tile::S), Some(Tile::M), Some(Tile::L), None][ti];
             let k = if dt == DType::F32 { k32 } else { 8 * k8 };
-            let batch = if batched { batch } else { 1 };
-            let (xs, ws, ys) = if batched {
-                (vec![batch, m, k], vec![batch, n, k], vec![batch, m, n])
-            } else {
-                (vec![m, k], vec![n, k], vec![m, n])
-            };
-            let d = GemmDims {
-                batch,
+            let case = GemmCase {
+                dt,
+                odt: if out32 { DType::F32 } else { dt },
+                act: Activation::ALL[ai],
+                with_bias,
+                with_res,
+                batched,
+                batch: if batched { batch } else { 1 },
                 m,
                 n,
                 k,
-                shared_w: !batched,
+                tile: [Some(Tile::S), Some(Tile::M), Some(Tile::L), None][ti],
             };
-            let x = random_values(&mut rng, batch * m * k, 1.0, dt);
-            let w = random_values(&mut rng, ws.iter().product(), 0.5, dt);
-            let b = random_values(&mut rng, n, 1.0, dt);
-            let r = random_values(&mut rng, batch * m * n, 1.0, odt);
-            let alpha = 0.25 + rng.uniform();
-            let alpha = f64::from(alpha as f32);
-            let (xt, wt, bt, rt) = (
-                upload(&dev, &xs, &x, dt),
-                upload(&dev, &ws, &w, dt),
-                upload(&dev, &[n], &b, dt),
-                upload(&dev, &ys, &r, odt),
-            );
-            let spec = Gemm {
-                alpha: alpha as f32,
-                bias: with_bias.then_some(&bt),
-                act,
-                residual: with_res.then_some(&rt),
-                out_dtype: Some(odt),
-                tile,
-            };
-            let mut out = poisoned(&dev, &ys, odt);
-            ops::gemm_into(&xt, &wt, &spec, &mut out)
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let got = out.to_host().unwrap().to_f64();
-            let want = reference::gemm(
-                &x,
-                &w,
-                d,
-                alpha,
-                with_bias.then_some(&b[..]),
-                act,
-                with_res.then_some(&r[..]),
-            );
-            // f32 accumulation of K products: error grows like sqrt(K) ulps of Σ|x·w|.
-            let ax: Vec<f64> = x.iter().map(|v| v.abs()).collect();
-            let aw: Vec<f64> = w.iter().map(|v| v.abs()).collect();
-            let mag = reference::gemm(&ax, &aw, d, alpha, None, Activation::Identity, None);
-            let atol = |i: usize| {
-                let extra = if with_bias { b[i % n].abs() } else { 0.0 }
-                    + if with_res { r[i].abs() } else { 0.0 };
-                min_step(odt) + 8.0 * (k as f64).sqrt() * U_F32 * (mag[i] + extra + want[i].abs())
-            };
-            check_close(&format!("gemm {dt}->{odt} {act:?} tile {tile:?} b{batch} m{m} n{n} k{k} bias={with_bias} res={with_res}"), &got, &want, &atol, 2.0 * odt.unit_roundoff())
-                .map_err(TestCaseError::fail)
+            check_gemm_case(&dev, seed, &case).map_err(TestCaseError::fail)
         },
     );
 }

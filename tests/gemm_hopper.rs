@@ -11,13 +11,10 @@ mod common;
 use common::*;
 use medkern::device::kernels;
 use medkern::device::{Arch, Gpu};
-use medkern::ops::{self, Activation, Gemm};
-use medkern::reference::gemm::{self as reference, GemmDims};
+use medkern::ops::Activation;
 use medkern::{DType, Device, Error};
 use proptest::prelude::*;
 use std::sync::Arc;
-
-const U_F32: f64 = f32::EPSILON as f64 / 2.0;
 
 /// A device with the Hopper kernels on, or None after a counted SKIP (no GPU, or a GPU other
 /// than compute capability 9.0). The CPU self-check (MEDKERN_TEST_BACKEND=cpu) gets the CPU.
@@ -95,83 +92,6 @@ fn hopper_switch_and_arch_gate() {
     assert!(!h.hopper_kernels());
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_case(
-    dev: &Device,
-    seed: u64,
-    dt: DType,
-    odt: DType,
-    act: Activation,
-    with_bias: bool,
-    with_res: bool,
-    batch: usize,
-    batched: bool,
-    (m, n, k): (usize, usize, usize),
-) -> Result<(), String> {
-    let mut rng = SeedRng::new(seed);
-    let (xs, ws, ys) = if batched {
-        (vec![batch, m, k], vec![batch, n, k], vec![batch, m, n])
-    } else {
-        (vec![m, k], vec![n, k], vec![m, n])
-    };
-    let d = GemmDims {
-        batch,
-        m,
-        n,
-        k,
-        shared_w: !batched,
-    };
-    let x = random_values(&mut rng, batch * m * k, 1.0, dt);
-    let w = random_values(&mut rng, ws.iter().product(), 0.5, dt);
-    let b = random_values(&mut rng, n, 1.0, dt);
-    let r = random_values(&mut rng, batch * m * n, 1.0, odt);
-    let alpha = f64::from((0.25 + rng.uniform()) as f32);
-    let (xt, wt, bt, rt) = (
-        upload(dev, &xs, &x, dt),
-        upload(dev, &ws, &w, dt),
-        upload(dev, &[n], &b, dt),
-        upload(dev, &ys, &r, odt),
-    );
-    let spec = Gemm {
-        alpha: alpha as f32,
-        bias: with_bias.then_some(&bt),
-        act,
-        residual: with_res.then_some(&rt),
-        out_dtype: Some(odt),
-        tile: None,
-    };
-    let mut out = poisoned(dev, &ys, odt);
-    ops::gemm_into(&xt, &wt, &spec, &mut out).map_err(|e| e.to_string())?;
-    let got = out.to_host().unwrap().to_f64();
-    let want = reference::gemm(
-        &x,
-        &w,
-        d,
-        alpha,
-        with_bias.then_some(&b[..]),
-        act,
-        with_res.then_some(&r[..]),
-    );
-    let ax: Vec<f64> = x.iter().map(|v| v.abs()).collect();
-    let aw: Vec<f64> = w.iter().map(|v| v.abs()).collect();
-    let mag = reference::gemm(&ax, &aw, d, alpha, None, Activation::Identity, None);
-    let atol = |i: usize| {
-        let extra =
-            if with_bias { b[i % n].abs() } else { 0.0 } + if with_res { r[i].abs() } else { 0.0 };
-        min_step(odt) + 8.0 * (k as f64).sqrt() * U_F32 * (mag[i] + extra + want[i].abs())
-    };
-    check_close(
-        &format!(
-            "hopper gemm {dt}->{odt} {act:?} b{batch} batched={batched} m{m} n{n} k{k} \
-             bias={with_bias} res={with_res}"
-        ),
-        &got,
-        &want,
-        &atol,
-        2.0 * odt.unit_roundoff(),
-    )
-}
-
 #[test]
 fn gemm_hopper_matches_reference() {
     let Some(dev) = hopper_device("gemm_hopper_matches_reference") else {
@@ -192,21 +112,20 @@ fn gemm_hopper_matches_reference() {
         |(seed, (di, out32), ai, (with_bias, with_res), (batched, batch), (m, n, k8)), cover| {
             cover.admit([di, usize::from(out32)], [2, 2])?;
             let dt = [DType::F16, DType::BF16][di];
-            let odt = if out32 { DType::F32 } else { dt };
-            let batch = if batched { batch } else { 1 };
-            run_case(
-                &dev,
-                seed,
+            let case = GemmCase {
                 dt,
-                odt,
-                Activation::ALL[ai],
+                odt: if out32 { DType::F32 } else { dt },
+                act: Activation::ALL[ai],
                 with_bias,
                 with_res,
-                batch,
                 batched,
-                (m, n, 8 * k8),
-            )
-            .map_err(TestCaseError::fail)
+                batch: if batched { batch } else { 1 },
+                m,
+                n,
+                k: 8 * k8,
+                tile: None,
+            };
+            check_gemm_case(&dev, seed, &case).map_err(TestCaseError::fail)
         },
     );
 }
@@ -227,19 +146,20 @@ fn gemm_hopper_bert_shapes() {
     .into_iter()
     .enumerate()
     {
-        run_case(
-            &dev,
-            40 + i as u64,
+        let case = GemmCase {
             dt,
-            dt,
-            Activation::GeluErf,
-            true,
-            false,
-            1,
-            false,
-            (m, n, k),
-        )
-        .unwrap();
+            odt: dt,
+            act: Activation::GeluErf,
+            with_bias: true,
+            with_res: false,
+            batched: false,
+            batch: 1,
+            m,
+            n,
+            k,
+            tile: None,
+        };
+        check_gemm_case(&dev, 40 + i as u64, &case).unwrap();
     }
 }
 

@@ -46,6 +46,8 @@ unsafe impl KernelParam for TensorMap {
     }
 }
 
+const OP: &str = "TensorMap::tiled_3d";
+
 /// The emulator's tensor-map tag (emu/runtime.cpp `kTmapMagic`).
 const EMU_MAGIC: u64 = 0x4d4b_544d_4150_0001;
 
@@ -62,7 +64,6 @@ impl TensorMap {
         boxes: [u32; 3],
         swizzle: Swizzle,
     ) -> Result<TensorMap> {
-        const OP: &str = "TensorMap::tiled_3d";
         let esize = dtype.size() as u64;
         let bad = |arg: &'static str, detail: String| {
             Err(Error::Invalid {
@@ -122,7 +123,6 @@ fn encode_cuda(
     swizzle: Swizzle,
 ) -> Result<TensorMap> {
     use cudarc::driver::sys;
-    const OP: &str = "TensorMap::tiled_3d";
     let ty = match dtype {
         DType::F16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
         DType::BF16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,

@@ -552,3 +552,104 @@ pub fn tiny_mobilebert_with_labels(
     .expect("tokenizer");
     dir
 }
+
+/// One dense GEMM case (tests/gemm.rs, tests/gemm_hopper.rs): the kernel variant and shape.
+#[derive(Clone, Copy, Debug)]
+pub struct GemmCase {
+    pub dt: DType,
+    pub odt: DType,
+    pub act: medkern::ops::Activation,
+    pub with_bias: bool,
+    pub with_res: bool,
+    /// `[batch, M, K] x [batch, N, K]` when batched, else `[M, K] x [N, K]` (batch 1).
+    pub batched: bool,
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub tile: Option<medkern::ops::Tile>,
+}
+
+/// Runs `c` on `dev` with values drawn from `seed` (outliers planted, poisoned output) and
+/// compares with the f64 reference: f32 accumulation of K products errs like sqrt(K) ulps of
+/// Σ|x·w|, plus the output's rounding.
+pub fn check_gemm_case(dev: &Device, seed: u64, c: &GemmCase) -> Result<(), String> {
+    use medkern::ops::{self, Activation, Gemm};
+    use medkern::reference::gemm::{self as reference, GemmDims};
+    const U_F32: f64 = f32::EPSILON as f64 / 2.0;
+    let GemmCase {
+        dt,
+        odt,
+        act,
+        with_bias,
+        with_res,
+        batched,
+        batch,
+        m,
+        n,
+        k,
+        tile,
+    } = *c;
+    let mut rng = SeedRng::new(seed);
+    let (xs, ws, ys) = if batched {
+        (vec![batch, m, k], vec![batch, n, k], vec![batch, m, n])
+    } else {
+        (vec![m, k], vec![n, k], vec![m, n])
+    };
+    let d = GemmDims {
+        batch,
+        m,
+        n,
+        k,
+        shared_w: !batched,
+    };
+    let x = random_values(&mut rng, batch * m * k, 1.0, dt);
+    let w = random_values(&mut rng, ws.iter().product(), 0.5, dt);
+    let b = random_values(&mut rng, n, 1.0, dt);
+    let r = random_values(&mut rng, batch * m * n, 1.0, odt);
+    let alpha = f64::from((0.25 + rng.uniform()) as f32);
+    let (xt, wt, bt, rt) = (
+        upload(dev, &xs, &x, dt),
+        upload(dev, &ws, &w, dt),
+        upload(dev, &[n], &b, dt),
+        upload(dev, &ys, &r, odt),
+    );
+    let spec = Gemm {
+        alpha: alpha as f32,
+        bias: with_bias.then_some(&bt),
+        act,
+        residual: with_res.then_some(&rt),
+        out_dtype: Some(odt),
+        tile,
+    };
+    let mut out = poisoned(dev, &ys, odt);
+    ops::gemm_into(&xt, &wt, &spec, &mut out).map_err(|e| e.to_string())?;
+    let got = out.to_host().unwrap().to_f64();
+    let want = reference::gemm(
+        &x,
+        &w,
+        d,
+        alpha,
+        with_bias.then_some(&b[..]),
+        act,
+        with_res.then_some(&r[..]),
+    );
+    let ax: Vec<f64> = x.iter().map(|v| v.abs()).collect();
+    let aw: Vec<f64> = w.iter().map(|v| v.abs()).collect();
+    let mag = reference::gemm(&ax, &aw, d, alpha, None, Activation::Identity, None);
+    let atol = |i: usize| {
+        let extra =
+            if with_bias { b[i % n].abs() } else { 0.0 } + if with_res { r[i].abs() } else { 0.0 };
+        min_step(odt) + 8.0 * (k as f64).sqrt() * U_F32 * (mag[i] + extra + want[i].abs())
+    };
+    check_close(
+        &format!(
+            "gemm {dt}->{odt} {act:?} tile {tile:?} b{batch} batched={batched} m{m} n{n} k{k} \
+             bias={with_bias} res={with_res}"
+        ),
+        &got,
+        &want,
+        &atol,
+        2.0 * odt.unit_roundoff(),
+    )
+}
